@@ -1,0 +1,1 @@
+"""runner-scaler: the library behind the Chalice app (handlers live in app.py)."""

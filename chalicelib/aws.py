@@ -1,0 +1,183 @@
+"""The one seam every AWS call passes through: lazy clients, call counting, retries, error translation.
+
+Adapters (fleet, store, secrets, hosts, queue) call `AwsClients.call`; nothing else builds a boto3 client.
+Clients are created on first use (never at import time) so moto and Stubber can be set up first.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
+
+from chalicelib.errors import AwsCallError
+
+#: Error codes AWS uses for "slow down" or "try again": retried with backoff, then left to the next tick.
+RETRYABLE_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "InternalError",
+        "InternalFailure",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+
+BOTO_CONFIG = Config(
+    retries={"mode": "adaptive", "max_attempts": 4},
+    connect_timeout=3,
+    read_timeout=10,
+)
+
+#: A hook that may return a fake (http, parsed) response to short-circuit a call: fault injection in tests.
+FaultInjector = Callable[[str, str], dict[str, Any] | None]
+
+
+class AwsClients:
+    """Lazily built, counted boto3 clients with bounded backoff on throttling and 5xx.
+
+    `sleep` and `rng` are injected so tests and the simulator never wait for real.
+    """
+
+    def __init__(
+        self,
+        session: boto3.session.Session | None = None,
+        *,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        attempts: int = 3,
+        base_delay: float = 0.2,
+        rng: random.Random | None = None,
+        fault_injector: FaultInjector | None = None,
+        boto_config: Config = BOTO_CONFIG,
+    ) -> None:
+        self._session = session
+        self._region = region
+        self._endpoint_url = endpoint_url
+        self._sleep = sleep
+        self._attempts = max(1, attempts)
+        self._base_delay = base_delay
+        self._rng = rng or random.Random()
+        self._fault_injector = fault_injector
+        self._boto_config = boto_config
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+
+    def client(self, service: str) -> Any:
+        """The cached client of `service` (built on first use, with the call counter attached)."""
+        with self._lock:
+            existing = self._clients.get(service)
+            if existing is not None:
+                return existing
+            session = self._session or boto3.session.Session()
+            kwargs: dict[str, Any] = {"config": self._boto_config}
+            if self._region:
+                kwargs["region_name"] = self._region
+            if self._endpoint_url:
+                kwargs["endpoint_url"] = self._endpoint_url
+            client = session.client(service, **kwargs)  # type: ignore[call-overload]
+            client.meta.events.register("before-call", self._on_before_call)
+            self._clients[service] = client
+            return client
+
+    def _on_before_call(self, model: Any, **_: Any) -> Any:
+        service = model.service_model.service_name
+        self.calls[f"{service}.{model.name}"] += 1
+        if self._fault_injector is None:
+            return None
+        parsed = self._fault_injector(service, model.name)
+        if parsed is None:
+            return None
+        status = parsed.get("ResponseMetadata", {}).get("HTTPStatusCode", 500)
+        return (_FakeHttpResponse(status), parsed)
+
+    @property
+    def total_calls(self) -> int:
+        return sum(self.calls.values())
+
+    def call(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
+        """Invoke `client(service).<operation>(**params)`; retry throttles/5xx, translate failures."""
+        method = getattr(self.client(service), operation)
+        last: AwsCallError | None = None
+        for attempt in range(self._attempts):
+            try:
+                result: dict[str, Any] = method(**params)
+                return result
+            except ClientError as exc:
+                last = translate(service, operation, exc)
+            except (ConnectionError, ReadTimeoutError) as exc:
+                last = AwsCallError(service, operation, type(exc).__name__, str(exc), retryable=True)
+            except BotoCoreError as exc:
+                raise AwsCallError(service, operation, type(exc).__name__, str(exc), retryable=False) from exc
+            if not last.retryable or attempt == self._attempts - 1:
+                break
+            self._sleep(self._base_delay * (2**attempt) * (0.5 + self._rng.random()))
+        assert last is not None
+        raise last
+
+    def paginate(self, service: str, operation: str, result_key: str, **params: Any) -> list[Any]:
+        """All items of a paginated operation, each page fetched through `call` (so counted and retried)."""
+        items: list[Any] = []
+        token_in, token_out = _pagination_tokens(service, operation)
+        token: str | None = None
+        while True:
+            page_params = dict(params)
+            if token:
+                page_params[token_in] = token
+            page = self.call(service, operation, **page_params)
+            items.extend(page.get(result_key, []))
+            token = page.get(token_out)
+            if not token:
+                return items
+
+
+def translate(service: str, operation: str, exc: ClientError) -> AwsCallError:
+    """Our error for a botocore ClientError: code kept, retryable for throttles and 5xx."""
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", "Unknown"))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    retryable = code in RETRYABLE_CODES or status >= 500
+    return AwsCallError(service, operation, code, str(error.get("Message", "")), retryable=retryable)
+
+
+def _pagination_tokens(service: str, operation: str) -> tuple[str, str]:
+    if service in {"autoscaling"}:
+        return "NextToken", "NextToken"
+    if service == "dynamodb":
+        return "ExclusiveStartKey", "LastEvaluatedKey"
+    return "NextToken", "NextToken"
+
+
+class _FakeHttpResponse:
+    """The minimal HTTP response botocore needs when a before-call hook short-circuits a call."""
+
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+        self.headers: dict[str, str] = {}
+        self.content = b""
+        self.text = ""
+        self.raw = None
+
+
+def fault(code: str, status: int = 400) -> dict[str, Any]:
+    """A parsed error response for a fault injector (e.g. `fault("Throttling")`, `fault("InternalError", 500)`)."""
+    return {"Error": {"Code": code, "Message": "injected"}, "ResponseMetadata": {"HTTPStatusCode": status}}

@@ -1,0 +1,56 @@
+"""Domain errors: every one names the input, the field and the fix.
+
+Imports nothing from the project; every other module may import it.
+"""
+
+from __future__ import annotations
+
+
+class RunnerScalerError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(RunnerScalerError):
+    """A config file or parameter is wrong; the message lists every problem with its field path."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"invalid config {source}:\n{lines}")
+
+
+class AwsCallError(RunnerScalerError):
+    """An AWS call failed after retries; `retryable` says whether the next tick may simply try again."""
+
+    def __init__(self, service: str, operation: str, code: str, message: str, *, retryable: bool) -> None:
+        self.service = service
+        self.operation = operation
+        self.code = code
+        self.retryable = retryable
+        super().__init__(f"{service}.{operation} failed: {code}: {message}")
+
+
+class GitLabError(RunnerScalerError):
+    """A GitLab API call failed; `status` is the HTTP status (0 when GitLab was unreachable)."""
+
+    def __init__(self, action: str, status: int, message: str) -> None:
+        self.action = action
+        self.status = status
+        super().__init__(f"GitLab {action} failed ({status or 'unreachable'}): {message}")
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == 0 or self.status == 429 or self.status >= 500
+
+
+class NotFoundError(RunnerScalerError):
+    """A resource the caller named does not exist (runner, job, secret, instance)."""
+
+
+class LeaseHeldError(RunnerScalerError):
+    """Another reconcile holds the pool's lease; the caller backs off and the next tick retries."""
+
+
+class RotationError(RunnerScalerError):
+    """A Secrets Manager rotation step cannot proceed; the message says which step and why."""
