@@ -179,5 +179,5 @@ class _FakeHttpResponse:
 
 
 def fault(code: str, status: int = 400) -> dict[str, Any]:
-    """A parsed error response for a fault injector (e.g. `fault("Throttling")`, `fault("InternalError", 500)`)."""
+    """A parsed error response for a fault injector: `fault("Throttling")`, `fault("InternalError", 500)`."""
     return {"Error": {"Code": code, "Message": "injected"}, "ResponseMetadata": {"HTTPStatusCode": status}}

@@ -1,0 +1,90 @@
+"""`runner-scaler`: the operator's command line. Each command parses options and calls one library function.
+
+May import typer, rich and anything in chalicelib; nothing in chalicelib imports this package.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from chalicelib.config import Config, format_duration, load_config_file
+from chalicelib.errors import ConfigError
+from chalicelib.migrate import migrate as migrate_text
+
+app = typer.Typer(
+    name="runner-scaler",
+    help="Serverless autoscaler for GitLab CI runner fleets on AWS.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+@app.command("validate-config")
+def validate_config(file: Annotated[Path, typer.Argument(help="runner-scaler TOML config")]) -> None:
+    """Print the resolved config (defaults filled in), or every error with its field path (exit 1)."""
+    try:
+        config = load_config_file(file)
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+    console.print_json(json.dumps(resolved(config)))
+
+
+def resolved(config: Config) -> dict[str, object]:
+    """The config as plain JSON, durations spelled as Go does."""
+    data = config.model_dump(mode="python")
+
+    def convert(value: object) -> object:
+        from datetime import timedelta
+
+        if isinstance(value, timedelta):
+            return format_duration(value)
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [convert(v) for v in value]
+        return value
+
+    result = convert(data)
+    assert isinstance(result, dict)
+    return result
+
+
+@app.command()
+def migrate(
+    file: Annotated[
+        Path, typer.Argument(help="gitlab-runner config.toml with [runners.machine] or [runners.autoscaler]")
+    ],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write here instead of stdout")] = None,
+    gitlab_url: Annotated[str | None, typer.Option(help="GitLab URL, when config.toml's differs")] = None,
+) -> None:
+    """Write the runner-scaler config equivalent to a gitlab-runner config.toml; comments name what was dropped."""
+    try:
+        text = migrate_text(file.read_text(encoding="utf-8"), str(file), gitlab_url)
+    except OSError as exc:
+        err.print(f"cannot read {file}: {exc.strerror}")
+        raise typer.Exit(2) from None
+    except ConfigError as exc:
+        err.print(str(exc), highlight=False)
+        raise typer.Exit(1) from None
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+        err.print(f"wrote {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,390 @@
+"""Config: pydantic models of pools and policies in gitlab-runner's own vocabulary, loaded from TOML.
+
+Parsed once per container into a frozen object. Errors name the file, the field path and the fix.
+Imports pydantic, croniter and the standard library only (no boto3: SSM text is passed in).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from chalicelib.errors import ConfigError
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str | int | float | timedelta) -> timedelta:
+    """A Go `time.ParseDuration` string ("30m", "1h30m", "720h", "0s") as a timedelta.
+
+    gitlab-runner's config uses Go durations, so operators paste them unchanged. Bare numbers are seconds.
+    """
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return timedelta(seconds=value)
+    text = value.strip()
+    if text in {"0", ""}:
+        return timedelta(0)
+    pos = 0
+    total = 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or pos == 0:
+        raise ValueError(
+            f'"{value}" is not a duration; write it as Go does, e.g. "30m", "1h30m", "720h", "45s"'
+        )
+    return timedelta(seconds=total)
+
+
+def format_duration(value: timedelta) -> str:
+    """The Go-style spelling of a duration (round seconds), for printing resolved configs."""
+    seconds = int(value.total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
+    return "".join(parts) or "0s"
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class Platform(StrEnum):
+    LINUX = "linux"
+    WINDOWS = "windows"
+    MACOS = "macos"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Policy(_Model):
+    """One `[[pools.policy]]`: gitlab-runner's `[[runners.autoscaler.policy]]`, same names and defaults."""
+
+    periods: tuple[str, ...] = ("* * * * *",)
+    timezone: str = "UTC"
+    idle_count: int = Field(0, ge=0)
+    idle_time: Duration = timedelta(minutes=5)
+    scale_factor: float = Field(0.0, ge=0.0)
+    scale_factor_limit: int = Field(0, ge=0)
+
+    @field_validator("periods")
+    @classmethod
+    def _periods_are_cron(cls, periods: tuple[str, ...]) -> tuple[str, ...]:
+        if not periods:
+            raise ValueError('at least one period is needed; "* * * * *" means always')
+        for period in periods:
+            if len(period.split()) != 5 or not croniter.is_valid(period):
+                raise ValueError(
+                    f'"{period}" is not a 5-field cron expression '
+                    "(minute hour day-of-month month day-of-week), "
+                    'e.g. "* 8-18 * * mon-fri"'
+                )
+        return periods
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_exists(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            close = difflib.get_close_matches(name, _zone_names(), n=1)
+            hint = f'; did you mean "{close[0]}"?' if close else '; use an IANA name such as "Europe/Paris"'
+            raise ValueError(f'unknown time zone "{name}"{hint}') from None
+        return name
+
+    @cached_property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def matches(self, now: datetime) -> bool:
+        """Whether `now` (aware) falls in one of the periods, read in the policy's own time zone."""
+        local = now.astimezone(self.zone).replace(second=0, microsecond=0)
+        return any(croniter.match(period, local) for period in self.periods)
+
+
+class HostManagement(StrEnum):
+    SCALER = "scaler"
+    AUTO = "auto"
+
+
+class HostsConfig(_Model):
+    """Dedicated-host settings of a macOS or Windows (BYOL) pool."""
+
+    instance_type: str
+    host_family: str = ""
+    host_resource_group: str
+    license_configuration: str = ""
+    slots_per_host: int = Field(1, ge=1)
+    min_hosts: int = Field(0, ge=0)
+    max_hosts: int = Field(1, ge=1)
+    scrub_time: Duration = timedelta(minutes=50)
+    min_allocation: Duration = timedelta(hours=24)
+    allocate_after: Duration = timedelta(minutes=2)
+    host_management: HostManagement = HostManagement.SCALER
+    availability_zones: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _bounds(self) -> HostsConfig:
+        if self.min_hosts > self.max_hosts:
+            raise ValueError(f"min_hosts ({self.min_hosts}) is above max_hosts ({self.max_hosts})")
+        return self
+
+
+class Pool(_Model):
+    """One `[[pools]]`: an Auto Scaling group of identical machines, each a fresh GitLab runner."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    asg: str
+    platform: Platform = Platform.LINUX
+    executor: str = "docker"
+    tags: tuple[str, ...] = ()
+    run_untagged: bool = False
+    locked: bool = True
+    capacity_per_instance: int = Field(1, ge=1)
+    max_use_count: int = Field(1, ge=0)
+    max_instances: int = Field(ge=1)
+    boot_timeout: Duration = timedelta(minutes=15)
+    max_growth_rate: int = Field(0, ge=0)
+    instance_types: tuple[str, ...] = ()
+    spot: bool = False
+    cache_bucket: str = ""
+    retry_interrupted_jobs: bool = True
+    wait_timeout: Duration = timedelta(minutes=10)
+    prewarm: bool = False
+    prewarm_max: int = Field(2, ge=0)
+    prewarm_confidence: float = Field(0.8, gt=0.0, le=1.0)
+    hosts: HostsConfig | None = None
+    policy: tuple[Policy, ...] = (Policy(),)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_clean(cls, tags: tuple[str, ...]) -> tuple[str, ...]:
+        for tag in tags:
+            if not tag.strip() or tag != tag.strip():
+                raise ValueError(f'tag "{tag}" is empty or has surrounding spaces')
+        return tags
+
+    @model_validator(mode="after")
+    def _pool_rules(self) -> Pool:
+        if not self.tags and not self.run_untagged:
+            raise ValueError("a pool with no tags must set run_untagged = true, or it can never take a job")
+        if self.platform is Platform.MACOS and self.hosts is None:
+            raise ValueError("macos pools run on dedicated hosts: add a [pools.hosts] table")
+        if self.hosts and self.platform is Platform.MACOS and self.hosts.slots_per_host != 1:
+            raise ValueError("an EC2 Mac host holds exactly one instance: slots_per_host must be 1")
+        return self
+
+    def active_policy(self, now: datetime) -> Policy:
+        """gitlab-runner's rule: every policy is checked, the last one whose periods match wins.
+
+        With no match, a policy that keeps nothing idle applies (idle_count 0), as taskscaler does.
+        """
+        chosen = _NO_MATCH_POLICY
+        for candidate in self.policy:
+            if candidate.matches(now):
+                chosen = candidate
+        return chosen
+
+    def remaining_uses(self, jobs_started: int) -> int | None:
+        """Jobs a machine may still start; None when `max_use_count` is 0 (unlimited, as in gitlab-runner)."""
+        if self.max_use_count == 0:
+            return None
+        return max(0, self.max_use_count - jobs_started)
+
+
+_NO_MATCH_POLICY = Policy(idle_count=0, idle_time=timedelta(0))
+
+
+RunnerType = Literal["instance_type", "group_type", "project_type"]
+
+
+class GitLabConfig(_Model):
+    """Where GitLab is and where its credentials live (secret names, never the secrets)."""
+
+    url: str = Field(pattern=r"^https?://")
+    api_token_secret: str = ""
+    webhook_tokens_secret: str = ""
+    ca_bundle_secret: str = ""
+    runner_type: RunnerType = "instance_type"
+    group_id: int | None = None
+    project_id: int | None = None
+    projects: tuple[int | str, ...] = ()
+    groups: tuple[int | str, ...] = ()
+    webhook_url: str = ""
+    lost_job_scan_interval: Duration = timedelta(minutes=5)
+    stale_job_after: Duration = timedelta(minutes=10)
+
+    @model_validator(mode="after")
+    def _runner_owner(self) -> GitLabConfig:
+        if self.runner_type == "group_type" and self.group_id is None:
+            raise ValueError('runner_type "group_type" needs group_id')
+        if self.runner_type == "project_type" and self.project_id is None:
+            raise ValueError('runner_type "project_type" needs project_id')
+        return self
+
+
+class ScalerConfig(_Model):
+    """Scaler-wide knobs."""
+
+    regenerate_before: Duration = timedelta(hours=720)
+    cert_validity: Duration = timedelta(days=365 * 3)
+    orphan_confirm_after: Duration = timedelta(minutes=2)
+    lease_duration: Duration = timedelta(seconds=50)
+
+
+class Prices(_Model):
+    """USD per hour, for the simulator's cost figures (instances by type, dedicated hosts by type)."""
+
+    instances: dict[str, float] = Field(default_factory=dict)
+    hosts: dict[str, float] = Field(default_factory=dict)
+    default_instance: float = 0.10
+
+
+class Config(_Model):
+    """The whole runner-scaler config."""
+
+    gitlab: GitLabConfig
+    scaler: ScalerConfig = ScalerConfig()
+    prices: Prices = Prices()
+    pools: tuple[Pool, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_pools(self) -> Config:
+        for attribute in ("name", "asg"):
+            seen: set[str] = set()
+            for pool in self.pools:
+                value = getattr(pool, attribute)
+                if value in seen:
+                    raise ValueError(f'two pools share {attribute} "{value}"; each pool needs its own')
+                seen.add(value)
+        return self
+
+    def pool(self, name: str) -> Pool:
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)
+
+
+def parse_config(text: str, source: str) -> Config:
+    """Parse TOML text; `source` (file path or SSM parameter name) is named in every error."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
+    return config_from_dict(data, source)
+
+
+def config_from_dict(data: Mapping[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(error) for error in exc.errors()]) from None
+
+
+def load_config_file(path: str | Path) -> Config:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    return parse_config(text, str(path))
+
+
+def load_config(environ: Mapping[str, str], read_parameter: Callable[[str], str]) -> Config:
+    """The deployed config: the file RUNNER_SCALER_CONFIG names, else the SSM parameter RUNNER_SCALER_CONFIG_PARAM."""
+    from chalicelib.resources import ENV_CONFIG_FILE, ENV_CONFIG_PARAM
+
+    if environ.get(ENV_CONFIG_FILE):
+        return load_config_file(environ[ENV_CONFIG_FILE])
+    if environ.get(ENV_CONFIG_PARAM):
+        name = environ[ENV_CONFIG_PARAM]
+        return parse_config(read_parameter(name), f"ssm:{name}")
+    raise ConfigError(
+        "environment", [f"set {ENV_CONFIG_FILE} (a TOML file) or {ENV_CONFIG_PARAM} (an SSM parameter name)"]
+    )
+
+
+def _describe(error: Any) -> str:
+    """One pydantic error as `pools[1].policy[0].timezone: <what is wrong and what is allowed>`."""
+    path = _path(error["loc"])
+    if error["type"] == "extra_forbidden":
+        field = str(error["loc"][-1])
+        known = _known_fields(error["loc"])
+        close = difflib.get_close_matches(field, known, n=1)
+        hint = f' (did you mean "{close[0]}"?)' if close else f" (allowed: {', '.join(sorted(known))})"
+        return f"{path}: unknown field{hint}"
+    if error["type"] == "missing":
+        return f"{path}: required field is missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{path}: {message}" if path else message
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {"function-after[_pool_rules()]"} or str(part).startswith(("function-", "json-")):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        nested = _model_of(field.annotation)
+        if nested is None:
+            break
+        model = nested
+    return list(model.model_fields)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _zone_names() -> list[str]:
+    from zoneinfo import available_timezones
+
+    return sorted(available_timezones())

@@ -1,0 +1,72 @@
+"""`runner-scaler migrate`: gitlab-runner configs become valid runner-scaler configs, losing nothing silently."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from chalicelib.cli.main import app
+from chalicelib.config import parse_config
+from chalicelib.errors import ConfigError
+from chalicelib.migrate import migrate
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_docker_machine_settings_map_to_policies() -> None:
+    text = migrate((EXAMPLES / "gitlab-runner-docker-machine.toml").read_text(), "dm.toml")
+    config = parse_config(text, "migrated")
+    pool = config.pools[0]
+    assert (pool.max_use_count, pool.max_instances, pool.max_growth_rate) == (1, 40, 10)
+    assert pool.instance_types == ("m7i.large",)
+    base, office, weekend = pool.policy
+    # IdleCountMin/IdleScaleFactor/IdleCount -> idle_count/scale_factor/scale_factor_limit
+    assert (base.idle_count, base.scale_factor, base.scale_factor_limit) == (1, 0.5, 5)
+    assert base.idle_time == timedelta(minutes=30)
+    # 7-field docker+machine periods become 5-field cron, time zone kept
+    assert office.periods == ("* 9-17 * * mon-fri",) and office.timezone == "Europe/Paris"
+    assert weekend.periods == ("* * * * sat,sun",) and weekend.idle_time == timedelta(minutes=5)
+
+
+def test_every_dropped_setting_gets_a_comment() -> None:
+    text = migrate((EXAMPLES / "gitlab-runner-docker-machine.toml").read_text(), "dm.toml")
+    for dropped in ("MachineDriver", "MachineName", "amazonec2-vpc-id", "concurrent", "token", "tags"):
+        assert any(dropped in line for line in text.splitlines() if line.lstrip().startswith("#")), dropped
+    assert "REDACTED" not in text  # the runner token is never copied
+
+
+def test_docker_autoscaler_maps_one_to_one() -> None:
+    text = migrate((EXAMPLES / "gitlab-runner-docker-autoscaler.toml").read_text(), "da.toml")
+    pool = parse_config(text, "migrated").pools[0]
+    assert (pool.asg, pool.capacity_per_instance, pool.max_use_count, pool.max_instances) == (
+        "linux-asg",
+        2,
+        4,
+        12,
+    )
+    assert pool.policy[1].scale_factor_limit == 6 and pool.policy[1].timezone == "Europe/Berlin"
+    assert "preemptive_mode: no equivalent" in text
+
+
+def test_config_without_autoscaling_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="no runner uses"):
+        migrate('[[runners]]\nname = "shell"\nexecutor = "shell"\n', "plain.toml")
+
+
+def test_cli_validate_and_migrate_on_shipped_examples(tmp_path: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(app, ["validate-config", str(EXAMPLES / "config.toml")])
+    assert ok.exit_code == 0 and '"max_instances": 40' in ok.stdout
+    out = tmp_path / "scaler.toml"
+    done = runner.invoke(
+        app, ["migrate", str(EXAMPLES / "gitlab-runner-docker-machine.toml"), "--out", str(out)]
+    )
+    assert done.exit_code == 0
+    assert runner.invoke(app, ["validate-config", str(out)]).exit_code == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text(out.read_text().replace("max_instances = 40", "max_instances = -1"))
+    failed = runner.invoke(app, ["validate-config", str(bad)])
+    assert failed.exit_code == 1 and "pools[0].max_instances" in failed.output
