@@ -319,7 +319,7 @@ def load_config_file(path: str | Path) -> Config:
 
 
 def load_config(environ: Mapping[str, str], read_parameter: Callable[[str], str]) -> Config:
-    """The deployed config: the file RUNNER_SCALER_CONFIG names, else the SSM parameter RUNNER_SCALER_CONFIG_PARAM."""
+    """The deployed config: file RUNNER_SCALER_CONFIG, else the SSM parameter RUNNER_SCALER_CONFIG_PARAM."""
     from chalicelib.resources import ENV_CONFIG_FILE, ENV_CONFIG_PARAM
 
     if environ.get(ENV_CONFIG_FILE):

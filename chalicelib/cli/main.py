@@ -66,7 +66,7 @@ def migrate(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write here instead of stdout")] = None,
     gitlab_url: Annotated[str | None, typer.Option(help="GitLab URL, when config.toml's differs")] = None,
 ) -> None:
-    """Write the runner-scaler config equivalent to a gitlab-runner config.toml; comments name what was dropped."""
+    """Write the runner-scaler equivalent of a gitlab-runner config.toml; comments name what was dropped."""
     try:
         text = migrate_text(file.read_text(encoding="utf-8"), str(file), gitlab_url)
     except OSError as exc:

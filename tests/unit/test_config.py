@@ -118,7 +118,7 @@ def test_not_toml_is_a_clear_error() -> None:
 
 
 def test_missing_file_is_named() -> None:
-    with pytest.raises(ConfigError, match="nope.toml"):
+    with pytest.raises(ConfigError, match=r"nope\.toml"):
         load_config_file("nope.toml")
 
 
