@@ -28,6 +28,7 @@ GSI_POOL_SK = "gsi1sk"
 
 # Queue: FIFO, one message group per pool, so one pool reconciles at a time.
 QUEUE_SUFFIX = "-dirty.fifo"
+DIRTY_WINDOW_SECONDS = 2  # at most one "pool dirty" message per pool per window
 DLQ_SUFFIX = "-dirty-dlq.fifo"
 
 # Tags on EC2 / ASG / secrets (state kept on the resource under named constants).
@@ -114,6 +115,8 @@ def queue_attributes(dead_letter_arn: str | None = None) -> dict[str, str]:
         "FifoQueue": "true",
         "ContentBasedDeduplication": "false",
         "VisibilityTimeout": "120",
+        # Messages wait one de-duplication window, so the reconcile sees every event of its window.
+        "DelaySeconds": str(DIRTY_WINDOW_SECONDS),
         "MessageRetentionPeriod": "3600",
     }
     if dead_letter_arn:

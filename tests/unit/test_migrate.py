@@ -1,4 +1,4 @@
-"""`runner-scaler migrate`: gitlab-runner configs become valid runner-scaler configs, nothing lost silently."""
+"""`runner-scaler migrate`: gitlab-runner configs become valid runner-scaler configs, none lost silently."""
 
 from __future__ import annotations
 

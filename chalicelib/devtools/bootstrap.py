@@ -1,0 +1,85 @@
+"""Create, on moto (in-process or server) or an empty test account, the resources the config names.
+
+Shared by tests, `runner-scaler replay` and the demo, using the same definitions as infra/ (resources.py),
+so the local stack and the deployed one never drift. Not imported by the Lambda path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from chalicelib.aws import AwsClients
+from chalicelib.config import Config, Pool
+from chalicelib.resources import TAG_DEPLOYMENT, TAG_POOL, Names, queue_attributes
+from chalicelib.store import ensure_table
+
+# A placeholder AMI id: moto accepts any id of this shape.
+LOCAL_AMI = "ami-12c6146b"
+
+
+@dataclass(frozen=True)
+class LocalStack:
+    names: Names
+    table: str
+    queue_url: str
+    dead_letter_url: str
+    subnet_id: str
+
+
+def bootstrap(aws: AwsClients, config: Config, names: Names, webhook_tokens: list[str]) -> LocalStack:
+    """Table, queues, webhook-token secret, and one launch template + ASG per pool (min 0, desired 0)."""
+    ensure_table(aws, names.table)
+    dlq = aws.call("sqs", "create_queue", QueueName=names.dead_letter_queue, Attributes={"FifoQueue": "true"})
+    dlq_arn = aws.call("sqs", "get_queue_attributes", QueueUrl=dlq["QueueUrl"], AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    queue = aws.call("sqs", "create_queue", QueueName=names.queue, Attributes=queue_attributes(dlq_arn))
+    _put_secret(aws, names.webhook_tokens_secret, json.dumps({"tokens": webhook_tokens}))
+    subnet_id = _subnet(aws)
+    for pool in config.pools:
+        create_pool_group(aws, pool, names, subnet_id)
+    return LocalStack(names, names.table, queue["QueueUrl"], dlq["QueueUrl"], subnet_id)
+
+
+def create_pool_group(aws: AwsClients, pool: Pool, names: Names, subnet_id: str) -> None:
+    """Launch template + ASG as infra/ makes them: protected from scale-in, starting empty."""
+    template = f"{names.prefix}-{pool.name}"
+    instance_type = pool.instance_types[0] if pool.instance_types else "t3.micro"
+    aws.call(
+        "ec2",
+        "create_launch_template",
+        LaunchTemplateName=template,
+        LaunchTemplateData={
+            "ImageId": LOCAL_AMI,
+            "InstanceType": instance_type,
+            "MetadataOptions": {"HttpTokens": "required"},
+        },
+    )
+    aws.call(
+        "autoscaling",
+        "create_auto_scaling_group",
+        AutoScalingGroupName=pool.asg,
+        LaunchTemplate={"LaunchTemplateName": template, "Version": "$Latest"},
+        MinSize=0,
+        MaxSize=pool.max_instances,
+        DesiredCapacity=0,
+        VPCZoneIdentifier=subnet_id,
+        NewInstancesProtectedFromScaleIn=True,
+        Tags=[
+            {"Key": TAG_POOL, "Value": pool.name, "PropagateAtLaunch": True},
+            {"Key": TAG_DEPLOYMENT, "Value": names.prefix, "PropagateAtLaunch": True},
+        ],
+    )
+
+
+def _subnet(aws: AwsClients) -> str:
+    subnets = aws.call("ec2", "describe_subnets").get("Subnets", [])
+    if subnets:
+        return str(subnets[0]["SubnetId"])
+    vpc = aws.call("ec2", "create_vpc", CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    return str(aws.call("ec2", "create_subnet", VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"])
+
+
+def _put_secret(aws: AwsClients, name: str, value: str) -> None:
+    aws.call("secretsmanager", "create_secret", Name=name, SecretString=value)

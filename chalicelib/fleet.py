@@ -1,0 +1,187 @@
+"""EC2 Auto Scaling adapter: read pools, set capacity, protect machines, terminate chosen machines.
+
+The only module that calls Auto Scaling for pools; every call goes through `AwsClients` (counted, retried,
+translated). Holds no policy: the reconciler decides, this module does exactly what it is told.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Protocol
+
+from chalicelib.aws import AwsClients
+from chalicelib.errors import AwsCallError
+
+# Lifecycle states in which an instance still belongs to the pool (Terminating* and Detach* do not).
+LIVE_STATES = frozenset(
+    {
+        "Pending",
+        "Pending:Wait",
+        "Pending:Proceed",
+        "InService",
+        "Warmed:Pending",
+        "Standby",
+        "EnteringStandby",
+    }
+)
+# DescribeAutoScalingGroups takes at most this many names per call.
+_NAMES_PER_CALL = 50
+_IDS_PER_DESCRIBE = 500
+
+
+@dataclass(frozen=True)
+class Instance:
+    instance_id: str
+    lifecycle_state: str
+    protected: bool
+    healthy: bool = True
+    instance_type: str = ""
+    availability_zone: str = ""
+    launched_at: datetime | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.lifecycle_state in LIVE_STATES
+
+    @property
+    def in_service(self) -> bool:
+        return self.lifecycle_state == "InService"
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """One Auto Scaling group as read now."""
+
+    asg: str
+    desired: int
+    min_size: int
+    max_size: int
+    instances: tuple[Instance, ...]
+
+    def live_instances(self) -> tuple[Instance, ...]:
+        return tuple(i for i in self.instances if i.live)
+
+
+class Fleet(Protocol):
+    """What the reconciler needs from the machines' provider (ASG here, simulated in sim/)."""
+
+    def read_groups(self, asgs: Sequence[str]) -> dict[str, GroupView]:
+        """Every named group in as few calls as the API allows (calls grow with pools, not machines)."""
+        ...
+
+    def set_desired_capacity(self, asg: str, desired: int) -> None: ...
+
+    def protect(self, asg: str, instance_ids: Sequence[str]) -> None:
+        """Protect from scale-in: the scaler, never the ASG, chooses what to terminate."""
+        ...
+
+    def terminate(self, instance_id: str) -> None:
+        """Terminate one machine and decrement the group's desired capacity."""
+        ...
+
+
+class AsgFleet:
+    """Fleet on EC2 Auto Scaling."""
+
+    def __init__(self, aws: AwsClients) -> None:
+        self._aws = aws
+
+    def read_groups(self, asgs: Sequence[str]) -> dict[str, GroupView]:
+        views: dict[str, GroupView] = {}
+        names = list(dict.fromkeys(asgs))
+        for start in range(0, len(names), _NAMES_PER_CALL):
+            groups = self._aws.paginate(
+                "autoscaling",
+                "describe_auto_scaling_groups",
+                "AutoScalingGroups",
+                AutoScalingGroupNames=names[start : start + _NAMES_PER_CALL],
+            )
+            for group in groups:
+                view = _group_view(group)
+                views[view.asg] = view
+        launch_times = self._launch_times([i.instance_id for v in views.values() for i in v.instances])
+        return {
+            name: GroupView(
+                asg=v.asg,
+                desired=v.desired,
+                min_size=v.min_size,
+                max_size=v.max_size,
+                instances=tuple(_with_launch(i, launch_times.get(i.instance_id)) for i in v.instances),
+            )
+            for name, v in views.items()
+        }
+
+    def _launch_times(self, instance_ids: list[str]) -> dict[str, datetime]:
+        """LaunchTime per instance: DescribeAutoScalingGroups does not carry it, DescribeInstances does."""
+        times: dict[str, datetime] = {}
+        for start in range(0, len(instance_ids), _IDS_PER_DESCRIBE):
+            chunk = instance_ids[start : start + _IDS_PER_DESCRIBE]
+            try:
+                reservations = self._aws.paginate(
+                    "ec2", "describe_instances", "Reservations", InstanceIds=chunk
+                )
+            except AwsCallError as exc:
+                if exc.code != "InvalidInstanceID.NotFound":
+                    raise
+                continue  # an instance vanished between the two reads: the next tick sees the truth
+            for reservation in reservations:
+                for inst in reservation.get("Instances", []):
+                    times[inst["InstanceId"]] = inst["LaunchTime"]
+        return times
+
+    def set_desired_capacity(self, asg: str, desired: int) -> None:
+        self._aws.call(
+            "autoscaling",
+            "set_desired_capacity",
+            AutoScalingGroupName=asg,
+            DesiredCapacity=desired,
+            HonorCooldown=False,
+        )
+
+    def protect(self, asg: str, instance_ids: Sequence[str]) -> None:
+        ids = list(instance_ids)
+        for start in range(0, len(ids), 50):
+            self._aws.call(
+                "autoscaling",
+                "set_instance_protection",
+                AutoScalingGroupName=asg,
+                InstanceIds=ids[start : start + 50],
+                ProtectedFromScaleIn=True,
+            )
+
+    def terminate(self, instance_id: str) -> None:
+        self._aws.call(
+            "autoscaling",
+            "terminate_instance_in_auto_scaling_group",
+            InstanceId=instance_id,
+            ShouldDecrementDesiredCapacity=True,
+        )
+
+
+def _group_view(group: dict[str, object]) -> GroupView:
+    raw_instances = group.get("Instances", [])
+    assert isinstance(raw_instances, list)
+    instances = tuple(
+        Instance(
+            instance_id=str(i["InstanceId"]),
+            lifecycle_state=str(i["LifecycleState"]),
+            protected=bool(i.get("ProtectedFromScaleIn", False)),
+            healthy=i.get("HealthStatus", "Healthy") == "Healthy",
+            instance_type=str(i.get("InstanceType", "")),
+            availability_zone=str(i.get("AvailabilityZone", "")),
+        )
+        for i in raw_instances
+    )
+    return GroupView(
+        asg=str(group["AutoScalingGroupName"]),
+        desired=int(str(group["DesiredCapacity"])),
+        min_size=int(str(group["MinSize"])),
+        max_size=int(str(group["MaxSize"])),
+        instances=instances,
+    )
+
+
+def _with_launch(instance: Instance, launched: datetime | None) -> Instance:
+    return instance if launched is None else replace(instance, launched_at=launched)

@@ -1,0 +1,262 @@
+"""Use case: reconcile ONE pool. Read state through adapters, ask the pure engine, drain, then apply.
+
+Only one reconcile of a pool runs at a time (a conditional-write lease in the store), so two never act on a
+stale view of each other. Imports adapters' Protocols, the engine and config; no boto3.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Protocol
+
+from chalicelib.capacity import Demand, Machine, MachineState, PoolPlan, RemovalReason, plan_pool
+from chalicelib.config import Config, Pool
+from chalicelib.errors import AwsCallError, GitLabError
+from chalicelib.fleet import Fleet, GroupView, Instance
+from chalicelib.store import TERMINAL, JobRecord, MachineRecord, Store
+
+logger = logging.getLogger(__name__)
+
+# Drains the reconciler itself started; a Spot drain is left to the instance's own end.
+_SCALER_DRAINS = frozenset(r.value for r in RemovalReason)
+
+
+class RunnerControl(Protocol):
+    """The GitLab side of drain-then-terminate: stop a runner taking jobs, then ask what it still runs."""
+
+    def pause_runner(self, runner_id: int, paused: bool = True) -> None: ...
+
+    def runner_jobs(self, runner_id: int, status: str = "running") -> Sequence[Any]: ...
+
+
+@dataclass
+class ReconcileResult:
+    """What one reconcile saw and did, for logs, metrics, the CLI and the demo."""
+
+    pool: str
+    now: datetime
+    plan: PoolPlan | None = None
+    launched: int = 0
+    terminated: list[str] = field(default_factory=list)
+    drain_cancelled: list[str] = field(default_factory=list)
+    protected: list[str] = field(default_factory=list)
+    desired_before: int = 0
+    desired_after: int = 0
+    skipped: str = ""
+    errors: list[str] = field(default_factory=list)
+    pending: int = 0
+    running: int = 0
+    machines: dict[str, int] = field(default_factory=dict)  # state -> count
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.skipped
+
+
+class Reconciler:
+    """Reconciles pools; `owner` names this worker in the pool lease (a Lambda request id, a thread)."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        fleet: Fleet,
+        runners: RunnerControl | None = None,
+        *,
+        owner: str = "reconciler",
+        drain_recheck: bool = True,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._fleet = fleet
+        self._runners = runners
+        self._owner = owner
+        self._drain_recheck = drain_recheck
+
+    def reconcile_all(self, now: datetime) -> list[ReconcileResult]:
+        """Every pool, with one batched read of all groups (calls grow with pools, not machines)."""
+        try:
+            groups = self._fleet.read_groups([p.asg for p in self._config.pools])
+        except AwsCallError as exc:
+            return [ReconcileResult(p.name, now, errors=[str(exc)]) for p in self._config.pools]
+        return [self.reconcile_pool(pool, now, groups.get(pool.asg)) for pool in self._config.pools]
+
+    def reconcile_pool(self, pool: Pool, now: datetime, group: GroupView | None = None) -> ReconcileResult:
+        result = ReconcileResult(pool.name, now)
+        if not self._store.acquire_lease(pool.name, self._owner, now, self._config.scaler.lease_duration):
+            result.skipped = "another reconcile holds the pool lease"
+            return result
+        try:
+            self._reconcile_locked(pool, now, group, result)
+        except (AwsCallError, GitLabError) as exc:
+            # Left for the next tick, which re-reads everything: nothing is half-applied silently.
+            result.errors.append(str(exc))
+            logger.warning("reconcile failed", extra={"pool": pool.name, "error": str(exc)})
+        finally:
+            self._store.release_lease(pool.name, self._owner)
+        return result
+
+    def _reconcile_locked(
+        self, pool: Pool, now: datetime, group: GroupView | None, result: ReconcileResult
+    ) -> None:
+        if group is None:
+            group = self._fleet.read_groups([pool.asg]).get(pool.asg)
+        if group is None:
+            result.errors.append(f'Auto Scaling group "{pool.asg}" of pool "{pool.name}" does not exist')
+            return
+        result.desired_before = group.desired
+        records = {m.instance_id: m for m in self._store.machines(pool.name)}
+        jobs = self._store.pool_jobs(pool.name)
+        live = group.live_instances()
+        self._adopt(pool, live, records, now)
+        self._forget_vanished(live, records)
+        self._settle_jobs(jobs, records, now)
+        machines = self._machines(live, records, now)
+        result.protected = self._protect(group)
+
+        demand = Demand(
+            pending=sum(1 for j in jobs if j.status == "pending"),
+            running=sum(1 for j in jobs if j.status == "running"),
+        )
+        result.pending, result.running = demand.pending, demand.running
+        for machine in machines:
+            result.machines[machine.state.value] = result.machines.get(machine.state.value, 0) + 1
+        plan = plan_pool(pool, demand, machines, now)
+        result.plan = plan
+
+        removals = [(r.instance_id, r.reason.value) for r in plan.removals]
+        removals += [
+            (m.instance_id, records[m.instance_id].drain_reason)
+            for m in machines
+            if m.state is MachineState.DRAINING
+            and records[m.instance_id].drain_reason in _SCALER_DRAINS
+            and not records[m.instance_id].running
+        ]
+        for instance_id, reason in removals:
+            self._drain_and_terminate(records[instance_id], reason, now, result)
+
+        remaining = len(live) - len(result.terminated)
+        desired = min(remaining + plan.launch, group.max_size)
+        current = group.desired - len(result.terminated)
+        if desired != current:
+            self._fleet.set_desired_capacity(pool.asg, desired)
+        result.launched = max(0, desired - remaining)
+        result.desired_after = desired
+        if plan.changes or result.terminated:
+            logger.info(plan.summary(), extra={"pool": pool.name})
+
+    def _settle_jobs(
+        self, jobs: Sequence[JobRecord], records: dict[str, MachineRecord], now: datetime
+    ) -> None:
+        """Credit machines with the jobs they started and finished, then take finished jobs off the index.
+
+        The reconciler, under the pool lease, is the single writer of machine job counts.
+        """
+        for job in jobs:
+            record = records.get(job.machine_id) if job.machine_id else None
+            if job.status == "running" and record is not None and job.job_id not in record.job_ids:
+                self._store.machine_job_started(record.instance_id, job.job_id, now)
+                records[record.instance_id] = replace(
+                    record,
+                    job_ids=record.job_ids | {job.job_id},
+                    running=record.running | {job.job_id},
+                    ready_at=record.ready_at or now,
+                )
+            elif job.status in TERMINAL:
+                if record is not None:
+                    self._store.machine_job_finished(record.instance_id, job.job_id, now)
+                    records[record.instance_id] = replace(
+                        record,
+                        job_ids=record.job_ids | {job.job_id},
+                        running=record.running - {job.job_id},
+                        last_busy_at=job.finished_at or now,
+                    )
+                self._store.settle_job(job)
+
+    def _adopt(
+        self, pool: Pool, live: Sequence[Instance], records: dict[str, MachineRecord], now: datetime
+    ) -> None:
+        """Give every live instance a record (its launch event may be late or lost) to credit jobs to."""
+        for instance in live:
+            if instance.instance_id not in records:
+                record = MachineRecord(
+                    instance_id=instance.instance_id, pool=pool.name, launched_at=instance.launched_at or now
+                )
+                self._store.put_machine(record)
+                records[instance.instance_id] = record
+
+    def _machines(
+        self, live: Sequence[Instance], records: dict[str, MachineRecord], now: datetime
+    ) -> list[Machine]:
+        """The engine's view of each live instance; the first time one is seen in service it becomes ready."""
+        machines: list[Machine] = []
+        for instance in live:
+            record = records[instance.instance_id]
+            if instance.in_service and record.ready_at is None:
+                self._store.mark_ready(instance.instance_id, now)
+                record = replace(record, ready_at=now)
+                records[instance.instance_id] = record
+            machines.append(_machine(instance, record))
+        return machines
+
+    def _forget_vanished(self, live: Sequence[Instance], records: dict[str, MachineRecord]) -> None:
+        live_ids = {i.instance_id for i in live}
+        for instance_id in [i for i in records if i not in live_ids]:
+            self._store.delete_machine(instance_id)
+            del records[instance_id]
+
+    def _protect(self, group: GroupView) -> list[str]:
+        """Heal protection: every live instance is protected from scale-in, so only we choose what goes."""
+        unprotected = [i.instance_id for i in group.live_instances() if not i.protected]
+        if unprotected:
+            self._fleet.protect(group.asg, unprotected)
+        return unprotected
+
+    def _drain_and_terminate(
+        self, record: MachineRecord, reason: str, now: datetime, result: ReconcileResult
+    ) -> None:
+        """Drain-then-terminate: mark draining (only if no job), pause the runner, re-check, then terminate.
+
+        GitLab's view of "busy" lags job assignment, so a job may land between the decision and the
+        termination: the re-check after pausing catches it and the removal is dropped.
+        """
+        if not self._store.start_draining(record.instance_id, reason, now):
+            result.drain_cancelled.append(record.instance_id)
+            return
+        if self._drain_recheck and self._runners is not None and record.runner_id is not None:
+            self._runners.pause_runner(record.runner_id, True)
+            if self._runners.runner_jobs(record.runner_id, "running"):
+                self._runners.pause_runner(record.runner_id, False)
+                self._store.stop_draining(record.instance_id)
+                result.drain_cancelled.append(record.instance_id)
+                logger.info(
+                    "removal dropped: a job landed during the drain",
+                    extra={"instance_id": record.instance_id, "runner_id": record.runner_id},
+                )
+                return
+        self._fleet.terminate(record.instance_id)
+        result.terminated.append(record.instance_id)
+
+
+def _machine(instance: Instance, record: MachineRecord) -> Machine:
+    if record.draining_since is not None:
+        state = MachineState.DRAINING
+    elif record.running:
+        state = MachineState.BUSY
+    elif not instance.in_service:
+        state = MachineState.BOOTING
+    else:
+        state = MachineState.IDLE
+    return Machine(
+        instance_id=record.instance_id,
+        state=state,
+        launched_at=instance.launched_at or record.launched_at,
+        jobs_started=record.jobs_started,
+        running_jobs=len(record.running),
+        ready_at=record.ready_at,
+        last_busy_at=record.last_busy_at,
+        host_id=record.host_id,
+    )

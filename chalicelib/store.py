@@ -1,0 +1,609 @@
+"""State in one DynamoDB table (single-table design): jobs, machines, seen events, pool leases.
+
+`DynamoStore` is the adapter (every call through `AwsClients`); `MemoryStore` is its in-memory twin for the
+simulator and unit tests. Both satisfy `Store` and pass the same contract tests. No policy lives here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from chalicelib.aws import AwsClients
+from chalicelib.errors import AwsCallError
+from chalicelib.resources import GSI_POOL, GSI_POOL_PK, GSI_POOL_SK, TABLE_PK, TABLE_SK, TABLE_TTL_ATTRIBUTE
+
+# Status order: a job only moves forward, so a late or duplicate event never undoes a newer one.
+STATUS_RANK = {
+    "created": 0,
+    "waiting_for_resource": 1,
+    "preparing": 1,
+    "scheduled": 1,
+    "manual": 1,
+    "pending": 2,
+    "running": 3,
+    "success": 4,
+    "failed": 4,
+    "canceled": 4,
+    "skipped": 4,
+}
+ACTIVE = frozenset({"pending", "running"})
+TERMINAL = frozenset({"success", "failed", "canceled", "skipped"})
+
+JOB_TTL = timedelta(days=7)
+EVENT_TTL = timedelta(days=2)
+
+
+def rank(status: str) -> int:
+    """Rank of a GitLab job status; unknown statuses rank with `created` (they never block a real one)."""
+    return STATUS_RANK.get(status, 0)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One GitLab job as the scaler knows it. `gitlab` is the GitLab host, so two GitLabs never collide.
+
+    `machine_id` is the instance that runs it, from its runner's description (`runner-scaler/<pool>/<id>`).
+    """
+
+    gitlab: str
+    job_id: int
+    status: str
+    project_id: int = 0
+    pipeline_id: int = 0
+    pool: str = ""
+    tags: tuple[str, ...] = ()
+    runner_id: int | None = None
+    machine_id: str = ""
+    name: str = ""
+    stage: str = ""
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        return f"JOB#{self.gitlab}#{self.job_id}"
+
+
+@dataclass(frozen=True)
+class MachineRecord:
+    """What the scaler remembers of one instance beyond what the ASG says: its runner and its jobs."""
+
+    instance_id: str
+    pool: str
+    launched_at: datetime
+    runner_id: int | None = None
+    job_ids: frozenset[int] = field(default_factory=frozenset)  # every job it started
+    running: frozenset[int] = field(default_factory=frozenset)  # jobs running now
+    ready_at: datetime | None = None
+    last_busy_at: datetime | None = None
+    draining_since: datetime | None = None
+    drain_reason: str = ""
+    host_id: str | None = None
+
+    @property
+    def jobs_started(self) -> int:
+        return len(self.job_ids)
+
+
+class Store(Protocol):
+    """What use cases need from state; implemented by DynamoStore and MemoryStore."""
+
+    def record_job(self, job: JobRecord, now: datetime) -> bool:
+        """Write the job if its status ranks above the stored one; True when it changed anything."""
+        ...
+
+    def get_job(self, gitlab: str, job_id: int) -> JobRecord | None: ...
+
+    def pool_jobs(self, pool: str) -> list[JobRecord]:
+        """The pool's pending and running jobs, plus finished ones the reconciler has not settled yet."""
+        ...
+
+    def settle_job(self, job: JobRecord) -> None:
+        """Take a finished job off the pool index once its machine has been credited with it."""
+        ...
+
+    def first_seen(self, key: str, now: datetime) -> bool:
+        """Record an event key; True the first time, False for a duplicate (within EVENT_TTL)."""
+        ...
+
+    def put_machine(self, machine: MachineRecord) -> None: ...
+
+    def get_machine(self, instance_id: str) -> MachineRecord | None: ...
+
+    def machines(self, pool: str) -> list[MachineRecord]: ...
+
+    def delete_machine(self, instance_id: str) -> None: ...
+
+    def machine_job_started(self, instance_id: str, job_id: int, now: datetime) -> bool:
+        """Count a job on its machine once (idempotent); False when the machine is unknown."""
+        ...
+
+    def machine_job_finished(self, instance_id: str, job_id: int, now: datetime) -> bool: ...
+
+    def start_draining(self, instance_id: str, reason: str, now: datetime) -> bool:
+        """Mark a machine draining only if it runs no job (conditional); True when it is now draining."""
+        ...
+
+    def stop_draining(self, instance_id: str) -> None: ...
+
+    def mark_ready(self, instance_id: str, now: datetime) -> None: ...
+
+    def acquire_lease(self, pool: str, owner: str, now: datetime, duration: timedelta) -> bool:
+        """Take the pool's lease unless another owner holds an unexpired one."""
+        ...
+
+    def release_lease(self, pool: str, owner: str) -> None: ...
+
+
+_LEASE_FREE = f"attribute_not_exists({TABLE_PK}) OR lease_until < :now OR #owner = :owner"
+
+
+def _epoch(value: datetime) -> int:
+    return int(value.timestamp())
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value else None
+
+
+def _dt(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class DynamoStore:
+    """The Store on DynamoDB: one conditional write per state change, sparse GSI for per-pool reads."""
+
+    def __init__(self, aws: AwsClients, table: str) -> None:
+        self._aws = aws
+        self._table = table
+        self._ser = TypeSerializer()
+        self._de = TypeDeserializer()
+
+    # -- jobs -----------------------------------------------------------------------------------------
+    def record_job(self, job: JobRecord, now: datetime) -> bool:
+        values: dict[str, Any] = {
+            ":status": job.status,
+            ":rank": rank(job.status),
+            ":updated": _iso(now),
+            ":ttl": _epoch(now + JOB_TTL),
+            ":project": job.project_id,
+            ":pipeline": job.pipeline_id,
+            ":pool": job.pool,
+            ":tags": list(job.tags),
+            ":name": job.name,
+            ":stage": job.stage,
+        }
+        sets = [
+            "#status = :status",
+            "#rank = :rank",
+            "updated_at = :updated",
+            f"{TABLE_TTL_ATTRIBUTE} = :ttl",
+            "project_id = :project",
+            "pipeline_id = :pipeline",
+            "#pool = :pool",
+            "tags = :tags" if job.tags else "tags = if_not_exists(tags, :tags)",
+            "#name = :name",
+            "stage = :stage",
+        ]
+        for attr in ("runner_id", "machine_id", "created_at", "started_at", "finished_at"):
+            value = getattr(job, attr)
+            if value:
+                values[f":{attr}"] = _iso(value) if isinstance(value, datetime) else value
+                sets.append(f"{attr} = :{attr}")
+        if job.pool and rank(job.status) >= rank("pending"):
+            values[":gpk"] = f"POOL#{job.pool}#JOBS"
+            values[":gsk"] = job.key
+            sets += [f"{GSI_POOL_PK} = :gpk", f"{GSI_POOL_SK} = :gsk"]
+        expression = "SET " + ", ".join(sets)
+        return self._conditional_update(
+            {TABLE_PK: job.key, TABLE_SK: "JOB"},
+            expression,
+            f"attribute_not_exists({TABLE_PK}) OR #rank < :rank",
+            values,
+            {"#status": "status", "#rank": "rank", "#pool": "pool", "#name": "name"},
+        )
+
+    def get_job(self, gitlab: str, job_id: int) -> JobRecord | None:
+        item = self._get(f"JOB#{gitlab}#{job_id}", "JOB")
+        return self._job(item) if item else None
+
+    def pool_jobs(self, pool: str) -> list[JobRecord]:
+        return [self._job(item) for item in self._query_pool(f"POOL#{pool}#JOBS")]
+
+    def settle_job(self, job: JobRecord) -> None:
+        self._aws.call(
+            "dynamodb",
+            "update_item",
+            TableName=self._table,
+            Key=self._dump({TABLE_PK: job.key, TABLE_SK: "JOB"}),
+            UpdateExpression=f"REMOVE {GSI_POOL_PK}, {GSI_POOL_SK}",
+        )
+
+    def _job(self, item: dict[str, Any]) -> JobRecord:
+        _, gitlab, job_id = str(item[TABLE_PK]).split("#", 2)
+        runner = item.get("runner_id")
+        return JobRecord(
+            gitlab=gitlab,
+            job_id=int(job_id),
+            status=str(item["status"]),
+            project_id=int(item.get("project_id", 0)),
+            pipeline_id=int(item.get("pipeline_id", 0)),
+            pool=str(item.get("pool", "")),
+            tags=tuple(item.get("tags", ())),
+            runner_id=int(runner) if runner is not None else None,
+            machine_id=str(item.get("machine_id", "")),
+            name=str(item.get("name", "")),
+            stage=str(item.get("stage", "")),
+            created_at=_dt(item.get("created_at")),
+            started_at=_dt(item.get("started_at")),
+            finished_at=_dt(item.get("finished_at")),
+            updated_at=_dt(item.get("updated_at")),
+        )
+
+    # -- events ---------------------------------------------------------------------------------------
+    def first_seen(self, key: str, now: datetime) -> bool:
+        try:
+            self._aws.call(
+                "dynamodb",
+                "put_item",
+                TableName=self._table,
+                Item=self._dump(
+                    {
+                        TABLE_PK: f"EVENT#{key}",
+                        TABLE_SK: "EVENT",
+                        TABLE_TTL_ATTRIBUTE: _epoch(now + EVENT_TTL),
+                    }
+                ),
+                ConditionExpression=f"attribute_not_exists({TABLE_PK})",
+            )
+        except AwsCallError as exc:
+            if exc.code == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    # -- machines -------------------------------------------------------------------------------------
+    def put_machine(self, machine: MachineRecord) -> None:
+        item: dict[str, Any] = {
+            TABLE_PK: f"MACHINE#{machine.instance_id}",
+            TABLE_SK: "MACHINE",
+            GSI_POOL_PK: f"POOL#{machine.pool}#MACHINES",
+            GSI_POOL_SK: machine.instance_id,
+            "pool": machine.pool,
+            "launched_at": _iso(machine.launched_at),
+            "drain_reason": machine.drain_reason,
+        }
+        optional = {
+            "runner_id": machine.runner_id,
+            "ready_at": _iso(machine.ready_at),
+            "last_busy_at": _iso(machine.last_busy_at),
+            "draining_since": _iso(machine.draining_since),
+            "host_id": machine.host_id,
+            "job_ids": set(machine.job_ids) or None,
+            "running": set(machine.running) or None,
+        }
+        item.update({k: v for k, v in optional.items() if v is not None})
+        self._aws.call("dynamodb", "put_item", TableName=self._table, Item=self._dump(item))
+
+    def get_machine(self, instance_id: str) -> MachineRecord | None:
+        item = self._get(f"MACHINE#{instance_id}", "MACHINE")
+        return self._machine(item) if item else None
+
+    def machines(self, pool: str) -> list[MachineRecord]:
+        return [self._machine(item) for item in self._query_pool(f"POOL#{pool}#MACHINES")]
+
+    def delete_machine(self, instance_id: str) -> None:
+        self._aws.call(
+            "dynamodb",
+            "delete_item",
+            TableName=self._table,
+            Key=self._dump({TABLE_PK: f"MACHINE#{instance_id}", TABLE_SK: "MACHINE"}),
+        )
+
+    def machine_job_started(self, instance_id: str, job_id: int, now: datetime) -> bool:
+        return self._conditional_update(
+            {TABLE_PK: f"MACHINE#{instance_id}", TABLE_SK: "MACHINE"},
+            "ADD job_ids :job, running :job SET ready_at = if_not_exists(ready_at, :now)",
+            f"attribute_exists({TABLE_PK}) AND (attribute_not_exists(job_ids) OR NOT contains(job_ids, :id))",
+            {":job": {job_id}, ":id": job_id, ":now": _iso(now)},
+        )
+
+    def machine_job_finished(self, instance_id: str, job_id: int, now: datetime) -> bool:
+        return self._conditional_update(
+            {TABLE_PK: f"MACHINE#{instance_id}", TABLE_SK: "MACHINE"},
+            "DELETE running :job ADD job_ids :job SET last_busy_at = :now",
+            f"attribute_exists({TABLE_PK})",
+            {":job": {job_id}, ":now": _iso(now)},
+        )
+
+    def start_draining(self, instance_id: str, reason: str, now: datetime) -> bool:
+        return self._conditional_update(
+            {TABLE_PK: f"MACHINE#{instance_id}", TABLE_SK: "MACHINE"},
+            "SET draining_since = if_not_exists(draining_since, :now), drain_reason = :reason",
+            f"attribute_exists({TABLE_PK}) AND (attribute_not_exists(running) OR size(running) = :zero)",
+            {":now": _iso(now), ":reason": reason, ":zero": 0},
+        )
+
+    def stop_draining(self, instance_id: str) -> None:
+        self._conditional_update(
+            {TABLE_PK: f"MACHINE#{instance_id}", TABLE_SK: "MACHINE"},
+            "REMOVE draining_since SET drain_reason = :empty",
+            f"attribute_exists({TABLE_PK})",
+            {":empty": ""},
+        )
+
+    def mark_ready(self, instance_id: str, now: datetime) -> None:
+        self._conditional_update(
+            {TABLE_PK: f"MACHINE#{instance_id}", TABLE_SK: "MACHINE"},
+            "SET ready_at = if_not_exists(ready_at, :now)",
+            f"attribute_exists({TABLE_PK})",
+            {":now": _iso(now)},
+        )
+
+    def _machine(self, item: dict[str, Any]) -> MachineRecord:
+        runner = item.get("runner_id")
+        launched = _dt(item.get("launched_at"))
+        assert launched is not None
+        return MachineRecord(
+            instance_id=str(item[TABLE_PK]).removeprefix("MACHINE#"),
+            pool=str(item.get("pool", "")),
+            launched_at=launched,
+            runner_id=int(runner) if runner is not None else None,
+            job_ids=frozenset(int(j) for j in item.get("job_ids", ())),
+            running=frozenset(int(j) for j in item.get("running", ())),
+            ready_at=_dt(item.get("ready_at")),
+            last_busy_at=_dt(item.get("last_busy_at")),
+            draining_since=_dt(item.get("draining_since")),
+            drain_reason=str(item.get("drain_reason", "")),
+            host_id=item.get("host_id"),
+        )
+
+    # -- leases ---------------------------------------------------------------------------------------
+    def acquire_lease(self, pool: str, owner: str, now: datetime, duration: timedelta) -> bool:
+        try:
+            self._aws.call(
+                "dynamodb",
+                "put_item",
+                TableName=self._table,
+                Item=self._dump(
+                    {
+                        TABLE_PK: f"POOL#{pool}",
+                        TABLE_SK: "LEASE",
+                        "owner": owner,
+                        "lease_until": _epoch(now + duration),
+                        TABLE_TTL_ATTRIBUTE: _epoch(now + duration + timedelta(hours=1)),
+                    }
+                ),
+                ConditionExpression=_LEASE_FREE,
+                ExpressionAttributeValues=self._dump({":now": _epoch(now), ":owner": owner}),
+                ExpressionAttributeNames={"#owner": "owner"},
+            )
+        except AwsCallError as exc:
+            if exc.code == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def release_lease(self, pool: str, owner: str) -> None:
+        try:
+            self._aws.call(
+                "dynamodb",
+                "delete_item",
+                TableName=self._table,
+                Key=self._dump({TABLE_PK: f"POOL#{pool}", TABLE_SK: "LEASE"}),
+                ConditionExpression="#owner = :owner",
+                ExpressionAttributeValues=self._dump({":owner": owner}),
+                ExpressionAttributeNames={"#owner": "owner"},
+            )
+        except AwsCallError as exc:
+            if exc.code != "ConditionalCheckFailedException":
+                raise
+
+    # -- plumbing -------------------------------------------------------------------------------------
+    def _dump(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {k: self._ser.serialize(v) for k, v in values.items()}
+
+    def _load(self, item: dict[str, Any]) -> dict[str, Any]:
+        return {k: self._de.deserialize(v) for k, v in item.items()}
+
+    def _get(self, pk: str, sk: str) -> dict[str, Any] | None:
+        result = self._aws.call(
+            "dynamodb",
+            "get_item",
+            TableName=self._table,
+            Key=self._dump({TABLE_PK: pk, TABLE_SK: sk}),
+            ConsistentRead=True,
+        )
+        item = result.get("Item")
+        return self._load(item) if item else None
+
+    def _query_pool(self, gsi_pk: str) -> list[dict[str, Any]]:
+        items = self._aws.paginate(
+            "dynamodb",
+            "query",
+            "Items",
+            TableName=self._table,
+            IndexName=GSI_POOL,
+            KeyConditionExpression="#pk = :pk",
+            ExpressionAttributeNames={"#pk": GSI_POOL_PK},
+            ExpressionAttributeValues=self._dump({":pk": gsi_pk}),
+        )
+        return [self._load(item) for item in items]
+
+    def _conditional_update(
+        self,
+        key: dict[str, str],
+        update: str,
+        condition: str,
+        values: dict[str, Any],
+        names: dict[str, str] | None = None,
+    ) -> bool:
+        params: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": self._dump(key),
+            "UpdateExpression": update,
+            "ConditionExpression": condition,
+            "ExpressionAttributeValues": self._dump(values),
+        }
+        if names:
+            params["ExpressionAttributeNames"] = names
+        try:
+            self._aws.call("dynamodb", "update_item", **params)
+        except AwsCallError as exc:
+            if exc.code == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+
+class MemoryStore:
+    """The Store in a dict, for the simulator and pure tests; same semantics as DynamoStore."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.jobs: dict[str, JobRecord] = {}
+        self._settled: set[str] = set()
+        self.machine_records: dict[str, MachineRecord] = {}
+        self._events: dict[str, datetime] = {}
+        self._leases: dict[str, tuple[str, datetime]] = {}
+
+    def record_job(self, job: JobRecord, now: datetime) -> bool:
+        with self._lock:
+            old = self.jobs.get(job.key)
+            if old is not None and rank(old.status) >= rank(job.status):
+                return False
+            merged = replace(
+                job,
+                runner_id=job.runner_id if job.runner_id is not None else (old.runner_id if old else None),
+                machine_id=job.machine_id or (old.machine_id if old else ""),
+                tags=job.tags or (old.tags if old else ()),
+                created_at=job.created_at or (old.created_at if old else None),
+                started_at=job.started_at or (old.started_at if old else None),
+                updated_at=now,
+            )
+            self.jobs[job.key] = merged
+            return True
+
+    def get_job(self, gitlab: str, job_id: int) -> JobRecord | None:
+        return self.jobs.get(f"JOB#{gitlab}#{job_id}")
+
+    def pool_jobs(self, pool: str) -> list[JobRecord]:
+        with self._lock:
+            return [
+                j
+                for j in self.jobs.values()
+                if j.pool == pool and rank(j.status) >= rank("pending") and j.key not in self._settled
+            ]
+
+    def settle_job(self, job: JobRecord) -> None:
+        with self._lock:
+            self._settled.add(job.key)
+
+    def first_seen(self, key: str, now: datetime) -> bool:
+        with self._lock:
+            seen = self._events.get(key)
+            if seen is not None and now - seen < EVENT_TTL:
+                return False
+            self._events[key] = now
+            return True
+
+    def put_machine(self, machine: MachineRecord) -> None:
+        with self._lock:
+            self.machine_records[machine.instance_id] = machine
+
+    def get_machine(self, instance_id: str) -> MachineRecord | None:
+        return self.machine_records.get(instance_id)
+
+    def machines(self, pool: str) -> list[MachineRecord]:
+        with self._lock:
+            return [m for m in self.machine_records.values() if m.pool == pool]
+
+    def delete_machine(self, instance_id: str) -> None:
+        with self._lock:
+            self.machine_records.pop(instance_id, None)
+
+    def machine_job_started(self, instance_id: str, job_id: int, now: datetime) -> bool:
+        with self._lock:
+            m = self.machine_records.get(instance_id)
+            if m is None or job_id in m.job_ids:
+                return False
+            self.machine_records[instance_id] = replace(
+                m, job_ids=m.job_ids | {job_id}, running=m.running | {job_id}, ready_at=m.ready_at or now
+            )
+            return True
+
+    def machine_job_finished(self, instance_id: str, job_id: int, now: datetime) -> bool:
+        with self._lock:
+            m = self.machine_records.get(instance_id)
+            if m is None:
+                return False
+            self.machine_records[instance_id] = replace(
+                m, running=m.running - {job_id}, job_ids=m.job_ids | {job_id}, last_busy_at=now
+            )
+            return True
+
+    def start_draining(self, instance_id: str, reason: str, now: datetime) -> bool:
+        with self._lock:
+            m = self.machine_records.get(instance_id)
+            if m is None or m.running:
+                return False
+            self.machine_records[instance_id] = replace(
+                m, draining_since=m.draining_since or now, drain_reason=reason
+            )
+            return True
+
+    def stop_draining(self, instance_id: str) -> None:
+        with self._lock:
+            m = self.machine_records.get(instance_id)
+            if m is not None:
+                self.machine_records[instance_id] = replace(m, draining_since=None, drain_reason="")
+
+    def mark_ready(self, instance_id: str, now: datetime) -> None:
+        with self._lock:
+            m = self.machine_records.get(instance_id)
+            if m is not None and m.ready_at is None:
+                self.machine_records[instance_id] = replace(m, ready_at=now)
+
+    def acquire_lease(self, pool: str, owner: str, now: datetime, duration: timedelta) -> bool:
+        with self._lock:
+            held = self._leases.get(pool)
+            if held is not None and held[0] != owner and held[1] >= now:
+                return False
+            self._leases[pool] = (owner, now + duration)
+            return True
+
+    def release_lease(self, pool: str, owner: str) -> None:
+        with self._lock:
+            held = self._leases.get(pool)
+            if held is not None and held[0] == owner:
+                del self._leases[pool]
+
+
+def ensure_table(aws: AwsClients, table: str) -> None:
+    """Create the table (local bootstrap and tests; infra/ creates it in AWS) and turn TTL on."""
+    from chalicelib.resources import table_definition
+
+    try:
+        aws.call("dynamodb", "create_table", **table_definition(table))
+    except AwsCallError as exc:
+        if exc.code != "ResourceInUseException":
+            raise
+        return
+    aws.call(
+        "dynamodb",
+        "update_time_to_live",
+        TableName=table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": TABLE_TTL_ATTRIBUTE},
+    )
+
+
+def all_pools_of(records: Iterable[MachineRecord]) -> set[str]:
+    return {r.pool for r in records}

@@ -1,0 +1,224 @@
+"""The reconciler moves real (moto) Auto Scaling groups: scale up, protect, remove used-up and idle machines,
+never a busy one; under throttling it converges; two reconciles of one pool never both apply."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from chalicelib.aws import AwsClients, fault
+from chalicelib.config import Config, config_from_dict
+from chalicelib.devtools.bootstrap import create_pool_group
+from chalicelib.fleet import AsgFleet
+from chalicelib.reconcile import Reconciler
+from chalicelib.resources import Names
+from chalicelib.store import DynamoStore, JobRecord, ensure_table
+from tests.builders import T0
+from tests.functional.conftest import describe_group
+
+NAMES = Names("test")
+
+
+def make_config(**pool: Any) -> Config:
+    base: dict[str, Any] = {
+        "name": "linux",
+        "asg": "asg-linux",
+        "tags": ["linux"],
+        "max_instances": 5,
+        "max_use_count": 1,
+        "policy": [{"idle_count": 0, "idle_time": "10m"}],
+    }
+    base.update(pool)
+    return config_from_dict({"gitlab": {"url": "https://gitlab.example.com"}, "pools": [base]}, "test")
+
+
+@dataclass
+class FakeRunners:
+    """GitLab's side of the drain: which runners run a job right now (a fake with the RunnerControl shape)."""
+
+    running: dict[int, list[int]] = field(default_factory=dict)
+    paused: dict[int, bool] = field(default_factory=dict)
+    assign_on_pause: dict[int, int] = field(default_factory=dict)
+
+    def pause_runner(self, runner_id: int, paused: bool = True) -> None:
+        self.paused[runner_id] = paused
+        if paused and runner_id in self.assign_on_pause:  # the race: a job lands just before the pause
+            self.running.setdefault(runner_id, []).append(self.assign_on_pause.pop(runner_id))
+
+    def runner_jobs(self, runner_id: int, status: str = "running") -> Sequence[Any]:
+        return self.running.get(runner_id, [])
+
+
+class World:
+    def __init__(self, aws: AwsClients, config: Config, observer: AwsClients | None = None) -> None:
+        self.aws = observer or aws  # the test's own reads never go through injected faults
+        self.config = config
+        ensure_table(self.aws, NAMES.table)
+        subnet = self.aws.call("ec2", "describe_subnets")["Subnets"][0]["SubnetId"]
+        for pool in config.pools:
+            create_pool_group(self.aws, pool, NAMES, subnet)
+        self.store = DynamoStore(aws, NAMES.table)
+        self.fleet = AsgFleet(aws)
+        self.runners = FakeRunners()
+
+    def reconciler(self, owner: str = "test") -> Reconciler:
+        return Reconciler(self.config, self.store, self.fleet, self.runners, owner=owner)
+
+    def job(self, job_id: int, status: str, machine_id: str = "", **kw: Any) -> None:
+        record = JobRecord("gitlab.example.com", job_id, status, pool="linux", machine_id=machine_id, **kw)
+        self.store.record_job(record, T0)
+
+    def group(self) -> dict[str, Any]:
+        return describe_group(self.aws, "asg-linux")
+
+    def instance_ids(self) -> list[str]:
+        return sorted(
+            i["InstanceId"] for i in self.group()["Instances"] if i["LifecycleState"] == "InService"
+        )
+
+
+@pytest.fixture
+def world(aws: AwsClients) -> World:
+    return World(aws, make_config())
+
+
+def test_pending_jobs_raise_desired_capacity_and_machines_are_protected(world: World) -> None:
+    # GIVEN two pending jobs and an empty pool
+    world.job(1, "pending")
+    world.job(2, "pending")
+    # WHEN the pool is reconciled
+    result = world.reconciler().reconcile_pool(world.config.pools[0], T0)
+    # THEN the ASG wants two machines, and they are protected from scale-in
+    assert result.ok and result.desired_after == 2
+    group = world.group()
+    assert group["DesiredCapacity"] == 2
+    assert len(group["Instances"]) == 2
+    assert all(i["ProtectedFromScaleIn"] for i in group["Instances"])
+
+
+def test_used_up_machine_is_terminated_and_capacity_drops(world: World) -> None:
+    world.job(1, "pending")
+    world.reconciler().reconcile_pool(world.config.pools[0], T0)
+    (machine,) = world.instance_ids()
+    # WHEN its one job (max_use_count = 1) runs and succeeds
+    world.job(1, "running", machine_id=machine, runner_id=11)
+    world.reconciler().reconcile_pool(world.config.pools[0], T0 + timedelta(minutes=1))
+    assert world.store.get_machine(machine).jobs_started == 1  # type: ignore[union-attr]
+    world.job(1, "success", machine_id=machine)
+    result = world.reconciler().reconcile_pool(world.config.pools[0], T0 + timedelta(minutes=2))
+    # THEN the machine is terminated with a decrement
+    assert result.terminated == [machine]
+    assert world.group()["DesiredCapacity"] == 0
+    assert world.instance_ids() == []
+
+
+def test_idle_machine_goes_only_after_idle_time(aws: AwsClients) -> None:
+    world = World(aws, make_config(max_use_count=0, policy=[{"idle_count": 1, "idle_time": "10m"}]))
+    pool = world.config.pools[0]
+    world.reconciler().reconcile_pool(pool, T0)  # idle_count 1 -> one warm machine
+    assert len(world.instance_ids()) == 1
+    world.config = make_config(max_use_count=0, policy=[{"idle_count": 0, "idle_time": "10m"}])
+    pool = world.config.pools[0]
+    # the machine is first seen in service (ready) at +5 min; idle_time counts from there
+    early = world.reconciler().reconcile_pool(pool, T0 + timedelta(minutes=5))
+    assert early.terminated == [] and len(world.instance_ids()) == 1
+    still = world.reconciler().reconcile_pool(pool, T0 + timedelta(minutes=14))
+    assert still.terminated == []
+    late = world.reconciler().reconcile_pool(pool, T0 + timedelta(minutes=16))
+    assert len(late.terminated) == 1 and world.instance_ids() == []
+
+
+def test_busy_machine_is_never_terminated_even_when_capacity_must_fall(world: World) -> None:
+    for n in range(3):
+        world.job(n, "pending")
+    world.reconciler().reconcile_pool(world.config.pools[0], T0)
+    machines = world.instance_ids()
+    for n, machine in enumerate(machines):
+        world.job(n, "running", machine_id=machine, runner_id=100 + n)
+    # WHEN the pool shrinks to max_instances 1 while all three run jobs, hours later
+    world.config = make_config(max_instances=1)
+    result = world.reconciler().reconcile_pool(world.config.pools[0], T0 + timedelta(hours=5))
+    # THEN nothing is terminated
+    assert result.terminated == [] and world.instance_ids() == machines
+
+
+def test_job_landing_during_the_drain_cancels_the_removal(aws: AwsClients) -> None:
+    world = World(aws, make_config(max_use_count=0))
+    world.job(1, "pending")
+    world.reconciler().reconcile_pool(world.config.pools[0], T0)
+    world.reconciler().reconcile_pool(world.config.pools[0], T0 + timedelta(minutes=1))  # adopts the machine
+    (machine,) = world.instance_ids()
+    record = world.store.get_machine(machine)
+    assert record is not None
+    world.store.put_machine(replace(record, runner_id=55))
+    world.job(1, "canceled")  # the job went away: the machine is idle...
+    world.runners.assign_on_pause[55] = 999  # ...but GitLab hands it a job as we pause it
+    result = world.reconciler().reconcile_pool(world.config.pools[0], T0 + timedelta(minutes=30))
+    assert result.drain_cancelled == [machine] and result.terminated == []
+    assert world.instance_ids() == [machine]
+    assert world.runners.paused[55] is False  # unpaused, left to finish
+    assert world.store.get_machine(machine).draining_since is None  # type: ignore[union-attr]
+
+
+def test_two_concurrent_reconciles_never_both_apply(world: World) -> None:
+    for n in range(4):
+        world.job(n, "pending")
+    barrier = threading.Barrier(2)
+    results = []
+
+    def run(owner: str) -> None:
+        barrier.wait()
+        results.append(world.reconciler(owner).reconcile_pool(world.config.pools[0], T0))
+
+    threads = [threading.Thread(target=run, args=(f"worker-{n}",)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    applied = [r for r in results if not r.skipped]
+    skipped = [r for r in results if r.skipped]
+    # One applied; the other either backed off on the lease or ran after it and found nothing to do.
+    assert len(applied) >= 1
+    assert all("lease" in r.skipped for r in skipped)
+    assert world.group()["DesiredCapacity"] == 4
+
+
+def test_fleet_converges_under_throttling_and_5xx(mocked_aws: None) -> None:
+    rng = random.Random(7)
+
+    def injector(service: str, operation: str) -> dict[str, Any] | None:
+        if service != "autoscaling" or rng.random() >= 0.2:
+            return None
+        return fault("Throttling") if rng.random() < 0.5 else fault("InternalFailure", 500)
+
+    flaky = AwsClients(region="us-east-1", sleep=lambda _s: None, attempts=1, fault_injector=injector)
+    world = World(flaky, make_config(max_instances=6), observer=AwsClients(region="us-east-1"))
+    pool = world.config.pools[0]
+    now = T0
+    busy: set[str] = set()
+    for tick in range(50):
+        now += timedelta(minutes=1)
+        if tick == 0:
+            for n in range(8):
+                world.job(n, "pending")
+        if tick == 10:  # every machine takes a job
+            for n, machine in enumerate(world.instance_ids()):
+                world.job(n, "running", machine_id=machine, runner_id=200 + n)
+                busy.add(machine)
+        if tick == 25:
+            for n, machine in enumerate(sorted(busy)):
+                world.job(n, "success", machine_id=machine)
+            busy.clear()
+        before = set(world.instance_ids())
+        world.reconciler().reconcile_pool(pool, now)
+        after = set(world.instance_ids())
+        assert not (busy & (before - after)), "a busy machine was terminated"
+        assert len(after) <= 6
+    # Two jobs never got a machine before tick 25 (max 6); they do now. The fleet settles at exactly 2.
+    assert len(world.instance_ids()) == 2

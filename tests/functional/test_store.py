@@ -1,0 +1,111 @@
+"""The Store contract, run against DynamoDB (moto) and the in-memory twin: both must behave the same."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+
+import pytest
+
+from chalicelib.aws import AwsClients
+from chalicelib.store import DynamoStore, JobRecord, MachineRecord, MemoryStore, Store, ensure_table
+from tests.builders import T0
+
+
+@pytest.fixture(params=["dynamo", "memory"])
+def store(request: pytest.FixtureRequest) -> Store:
+    if request.param == "memory":
+        return MemoryStore()
+    aws: AwsClients = request.getfixturevalue("aws")
+    ensure_table(aws, "test-state")
+    return DynamoStore(aws, "test-state")
+
+
+def job(status: str, job_id: int = 1, **kw: object) -> JobRecord:
+    base: dict[str, object] = {
+        "gitlab": "gitlab.example.com",
+        "job_id": job_id,
+        "status": status,
+        "pool": "linux",
+    }
+    base.update(kw)
+    return JobRecord(**base)  # type: ignore[arg-type]
+
+
+def test_job_status_only_moves_forward(store: Store) -> None:
+    assert store.record_job(job("running", runner_id=7), T0)
+    assert not store.record_job(job("pending"), T0)  # late pending never overwrites running
+    assert not store.record_job(job("running"), T0)  # duplicate changes nothing
+    stored = store.get_job("gitlab.example.com", 1)
+    assert stored is not None and (stored.status, stored.runner_id) == ("running", 7)
+    assert store.record_job(job("success"), T0)
+    assert store.get_job("gitlab.example.com", 1).status == "success"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["created", "pending", "running", "success"])))
+def test_any_order_of_one_jobs_events_ends_in_the_same_state(order: tuple[str, ...]) -> None:
+    memory = MemoryStore()
+    for status in order + order:  # every event twice
+        memory.record_job(job(status), T0)
+    assert memory.get_job("gitlab.example.com", 1).status == "success"  # type: ignore[union-attr]
+
+
+def test_pool_jobs_hold_active_and_unsettled_finished_jobs(store: Store) -> None:
+    store.record_job(job("created", 1), T0)
+    store.record_job(job("pending", 2), T0)
+    store.record_job(job("running", 3, machine_id="i-1"), T0)
+    store.record_job(job("success", 4, machine_id="i-1"), T0)
+    store.record_job(job("pending", 5, pool="other"), T0)
+    store.record_job(job("pending", 6, pool=""), T0)  # unroutable: on no pool's index
+    assert sorted(j.job_id for j in store.pool_jobs("linux")) == [2, 3, 4]
+    finished = next(j for j in store.pool_jobs("linux") if j.job_id == 4)
+    store.settle_job(finished)
+    assert sorted(j.job_id for j in store.pool_jobs("linux")) == [2, 3]
+
+
+def test_tags_survive_events_that_carry_none(store: Store) -> None:
+    store.record_job(job("pending", tags=("linux", "docker")), T0)
+    store.record_job(job("running", tags=()), T0)
+    assert store.get_job("gitlab.example.com", 1).tags == ("linux", "docker")  # type: ignore[union-attr]
+
+
+def test_first_seen_deduplicates(store: Store) -> None:
+    assert store.first_seen("key-1", T0)
+    assert not store.first_seen("key-1", T0 + timedelta(seconds=5))
+    assert store.first_seen("key-2", T0)
+
+
+def test_machine_job_accounting_is_idempotent(store: Store) -> None:
+    store.put_machine(MachineRecord("i-1", "linux", T0, runner_id=42))
+    assert store.machine_job_started("i-1", 100, T0)
+    assert not store.machine_job_started("i-1", 100, T0)  # the same job counts once
+    busy = store.get_machine("i-1")
+    assert busy is not None and (busy.jobs_started, busy.running) == (1, frozenset({100}))
+    assert not store.start_draining("i-1", "idle", T0)  # never drain a machine with a job
+    store.machine_job_finished("i-1", 100, T0 + timedelta(minutes=3))
+    done = store.get_machine("i-1")
+    assert done is not None and done.running == frozenset() and done.last_busy_at == T0 + timedelta(minutes=3)
+    assert store.start_draining("i-1", "used_up", T0)
+    assert store.get_machine("i-1").drain_reason == "used_up"  # type: ignore[union-attr]
+    store.stop_draining("i-1")
+    assert store.get_machine("i-1").draining_since is None  # type: ignore[union-attr]
+    assert not store.machine_job_started("i-unknown", 1, T0)
+
+
+def test_machines_are_listed_per_pool(store: Store) -> None:
+    store.put_machine(MachineRecord("i-1", "linux", T0))
+    store.put_machine(MachineRecord("i-2", "other", T0))
+    assert [m.instance_id for m in store.machines("linux")] == ["i-1"]
+    store.delete_machine("i-1")
+    assert store.machines("linux") == []
+
+
+def test_lease_excludes_a_second_owner_until_expiry(store: Store) -> None:
+    assert store.acquire_lease("linux", "a", T0, timedelta(seconds=50))
+    assert not store.acquire_lease("linux", "b", T0 + timedelta(seconds=10), timedelta(seconds=50))
+    assert store.acquire_lease("linux", "a", T0 + timedelta(seconds=10), timedelta(seconds=50))  # re-entrant
+    assert store.acquire_lease("linux", "b", T0 + timedelta(seconds=120), timedelta(seconds=50))  # expired
+    store.release_lease("linux", "a")  # not the owner: no effect
+    assert not store.acquire_lease("linux", "a", T0 + timedelta(seconds=121), timedelta(seconds=50))
+    store.release_lease("linux", "b")
+    assert store.acquire_lease("linux", "a", T0 + timedelta(seconds=122), timedelta(seconds=50))
