@@ -5,12 +5,35 @@ No logic and no boto3 here; every handler parses its event, calls one use case, 
 
 from __future__ import annotations
 
-from chalice import Chalice
+from typing import Any
+
+from chalice import Chalice, Rate
+
+from chalicelib import runtime
+from chalicelib.resources import names_from_env
 
 app = Chalice(app_name="runner-scaler")
+NAMES = names_from_env()  # resource names only: no client is built at import time
 
 
 @app.route("/health", methods=["GET"])
 def health() -> dict[str, str]:
     """Liveness for load balancers and the demo: no AWS call."""
     return {"status": "ok"}
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES), name="tick")
+def tick(event: Any) -> dict[str, Any]:
+    """Every minute: reconcile every pool; heals what lost, late or duplicate events left behind."""
+    from chalicelib.triggers import run_tick
+
+    results = run_tick(runtime.current(), owner=event.context.aws_request_id)
+    return {"pools": {r.pool: {"desired": r.desired_after, "errors": r.errors} for r in results}}
+
+
+@app.on_sqs_message(queue=NAMES.queue, batch_size=10, name="pool_dirty")
+def pool_dirty(event: Any) -> dict[str, Any]:
+    """A pool's jobs changed: reconcile it now (the fast scale-up path); failures go back to the queue."""
+    from chalicelib.triggers import process_dirty_batch
+
+    return process_dirty_batch(runtime.current(), event.to_dict(), owner=event.context.aws_request_id)

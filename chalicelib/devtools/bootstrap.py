@@ -35,7 +35,8 @@ def bootstrap(aws: AwsClients, config: Config, names: Names, webhook_tokens: lis
         "Attributes"
     ]["QueueArn"]
     queue = aws.call("sqs", "create_queue", QueueName=names.queue, Attributes=queue_attributes(dlq_arn))
-    _put_secret(aws, names.webhook_tokens_secret, json.dumps({"tokens": webhook_tokens}))
+    tokens_secret = config.gitlab.webhook_tokens_secret or names.webhook_tokens_secret
+    _put_secret(aws, tokens_secret, json.dumps({"tokens": webhook_tokens}))
     subnet_id = _subnet(aws)
     for pool in config.pools:
         create_pool_group(aws, pool, names, subnet_id)

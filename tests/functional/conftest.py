@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from moto import mock_aws
 
 from chalicelib.aws import AwsClients
+from chalicelib.config import Config, load_config_file
+from chalicelib.devtools.bootstrap import LocalStack, bootstrap
+from chalicelib.resources import Names
+from chalicelib.runtime import Runtime, install
 
 
 @pytest.fixture
@@ -37,3 +45,60 @@ def aws(mocked_aws: None) -> AwsClients:
 def describe_group(aws: AwsClients, asg: str) -> dict[str, Any]:
     groups = aws.call("autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[asg])
     return dict(groups["AutoScalingGroups"][0])
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+WEBHOOK_TOKENS = ["old-hook-token", "new-hook-token"]
+
+
+@dataclass
+class Stack:
+    """A bootstrapped local deployment: moto resources + an installed Runtime + the Chalice test client."""
+
+    aws: AwsClients
+    config: Config
+    runtime: Runtime
+    local: LocalStack
+    clock: list[datetime]
+
+    def advance(self, **delta: float) -> datetime:
+        self.clock[0] += timedelta(**delta)
+        return self.clock[0]
+
+    def desired(self, asg: str) -> int:
+        return int(describe_group(self.aws, asg)["DesiredCapacity"])
+
+    def queued_pools(self) -> list[str]:
+        """Drain the dirty queue (as Lambda would) and return the pools it named."""
+        out = []
+        while True:
+            got = self.aws.call(
+                "sqs", "receive_message", QueueUrl=self.local.queue_url, MaxNumberOfMessages=10
+            )
+            messages = got.get("Messages", [])
+            if not messages:
+                return out
+            for m in messages:
+                out.append(json.loads(m["Body"])["pool"])
+                self.aws.call(
+                    "sqs", "delete_message", QueueUrl=self.local.queue_url, ReceiptHandle=m["ReceiptHandle"]
+                )
+
+
+@pytest.fixture
+def stack(aws: AwsClients, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    config = load_config_file(FIXTURES / "scaler.toml")
+    names = Names("test")
+    local = bootstrap(aws, config, names, WEBHOOK_TOKENS)
+    # The queue's delivery delay is for production bursts; tests read messages at once.
+    aws.call("sqs", "set_queue_attributes", QueueUrl=local.queue_url, Attributes={"DelaySeconds": "0"})
+    clock = [datetime(2026, 11, 23, 12, 0, tzinfo=UTC)]
+    rt = Runtime(
+        {"RUNNER_SCALER_PREFIX": "test", "RUNNER_SCALER_QUEUE_URL": local.queue_url},
+        aws=aws,
+        config=config,
+        clock=lambda: clock[0],
+    )
+    install(rt)
+    yield Stack(aws, config, rt, local, clock)
+    install(None)

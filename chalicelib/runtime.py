@@ -1,0 +1,168 @@
+"""The adapters of one Lambda container, built lazily on first use and reused by every invocation.
+
+The only place that reads the environment (handler set-up, never domain code). Tests and the local demo
+install their own Runtime (moto endpoint, fake GitLab, fixed clock) with `install()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from chalicelib.aws import AwsClients
+from chalicelib.config import Config, load_config
+from chalicelib.fleet import AsgFleet
+from chalicelib.queue import DirtyQueue
+from chalicelib.resources import ENV_QUEUE_URL, ENV_TABLE, Names, names_from_env
+from chalicelib.store import DynamoStore
+
+if TYPE_CHECKING:
+    from chalicelib.reconcile import Reconciler, RunnerControl
+
+SECRET_CACHE_SECONDS = 60.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Runtime:
+    """Lazily built adapters; every attribute is created once per container."""
+
+    def __init__(
+        self,
+        environ: Mapping[str, str] | None = None,
+        *,
+        aws: AwsClients | None = None,
+        config: Config | None = None,
+        gitlab: RunnerControl | Any | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.environ: Mapping[str, str] = dict(os.environ if environ is None else environ)
+        self._aws = aws
+        self._config = config
+        self._gitlab = gitlab
+        self.clock = clock
+        self._monotonic = monotonic
+        self._secret_cache: dict[str, tuple[float, str]] = {}
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    @cached_property
+    def names(self) -> Names:
+        return names_from_env(dict(self.environ))
+
+    @cached_property
+    def aws(self) -> AwsClients:
+        return self._aws or AwsClients(
+            region=self.environ.get("AWS_REGION") or self.environ.get("AWS_DEFAULT_REGION")
+        )
+
+    @cached_property
+    def config(self) -> Config:
+        if self._config is not None:
+            return self._config
+        return load_config(self.environ, self._read_parameter)
+
+    def _read_parameter(self, name: str) -> str:
+        return str(
+            self.aws.call("ssm", "get_parameter", Name=name, WithDecryption=True)["Parameter"]["Value"]
+        )
+
+    @cached_property
+    def store(self) -> DynamoStore:
+        return DynamoStore(self.aws, self.environ.get(ENV_TABLE) or self.names.table)
+
+    @cached_property
+    def fleet(self) -> AsgFleet:
+        return AsgFleet(self.aws)
+
+    @cached_property
+    def queue(self) -> DirtyQueue:
+        url = self.environ.get(ENV_QUEUE_URL) or str(
+            self.aws.call("sqs", "get_queue_url", QueueName=self.names.queue)["QueueUrl"]
+        )
+        return DirtyQueue(self.aws, url)
+
+    @property
+    def gitlab(self) -> Any:
+        """The GitLab adapter, imported on first use: handlers that never call GitLab skip python-gitlab."""
+        with self._lock:
+            if self._gitlab is None:
+                from chalicelib.gitlab import GitLabClient
+
+                settings = self.config.gitlab
+                self._gitlab = GitLabClient(
+                    url=settings.url,
+                    token_provider=lambda: self.secret_text(
+                        settings.api_token_secret or self.names.gitlab_token_secret
+                    ),
+                )
+            return self._gitlab
+
+    def has_gitlab(self) -> bool:
+        """Whether GitLab can be reached: an injected adapter, or an API-token secret named in config."""
+        return self._gitlab is not None or bool(self.config.gitlab.api_token_secret)
+
+    def secret_text(self, name: str) -> str:
+        """A secret's current value, cached per container for a minute (rotation-friendly)."""
+        now = self._monotonic()
+        cached = self._secret_cache.get(name)
+        if cached is not None and now - cached[0] < SECRET_CACHE_SECONDS:
+            return cached[1]
+        value = str(self.aws.call("secretsmanager", "get_secret_value", SecretId=name)["SecretString"])
+        self._secret_cache[name] = (now, value)
+        return value
+
+    def webhook_tokens(self) -> list[str]:
+        """Every accepted X-Gitlab-Token (several, so a token rotates without downtime)."""
+        name = self.config.gitlab.webhook_tokens_secret or self.names.webhook_tokens_secret
+        return parse_token_list(self.secret_text(name))
+
+    def reconciler(self, owner: str) -> Reconciler:
+        from chalicelib.reconcile import Reconciler
+
+        runners = self.gitlab if self.has_gitlab() else None
+        return Reconciler(self.config, self.store, self.fleet, runners, owner=owner)
+
+
+def parse_token_list(value: str) -> list[str]:
+    """Tokens from a secret: JSON `{"tokens": [...]}`, a JSON list, or one plain token."""
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError:
+        return [value.strip()] if value.strip() else []
+    if isinstance(data, dict):
+        data = data.get("tokens", [])
+    if isinstance(data, str):
+        data = [data]
+    return [str(t) for t in data if str(t)]
+
+
+_current: Runtime | None = None
+_current_lock = threading.Lock()
+
+
+def current() -> Runtime:
+    """This container's Runtime (built from the environment on first use)."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            _current = Runtime()
+        return _current
+
+
+def install(runtime: Runtime | None) -> None:
+    """Use `runtime` for the following invocations (tests, replay, the demo); None resets."""
+    global _current
+    with _current_lock:
+        _current = runtime

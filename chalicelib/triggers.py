@@ -1,0 +1,70 @@
+"""Use cases behind the reconcile triggers: the one-minute tick and the "pool dirty" queue.
+
+Each reads its event model, reconciles through `Reconciler`, and reports; imports runtime and use cases.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from pydantic import BaseModel, ValidationError
+
+from chalicelib import metrics
+from chalicelib.reconcile import ReconcileResult
+from chalicelib.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+class DirtyPool(BaseModel):
+    """Body of a "pool dirty" message."""
+
+    pool: str
+    reason: str = ""
+
+
+def run_tick(rt: Runtime, owner: str) -> list[ReconcileResult]:
+    """Reconcile every pool: heals whatever lost, late or duplicate events left behind."""
+    calls_before = rt.aws.total_calls
+    results = rt.reconciler(owner).reconcile_all(rt.now())
+    metrics.emit_reconcile(rt.config, results, rt.aws.total_calls - calls_before)
+    for result in results:
+        if result.errors:
+            logger.warning("reconcile errors", extra={"pool": result.pool, "errors": result.errors})
+    return results
+
+
+def process_dirty_batch(rt: Runtime, event: dict[str, Any], owner: str) -> dict[str, Any]:
+    """Reconcile each pool named in a batch once; a failed reconcile is reported as a batch item failure.
+
+    A malformed message is logged and dropped (a retry would never fix it); a pool whose lease is held is
+    fine too (the holder or the next tick sees the new state).
+    """
+    done: dict[str, ReconcileResult] = {}
+    calls_before = rt.aws.total_calls
+
+    def handle(record: SQSRecord) -> None:
+        try:
+            message = DirtyPool.model_validate(json.loads(record.body))
+            pool = rt.config.pool(message.pool)
+        except (ValueError, ValidationError, KeyError) as exc:
+            logger.error(
+                "dropping malformed dirty message", extra={"message_id": record.message_id, "error": str(exc)}
+            )
+            return
+        if pool.name in done:
+            return
+        result = rt.reconciler(owner).reconcile_pool(pool, rt.now())
+        done[pool.name] = result
+        if result.errors:
+            raise RuntimeError(f"reconcile of {pool.name} failed: {result.errors[0]}")
+
+    response = process_partial_response(
+        event=event, record_handler=handle, processor=SqsFifoPartialProcessor()
+    )
+    metrics.emit_reconcile(rt.config, done.values(), rt.aws.total_calls - calls_before)
+    return dict(response)
