@@ -203,10 +203,14 @@ class DynamoStore:
             values[":gsk"] = job.key
             sets += [f"{GSI_POOL_PK} = :gpk", f"{GSI_POOL_SK} = :gsk"]
         expression = "SET " + ", ".join(sets)
+        condition = f"attribute_not_exists({TABLE_PK}) OR #rank < :rank"
+        if job.pool:  # a job first recorded without a pool (GitLab unreachable) gets one at the same rank
+            condition += " OR (#rank = :rank AND #pool = :nopool)"
+            values[":nopool"] = ""
         return self._conditional_update(
             {TABLE_PK: job.key, TABLE_SK: "JOB"},
             expression,
-            f"attribute_not_exists({TABLE_PK}) OR #rank < :rank",
+            condition,
             values,
             {"#status": "status", "#rank": "rank", "#pool": "pool", "#name": "name"},
         )
@@ -478,7 +482,10 @@ class MemoryStore:
     def record_job(self, job: JobRecord, now: datetime) -> bool:
         with self._lock:
             old = self.jobs.get(job.key)
-            if old is not None and rank(old.status) >= rank(job.status):
+            fills_pool = (
+                old is not None and rank(old.status) == rank(job.status) and not old.pool and job.pool
+            )
+            if old is not None and rank(old.status) >= rank(job.status) and not fills_pool:
                 return False
             merged = replace(
                 job,

@@ -109,3 +109,11 @@ def test_lease_excludes_a_second_owner_until_expiry(store: Store) -> None:
     assert not store.acquire_lease("linux", "a", T0 + timedelta(seconds=121), timedelta(seconds=50))
     store.release_lease("linux", "b")
     assert store.acquire_lease("linux", "a", T0 + timedelta(seconds=122), timedelta(seconds=50))
+
+
+def test_a_job_recorded_without_a_pool_gets_one_later_at_the_same_status(store: Store) -> None:
+    assert store.record_job(job("pending", pool=""), T0)  # GitLab was unreachable: no tags, no pool
+    assert [j.job_id for j in store.pool_jobs("linux")] == []
+    assert store.record_job(job("pending", pool="linux"), T0)  # the tick resolved it
+    assert [j.job_id for j in store.pool_jobs("linux")] == [1]
+    assert not store.record_job(job("pending", pool="linux"), T0)  # and only once
