@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.aws import AwsClients
@@ -98,16 +100,28 @@ class Runtime:
         """The GitLab adapter, imported on first use: handlers that never call GitLab skip python-gitlab."""
         with self._lock:
             if self._gitlab is None:
-                from chalicelib.gitlab import GitLabClient
+                from chalicelib.gitlab import gitlab_client
 
                 settings = self.config.gitlab
-                self._gitlab = GitLabClient(
-                    url=settings.url,
-                    token_provider=lambda: self.secret_text(
-                        settings.api_token_secret or self.names.gitlab_token_secret
-                    ),
+                token_secret = settings.api_token_secret or self.names.gitlab_token_secret
+                # Latency-bound callers (the webhook) must not sleep on a Retry-After: the tick retries.
+                self._gitlab = gitlab_client(
+                    settings.url,
+                    lambda: self.secret_text(token_secret),
+                    ca_bundle_path=self._ca_bundle_path(),
+                    max_retries=2,
+                    obey_rate_limit=False,
                 )
             return self._gitlab
+
+    def _ca_bundle_path(self) -> str | None:
+        """A self-hosted GitLab's CA bundle (seed 001), written once to /tmp for requests to verify with."""
+        name = self.config.gitlab.ca_bundle_secret
+        if not name:
+            return None
+        path = Path(tempfile.gettempdir()) / "runner-scaler-gitlab-ca.pem"
+        path.write_text(self.secret_text(name), encoding="utf-8")
+        return str(path)
 
     def has_gitlab(self) -> bool:
         """Whether GitLab can be reached: an injected adapter, or an API-token secret named in config."""
