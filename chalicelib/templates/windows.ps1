@@ -1,0 +1,64 @@
+<powershell>
+# runner-scaler machine boot (Windows). Rendered per pool by chalicelib/userdata.py; holds no secret.
+# gitlab-runner.exe, the AWS Tools for PowerShell (AWS.Tools.SecretsManager) and Docker come with the AMI.
+$$ErrorActionPreference = "Stop"
+$$Prefix = "${prefix}"
+$$Executor = "${executor}"
+$$MaxBuilds = "${max_builds}"
+$$WaitTimeout = "${wait_timeout}"
+$$CacheBucket = "${cache_bucket}"
+$$SelfDestructAfter = ${self_destruct_after}
+
+$$Token = Invoke-RestMethod -Method Put -Uri "http://169.254.169.254/latest/api/token" `
+  -Headers @{ "X-aws-ec2-metadata-token-ttl-seconds" = "300" }
+$$Headers = @{ "X-aws-ec2-metadata-token" = $$Token }
+$$InstanceId = Invoke-RestMethod -Headers $$Headers -Uri "http://169.254.169.254/latest/meta-data/instance-id"
+$$Region = Invoke-RestMethod -Headers $$Headers -Uri "http://169.254.169.254/latest/meta-data/placement/region"
+
+$$Secret = $$null
+foreach ($$attempt in 1..120) {
+  try {
+    $$Secret = (Get-SECSecretValue -SecretId "$$Prefix/machines/$$InstanceId" -Region $$Region).SecretString |
+      ConvertFrom-Json
+    break
+  } catch { Start-Sleep -Seconds 5 }
+}
+if (-not $$Secret) { Write-Error "runner-scaler: no machine secret for $$InstanceId"; exit 1 }
+
+# Docker engine with TLS on 2376, server certificate from the fleet CA.
+$$CertDir = "C:\ProgramData\docker\certs.d"
+New-Item -ItemType Directory -Force -Path $$CertDir | Out-Null
+Set-Content -Path "$$CertDir\ca.pem" -Value $$Secret.ca_bundle
+Set-Content -Path "$$CertDir\cert.pem" -Value $$Secret.server_cert
+Set-Content -Path "$$CertDir\key.pem" -Value $$Secret.server_key
+icacls "$$CertDir\key.pem" /inheritance:r /grant:r "SYSTEM:R" "Administrators:R" | Out-Null
+$$Daemon = @{ tlsverify = $$true; tlscacert = "$$CertDir\ca.pem"; tlscert = "$$CertDir\cert.pem";
+  tlskey = "$$CertDir\key.pem"; hosts = @("npipe://", "tcp://0.0.0.0:2376") }
+$$Daemon | ConvertTo-Json | Set-Content -Path "C:\ProgramData\docker\config\daemon.json"
+Restart-Service docker
+
+$$RunnerArgs = @("run-single", "--url", $$Secret.gitlab_url, "--token", $$Secret.runner_token,
+  "--executor", $$Executor, "--max-builds", $$MaxBuilds, "--wait-timeout", $$WaitTimeout,
+  "--description", "runner-scaler/${pool}/$$InstanceId")
+if ($$Secret.gitlab_ca_bundle) {
+  $$CaFile = "C:\ProgramData\runner-scaler\gitlab-ca.pem"
+  New-Item -ItemType Directory -Force -Path (Split-Path $$CaFile) | Out-Null
+  Set-Content -Path $$CaFile -Value $$Secret.gitlab_ca_bundle
+  Import-Certificate -FilePath $$CaFile -CertStoreLocation Cert:\LocalMachine\Root | Out-Null
+  $$RunnerArgs += @("--tls-ca-file", $$CaFile)
+}
+if ($$CacheBucket) {
+  $$RunnerArgs += @("--cache-type", "s3", "--cache-shared", "--cache-s3-server-address", "s3.amazonaws.com",
+    "--cache-s3-bucket-name", $$CacheBucket, "--cache-s3-bucket-location", $$Region,
+    "--cache-s3-authentication_type", "iam")
+}
+
+Start-Job -ScriptBlock {
+  param($$After, $$Id, $$Region)
+  Start-Sleep -Seconds $$After
+  Stop-ASInstanceInAutoScalingGroup -InstanceId $$Id -ShouldDecrementDesiredCapacity $$true -Region $$Region -Force
+} -ArgumentList $$SelfDestructAfter, $$InstanceId, $$Region | Out-Null
+
+$$Secret = $$null
+& "C:\GitLab-Runner\gitlab-runner.exe" @RunnerArgs
+</powershell>
