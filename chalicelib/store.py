@@ -114,6 +114,10 @@ class Store(Protocol):
         """Record an event key; True the first time, False for a duplicate (within EVENT_TTL)."""
         ...
 
+    def forget_event(self, key: str) -> None:
+        """Undo `first_seen` when the event could not be applied, so a resend is not taken for a duplicate."""
+        ...
+
     def put_machine(self, machine: MachineRecord) -> None: ...
 
     def get_machine(self, instance_id: str) -> MachineRecord | None: ...
@@ -273,6 +277,14 @@ class DynamoStore:
                 return False
             raise
         return True
+
+    def forget_event(self, key: str) -> None:
+        self._aws.call(
+            "dynamodb",
+            "delete_item",
+            TableName=self._table,
+            Key=self._dump({TABLE_PK: f"EVENT#{key}", TABLE_SK: "EVENT"}),
+        )
 
     # -- machines -------------------------------------------------------------------------------------
     def put_machine(self, machine: MachineRecord) -> None:
@@ -521,6 +533,10 @@ class MemoryStore:
                 return False
             self._events[key] = now
             return True
+
+    def forget_event(self, key: str) -> None:
+        with self._lock:
+            self._events.pop(key, None)
 
     def put_machine(self, machine: MachineRecord) -> None:
         with self._lock:

@@ -73,6 +73,8 @@ def test_first_seen_deduplicates(store: Store) -> None:
     assert store.first_seen("key-1", T0)
     assert not store.first_seen("key-1", T0 + timedelta(seconds=5))
     assert store.first_seen("key-2", T0)
+    store.forget_event("key-1")  # the event could not be applied: a resend must count
+    assert store.first_seen("key-1", T0)
 
 
 def test_machine_job_accounting_is_idempotent(store: Store) -> None:
