@@ -18,7 +18,7 @@ import requests
 
 from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.errors import GitLabError, NotFoundError
-from chalicelib.gitlab import GitLabApi, GitLabClient, gitlab_client, parse_time
+from chalicelib.gitlab import GitLabApi, GitLabClient, counting, gitlab_client, parse_time
 from tests.gitlab_fixtures import T0, Clock, WebhookReceiver, make_tls_material
 
 PREFIX = "runner-scaler/linux/"
@@ -209,10 +209,11 @@ def test_pipeline_jobs_of_a_40_job_pipeline_is_one_request(gl: GitLabClient, fak
     specs = [JobSpec(f"test {i}", "test", ("linux",) if i % 2 else ("windows",)) for i in range(40)]
     ref = fake.create_pipeline(project_id, specs)
 
-    jobs = gl.pipeline_jobs(project_id, ref.id)
+    with counting(gl) as calls:
+        jobs = gl.pipeline_jobs(project_id, ref.id)
 
     assert fake.request_count("GET", "/projects/:project/pipelines/:pipeline_id/jobs") == 1
-    assert gl.calls["pipelines.jobs"] == 1
+    assert calls == {"pipelines.jobs": 1} and gl.http_requests == 1
     assert len(jobs) == 40
     assert {j.tag_list for j in jobs} == {("linux",), ("windows",)}
     assert {j.status for j in jobs} == {"pending"}
