@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from chalicelib.aws import AwsClients
 from chalicelib.config import Config, load_config
@@ -25,6 +26,7 @@ from chalicelib.resources import ENV_QUEUE_URL, ENV_TABLE, Names, names_from_env
 from chalicelib.store import DynamoStore
 
 if TYPE_CHECKING:
+    from chalicelib.jobs import TagResolver
     from chalicelib.reconcile import Reconciler, RunnerControl
 
 SECRET_CACHE_SECONDS = 60.0
@@ -81,6 +83,11 @@ class Runtime:
         )
 
     @cached_property
+    def gitlab_host(self) -> str:
+        """The GitLab instance's host name: the namespace of job ids in the store."""
+        return urlsplit(self.config.gitlab.url).netloc
+
+    @cached_property
     def store(self) -> DynamoStore:
         return DynamoStore(self.aws, self.environ.get(ENV_TABLE) or self.names.table)
 
@@ -122,6 +129,13 @@ class Runtime:
         path = Path(tempfile.gettempdir()) / "runner-scaler-gitlab-ca.pem"
         path.write_text(self.secret_text(name), encoding="utf-8")
         return str(path)
+
+    @cached_property
+    def tags(self) -> TagResolver:
+        """Job tags per container, resolved per pipeline through GitLab (one call) and cached."""
+        from chalicelib.jobs import TagResolver
+
+        return TagResolver(self.gitlab if self.has_gitlab() else None, monotonic=self._monotonic)
 
     def has_gitlab(self) -> bool:
         """Whether GitLab can be reached: an injected adapter, or an API-token secret named in config."""

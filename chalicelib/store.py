@@ -37,6 +37,7 @@ TERMINAL = frozenset({"success", "failed", "canceled", "skipped"})
 
 JOB_TTL = timedelta(days=7)
 EVENT_TTL = timedelta(days=2)
+PROJECT_MEMORY = timedelta(days=14)
 
 
 def rank(status: str) -> int:
@@ -117,6 +118,12 @@ class Store(Protocol):
     def forget_event(self, key: str) -> None:
         """Undo `first_seen` when the event could not be applied, so a resend is not taken for a duplicate."""
         ...
+
+    def note_projects(self, gitlab: str, project_ids: Iterable[int], now: datetime) -> None:
+        """Remember projects that had jobs, so the tick can look there for jobs no webhook announced."""
+        ...
+
+    def recent_projects(self, gitlab: str, now: datetime, within: timedelta) -> list[int]: ...
 
     def put_machine(self, machine: MachineRecord) -> None: ...
 
@@ -285,6 +292,41 @@ class DynamoStore:
             TableName=self._table,
             Key=self._dump({TABLE_PK: f"EVENT#{key}", TABLE_SK: "EVENT"}),
         )
+
+    # -- projects -------------------------------------------------------------------------------------
+    def note_projects(self, gitlab: str, project_ids: Iterable[int], now: datetime) -> None:
+        requests = [
+            {
+                "PutRequest": {
+                    "Item": self._dump(
+                        {
+                            TABLE_PK: f"PROJECTS#{gitlab}",
+                            TABLE_SK: str(project_id),
+                            "seen_at": _epoch(now),
+                            TABLE_TTL_ATTRIBUTE: _epoch(now + PROJECT_MEMORY),
+                        }
+                    )
+                }
+            }
+            for project_id in sorted(set(project_ids))
+        ]
+        for start in range(0, len(requests), 25):  # BatchWriteItem takes 25 items at most
+            self._aws.call(
+                "dynamodb", "batch_write_item", RequestItems={self._table: requests[start : start + 25]}
+            )
+
+    def recent_projects(self, gitlab: str, now: datetime, within: timedelta) -> list[int]:
+        items = self._aws.paginate(
+            "dynamodb",
+            "query",
+            "Items",
+            TableName=self._table,
+            KeyConditionExpression="#pk = :pk",
+            ExpressionAttributeNames={"#pk": TABLE_PK},
+            ExpressionAttributeValues=self._dump({":pk": f"PROJECTS#{gitlab}"}),
+        )
+        since = _epoch(now - within)
+        return sorted(int(i[TABLE_SK]["S"]) for i in items if int(i["seen_at"]["N"]) >= since)
 
     # -- machines -------------------------------------------------------------------------------------
     def put_machine(self, machine: MachineRecord) -> None:
@@ -490,6 +532,7 @@ class MemoryStore:
         self.machine_records: dict[str, MachineRecord] = {}
         self._events: dict[str, datetime] = {}
         self._leases: dict[str, tuple[str, datetime]] = {}
+        self._projects: dict[tuple[str, int], datetime] = {}
 
     def record_job(self, job: JobRecord, now: datetime) -> bool:
         with self._lock:
@@ -537,6 +580,17 @@ class MemoryStore:
     def forget_event(self, key: str) -> None:
         with self._lock:
             self._events.pop(key, None)
+
+    def note_projects(self, gitlab: str, project_ids: Iterable[int], now: datetime) -> None:
+        with self._lock:
+            for project_id in project_ids:
+                self._projects[(gitlab, project_id)] = now
+
+    def recent_projects(self, gitlab: str, now: datetime, within: timedelta) -> list[int]:
+        with self._lock:
+            return sorted(
+                p for (g, p), seen in self._projects.items() if g == gitlab and now - seen <= within
+            )
 
     def put_machine(self, machine: MachineRecord) -> None:
         with self._lock:

@@ -14,6 +14,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import BaseModel, ValidationError
 
 from chalicelib import metrics
+from chalicelib.heal import heal
 from chalicelib.reconcile import ReconcileResult
 from chalicelib.runtime import Runtime
 
@@ -28,8 +29,16 @@ class DirtyPool(BaseModel):
 
 
 def run_tick(rt: Runtime, owner: str) -> list[ReconcileResult]:
-    """Reconcile every pool: heals whatever lost, late or duplicate events left behind."""
+    """Repair the job store from GitLab, then reconcile every pool: heals what lost or late events left."""
     calls_before = rt.aws.total_calls
+    if rt.has_gitlab():
+        report = heal(rt.config, rt.store, rt.gitlab, rt.queue, rt.now(), gitlab_host=rt.gitlab_host)
+        for pool, count in report.long_pending.items():
+            metrics.emit_count("LongPendingJobs", count, pool)
+        if report.discovered:
+            metrics.emit_count("LostJobsFound", len(report.discovered))
+        if report.errors:
+            logger.warning("heal errors", extra={"errors": report.errors[:5]})
     results = rt.reconciler(owner).reconcile_all(rt.now())
     metrics.emit_reconcile(rt.config, results, rt.aws.total_calls - calls_before)
     for result in results:

@@ -15,6 +15,8 @@ from moto import mock_aws
 from chalicelib.aws import AwsClients
 from chalicelib.config import Config, load_config_file
 from chalicelib.devtools.bootstrap import LocalStack, bootstrap
+from chalicelib.devtools.fake_gitlab import FakeGitLab
+from chalicelib.gitlab import GitLabClient
 from chalicelib.resources import Names
 from chalicelib.runtime import Runtime, install
 
@@ -102,3 +104,28 @@ def stack(aws: AwsClients, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     install(rt)
     yield Stack(aws, config, rt, local, clock)
     install(None)
+
+
+@pytest.fixture
+def fake_gitlab() -> Iterator[FakeGitLab]:
+    with FakeGitLab() as fake:
+        yield fake
+
+
+@pytest.fixture
+def gitlab_stack(stack: Stack, fake_gitlab: FakeGitLab) -> Stack:
+    """The stack with GitLab wired in: the real adapter talking to the fake GitLab over HTTP."""
+    client = GitLabClient(fake_gitlab.url, fake_gitlab.token, max_retries=1, obey_rate_limit=False)
+    rt = Runtime(
+        dict(stack.runtime.environ),
+        aws=stack.aws,
+        config=stack.config.model_copy(
+            update={"gitlab": stack.config.gitlab.model_copy(update={"url": fake_gitlab.url})}
+        ),
+        gitlab=client,
+        clock=stack.runtime.clock,
+    )
+    install(rt)
+    stack.runtime = rt
+    stack.config = rt.config
+    return stack

@@ -119,3 +119,11 @@ def test_a_job_recorded_without_a_pool_gets_one_later_at_the_same_status(store: 
     assert store.record_job(job("pending", pool="linux"), T0)  # the tick resolved it
     assert [j.job_id for j in store.pool_jobs("linux")] == [1]
     assert not store.record_job(job("pending", pool="linux"), T0)  # and only once
+
+
+def test_recent_projects_are_remembered_for_a_while(store: Store) -> None:
+    store.note_projects("gitlab.example.com", [3, 1, 3], T0)
+    store.note_projects("gitlab.example.com", [2], T0 + timedelta(days=5))
+    store.note_projects("other.example.com", [9], T0)
+    assert store.recent_projects("gitlab.example.com", T0 + timedelta(days=5), timedelta(days=7)) == [1, 2, 3]
+    assert store.recent_projects("gitlab.example.com", T0 + timedelta(days=9), timedelta(days=7)) == [2]

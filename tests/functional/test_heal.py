@@ -1,0 +1,57 @@
+"""The tick repairs what lost webhooks left: stale jobs move forward from GitLab's answer, and pending jobs
+that no webhook announced are found and get a machine."""
+
+from __future__ import annotations
+
+from chalice.test import Client
+
+from app import app
+from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
+from chalicelib.store import JobRecord
+from tests.functional.conftest import Stack
+
+
+def tick(client: Client) -> dict:  # type: ignore[type-arg]
+    return client.lambda_.invoke(
+        "tick", client.events.generate_cw_event("Scheduled Event", "aws.events", {}, [])
+    ).payload
+
+
+def test_job_whose_webhooks_were_all_lost_is_found_and_gets_a_machine(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab
+) -> None:
+    # GIVEN a project the scaler saw before, and a new pending job of it no webhook announced
+    project = fake_gitlab.create_project("group/app")
+    gitlab_stack.runtime.store.note_projects(
+        gitlab_stack.runtime.gitlab_host, [project], gitlab_stack.runtime.now()
+    )
+    pipeline = fake_gitlab.create_pipeline(project, [JobSpec("build", tags=("linux",))])
+    (job_id,) = pipeline.job_ids
+    # WHEN the tick runs
+    with Client(app) as client:
+        payload = tick(client)
+    # THEN the job is known as pending in the linux pool and a machine is on its way
+    record = gitlab_stack.runtime.store.get_job(gitlab_stack.runtime.gitlab_host, job_id)
+    assert record is not None and (record.status, record.pool) == ("pending", "linux")
+    assert payload["pools"]["linux"]["desired"] == 1
+    assert gitlab_stack.desired("test-linux") == 1
+
+
+def test_stale_running_job_is_closed_from_gitlabs_answer(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab
+) -> None:
+    project = fake_gitlab.create_project("group/app")
+    pipeline = fake_gitlab.create_pipeline(project, [JobSpec("build", tags=("linux",))])
+    (job_id,) = pipeline.job_ids
+    runner_id, _ = fake_gitlab.register_runner(tag_list=("linux",))
+    assert fake_gitlab.request_job(runner_id) == job_id
+    fake_gitlab.finish_job(job_id, "success")
+    rt = gitlab_stack.runtime
+    # The store only heard "running" (the success webhook was lost) 20 minutes ago.
+    rt.store.record_job(
+        JobRecord(rt.gitlab_host, job_id, "running", project_id=project, pool="linux"), rt.now()
+    )
+    gitlab_stack.advance(minutes=20)
+    with Client(app) as client:
+        tick(client)
+    assert rt.store.get_job(rt.gitlab_host, job_id).status == "success"  # type: ignore[union-attr]
