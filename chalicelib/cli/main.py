@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from chalicelib.cli.status import status as status_command
 from chalicelib.config import Config, format_duration, load_config_file
 from chalicelib.errors import ConfigError
 from chalicelib.migrate import migrate as migrate_text
@@ -80,6 +81,9 @@ def migrate(
     else:
         out.write_text(text, encoding="utf-8")
         err.print(f"wrote {out}")
+
+
+app.command("status")(status_command)
 
 
 def main() -> None:

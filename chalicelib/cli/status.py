@@ -1,0 +1,85 @@
+"""`runner-scaler status`: per pool capacity, machines and jobs, read from the deployed state.
+
+Reads the same table and Auto Scaling groups as the Lambda (AWS credentials from the usual chain).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from chalicelib.config import load_config_file
+from chalicelib.errors import ConfigError, RunnerScalerError
+from chalicelib.runtime import Runtime
+from chalicelib.status import PoolStatus, snapshot
+
+console = Console()
+
+
+def status(
+    config: Annotated[Path, typer.Option("--config", "-c", help="runner-scaler TOML config")],
+    prefix: Annotated[str, typer.Option(help="deployment prefix (names the table)")] = "runner-scaler",
+    endpoint_url: Annotated[str | None, typer.Option(help="AWS endpoint, e.g. a local moto server")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Each pool: desired, in service, idle, busy, booting, draining, pending and running jobs, faults."""
+    from chalicelib.aws import AwsClients
+
+    try:
+        cfg = load_config_file(config)
+    except ConfigError as exc:
+        console.print(str(exc), highlight=False)
+        raise typer.Exit(2) from None
+    environ = {**os.environ, "RUNNER_SCALER_PREFIX": prefix}
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    rt = Runtime(environ, aws=AwsClients(region=region, endpoint_url=endpoint_url), config=cfg)
+    try:
+        rows = snapshot(cfg, rt.store, rt.fleet, rt.now())
+    except RunnerScalerError as exc:
+        console.print(f"[red]cannot read state: {exc}[/red]")
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return
+    console.print(render(rows))
+
+
+def render(rows: list[PoolStatus]) -> Table:
+    table = Table(title="runner-scaler pools")
+    for column in (
+        "pool",
+        "platform",
+        "desired",
+        "max",
+        "in service",
+        "booting",
+        "idle",
+        "busy",
+        "draining",
+        "pending",
+        "running",
+        "faults",
+    ):
+        table.add_column(column, justify="left" if column in {"pool", "platform", "faults"} else "right")
+    for r in rows:
+        table.add_row(
+            r.pool,
+            r.platform,
+            str(r.desired),
+            str(r.max_instances),
+            str(r.in_service),
+            str(r.booting),
+            str(r.idle),
+            str(r.busy),
+            str(r.draining),
+            str(r.pending_jobs),
+            str(r.running_jobs),
+            "; ".join(r.faults) or "-",
+        )
+    return table
