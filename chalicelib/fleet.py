@@ -81,6 +81,16 @@ class Fleet(Protocol):
         """Terminate one machine and decrement the group's desired capacity."""
         ...
 
+    def complete_lifecycle_action(
+        self, asg: str, hook: str, token: str, instance_id: str, result: str
+    ) -> None:
+        """Let a launching/terminating instance go on (CONTINUE) or fail it (ABANDON)."""
+        ...
+
+    def instance_addresses(self, instance_id: str) -> list[str]:
+        """Private IP and DNS names: the SANs of the machine's Docker server certificate."""
+        ...
+
 
 class AsgFleet:
     """Fleet on EC2 Auto Scaling."""
@@ -158,6 +168,33 @@ class AsgFleet:
             InstanceId=instance_id,
             ShouldDecrementDesiredCapacity=True,
         )
+
+    def complete_lifecycle_action(
+        self, asg: str, hook: str, token: str, instance_id: str, result: str
+    ) -> None:
+        # moto does not implement this call: tests stub it with botocore's Stubber at this seam.
+        self._aws.call(
+            "autoscaling",
+            "complete_lifecycle_action",
+            AutoScalingGroupName=asg,
+            LifecycleHookName=hook,
+            LifecycleActionToken=token,
+            LifecycleActionResult=result,
+            InstanceId=instance_id,
+        )
+
+    def instance_addresses(self, instance_id: str) -> list[str]:
+        reservations = self._aws.call("ec2", "describe_instances", InstanceIds=[instance_id]).get(
+            "Reservations", []
+        )
+        out: list[str] = []
+        for reservation in reservations:
+            for inst in reservation.get("Instances", []):
+                for key in ("PrivateIpAddress", "PrivateDnsName", "PublicIpAddress", "PublicDnsName"):
+                    value = inst.get(key)
+                    if value and value not in out:
+                        out.append(str(value))
+        return out
 
 
 def _group_view(group: dict[str, object]) -> GroupView:

@@ -139,8 +139,13 @@ class Store(Protocol):
 
     def machine_job_finished(self, instance_id: str, job_id: int, now: datetime) -> bool: ...
 
-    def start_draining(self, instance_id: str, reason: str, now: datetime) -> bool:
-        """Mark a machine draining only if it runs no job (conditional); True when it is now draining."""
+    def start_draining(
+        self, instance_id: str, reason: str, now: datetime, *, only_if_idle: bool = True
+    ) -> bool:
+        """Mark a machine draining, by default only if it runs no job (conditional); True when it now is.
+
+        `only_if_idle=False` is for machines that leave anyway (a Spot interruption): busy or not.
+        """
         ...
 
     def stop_draining(self, instance_id: str) -> None: ...
@@ -382,12 +387,19 @@ class DynamoStore:
             {":job": {job_id}, ":now": _iso(now)},
         )
 
-    def start_draining(self, instance_id: str, reason: str, now: datetime) -> bool:
+    def start_draining(
+        self, instance_id: str, reason: str, now: datetime, *, only_if_idle: bool = True
+    ) -> bool:
+        condition = f"attribute_exists({TABLE_PK})"
+        values: dict[str, Any] = {":now": _iso(now), ":reason": reason}
+        if only_if_idle:
+            condition += " AND (attribute_not_exists(running) OR size(running) = :zero)"
+            values[":zero"] = 0
         return self._conditional_update(
             {TABLE_PK: f"MACHINE#{instance_id}", TABLE_SK: "MACHINE"},
             "SET draining_since = if_not_exists(draining_since, :now), drain_reason = :reason",
-            f"attribute_exists({TABLE_PK}) AND (attribute_not_exists(running) OR size(running) = :zero)",
-            {":now": _iso(now), ":reason": reason, ":zero": 0},
+            condition,
+            values,
         )
 
     def stop_draining(self, instance_id: str) -> None:
@@ -627,10 +639,12 @@ class MemoryStore:
             )
             return True
 
-    def start_draining(self, instance_id: str, reason: str, now: datetime) -> bool:
+    def start_draining(
+        self, instance_id: str, reason: str, now: datetime, *, only_if_idle: bool = True
+    ) -> bool:
         with self._lock:
             m = self.machine_records.get(instance_id)
-            if m is None or m.running:
+            if m is None or (only_if_idle and m.running):
                 return False
             self.machine_records[instance_id] = replace(
                 m, draining_since=m.draining_since or now, drain_reason=reason

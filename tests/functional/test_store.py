@@ -83,7 +83,7 @@ def test_machine_job_accounting_is_idempotent(store: Store) -> None:
     assert not store.machine_job_started("i-1", 100, T0)  # the same job counts once
     busy = store.get_machine("i-1")
     assert busy is not None and (busy.jobs_started, busy.running) == (1, frozenset({100}))
-    assert not store.start_draining("i-1", "idle", T0)  # never drain a machine with a job
+    assert not store.start_draining("i-1", "idle", T0)  # never drain a machine with a job...
     store.machine_job_finished("i-1", 100, T0 + timedelta(minutes=3))
     done = store.get_machine("i-1")
     assert done is not None and done.running == frozenset() and done.last_busy_at == T0 + timedelta(minutes=3)
@@ -92,6 +92,13 @@ def test_machine_job_accounting_is_idempotent(store: Store) -> None:
     store.stop_draining("i-1")
     assert store.get_machine("i-1").draining_since is None  # type: ignore[union-attr]
     assert not store.machine_job_started("i-unknown", 1, T0)
+
+
+def test_an_interrupted_machine_drains_even_with_a_job(store: Store) -> None:
+    store.put_machine(MachineRecord("i-1", "linux", T0, runner_id=42))
+    store.machine_job_started("i-1", 100, T0)
+    assert store.start_draining("i-1", "spot", T0, only_if_idle=False)  # ...unless it leaves anyway
+    assert store.get_machine("i-1").drain_reason == "spot"  # type: ignore[union-attr]
 
 
 def test_machines_are_listed_per_pool(store: Store) -> None:
