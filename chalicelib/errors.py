@@ -54,3 +54,14 @@ class LeaseHeldError(RunnerScalerError):
 
 class RotationError(RunnerScalerError):
     """A Secrets Manager rotation step cannot proceed; the message says which step and why."""
+
+
+class MalformedEventError(RunnerScalerError):
+    """An inbound event (webhook, EventBridge, SNS, SQS) cannot be used; `reason` is one line, never a secret.
+
+    Handlers log the reason and drop the event (a malformed event never gets better by retrying it).
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = " ".join(reason.split())[:300]
+        super().__init__(self.reason)

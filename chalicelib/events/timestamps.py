@@ -1,0 +1,86 @@
+"""Timestamps as GitLab and AWS write them, parsed into aware UTC datetimes.
+
+Imports the standard library and pydantic only.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, PlainSerializer
+
+# GitLab writes "2021-02-23 02:41:37 UTC" (pipeline hooks, older job hooks), "2021-02-23T02:41:37.886Z"
+# (job hooks since the ISO fields arrived), "2016-08-12T17:23:21+02:00" (commit timestamps) and
+# "2021-04-28 21:50:00 +0200" (deployment hooks); CloudWatch alarms write "2015-06-03T17:43:27.123+0000".
+_TIMESTAMP = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?"
+    r"\s*(Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)",
+    re.IGNORECASE,
+)
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """One timestamp in any of the spellings above, as an aware datetime in UTC; None stays None.
+
+    A timestamp without a zone is refused rather than guessed: job ages drive stale-job and idle-time
+    decisions, and a wrong guess of hours would be worse than a dropped event.
+    """
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("timestamp has no timezone")
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("timestamp is out of range") from None
+    if not isinstance(value, str):
+        raise ValueError("timestamp must be a string")
+    match = _TIMESTAMP.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"{value[:40]!r} is not a timestamp with a timezone")
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    micros = int((match.group(7) or "0")[:6].ljust(6, "0"))
+    try:
+        local = datetime(year, month, day, hour, minute, second, micros, tzinfo=_zone(match.group(8)))
+        return local.astimezone(UTC)
+    except (ValueError, OverflowError) as err:
+        raise ValueError(f"{value[:40]!r} is not a valid date: {err}") from None
+
+
+def _zone(text: str) -> timezone:
+    if text.upper() in {"Z", "UTC", "GMT"}:
+        return UTC
+    sign = -1 if text[0] == "-" else 1
+    digits = text[1:].replace(":", "")
+    hours, minutes = int(digits[:2]), int(digits[2:] or "0")
+    if hours > 23 or minutes > 59:
+        raise ValueError(f"{text!r} is not a UTC offset")
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))
+
+
+def format_gitlab_iso(moment: datetime) -> str:
+    """GitLab's job-hook spelling, milliseconds and Z: "2021-02-23T02:41:37.886Z"."""
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def format_gitlab_legacy(moment: datetime) -> str:
+    """GitLab's pipeline-hook spelling, whole seconds: "2016-08-12 15:23:28 UTC"."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+#: An aware UTC datetime read from any documented GitLab or AWS spelling; written back as ISO 8601.
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(parse_timestamp),
+    PlainSerializer(lambda moment: moment.isoformat(), return_type=str),
+]
+#: The same, where the sender may write null (a job that has not started has no started_at).
+OptionalTimestamp = Annotated[
+    datetime | None,
+    BeforeValidator(parse_timestamp),
+    PlainSerializer(lambda moment: moment.isoformat() if moment else None, return_type=str | None),
+]
