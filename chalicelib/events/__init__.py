@@ -21,7 +21,6 @@ from chalicelib.events.aws import (
     parse_dirty_pool_message,
 )
 from chalicelib.events.gitlab import (
-    GitLabEvent,
     IgnoredEvent,
     JobHook,
     JobStatus,
@@ -40,7 +39,6 @@ __all__ = [
     "AlarmState",
     "AwsEvent",
     "DirtyPoolMessage",
-    "GitLabEvent",
     "IgnoredEvent",
     "InstanceStateChangeEvent",
     "JobHook",

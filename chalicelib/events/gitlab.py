@@ -416,24 +416,8 @@ class IgnoredEvent(_Model):
     digest: str
 
 
-GitLabEvent = JobHook | PipelineHook | IgnoredEvent
-
-
-class ParsedDelivery(_Model):
-    """One webhook request: its headers and the event it carried."""
-
-    headers: WebhookHeaders
-    event: GitLabEvent
-
-    @property
-    def is_ignored(self) -> bool:
-        """True for deliveries we accept and drop (anything but Job and Pipeline hooks)."""
-        return isinstance(self.event, IgnoredEvent)
-
-    @property
-    def identity(self) -> str:
-        """The de-duplication key; see `event_identity`."""
-        return event_identity(self)
+#: What one webhook delivery parses into: a Job hook, a Pipeline hook, or an event we accept and ignore.
+ParsedDelivery = JobHook | PipelineHook | IgnoredEvent
 
 
 # X-Gitlab-Event is "<Event> Hook" (WebHookService.hook_to_event); "Build Hook" is the pre-"job" spelling.
@@ -443,7 +427,7 @@ _ModelT = TypeVar("_ModelT", bound=BaseModel)
 
 
 def parse_gitlab_event(headers: Mapping[str, str], body: bytes | str | Mapping[str, Any]) -> ParsedDelivery:
-    """Parse one webhook request into a JobHook, a PipelineHook or an IgnoredEvent (inside a ParsedDelivery).
+    """Parse one webhook request into a JobHook, a PipelineHook or an IgnoredEvent.
 
     Raises MalformedEventError with a one-line reason (never quoting the token) when the body is not a JSON
     object, the X-Gitlab-Event header and `object_kind` disagree about a Job or Pipeline hook, or a Job or
@@ -451,9 +435,7 @@ def parse_gitlab_event(headers: Mapping[str, str], body: bytes | str | Mapping[s
     """
     webhook_headers = WebhookHeaders.from_mapping(headers)
     try:
-        return ParsedDelivery(
-            headers=webhook_headers, event=_parse_event(webhook_headers, _load_payload(body))
-        )
+        return _parse_event(webhook_headers, _load_payload(body))
     except MalformedEventError as err:
         raise _without_token(err, webhook_headers) from None
 
@@ -484,7 +466,7 @@ def _decode_json(body: object) -> Any:
         raise MalformedEventError(f"body is not usable JSON: {type(err).__name__}") from None
 
 
-def _parse_event(headers: WebhookHeaders, payload: dict[str, Any]) -> GitLabEvent:
+def _parse_event(headers: WebhookHeaders, payload: dict[str, Any]) -> ParsedDelivery:
     kind = _resolve_kind(headers, payload)
     if kind == "build":
         return _validate(JobHook, "Job Hook", payload)
@@ -561,7 +543,7 @@ def _without_token(err: MalformedEventError, headers: WebhookHeaders) -> Malform
     return err
 
 
-def event_identity(delivery: ParsedDelivery) -> str:
+def event_identity(headers: Mapping[str, str] | WebhookHeaders, event: ParsedDelivery) -> str:
     """The key that makes a webhook delivery idempotent, scoped to the GitLab instance (X-Gitlab-Instance).
 
     GitLab's own facts decide the choice (docs: Webhooks > Delivery headers; web_hook_service.rb):
@@ -573,17 +555,19 @@ def event_identity(delivery: ParsedDelivery) -> str:
       never matches a duplicate.
     Without the key (before 17.4) the key is a SHA-256 of what makes the event distinct - kind, job id, status
     and its timestamps (Job hook) or pipeline id, status, finish time and every (job id, status) (Pipeline
-    hook) - not of the raw bytes, which differ between retries in unrelated fields.
+    hook) - not of the raw bytes, so a resend serialized differently (key order, timestamp spelling, fields a
+    GitLab upgrade added) still matches. `headers` may be the raw mapping (a bad one: MalformedEventError).
     """
-    headers = delivery.headers
+    if not isinstance(headers, WebhookHeaders):
+        headers = WebhookHeaders.from_mapping(headers)
     instance = (headers.x_gitlab_instance or "unknown-instance").strip().rstrip("/").lower()
     if headers.idempotency_key:
         return f"{instance}|idempotency-key|{headers.idempotency_key}"
-    digest = hashlib.sha256(json.dumps(_identity_parts(delivery.event)).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(_identity_parts(event)).encode()).hexdigest()
     return f"{instance}|sha256|{digest}"
 
 
-def _identity_parts(event: GitLabEvent) -> list[Any]:
+def _identity_parts(event: ParsedDelivery) -> list[Any]:
     if isinstance(event, JobHook):
         return [
             event.object_kind,
