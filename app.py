@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalice import Chalice, Rate
+from chalice import Chalice, Rate, Response
 
 from chalicelib import runtime
 from chalicelib.resources import names_from_env
@@ -20,6 +20,21 @@ NAMES = names_from_env()  # resource names only: no client is built at import ti
 def health() -> dict[str, str]:
     """Liveness for load balancers and the demo: no AWS call."""
     return {"status": "ok"}
+
+
+@app.route(
+    "/webhooks/gitlab",
+    methods=["POST"],
+    content_types=["application/json", "text/plain", "application/octet-stream"],
+)
+def gitlab_webhook() -> Response:
+    """GitLab Job and Pipeline hooks (project or group): record the job, mark its pool dirty, answer 202."""
+    from chalicelib.webhooks import receive
+
+    request = app.current_request
+    assert request is not None  # Chalice sets it for every route invocation
+    answer = receive(runtime.current(), request.headers, request.raw_body)
+    return Response(body=answer.body, status_code=answer.status, headers={"Content-Type": "application/json"})
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name="tick")

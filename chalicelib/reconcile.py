@@ -16,7 +16,7 @@ from chalicelib.capacity import Demand, Machine, MachineState, PoolPlan, Removal
 from chalicelib.config import Config, Pool
 from chalicelib.errors import AwsCallError, GitLabError
 from chalicelib.fleet import Fleet, GroupView, Instance
-from chalicelib.store import TERMINAL, JobRecord, MachineRecord, Store
+from chalicelib.store import HOLDS_SLOT, TERMINAL, JobRecord, MachineRecord, Store
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Reconciler:
 
         demand = Demand(
             pending=sum(1 for j in jobs if j.status == "pending"),
-            running=sum(1 for j in jobs if j.status == "running"),
+            running=sum(1 for j in jobs if j.status in HOLDS_SLOT),
         )
         result.pending, result.running = demand.pending, demand.running
         for machine in machines:
@@ -157,7 +157,7 @@ class Reconciler:
         """
         for job in jobs:
             record = records.get(job.machine_id) if job.machine_id else None
-            if job.status == "running" and record is not None and job.job_id not in record.job_ids:
+            if job.status in HOLDS_SLOT and record is not None and job.job_id not in record.job_ids:
                 self._store.machine_job_started(record.instance_id, job.job_id, now)
                 records[record.instance_id] = replace(
                     record,

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from chalicelib.config import Config
 from chalicelib.fleet import Fleet
-from chalicelib.store import Store
+from chalicelib.store import HOLDS_SLOT, Store
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def snapshot(config: Config, store: Store, fleet: Fleet, now: datetime) -> list[
                 max_instances=pool.max_instances,
                 in_service=sum(1 for i in live if i.in_service),
                 pending_jobs=sum(1 for j in jobs if j.status == "pending"),
-                running_jobs=sum(1 for j in jobs if j.status == "running"),
+                running_jobs=sum(1 for j in jobs if j.status in HOLDS_SLOT),
                 faults=tuple(faults),
                 **counts,
             )

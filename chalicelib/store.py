@@ -16,23 +16,12 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from chalicelib.aws import AwsClients
 from chalicelib.errors import AwsCallError
+from chalicelib.events.gitlab import status_rank
 from chalicelib.resources import GSI_POOL, GSI_POOL_PK, GSI_POOL_SK, TABLE_PK, TABLE_SK, TABLE_TTL_ATTRIBUTE
 
-# Status order: a job only moves forward, so a late or duplicate event never undoes a newer one.
-STATUS_RANK = {
-    "created": 0,
-    "waiting_for_resource": 1,
-    "preparing": 1,
-    "scheduled": 1,
-    "manual": 1,
-    "pending": 2,
-    "running": 3,
-    "success": 4,
-    "failed": 4,
-    "canceled": 4,
-    "skipped": 4,
-}
-ACTIVE = frozenset({"pending", "running"})
+# A job only moves forward (events.status_rank), so a late or duplicate event never undoes a newer one.
+ACTIVE = frozenset({"pending", "running", "canceling"})
+HOLDS_SLOT = frozenset({"running", "canceling"})
 TERMINAL = frozenset({"success", "failed", "canceled", "skipped"})
 
 JOB_TTL = timedelta(days=7)
@@ -41,8 +30,11 @@ PROJECT_MEMORY = timedelta(days=14)
 
 
 def rank(status: str) -> int:
-    """Rank of a GitLab job status; unknown statuses rank with `created` (they never block a real one)."""
-    return STATUS_RANK.get(status, 0)
+    """Rank of a GitLab job status; an unknown status ranks with `created` (it never blocks a real one)."""
+    try:
+        return status_rank(status)
+    except ValueError:
+        return 0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,128 @@
+"""Use case behind `POST /webhooks/gitlab`: trust, size, parse, de-duplicate, record, mark dirty, answer.
+
+Strict about trust (constant-time token check), lenient about what it does not need (unknown events are
+accepted and ignored: a 4xx makes GitLab disable the hook after 4 failures). At most three AWS calls on
+the hot path: the event key, the job's conditional write, the dirty-pool message.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from chalicelib import metrics
+from chalicelib.errors import AwsCallError, GitLabError, MalformedEventError
+from chalicelib.events.gitlab import IgnoredEvent, JobHook, PipelineHook, event_identity, parse_gitlab_event
+from chalicelib.jobs import JobEvent, ingest_job
+from chalicelib.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The HTTP answer: status and a small JSON body with a one-line reason."""
+
+    status: int
+    body: dict[str, Any] = field(default_factory=dict)
+    outcome: str = ""  # accepted | duplicate | ignored | bad_token | too_large | malformed | unavailable
+
+
+def token_ok(presented: str | None, accepted: list[str]) -> bool:
+    """Constant-time comparison against every accepted token (no early exit that leaks which one matched)."""
+    if not presented or not accepted:
+        return False
+    matched = False
+    for token in accepted:
+        matched |= hmac.compare_digest(presented.encode(), token.encode())
+    return matched
+
+
+def receive(rt: Runtime, headers: Mapping[str, str], body: bytes | str | None) -> Answer:
+    """Handle one delivery; the token is checked before anything is parsed or stored."""
+    raw = body.encode() if isinstance(body, str) else (body or b"")
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if len(raw) > MAX_BODY_BYTES:
+        return _reject(413, "too_large", f"body larger than {MAX_BODY_BYTES} bytes")
+    if not token_ok(lowered.get("x-gitlab-token"), rt.webhook_tokens()):
+        return _reject(401, "bad_token", "missing or wrong X-Gitlab-Token")
+    try:
+        event = parse_gitlab_event(lowered, raw)
+    except MalformedEventError as exc:
+        return _reject(400, "malformed", exc.reason)
+    if isinstance(event, IgnoredEvent):
+        return Answer(202, {"status": "ignored", "event": event.kind}, "ignored")
+    key = event_identity(lowered, event)
+    now = rt.now()
+    if not rt.store.first_seen(key, now):
+        return Answer(200, {"status": "duplicate"}, "duplicate")
+    try:
+        return _apply(rt, event)
+    except AwsCallError as exc:
+        # Nothing half-applied survives: the job write is idempotent and the tick re-reads GitLab.
+        logger.error("webhook not recorded", extra={"error": str(exc)})
+        rt.store.forget_event(key)
+        return Answer(503, {"error": "state store unavailable, retry"}, "unavailable")
+
+
+def _apply(rt: Runtime, event: JobHook | PipelineHook) -> Answer:
+    gitlab = rt.gitlab_host  # one GitLab per deployment; X-Gitlab-Instance may spell it differently
+    if isinstance(event, PipelineHook):
+        waiting = [b for b in event.builds if b.status in {"created", "pending"}]
+        if waiting:
+            # One pipeline-jobs call resolves the tags of every job to come; their Job Hooks hit the cache.
+            try:
+                rt.tags.tags(event.project.id, event.object_attributes.id, waiting[0].id)
+            except GitLabError as exc:
+                logger.warning(
+                    "tags not prefetched",
+                    extra={"pipeline_id": event.object_attributes.id, "error": str(exc)},
+                )
+        return Answer(202, {"status": "accepted", "pipeline": event.object_attributes.id}, "accepted")
+    result = ingest_job(
+        job_event(event, gitlab),
+        config=rt.config,
+        store=rt.store,
+        dirty=rt.queue,
+        tags=rt.tags,
+        now=rt.now(),
+    )
+    if result.unroutable:
+        metrics.emit_count("UnroutableJobs", 1)
+    body = {
+        "status": "accepted",
+        "job": event.build_id,
+        "pool": result.pool or None,
+        "changed": result.applied,
+    }
+    return Answer(202, body, "accepted")
+
+
+def job_event(hook: JobHook, gitlab: str) -> JobEvent:
+    """The scaler's view of a Job Hook."""
+    runner = hook.runner
+    return JobEvent(
+        gitlab=gitlab,
+        job_id=hook.build_id,
+        status=str(hook.build_status),
+        project_id=hook.project_id,
+        pipeline_id=hook.pipeline_id,
+        name=hook.build_name or "",
+        stage=hook.build_stage or "",
+        runner_id=runner.id if runner else None,
+        runner_description=(runner.description or "") if runner else "",
+        created_at=hook.build_created_at,
+        started_at=hook.build_started_at,
+        finished_at=hook.build_finished_at,
+    )
+
+
+def _reject(status: int, outcome: str, reason: str) -> Answer:
+    metrics.emit_count("WebhookRejected", 1)
+    logger.warning("webhook rejected", extra={"reason": outcome})
+    return Answer(status, {"error": reason}, outcome)

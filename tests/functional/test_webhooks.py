@@ -1,0 +1,189 @@
+"""`POST /webhooks/gitlab` through the Chalice app against moto and the fake GitLab: trust, size, parsing,
+de-duplication, routing by tags, forward-only job state, and the dirty-pool fast path."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from chalice.test import Client
+
+from app import app
+from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
+from chalicelib.events.samples import BuildSample, job_hook_payload, pipeline_hook_payload, webhook_headers
+from tests.functional.conftest import WEBHOOK_TOKENS, Stack
+
+
+def post(client: Client, body: Any, **headers: str | None) -> Any:
+    hdrs = webhook_headers(
+        headers.pop("event", None) or "Job Hook", token=headers.pop("token", WEBHOOK_TOKENS[0])
+    )
+    hdrs.update({k.replace("_", "-"): v for k, v in headers.items() if v is not None})
+    raw = body if isinstance(body, str | bytes) else json.dumps(body)
+    return client.http.post("/webhooks/gitlab", headers=hdrs, body=raw)
+
+
+class Pipeline:
+    """A pipeline in the fake GitLab and job hook bodies for its jobs."""
+
+    def __init__(self, stack: Stack, fake: FakeGitLab, *tags: tuple[str, ...]) -> None:
+        self.stack = stack
+        self.project = fake.create_project("group/app")
+        specs = [JobSpec(f"job-{n}", tags=t) for n, t in enumerate(tags or (("linux",),))]
+        ref = fake.create_pipeline(self.project, specs)
+        self.pipeline_id = ref.id
+        self.job_ids = list(ref.job_ids)
+
+    def hook(self, job_id: int, status: str, **kw: Any) -> dict[str, Any]:
+        return job_hook_payload(
+            job_id,
+            status,
+            project_id=self.project,
+            pipeline_id=self.pipeline_id,
+            stage="test",
+            name=f"job-{job_id}",
+            now=self.stack.runtime.now(),
+            **kw,
+        )
+
+
+@pytest.fixture
+def client() -> Any:
+    with Client(app) as c:
+        yield c
+
+
+def job(stack: Stack, job_id: int) -> Any:
+    return stack.runtime.store.get_job(stack.runtime.gitlab_host, job_id)
+
+
+def test_pending_job_is_recorded_routed_and_its_pool_marked_dirty(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    p = Pipeline(gitlab_stack, fake_gitlab, ("docker",))
+    response = post(client, p.hook(p.job_ids[0], "pending"), idempotency_key="k-1")
+    assert response.status_code == 202
+    assert json.loads(response.body)["pool"] == "linux"
+    stored = job(gitlab_stack, p.job_ids[0])
+    assert (stored.status, stored.pool, stored.tags) == ("pending", "linux", ("docker",))
+    assert gitlab_stack.queued_pools() == ["linux"]
+
+
+def test_wrong_or_missing_token_is_401_and_records_nothing(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    p = Pipeline(gitlab_stack, fake_gitlab)
+    for token in ("s3cr3t-guess", ""):
+        response = post(client, p.hook(p.job_ids[0], "pending"), token=token)
+        assert response.status_code == 401
+        assert token == "" or token not in response.body.decode()
+    assert job(gitlab_stack, p.job_ids[0]) is None
+    assert gitlab_stack.queued_pools() == []
+
+
+def test_a_rotated_token_is_still_accepted(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    p = Pipeline(gitlab_stack, fake_gitlab)
+    assert post(client, p.hook(p.job_ids[0], "pending"), token=WEBHOOK_TOKENS[1]).status_code == 202
+
+
+def test_oversized_body_is_413_and_malformed_is_400_with_a_reason(
+    gitlab_stack: Stack, client: Client
+) -> None:
+    big = post(client, "x" * (1024 * 1024 + 1))
+    assert big.status_code == 413 and "larger than" in json.loads(big.body)["error"]
+    bad = post(client, "{not json")
+    assert bad.status_code == 400 and json.loads(bad.body)["error"]
+    missing = post(client, {"object_kind": "build", "build_id": 1})
+    assert missing.status_code == 400
+    assert gitlab_stack.queued_pools() == []
+
+
+def test_uninteresting_events_are_accepted_and_ignored(gitlab_stack: Stack, client: Client) -> None:
+    # A 4xx would make GitLab disable the hook after 4 failures.
+    response = post(client, {"object_kind": "push", "ref": "refs/heads/main"}, event="Push Hook")
+    assert response.status_code == 202 and json.loads(response.body)["status"] == "ignored"
+
+
+def test_resend_is_a_duplicate_but_events_sharing_an_event_uuid_all_count(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    p = Pipeline(gitlab_stack, fake_gitlab, ("linux",), ("linux",), ("linux",))
+    # Hooks of one worker share X-Gitlab-Event-UUID: all three must be applied.
+    for job_id in p.job_ids:
+        assert post(client, p.hook(job_id, "pending"), X_Gitlab_Event_UUID="same-uuid").status_code == 202
+    assert all(job(gitlab_stack, j).status == "pending" for j in p.job_ids)
+    # A pre-17.4 manual resend (no Idempotency-Key, new webhook uuid) is the same event: a duplicate.
+    again = post(client, p.hook(p.job_ids[0], "pending"), X_Gitlab_Webhook_UUID="another")
+    assert again.status_code == 200 and json.loads(again.body)["status"] == "duplicate"
+
+
+def test_late_pending_never_overwrites_running(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    p = Pipeline(gitlab_stack, fake_gitlab)
+    j = p.job_ids[0]
+    assert post(client, p.hook(j, "running", runner_id=7, tags=["linux"])).status_code == 202
+    assert post(client, p.hook(j, "pending")).status_code == 202
+    assert job(gitlab_stack, j).status == "running"
+
+
+def test_job_run_by_our_runner_is_credited_to_its_machine(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    p = Pipeline(gitlab_stack, fake_gitlab)
+    body = p.hook(p.job_ids[0], "running", runner_id=9, tags=["linux"])
+    body["runner"]["description"] = "runner-scaler/linux/i-0123456789abcdef0"
+    assert post(client, body).status_code == 202
+    stored = job(gitlab_stack, p.job_ids[0])
+    assert (stored.pool, stored.machine_id, stored.runner_id) == ("linux", "i-0123456789abcdef0", 9)
+
+
+def test_job_that_matches_no_pool_is_recorded_as_unroutable(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    p = Pipeline(gitlab_stack, fake_gitlab, ("windows",))
+    response = post(client, p.hook(p.job_ids[0], "pending"))
+    assert response.status_code == 202 and json.loads(response.body)["pool"] is None
+    assert job(gitlab_stack, p.job_ids[0]).pool == ""
+    assert gitlab_stack.queued_pools() == []
+
+
+def test_a_pipeline_of_40_jobs_costs_one_tag_lookup(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    p = Pipeline(gitlab_stack, fake_gitlab, *[("linux",)] * 40)
+    builds = [BuildSample(j, "pending", "test", f"job-{j}") for j in p.job_ids]
+    pipeline = pipeline_hook_payload(
+        p.pipeline_id, "pending", project_id=p.project, builds=builds, now=gitlab_stack.runtime.now()
+    )
+    assert post(client, pipeline, event="Pipeline Hook").status_code == 202
+    for j in p.job_ids:
+        assert post(client, p.hook(j, "pending")).status_code == 202
+    assert fake_gitlab.request_count("GET", "/projects/:project/pipelines/:pipeline_id/jobs") == 1
+    assert {job(gitlab_stack, j).pool for j in p.job_ids} == {"linux"}
+
+
+def test_webhook_to_machine_end_to_end(gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client) -> None:
+    # GIVEN two pending jobs announced by webhooks
+    p = Pipeline(gitlab_stack, fake_gitlab, ("linux",), ("linux",))
+    for j in p.job_ids:
+        post(client, p.hook(j, "pending"))
+    # WHEN the dirty-pool message reaches its handler
+    bodies = [json.dumps({"pool": pool}) for pool in gitlab_stack.queued_pools()]
+    event = client.events.generate_sqs_event(message_bodies=bodies, queue_name="test-dirty.fifo")
+    assert client.lambda_.invoke("pool_dirty", event).payload == {"batchItemFailures": []}
+    # THEN the linux group wants two machines
+    assert gitlab_stack.desired("test-linux") == 2
+
+
+def test_hot_path_makes_at_most_three_aws_calls(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    p = Pipeline(gitlab_stack, fake_gitlab)
+    post(client, p.hook(p.job_ids[0], "created"))  # warms the token cache, the queue URL and the tag cache
+    before = gitlab_stack.runtime.aws.total_calls
+    post(client, p.hook(p.job_ids[0], "pending"))
+    assert gitlab_stack.runtime.aws.total_calls - before <= 3
