@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from chalicelib.events.gitlab import JobStatus
-from chalicelib.events.timestamps import format_gitlab_iso, format_gitlab_legacy
+from chalicelib.events.timestamps import format_gitlab_iso, format_gitlab_iso_seconds, format_gitlab_legacy
 
 DEFAULT_INSTANCE = "https://gitlab.example.com"
 _STARTED = frozenset({JobStatus.RUNNING, JobStatus.CANCELING, JobStatus.SUCCESS, JobStatus.FAILED})
@@ -154,11 +154,11 @@ def job_hook_payload(
         "build_stage": stage,
         "build_status": job_status.value,
         "build_created_at": iso["created"],
-        "build_created_at_iso": times.created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "build_created_at_iso": format_gitlab_iso_seconds(times.created),
         "build_started_at": iso["started"],
-        "build_started_at_iso": times.started.strftime("%Y-%m-%dT%H:%M:%SZ") if times.started else None,
+        "build_started_at_iso": format_gitlab_iso_seconds(times.started) if times.started else None,
         "build_finished_at": iso["finished"],
-        "build_finished_at_iso": times.finished.strftime("%Y-%m-%dT%H:%M:%SZ") if times.finished else None,
+        "build_finished_at_iso": format_gitlab_iso_seconds(times.finished) if times.finished else None,
         "build_duration": times.duration,
         "build_queued_duration": times.queued_duration,
         "build_allow_failure": False,

@@ -63,13 +63,17 @@ def _zone(text: str) -> timezone:
 
 def format_gitlab_iso(moment: datetime) -> str:
     """GitLab's job-hook spelling, milliseconds and Z: "2021-02-23T02:41:37.886Z"."""
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+def format_gitlab_iso_seconds(moment: datetime) -> str:
+    """GitLab's `*_iso` twin spelling, whole seconds and Z: "2021-02-23T02:41:37Z"."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def format_gitlab_legacy(moment: datetime) -> str:
     """GitLab's pipeline-hook spelling, whole seconds: "2016-08-12 15:23:28 UTC"."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="seconds") + " UTC"
 
 
 #: An aware UTC datetime read from any documented GitLab or AWS spelling; written back as ISO 8601.
