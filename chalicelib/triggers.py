@@ -39,12 +39,23 @@ def run_tick(rt: Runtime, owner: str) -> list[ReconcileResult]:
             metrics.emit_count("LostJobsFound", len(report.discovered))
         if report.errors:
             logger.warning("heal errors", extra={"errors": report.errors[:5]})
+        _check_hooks(rt)
     results = rt.reconciler(owner).reconcile_all(rt.now())
     metrics.emit_reconcile(rt.config, results, rt.aws.total_calls - calls_before)
     for result in results:
         if result.errors:
             logger.warning("reconcile errors", extra={"pool": result.pool, "errors": result.errors})
     return results
+
+
+def _check_hooks(rt: Runtime) -> None:
+    """Every 15 minutes (one container does it): re-enable our project hooks that GitLab auto-disabled."""
+    from chalicelib.hooks import check_hooks, hook_check_key
+
+    now = rt.now()
+    if rt.config.gitlab.webhook_url and rt.store.first_seen(hook_check_key(rt.gitlab_host, now), now):
+        health = check_hooks(rt.gitlab, rt.config, None, now)
+        logger.info("webhook health", extra={"health": health.as_dict()})
 
 
 def process_dirty_batch(rt: Runtime, event: dict[str, Any], owner: str) -> dict[str, Any]:
