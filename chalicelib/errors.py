@@ -65,3 +65,14 @@ class MalformedEventError(RunnerScalerError):
     def __init__(self, reason: str) -> None:
         self.reason = " ".join(reason.split())[:300]
         super().__init__(self.reason)
+
+
+class CertificateError(RunnerScalerError):
+    """TLS material is unusable (unreadable PEM, mismatched key, bad chain); the message says what."""
+
+
+class SecretConflictError(RunnerScalerError):
+    """A Secrets Manager write collided with another writer (version token taken, rotation in progress).
+
+    The caller lost a race it may safely lose: the other writer's result stands; nothing needs undoing.
+    """
