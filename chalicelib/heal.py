@@ -145,7 +145,8 @@ def _discover(
             continue
         report.scanned_projects += 1
         for info in pending:
-            if store.get_job(gitlab_host, int(info.id)) is not None:
+            known = store.get_job(gitlab_host, int(info.id))
+            if known is not None and known.status != "skipped":
                 continue
             pool = pool_for_tags(tuple(info.tag_list or ()), config.pools)
             record = JobRecord(
@@ -160,7 +161,8 @@ def _discover(
                 stage=str(info.stage or ""),
                 created_at=info.created_at,
             )
-            if store.record_job(record, now) and pool is not None:
+            written = store.reopen_skipped(record, now) if known else store.record_job(record, now)
+            if written and pool is not None:
                 report.discovered.append(int(info.id))
                 dirty.mark_dirty(pool.name, f"job {info.id} found pending by the tick", now)
                 logger.warning("found a pending job no webhook announced", extra={"job_id": info.id})

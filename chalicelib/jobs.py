@@ -144,6 +144,8 @@ def ingest_job(
         finished_at=event.finished_at,
     )
     applied = store.record_job(record, now)
+    if not applied and event.status in {"created", "pending"}:
+        applied = store.reopen_skipped(record, now)  # rare: a retry upstream reopened a skipped job
     if applied and pool:
         dirty.mark_dirty(pool, f"job {event.job_id} {event.status}", now)
     if not pool:

@@ -93,6 +93,11 @@ class Store(Protocol):
         """Write the job if its status ranks above the stored one; True when it changed anything."""
         ...
 
+    def reopen_skipped(self, job: JobRecord, now: datetime) -> bool:
+        """GitLab moves a `skipped` job back to created/pending (same id) when an earlier job is retried:
+        the one backward move allowed, and only from `skipped`."""
+        ...
+
     def get_job(self, gitlab: str, job_id: int) -> JobRecord | None: ...
 
     def pool_jobs(self, pool: str) -> list[JobRecord]:
@@ -221,6 +226,25 @@ class DynamoStore:
             condition,
             values,
             {"#status": "status", "#rank": "rank", "#pool": "pool", "#name": "name"},
+        )
+
+    def reopen_skipped(self, job: JobRecord, now: datetime) -> bool:
+        values: dict[str, Any] = {
+            ":status": job.status,
+            ":rank": rank(job.status),
+            ":skipped": "skipped",
+            ":updated": _iso(now),
+        }
+        sets = ["#status = :status", "#rank = :rank", "updated_at = :updated"]
+        if job.pool:
+            values.update({":gpk": f"POOL#{job.pool}#JOBS", ":gsk": job.key, ":pool": job.pool})
+            sets += [f"{GSI_POOL_PK} = :gpk", f"{GSI_POOL_SK} = :gsk", "#pool = :pool"]
+        return self._conditional_update(
+            {TABLE_PK: job.key, TABLE_SK: "JOB"},
+            "SET " + ", ".join(sets) + " REMOVE finished_at",
+            "#status = :skipped",
+            values,
+            {"#status": "status", "#rank": "rank", **({"#pool": "pool"} if job.pool else {})},
         )
 
     def get_job(self, gitlab: str, job_id: int) -> JobRecord | None:
@@ -556,6 +580,17 @@ class MemoryStore:
                 updated_at=now,
             )
             self.jobs[job.key] = merged
+            return True
+
+    def reopen_skipped(self, job: JobRecord, now: datetime) -> bool:
+        with self._lock:
+            old = self.jobs.get(job.key)
+            if old is None or old.status != "skipped":
+                return False
+            self.jobs[job.key] = replace(
+                old, status=job.status, pool=job.pool or old.pool, finished_at=None, updated_at=now
+            )
+            self._settled.discard(job.key)
             return True
 
     def get_job(self, gitlab: str, job_id: int) -> JobRecord | None:

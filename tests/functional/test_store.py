@@ -134,3 +134,14 @@ def test_recent_projects_are_remembered_for_a_while(store: Store) -> None:
     store.note_projects("other.example.com", [9], T0)
     assert store.recent_projects("gitlab.example.com", T0 + timedelta(days=5), timedelta(days=7)) == [1, 2, 3]
     assert store.recent_projects("gitlab.example.com", T0 + timedelta(days=9), timedelta(days=7)) == [2]
+
+
+def test_only_a_skipped_job_can_be_reopened(store: Store) -> None:
+    store.record_job(job("skipped", 1), T0)
+    store.settle_job(job("skipped", 1))
+    assert not store.record_job(job("pending", 1), T0)  # rank alone would strand it...
+    assert store.reopen_skipped(job("pending", 1), T0)  # ...GitLab reopened it after a retry upstream
+    assert [j.job_id for j in store.pool_jobs("linux")] == [1]
+    store.record_job(job("success", 2), T0)
+    assert not store.reopen_skipped(job("pending", 2), T0)
+    assert store.get_job("gitlab.example.com", 2).status == "success"  # type: ignore[union-attr]
