@@ -52,3 +52,11 @@ def pool_dirty(event: Any) -> dict[str, Any]:
     from chalicelib.triggers import process_dirty_batch
 
     return process_dirty_batch(runtime.current(), event.to_dict(), owner=event.context.aws_request_id)
+
+
+@app.lambda_function(name="rotate_base_certs")
+def rotate_base_certs(event: dict[str, Any], context: Any) -> dict[str, str]:
+    """Secrets Manager rotation of the fleet's Docker TLS CA: one of the four steps per invocation."""
+    from chalicelib.rotation import run_rotation_event
+
+    return run_rotation_event(runtime.current(), event)
