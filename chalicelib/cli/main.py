@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from chalicelib.cli.demo import demo as demo_command
 from chalicelib.cli.hooks import hooks_app
 from chalicelib.cli.status import status as status_command
 from chalicelib.config import Config, format_duration, load_config_file
@@ -86,6 +87,7 @@ def migrate(
 
 app.command("status")(status_command)
 app.add_typer(hooks_app, name="hooks")
+app.command("demo")(demo_command)
 
 
 def main() -> None:

@@ -1,0 +1,755 @@
+"""`runner-scaler demo`: the whole scaler on one machine, in accelerated time, against local stand-ins.
+
+moto serves AWS on 127.0.0.1; a fake GitLab sends real webhooks (real headers, real token) to the REAL Chalice
+app served by chalice.local; the demo plays the AWS services that invoke the app's other handlers (EventBridge
+schedules and rules, SQS) and simulated machines run a job trace. Every handler in app.py runs its production
+code path; only the clock is faster. May import anything in chalicelib and sim; never imported by app.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from chalicelib import runtime
+from chalicelib.aws import AwsClients
+from chalicelib.capacity import pool_for_tags
+from chalicelib.capacity.engine import slots_per_new_machine
+from chalicelib.config import Config, Pool, load_config_file, parse_config
+from chalicelib.devtools.bootstrap import bootstrap
+from chalicelib.devtools.demo_report import Recorder, clock_text, live_view, summarise, write_timeline
+from chalicelib.devtools.fake_gitlab import TERMINAL, FakeGitLab, FakeJob, JobSpec
+from chalicelib.devtools.local_app import (
+    Handler,
+    LocalApp,
+    eventbridge_event,
+    load_app,
+    matches_pattern,
+    schedule_due,
+    scheduled_event,
+    sqs_event,
+    wait_until_serving,
+)
+from chalicelib.devtools.local_aws import LocalAws
+from chalicelib.devtools.machines import SimulatedMachines
+from chalicelib.errors import AwsCallError, ConfigError
+from chalicelib.resources import ENV_PREFIX, ENV_QUEUE_URL, Names, names_from_env
+from chalicelib.runtime import Runtime
+from sim.traces import TraceError, TraceJob, read_trace
+
+logger = logging.getLogger(__name__)
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+DEFAULT_TRACE = PROJECT_DIR / "sim" / "traces" / "demo.csv"
+
+#: The demo's own config: three pools a new user recognises (gitlab-runner's knobs, small numbers).
+#: `gitlab.url` is replaced by the fake GitLab's address when the demo starts.
+DEMO_CONFIG = """
+[gitlab]
+url = "https://gitlab.example.com"
+
+[[pools]]
+name = "linux"
+asg = "runner-scaler-linux"
+platform = "linux"
+tags = ["linux", "docker"]
+run_untagged = true
+capacity_per_instance = 1
+max_use_count = 1
+max_instances = 10
+max_growth_rate = 8
+boot_timeout = "10m"
+instance_types = ["m7i.large"]
+spot = true
+
+  [[pools.policy]]
+  idle_count = 1
+  idle_time = "4m"
+
+[[pools]]
+name = "linux-xl"
+asg = "runner-scaler-linux-xl"
+platform = "linux"
+tags = ["linux", "docker", "xl"]
+capacity_per_instance = 2
+max_use_count = 4
+max_instances = 3
+instance_types = ["m7i.2xlarge"]
+
+  [[pools.policy]]
+  idle_count = 0
+  idle_time = "3m"
+
+[[pools]]
+name = "windows"
+asg = "runner-scaler-windows"
+platform = "windows"
+executor = "shell"
+tags = ["windows"]
+capacity_per_instance = 1
+max_use_count = 1
+max_instances = 3
+boot_timeout = "20m"
+instance_types = ["m6i.xlarge"]
+
+  [[pools.policy]]
+  idle_count = 0
+  idle_time = "4m"
+"""
+
+#: Stage names for the trace's stage numbers (GitLab runs stages in this order).
+STAGE_NAMES = ("build", "test", "package", "deploy")
+#: Lifecycle hook names the demo's groups would carry (infra/ attaches hooks of these kinds).
+LAUNCH_HOOK = "runner-scaler-launching"
+#: Wall seconds a step waits for the webhooks it caused: GitLab delivers within about a second, so they land
+#: in the same simulated step, before the next reconcile.
+WEBHOOK_WAIT = 10.0
+TERMINATE_HOOK = "runner-scaler-terminating"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What `runner-scaler demo` was asked for. Times are simulated unless named `wall`."""
+
+    trace: Path = DEFAULT_TRACE
+    speed: float = 30.0  # simulated seconds per wall second
+    max_step: float = 10.0  # simulated seconds one platform step may cover at most
+    duration: timedelta = timedelta(minutes=90)  # stop here even if the trace is not done
+    config: Path | None = None  # None: DEMO_CONFIG
+    out: Path = Path("demo-out")
+    step_wall: float = 0.1  # wall seconds between two moves of the platform
+    sample_every: timedelta = timedelta(seconds=15)
+    live: bool = True  # draw the rich live view (off in tests and when stdout is not a terminal)
+    settle: timedelta | None = None  # after the last job: how long to watch scale-in (None: from idle_time)
+
+
+@dataclass
+class DemoResult:
+    summary: dict[str, Any]
+    summary_path: Path
+    timeline_path: Path
+    log_path: Path
+    wall_seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.summary["ok"])
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every invariant held, 130 after Ctrl-C (as a shell reports SIGINT), 1 otherwise."""
+        if self.summary["interrupted"]:
+            return 130
+        return 0 if self.ok else 1
+
+
+class AcceleratedClock:
+    """Simulated UTC time; `advance()` adds the wall time since the last step × `speed`, at most `max_step`.
+
+    Time stands still between two advances, so all the platform does in one step happens at one instant (as
+    webhooks delivered within a second do on GitLab). The cap keeps a busy host from skipping events: the demo
+    then runs slower than asked instead of jumping ahead; `effective_speed` tells by how much.
+    """
+
+    def __init__(
+        self,
+        start: datetime,
+        speed: float,
+        *,
+        max_step: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed must be above 0 (simulated seconds per wall second), not {speed}")
+        self.origin = start
+        self.speed = speed
+        self.max_step = max_step
+        self._monotonic = monotonic
+        self._elapsed = 0.0
+        self._wall_start: float | None = None
+        self._wall_last = 0.0
+
+    def start(self) -> None:
+        self._wall_start = self._wall_last = self._monotonic()
+
+    def advance(self) -> datetime:
+        """Move simulated time forward by the wall time since the last step (bounded); the new now."""
+        wall = self._monotonic()
+        if self._wall_start is None:
+            self._wall_start = wall
+        self._elapsed += min(self.max_step, (wall - self._wall_last) * self.speed)
+        self._wall_last = wall
+        return self.now()
+
+    def elapsed(self) -> float:
+        """Simulated seconds since `start()`."""
+        return self._elapsed
+
+    def now(self) -> datetime:
+        return self.origin + timedelta(seconds=self._elapsed)
+
+    @property
+    def effective_speed(self) -> float:
+        """Simulated seconds per wall second so far (below `speed` when the host could not keep up)."""
+        if self._wall_start is None or self._wall_last <= self._wall_start:
+            return self.speed
+        return self._elapsed / (self._wall_last - self._wall_start)
+
+
+def load_demo_config(path: Path | None) -> Config:
+    return parse_config(DEMO_CONFIG, "demo config (built in)") if path is None else load_config_file(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# The trace
+
+
+@dataclass(frozen=True)
+class TracePipeline:
+    created_s: float
+    pipeline_id: int
+    jobs: tuple[TraceJob, ...]
+
+
+class TracePlayer:
+    """Creates the trace's pipelines in the fake GitLab when they are due; remembers each job's duration."""
+
+    def __init__(
+        self,
+        jobs: list[TraceJob],
+        config: Config,
+        gitlab: FakeGitLab,
+        project_id: int,
+        recorder: Recorder,
+        source: str,
+    ) -> None:
+        check_routable(jobs, config, source)
+        grouped: dict[int, list[TraceJob]] = {}
+        for job in jobs:
+            grouped.setdefault(job.pipeline_id, []).append(job)
+        self._pending = deque(
+            sorted(
+                (
+                    TracePipeline(js[0].created_s, pid, tuple(sorted(js, key=lambda j: (j.stage, j.name))))
+                    for pid, js in grouped.items()
+                ),
+                key=lambda p: (p.created_s, p.pipeline_id),
+            )
+        )
+        self._config = config
+        self._gitlab = gitlab
+        self._project = project_id
+        self._recorder = recorder
+        self._durations: dict[tuple[int, str], float] = {}
+        self.total_jobs = len(jobs)
+        self.last_created_s = max((j.created_s for j in jobs), default=0.0)
+
+    @property
+    def done(self) -> bool:
+        return not self._pending
+
+    def release(self, elapsed_s: float) -> int:
+        """Create every pipeline due by `elapsed_s` (simulated seconds); returns how many were created."""
+        released = 0
+        while self._pending and self._pending[0].created_s <= elapsed_s:
+            self._create(self._pending.popleft())
+            released += 1
+        return released
+
+    def _create(self, pipeline: TracePipeline) -> None:
+        specs = [JobSpec(job.name, _stage_name(job.stage), job.tags) for job in pipeline.jobs]
+        ref = self._gitlab.create_pipeline(
+            self._project, specs, name=f"trace pipeline {pipeline.pipeline_id}"
+        )
+        for job, job_id in zip(pipeline.jobs, ref.job_ids, strict=True):
+            self._durations[(ref.id, job.name)] = job.duration_s
+            pool = pool_for_tags(job.tags, self._config.pools)
+            assert pool is not None  # check_routable made sure
+            self._recorder.add_jobs([job_id], pool.name)
+
+    def duration_of(self, job: FakeJob) -> float:
+        """A job's duration in seconds; a retried job keeps its original's (same pipeline, same name)."""
+        return self._durations.get((job.pipeline_id, job.name), 60.0)
+
+
+def _stage_name(stage: int) -> str:
+    return STAGE_NAMES[stage] if stage < len(STAGE_NAMES) else f"stage-{stage}"
+
+
+def check_routable(jobs: list[TraceJob], config: Config, source: str) -> None:
+    """Every job needs a pool, or it would wait forever and the demo would blame the scaler."""
+    problems = sorted(
+        {
+            f"jobs tagged {list(job.tags) or '(untagged)'} match no pool; add a pool with those tags "
+            "(or run_untagged = true for untagged jobs)"
+            for job in jobs
+            if pool_for_tags(job.tags, config.pools) is None
+        }
+    )
+    if problems:
+        raise ConfigError(source, problems)
+
+
+# --------------------------------------------------------------------------------------------------
+# The AWS services that invoke the app
+
+
+@dataclass
+class _Queue:
+    handler: str
+    url: str
+    arn: str
+    batch_size: int
+    visibility_s: int
+
+
+class EventSources:
+    """The AWS side of the app's event sources: EventBridge schedules and rules, SQS event source mappings.
+
+    Everything runs in the demo's one platform thread, as the machines do, so the order of events is clear.
+    Implements the machines' `Lifecycle`: launch and terminate lifecycle actions go to every `on_cw_event`
+    handler whose rule pattern matches, as EventBridge routes them.
+    """
+
+    def __init__(self, app: LocalApp, aws: AwsClients, *, region: str, speed: float) -> None:
+        self._app = app
+        self._aws = aws
+        self._region = region
+        self._speed = speed
+        self._last_run: dict[str, datetime] = {}
+        self._queues = [q for h in app.handlers_of("sqs") if (q := self._queue(h)) is not None]
+        self.notes: list[str] = []
+
+    # -- schedules and queues -------------------------------------------------------------------
+
+    def poll(self, now: datetime) -> None:
+        for handler in self._app.handlers_of("schedule"):
+            expression = handler.source.schedule_expression
+            if schedule_due(expression, self._last_run.get(handler.name), now):
+                self._last_run[handler.name] = now
+                self._app.invoke(handler.name, scheduled_event(handler.name, now, self._region))
+        for queue in self._queues:
+            self._drain(queue)
+
+    def _queue(self, handler: Handler) -> _Queue | None:
+        source = handler.source
+        name = source.queue or str(source.queue_arn or "").rsplit(":", 1)[-1]
+        try:
+            url = str(self._aws.call("sqs", "get_queue_url", QueueName=name)["QueueUrl"])
+            attributes = self._aws.call(
+                "sqs", "get_queue_attributes", QueueUrl=url, AttributeNames=["QueueArn", "VisibilityTimeout"]
+            )["Attributes"]
+        except AwsCallError as exc:
+            logger.warning(
+                "queue of an SQS handler not found", extra={"handler": handler.name, "error": str(exc)}
+            )
+            return None
+        # A failed message comes back after the queue's visibility timeout, in simulated time.
+        visibility = max(1, math.ceil(int(attributes.get("VisibilityTimeout", 30)) / self._speed))
+        return _Queue(handler.name, url, str(attributes["QueueArn"]), min(10, source.batch_size), visibility)
+
+    def _drain(self, queue: _Queue, max_batches: int = 5) -> None:
+        """What Lambda's SQS poller does: receive a batch, invoke, delete what the handler did not fail."""
+        for _ in range(max_batches):
+            got = self._aws.call(
+                "sqs",
+                "receive_message",
+                QueueUrl=queue.url,
+                MaxNumberOfMessages=queue.batch_size,
+                VisibilityTimeout=queue.visibility_s,
+                MessageSystemAttributeNames=["All"],
+                MessageAttributeNames=["All"],
+                WaitTimeSeconds=0,
+            )
+            messages = got.get("Messages", [])
+            if not messages:
+                return
+            answer = self._app.invoke(queue.handler, sqs_event(messages, queue.arn, self._region))
+            if answer is None:
+                return  # the function failed: the whole batch comes back after the visibility timeout
+            failed = {item["itemIdentifier"] for item in answer.get("batchItemFailures", [])}
+            done = [m for m in messages if m["MessageId"] not in failed]
+            if done:
+                self._aws.call(
+                    "sqs",
+                    "delete_message_batch",
+                    QueueUrl=queue.url,
+                    Entries=[{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(done)],
+                )
+
+    # -- EventBridge rules ----------------------------------------------------------------------
+
+    def _lifecycle_event(
+        self, launching: bool, pool: Pool, instance_id: str, now: datetime
+    ) -> dict[str, Any]:
+        kind = "launch" if launching else "terminate"
+        return eventbridge_event(
+            "aws.autoscaling",
+            f"EC2 Instance-{kind} Lifecycle Action",
+            {
+                "LifecycleActionToken": str(uuid.uuid4()),
+                "AutoScalingGroupName": pool.asg,
+                "LifecycleHookName": LAUNCH_HOOK if launching else TERMINATE_HOOK,
+                "EC2InstanceId": instance_id,
+                "LifecycleTransition": "autoscaling:EC2_INSTANCE_"
+                + ("LAUNCHING" if launching else "TERMINATING"),
+            },
+            [
+                f"arn:aws:autoscaling:{self._region}:123456789012:autoScalingGroup:{uuid.uuid4()}"
+                f":autoScalingGroupName/{pool.asg}"
+            ],
+            now,
+            self._region,
+        )
+
+    def route(self, event: dict[str, Any]) -> int:
+        """Send an EventBridge event to each `on_cw_event` handler whose pattern matches; how many took it."""
+        targets = [
+            h for h in self._app.handlers_of("cw_event") if matches_pattern(h.source.event_pattern, event)
+        ]
+        for handler in targets:
+            self._app.invoke(handler.name, event)
+        return len(targets)
+
+    @property
+    def has_lifecycle(self) -> bool:
+        """Whether the app handles launch lifecycle actions (it then creates each machine's runner)."""
+        probe = self._lifecycle_event(True, _PROBE_POOL, "i-00000000000000000", datetime.now(UTC))
+        return any(matches_pattern(h.source.event_pattern, probe) for h in self._app.handlers_of("cw_event"))
+
+    def launched(self, pool: Pool, instance_id: str, now: datetime) -> None:
+        self.route(self._lifecycle_event(True, pool, instance_id, now))
+
+    def terminated(self, pool: Pool, instance_id: str, now: datetime) -> None:
+        self.route(self._lifecycle_event(False, pool, instance_id, now))
+
+
+_PROBE_POOL = Pool(name="probe", asg="probe", tags=("probe",), max_instances=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Logs: the live view owns the terminal
+
+
+class _NoteHandler(logging.Handler):
+    """Warnings and errors of the scaler become one-line notes under the live view."""
+
+    _KEYS = ("pool", "instance_id", "job_id", "handler", "reason", "error")
+
+    def __init__(self, notes: deque[str]) -> None:
+        super().__init__(logging.WARNING)
+        self._notes = notes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        extras = " ".join(f"{k}={getattr(record, k)}" for k in self._KEYS if hasattr(record, k))
+        self._notes.append(f"{record.levelname.lower()}: {record.getMessage()} {extras}"[:160])
+
+
+class _SimTime(logging.Filter):
+    """Stamps each record with the simulated time, which is what the log reader compares with the timeline."""
+
+    def __init__(self, clock: AcceleratedClock) -> None:
+        super().__init__()
+        self._clock = clock
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.sim = clock_text(self._clock.elapsed())
+        return True
+
+
+@contextmanager
+def platform_quiet(notes: deque[str], log_path: Path, clock: AcceleratedClock) -> Iterator[None]:
+    """Keep the terminal for the live view: scaler warnings go to notes, INFO and above to `log_path`,
+    moto's request log is dropped and EMF metrics (printed to stdout by powertools) are switched off."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    root, scaler, werkzeug = (
+        logging.getLogger(),
+        logging.getLogger("chalicelib"),
+        logging.getLogger("werkzeug"),
+    )
+    notes_handler = _NoteHandler(notes)
+    file_handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
+    file_handler.addFilter(_SimTime(clock))
+    file_handler.setFormatter(logging.Formatter("sim %(sim)s %(levelname)s %(name)s: %(message)s"))
+    saved = (scaler.level, werkzeug.level, os.environ.get("POWERTOOLS_METRICS_DISABLED"))
+    root.addHandler(notes_handler)
+    scaler.addHandler(file_handler)
+    scaler.setLevel(logging.INFO)
+    werkzeug.setLevel(logging.ERROR)
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
+    try:
+        yield
+    finally:
+        root.removeHandler(notes_handler)
+        scaler.removeHandler(file_handler)
+        file_handler.close()
+        scaler.setLevel(saved[0])
+        werkzeug.setLevel(saved[1])
+        if saved[2] is None:
+            os.environ.pop("POWERTOOLS_METRICS_DISABLED", None)
+        else:
+            os.environ["POWERTOOLS_METRICS_DISABLED"] = saved[2]
+
+
+# --------------------------------------------------------------------------------------------------
+# The demo
+
+
+@dataclass
+class _World:
+    """Everything running during a demo; built by `Demo._build`, torn down by the ExitStack."""
+
+    config: Config
+    names: Names
+    clock: AcceleratedClock
+    gitlab: FakeGitLab
+    app: LocalApp
+    sources: EventSources
+    machines: SimulatedMachines
+    player: TracePlayer
+    recorder: Recorder
+    app_aws: AwsClients
+    local_aws: LocalAws
+    notes: deque[str] = field(default_factory=lambda: deque(maxlen=4))
+    jobs_done_at: datetime | None = None  # when the last trace job ended
+
+
+class Demo:
+    """Builds the local world, plays the trace at `speed`, and writes the summary and the timeline."""
+
+    def __init__(self, options: DemoOptions, console: Console | None = None) -> None:
+        self.options = options
+        self.console = console or Console()
+
+    def run(self) -> DemoResult:
+        """Run to the end (or Ctrl-C); every server and thread is stopped before this returns."""
+        options = self.options
+        trace = read_trace(options.trace)
+        config = load_demo_config(options.config)
+        check_routable(trace, config, str(options.trace))
+        out = options.out
+        log_path = out / "demo.log"
+        notes: deque[str] = deque(maxlen=4)
+        wall_start = time.monotonic()
+        interrupted = False
+        clock = AcceleratedClock(
+            datetime.now(UTC).replace(second=0, microsecond=0), options.speed, max_step=options.max_step
+        )
+        with ExitStack() as stack:
+            stack.enter_context(platform_quiet(notes, log_path, clock))
+            if options.live:
+                self.console.print(
+                    "[dim]starting moto, the fake GitLab and the Chalice app on 127.0.0.1…[/dim]"
+                )
+            world = self._build(stack, trace, config, notes, clock)
+            try:
+                self._play(world)
+            except KeyboardInterrupt:
+                interrupted = True
+            now = world.clock.now()
+            summary = self._summary(world, now, interrupted)
+            timeline = out / "timeline.png"
+            write_timeline(
+                world.recorder.samples,
+                [p.name for p in config.pools],
+                timeline,
+                f"runner-scaler demo: {options.trace.name} at ×{options.speed:g}",
+            )
+        summary["wall_seconds"] = round(time.monotonic() - wall_start, 1)
+        summary_path = out / "summary.json"
+        _write_json(summary_path, summary)
+        return DemoResult(summary, summary_path, timeline, log_path, summary["wall_seconds"])
+
+    # -- building the world ---------------------------------------------------------------------
+
+    def _build(
+        self,
+        stack: ExitStack,
+        trace: list[TraceJob],
+        config: Config,
+        notes: deque[str],
+        clock: AcceleratedClock,
+    ) -> _World:
+        options = self.options
+        local_aws = stack.enter_context(LocalAws())
+        app_aws, platform_aws, machine_aws = local_aws.clients(), local_aws.clients(), local_aws.clients()
+        # The delivery sender thread plays GitLab's Sidekiq: webhooks leave asynchronously, as on GitLab.
+        gitlab = stack.enter_context(FakeGitLab(now=clock.now, delivery="async"))
+        names = names_from_env()  # the prefix app.py was imported with: its SQS handler names our queue
+        config = _point_at(config, gitlab.url, names)
+        webhook_token = uuid.uuid4().hex
+        local = bootstrap(app_aws, config, names, [webhook_token])
+        _prepare_local_stack(platform_aws, config, names, local.queue_url, gitlab.token)
+        rt = Runtime(
+            {ENV_PREFIX: names.prefix, ENV_QUEUE_URL: local.queue_url},
+            aws=app_aws,
+            config=config,
+            clock=clock.now,
+        )
+        runtime.install(rt)
+        stack.callback(runtime.install, None)
+        app = stack.enter_context(LocalApp(load_app()))
+        wait_until_serving(f"{app.url}/health")
+        project = gitlab.create_project("demo/app")
+        gitlab.add_hook(project, f"{app.url}/webhooks/gitlab", token=webhook_token)
+        recorder = Recorder(config, gitlab, clock.origin, notes=notes)
+        player = TracePlayer(trace, config, gitlab, project, recorder, str(options.trace))
+        sources = EventSources(app, platform_aws, region=local_aws.region, speed=options.speed)
+        machines = SimulatedMachines(
+            config,
+            names,
+            machine_aws,
+            gitlab,
+            duration_of=player.duration_of,
+            lifecycle=sources,
+            runner_from_secret=sources.has_lifecycle,
+        )
+        return _World(
+            config, names, clock, gitlab, app, sources, machines, player, recorder, app_aws, local_aws, notes
+        )
+
+    # -- playing --------------------------------------------------------------------------------
+
+    def _play(self, world: _World) -> None:
+        options = self.options
+        world.clock.start()
+        last_sample: datetime | None = None
+        with self._live() as live:
+            while True:
+                wall = time.monotonic()
+                now = world.clock.advance()
+                world.player.release(world.clock.elapsed())
+                world.gitlab.flush(timeout=WEBHOOK_WAIT)
+                world.sources.poll(now)
+                world.machines.step(now)
+                world.gitlab.flush(timeout=WEBHOOK_WAIT)
+                if last_sample is None or now - last_sample >= options.sample_every:
+                    world.recorder.sample(now, world.machines)
+                    last_sample = now
+                if live is not None:
+                    live.update(self._frame(world, now))
+                if self._finished(world, now):
+                    world.recorder.sample(now, world.machines)
+                    return
+                time.sleep(max(0.0, options.step_wall - (time.monotonic() - wall)))
+
+    @contextmanager
+    def _live(self) -> Iterator[Live | None]:
+        if not self.options.live:
+            yield None
+            return
+        with Live(console=self.console, refresh_per_second=4, transient=False) as live:
+            yield live
+
+    def _frame(self, world: _World, now: datetime) -> Any:
+        gitlab = world.gitlab.delivery_stats
+        status = (
+            f"webhooks sent {gitlab['sent']} (failed {gitlab['failed']}) · AWS calls by the app "
+            f"{world.app_aws.total_calls} · GitLab API requests {sum(world.gitlab.requests.values())}"
+        )
+        return live_view(
+            world.recorder,
+            world.machines,
+            world.app.invocations,
+            now,
+            speed=self.options.speed,
+            status_lines=[status],
+        )
+
+    def _finished(self, world: _World, now: datetime) -> bool:
+        """Done when the trace ran and every pool scaled back to its idle floor (or the time is up)."""
+        elapsed = (now - world.clock.origin).total_seconds()
+        if elapsed >= self.options.duration.total_seconds():
+            world.notes.append(f"stopped at the --duration limit ({clock_text(elapsed)})")
+            return True
+        if not world.player.done or any(j.status not in TERMINAL for j in world.recorder.jobs()):
+            return False
+        settle = self.options.settle
+        if settle is None:
+            settle = max(p.active_policy(now).idle_time for p in world.config.pools) + timedelta(minutes=3)
+        if world.jobs_done_at is None:
+            world.jobs_done_at = now
+        if now - world.jobs_done_at >= settle:
+            return True
+        return all(len(world.machines.live(p.name)) <= _idle_floor(p, now) for p in world.config.pools)
+
+    def _summary(self, world: _World, now: datetime, interrupted: bool) -> dict[str, Any]:
+        extra = {
+            "trace": str(self.options.trace),
+            "speed": self.options.speed,
+            "effective_speed": round(world.clock.effective_speed, 1),
+            "webhooks": dict(world.gitlab.delivery_stats),
+            "gitlab_api_requests": sum(world.gitlab.requests.values()),
+            "aws_calls_by_app": world.app_aws.total_calls,
+            "lifecycle_actions_completed": world.local_aws.stubbed["autoscaling.CompleteLifecycleAction"],
+            "handlers_not_invoked": sorted(
+                h.name for h in world.app.handlers if world.app.invocations.calls[h.name] == 0
+            ),
+        }
+        kinds = {h.name: h.kind for h in world.app.handlers}
+        return summarise(
+            world.recorder,
+            world.machines,
+            world.app.invocations,
+            kinds,
+            now,
+            extra=extra,
+            interrupted=interrupted,
+        )
+
+
+def _idle_floor(pool: Pool, now: datetime) -> int:
+    """Machines a pool keeps with no job: its active policy's idle_count, in machines."""
+    return math.ceil(pool.active_policy(now).idle_count / slots_per_new_machine(pool))
+
+
+def _point_at(config: Config, gitlab_url: str, names: Names) -> Config:
+    """The config aimed at the fake GitLab, its API token read from Secrets Manager as in production."""
+    settings = config.gitlab.model_copy(
+        update={
+            "url": gitlab_url,
+            "api_token_secret": config.gitlab.api_token_secret or names.gitlab_token_secret,
+        }
+    )
+    return config.model_copy(update={"gitlab": settings})
+
+
+def _prepare_local_stack(aws: AwsClients, config: Config, names: Names, queue_url: str, token: str) -> None:
+    """What infra/ adds beyond bootstrap(): the GitLab API token secret; and an undelayed dirty queue.
+
+    The queue's 2-second delivery delay is wall time in moto, a minute of simulated time at ×30, so the demo
+    drops it (as the functional tests do).
+    """
+    aws.call("secretsmanager", "create_secret", Name=config.gitlab.api_token_secret, SecretString=token)
+    aws.call("sqs", "set_queue_attributes", QueueUrl=queue_url, Attributes={"DelaySeconds": "0"})
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+__all__ = [
+    "DEFAULT_TRACE",
+    "DEMO_CONFIG",
+    "AcceleratedClock",
+    "Demo",
+    "DemoOptions",
+    "DemoResult",
+    "TraceError",
+]

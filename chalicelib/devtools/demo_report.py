@@ -1,0 +1,370 @@
+"""What the demo shows and leaves behind: the live per-pool view, the summary (JSON, table), the timeline PNG.
+
+Ground truth comes from the fake GitLab (when each job was queued and started) and the simulated machines
+(when each instance lived), never from the scaler's own records, so the numbers check the scaler.
+May import rich, matplotlib (Agg canvas only, no pyplot) and chalicelib; not imported by the Lambda path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from chalicelib.config import Config
+from chalicelib.devtools.fake_gitlab import FakeGitLab, FakeJob
+from chalicelib.devtools.local_app import Invocations
+from chalicelib.devtools.machines import BusyKill, SimulatedMachines
+
+#: Summary keys a reader (and the test) can rely on.
+SUMMARY_KEYS = (
+    "ok",
+    "interrupted",
+    "jobs",
+    "wait_seconds",
+    "machine_seconds",
+    "max_machines",
+    "busy_killed",
+    "invariants",
+    "handlers",
+)
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (0 for no values): p95 of 20 waits is the 19th smallest."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100.0 * len(ordered)))
+    return float(ordered[rank - 1])
+
+
+def wait_stats(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "count": len(values),
+        "p50": round(percentile(values, 50), 1),
+        "p95": round(percentile(values, 95), 1),
+        "max": round(max(values, default=0.0), 1),
+    }
+
+
+@dataclass(frozen=True)
+class PoolSample:
+    desired: int
+    live: int
+    in_service: int
+    pending: int
+    running: int
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float  # simulated seconds since the demo started
+    pools: Mapping[str, PoolSample]
+
+
+@dataclass
+class Recorder:
+    """Jobs of the trace (by GitLab job id and pool) and a timeline of every pool, in simulated time."""
+
+    config: Config
+    gitlab: FakeGitLab
+    start: datetime
+    job_pools: dict[int, str] = field(default_factory=dict)
+    samples: list[Sample] = field(default_factory=list)
+    notes: deque[str] = field(default_factory=lambda: deque(maxlen=4))
+
+    def add_jobs(self, job_ids: Iterable[int], pool: str) -> None:
+        for job_id in job_ids:
+            self.job_pools[job_id] = pool
+
+    def jobs(self, pool: str | None = None) -> list[FakeJob]:
+        """The trace's jobs as GitLab sees them now (copies, so a reader never sees one change mid-way)."""
+        return [
+            replace(self.gitlab.jobs[job_id])
+            for job_id, job_pool in list(self.job_pools.items())
+            if pool is None or job_pool == pool
+        ]
+
+    def waits(self, now: datetime, pool: str | None = None) -> list[float]:
+        """Seconds each job waited in `pending` for a runner; a job still pending counts its wait so far."""
+        out: list[float] = []
+        for job in self.jobs(pool):
+            if job.queued_at is None:
+                continue
+            end = job.started_at or (now if job.status == "pending" else None)
+            if end is not None:
+                out.append(max(0.0, (end - job.queued_at).total_seconds()))
+        return out
+
+    def sample(self, now: datetime, machines: SimulatedMachines) -> Sample:
+        pools: dict[str, PoolSample] = {}
+        for pool in self.config.pools:
+            statuses = Counter(job.status for job in self.jobs(pool.name))
+            view = machines.pools[pool.name]
+            pools[pool.name] = PoolSample(
+                desired=view.desired,
+                live=view.live,
+                in_service=view.in_service,
+                pending=statuses["pending"],
+                running=statuses["running"],
+            )
+        sample = Sample((now - self.start).total_seconds(), pools)
+        self.samples.append(sample)
+        return sample
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary
+
+
+@dataclass(frozen=True)
+class Invariants:
+    """The promises the demo checks; any False makes `runner-scaler demo` exit 1."""
+
+    no_busy_machine_killed: bool
+    every_job_ran: bool
+    within_max_instances: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.no_busy_machine_killed and self.every_job_ran and self.within_max_instances
+
+
+def summarise(
+    recorder: Recorder,
+    machines: SimulatedMachines,
+    invocations: Invocations,
+    handler_kinds: Mapping[str, str],
+    now: datetime,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    interrupted: bool = False,
+) -> dict[str, Any]:
+    """The JSON summary: jobs, waits, machine time, invariants, and how often each handler ran."""
+    jobs = recorder.jobs()
+    never_ran = sorted(j.id for j in jobs if j.started_at is None)
+    by_status = Counter(j.status for j in jobs)
+    pools = [p.name for p in recorder.config.pools]
+    machine_seconds = machines.machine_seconds(now)
+    invariants = Invariants(
+        no_busy_machine_killed=not machines.busy_kills,
+        every_job_ran=not never_ran,
+        within_max_instances=not machines.over_capacity,
+    )
+    summary: dict[str, Any] = {
+        "ok": invariants.ok and not interrupted,
+        "interrupted": interrupted,
+        "simulated_seconds": round((now - recorder.start).total_seconds(), 1),
+        "jobs": {
+            "total": len(jobs),
+            "succeeded": by_status["success"],
+            "failed": by_status["failed"],
+            "skipped": by_status["skipped"],  # a later stage of a failed pipeline
+            "canceled": by_status["canceled"],
+            "unfinished": len(jobs) - sum(by_status[s] for s in ("success", "failed", "skipped", "canceled")),
+            "never_ran": never_ran,
+            "by_pool": {pool: _pool_jobs(recorder.jobs(pool)) for pool in pools},
+        },
+        "wait_seconds": {
+            **wait_stats(recorder.waits(now)),
+            "by_pool": {pool: wait_stats(recorder.waits(now, pool)) for pool in pools},
+        },
+        "machine_seconds": {
+            "total": round(sum(machine_seconds.values()), 1),
+            "by_pool": {pool: round(seconds, 1) for pool, seconds in machine_seconds.items()},
+        },
+        "max_machines": {
+            "total": max((sum(s.pools[p].live for p in pools) for s in recorder.samples), default=0),
+            "by_pool": {pool: machines.max_live[pool] for pool in pools},
+        },
+        "machines_launched": {
+            pool: sum(1 for m in machines.machines.values() if m.pool == pool) for pool in pools
+        },
+        "busy_killed": [_kill(k, recorder.start) for k in machines.busy_kills],
+        "over_capacity": list(machines.over_capacity),
+        "invariants": {
+            "no_busy_machine_killed": invariants.no_busy_machine_killed,
+            "every_job_ran": invariants.every_job_ran,
+            "within_max_instances": invariants.within_max_instances,
+        },
+        "handlers": {
+            name: {
+                "kind": kind,
+                "invocations": invocations.calls[name],
+                "failures": invocations.failures[name],
+                **({"last_error": invocations.last_error[name]} if name in invocations.last_error else {}),
+            }
+            for name, kind in sorted(handler_kinds.items())
+        },
+    }
+    summary.update(extra or {})
+    return summary
+
+
+def _pool_jobs(jobs: Sequence[FakeJob]) -> dict[str, int]:
+    statuses = Counter(j.status for j in jobs)
+    return {"total": len(jobs), "succeeded": statuses["success"], "failed": statuses["failed"]}
+
+
+def _kill(kill: BusyKill, start: datetime) -> dict[str, Any]:
+    return {
+        "instance_id": kill.instance_id,
+        "pool": kill.pool,
+        "jobs": list(kill.job_ids),
+        "at_seconds": round((kill.at - start).total_seconds(), 1),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def clock_text(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def live_view(
+    recorder: Recorder,
+    machines: SimulatedMachines,
+    invocations: Invocations,
+    now: datetime,
+    *,
+    speed: float,
+    status_lines: Sequence[str] = (),
+) -> RenderableType:
+    """One frame: a row per pool, then the platform's counters and the latest warnings."""
+    table = Table(
+        title=f"runner-scaler demo · simulated {clock_text((now - recorder.start).total_seconds())}"
+        f" at ×{speed:g}",
+        title_justify="left",
+    )
+    for column in (
+        "pool",
+        "pending",
+        "running",
+        "desired",
+        "in service",
+        "booting",
+        "idle",
+        "busy",
+        "used up",
+        "jobs done",
+        "wait p95",
+    ):
+        table.add_column(column, justify="left" if column == "pool" else "right")
+    for pool in recorder.config.pools:
+        jobs = recorder.jobs(pool.name)
+        statuses = Counter(j.status for j in jobs)
+        view = machines.pools[pool.name]
+        done = statuses["success"] + statuses["failed"]
+        table.add_row(
+            pool.name,
+            str(statuses["pending"]),
+            str(statuses["running"]),
+            str(view.desired),
+            str(view.in_service),
+            str(view.states["booting"]),
+            str(view.states["idle"]),
+            str(view.states["busy"]),
+            str(view.states["used_up"]),
+            f"{done}/{len(jobs)}",
+            f"{percentile(recorder.waits(now, pool.name), 95):.0f}s",
+        )
+    counts = " · ".join(f"{name} {count}" for name, count in sorted(invocations.calls.items()))
+    lines: list[RenderableType] = [table, Text(f"handler invocations: {counts or '-'}", style="dim")]
+    lines.extend(Text(line, style="dim") for line in status_lines)
+    if machines.busy_kills:
+        lines.append(Text(f"BUSY MACHINES KILLED: {len(machines.busy_kills)}", style="bold red"))
+    lines.extend(Text(note, style="yellow") for note in recorder.notes)
+    return Group(*lines)
+
+
+def summary_table(summary: Mapping[str, Any]) -> RenderableType:
+    """The end-of-run table: per pool jobs, waits, machine time; then the invariants and handlers."""
+    table = Table(title="demo summary (simulated time)", title_justify="left")
+    for column in (
+        "pool",
+        "jobs ok/total",
+        "wait p50",
+        "wait p95",
+        "wait max",
+        "machine-min",
+        "max machines",
+        "launched",
+    ):
+        table.add_column(column, justify="left" if column == "pool" else "right")
+    jobs, waits = summary["jobs"]["by_pool"], summary["wait_seconds"]["by_pool"]
+    for pool in jobs:
+        table.add_row(
+            pool,
+            f"{jobs[pool]['succeeded']}/{jobs[pool]['total']}",
+            f"{waits[pool]['p50']:.0f}s",
+            f"{waits[pool]['p95']:.0f}s",
+            f"{waits[pool]['max']:.0f}s",
+            f"{summary['machine_seconds']['by_pool'][pool] / 60:.1f}",
+            str(summary["max_machines"]["by_pool"][pool]),
+            str(summary["machines_launched"][pool]),
+        )
+    total_waits = summary["wait_seconds"]
+    table.add_row(
+        "all",
+        f"{summary['jobs']['succeeded']}/{summary['jobs']['total']}",
+        f"{total_waits['p50']:.0f}s",
+        f"{total_waits['p95']:.0f}s",
+        f"{total_waits['max']:.0f}s",
+        f"{summary['machine_seconds']['total'] / 60:.1f}",
+        str(summary["max_machines"]["total"]),
+        str(sum(summary["machines_launched"].values())),
+        style="bold",
+    )
+    checks = Text()
+    for name, held in summary["invariants"].items():
+        checks.append(
+            f"{'✓' if held else '✗'} {name.replace('_', ' ')}\n", style="green" if held else "bold red"
+        )
+    handlers = Text("handlers: ")
+    for name, info in summary["handlers"].items():
+        style = "red" if info["invocations"] == 0 or info["failures"] else "green"
+        failures = f", {info['failures']} failed" if info["failures"] else ""
+        handlers.append(f"{name} ({info['kind']}) ×{info['invocations']}{failures}  ", style=style)
+    return Group(table, checks, handlers)
+
+
+def write_timeline(samples: Sequence[Sample], pools: Sequence[str], path: Path, title: str) -> None:
+    """A PNG with one panel per pool: desired and live machines, pending and running jobs over time."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 2.6 * max(1, len(pools))), layout="constrained")
+    canvas = FigureCanvasAgg(figure)
+    axes = figure.subplots(len(pools), 1, squeeze=False, sharex=True)[:, 0]
+    minutes = [s.t / 60.0 for s in samples]
+    for ax, pool in zip(axes, pools, strict=True):
+        series = {
+            "desired": [s.pools[pool].desired for s in samples],
+            "machines (live)": [s.pools[pool].live for s in samples],
+            "pending jobs": [s.pools[pool].pending for s in samples],
+            "running jobs": [s.pools[pool].running for s in samples],
+        }
+        styles = {"desired": "-", "machines (live)": "-", "pending jobs": "--", "running jobs": ":"}
+        for label, values in series.items():
+            ax.step(minutes, values, where="post", linestyle=styles[label], label=label)
+        ax.set_title(pool, loc="left")
+        ax.set_ylabel("count")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", fontsize="small")
+    axes[-1].set_xlabel("simulated minutes")
+    figure.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.print_png(str(path))

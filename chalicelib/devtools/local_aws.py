@@ -1,0 +1,131 @@
+"""A local AWS for the demo: moto as a real HTTP server on 127.0.0.1, and `AwsClients` pointed at it.
+
+The app's adapters talk to it over HTTP exactly as they talk to AWS. Calls moto does not implement
+(CompleteLifecycleAction) are answered at the `AwsClients` seam and recorded. Not imported by the Lambda path.
+May import moto, boto3 and chalicelib.aws.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import urllib.request
+from collections import Counter
+from typing import Any
+
+import boto3
+from moto.server import ThreadedMotoServer
+
+from chalicelib.aws import AwsClients
+
+logger = logging.getLogger(__name__)
+
+REGION = "us-east-1"
+# moto accepts any credentials; fixed ones keep the developer's real credentials out of the demo entirely.
+_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "aws_session_token": "x"}
+
+#: (service, operation) pairs moto 5.2 does not implement, answered with an empty success by the seam.
+UNIMPLEMENTED_BY_MOTO = frozenset({("autoscaling", "CompleteLifecycleAction")})
+
+
+class LocalAws:
+    """moto's server on a free 127.0.0.1 port, started and stopped with the demo.
+
+    `clients()` builds an `AwsClients` for one caller (the app, the simulated machines) so each keeps its
+    own call counts. `close()` stops the server, closes every client's connection pool (so no keep-alive
+    request thread of moto's outlives the demo) and frees the port.
+    """
+
+    def __init__(self, *, region: str = REGION) -> None:
+        self.region = region
+        self._server: ThreadedMotoServer | None = None
+        self._clients: list[AwsClients] = []
+        self._lock = threading.Lock()
+        #: Calls answered by the seam instead of moto, e.g. "autoscaling.CompleteLifecycleAction".
+        self.stubbed: Counter[str] = Counter()
+
+    def start(self) -> LocalAws:
+        """Serve on an ephemeral port; clear state a previous in-process moto user may have left."""
+        if self._server is not None:
+            return self
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        self._server = server
+        self._reset()
+        return self
+
+    def __enter__(self) -> LocalAws:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("LocalAws is not started: use `with LocalAws() as aws:` or .start()")
+        return self._server.get_host_and_port()[1]
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def clients(self) -> AwsClients:
+        """A fresh, counted `AwsClients` against this server (no retry sleeps: moto does not throttle)."""
+        session = boto3.session.Session(region_name=self.region, **_CREDENTIALS)
+        aws = AwsClients(
+            session,
+            region=self.region,
+            endpoint_url=self.endpoint_url,
+            sleep=lambda _seconds: None,
+            fault_injector=self._answer_unimplemented,
+        )
+        with self._lock:
+            self._clients.append(aws)
+        return aws
+
+    def close(self) -> None:
+        """Close client connections, stop serving, join the server thread and release the socket."""
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for aws in clients:
+            _close_clients(aws)
+        server, self._server = self._server, None
+        if server is None:
+            return
+        try:
+            self._reset_at(server)
+        except OSError as exc:
+            logger.debug("moto reset at close failed", extra={"error": str(exc)})
+        server.stop()
+        # ThreadedMotoServer.stop() shuts the loop down but leaves the listening socket open.
+        inner = getattr(server, "_server", None)
+        if inner is not None:
+            inner.server_close()
+
+    def _answer_unimplemented(self, service: str, operation: str) -> dict[str, Any] | None:
+        if (service, operation) not in UNIMPLEMENTED_BY_MOTO:
+            return None
+        self.stubbed[f"{service}.{operation}"] += 1
+        return {"ResponseMetadata": {"HTTPStatusCode": 200}}
+
+    def _reset(self) -> None:
+        assert self._server is not None
+        self._reset_at(self._server)
+
+    def _reset_at(self, server: ThreadedMotoServer) -> None:
+        """moto's documented reset endpoint: backends are process-wide, so a test's leftovers would show."""
+        host, port = server.get_host_and_port()
+        request = urllib.request.Request(f"http://{host}:{port}/moto-api/reset", data=b"", method="POST")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(request, timeout=10) as response:
+            response.read()
+
+
+def _close_clients(aws: AwsClients) -> None:
+    """Close the pools of the clients `aws` built (named by its call counter: `service.Operation`)."""
+    for service in sorted({name.split(".", 1)[0] for name in aws.calls}):
+        try:
+            aws.client(service).close()
+        except Exception as exc:  # closing is best effort; a leak is reported by the thread check instead
+            logger.debug("closing a boto3 client failed", extra={"service": service, "error": str(exc)})
