@@ -306,18 +306,21 @@ def ensure_base_certs(
     now: datetime,
     regenerate_before: timedelta,
     policy: CertPolicy | None = None,
+    *,
+    secret_name: str | None = None,
 ) -> EnsureOutcome:
     """The tick's `docker-machine regenerate-base-certs --regenerate-before`: create, or rotate once, if due.
 
     Missing secret: create it. Inside the window: RotateSecret when a rotation Lambda is set (AWS refuses a
     second one while the first runs), else the four steps in-process under a token derived from AWSCURRENT,
     so concurrent callers produce exactly one new version and the losers return "lost-race"/"in-progress".
+    `secret_name` overrides `names.base_certs_secret` (the CLI's `--secret`).
     """
-    name = names.base_certs_secret
+    name = secret_name or names.base_certs_secret
     try:
         description = secrets.describe(name)
     except NotFoundError:
-        return _create(secrets, names, now, policy)
+        return _create(secrets, name, names, now, policy)
     if description.deleted:
         raise RotationError(
             f"secret {name} is scheduled for deletion; restore it: aws secretsmanager restore-secret"
@@ -335,8 +338,9 @@ def ensure_base_certs(
     return EnsureOutcome(action, name, after.version_id, rotated.expires_at if rotated else None)
 
 
-def _create(secrets: Secrets, names: Names, now: datetime, policy: CertPolicy | None) -> EnsureOutcome:
-    name = names.base_certs_secret
+def _create(
+    secrets: Secrets, name: str, names: Names, now: datetime, policy: CertPolicy | None
+) -> EnsureOutcome:
     fresh = certs.generate_base_certs(now, policy)
     try:
         secrets.create(
