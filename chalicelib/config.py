@@ -154,6 +154,10 @@ class HostsConfig(_Model):
     def _bounds(self) -> HostsConfig:
         if self.min_hosts > self.max_hosts:
             raise ValueError(f"min_hosts ({self.min_hosts}) is above max_hosts ({self.max_hosts})")
+        if self.host_management is HostManagement.SCALER and not self.availability_zones:
+            raise ValueError(
+                'host_management "scaler" allocates hosts itself: list availability_zones, e.g. ["us-east-1a"]'
+            )
         return self
 
 

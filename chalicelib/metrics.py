@@ -36,6 +36,9 @@ def emit_reconcile(config: Config, results: Iterable[ReconcileResult], aws_calls
             metric.add_metric("ScaleIn", MetricUnit.Count, len(result.terminated))
             metric.add_metric("DrainCancelled", MetricUnit.Count, len(result.drain_cancelled))
             metric.add_metric("ReconcileErrors", MetricUnit.Count, len(result.errors))
+            if result.host_plan is not None:
+                for name, value in result.host_plan.metrics.as_metrics().items():
+                    metric.add_metric(name, MetricUnit.Count, value)
     with single_metric("AwsCalls", MetricUnit.Count, aws_calls, namespace=NAMESPACE) as metric:
         metric.add_metric("Reconciles", MetricUnit.Count, sum(1 for r in results if not r.skipped))
 

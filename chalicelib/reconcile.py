@@ -13,9 +13,11 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from chalicelib.capacity import Demand, Machine, MachineState, PoolPlan, RemovalReason, plan_pool
+from chalicelib.capacity.hosts import HostPlan, plan_hosts
 from chalicelib.config import Config, Pool
 from chalicelib.errors import AwsCallError, GitLabError
 from chalicelib.fleet import Fleet, GroupView, Instance
+from chalicelib.hosts import HostPoolView, HostPort, apply_host_plan
 from chalicelib.store import HOLDS_SLOT, TERMINAL, JobRecord, MachineRecord, Store
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class ReconcileResult:
     pool: str
     now: datetime
     plan: PoolPlan | None = None
+    host_plan: HostPlan | None = None
     launched: int = 0
     terminated: list[str] = field(default_factory=list)
     drain_cancelled: list[str] = field(default_factory=list)
@@ -66,6 +69,7 @@ class Reconciler:
         fleet: Fleet,
         runners: RunnerControl | None = None,
         *,
+        hosts: HostPort | None = None,
         owner: str = "reconciler",
         drain_recheck: bool = True,
     ) -> None:
@@ -73,6 +77,7 @@ class Reconciler:
         self._store = store
         self._fleet = fleet
         self._runners = runners
+        self._hosts = hosts
         self._owner = owner
         self._drain_recheck = drain_recheck
 
@@ -80,17 +85,29 @@ class Reconciler:
         """Every pool, with one batched read of all groups (calls grow with pools, not machines)."""
         try:
             groups = self._fleet.read_groups([p.asg for p in self._config.pools])
+            views = self._read_hosts(self._config.pools)
         except AwsCallError as exc:
             return [ReconcileResult(p.name, now, errors=[str(exc)]) for p in self._config.pools]
-        return [self.reconcile_pool(pool, now, groups.get(pool.asg)) for pool in self._config.pools]
+        return [
+            self.reconcile_pool(pool, now, groups.get(pool.asg), views.get(pool.name))
+            for pool in self._config.pools
+        ]
 
-    def reconcile_pool(self, pool: Pool, now: datetime, group: GroupView | None = None) -> ReconcileResult:
+    def _read_hosts(self, pools: Sequence[Pool]) -> dict[str, HostPoolView]:
+        host_pools = [p for p in pools if p.hosts is not None]
+        if not host_pools or self._hosts is None:
+            return {}
+        return self._hosts.read_pools(host_pools)
+
+    def reconcile_pool(
+        self, pool: Pool, now: datetime, group: GroupView | None = None, hosts: HostPoolView | None = None
+    ) -> ReconcileResult:
         result = ReconcileResult(pool.name, now)
         if not self._store.acquire_lease(pool.name, self._owner, now, self._config.scaler.lease_duration):
             result.skipped = "another reconcile holds the pool lease"
             return result
         try:
-            self._reconcile_locked(pool, now, group, result)
+            self._reconcile_locked(pool, now, group, hosts, result)
         except (AwsCallError, GitLabError) as exc:
             # Left for the next tick, which re-reads everything: nothing is half-applied silently.
             result.errors.append(str(exc))
@@ -100,7 +117,12 @@ class Reconciler:
         return result
 
     def _reconcile_locked(
-        self, pool: Pool, now: datetime, group: GroupView | None, result: ReconcileResult
+        self,
+        pool: Pool,
+        now: datetime,
+        group: GroupView | None,
+        hosts: HostPoolView | None,
+        result: ReconcileResult,
     ) -> None:
         if group is None:
             group = self._fleet.read_groups([pool.asg]).get(pool.asg)
@@ -124,8 +146,12 @@ class Reconciler:
         result.pending, result.running = demand.pending, demand.running
         for machine in machines:
             result.machines[machine.state.value] = result.machines.get(machine.state.value, 0) + 1
-        plan = plan_pool(pool, demand, machines, now)
+        if pool.hosts is not None and self._hosts is not None and hosts is None:
+            hosts = self._read_hosts([pool]).get(pool.name, HostPoolView(pool.name))
+        host_plan = self._plan_hosts(pool, demand, machines, hosts, now)
+        plan = plan_pool(pool, demand, machines, now, launchable=host_plan.launchable if host_plan else None)
         result.plan = plan
+        result.host_plan = host_plan
 
         removals = [(r.instance_id, r.reason.value) for r in plan.removals]
         removals += [
@@ -145,8 +171,31 @@ class Reconciler:
             self._fleet.set_desired_capacity(pool.asg, desired)
         result.launched = max(0, desired - remaining)
         result.desired_after = desired
+        if host_plan is not None and hosts is not None and self._hosts is not None:
+            applied = apply_host_plan(self._hosts, pool, host_plan, hosts)
+            result.errors.extend(applied.errors)
         if plan.changes or result.terminated:
             logger.info(plan.summary(), extra={"pool": pool.name})
+
+    def _plan_hosts(
+        self,
+        pool: Pool,
+        demand: Demand,
+        machines: Sequence[Machine],
+        hosts: HostPoolView | None,
+        now: datetime,
+    ) -> HostPlan | None:
+        """Dedicated-host pools: what can launch now, and which hosts to allocate or release."""
+        if pool.hosts is None or self._hosts is None or hosts is None:
+            return None
+        wanted = plan_pool(pool, demand, machines, now).launch  # what the engine wants, before host room
+        host_plan = plan_hosts(pool, hosts.hosts, now, wanted=wanted, unmet_since=hosts.unmet_since)
+        if pool.hosts.license_configuration and (host_plan.allocate or host_plan.unmet):
+            room = self._hosts.license_room(pool.hosts.license_configuration)  # only when it matters
+            host_plan = plan_hosts(
+                pool, hosts.hosts, now, wanted=wanted, unmet_since=hosts.unmet_since, license_room=room
+            )
+        return host_plan
 
     def _settle_jobs(
         self, jobs: Sequence[JobRecord], records: dict[str, MachineRecord], now: datetime

@@ -26,6 +26,7 @@ from chalicelib.resources import ENV_QUEUE_URL, ENV_TABLE, Names, names_from_env
 from chalicelib.store import DynamoStore
 
 if TYPE_CHECKING:
+    from chalicelib.hosts import Ec2Hosts
     from chalicelib.jobs import TagResolver
     from chalicelib.reconcile import Reconciler, RunnerControl
 
@@ -160,7 +161,16 @@ class Runtime:
         from chalicelib.reconcile import Reconciler
 
         runners = self.gitlab if self.has_gitlab() else None
-        return Reconciler(self.config, self.store, self.fleet, runners, owner=owner)
+        return Reconciler(self.config, self.store, self.fleet, runners, hosts=self.hosts, owner=owner)
+
+    @cached_property
+    def hosts(self) -> Ec2Hosts | None:
+        """Dedicated hosts, only when a pool runs on them (no call otherwise)."""
+        if not any(p.hosts for p in self.config.pools):
+            return None
+        from chalicelib.hosts import Ec2Hosts
+
+        return Ec2Hosts(self.aws)
 
 
 def parse_token_list(value: str) -> list[str]:

@@ -178,10 +178,10 @@ class TestAllocate:
         plan = plan_hosts(mac_pool(), [host("h-1")], T0, wanted=3, unmet_since=T0 - timedelta(hours=1))
         assert plan.allocate_zones == ("us-east-1b", "us-east-1a")
 
-    def test_without_zones_nothing_is_allocated_and_the_fix_is_named(self) -> None:
-        plan = plan_hosts(mac_pool(availability_zones=[]), [], T0, wanted=1, unmet_since=T0 - DAY)
-        assert plan.allocate == 0
-        assert "availability_zones" in plan.summary()
+    def test_without_zones_the_config_is_refused_and_the_fix_is_named(self) -> None:
+        # The config check stops a scaler-managed pool without zones before the planner ever sees it.
+        with pytest.raises(ValueError, match="availability_zones"):
+            mac_pool(availability_zones=[])
 
     def test_socket_license_hard_limit_caps_allocation(self) -> None:
         room = LicenseRoom("Socket", limit=4, consumed=0, hard_limit=True)
