@@ -1,0 +1,1 @@
+"""The stack and its constructs (state, pools, app, monitoring) and the pure wiring planner."""

@@ -1,0 +1,225 @@
+"""The Chalice app inside the stack: `chalice.cdk.Chalice`, with this deployment's role, names and wiring.
+
+Packaging happens once per synth in a child process (`infra.package`), or not at all when context
+`chalice_package` names a prebuilt directory. Every function then gets the stack's least-privilege role,
+the resource names as environment variables, its own log group (with retention), and event sources bound
+to this stack's queue, topic, rules and rotation schedule (see `wiring.plan_wiring`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import aws_cdk as cdk
+from aws_cdk import aws_events as events
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_secretsmanager as secretsmanager
+from chalice.cdk import Chalice
+from constructs import Construct
+
+from chalicelib.resources import ALARM_TOPIC_SUFFIX, ENV_CONFIG_PARAM, ENV_PREFIX, ENV_QUEUE_URL, ENV_TABLE
+from infra.package import package
+from infra.policy import Scope, lambda_grants, policy_document
+from infra.settings import ROOT, Settings
+from infra.stacks.wiring import RuleTarget, check_names, plan_wiring
+
+PACKAGE_FILES = ("sam.json", "deployment.zip")
+
+
+class ChaliceApp(Chalice):
+    """`chalice.cdk.Chalice` that packages in a child process, or copies a prebuilt package."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, settings: Settings) -> None:
+        # Chalice's __init__ packages straight away, so _package_app needs the settings before it runs.
+        self._settings = settings
+        super().__init__(scope, construct_id, source_dir=str(ROOT), preserve_logical_ids=True)
+        self.sam = json.loads((Path(self._sam_package_dir) / "sam.json").read_text(encoding="utf-8"))
+
+    def _package_app(self) -> None:
+        settings = self._settings
+        out = Path(self._sam_package_dir)
+        if settings.chalice_package is None:
+            package(out, stage=settings.stage, prefix=settings.prefix, region=settings.region)
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        for name in PACKAGE_FILES:
+            source = settings.chalice_package / name
+            if not source.is_file():
+                raise FileNotFoundError(
+                    f"context chalice_package={settings.chalice_package}: no {name}; make it with "
+                    "`python -m infra.package --out <dir> ...`"
+                )
+            shutil.copy2(source, out / name)
+
+
+class App(Construct):
+    """The functions, their role and log groups, and their event sources bound to this stack."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        settings: Settings,
+        grant_scope: Scope,
+        *,
+        queue_arn: str,
+        queue_url: str,
+        table_name: str,
+        topic_arn: str,
+        base_certs: secretsmanager.CfnSecret,
+        groups: list[str],
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.settings = settings
+        self.chalice = ChaliceApp(self, "Chalice", settings=settings)
+        self.wiring = plan_wiring(self.chalice.sam)
+        for warning in self.wiring.warnings:
+            cdk.Annotations.of(self).add_warning_v2("runner-scaler:wiring", warning)
+        self.log_groups = {
+            logical: logs.CfnLogGroup(
+                self,
+                f"Logs{logical}",
+                log_group_name=f"/aws/lambda/{settings.prefix}/{logical}",
+                retention_in_days=settings.log_retention_days,
+            )
+            for logical in self.wiring.functions
+        }
+        scoped = Scope(
+            names=grant_scope.names,
+            config=grant_scope.config,
+            partition=grant_scope.partition,
+            region=grant_scope.region,
+            account=grant_scope.account,
+            log_groups=tuple(g.attr_arn for g in self.log_groups.values()),
+        )
+        self.role = iam.CfnRole(
+            self,
+            "Role",
+            assume_role_policy_document={
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": "lambda.amazonaws.com"},
+                        "Action": "sts:AssumeRole",
+                    }
+                ],
+            },
+            description=f"runner-scaler {settings.prefix}: exactly what chalicelib calls (infra/policy.py)",
+            policies=[
+                iam.CfnRole.PolicyProperty(
+                    policy_name="scaler", policy_document=policy_document(lambda_grants(scoped))
+                )
+            ],
+        )
+        environment = {
+            ENV_PREFIX: settings.prefix,
+            ENV_TABLE: table_name,
+            ENV_QUEUE_URL: queue_url,
+            ENV_CONFIG_PARAM: settings.names.config_parameter,
+        }
+        for logical in self.wiring.functions:
+            function = self.chalice.get_resource(logical)
+            function.add_property_override("Role", self.role.attr_arn)
+            for key, value in environment.items():
+                function.add_property_override(f"Environment.Variables.{key}", value)
+            function.add_property_override("LoggingConfig", {"LogGroup": self.log_groups[logical].ref})
+        self._bind_sources(queue_arn, topic_arn)
+        self.rules = [self._rule(target, groups) for target in self.wiring.rules]
+        for logical, event in self.wiring.replaced_events:
+            self.chalice.get_resource(logical).add_deletion_override(f"Properties.Events.{event}")
+        self.rotation = self._rotation(base_certs)
+
+    def function_arn(self, logical: str) -> str:
+        return self.chalice.get_resource(logical).get_att("Arn").to_string()
+
+    def function_name(self, logical: str) -> str:
+        return self.chalice.get_resource(logical).ref
+
+    def _bind_sources(self, queue_arn: str, topic_arn: str) -> None:
+        names = self.settings.names
+        check_names(self.wiring, queue=names.queue, topic=f"{names.prefix}{ALARM_TOPIC_SUFFIX}")
+        for binding in self.wiring.queues:
+            self._event(binding.function, binding.event).add_property_override("Queue", queue_arn)
+        for binding in self.wiring.topics:
+            self._event(binding.function, binding.event).add_property_override("Topic", topic_arn)
+
+    def _event(self, function: str, event: str) -> _EventOverride:
+        return _EventOverride(self.chalice.get_resource(function), event)
+
+    def _rule(self, target: RuleTarget, groups: list[str]) -> events.CfnRule:
+        pattern: dict[str, Any] = {"source": [target.kind.source], "detail-type": list(target.detail_types)}
+        if target.kind.per_group:
+            pattern["detail"] = {"AutoScalingGroupName": groups}
+        arn = self.function_arn(target.function)
+        rule = events.CfnRule(
+            self,
+            f"{target.kind.name}Rule",
+            description=f"{self.settings.prefix}: {', '.join(target.detail_types)} -> {target.function}",
+            event_pattern=pattern,
+            targets=[
+                events.CfnRule.TargetProperty(
+                    id=target.function,
+                    arn=arn,
+                    # A lost event is healed by the tick; retry briefly, then give up rather than pile up.
+                    retry_policy=events.CfnRule.RetryPolicyProperty(
+                        maximum_event_age_in_seconds=600, maximum_retry_attempts=4
+                    ),
+                )
+            ],
+        )
+        lambda_.CfnPermission(
+            self,
+            f"{target.kind.name}RuleInvoke",
+            action="lambda:InvokeFunction",
+            function_name=arn,
+            principal="events.amazonaws.com",
+            source_arn=rule.attr_arn,
+        )
+        return rule
+
+    def _rotation(self, base_certs: secretsmanager.CfnSecret) -> secretsmanager.CfnRotationSchedule | None:
+        logical = self.wiring.rotation_function
+        if logical is None:
+            return None
+        arn = self.function_arn(logical)
+        permission = lambda_.CfnPermission(
+            self,
+            "RotationInvoke",
+            action="lambda:InvokeFunction",
+            function_name=arn,
+            principal="secretsmanager.amazonaws.com",
+            source_arn=base_certs.ref,
+        )
+        scaler = self.settings.config.scaler
+        # Rotate when the CA reaches NotAfter - regenerate_before (Secrets Manager allows 1..1000 days).
+        days = int((scaler.cert_validity - scaler.regenerate_before).total_seconds() // 86400)
+        schedule = secretsmanager.CfnRotationSchedule(
+            self,
+            "BaseCertsRotation",
+            secret_id=base_certs.ref,
+            rotation_lambda_arn=arn,
+            rotation_rules=secretsmanager.CfnRotationSchedule.RotationRulesProperty(
+                automatically_after_days=max(1, min(1000, days))
+            ),
+            # The first rotation writes the CA and client certificate the placeholder stands for.
+            rotate_immediately_on_update=True,
+        )
+        schedule.add_dependency(permission)
+        return schedule
+
+
+class _EventOverride:
+    """Property overrides of one event source inside a SAM function."""
+
+    def __init__(self, function: cdk.CfnResource, event: str) -> None:
+        self._function = function
+        self._event = event
+
+    def add_property_override(self, key: str, value: Any) -> None:
+        self._function.add_property_override(f"Events.{self._event}.Properties.{key}", value)

@@ -1,0 +1,286 @@
+"""What tells an operator (and the scaler itself) that something is wrong: alarms, their topic, a dashboard.
+
+Every alarm publishes to one SNS topic the app's `on_sns_message` handler subscribes to (immediate reconcile
+or a recorded fault) and carries its runbook in its description. The dashboard reads the EMF metrics of
+`chalicelib.metrics` (namespace RunnerScaler, dimensions pool + platform). Imports CDK and chalicelib names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_events as events
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+
+from chalicelib.config import Pool
+from chalicelib.metrics import NAMESPACE
+from chalicelib.resources import ALARM_TOPIC_SUFFIX
+from infra.metrics import GLOBAL_METRICS, JOB_METRICS, MACHINE_METRICS, SCALING_METRICS
+from infra.settings import Settings
+
+QUEUE_AGE_SECONDS = 120
+LAUNCH_UNSUCCESSFUL = "EC2 Instance Launch Unsuccessful"
+
+
+class Monitoring(Construct):
+    """The launch-failure rule, alarms with runbooks (to the alarm topic), and the dashboard."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        settings: Settings,
+        *,
+        topic: sns.Topic,
+        queue_name: str,
+        dead_letter_queue_name: str,
+        tick_function: str | None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        prefix = settings.prefix
+        self.topic = topic
+        self.launch_failures = _launch_failure_rule(self, settings)
+        self.alarms: list[cloudwatch.CfnAlarm] = []
+        self._alarm(
+            "QueueAge",
+            f"{prefix}-dirty-queue-age",
+            namespace="AWS/SQS",
+            metric="ApproximateAgeOfOldestMessage",
+            dimensions={"QueueName": queue_name},
+            statistic="Maximum",
+            threshold=QUEUE_AGE_SECONDS,
+            periods=(5, 3),
+            runbook=(
+                f"Pool-dirty messages wait more than {QUEUE_AGE_SECONDS}s: fast scale-up is stalled and "
+                "jobs wait for the one-minute tick. Check the PoolDirty function's errors and throttles in "
+                "its log group; a reconcile that keeps failing for one pool holds that pool's FIFO group. "
+                "The tick still heals."
+            ),
+        )
+        self._alarm(
+            "DeadLetters",
+            f"{prefix}-dirty-dlq-depth",
+            namespace="AWS/SQS",
+            metric="ApproximateNumberOfMessagesVisible",
+            dimensions={"QueueName": dead_letter_queue_name},
+            statistic="Maximum",
+            threshold=1,
+            periods=(1, 1),
+            runbook=(
+                "A pool-dirty message failed 5 times and was dead-lettered. Read it (it names the pool), "
+                "find the matching error in the PoolDirty logs, fix the cause, then delete the message: "
+                "the tick has reconciled the pool since, so redriving is not needed."
+            ),
+        )
+        self._alarm(
+            "LaunchFailures",
+            f"{prefix}-launch-failures",
+            namespace="AWS/Events",
+            metric="TriggeredRules",
+            dimensions={"RuleName": self.launch_failures.ref},
+            statistic="Sum",
+            threshold=1,
+            periods=(1, 1),
+            period_seconds=300,
+            runbook=(
+                "Auto Scaling could not launch a machine (event log group "
+                f"/aws/events/{prefix}/launch-failures has the StatusMessage). Usual causes: no Spot "
+                "capacity for the listed types (add types or raise on_demand_percentage), an AMI or "
+                "instance type not offered in the subnet's zone, no free dedicated host in the host "
+                "resource group, or an instance profile / KMS permission missing. Jobs queue meanwhile."
+            ),
+        )
+        for pool in settings.config.pools:
+            self._alarm(
+                f"ReconcileErrors-{pool.name}",
+                f"{prefix}-{pool.name}-reconcile-errors",
+                namespace=NAMESPACE,
+                metric="ReconcileErrors",
+                dimensions=_pool_dimensions(settings, pool),
+                statistic="Sum",
+                threshold=1,
+                periods=(5, 3),
+                runbook=(
+                    f"Reconciling pool {pool.name} failed in 3 of the last 5 minutes. Search the Tick "
+                    f'and PoolDirty logs for pool "{pool.name}": AWS throttling or permissions '
+                    "(AccessDenied names the action), GitLab unreachable or its token revoked, or an "
+                    "invalid config in SSM. Machines are neither added nor removed while it lasts."
+                ),
+            )
+        if tick_function:
+            self._alarm(
+                "TickErrors",
+                f"{prefix}-tick-errors",
+                namespace="AWS/Lambda",
+                metric="Errors",
+                dimensions={"FunctionName": tick_function},
+                statistic="Sum",
+                threshold=1,
+                periods=(5, 3),
+                runbook=(
+                    "The one-minute tick crashed in 3 of the last 5 minutes: nothing heals lost webhooks or "
+                    "removes used-up machines. Read the Tick function's log group for the traceback."
+                ),
+            )
+        self.dashboard = _dashboard(self, settings, self.alarms, queue_name, dead_letter_queue_name)
+
+    def _alarm(
+        self,
+        construct_id: str,
+        name: str,
+        *,
+        namespace: str,
+        metric: str,
+        dimensions: dict[str, str],
+        statistic: str,
+        threshold: float,
+        periods: tuple[int, int],
+        runbook: str,
+        period_seconds: int = 60,
+    ) -> None:
+        evaluation, datapoints = periods
+        alarm = cloudwatch.CfnAlarm(
+            self,
+            construct_id,
+            alarm_name=name,
+            alarm_description=f"RUNBOOK: {runbook}",
+            namespace=namespace,
+            metric_name=metric,
+            dimensions=[
+                cloudwatch.CfnAlarm.DimensionProperty(name=k, value=v) for k, v in dimensions.items()
+            ],
+            statistic=statistic,
+            period=period_seconds,
+            evaluation_periods=evaluation,
+            datapoints_to_alarm=datapoints,
+            threshold=threshold,
+            comparison_operator="GreaterThanOrEqualToThreshold",
+            treat_missing_data="notBreaching",
+            # OK actions too: the app's handler clears a recorded fault when the alarm recovers.
+            alarm_actions=[self.topic.topic_arn],
+            ok_actions=[self.topic.topic_arn],
+        )
+        self.alarms.append(alarm)
+
+
+def alarm_topic(scope: Construct, settings: Settings) -> sns.Topic:
+    """The topic every alarm publishes to; made first, since the app subscribes to it."""
+    return sns.Topic(
+        scope, "AlarmTopic", topic_name=f"{settings.prefix}{ALARM_TOPIC_SUFFIX}", enforce_ssl=True
+    )
+
+
+def _pool_dimensions(settings: Settings, pool: Pool) -> dict[str, str]:
+    return settings.metric_dimensions(pool=pool.name, platform=pool.platform.value)
+
+
+def _launch_failure_rule(scope: Construct, settings: Settings) -> events.CfnRule:
+    """Failed launches of our groups, kept in a log group: the alarm counts them, the operator reads them."""
+    log_group = logs.CfnLogGroup(
+        scope,
+        "LaunchFailureLog",
+        log_group_name=f"/aws/events/{settings.prefix}/launch-failures",
+        retention_in_days=settings.log_retention_days,
+    )
+    logs.CfnResourcePolicy(
+        scope,
+        "LaunchFailureLogPolicy",
+        policy_name=f"{settings.prefix}-launch-failures",
+        policy_document=cdk.Stack.of(scope).to_json_string(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Sid": "EventBridgeWrites",
+                        "Effect": "Allow",
+                        "Principal": {"Service": ["events.amazonaws.com", "delivery.logs.amazonaws.com"]},
+                        "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                        "Resource": f"{log_group.attr_arn}",
+                    }
+                ],
+            }
+        ),
+    )
+    return events.CfnRule(
+        scope,
+        "LaunchFailureRule",
+        description=f"{settings.prefix}: Auto Scaling could not launch a machine",
+        event_pattern={
+            "source": ["aws.autoscaling"],
+            "detail-type": [LAUNCH_UNSUCCESSFUL],
+            "detail": {"AutoScalingGroupName": [p.asg for p in settings.config.pools]},
+        },
+        targets=[events.CfnRule.TargetProperty(id="log", arn=log_group.attr_arn)],
+    )
+
+
+def _dashboard(
+    scope: Construct,
+    settings: Settings,
+    alarms: Sequence[cloudwatch.CfnAlarm],
+    queue_name: str,
+    dead_letter_queue_name: str,
+) -> cloudwatch.Dashboard:
+    dashboard = cloudwatch.Dashboard(scope, "Dashboard", dashboard_name=f"{settings.prefix}-scaler")
+    dashboard.add_widgets(
+        cloudwatch.AlarmStatusWidget(
+            title="Alarms",
+            alarms=[cloudwatch.Alarm.from_alarm_arn(scope, f"Ref{a.node.id}", a.attr_arn) for a in alarms],
+            width=24,
+        )
+    )
+    for pool in settings.config.pools:
+        dimensions = _pool_dimensions(settings, pool)
+        dashboard.add_widgets(
+            _graph(f"{pool.name}: machines", MACHINE_METRICS, dimensions, "Maximum"),
+            _graph(f"{pool.name}: jobs (slots)", JOB_METRICS, dimensions, "Maximum"),
+            _graph(f"{pool.name}: scaling and errors", SCALING_METRICS, dimensions, "Sum"),
+        )
+    dashboard.add_widgets(
+        _graph("Reconciles and AWS calls", GLOBAL_METRICS, settings.metric_dimensions(), "Sum", width=12),
+        cloudwatch.GraphWidget(
+            title="Dirty queue",
+            left=[
+                cloudwatch.Metric(
+                    namespace="AWS/SQS",
+                    metric_name="ApproximateAgeOfOldestMessage",
+                    dimensions_map={"QueueName": queue_name},
+                    statistic="Maximum",
+                )
+            ],
+            right=[
+                cloudwatch.Metric(
+                    namespace="AWS/SQS",
+                    metric_name="ApproximateNumberOfMessagesVisible",
+                    dimensions_map={"QueueName": dead_letter_queue_name},
+                    statistic="Maximum",
+                    label="dead letters",
+                )
+            ],
+            width=12,
+        ),
+    )
+    return dashboard
+
+
+def _graph(
+    title: str, metrics: Sequence[str], dimensions: dict[str, str], statistic: str, width: int = 8
+) -> cloudwatch.GraphWidget:
+    return cloudwatch.GraphWidget(
+        title=title,
+        left=[
+            cloudwatch.Metric(
+                namespace=NAMESPACE,
+                metric_name=name,
+                dimensions_map=dimensions or None,
+                statistic=statistic,
+                period=cdk.Duration.minutes(1),
+            )
+            for name in metrics
+        ],
+        width=width,
+    )

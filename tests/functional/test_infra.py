@@ -1,0 +1,555 @@
+"""infra/ synthesizes offline into the stack issue #9 asks for, lints clean, grants exactly what code calls.
+
+Two synths per session (module fixtures, a few seconds each once jsii is up): the real app.py, and a
+contract app declaring every handler DESIGN.md names (lifecycle events, alarms, rotation), so the wiring
+is checked before all handlers exist. Both package app.py + chalicelib without wheels (`--no-dependencies`):
+the template is under test here, not the vendored dependencies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "18,20")
+os.environ.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "18,20,22,24")
+
+from aws_cdk.assertions import Match, Template
+
+from chalicelib.config import load_config_file
+from chalicelib.resources import (
+    TABLE_TTL_ATTRIBUTE,
+    TAG_DEPLOYMENT,
+    TAG_INSTANCE_ARN,
+    Names,
+    table_definition,
+)
+from chalicelib.userdata import render
+from infra.app import build
+from infra.metrics import GLOBAL_METRICS, JOB_METRICS, MACHINE_METRICS, SCALING_METRICS
+from infra.package import package
+from infra.policy import iam_action
+from tests.functional.test_infra_policy import code_calls, needs_grant
+
+ROOT = Path(__file__).resolve().parents[2]
+CDK_JSON = json.loads((ROOT / "infra" / "cdk.json").read_text(encoding="utf-8"))
+CONTEXT: dict[str, Any] = dict(CDK_JSON["context"])
+EXAMPLE = load_config_file(ROOT / "examples" / "config.toml")
+PREFIX = "runner-scaler-dev"  # the dev stage of .chalice/config.json, cdk.json's default stage
+NAMES = Names(PREFIX)
+
+CONTRACT_APP = textwrap.dedent(
+    '''
+    """Every handler DESIGN.md names, as app.py will declare them: packaged by test_infra.py only."""
+    from chalice import Chalice, Rate
+
+    from chalicelib.events.aws import (
+        INSTANCE_STATE_CHANGE, LAUNCH_LIFECYCLE_ACTION, REBALANCE_RECOMMENDATION, SPOT_INTERRUPTION_WARNING,
+        TERMINATE_LIFECYCLE_ACTION,
+    )
+    from chalicelib.resources import ALARM_TOPIC_SUFFIX, names_from_env
+
+    app = Chalice(app_name="runner-scaler")
+    NAMES = names_from_env()
+    KINDS = [LAUNCH_LIFECYCLE_ACTION, TERMINATE_LIFECYCLE_ACTION, SPOT_INTERRUPTION_WARNING,
+             REBALANCE_RECOMMENDATION, INSTANCE_STATE_CHANGE]
+
+    @app.route("/webhooks/gitlab", methods=["POST"])
+    def gitlab_webhook():
+        return {}
+
+    @app.schedule(Rate(1, unit=Rate.MINUTES), name="tick")
+    def tick(event):
+        return {}
+
+    @app.on_sqs_message(queue=NAMES.queue, batch_size=10, name="pool_dirty")
+    def pool_dirty(event):
+        return {}
+
+    @app.on_cw_event({"source": ["aws.autoscaling", "aws.ec2"], "detail-type": KINDS}, name="machine_events")
+    def machine_events(event):
+        return {}
+
+    @app.on_sns_message(topic=NAMES.prefix + ALARM_TOPIC_SUFFIX, name="alarms")
+    def alarms(event):
+        return {}
+
+    @app.lambda_function(name="rotate_base_certs")
+    def rotate_base_certs(event, context):
+        return {}
+    '''
+)
+
+
+@dataclass(frozen=True)
+class Synth:
+    name: str
+    template: Template
+    raw: dict[str, Any]
+    path: Path
+
+    def resources(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {k: v for k, v in self.raw["Resources"].items() if v["Type"] == kind}
+
+    def one(self, kind: str, **match: Any) -> tuple[str, dict[str, Any]]:
+        found = [
+            (k, v)
+            for k, v in self.resources(kind).items()
+            if all(v["Properties"].get(p) == value for p, value in match.items())
+        ]
+        assert len(found) == 1, f"{len(found)} {kind} match {match}"
+        return found[0]
+
+
+def _synth(name: str, workdir: Path, project_dir: Path) -> Synth:
+    """Package (no wheels), then synthesize with cdk.json's context; chalice.out lands in `workdir`."""
+    packaged = package(
+        workdir / "package",
+        stage=CONTEXT["stage"],
+        prefix=PREFIX,
+        region=CONTEXT["region"],
+        project_dir=project_dir,
+        with_dependencies=False,
+    )
+    context = {**CONTEXT, "config": str(ROOT / "examples" / "config.toml"), "chalice_package": str(packaged)}
+    with contextlib.chdir(workdir):  # chalice.cdk writes chalice.out/ into the working directory
+        app, stack = build(context, outdir=str(workdir / "cdk.out"), validate=False)
+        assembly = app.synth()
+    artifact = assembly.get_stack_artifact(stack.artifact_id)
+    path = Path(assembly.directory) / artifact.template_file
+    return Synth(name, Template.from_stack(stack), json.loads(path.read_text(encoding="utf-8")), path)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    return _synth("real", tmp_path_factory.mktemp("real"), ROOT)
+
+
+@pytest.fixture(scope="module")
+def contract(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    project = tmp_path_factory.mktemp("contract-app")
+    (project / "app.py").write_text(CONTRACT_APP, encoding="utf-8")
+    (project / ".chalice").mkdir()
+    shutil.copy2(ROOT / ".chalice" / "config.json", project / ".chalice" / "config.json")
+    shutil.copytree(ROOT / "chalicelib", project / "chalicelib", ignore=shutil.ignore_patterns("__pycache__"))
+    return _synth("contract", tmp_path_factory.mktemp("contract"), project)
+
+
+@pytest.fixture(params=["real", "contract"])
+def synth(request: pytest.FixtureRequest) -> Synth:
+    return request.getfixturevalue(request.param)
+
+
+def statements(raw: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every IAM statement in the template: role and policy documents, resource policies, JSON strings too."""
+    for logical, resource in raw["Resources"].items():
+        props = resource.get("Properties", {})
+        documents = [p["PolicyDocument"] for p in props.get("Policies", [])]
+        for key in ("PolicyDocument", "AssumeRolePolicyDocument", "KeyPolicy"):
+            if key in props:
+                documents.append(props[key])
+        for document in documents:
+            if isinstance(document, str):
+                document = json.loads(document)
+            for statement in document.get("Statement", []):
+                yield logical, statement
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def lambda_role_statements(synth: Synth) -> list[dict[str, Any]]:
+    roles = [
+        (k, v)
+        for k, v in synth.resources("AWS::IAM::Role").items()
+        if "lambda.amazonaws.com" in json.dumps(v["Properties"]["AssumeRolePolicyDocument"])
+        and v["Properties"].get("Policies")
+        and k.startswith("AppRole")
+    ]
+    assert len(roles) == 1
+    return [s for p in roles[0][1]["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]]
+
+
+# -- state -----------------------------------------------------------------------------------------
+
+
+def test_table_mirrors_table_definition_with_ttl_and_pitr(real: Synth) -> None:
+    definition = table_definition(NAMES.table)
+    real.template.has_resource(
+        "AWS::DynamoDB::Table",
+        {
+            "Properties": Match.object_like(
+                {
+                    **{k: v for k, v in definition.items()},
+                    "TimeToLiveSpecification": {"AttributeName": TABLE_TTL_ATTRIBUTE, "Enabled": True},
+                    "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+                }
+            ),
+            "DeletionPolicy": "Retain",
+        },
+    )
+
+
+def test_dirty_queue_is_fifo_and_redrives_to_its_dlq(real: Synth) -> None:
+    dlq, _ = real.one("AWS::SQS::Queue", QueueName=NAMES.dead_letter_queue)
+    _, queue = real.one("AWS::SQS::Queue", QueueName=NAMES.queue)
+    assert queue["Properties"]["FifoQueue"] is True
+    assert queue["Properties"]["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": [dlq, "Arn"]},
+        "maxReceiveCount": 5,
+    }
+    assert real.resources("AWS::SQS::Queue")[dlq]["Properties"]["FifoQueue"] is True
+
+
+def test_secrets_exist_under_the_names_the_runtime_reads(real: Synth) -> None:
+    names = {s["Properties"]["Name"] for s in real.resources("AWS::SecretsManager::Secret").values()}
+    assert names == {
+        EXAMPLE.gitlab.api_token_secret,
+        EXAMPLE.gitlab.webhook_tokens_secret,
+        NAMES.base_certs_secret,
+    }
+
+
+def test_cache_bucket_is_private_encrypted_expiring_and_tls_only(real: Synth) -> None:
+    logical, bucket = real.one("AWS::S3::Bucket", BucketName="runner-scaler-cache")
+    props = bucket["Properties"]
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0][
+        "ServerSideEncryptionByDefault"
+    ] == {"SSEAlgorithm": "AES256"}
+    assert props["LifecycleConfiguration"]["Rules"][0]["ExpirationInDays"] == CONTEXT["cache_expiration_days"]
+    deny = [
+        s
+        for _, s in statements(real.raw)
+        if s["Effect"] == "Deny" and s.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}
+    ]
+    assert any(logical in json.dumps(s["Resource"]) for s in deny)
+
+
+def test_config_parameter_holds_the_config_file(real: Synth) -> None:
+    _, parameter = real.one("AWS::SSM::Parameter", Name=NAMES.config_parameter)
+    assert parameter["Properties"]["Value"] == (ROOT / "examples" / "config.toml").read_text(encoding="utf-8")
+
+
+# -- pools -----------------------------------------------------------------------------------------
+
+
+def test_example_config_makes_three_groups_and_two_host_resource_groups(real: Synth) -> None:
+    real.template.resource_count_is("AWS::AutoScaling::AutoScalingGroup", 3)
+    real.template.resource_count_is("AWS::ResourceGroups::Group", 2)
+    groups = {g["Properties"]["Name"] for g in real.resources("AWS::ResourceGroups::Group").values()}
+    assert groups == {"runner-scaler-windows-hosts", "runner-scaler-macos-hosts"}
+
+
+@pytest.mark.parametrize("pool", [p.name for p in EXAMPLE.pools])
+def test_group_starts_empty_protected_and_hooked(real: Synth, pool: str) -> None:
+    _, group = real.one("AWS::AutoScaling::AutoScalingGroup", AutoScalingGroupName=EXAMPLE.pool(pool).asg)
+    props = group["Properties"]
+    assert props["MinSize"] == "0"
+    assert "DesiredCapacity" not in props  # starts at MinSize; never reset by a stack update
+    assert props["NewInstancesProtectedFromScaleIn"] is True
+    hooks = {h["LifecycleTransition"]: h for h in props["LifecycleHookSpecificationList"]}
+    assert set(hooks) == {"autoscaling:EC2_INSTANCE_LAUNCHING", "autoscaling:EC2_INSTANCE_TERMINATING"}
+    assert all(h["HeartbeatTimeout"] > 0 for h in hooks.values())
+    tags = {t["Key"]: t["Value"] for t in props["Tags"]}
+    assert tags[TAG_DEPLOYMENT] == PREFIX
+
+
+@pytest.mark.parametrize("pool", [p.name for p in EXAMPLE.pools])
+def test_az_rebalance_is_suspended_on_every_group(real: Synth, pool: str) -> None:
+    asg = EXAMPLE.pool(pool).asg
+    calls = [json.dumps(r["Properties"]) for r in real.resources("Custom::AWS").values()]
+    suspending = [
+        c for c in calls if "suspendProcesses" in c and f'\\"AutoScalingGroupName\\":\\"{asg}\\"' in c
+    ]
+    assert suspending and all("AZRebalance" in c for c in suspending)
+
+
+def test_spot_pool_mixes_instances_and_host_pools_do_not(real: Synth) -> None:
+    _, linux = real.one("AWS::AutoScaling::AutoScalingGroup", AutoScalingGroupName="runner-scaler-linux")
+    policy = linux["Properties"]["MixedInstancesPolicy"]
+    assert [o["InstanceType"] for o in policy["LaunchTemplate"]["Overrides"]] == ["m7i.large", "m7i.xlarge"]
+    assert policy["InstancesDistribution"]["SpotAllocationStrategy"] == "price-capacity-optimized"
+    assert "OnDemandAllocationStrategy" in policy["InstancesDistribution"]
+    for asg in ("runner-scaler-windows", "runner-scaler-macos"):
+        _, group = real.one("AWS::AutoScaling::AutoScalingGroup", AutoScalingGroupName=asg)
+        assert "MixedInstancesPolicy" not in group["Properties"]
+        assert "LaunchTemplate" in group["Properties"]
+
+
+@pytest.mark.parametrize("pool", [p.name for p in EXAMPLE.pools])
+def test_launch_template_requires_imdsv2_encrypts_and_runs_the_rendered_user_data(
+    real: Synth, pool: str
+) -> None:
+    _, template = real.one("AWS::EC2::LaunchTemplate", LaunchTemplateName=f"{PREFIX}-{pool}")
+    data = template["Properties"]["LaunchTemplateData"]
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert all(m["Ebs"]["Encrypted"] is True for m in data["BlockDeviceMappings"])
+    assert data["UserData"] == {"Fn::Base64": render(EXAMPLE.pool(pool), PREFIX)}
+    assert data["ImageId"] == CONTEXT["amis"][EXAMPLE.pool(pool).platform.value]
+
+
+@pytest.mark.parametrize("pool", ["windows", "macos"])
+def test_host_pools_launch_into_their_host_resource_group_with_a_licence(real: Synth, pool: str) -> None:
+    hosts = EXAMPLE.pool(pool).hosts
+    assert hosts is not None
+    group_logical, group = real.one("AWS::ResourceGroups::Group", Name=hosts.host_resource_group)
+    configuration = {c["Type"]: c["Parameters"] for c in group["Properties"]["Configuration"]}
+    management = {p["Name"]: p["Values"] for p in configuration["AWS::EC2::HostManagement"]}
+    assert management["allowed-host-families"] == [hosts.host_family]
+    assert management["auto-allocate-host"] == ["false"]  # host_management = "scaler"
+    assert {"Name": "allowed-resource-types", "Values": ["AWS::EC2::Host"]} in configuration[
+        "AWS::ResourceGroups::Generic"
+    ]
+    _, asg = real.one("AWS::AutoScaling::AutoScalingGroup", AutoScalingGroupName=EXAMPLE.pool(pool).asg)
+    in_zones = [s["id"] for s in CONTEXT["subnets"] if s["az"] in hosts.availability_zones]
+    assert asg["Properties"]["VPCZoneIdentifier"] == in_zones  # hosts are allocated in those zones only
+    _, template = real.one("AWS::EC2::LaunchTemplate", LaunchTemplateName=f"{PREFIX}-{pool}")
+    data = template["Properties"]["LaunchTemplateData"]
+    assert data["Placement"] == {
+        "Tenancy": "host",
+        "HostResourceGroupArn": {"Fn::GetAtt": [group_logical, "Arn"]},
+    }
+    licence = data["LicenseSpecifications"][0]["LicenseConfigurationArn"]
+    assert licence == management["allowed-host-based-license-configurations"][0]
+    assert "createLicenseConfiguration" in json.dumps(real.raw["Resources"][licence["Ref"]])
+
+
+@pytest.mark.parametrize("pool", [p.name for p in EXAMPLE.pools])
+def test_machine_reads_only_its_own_secret_and_its_cache(real: Synth, pool: str) -> None:
+    _, template = real.one("AWS::EC2::LaunchTemplate", LaunchTemplateName=f"{PREFIX}-{pool}")
+    profile = template["Properties"]["LaunchTemplateData"]["IamInstanceProfile"]["Arn"]["Fn::GetAtt"][0]
+    role = real.raw["Resources"][profile]["Properties"]["Roles"][0]["Ref"]
+    grants = real.raw["Resources"][role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    secret = next(s for s in grants if as_list(s["Action"]) == ["secretsmanager:GetSecretValue"])
+    assert secret["Condition"] == {
+        "StringEquals": {f"secretsmanager:ResourceTag/{TAG_INSTANCE_ARN}": "${ec2:SourceInstanceARN}"}
+    }
+    assert f":secret:{PREFIX}/machines/*" in json.dumps(secret["Resource"])
+    buckets = [json.dumps(s["Resource"]) for s in grants if as_list(s["Action"])[0].startswith("s3:")]
+    expected = EXAMPLE.pool(pool).cache_bucket
+    assert sorted(b.split(":::")[1].split('"')[0] for b in buckets) == (
+        [expected, f"{expected}/*"] if expected else []
+    )
+
+
+# -- the app and its wiring ------------------------------------------------------------------------
+
+
+def test_every_function_runs_with_the_stack_role_and_resource_names(synth: Synth) -> None:
+    functions = synth.resources("AWS::Serverless::Function")
+    assert functions
+    role = next(k for k in synth.resources("AWS::IAM::Role") if k.startswith("AppRole"))
+    for logical, function in functions.items():
+        props = function["Properties"]
+        assert props["Role"] == {"Fn::GetAtt": [role, "Arn"]}, logical
+        env = props["Environment"]["Variables"]
+        assert env["RUNNER_SCALER_PREFIX"] == PREFIX
+        assert env["RUNNER_SCALER_CONFIG_PARAM"] == NAMES.config_parameter
+        assert env["RUNNER_SCALER_TABLE"]["Ref"].startswith("StateTable")
+        assert env["RUNNER_SCALER_QUEUE_URL"]["Fn::GetAtt"][1] == "QueueUrl"
+        assert "Ref" in props["LoggingConfig"]["LogGroup"]
+
+
+def test_dirty_queue_source_is_bound_to_the_stack_queue(synth: Synth) -> None:
+    queue, _ = synth.one("AWS::SQS::Queue", QueueName=NAMES.queue)
+    props = synth.raw["Resources"]["PoolDirty"]["Properties"]
+    (event,) = props["Events"].values()
+    assert event["Properties"]["Queue"] == {"Fn::GetAtt": [queue, "Arn"]}
+
+
+def handler_or_skip(synth: Synth, found: list[str], what: str) -> str:
+    """The one function found; the real app may not declare it yet (skip), the contract app always does."""
+    if not found and synth.name == "real":
+        pytest.skip(f"app.py declares no {what} yet: checked on the contract app meanwhile")
+    assert len(found) == 1, f"{what}: {found}"
+    return found[0]
+
+
+def test_lifecycle_and_spot_events_reach_the_cw_event_handler_scoped_to_our_groups(synth: Synth) -> None:
+    lifecycle_types = ["EC2 Instance-launch Lifecycle Action", "EC2 Instance-terminate Lifecycle Action"]
+    functions = synth.resources("AWS::Serverless::Function")
+    rules = {  # rules whose target is one of the app's functions, by the detail-types they match
+        tuple(r["Properties"]["EventPattern"]["detail-type"]): r["Properties"]
+        for r in synth.resources("AWS::Events::Rule").values()
+        if r["Properties"]["Targets"][0]["Arn"].get("Fn::GetAtt", [""])[0] in functions
+    }
+    lifecycle_targets = [
+        r["Targets"][0]["Arn"]["Fn::GetAtt"][0] for k, r in rules.items() if list(k) == lifecycle_types
+    ]
+    handler = handler_or_skip(synth, lifecycle_targets, "on_cw_event handler for lifecycle actions")
+    target_arn = {"Fn::GetAtt": [handler, "Arn"]}
+    lifecycle = rules[tuple(lifecycle_types)]
+    assert lifecycle["Targets"][0]["Arn"] == target_arn
+    assert lifecycle["EventPattern"]["detail"]["AutoScalingGroupName"] == [p.asg for p in EXAMPLE.pools]
+    spot = rules[("EC2 Spot Instance Interruption Warning", "EC2 Instance Rebalance Recommendation")]
+    assert spot["Targets"][0]["Arn"] == target_arn
+    permitted = [
+        p["Properties"]
+        for p in synth.resources("AWS::Lambda::Permission").values()
+        if p["Properties"]["Principal"] == "events.amazonaws.com"
+    ]
+    routed = [r for r in rules.values() if r["Targets"][0]["Arn"] == target_arn]
+    assert len([p for p in permitted if p["FunctionName"] == target_arn]) == len(routed)
+    # The app's own unscoped rule is replaced by these.
+    events = synth.raw["Resources"][handler]["Properties"].get("Events", {})
+    assert not [e for e in events.values() if e["Type"] == "CloudWatchEvent"]
+
+
+def test_alarm_topic_feeds_the_sns_handler(synth: Synth) -> None:
+    topic, _ = synth.one("AWS::SNS::Topic", TopicName=f"{PREFIX}-alarms")
+    sources = {
+        logical: event
+        for logical, f in synth.resources("AWS::Serverless::Function").items()
+        for event in (f["Properties"].get("Events") or {}).values()
+        if event["Type"] == "SNS"
+    }
+    handler = handler_or_skip(synth, list(sources), "on_sns_message handler")
+    assert sources[handler] == {"Type": "SNS", "Properties": {"Topic": {"Ref": topic}}}
+
+
+def test_rotation_schedule_points_at_the_rotation_function(synth: Synth) -> None:
+    handler = handler_or_skip(
+        synth,
+        [k for k in synth.resources("AWS::Serverless::Function") if k == "RotateBaseCerts"],
+        "@app.lambda_function(name='rotate_base_certs')",
+    )
+    secret, _ = synth.one("AWS::SecretsManager::Secret", Name=NAMES.base_certs_secret)
+    _, schedule = synth.one("AWS::SecretsManager::RotationSchedule")
+    assert schedule["Properties"]["SecretId"] == {"Ref": secret}
+    assert schedule["Properties"]["RotationLambdaARN"] == {"Fn::GetAtt": [handler, "Arn"]}
+    synth.template.has_resource_properties(
+        "AWS::Lambda::Permission",
+        {
+            "Principal": "secretsmanager.amazonaws.com",
+            "FunctionName": {"Fn::GetAtt": [handler, "Arn"]},
+            "SourceArn": {"Ref": secret},
+        },
+    )
+
+
+# -- monitoring ------------------------------------------------------------------------------------
+
+
+def test_alarms_carry_runbooks_and_publish_to_the_app_topic(real: Synth) -> None:
+    topic, _ = real.one("AWS::SNS::Topic", TopicName=f"{PREFIX}-alarms")
+    alarms = real.resources("AWS::CloudWatch::Alarm")
+    metrics = {(a["Properties"]["Namespace"], a["Properties"]["MetricName"]) for a in alarms.values()}
+    assert {
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage"),
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+        ("AWS/Events", "TriggeredRules"),
+        ("RunnerScaler", "ReconcileErrors"),
+    } <= metrics
+    for alarm in alarms.values():
+        props = alarm["Properties"]
+        assert props["AlarmDescription"].startswith("RUNBOOK: ") and len(props["AlarmDescription"]) > 80
+        assert props["AlarmActions"] == [{"Ref": topic}]
+
+
+def test_reconcile_error_alarms_use_the_dimensions_the_app_emits(real: Synth) -> None:
+    env = real.raw["Resources"]["Tick"]["Properties"]["Environment"]["Variables"]
+    for pool in EXAMPLE.pools:
+        real.template.has_resource_properties(
+            "AWS::CloudWatch::Alarm",
+            {
+                "MetricName": "ReconcileErrors",
+                "Dimensions": Match.array_equals(
+                    [
+                        {"Name": "pool", "Value": pool.name},
+                        {"Name": "platform", "Value": pool.platform.value},
+                        {"Name": "service", "Value": env["POWERTOOLS_SERVICE_NAME"]},
+                    ]
+                ),
+            },
+        )
+
+
+def test_dashboard_shows_the_emf_metrics_per_pool(real: Synth) -> None:
+    _, dashboard = real.one("AWS::CloudWatch::Dashboard")
+    body = json.dumps(dashboard["Properties"]["DashboardBody"])
+    for metric in (*MACHINE_METRICS, *JOB_METRICS, *SCALING_METRICS, *GLOBAL_METRICS):
+        assert f'\\"{metric}\\"' in body
+    for pool in EXAMPLE.pools:
+        assert f'\\"pool\\",\\"{pool.name}\\"' in body
+
+
+def test_launch_failures_are_captured_for_the_alarm(real: Synth) -> None:
+    rule, props = real.one(
+        "AWS::Events::Rule", Description=f"{PREFIX}: Auto Scaling could not launch a machine"
+    )
+    assert props["Properties"]["EventPattern"]["detail-type"] == ["EC2 Instance Launch Unsuccessful"]
+    real.template.has_resource_properties(
+        "AWS::CloudWatch::Alarm",
+        {"MetricName": "TriggeredRules", "Dimensions": [{"Name": "RuleName", "Value": {"Ref": rule}}]},
+    )
+
+
+# -- IAM -------------------------------------------------------------------------------------------
+
+
+def test_no_allow_statement_has_a_wildcard_action(synth: Synth) -> None:
+    for logical, statement in statements(synth.raw):
+        if statement["Effect"] != "Allow":
+            continue  # Deny guardrails (TLS-only bucket and topic) are meant to be broad
+        for action in as_list(statement.get("Action", [])):
+            assert "*" not in action, f"{logical}: {action}"
+
+
+def test_wildcard_resources_are_only_where_aws_forces_them(synth: Synth) -> None:
+    allowed = {"DescribeFleet": "Describe calls have no resource-level permission"}
+    for logical, statement in statements(synth.raw):
+        if statement["Effect"] == "Allow" and "*" in as_list(statement.get("Resource", [])):
+            actions = as_list(statement["Action"])
+            assert statement.get("Sid") in allowed or actions == [
+                "license-manager:CreateLicenseConfiguration"
+            ], f"{logical}: {actions} on *"
+
+
+def test_lambda_policy_allows_every_call_chalicelib_makes(real: Synth) -> None:
+    granted = {
+        a for s in lambda_role_statements(real) if s["Effect"] == "Allow" for a in as_list(s["Action"])
+    }
+    missing = sorted(
+        f"{iam_action(*call)} ({where})"
+        for call, where in code_calls().items()
+        if needs_grant(call) and iam_action(*call) not in granted
+    )
+    assert not missing, "add these to infra/policy.py lambda_grants: " + ", ".join(missing)
+
+
+def test_group_actions_need_the_deployment_tag(real: Synth) -> None:
+    writes = [
+        s for s in lambda_role_statements(real) if "autoscaling:SetDesiredCapacity" in as_list(s["Action"])
+    ]
+    assert writes and all(
+        s["Condition"] == {"StringEquals": {f"autoscaling:ResourceTag/{TAG_DEPLOYMENT}": PREFIX}}
+        for s in writes
+    )
+
+
+# -- lint ------------------------------------------------------------------------------------------
+
+
+def test_cfn_lint_finds_no_error(synth: Synth) -> None:
+    from cfnlint.api import ManualArgs, lint
+
+    matches = lint(synth.path.read_text(encoding="utf-8"), config=ManualArgs(regions=[CONTEXT["region"]]))
+    errors = [str(m) for m in matches if re.match(r"E\d", m.rule.id)]
+    assert not errors, "\n".join(errors)
