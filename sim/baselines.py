@@ -1,0 +1,491 @@
+"""The anchors' scalers as baselines, each built from its documented behaviour; a static fleet; an oracle.
+
+Every baseline reads the same pool config, translated into its own knobs (as `runner-scaler migrate` does the
+other way), and acts on the same simulated world. API calls are counted per the calls each anchor's loop is
+documented to make (control plane only: no runner job polling, which every design has). Imports the simulator
+and config; never chalicelib's engine, so a baseline cannot inherit our rule by accident.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from chalicelib.capacity import pool_for_tags, runner_takes
+from chalicelib.config import Platform, Policy, Pool
+from sim.hosts import NoHostPlanner
+from sim.model import HookEvent, SimMachine, boot_time
+from sim.world import World, ideal_pending
+
+
+def _pending_for(world: World, pool: Pool) -> int:
+    """Pending jobs a runner of `pool` would take (a runner manager learns them within a check interval)."""
+    return sum(1 for j in world.gitlab.pending.values() if runner_takes(j.tags, pool.tags, pool.run_untagged))
+
+
+def _idle_for(machine: SimMachine, now: float) -> float:
+    since = machine.last_busy_at if machine.last_busy_at is not None else machine.ready_at
+    return now - (since if since is not None else now)
+
+
+def _slots(machine: SimMachine) -> int:
+    """Jobs a machine (booting or ready) can still start now, as a runner manager counts them."""
+    pool = machine.pool
+    if machine.paused:
+        return 0
+    free = pool.capacity_per_instance - len(machine.running)
+    if pool.max_use_count > 0:
+        free = min(free, pool.max_use_count - machine.jobs_started)
+    return max(0, free)
+
+
+class _Counted:
+    """API calls by kind; every baseline reports their sum."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    def api_calls(self) -> int:
+        return sum(self.calls.values())
+
+
+# -- docker+machine ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MachineKnobs:
+    """`[runners.machine]` for one period: IdleCount, IdleCountMin, IdleScaleFactor, IdleTime (s)."""
+
+    idle_count: int
+    idle_count_min: int
+    idle_scale_factor: float
+    idle_time_s: float
+
+    def target(self, in_use: int) -> int:
+        """Idle machines to keep: IdleCount, or with IdleScaleFactor `in_use * factor` between the bounds."""
+        if self.idle_scale_factor <= 0:
+            return self.idle_count
+        return max(self.idle_count_min, min(self.idle_count, math.ceil(in_use * self.idle_scale_factor)))
+
+
+def machine_knobs(policy: Policy) -> MachineKnobs:
+    """Our policy in docker+machine's words (the inverse of `chalicelib.migrate`)."""
+    idle_time = policy.idle_time.total_seconds()
+    if policy.scale_factor > 0:
+        return MachineKnobs(
+            max(policy.idle_count, policy.scale_factor_limit),
+            policy.idle_count,
+            policy.scale_factor,
+            idle_time,
+        )
+    return MachineKnobs(policy.idle_count, 0, 0.0, idle_time)
+
+
+class DockerMachine(_Counted):
+    """gitlab-runner's docker+machine executor, one runner manager per pool.
+
+    From docs.gitlab.com/runner/configuration/autoscale.html ("Autoscaling algorithm and parameters"): every
+    check (check_interval, 3 s) the manager keeps IdleCount machines Idle (IdleCountMin..IdleCount with
+    IdleScaleFactor), creating at most MaxGrowthRate in parallel and never more than `limit`; a machine Idle
+    longer than IdleTime is removed while more than the idle target are Idle; a machine is removed once it
+    ran MaxBuilds jobs (MR !233). With IdleCount = 0 a machine is created on demand for each job that finds
+    no Idle machine (MR !4314); with IdleCount > 0 jobs wait for an Idle machine, so a burst is served at the
+    pace of pre-creation, which issues #4863 and #28052 describe. Knobs: limit = max_instances,
+    MaxGrowthRate = max_growth_rate, MaxBuilds = max_use_count, periods = our policies.
+    API calls (docker-machine's amazonec2 driver): 4 per create (CreateKeyPair, RunInstances, CreateTags,
+    DescribeInstances), 2 per remove (TerminateInstances, DeleteKeyPair).
+    """
+
+    name = "docker-machine"
+    check_interval_s = 3.0
+
+    def start(self, world: World) -> None:
+        self._world = world
+        world.gitlab.exit_listeners.append(self._released)
+        world.loop.every(self.check_interval_s, self._check, start=0.0, keep_going=world.keep_going)
+
+    def _released(self, machine: SimMachine) -> None:
+        """UsedCount reached MaxBuilds: the machine is removed when the job releases it."""
+        self._remove(machine)
+
+    def _remove(self, machine: SimMachine) -> None:
+        self.calls["ec2"] += 2
+        self._world.fleet.terminate(machine.instance_id)
+
+    def _check(self) -> None:
+        for pool in self._world.config.pools:
+            self._check_pool(pool)
+
+    def _check_pool(self, pool: Pool) -> None:
+        world = self._world
+        now = world.loop.now
+        knobs = machine_knobs(pool.active_policy(world.now_dt()))
+        machines = world.fleet.live(pool.name)
+        creating = sum(1 for m in machines if not m.ready) + world.fleet.unplaced(pool.name)
+        idle = sorted(
+            (m for m in machines if m.idle and m.accepting), key=lambda m: _idle_for(m, now), reverse=True
+        )
+        target = knobs.target(sum(1 for m in machines if m.running))
+        available = len(idle) + creating
+        for machine in idle:
+            if available <= target or _idle_for(machine, now) < knobs.idle_time_s:
+                break
+            self._remove(machine)
+            available -= 1
+        total = len(world.fleet.live(pool.name)) + world.fleet.unplaced(pool.name)
+        want = target - available
+        if knobs.idle_count == 0:
+            want = max(want, _pending_for(world, pool) - available)
+        room = pool.max_instances - total
+        if pool.max_growth_rate > 0:
+            room = min(room, pool.max_growth_rate - creating)
+        create = max(0, min(want, room))
+        if create:
+            self.calls["ec2"] += 4 * create
+            world.fleet.launch(pool.name, create)
+
+
+# -- docker-autoscaler / taskscaler --------------------------------------------------------------------
+
+
+def taskscaler_idle_slots(policy: Policy, in_use: int) -> int:
+    """`[[runners.autoscaler.policy]]`: idle_count, or in_use * scale_factor up to scale_factor_limit."""
+    scaled = math.ceil(in_use * policy.scale_factor) if policy.scale_factor > 0 else 0
+    if policy.scale_factor_limit > 0:
+        scaled = min(scaled, policy.scale_factor_limit)
+    return max(policy.idle_count, scaled)
+
+
+class Taskscaler(_Counted):
+    """gitlab-runner's docker-autoscaler executor (taskscaler + the fleeting AWS plugin on the pool's ASG).
+
+    From docs.gitlab.com/runner/executors/docker_autoscaler.html and the `[runners.autoscaler]` reference: the
+    runner reserves capacity for the jobs it requests (taskscaler MR !60), so pending jobs count as in use;
+    taskscaler keeps `idle_count` idle slots, or `in_use * scale_factor` bounded by `scale_factor_limit`,
+    each instance holding `capacity_per_instance` slots and retiring after `max_use_count` jobs; instances
+    idle longer than `idle_time` go while above the idle target; `max_instances` bounds the group.
+    Loop: jobs are requested every check_interval (3 s); the fleeting plugin's Update runs every
+    update_interval (1 min), every update_interval_when_expecting (2 s) while instances boot.
+    API calls: 2 per Update (DescribeAutoScalingGroups, DescribeInstances), 1 per SetDesiredCapacity,
+    1 per instance removed.
+    """
+
+    name = "taskscaler"
+    check_interval_s = 3.0
+    update_interval_s = 60.0
+    update_when_expecting_s = 2.0
+
+    def start(self, world: World) -> None:
+        self._world = world
+        self._last_update: dict[str, float] = {}
+        world.gitlab.exit_listeners.append(self._used_up)
+        world.loop.every(self.check_interval_s, self._check, start=0.0, keep_going=world.keep_going)
+
+    def _used_up(self, machine: SimMachine) -> None:
+        self.calls["autoscaling"] += 1
+        self._world.fleet.terminate(machine.instance_id)
+
+    def _check(self) -> None:
+        for pool in self._world.config.pools:
+            self._update_calls(pool)
+            self._scale(pool)
+
+    def _update_calls(self, pool: Pool) -> None:
+        now = self._world.loop.now
+        expecting = any(not m.ready for m in self._world.fleet.live(pool.name))
+        interval = self.update_when_expecting_s if expecting else self.update_interval_s
+        if now - self._last_update.get(pool.name, -math.inf) >= interval:
+            self._last_update[pool.name] = now
+            self.calls["autoscaling"] += 2
+
+    def _scale(self, pool: Pool) -> None:
+        world = self._world
+        now = world.loop.now
+        machines = world.fleet.live(pool.name)
+        pending = min(_pending_for(world, pool), pool.max_instances * pool.capacity_per_instance)
+        running = sum(len(m.running) for m in machines)
+        target = taskscaler_idle_slots(pool.active_policy(world.now_dt()), pending + running)
+        per_instance = pool.capacity_per_instance
+        if pool.max_use_count > 0:
+            per_instance = min(per_instance, pool.max_use_count)
+        requested = world.fleet.unplaced(pool.name)  # asked of the ASG, not launched yet (no host room)
+        free = sum(_slots(m) for m in machines) + requested * per_instance
+        need = pending + target - free
+        if need > 0:
+            launch = min(math.ceil(need / per_instance), pool.max_instances - len(machines) - requested)
+            if launch > 0:
+                self.calls["autoscaling"] += 1
+                world.fleet.launch(pool.name, launch)
+            return
+        surplus = -need
+        idle_time = pool.active_policy(world.now_dt()).idle_time.total_seconds()
+        idle = sorted((m for m in machines if m.idle), key=lambda m: _idle_for(m, now), reverse=True)
+        for machine in idle:
+            slots = _slots(machine)
+            if _idle_for(machine, now) < idle_time or slots > surplus:
+                continue
+            surplus -= slots
+            self.calls["autoscaling"] += 1
+            world.fleet.terminate(machine.instance_id)
+
+
+# -- philips-labs-style webhook scaler -----------------------------------------------------------------
+
+
+class WebhookScaler(_Counted):
+    """A port of philips-labs/terraform-aws-github-runner's control plane (now github-aws-runners) to GitLab.
+
+    From modules/runners/README.md and lambdas/.../scale-runners/scale-up.ts and scale-down.ts: each "job
+    queued" webhook goes to an SQS queue delayed by `delay_webhook_event` (30 s); the scale-up Lambda checks
+    the job is still queued and, below `runners_maximum_count` (max_instances), creates one instance for it;
+    at the maximum an ephemeral setup raises ScaleError and SQS redelivers the message after its visibility
+    timeout (30 s), any other setup drops it. Scale-down runs on `scale_down_schedule_expression` (every
+    5 min): runners are walked newest first; any runner past `minimum_running_time_in_minutes` (5 Linux,
+    15 Windows: module defaults) counts against the idle_config `idleCount` (our policy's idle_count) and is
+    kept, the others are de-registered and terminated when the runner's busy flag reads false; an instance
+    not registered within `runner_boot_time_in_minutes` (our boot_timeout) is an orphan, terminated on the
+    next run. The busy flag lags job assignment (issues #3573, #3802, #4391), so a runner that just got a
+    job can be killed: modelled with the world's busy lag. Ephemeral runners (max_use_count 1) shut their
+    instance down after their job; the optional pool (`pool_config`) tops idle runners up to idle_count every
+    5 min. No tick reads the queue: a lost webhook means no instance for that job.
+    API calls: per scale-up message 3 (job status, DescribeInstances, CreateFleet); per scale-down run 2
+    (DescribeInstances, list runners), plus 1 per candidate (busy flag) and 2 per removal (de-register,
+    TerminateInstances); per pool top-up 2, plus 1 per instance created.
+    """
+
+    name = "webhook-scaler"
+    delay_webhook_event_s = 30.0
+    visibility_timeout_s = 30.0
+    scale_down_every_s = 300.0
+    pool_every_s = 300.0
+
+    def start(self, world: World) -> None:
+        self._world = world
+        self._orphans: set[str] = set()
+        world.bus.subscribe(self._on_hook)
+        world.gitlab.exit_listeners.append(self._ephemeral_done)
+        world.loop.every(
+            self.scale_down_every_s,
+            self._scale_down,
+            start=self.scale_down_every_s,
+            keep_going=world.keep_going,
+        )
+        world.loop.every(self.pool_every_s, self._top_up, start=0.0, keep_going=world.keep_going)
+
+    def _on_hook(self, event: HookEvent) -> None:
+        if event.status == "pending":
+            self._world.loop.after(
+                self.delay_webhook_event_s, functools.partial(self._scale_up, event.job_id)
+            )
+
+    def _scale_up(self, job_id: int) -> None:
+        world = self._world
+        self.calls["gitlab"] += 1
+        job = world.gitlab.jobs.get(job_id)
+        if job is None or job.status != "pending":
+            return
+        pool = pool_for_tags(job.tags, world.config.pools)
+        if pool is None:
+            return
+        self.calls["ec2"] += 1
+        if len(world.fleet.live(pool.name)) + world.fleet.unplaced(pool.name) >= pool.max_instances:
+            if pool.max_use_count == 1:  # ephemeral: ScaleError, SQS redelivers after the visibility timeout
+                world.loop.after(self.visibility_timeout_s, functools.partial(self._scale_up, job_id))
+            return
+        self.calls["ec2"] += 1
+        world.fleet.launch(pool.name, 1)
+
+    def _ephemeral_done(self, machine: SimMachine) -> None:
+        """The runner ran its last job; the instance shuts itself down (no API call by the control plane)."""
+        self._world.fleet.terminate(machine.instance_id)
+
+    def _scale_down(self) -> None:
+        for pool in self._world.config.pools:
+            self._scale_down_pool(pool)
+
+    def _scale_down_pool(self, pool: Pool) -> None:
+        world = self._world
+        now = world.loop.now
+        self.calls["ec2"] += 1
+        self.calls["gitlab"] += 1
+        minimum = (5 if pool.platform is Platform.LINUX else 15) * 60.0
+        keep = pool.active_policy(world.now_dt()).idle_count
+        for machine in sorted(world.fleet.live(pool.name), key=lambda m: -m.launched_at):
+            if machine.instance_id in self._orphans:
+                self._terminate(machine)
+            elif not machine.ready:
+                if now - machine.launched_at > pool.boot_timeout.total_seconds():
+                    self._orphans.add(machine.instance_id)
+            elif now - machine.launched_at > minimum:
+                if keep > 0:
+                    keep -= 1
+                    continue
+                self.calls["gitlab"] += 1
+                if not world.gitlab.busy_visible(machine):
+                    self._terminate(machine)
+
+    def _terminate(self, machine: SimMachine) -> None:
+        self.calls["gitlab"] += 1
+        self.calls["ec2"] += 1
+        self._orphans.discard(machine.instance_id)
+        self._world.fleet.terminate(machine.instance_id)
+
+    def _top_up(self) -> None:
+        world = self._world
+        for pool in world.config.pools:
+            size = pool.active_policy(world.now_dt()).idle_count
+            if size <= 0:
+                continue
+            self.calls["ec2"] += 1
+            self.calls["gitlab"] += 1
+            machines = world.fleet.live(pool.name)
+            ready_or_coming = sum(1 for m in machines if m.idle or not m.ready) + world.fleet.unplaced(
+                pool.name
+            )
+            create = min(size - ready_or_coming, pool.max_instances - len(machines))
+            if create > 0:
+                self.calls["ec2"] += create
+                world.fleet.launch(pool.name, create)
+
+
+# -- static fleet --------------------------------------------------------------------------------------
+
+
+class StaticFleet(_Counted):
+    """`max_instances` machines always on: an ASG at fixed desired capacity, nothing scaling it.
+
+    A machine that used up `max_use_count` jobs terminates itself without decrementing the group (one call,
+    TerminateInstanceInAutoScalingGroup), and the ASG launches its replacement.
+    """
+
+    name = "static"
+
+    def start(self, world: World) -> None:
+        self._world = world
+        world.gitlab.exit_listeners.append(self._used_up)
+        for pool in world.config.pools:
+            world.fleet.set_desired(pool.name, pool.max_instances)
+
+    def _used_up(self, machine: SimMachine) -> None:
+        self.calls["autoscaling"] += 1
+        self._world.fleet.terminate(machine.instance_id, decrement=False)
+
+
+# -- oracle --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Launch:
+    at_s: float
+    pool: str
+    boot_s: float
+    end_s: float
+
+
+class Oracle(_Counted):
+    """Knows every arrival and every boot time: each machine is launched exactly one boot time before its job
+    becomes pending (in the zero-wait schedule) and terminated when the job ends. One machine per job, so
+    with max_use_count > 1 it is a zero-wait schedule rather than the cheapest one; with dedicated hosts it
+    allocates the fewest hosts the schedule needs (interval colouring over [launch, end + scrub)) just in
+    time, and releases each at the end of its last use or of its minimum allocation, whichever is later.
+    It is not bound by max_instances (zero wait may need more machines). Its cost is the lower bound a scaler
+    can approach at zero wait when max_use_count is 1, as in every bench pool. 1 call per launch and per
+    termination.
+    """
+
+    name = "oracle"
+
+    def start(self, world: World) -> None:
+        self._world = world
+        world.gitlab.done_listeners.append(self._job_done)
+        launches = self._plan(world)
+        for launch in launches:
+            world.loop.at(launch.at_s, functools.partial(self._launch, launch))
+        for pool in world.config.pools:
+            if pool.hosts is not None:
+                world.hosts.planners[pool.name] = NoHostPlanner()
+                self._plan_hosts(pool, [x for x in launches if x.pool == pool.name])
+
+    def _plan(self, world: World) -> list[_Launch]:
+        rng = random.Random(f"{world.seed}:oracle-boot")
+        pending = ideal_pending(world.trace)
+        out: list[_Launch] = []
+        for index in sorted(pending, key=lambda i: (pending[i], i)):
+            job = world.trace[index]
+            pool = pool_for_tags(job.tags, world.config.pools)
+            if pool is None:
+                continue
+            boot = boot_time(pool.platform, rng)
+            start = pending[index]
+            out.append(_Launch(max(0.0, start - boot), pool.name, boot, start + job.duration_s))
+        return out
+
+    def _launch(self, launch: _Launch) -> None:
+        self.calls["autoscaling"] += 1
+        self._world.fleet.launch(launch.pool, 1, boot_s=launch.boot_s, bounded=False)
+
+    def _job_done(self, job: object, machine: SimMachine) -> None:
+        if not machine.running and machine.alive:
+            self.calls["autoscaling"] += 1
+            self._world.fleet.terminate(machine.instance_id)
+
+    def _plan_hosts(self, pool: Pool, launches: Sequence[_Launch]) -> None:
+        """Hosts just in time: uses packed best-fit (the slot freed last), one allocation per busy stretch."""
+        cfg = pool.hosts
+        if cfg is None or not launches:
+            return
+        scrub = cfg.scrub_time.total_seconds()
+        slots: list[list[tuple[float, float]]] = []  # per slot: its uses [launch, end + scrub)
+        for launch in sorted(launches, key=lambda x: x.at_s):
+            free = [i for i, uses in enumerate(slots) if uses[-1][1] <= launch.at_s]
+            if free:
+                slot = max(free, key=lambda i: slots[i][-1][1])
+            else:
+                slot = len(slots)
+                slots.append([])
+            slots[slot].append((launch.at_s, launch.end_s + scrub))
+        per_host = cfg.slots_per_host
+        for first in range(0, len(slots), per_host):
+            uses = sorted(u for slot in slots[first : first + per_host] for u in slot)
+            for start, end in _allocations(uses, self._world.options.host_allocation_s, cfg.min_allocation):
+                self._world.loop.at(start, functools.partial(self._world.hosts.allocate, pool, 1))
+                self._world.loop.at(end, functools.partial(self._release_one, pool))
+
+    def _release_one(self, pool: Pool) -> None:
+        for host in self._world.hosts.of(pool.name):
+            if host.live and not host.instances and self._world.hosts.release(host.host_id):
+                self.calls["ec2"] += 1
+                return
+
+
+def _allocations(
+    uses: Sequence[tuple[float, float]], delay: float, minimum: timedelta
+) -> list[tuple[float, float]]:
+    """The cheapest (allocate, release) times covering one host's uses, each allocation billed at least
+    `minimum`: a small dynamic programme over where to release the host between uses and allocate anew
+    `delay` before the next one."""
+    floor = minimum.total_seconds()
+    n = len(uses)
+    best: list[float] = [0.0] + [math.inf] * n  # best[j]: cheapest cover of uses[:j]
+    cut: list[int] = [0] * (n + 1)
+    for j in range(1, n + 1):
+        busy_until = 0.0
+        for i in range(j - 1, -1, -1):
+            busy_until = max(busy_until, uses[i][1])
+            start = max(0.0, uses[i][0] - delay)
+            cost = best[i] + max(floor, busy_until - start)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    out: list[tuple[float, float]] = []
+    j = n
+    while j > 0:
+        i = cut[j]
+        start = max(0.0, uses[i][0] - delay)
+        out.append((start, max(start + floor, max(u[1] for u in uses[i:j]))))
+        j = i
+    return sorted(out)

@@ -1,0 +1,167 @@
+"""Simulated Auto Scaling groups, one per pool: launch to desired, boot, terminate on request.
+
+Behaves as an ASG whose instances are protected from scale-in: it launches up to the desired capacity
+(placing each instance on a dedicated host for host pools, and retrying when none has room), and only scales
+in unprotected instances. Machine-seconds run from launch to termination. Imports the model, GitLab and hosts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from chalicelib.config import Pool
+from sim.events import EventLoop
+from sim.gitlab import SimGitLab
+from sim.hosts import SimHosts
+from sim.model import SimMachine, boot_time
+
+MachineListener = Callable[[SimMachine], None]
+
+
+@dataclass
+class Ledger:
+    """Every machine ever launched, the live count over time, and machines killed while running a job."""
+
+    machines: list[SimMachine] = field(default_factory=list)
+    timeline: list[tuple[float, int]] = field(default_factory=lambda: [(0.0, 0)])
+    alive: int = 0
+    max_alive: int = 0
+    busy_killed: int = 0
+
+    def launched(self, machine: SimMachine, now: float) -> None:
+        self.machines.append(machine)
+        self.alive += 1
+        self.max_alive = max(self.max_alive, self.alive)
+        self.timeline.append((now, self.alive))
+
+    def ended(self, now: float) -> None:
+        self.alive -= 1
+        self.timeline.append((now, self.alive))
+
+
+@dataclass
+class SimGroup:
+    pool: Pool
+    desired: int = 0
+    live: dict[str, SimMachine] = field(default_factory=dict)
+    boot_overrides: deque[float] = field(default_factory=deque)
+
+
+class SimFleet:
+    """The pools' groups. Listeners hear of launches (the ASG lifecycle hook) and of terminations."""
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        pools: Sequence[Pool],
+        gitlab: SimGitLab,
+        hosts: SimHosts,
+        ledger: Ledger,
+        boot_rng: random.Random,
+    ) -> None:
+        self._loop = loop
+        self._gitlab = gitlab
+        self._hosts = hosts
+        self._ledger = ledger
+        self._boot_rng = boot_rng
+        self._ids = itertools.count(1)
+        self.groups = {p.name: SimGroup(p) for p in pools}
+        self.pool_of_asg = {p.asg: p.name for p in pools}
+        self.machines: dict[str, SimMachine] = {}
+        self.launch_listeners: list[MachineListener] = []
+        self.end_listeners: list[MachineListener] = []
+
+    def live(self, pool: str) -> list[SimMachine]:
+        return list(self.groups[pool].live.values())
+
+    def desired(self, pool: str) -> int:
+        return self.groups[pool].desired
+
+    def unplaced(self, pool: str) -> int:
+        """Machines wanted but not launched: no dedicated host had room for them."""
+        group = self.groups[pool]
+        return max(0, group.desired - len(group.live))
+
+    def set_desired(self, pool: str, desired: int, *, bounded: bool = True) -> None:
+        """SetDesiredCapacity, bounded by the group's max size (max_instances) unless told not to."""
+        group = self.groups[pool]
+        group.desired = max(0, min(desired, group.pool.max_instances) if bounded else desired)
+        self._converge(group)
+
+    def launch(self, pool: str, count: int = 1, boot_s: float | None = None, *, bounded: bool = True) -> None:
+        """Raise the desired capacity by `count`; `boot_s` fixes their boot time (the oracle knows it)."""
+        group = self.groups[pool]
+        if boot_s is not None:
+            group.boot_overrides.extend([boot_s] * count)
+        self.set_desired(pool, group.desired + count, bounded=bounded)
+
+    def terminate(self, instance_id: str, *, decrement: bool = True) -> bool:
+        """TerminateInstanceInAutoScalingGroup. A machine running a job dies with it (counted, retried)."""
+        machine = self.machines.get(instance_id)
+        if machine is None or not machine.alive:
+            return False
+        group = self.groups[machine.pool.name]
+        if machine.running:
+            self._ledger.busy_killed += 1
+        self._gitlab.unregister(machine)
+        now = self._loop.now
+        machine.close_busy(now)
+        machine.terminated_at = now
+        self._ledger.ended(now)
+        del group.live[instance_id]
+        del self.machines[instance_id]
+        if decrement:
+            group.desired = max(0, group.desired - 1)
+        self._hosts.end(instance_id)
+        for listener in self.end_listeners:
+            listener(machine)
+        self._converge(group)
+        return True
+
+    def fill(self, pool: str) -> None:
+        """Try again to reach the desired capacity (a host came free)."""
+        self._converge(self.groups[pool])
+
+    def _converge(self, group: SimGroup) -> None:
+        while len(group.live) < group.desired:
+            if not self._create(group):
+                break
+        while len(group.live) > group.desired:
+            victims = sorted((m for m in group.live.values() if not m.protected), key=lambda m: m.launched_at)
+            if not victims:
+                break
+            self.terminate(victims[0].instance_id, decrement=False)
+
+    def _create(self, group: SimGroup) -> bool:
+        pool = group.pool
+        number = next(self._ids)
+        instance_id = f"i-{number:017x}"
+        host_id = None
+        if pool.hosts is not None:
+            host_id = self._hosts.place(pool.name, instance_id)
+            if host_id is None:
+                return False
+        boot = (
+            group.boot_overrides.popleft()
+            if group.boot_overrides
+            else boot_time(pool.platform, self._boot_rng)
+        )
+        now = self._loop.now
+        machine = SimMachine(instance_id, pool, number, now, boot, host_id=host_id)
+        group.live[instance_id] = machine
+        self.machines[instance_id] = machine
+        self._ledger.launched(machine, now)
+        for listener in self.launch_listeners:
+            listener(machine)
+        self._loop.at(now + boot, lambda: self._ready(machine))
+        return True
+
+    def _ready(self, machine: SimMachine) -> None:
+        if not machine.alive:
+            return
+        machine.ready_at = self._loop.now
+        self._gitlab.register(machine)

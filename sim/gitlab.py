@@ -1,0 +1,231 @@
+"""Simulated GitLab: pipelines move stage by stage, pending jobs go to free runners of matching tags.
+
+Plays GitLab's part only: it assigns jobs as GitLab does (a free runner whose tags cover the job's, oldest
+pending job first), emits Job Hooks, and answers the REST calls the scaler makes. Its REST answers are
+truthful at the moment of the call (GitLab reads its database); only hooks and the runner's busy flag lag.
+Imports the simulator's model, the event loop and chalicelib's routing rule.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from sim.events import EventLoop
+from sim.model import HookEvent, JobInfo, ProjectInfo, SimJob, SimMachine, SimOptions, busy_lag
+
+Emit = Callable[[HookEvent, float], None]
+JobListener = Callable[[SimJob, SimMachine], None]
+MachineListener = Callable[[SimMachine], None]
+
+FIRST_JOB_ID = 1000
+
+
+class SimGitLab:
+    """Jobs, pipelines and runners; `emit(event, lag)` sends a Job Hook after `lag` seconds."""
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        options: SimOptions,
+        *,
+        clock: Callable[[float], datetime],
+        emit: Emit,
+        assign_rng: random.Random,
+        lag_rng: random.Random,
+    ) -> None:
+        self._loop = loop
+        self._options = options
+        self._clock = clock
+        self._emit = emit
+        self._assign_rng = assign_rng
+        self._lag_rng = lag_rng
+        self._ids = itertools.count(FIRST_JOB_ID)
+        self.jobs: dict[int, SimJob] = {}
+        self.retired: dict[int, SimJob] = {}  # old id of a retried job -> the job
+        self.pending: dict[int, SimJob] = {}  # insertion order = GitLab's queue order
+        self.runners: dict[int, SimMachine] = {}
+        self._pipelines: dict[int, list[list[SimJob]]] = {}
+        self._stage_left: dict[int, list[int]] = {}
+        self.done_listeners: list[JobListener] = []
+        self.exit_listeners: list[MachineListener] = []
+
+    # -- the world's side -------------------------------------------------------------------------------
+
+    def add_pipeline(self, jobs: Sequence[SimJob]) -> None:
+        """All jobs of a pipeline are created now; the first stage becomes pending at once."""
+        stages = sorted({j.trace.stage for j in jobs})
+        groups = [[j for j in jobs if j.trace.stage == stage] for stage in stages]
+        pipeline_id = jobs[0].trace.pipeline_id
+        self._pipelines[pipeline_id] = groups
+        self._stage_left[pipeline_id] = [len(g) for g in groups]
+        for job in jobs:
+            job.job_id = next(self._ids)
+            self.jobs[job.job_id] = job
+        for job in groups[0]:
+            self.make_pending(job)
+
+    def make_pending(self, job: SimJob) -> None:
+        job.status = "pending"
+        job.pending_at = self._loop.now
+        self.pending[job.job_id] = job
+        self._hook(job, "pending", 0.0)
+        candidates = [m for m in self.runners.values() if m.takes(job)]
+        if candidates:
+            self._start(job, self._assign_rng.choice(candidates))
+
+    def register(self, machine: SimMachine) -> None:
+        """A booted machine's runner starts asking GitLab for jobs."""
+        self.runners[machine.runner_id] = machine
+        self.runner_available(machine)
+
+    def unregister(self, machine: SimMachine) -> list[SimJob]:
+        """The machine is gone: its runner disappears and the jobs it ran fail and are retried."""
+        self.runners.pop(machine.runner_id, None)
+        killed = list(machine.running)
+        for job in killed:
+            machine.finish(job, self._loop.now)
+            self._hook(job, "failed", 0.0)
+            self.retired[job.job_id] = job
+            job.job_id = next(self._ids)
+            job.machine = None
+            self.jobs[job.job_id] = job
+            self.make_pending(job)
+        return killed
+
+    def runner_available(self, machine: SimMachine) -> None:
+        """A runner that can take work picks the oldest pending jobs it matches."""
+        for job in list(self.pending.values()):
+            if not machine.takes(job):
+                if not machine.accepting:
+                    return
+                continue
+            self._start(job, machine)
+
+    def set_paused(self, runner_id: int, paused: bool) -> None:
+        machine = self.runners.get(runner_id)
+        if machine is None:
+            return
+        machine.paused = paused
+        if not paused:
+            self.runner_available(machine)
+
+    def pending_jobs(self) -> list[SimJob]:
+        return list(self.pending.values())
+
+    def busy_visible(self, machine: SimMachine) -> bool:
+        """The runner's busy flag as GitLab's API shows it: a job counts once the busy lag has passed."""
+        return any(self._loop.now >= job.busy_visible_at for job in machine.running)
+
+    # -- GitLab's REST answers (the calling adapter counts the call) ------------------------------------
+
+    def job_info(self, job_id: int) -> JobInfo | None:
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return self._info(job, job.status)
+        old = self.retired.get(job_id)
+        return None if old is None else self._info(old, "failed", job_id=job_id)
+
+    def runner_jobs(self, runner_id: int) -> list[JobInfo]:
+        machine = self.runners.get(runner_id)
+        return [] if machine is None else [self._info(j, j.status) for j in machine.running]
+
+    def project_jobs(self, project_id: int, scope: Sequence[str]) -> list[JobInfo]:
+        wanted = set(scope)
+        return [
+            self._info(j, j.status)
+            for j in self.jobs.values()
+            if j.project_id == project_id and j.status in wanted
+        ]
+
+    def pipeline_jobs(self, pipeline_id: int) -> list[JobInfo]:
+        groups = self._pipelines.get(pipeline_id, [])
+        return [self._info(j, j.status) for group in groups for j in group]
+
+    def projects(self) -> list[ProjectInfo]:
+        return [ProjectInfo(p) for p in range(1, self._options.projects + 1)]
+
+    # -- internals --------------------------------------------------------------------------------------
+
+    def _start(self, job: SimJob, machine: SimMachine) -> None:
+        now = self._loop.now
+        del self.pending[job.job_id]
+        job.status = "running"
+        job.started_at = now
+        job.wait_s += now - (job.pending_at if job.pending_at is not None else now)
+        job.machine = machine
+        job.attempts += 1
+        machine.start(job, now)
+        lag = busy_lag(self._options, self._lag_rng)
+        job.busy_visible_at = now + lag
+        self._hook(job, "running", lag)
+        attempt = job.attempts
+        self._loop.after(job.trace.duration_s, lambda: self._finish(job, machine, attempt))
+
+    def _finish(self, job: SimJob, machine: SimMachine, attempt: int) -> None:
+        if job.machine is not machine or job.attempts != attempt or job.status != "running":
+            return  # this run was killed with its machine; the retry has its own finish
+        now = self._loop.now
+        job.status = "success"
+        job.finished_at = now
+        machine.finish(job, now)
+        self._hook(job, "success", 0.0)
+        self._advance(job)
+        for listener in self.done_listeners:
+            listener(job, machine)
+        if machine.exited:
+            self.runners.pop(machine.runner_id, None)
+            for exit_listener in self.exit_listeners:
+                exit_listener(machine)
+        elif machine.alive:
+            self.runner_available(machine)
+
+    def _advance(self, job: SimJob) -> None:
+        """When the last job of a stage finishes, every job of the next stage becomes pending."""
+        pipeline_id = job.trace.pipeline_id
+        groups = self._pipelines[pipeline_id]
+        left = self._stage_left[pipeline_id]
+        index = next(i for i, g in enumerate(groups) if job in g)
+        left[index] -= 1
+        if left[index] == 0 and index + 1 < len(groups):
+            for nxt in groups[index + 1]:
+                self.make_pending(nxt)
+
+    def _hook(self, job: SimJob, status: str, lag: float) -> None:
+        machine = job.machine if status in {"running", "success", "failed"} else None
+        event = HookEvent(
+            job_id=job.job_id,
+            status=status,
+            project_id=job.project_id,
+            pipeline_id=job.trace.pipeline_id,
+            name=job.trace.name,
+            stage=job.trace.stage,
+            runner_id=machine.runner_id if machine else None,
+            runner_description=_description(machine) if machine else "",
+            created_s=job.trace.created_s,
+            started_s=job.started_at if machine else None,
+            finished_s=self._loop.now if status in {"success", "failed"} else None,
+        )
+        self._emit(event, lag)
+
+    def _info(self, job: SimJob, status: str, *, job_id: int | None = None) -> JobInfo:
+        return JobInfo(
+            id=job_id if job_id is not None else job.job_id,
+            status=status,
+            project_id=job.project_id,
+            pipeline_id=job.trace.pipeline_id,
+            name=job.trace.name,
+            stage=str(job.trace.stage),
+            tag_list=job.tags,
+            created_at=self._clock(job.trace.created_s),
+            started_at=self._clock(job.started_at) if job.started_at is not None else None,
+            finished_at=self._clock(job.finished_at) if job.finished_at is not None else None,
+            runner_id=job.machine.runner_id if job.machine else None,
+        )
+
+
+def _description(machine: SimMachine) -> str:
+    """The runner description runner-scaler gives its runners (`chalicelib.jobs.runner_description`)."""
+    return f"runner-scaler/{machine.pool.name}/{machine.instance_id}"

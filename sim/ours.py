@@ -1,0 +1,287 @@
+"""Our scaler under simulation: the real `Reconciler`, `heal` and `ingest_job`, through in-memory fakes.
+
+Each fake implements the Protocol the use case reads through (Fleet, RunnerControl, JobsApi, DirtyMarker,
+Store via `MemoryStore`) and counts the calls the real adapter would make. The webhook handler, the dirty
+queue's Lambda and the one-minute tick are re-enacted in the order the deployed app runs them.
+Imports chalicelib's use cases and adapter Protocols and the simulator; no boto3 client is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from chalicelib.errors import NotFoundError
+from chalicelib.fleet import GroupView, Instance
+from chalicelib.heal import heal
+from chalicelib.jobs import JobEvent, TagResolver, ingest_job
+from chalicelib.reconcile import Reconciler
+from chalicelib.resources import DIRTY_WINDOW_SECONDS
+from chalicelib.store import JobRecord, MachineRecord, MemoryStore, Store, rank
+from sim.gitlab import SimGitLab
+from sim.model import HookEvent, JobInfo, ProjectInfo, SimMachine
+from sim.world import World
+
+#: SQS FIFO drops a message whose deduplication id was seen in the last five minutes (SQS developer guide).
+SQS_DEDUP_WINDOW_S = 300.0
+
+
+class IndexedMemoryStore(MemoryStore):
+    """`MemoryStore` with a per-pool index of active jobs, as DynamoStore has (a sparse GSI).
+
+    The twin scans every job it ever saw on each `pool_jobs`; a day of trace makes that the simulator's
+    bottleneck. Same answers (as a set), found through the index.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._active: dict[str, dict[str, None]] = {}
+
+    def record_job(self, job: JobRecord, now: datetime) -> bool:
+        changed = super().record_job(job, now)
+        if changed:
+            stored = self.jobs[job.key]
+            for pool, keys in self._active.items():
+                if pool != stored.pool:
+                    keys.pop(stored.key, None)
+            if stored.pool and rank(stored.status) >= rank("pending"):
+                self._active.setdefault(stored.pool, {})[stored.key] = None
+        return changed
+
+    def settle_job(self, job: JobRecord) -> None:
+        super().settle_job(job)
+        self._active.get(job.pool, {}).pop(job.key, None)
+
+    def pool_jobs(self, pool: str) -> list[JobRecord]:
+        return [self.jobs[key] for key in self._active.get(pool, {})]
+
+
+class CountingStore:
+    """`MemoryStore` behind a counter: in production every Store call is one DynamoDB call."""
+
+    def __init__(self, inner: MemoryStore, calls: Counter[str]) -> None:
+        self._inner = inner
+        self._calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._inner, name)
+        if not callable(attribute):
+            return attribute
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self._calls["dynamodb"] += 1
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
+class SimAsg:
+    """`chalicelib.fleet.Fleet` over the simulated groups, with AsgFleet's call counts."""
+
+    def __init__(self, world: World, calls: Counter[str]) -> None:
+        self._world = world
+        self._calls = calls
+
+    def read_groups(self, asgs: Sequence[str]) -> dict[str, GroupView]:
+        names = list(dict.fromkeys(asgs))
+        self._calls["autoscaling"] += math.ceil(len(names) / 50)  # DescribeAutoScalingGroups
+        self._calls["ec2"] += 1  # DescribeInstances, for launch times
+        fleet = self._world.fleet
+        views: dict[str, GroupView] = {}
+        for asg in names:
+            pool = fleet.pool_of_asg.get(asg)
+            if pool is None:
+                continue
+            group = fleet.groups[pool]
+            instances = tuple(self._instance(m) for m in group.live.values())
+            views[asg] = GroupView(asg, group.desired, 0, group.pool.max_instances, instances)
+        return views
+
+    def _instance(self, machine: SimMachine) -> Instance:
+        return Instance(
+            instance_id=machine.instance_id,
+            lifecycle_state="InService" if machine.ready else "Pending",
+            protected=machine.protected,
+            launched_at=self._world.dt(machine.launched_at),
+        )
+
+    def set_desired_capacity(self, asg: str, desired: int) -> None:
+        self._calls["autoscaling"] += 1
+        self._world.fleet.set_desired(self._world.fleet.pool_of_asg[asg], desired)
+
+    def protect(self, asg: str, instance_ids: Sequence[str]) -> None:
+        self._calls["autoscaling"] += math.ceil(len(instance_ids) / 50)
+        for instance_id in instance_ids:
+            machine = self._world.fleet.machines.get(instance_id)
+            if machine is not None:
+                machine.protected = True
+
+    def terminate(self, instance_id: str) -> None:
+        self._calls["autoscaling"] += 1
+        self._world.fleet.terminate(instance_id, decrement=True)
+
+
+class SimGitLabApi:
+    """The GitLab adapter's calls the reconciler, `heal` and the tag resolver make, counted."""
+
+    def __init__(self, gitlab: SimGitLab, calls: Counter[str]) -> None:
+        self._gitlab = gitlab
+        self._calls = calls
+
+    def pause_runner(self, runner_id: int, paused: bool = True) -> None:
+        self._calls["gitlab"] += 1
+        self._gitlab.set_paused(runner_id, paused)
+
+    def runner_jobs(self, runner_id: int, status: str = "running") -> list[JobInfo]:
+        self._calls["gitlab"] += 1
+        return [j for j in self._gitlab.runner_jobs(runner_id) if j.status == status]
+
+    def get_job(self, project_id: int, job_id: int) -> JobInfo:
+        self._calls["gitlab"] += 1
+        info = self._gitlab.job_info(job_id)
+        if info is None or info.project_id != project_id:
+            raise NotFoundError(f"job {job_id} of project {project_id}")
+        return info
+
+    def list_jobs(self, project_id: int, scope: Sequence[str] = ("pending",)) -> list[JobInfo]:
+        self._calls["gitlab"] += 1
+        return self._gitlab.project_jobs(project_id, scope)
+
+    def group_projects(self, group_id: int, *, include_subgroups: bool = True) -> list[ProjectInfo]:
+        self._calls["gitlab"] += 1
+        return self._gitlab.projects()
+
+    def pipeline_jobs(self, project_id: int, pipeline_id: int) -> list[JobInfo]:
+        self._calls["gitlab"] += 1
+        return self._gitlab.pipeline_jobs(pipeline_id)
+
+
+class SimDirtyQueue:
+    """The "pool dirty" FIFO queue: `DirtyQueue`'s deduplication window and delay, then the SQS Lambda."""
+
+    def __init__(self, world: World, calls: Counter[str], deliver: Callable[[str], None]) -> None:
+        self._world = world
+        self._calls = calls
+        self._deliver = deliver
+        self._rng = world.rng("sqs")
+        self._seen: dict[str, float] = {}
+
+    def mark_dirty(self, pool: str, reason: str, now: datetime) -> None:
+        self._calls["sqs"] += 1
+        dedup_id = f"{pool}-{int(now.timestamp()) // DIRTY_WINDOW_SECONDS}"
+        loop_now = self._world.loop.now
+        seen = self._seen.get(dedup_id)
+        if seen is not None and loop_now - seen < SQS_DEDUP_WINDOW_S:
+            return
+        self._seen[dedup_id] = loop_now
+        if len(self._seen) > 4096:
+            self._seen = {k: t for k, t in self._seen.items() if loop_now - t < SQS_DEDUP_WINDOW_S}
+        delay = DIRTY_WINDOW_SECONDS + self._rng.uniform(0.0, self._world.options.sqs_latency_s)
+        self._world.loop.after(delay, lambda: self._deliver(pool))
+
+
+class Ours:
+    """runner-scaler: webhook -> job store -> dirty queue -> reconcile, and the one-minute tick.
+
+    The machine lifecycle (runner created at launch, deleted at termination) is re-enacted here with the
+    call counts of `chalicelib.lifecycle` until the sim drives that use case itself.
+    """
+
+    name = "ours"
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    def api_calls(self) -> int:
+        return sum(self.calls.values())
+
+    def start(self, world: World) -> None:
+        _quiet_library_logs()
+        self._world = world
+        self._host = urlsplit(world.config.gitlab.url).netloc
+        self._store = cast(Store, CountingStore(IndexedMemoryStore(), self.calls))
+        self._api = SimGitLabApi(world.gitlab, self.calls)
+        self._tags = TagResolver(self._api, monotonic=lambda: world.loop.now)
+        self._queue = SimDirtyQueue(world, self.calls, self._reconcile_pool)
+        self._reconciler = Reconciler(
+            world.config,
+            self._store,
+            SimAsg(world, self.calls),
+            self._api,
+            owner="sim",
+            drain_recheck=world.options.drain_recheck,
+        )
+        world.bus.subscribe(self._on_hook)
+        world.fleet.launch_listeners.append(self._launched)
+        world.fleet.end_listeners.append(self._ended)
+        world.loop.every(world.options.tick_s, self._tick, start=0.0, keep_going=world.keep_going)
+
+    def _on_hook(self, event: HookEvent) -> None:
+        """`POST /webhooks/gitlab`: drop a duplicate by its identity, then record the job and mark dirty."""
+        now = self._world.now_dt()
+        if not self._store.first_seen(f"{self._host}|job|{event.job_id}|{event.status}", now):
+            return
+        dt = self._world.dt
+        job_event = JobEvent(
+            gitlab=self._host,
+            job_id=event.job_id,
+            status=event.status,
+            project_id=event.project_id,
+            pipeline_id=event.pipeline_id,
+            name=event.name,
+            stage=str(event.stage),
+            runner_id=event.runner_id,
+            runner_description=event.runner_description,
+            created_at=dt(event.created_s) if event.created_s is not None else None,
+            started_at=dt(event.started_s) if event.started_s is not None else None,
+            finished_at=dt(event.finished_s) if event.finished_s is not None else None,
+        )
+        ingest_job(
+            job_event,
+            config=self._world.config,
+            store=self._store,
+            dirty=self._queue,
+            tags=self._tags,
+            now=now,
+        )
+
+    def _reconcile_pool(self, pool: str) -> None:
+        self._reconciler.reconcile_pool(self._world.pool(pool), self._world.now_dt())
+
+    def _tick(self) -> None:
+        now = self._world.now_dt()
+        heal(self._world.config, self._store, self._api, self._queue, now, gitlab_host=self._host)
+        self._reconciler.reconcile_all(now)
+
+    def _launched(self, machine: SimMachine) -> None:
+        """Lifecycle launch: create the runner, store its secret, record the machine, complete the action."""
+        self.calls["gitlab"] += 1
+        self.calls["secretsmanager"] += 1
+        self.calls["autoscaling"] += 1
+        record = MachineRecord(
+            instance_id=machine.instance_id,
+            pool=machine.pool.name,
+            launched_at=self._world.dt(machine.launched_at),
+            runner_id=machine.runner_id,
+            host_id=machine.host_id,
+        )
+        self._store.put_machine(record)
+
+    def _ended(self, machine: SimMachine) -> None:
+        """Lifecycle terminate: look for a job to rescue, delete the runner and the secret, complete."""
+        self.calls["gitlab"] += 2
+        self.calls["secretsmanager"] += 1
+        self.calls["autoscaling"] += 1
+
+
+def _quiet_library_logs() -> None:
+    """chalicelib logs warnings (a job found by the tick, ...) that are expected here by design: without a
+    handler Python would print each one; a NullHandler keeps them available to any handler set up above."""
+    library = logging.getLogger("chalicelib")
+    if not any(isinstance(h, logging.NullHandler) for h in library.handlers):
+        library.addHandler(logging.NullHandler())

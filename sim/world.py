@@ -1,0 +1,276 @@
+"""The simulated world of one policy run: GitLab, the pools' groups, hosts, webhooks, and the run's metrics.
+
+A `ScalingPolicy` is started against a fresh `World` and acts only through it (launch, terminate, the fakes
+of the adapters); the world replays the trace and measures. Imports the simulator's parts and config.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from chalicelib.config import Config, Pool
+from sim.events import EventLoop
+from sim.fleet import Ledger, SimFleet
+from sim.gitlab import SimGitLab
+from sim.hosts import SimHosts
+from sim.model import HookEvent, SimJob, SimOptions, at, with_policy_cache
+from sim.traces import TraceJob
+
+#: The metrics of a run, exactly these keys, in this order (the JSON the CLI and the bench write).
+METRIC_KEYS = (
+    "jobs",
+    "wait_p50_s",
+    "wait_p95_s",
+    "wait_p99_s",
+    "wait_max_s",
+    "machine_hours",
+    "cost_usd",
+    "idle_fraction",
+    "max_machines",
+    "busy_killed",
+    "api_calls",
+)
+
+HookListener = Callable[[HookEvent], None]
+Progress = Callable[[float], None]
+
+
+class ScalingPolicy(Protocol):
+    """Something that scales the pools: ours (the real reconciler) or a baseline."""
+
+    name: str
+
+    def start(self, world: World) -> None:
+        """Subscribe to what it listens to and schedule its loops on `world.loop`."""
+        ...
+
+    def api_calls(self) -> int:
+        """AWS and GitLab API calls its control plane made so far."""
+        ...
+
+
+class WebhookBus:
+    """GitLab's Job Hooks on their way to a subscriber: delayed, sometimes lost, sometimes sent twice."""
+
+    def __init__(self, loop: EventLoop, options: SimOptions, rng: random.Random) -> None:
+        self._loop = loop
+        self._options = options
+        self._rng = rng
+        self._listeners: list[HookListener] = []
+        self.sent = 0
+        self.lost = 0
+
+    def subscribe(self, listener: HookListener) -> None:
+        self._listeners.append(listener)
+
+    def publish(self, event: HookEvent, lag: float) -> None:
+        """GitLab emits `event` after `lag` s (its busy lag); each delivery adds a lognormal network delay."""
+        for listener in self._listeners:
+            self.sent += 1
+            if self._rng.random() < self._options.webhook_loss:
+                self.lost += 1
+                continue
+            copies = 2 if self._rng.random() < self._options.webhook_duplication else 1
+            for _ in range(copies):
+                delay = self._options.webhook_delay_s * math.exp(self._rng.gauss(0.0, 0.7))
+                self._loop.after(lag + delay, _deliver(listener, event))
+
+
+def _deliver(listener: HookListener, event: HookEvent) -> Callable[[], None]:
+    return lambda: listener(event)
+
+
+@dataclass
+class RunResult:
+    """One policy's run: the metrics (METRIC_KEYS) and the fleet-size timeline for plots."""
+
+    policy: str
+    metrics: dict[str, float | int]
+    timeline: list[tuple[float, int]] = field(default_factory=list)
+    run_end_s: float = 0.0
+
+
+class World:
+    """A fresh simulated world for one policy run, deterministic under `seed`."""
+
+    def __init__(self, config: Config, trace: Sequence[TraceJob], *, seed: int, options: SimOptions) -> None:
+        self.config = with_policy_cache(config)
+        self.trace = list(trace)
+        self.options = options
+        self.seed = seed
+        self.loop = EventLoop()
+        self.ledger = Ledger()
+        self.bus = WebhookBus(self.loop, options, self.rng("webhooks"))
+        self.gitlab = SimGitLab(
+            self.loop,
+            options,
+            clock=self.dt,
+            emit=self.bus.publish,
+            assign_rng=self.rng("assign"),
+            lag_rng=self.rng("busy-lag"),
+        )
+        self.hosts = SimHosts(self.loop, options, on_room=self._host_room)
+        self.fleet = SimFleet(
+            self.loop, self.config.pools, self.gitlab, self.hosts, self.ledger, self.rng("boot")
+        )
+        self.jobs = [
+            SimJob(index, job, project_id=1 + job.pipeline_id % max(1, options.projects), job_id=0)
+            for index, job in enumerate(self.trace)
+        ]
+        pending = ideal_pending(self.trace)
+        ideal_end = max((pending[j.index] + j.trace.duration_s for j in self.jobs), default=0.0)
+        self.horizon = ideal_end + options.tail_s
+        self._unfinished = len(self.jobs)
+        self.gitlab.done_listeners.append(self._job_done)
+
+    def rng(self, stream: str) -> random.Random:
+        """An independent, seeded random stream per concern, so one concern's draws never shift another's."""
+        return random.Random(f"{self.seed}:{stream}")
+
+    def dt(self, seconds: float) -> datetime:
+        return at(self.options, seconds)
+
+    def now_dt(self) -> datetime:
+        return self.dt(self.loop.now)
+
+    def keep_going(self) -> bool:
+        """Periodic loops stop once every job is done and the horizon has passed."""
+        return self._unfinished > 0 or self.loop.now < self.horizon
+
+    def pool(self, name: str) -> Pool:
+        return self.config.pool(name)
+
+    def run(self, policy: ScalingPolicy, progress: Progress | None = None) -> RunResult:
+        """Replay the trace against `policy`; returns its metrics."""
+        policy.start(self)
+        for pipeline in _pipelines(self.jobs):
+            self.loop.at(pipeline[0].trace.created_s, _create(self.gitlab, pipeline))
+        if any(p.hosts is not None for p in self.config.pools):
+            self.loop.every(60.0, self._host_tick, start=0.0, keep_going=self.keep_going)
+        if progress is not None:
+            step = max(60.0, self.horizon / 100)
+            self.loop.every(
+                step,
+                lambda: progress(min(1.0, self.loop.now / self.horizon)),
+                start=0.0,
+                keep_going=self.keep_going,
+            )
+        self.loop.run(until=self.horizon + self.options.max_overrun_s)
+        end = self._run_end()
+        return RunResult(policy.name, self.metrics(end, policy.api_calls()), list(self.ledger.timeline), end)
+
+    def metrics(self, end: float, api_calls: int) -> dict[str, float | int]:
+        """The run's figures; machines and hosts still alive are charged until `end`."""
+        waits = sorted(_wait(job, end) for job in self.jobs)
+        machine_s, busy_s, instance_cost = 0.0, 0.0, 0.0
+        for machine in self.ledger.machines:
+            stop = machine.terminated_at if machine.terminated_at is not None else end
+            machine.close_busy(stop)
+            seconds = max(0.0, stop - machine.launched_at)
+            machine_s += seconds
+            busy_s += machine.busy_s
+            if machine.pool.hosts is None:
+                instance_cost += seconds / 3600 * instance_price(self.config, machine.pool)
+        host_cost = sum(
+            h.billed_seconds(end) / 3600 * host_price(self.config, self.pool(h.pool))
+            for h in self.hosts.hosts
+        )
+        values: dict[str, float | int] = {
+            "jobs": len(self.jobs),
+            "wait_p50_s": round(percentile(waits, 50), 1),
+            "wait_p95_s": round(percentile(waits, 95), 1),
+            "wait_p99_s": round(percentile(waits, 99), 1),
+            "wait_max_s": round(waits[-1] if waits else 0.0, 1),
+            "machine_hours": round(machine_s / 3600, 2),
+            "cost_usd": round(instance_cost + host_cost, 2),
+            "idle_fraction": round(1 - busy_s / machine_s, 3) if machine_s else 0.0,
+            "max_machines": self.ledger.max_alive,
+            "busy_killed": self.ledger.busy_killed,
+            "api_calls": api_calls,
+        }
+        return {key: values[key] for key in METRIC_KEYS}
+
+    def _job_done(self, job: SimJob, machine: object) -> None:
+        self._unfinished -= 1
+
+    def _run_end(self) -> float:
+        finished = [j.finished_at for j in self.jobs if j.finished_at is not None]
+        last = max(finished, default=0.0)
+        if self._unfinished:
+            return self.horizon + self.options.max_overrun_s
+        return max(self.horizon, last)
+
+    def _host_tick(self) -> None:
+        self.hosts.tick(self.config.pools, self.fleet.unplaced, self.now_dt())
+
+    def _host_room(self, pool: str) -> None:
+        self.fleet.fill(pool)
+
+
+def _create(gitlab: SimGitLab, pipeline: list[SimJob]) -> Callable[[], None]:
+    return lambda: gitlab.add_pipeline(pipeline)
+
+
+def _pipelines(jobs: Sequence[SimJob]) -> list[list[SimJob]]:
+    by_id: dict[int, list[SimJob]] = {}
+    for job in jobs:
+        by_id.setdefault(job.trace.pipeline_id, []).append(job)
+    return list(by_id.values())
+
+
+def _wait(job: SimJob, end: float) -> float:
+    """Every wait of the job; a job still pending at the end has waited until the end (censored)."""
+    if job.status == "pending" and job.pending_at is not None:
+        return job.wait_s + max(0.0, end - job.pending_at)
+    return job.wait_s
+
+
+def ideal_pending(trace: Sequence[TraceJob]) -> dict[int, float]:
+    """When each job (by trace index) becomes pending if no job ever waits: the zero-wait schedule."""
+    out: dict[int, float] = {}
+    by_pipeline: dict[int, list[int]] = {}
+    for index, job in enumerate(trace):
+        by_pipeline.setdefault(job.pipeline_id, []).append(index)
+    for indexes in by_pipeline.values():
+        stages = sorted({trace[i].stage for i in indexes})
+        ready = trace[indexes[0]].created_s
+        for stage in stages:
+            members = [i for i in indexes if trace[i].stage == stage]
+            for i in members:
+                out[i] = ready
+            ready += max(trace[i].duration_s for i in members)
+    return out
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile of already sorted values (numpy's default method)."""
+    if not sorted_values:
+        return 0.0
+    rank = (len(sorted_values) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low)
+
+
+def instance_price(config: Config, pool: Pool) -> float:
+    """USD per machine-hour: the pool's first instance type in `prices.instances`, else the default."""
+    prices = config.prices
+    if pool.instance_types and pool.instance_types[0] in prices.instances:
+        return prices.instances[pool.instance_types[0]]
+    return prices.default_instance
+
+
+def host_price(config: Config, pool: Pool) -> float:
+    """USD per host-hour: `prices.hosts` by the host's instance type, then family, else its slots' price."""
+    cfg = pool.hosts
+    if cfg is None:
+        return 0.0
+    for key in (cfg.instance_type, cfg.host_family):
+        if key and key in config.prices.hosts:
+            return config.prices.hosts[key]
+    return instance_price(config, pool) * cfg.slots_per_host
