@@ -43,7 +43,7 @@ from chalicelib.devtools.local_app import (
     sqs_event,
     wait_until_serving,
 )
-from chalicelib.devtools.local_aws import LocalAws
+from chalicelib.devtools.local_aws import ACCOUNT, LocalAws
 from chalicelib.devtools.machines import SimulatedMachines
 from chalicelib.errors import AwsCallError, ConfigError
 from chalicelib.resources import ENV_PREFIX, ENV_QUEUE_URL, Names, names_from_env
@@ -143,6 +143,8 @@ class DemoResult:
     timeline_path: Path
     log_path: Path
     wall_seconds: float
+    #: The 127.0.0.1 ports the demo listened on (moto, the app, the fake GitLab); all free again now.
+    ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -441,6 +443,117 @@ _PROBE_POOL = Pool(name="probe", asg="probe", tags=("probe",), max_instances=1)
 
 
 # --------------------------------------------------------------------------------------------------
+# Secrets Manager rotation of the fleet's base certs
+
+#: The `@app.lambda_function` Secrets Manager calls to rotate the base certs (infra/ wires this name).
+ROTATION_HANDLER = "rotate_base_certs"
+ROTATION_STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
+
+
+@dataclass
+class Rotation:
+    """One rotation Secrets Manager ran: when, why, and how its steps went."""
+
+    token: str
+    at_s: float
+    reason: str
+    result: str = "queued"  # queued | rotated | failed at <step>
+    ca_sha256: str = ""
+
+
+class RotationService:
+    """Secrets Manager's part in rotating the base certs, which moto cannot play (it would run the function in
+    Docker): RotateSecret stages a value-less AWSPENDING version, then the rotation function runs the four
+    steps, one invocation each. Rotations happen when infra deploys (rotate immediately), at the trace's
+    midpoint (the schedule, compressed), and whenever the app itself calls RotateSecret.
+    """
+
+    def __init__(
+        self, app: LocalApp, aws: AwsClients, local_aws: LocalAws, names: Names, clock: AcceleratedClock
+    ):
+        self._app = app
+        self._aws = aws
+        self._local_aws = local_aws
+        self._clock = clock
+        self.secret = names.base_certs_secret
+        self.enabled = any(h.name == ROTATION_HANDLER for h in app.handlers_of("lambda"))
+        self._function_arn = (
+            f"arn:aws:lambda:{local_aws.region}:{ACCOUNT}:function:{names.prefix}-{ROTATION_HANDLER}"
+        )
+        self._queue: deque[Rotation] = deque()
+        self.rotations: list[Rotation] = []
+        self._seen: tuple[str, str] = ("", "")  # (AWSCURRENT version id, its description for the view)
+
+    def deploy(self, app_aws: AwsClients) -> None:
+        """What infra/ does: a placeholder secret whose schedule rotates immediately; the app's RotateSecret
+        calls answered as Secrets Manager would."""
+        if not self.enabled:
+            return
+        self._aws.call(
+            "secretsmanager",
+            "create_secret",
+            Name=self.secret,
+            SecretString=uuid.uuid4().hex + uuid.uuid4().hex,
+            Description="Fleet Docker TLS CA and client certificate, rotated by rotate_base_certs.",
+        )
+        self._local_aws.intercept(app_aws, "secretsmanager", "RotateSecret", self._rotate_secret)
+        self.rotate("rotate immediately on deploy")
+        self.run_queued()
+
+    def _rotate_secret(self, request: dict[str, Any]) -> dict[str, Any]:
+        token = str(request.get("ClientRequestToken") or uuid.uuid4())
+        self.rotate("RotateSecret by the app", token)
+        return {"ARN": self._arn(), "Name": self.secret, "VersionId": token}
+
+    def rotate(self, reason: str, token: str | None = None) -> None:
+        """Stage a rotation; its steps run at the platform's next move (Secrets Manager invokes later)."""
+        rotation = Rotation(token or str(uuid.uuid4()), self._clock.elapsed(), reason)
+        self._local_aws.stage_rotation(self.secret, rotation.token, self._function_arn, days=30)
+        self._queue.append(rotation)
+        self.rotations.append(rotation)
+
+    def run_queued(self) -> None:
+        while self._queue:
+            rotation = self._queue.popleft()
+            rotation.result = "rotated"
+            for step in ROTATION_STEPS:
+                event = {"SecretId": self._arn(), "ClientRequestToken": rotation.token, "Step": step}
+                if self._app.invoke(ROTATION_HANDLER, event) is None:
+                    rotation.result = f"failed at {step}"
+                    break
+            rotation.ca_sha256 = self._current_ca()[1]
+
+    def _arn(self) -> str:
+        return str(self._aws.call("secretsmanager", "describe_secret", SecretId=self.secret)["ARN"])
+
+    def _current_ca(self) -> tuple[str, str]:
+        """(AWSCURRENT version id, CA fingerprint): parsed once per version."""
+        from chalicelib.certs import fingerprint
+        from chalicelib.rotation import parse_base_certs
+
+        got = self._aws.call(
+            "secretsmanager", "get_secret_value", SecretId=self.secret, VersionStage="AWSCURRENT"
+        )
+        if got["VersionId"] != self._seen[0]:
+            base = parse_base_certs(got["SecretString"])
+            self._seen = (got["VersionId"], fingerprint(base.ca)[:11] if base else "")
+        return self._seen
+
+    def describe(self) -> str:
+        """One line for the live view: the CA in use, the rotations so far, the last one's outcome."""
+        if not self.enabled:
+            return "TLS: no rotation handler in app.py"
+        done = [r for r in self.rotations if r.result != "queued"]
+        if not done:
+            return "TLS: no rotation yet"
+        last = done[-1]
+        return (
+            f"TLS: CA {last.ca_sha256 or '-'} · {len(done)} rotation(s), last at {clock_text(last.at_s)} "
+            f"({last.reason}): {last.result}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
 # Logs: the live view owns the terminal
 
 
@@ -523,6 +636,7 @@ class _World:
     recorder: Recorder
     app_aws: AwsClients
     local_aws: LocalAws
+    rotation: RotationService
     notes: deque[str] = field(default_factory=lambda: deque(maxlen=4))
     jobs_done_at: datetime | None = None  # when the last trace job ended
 
@@ -555,6 +669,11 @@ class Demo:
                     "[dim]starting moto, the fake GitLab and the Chalice app on 127.0.0.1…[/dim]"
                 )
             world = self._build(stack, trace, config, notes, clock)
+            ports = {
+                "moto": world.local_aws.port,
+                "app": world.app.port,
+                "gitlab": int(world.gitlab.url.rsplit(":", 1)[1]),
+            }
             try:
                 self._play(world)
             except KeyboardInterrupt:
@@ -571,7 +690,7 @@ class Demo:
         summary["wall_seconds"] = round(time.monotonic() - wall_start, 1)
         summary_path = out / "summary.json"
         _write_json(summary_path, summary)
-        return DemoResult(summary, summary_path, timeline, log_path, summary["wall_seconds"])
+        return DemoResult(summary, summary_path, timeline, log_path, summary["wall_seconds"], ports)
 
     # -- building the world ---------------------------------------------------------------------
 
@@ -603,6 +722,8 @@ class Demo:
         stack.callback(runtime.install, None)
         app = stack.enter_context(LocalApp(load_app()))
         wait_until_serving(f"{app.url}/health")
+        rotation = RotationService(app, platform_aws, local_aws, names, clock)
+        rotation.deploy(app_aws)
         project = gitlab.create_project("demo/app")
         gitlab.add_hook(project, f"{app.url}/webhooks/gitlab", token=webhook_token)
         recorder = Recorder(config, gitlab, clock.origin, notes=notes)
@@ -618,7 +739,19 @@ class Demo:
             runner_from_secret=sources.has_lifecycle,
         )
         return _World(
-            config, names, clock, gitlab, app, sources, machines, player, recorder, app_aws, local_aws, notes
+            config,
+            names,
+            clock,
+            gitlab,
+            app,
+            sources,
+            machines,
+            player,
+            recorder,
+            app_aws,
+            local_aws,
+            rotation,
+            notes,
         )
 
     # -- playing --------------------------------------------------------------------------------
@@ -627,13 +760,19 @@ class Demo:
         options = self.options
         world.clock.start()
         last_sample: datetime | None = None
+        # Secrets Manager's schedule, compressed into the trace: one rotation at its midpoint.
+        rotate_at: float | None = world.player.last_created_s / 2
         with self._live() as live:
             while True:
                 wall = time.monotonic()
                 now = world.clock.advance()
                 world.player.release(world.clock.elapsed())
                 world.gitlab.flush(timeout=WEBHOOK_WAIT)
+                if world.rotation.enabled and rotate_at is not None and world.clock.elapsed() >= rotate_at:
+                    world.rotation.rotate("scheduled rotation")
+                    rotate_at = None
                 world.sources.poll(now)
+                world.rotation.run_queued()
                 world.machines.step(now)
                 world.gitlab.flush(timeout=WEBHOOK_WAIT)
                 if last_sample is None or now - last_sample >= options.sample_every:
@@ -666,7 +805,7 @@ class Demo:
             world.app.invocations,
             now,
             speed=self.options.speed,
-            status_lines=[status],
+            status_lines=[status, world.rotation.describe()],
         )
 
     def _finished(self, world: _World, now: datetime) -> bool:
@@ -695,6 +834,15 @@ class Demo:
             "gitlab_api_requests": sum(world.gitlab.requests.values()),
             "aws_calls_by_app": world.app_aws.total_calls,
             "lifecycle_actions_completed": world.local_aws.stubbed["autoscaling.CompleteLifecycleAction"],
+            "tls_rotations": [
+                {
+                    "at_seconds": round(r.at_s, 1),
+                    "reason": r.reason,
+                    "result": r.result,
+                    "ca_sha256": r.ca_sha256,
+                }
+                for r in world.rotation.rotations
+            ],
             "handlers_not_invoked": sorted(
                 h.name for h in world.app.handlers if world.app.invocations.calls[h.name] == 0
             ),

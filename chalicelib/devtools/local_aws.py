@@ -7,10 +7,13 @@ May import moto, boto3 and chalicelib.aws.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -21,6 +24,7 @@ from chalicelib.aws import AwsClients
 logger = logging.getLogger(__name__)
 
 REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's default account
 # moto accepts any credentials; fixed ones keep the developer's real credentials out of the demo entirely.
 _CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "aws_session_token": "x"}
 
@@ -103,6 +107,54 @@ class LocalAws:
         if inner is not None:
             inner.server_close()
 
+    def intercept(
+        self,
+        aws: AwsClients,
+        service: str,
+        operation: str,
+        answer: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> None:
+        """Answer `operation` of `aws`'s `service` client with `answer(request parameters)` instead of moto.
+
+        For calls moto accepts but cannot carry out (RotateSecret would run the rotation function in Docker):
+        the demo plays that service's part and returns what the service would.
+        """
+        client = aws.client(service)
+        service_id = client.meta.service_model.service_id.hyphenize()
+
+        def handle(model: Any, params: dict[str, Any], **_: Any) -> tuple[_Answered, dict[str, Any]]:
+            body = params.get("body") or b"{}"
+            request = json.loads(body) if isinstance(body, bytes | str) else dict(body)
+            self.stubbed[f"{service}.{operation}"] += 1
+            parsed = answer(request)
+            parsed.setdefault("ResponseMetadata", {"HTTPStatusCode": 200})
+            return _Answered(), parsed
+
+        client.meta.events.register(f"before-call.{service_id}.{operation}", handle)
+
+    def stage_rotation(self, secret_id: str, token: str, lambda_arn: str, days: int) -> None:
+        """What RotateSecret does before it invokes the rotation function, done on moto's own state.
+
+        Secrets Manager adds a version `token` with no value, labelled AWSPENDING, and records the rotation
+        function; the function's createSecret then writes that version. moto does this only when it can run
+        the function itself (in Docker), so the demo stages the version here and invokes the steps.
+        """
+        from moto.secretsmanager.models import FakeSecret, secretsmanager_backends
+
+        secret = secretsmanager_backends[ACCOUNT][self.region].secrets[secret_id]
+        if not isinstance(secret, FakeSecret):
+            raise TypeError(f"{secret_id} is a replica: rotate its primary")
+        secret.remove_version_stages_from_old_versions(["AWSPENDING"])
+        secret.versions[token] = {
+            "createdate": int(time.time()),
+            "version_id": token,
+            "version_stages": ["AWSPENDING"],
+        }
+        secret.rotation_requested = True
+        secret.rotation_enabled = True
+        secret.rotation_lambda_arn = lambda_arn
+        secret.auto_rotate_after_days = days
+
     def _answer_unimplemented(self, service: str, operation: str) -> dict[str, Any] | None:
         if (service, operation) not in UNIMPLEMENTED_BY_MOTO:
             return None
@@ -120,6 +172,17 @@ class LocalAws:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(request, timeout=10) as response:
             response.read()
+
+
+class _Answered:
+    """The HTTP response botocore needs when a before-call handler answers a call itself."""
+
+    def __init__(self) -> None:
+        self.status_code = 200
+        self.headers: dict[str, str] = {}
+        self.content = b""
+        self.text = ""
+        self.raw = None
 
 
 def _close_clients(aws: AwsClients) -> None:

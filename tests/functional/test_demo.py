@@ -1,0 +1,168 @@
+"""`runner-scaler demo` end to end, tiny and fast: every job runs, no invariant breaks, every handler of
+app.py is invoked (discovered from the app object, so a new handler is covered without touching this file),
+the summary adds up, and no server, thread or port outlives the run."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from chalicelib.config import parse_config
+from chalicelib.devtools.demo import (
+    DEMO_CONFIG,
+    AcceleratedClock,
+    Demo,
+    DemoOptions,
+    DemoResult,
+    check_routable,
+)
+from chalicelib.devtools.demo_report import SUMMARY_KEYS, percentile
+from chalicelib.devtools.local_app import discover, load_app
+from chalicelib.errors import ConfigError
+from sim.traces import parse_trace, read_trace
+
+# Three pools, two stages, an untagged job, a Windows machine that boots for five minutes.
+TINY_TRACE = """pipeline_id,created_s,stage,name,tags,duration_s
+1,0,0,build,linux docker,60
+1,0,1,test 1/2,linux docker,90
+1,0,1,test 2/2,linux docker,75
+1,0,2,package,linux docker xl,60
+2,30,0,lint,,30
+3,60,0,build,windows,120
+"""
+
+
+@dataclass
+class Run:
+    result: DemoResult
+    trace: Path
+    threads_before: set[threading.Thread]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    """One short demo for the whole module: simulated steps of 20 s, as fast as the host goes."""
+    directory = tmp_path_factory.mktemp("demo")
+    trace = directory / "tiny.csv"
+    trace.write_text(TINY_TRACE, encoding="utf-8")
+    threads_before = set(threading.enumerate())
+    options = DemoOptions(
+        trace=trace,
+        speed=10_000.0,
+        max_step=20.0,
+        step_wall=0.0,
+        duration=timedelta(minutes=45),
+        out=directory / "out",
+        live=False,
+        settle=timedelta(minutes=5),
+    )
+    started = time.monotonic()
+    result = Demo(options).run()
+    assert time.monotonic() - started < 50, "the tiny demo must stay well under the 60 s test budget"
+    yield Run(result, trace, threads_before)
+
+
+def test_every_job_of_the_trace_ran_and_no_invariant_broke(run: Run) -> None:
+    summary = run.result.summary
+    assert summary["invariants"] == {
+        "no_busy_machine_killed": True,
+        "every_job_ran": True,
+        "within_max_instances": True,
+    }
+    assert summary["ok"] is True and summary["interrupted"] is False
+    assert run.result.exit_code == 0
+    assert summary["busy_killed"] == []
+    assert summary["jobs"]["never_ran"] == []
+    assert summary["jobs"]["succeeded"] == len(read_trace(run.trace))
+
+
+def test_every_handler_in_app_py_was_invoked_without_failing(run: Run) -> None:
+    handlers = discover(load_app())
+    assert {h.name for h in handlers} >= {"gitlab_webhook", "tick", "pool_dirty"}
+    reported = run.result.summary["handlers"]
+    for handler in handlers:
+        assert reported[handler.name]["invocations"] >= 1, f"{handler.kind} handler {handler.name} never ran"
+        assert reported[handler.name]["failures"] == 0, reported[handler.name]
+    assert run.result.summary["handlers_not_invoked"] == []
+
+
+def test_summary_json_has_the_documented_keys_and_adds_up(run: Run) -> None:
+    summary = json.loads(run.result.summary_path.read_text(encoding="utf-8"))
+    assert set(SUMMARY_KEYS) <= set(summary)
+    jobs = summary["jobs"]
+    parts = ("succeeded", "failed", "skipped", "canceled", "unfinished")
+    assert jobs["total"] == len(read_trace(run.trace)) == sum(jobs[p] for p in parts)
+    assert sum(p["total"] for p in jobs["by_pool"].values()) == jobs["total"]
+    assert sum(p["succeeded"] for p in jobs["by_pool"].values()) == jobs["succeeded"]
+
+    waits = summary["wait_seconds"]
+    assert waits["count"] == jobs["total"]
+    assert 0 <= waits["p50"] <= waits["p95"] <= waits["max"]
+    assert sum(p["count"] for p in waits["by_pool"].values()) == waits["count"]
+    assert max(p["max"] for p in waits["by_pool"].values()) == waits["max"]
+
+    machine_seconds = summary["machine_seconds"]
+    assert machine_seconds["total"] == pytest.approx(sum(machine_seconds["by_pool"].values()), abs=0.5)
+    assert 0 < machine_seconds["total"] <= summary["max_machines"]["total"] * summary["simulated_seconds"] + 1
+
+    config = parse_config(DEMO_CONFIG, "demo")
+    for pool in config.pools:
+        assert summary["max_machines"]["by_pool"][pool.name] <= pool.max_instances
+        assert summary["machines_launched"][pool.name] >= 1  # every pool had a job, so a machine
+    assert summary["max_machines"]["total"] <= sum(summary["max_machines"]["by_pool"].values())
+
+
+def test_the_timeline_is_a_png_and_the_log_is_in_simulated_time(run: Run) -> None:
+    assert run.result.timeline_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log = run.result.log_path.read_text(encoding="utf-8")
+    assert "sim 00:00:00" in log and "launch" in log
+
+
+def test_no_thread_or_port_outlives_the_demo(run: Run) -> None:
+    deadline = time.monotonic() + 5
+    while (left := set(threading.enumerate()) - run.threads_before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"threads left running: {sorted(t.name for t in left)}"
+    assert set(run.result.ports) == {"moto", "app", "gitlab"}
+    for name, port in run.result.ports.items():
+        with socket.socket() as probe:
+            # As a server binds (connections the demo closed may linger in TIME_WAIT): fails only while the
+            # demo's own listening socket is open.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))
+            probe.listen()
+            assert probe.getsockname()[1] == port, name
+
+
+def test_a_trace_job_no_pool_can_take_is_refused_before_anything_starts() -> None:
+    config = parse_config(DEMO_CONFIG, "demo")
+    text = "pipeline_id,created_s,stage,name,tags,duration_s\n1,0,0,build,macos xcode,60\n"
+    jobs = parse_trace(text, "t.csv")
+    with pytest.raises(ConfigError, match=r"macos.*match no pool"):
+        check_routable(jobs, config, "t.csv")
+
+
+def test_the_clock_slows_down_rather_than_skip_events_on_a_busy_host() -> None:
+    wall = [100.0]
+    start = datetime(2026, 1, 5, 9, tzinfo=UTC)
+    clock = AcceleratedClock(start, 60.0, max_step=10.0, monotonic=lambda: wall[0])
+    clock.start()
+    wall[0] += 0.1
+    assert clock.advance() == datetime(2026, 1, 5, 9, 0, 6, tzinfo=UTC)  # 0.1 s x 60
+    wall[0] += 5.0  # a slow step: 300 simulated seconds asked, 10 granted
+    assert clock.advance() == datetime(2026, 1, 5, 9, 0, 16, tzinfo=UTC)
+    assert clock.effective_speed == pytest.approx(16 / 5.1)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    assert percentile([], 95) == 0.0
+    assert percentile([float(n) for n in range(1, 21)], 95) == 19.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
