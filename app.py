@@ -60,3 +60,23 @@ def rotate_base_certs(event: dict[str, Any], context: Any) -> dict[str, str]:
     from chalicelib.rotation import run_rotation_event
 
     return run_rotation_event(runtime.current(), event)
+
+
+@app.on_cw_event(
+    {
+        "source": ["aws.autoscaling", "aws.ec2"],
+        "detail-type": [
+            "EC2 Instance-launch Lifecycle Action",
+            "EC2 Instance-terminate Lifecycle Action",
+            "EC2 Spot Instance Interruption Warning",
+            "EC2 Instance Rebalance Recommendation",
+            "EC2 Instance State-change Notification",
+        ],
+    },
+    name="machine_events",
+)
+def machine_events(event: Any) -> dict[str, Any]:
+    """ASG lifecycle hooks, Spot warnings and state changes: prepare, drain or clean up one machine."""
+    from chalicelib.lifecycle import handle_machine_event
+
+    return handle_machine_event(runtime.current(), event.to_dict())

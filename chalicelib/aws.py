@@ -6,6 +6,7 @@ Clients are created on first use (never at import time) so moto and Stubber can 
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -18,6 +19,18 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
 
 from chalicelib.errors import AwsCallError
+
+#: SDK loggers that print request/response bodies (secret values, tokens) at DEBUG: never below WARNING,
+#: whatever LOG_LEVEL the operator sets for the app.
+SDK_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "gitlab", "requests")
+
+
+def quiet_sdk_loggers() -> None:
+    for name in SDK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+quiet_sdk_loggers()
 
 #: Error codes AWS uses for "slow down" or "try again": retried with backoff, then left to the next tick.
 RETRYABLE_CODES = frozenset(

@@ -156,7 +156,7 @@ class HostsConfig(_Model):
             raise ValueError(f"min_hosts ({self.min_hosts}) is above max_hosts ({self.max_hosts})")
         if self.host_management is HostManagement.SCALER and not self.availability_zones:
             raise ValueError(
-                'host_management "scaler" allocates hosts itself: list availability_zones, e.g. ["us-east-1a"]'
+                'host_management "scaler" allocates hosts itself: set availability_zones, e.g. ["us-east-1a"]'
             )
         return self
 

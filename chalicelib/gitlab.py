@@ -178,6 +178,8 @@ class GitLabApi(Protocol):
 
     def retry_job(self, project_id: int, job_id: int) -> JobInfo: ...
 
+    def cancel_job(self, project_id: int, job_id: int) -> JobInfo: ...
+
     def list_project_hooks(self, project_id: int) -> list[HookInfo]: ...
 
     def create_project_hook(
@@ -561,6 +563,16 @@ class GitLabClient:
         path = f"/projects/{int(project_id)}/jobs/{int(job_id)}/retry"
         return self._call(
             "jobs.retry",
+            f"job {job_id} of project {project_id}",
+            lambda gl: job_info(_as_dict(gl.http_post(path, **self._opts()), path), project_id=project_id),
+        )
+
+    def cancel_job(self, project_id: int, job_id: int) -> JobInfo:
+        """Cancel a job (`POST /projects/:id/jobs/:job_id/cancel`): a job whose machine is gone cannot finish,
+        and GitLab retries only finished jobs."""
+        path = f"/projects/{int(project_id)}/jobs/{int(job_id)}/cancel"
+        return self._call(
+            "jobs.cancel",
             f"job {job_id} of project {project_id}",
             lambda gl: job_info(_as_dict(gl.http_post(path, **self._opts()), path), project_id=project_id),
         )

@@ -139,8 +139,14 @@ class Reconciler:
         machines = self._machines(live, records, now)
         result.protected = self._protect(group)
 
+        # Jobs on an interrupted (Spot) machine will be retried: their replacement starts booting now.
+        rescued = sum(
+            len(r.running)
+            for r in records.values()
+            if r.drain_reason == "spot" and pool.retry_interrupted_jobs
+        )
         demand = Demand(
-            pending=sum(1 for j in jobs if j.status == "pending"),
+            pending=sum(1 for j in jobs if j.status == "pending") + rescued,
             running=sum(1 for j in jobs if j.status in HOLDS_SLOT),
         )
         result.pending, result.running = demand.pending, demand.running

@@ -1,0 +1,366 @@
+"""Use case: everything between "the ASG launched an instance" and "the instance is gone".
+
+Launch: create the machine's GitLab runner, issue its Docker server certificate, store both in the machine's
+own secret, record the machine, complete the lifecycle action (ABANDON after cleaning up on failure).
+Terminate: rescue an interrupted job, delete the runner and the secret, forget the machine.
+Spot warning: pause the runner, mark the machine draining, and reconcile so a replacement launches.
+Every step is idempotent: the same event delivered twice creates one runner. No boto3 here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from chalicelib.config import Config, Pool
+from chalicelib.errors import AwsCallError, GitLabError, MalformedEventError, NotFoundError
+from chalicelib.fleet import Fleet
+from chalicelib.jobs import DirtyMarker, runner_description
+from chalicelib.resources import Names
+from chalicelib.store import MachineRecord, Store
+
+if TYPE_CHECKING:
+    from chalicelib.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+CONTINUE = "CONTINUE"
+ABANDON = "ABANDON"
+
+
+class RunnerAdmin(Protocol):
+    """The GitLab calls the lifecycle makes (implemented by chalicelib.gitlab.GitLabClient)."""
+
+    def create_runner(self, **kwargs: Any) -> Any: ...
+
+    def delete_runner(self, runner_id: int) -> bool: ...
+
+    def pause_runner(self, runner_id: int, paused: bool = True) -> None: ...
+
+    def list_runners(self, description_prefix: str, **kwargs: Any) -> list[Any]: ...
+
+    def runner_jobs(self, runner_id: int, status: str = "running") -> list[Any]: ...
+
+    def get_job(self, project_id: int, job_id: int) -> Any: ...
+
+    def retry_job(self, project_id: int, job_id: int) -> Any: ...
+
+    def cancel_job(self, project_id: int, job_id: int) -> Any: ...
+
+
+class MachineSecrets(Protocol):
+    """Per-machine secrets: `<prefix>/machines/<instance-id>`, readable only by that instance."""
+
+    def put_machine_secret(self, name: str, value: str, tags: dict[str, str]) -> None: ...
+
+    def delete_machine_secret(self, name: str) -> None: ...
+
+    def machine_secret_exists(self, name: str) -> bool: ...
+
+
+class TlsIssuer(Protocol):
+    """Issues a machine's Docker server certificate from the fleet CA; the CA key never leaves the issuer."""
+
+    def issue(self, hosts: list[str], now: datetime) -> tuple[str, str, str]:
+        """(server certificate PEM, server key PEM, trust bundle PEM)."""
+        ...
+
+
+@dataclass(frozen=True)
+class LifecycleAction:
+    """The fields of an ASG lifecycle event the use case needs."""
+
+    asg: str
+    hook: str
+    token: str
+    instance_id: str
+    transition: str  # autoscaling:EC2_INSTANCE_LAUNCHING | autoscaling:EC2_INSTANCE_TERMINATING
+
+
+@dataclass
+class LifecycleOutcome:
+    instance_id: str
+    result: str = CONTINUE
+    runner_id: int | None = None
+    created_runner: bool = False
+    retried_jobs: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Lifecycle:
+    config: Config
+    names: Names
+    store: Store
+    fleet: Fleet
+    gitlab: RunnerAdmin
+    secrets: MachineSecrets
+    tls: TlsIssuer
+    dirty: DirtyMarker
+    gitlab_ca_bundle: str = ""
+
+    def pool_of(self, asg: str) -> Pool | None:
+        return next((p for p in self.config.pools if p.asg == asg), None)
+
+    # -- launch ---------------------------------------------------------------------------------------
+    def launch(self, action: LifecycleAction, now: datetime) -> LifecycleOutcome:
+        outcome = LifecycleOutcome(action.instance_id)
+        pool = self.pool_of(action.asg)
+        if pool is None:
+            outcome.notes.append(f"group {action.asg} is not a runner-scaler pool; left alone")
+            return outcome
+        secret_name = self.names.machine_secret(action.instance_id)
+        record = self.store.get_machine(action.instance_id)
+        if (
+            record is not None
+            and record.runner_id is not None
+            and self.secrets.machine_secret_exists(secret_name)
+        ):
+            outcome.runner_id = record.runner_id
+            outcome.notes.append("already prepared (duplicate event)")
+            self._complete(action, CONTINUE)
+            return outcome
+        try:
+            self._prepare(pool, action, record, now, outcome)
+        except (GitLabError, AwsCallError, NotFoundError) as exc:
+            logger.error(
+                "machine launch failed; abandoning",
+                extra={"instance_id": action.instance_id, "error": str(exc)},
+            )
+            self._undo_launch(outcome, secret_name)
+            outcome.result = ABANDON
+            outcome.notes.append(str(exc))
+        self._complete(action, outcome.result)
+        return outcome
+
+    def _prepare(
+        self,
+        pool: Pool,
+        action: LifecycleAction,
+        record: MachineRecord | None,
+        now: datetime,
+        outcome: LifecycleOutcome,
+    ) -> None:
+        description = runner_description(pool.name, action.instance_id)
+        # A runner left by an attempt that crashed before storing its token cannot be reused: replace it.
+        for stale in self.gitlab.list_runners(description, **self._runner_scope()):
+            if stale.description == description:
+                self.gitlab.delete_runner(stale.id)
+        settings = self.config.gitlab
+        created = self.gitlab.create_runner(
+            runner_type=settings.runner_type,
+            group_id=settings.group_id,
+            project_id=settings.project_id,
+            description=description,
+            tag_list=list(pool.tags),
+            run_untagged=pool.run_untagged,
+            locked=pool.locked,
+            maintenance_note=f"Managed by runner-scaler (pool {pool.name}); deleted when the machine ends.",
+        )
+        outcome.runner_id = int(created.id)
+        outcome.created_runner = True
+        server_cert, server_key, trust = self.tls.issue(
+            self.fleet.instance_addresses(action.instance_id), now
+        )
+        payload = {
+            "pool": pool.name,
+            "runner_id": int(created.id),
+            "runner_token": created.token,
+            "gitlab_url": settings.url,
+            "executor": pool.executor,
+            "max_builds": pool.max_use_count,
+            "server_cert": server_cert,
+            "server_key": server_key,
+            "ca_bundle": trust,
+            "gitlab_ca_bundle": self.gitlab_ca_bundle,
+        }
+        self.secrets.put_machine_secret(
+            self.names.machine_secret(action.instance_id),
+            json.dumps(payload),
+            {"runner-scaler:pool": pool.name, "runner-scaler:instance-id": action.instance_id},
+        )
+        base = record or MachineRecord(instance_id=action.instance_id, pool=pool.name, launched_at=now)
+        self.store.put_machine(replace(base, runner_id=int(created.id)))
+
+    def _undo_launch(self, outcome: LifecycleOutcome, secret_name: str) -> None:
+        """Leave nothing behind after a failed launch: no runner, no secret."""
+        if outcome.created_runner and outcome.runner_id is not None:
+            try:
+                self.gitlab.delete_runner(outcome.runner_id)
+            except GitLabError as exc:
+                outcome.notes.append(f"runner {outcome.runner_id} left for the orphan sweep: {exc}")
+        try:
+            self.secrets.delete_machine_secret(secret_name)
+        except AwsCallError as exc:
+            outcome.notes.append(f"secret left for the orphan sweep: {exc}")
+
+    # -- terminate ------------------------------------------------------------------------------------
+    def terminate(self, action: LifecycleAction, now: datetime) -> LifecycleOutcome:
+        outcome = LifecycleOutcome(action.instance_id)
+        pool = self.pool_of(action.asg)
+        record = self.store.get_machine(action.instance_id)
+        if pool is not None:
+            try:
+                self._retire(pool, action.instance_id, record, now, outcome)
+            except (GitLabError, AwsCallError) as exc:
+                # Termination goes on regardless (the instance is leaving); the orphan sweep finishes the job.
+                outcome.notes.append(f"cleanup incomplete, left for the orphan sweep: {exc}")
+        self._complete(action, CONTINUE)
+        return outcome
+
+    def _retire(
+        self,
+        pool: Pool,
+        instance_id: str,
+        record: MachineRecord | None,
+        now: datetime,
+        outcome: LifecycleOutcome,
+    ) -> None:
+        runner_id = record.runner_id if record else None
+        if runner_id is None:
+            description = runner_description(pool.name, instance_id)
+            found = [
+                r
+                for r in self.gitlab.list_runners(description, **self._runner_scope())
+                if r.description == description
+            ]
+            runner_id = found[0].id if found else None
+        if runner_id is not None:
+            if record is not None and record.drain_reason == "spot" and pool.retry_interrupted_jobs:
+                outcome.retried_jobs = self._rescue_jobs(runner_id, now)
+            self.gitlab.delete_runner(runner_id)
+            outcome.runner_id = runner_id
+        self.secrets.delete_machine_secret(self.names.machine_secret(instance_id))
+        self.store.delete_machine(instance_id)
+        self.dirty.mark_dirty(pool.name, f"machine {instance_id} terminated", now)
+
+    def _rescue_jobs(self, runner_id: int, now: datetime) -> list[int]:
+        """Retry, once per job, the jobs an interrupted machine was running (GitLab would fail them)."""
+        retried: list[int] = []
+        for job in self.gitlab.runner_jobs(runner_id, "running"):
+            if not self.store.first_seen(f"retry#{job.project_id}#{job.id}", now):
+                continue
+            # GitLab retries only finished jobs; this one can never finish, its machine is going.
+            self.gitlab.cancel_job(job.project_id, job.id)
+            self.gitlab.retry_job(job.project_id, job.id)
+            retried.append(int(job.id))
+            logger.warning(
+                "retried a job interrupted by Spot", extra={"job_id": job.id, "runner_id": runner_id}
+            )
+        return retried
+
+    # -- spot -----------------------------------------------------------------------------------------
+    def interrupted(self, instance_id: str, reason: str, now: datetime) -> LifecycleOutcome:
+        """Spot warning or rebalance recommendation: stop new jobs, drain, and launch a replacement now."""
+        outcome = LifecycleOutcome(instance_id)
+        record = self.store.get_machine(instance_id)
+        if record is None:
+            outcome.notes.append("unknown machine; nothing to drain")
+            return outcome
+        self.store.start_draining(instance_id, "spot", now, only_if_idle=False)
+        if record.runner_id is not None:
+            try:
+                self.gitlab.pause_runner(record.runner_id, True)
+            except GitLabError as exc:
+                outcome.notes.append(f"runner not paused: {exc}")
+        self.dirty.mark_dirty(record.pool, f"machine {instance_id} {reason}", now)
+        outcome.runner_id = record.runner_id
+        return outcome
+
+    # -- plumbing -------------------------------------------------------------------------------------
+    def _complete(self, action: LifecycleAction, result: str) -> None:
+        if action.token:
+            self.fleet.complete_lifecycle_action(
+                action.asg, action.hook, action.token, action.instance_id, result
+            )
+
+    def _runner_scope(self) -> dict[str, Any]:
+        settings = self.config.gitlab
+        return {
+            "runner_type": settings.runner_type,
+            "group_id": settings.group_id,
+            "project_id": settings.project_id,
+        }
+
+
+# -- entry point for the EventBridge handler (the only code here that touches the runtime) ----------------
+
+
+def handle_machine_event(rt: Runtime, raw: dict[str, Any]) -> dict[str, Any]:
+    """Parse an EventBridge event and run its use case; malformed or foreign events are logged and dropped."""
+    from chalicelib.events.aws import (
+        InstanceStateChangeEvent,
+        LifecycleActionEvent,
+        RebalanceRecommendationEvent,
+        SpotInterruptionEvent,
+        parse_cloudwatch_event,
+    )
+    from chalicelib.rotation import ServerCertIssuer
+    from chalicelib.secrets import AwsSecrets
+
+    try:
+        event = parse_cloudwatch_event(raw)
+    except MalformedEventError as exc:
+        logger.error("dropping malformed machine event", extra={"reason": exc.reason})
+        return {"action": "dropped", "reason": exc.reason}
+    secrets = AwsSecrets(rt.aws)
+    use_case = Lifecycle(
+        config=rt.config,
+        names=rt.names,
+        store=rt.store,
+        fleet=rt.fleet,
+        gitlab=rt.gitlab,
+        secrets=secrets,
+        tls=ServerCertIssuer(secrets, rt.names.base_certs_secret),
+        dirty=rt.queue,
+        gitlab_ca_bundle=rt.secret_text(rt.config.gitlab.ca_bundle_secret)
+        if rt.config.gitlab.ca_bundle_secret
+        else "",
+    )
+    now = rt.now()
+    if isinstance(event, LifecycleActionEvent):
+        if event.involves_warm_pool:
+            return {"action": "ignored", "reason": "warm pool transition"}
+        detail = event.detail
+        action = LifecycleAction(
+            asg=detail.auto_scaling_group_name,
+            hook=detail.lifecycle_hook_name,
+            token=detail.lifecycle_action_token,
+            instance_id=event.instance_id,
+            transition=str(detail.lifecycle_transition),
+        )
+        outcome = use_case.launch(action, now) if event.is_launch else use_case.terminate(action, now)
+    elif isinstance(event, SpotInterruptionEvent):
+        outcome = use_case.interrupted(event.instance_id, "spot interruption warning", now)
+    elif isinstance(event, RebalanceRecommendationEvent):
+        outcome = use_case.interrupted(event.instance_id, "rebalance recommendation", now)
+    elif isinstance(event, InstanceStateChangeEvent) and event.detail.state in {
+        "shutting-down",
+        "terminated",
+    }:
+        outcome = _without_hook(use_case, rt, event.instance_id, now)
+    else:
+        return {"action": "ignored"}
+    return {"action": type(event).__name__, **_summary(outcome)}
+
+
+def _without_hook(use_case: Lifecycle, rt: Runtime, instance_id: str, now: datetime) -> LifecycleOutcome:
+    """An instance ended without our terminate hook (hook timed out, manual termination): clean up anyway."""
+    record = rt.store.get_machine(instance_id)
+    if record is None:
+        return LifecycleOutcome(instance_id, notes=["unknown machine"])
+    pool = rt.config.pool(record.pool)
+    return use_case.terminate(LifecycleAction(pool.asg, "", "", instance_id, "ec2:terminated"), now)
+
+
+def _summary(outcome: LifecycleOutcome) -> dict[str, Any]:
+    return {
+        "instance_id": outcome.instance_id,
+        "result": outcome.result,
+        "runner_id": outcome.runner_id,
+        "retried_jobs": outcome.retried_jobs,
+        "notes": outcome.notes,
+    }

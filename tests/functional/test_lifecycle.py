@@ -1,0 +1,195 @@
+"""Machine lifecycle through the Chalice app (moto + fake GitLab): a launch creates one runner and the
+machine's secret with a certificate that verifies against the fleet CA; terminate removes both; a failing
+GitLab abandons the launch and leaves nothing; Spot drains, rescues the job and launches a replacement."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from botocore.stub import Stubber
+from chalice.test import Client
+from cryptography import x509
+
+from app import app
+from chalicelib.aws import AwsClients
+from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
+from chalicelib.fleet import AsgFleet
+from chalicelib.rotation import ensure_base_certs_for
+from chalicelib.store import JobRecord
+from tests.functional.conftest import FIXTURES, Stack
+
+TOKEN = "87654321-4321-4321-4321-21098EXAMPLE"
+
+
+class RecordingFleet(AsgFleet):
+    """moto lacks CompleteLifecycleAction: record it here (the real call is Stubber-tested below)."""
+
+    def __init__(self, aws: AwsClients) -> None:
+        super().__init__(aws)
+        self.completed: list[tuple[str, str]] = []
+
+    def complete_lifecycle_action(
+        self, asg: str, hook: str, token: str, instance_id: str, result: str
+    ) -> None:
+        self.completed.append((instance_id, result))
+
+
+@pytest.fixture
+def world(gitlab_stack: Stack) -> Iterator[tuple[Stack, RecordingFleet, Client]]:
+    fleet = RecordingFleet(gitlab_stack.aws)
+    gitlab_stack.runtime.__dict__["fleet"] = fleet
+    ensure_base_certs_for(gitlab_stack.runtime)
+    with Client(app) as client:
+        yield gitlab_stack, fleet, client
+
+
+def launched_instance(stack: Stack) -> str:
+    stack.runtime.fleet.set_desired_capacity("test-linux", 1)
+    group = stack.runtime.fleet.read_groups(["test-linux"])["test-linux"]
+    return group.instances[0].instance_id
+
+
+def lifecycle_event(name: str, instance_id: str) -> dict[str, Any]:
+    event = json.loads((FIXTURES / name).read_text())
+    event["detail"].update(
+        AutoScalingGroupName="test-linux", EC2InstanceId=instance_id, LifecycleActionToken=TOKEN
+    )
+    return event
+
+
+def invoke(client: Client, event: dict[str, Any]) -> dict[str, Any]:
+    return client.lambda_.invoke("machine_events", event).payload  # type: ignore[no-any-return]
+
+
+def machine_secret(stack: Stack, instance_id: str) -> dict[str, Any]:
+    value = stack.aws.call("secretsmanager", "get_secret_value", SecretId=f"test/machines/{instance_id}")
+    return json.loads(value["SecretString"])  # type: ignore[no-any-return]
+
+
+def test_launch_creates_the_runner_and_the_machine_secret(world: Any, fake_gitlab: FakeGitLab) -> None:
+    stack, fleet, client = world
+    instance = launched_instance(stack)
+    out = invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))
+    # THEN one runner, with the pool's tags and the description the scaler routes by
+    (runner,) = fake_gitlab.runners.values()
+    assert runner.description == f"runner-scaler/linux/{instance}"
+    assert set(runner.tag_list) == {"linux", "docker"} and runner.run_untagged
+    # AND the machine's secret holds its token and a server certificate signed by the fleet CA
+    secret = machine_secret(stack, instance)
+    assert secret["runner_token"] == runner.token and secret["runner_id"] == runner.id
+    leaf = x509.load_pem_x509_certificate(secret["server_cert"].encode())
+    ca = x509.load_pem_x509_certificates(secret["ca_bundle"].encode())[0]
+    leaf.verify_directly_issued_by(ca)
+    assert "BEGIN" in secret["server_key"] and "ca_key" not in json.dumps(secret)
+    # AND the machine is recorded, and the lifecycle action completed with CONTINUE
+    assert stack.runtime.store.get_machine(instance).runner_id == runner.id
+    assert fleet.completed == [(instance, "CONTINUE")] and out["result"] == "CONTINUE"
+
+
+def test_a_duplicate_launch_event_creates_one_runner(world: Any, fake_gitlab: FakeGitLab) -> None:
+    stack, fleet, client = world
+    instance = launched_instance(stack)
+    event = lifecycle_event("aws_lifecycle_launch.json", instance)
+    invoke(client, event)
+    invoke(client, copy.deepcopy(event))
+    assert len(fake_gitlab.runners) == 1
+    assert fleet.completed == [(instance, "CONTINUE"), (instance, "CONTINUE")]
+
+
+def test_failing_gitlab_abandons_the_launch_and_leaves_nothing(world: Any, fake_gitlab: FakeGitLab) -> None:
+    stack, fleet, client = world
+    instance = launched_instance(stack)
+    fake_gitlab.inject_failure("/user/runners", status=500, times=10)
+    out = invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))
+    assert out["result"] == "ABANDON" and fleet.completed == [(instance, "ABANDON")]
+    assert fake_gitlab.runners == {}
+    with pytest.raises(Exception, match="ResourceNotFound"):
+        machine_secret(stack, instance)
+
+
+def test_terminate_deletes_the_runner_and_the_secret(world: Any, fake_gitlab: FakeGitLab) -> None:
+    stack, fleet, client = world
+    instance = launched_instance(stack)
+    invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))
+    invoke(client, lifecycle_event("aws_lifecycle_terminate.json", instance))
+    assert fake_gitlab.runners == {}
+    assert stack.runtime.store.get_machine(instance) is None
+    with pytest.raises(Exception, match="ResourceNotFound"):
+        machine_secret(stack, instance)
+    assert fleet.completed[-1] == (instance, "CONTINUE")
+
+
+def test_spot_warning_drains_rescues_the_job_and_replaces_the_machine(
+    world: Any, fake_gitlab: FakeGitLab
+) -> None:
+    stack, _fleet, client = world
+    instance = launched_instance(stack)
+    invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))
+    (runner,) = fake_gitlab.runners.values()
+    project = fake_gitlab.create_project("group/app")
+    (job_id,) = fake_gitlab.create_pipeline(project, [JobSpec("build", tags=("linux",))]).job_ids
+    assert fake_gitlab.request_job(runner.id) == job_id
+    rt = stack.runtime
+    rt.store.record_job(
+        JobRecord(rt.gitlab_host, job_id, "running", project_id=project, pool="linux", machine_id=instance),
+        rt.now(),
+    )
+    # WHEN the two-minute warning arrives
+    spot = json.loads((FIXTURES / "aws_spot_interruption.json").read_text())
+    spot["detail"]["instance-id"] = instance
+    invoke(client, spot)
+    # THEN the runner takes no new job, the machine drains, and the next reconcile launches a replacement
+    assert fake_gitlab.runners[runner.id].paused
+    assert rt.store.get_machine(instance).drain_reason == "spot"
+    result = rt.reconciler("test").reconcile_pool(stack.config.pool("linux"), stack.advance(seconds=10))
+    assert result.desired_after == 2
+    # WHEN the instance goes: the interrupted job is retried once, the runner deleted
+    invoke(client, lifecycle_event("aws_lifecycle_terminate.json", instance))
+    retried = [j for j in fake_gitlab.jobs.values() if j.id != job_id and j.name == "build"]
+    assert len(retried) == 1
+    assert runner.id not in fake_gitlab.runners
+
+
+def test_malformed_machine_event_is_dropped(world: Any) -> None:
+    _, fleet, client = world
+    event = lifecycle_event("aws_lifecycle_launch.json", "i-0123456789abcdef0")
+    del event["detail"]["LifecycleActionToken"]  # the envelope is sound (EventBridge's), the detail is not
+    out = invoke(client, event)
+    assert out["action"] == "dropped" and fleet.completed == []
+
+
+def test_complete_lifecycle_action_makes_the_real_call(aws: AwsClients) -> None:
+    """The seam moto lacks, checked with botocore's Stubber: exact parameters of the real API call."""
+    fleet = AsgFleet(aws)
+    client = aws.client("autoscaling")
+    with Stubber(client) as stub:
+        stub.add_response(
+            "complete_lifecycle_action",
+            {},
+            {
+                "AutoScalingGroupName": "test-linux",
+                "LifecycleHookName": "launch",
+                "LifecycleActionToken": TOKEN,
+                "LifecycleActionResult": "ABANDON",
+                "InstanceId": "i-0123456789abcdef0",
+            },
+        )
+        fleet.complete_lifecycle_action("test-linux", "launch", TOKEN, "i-0123456789abcdef0", "ABANDON")
+        stub.assert_no_pending_responses()
+
+
+def test_no_token_or_key_in_logs(
+    world: Any, fake_gitlab: FakeGitLab, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack, _, client = world
+    instance = launched_instance(stack)
+    with caplog.at_level("DEBUG"):
+        invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))
+        invoke(client, lifecycle_event("aws_lifecycle_terminate.json", instance))
+    captured = caplog.text + capsys.readouterr().out
+    assert "PRIVATE KEY" not in captured
+    assert "glrt-" not in captured and "runner_token" not in captured
