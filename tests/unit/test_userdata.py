@@ -38,7 +38,9 @@ SHELLCHECK = shutil.which("shellcheck", path=f"{Path(sys.executable).parent}:{os
 def test_linux_script_is_shellcheck_clean(tmp_path: Path) -> None:
     path = script("linux", tmp_path)
     assert SHELLCHECK is not None
-    result = subprocess.run([SHELLCHECK, "-S", "warning", str(path)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [SHELLCHECK, "-S", "warning", str(path)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout
 
 
