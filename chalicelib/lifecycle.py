@@ -19,7 +19,7 @@ from chalicelib.config import Config, Pool
 from chalicelib.errors import AwsCallError, GitLabError, MalformedEventError, NotFoundError
 from chalicelib.fleet import Fleet
 from chalicelib.jobs import DirtyMarker, runner_description
-from chalicelib.resources import Names
+from chalicelib.resources import TAG_INSTANCE_ARN, TAG_POOL, Names
 from chalicelib.store import MachineRecord, Store
 
 if TYPE_CHECKING:
@@ -78,6 +78,13 @@ class LifecycleAction:
     token: str
     instance_id: str
     transition: str  # autoscaling:EC2_INSTANCE_LAUNCHING | autoscaling:EC2_INSTANCE_TERMINATING
+    region: str = ""
+    account: str = ""
+
+    @property
+    def instance_arn(self) -> str:
+        """The ARN IAM sees as `ec2:SourceInstanceARN` on the machine's own requests."""
+        return f"arn:aws:ec2:{self.region}:{self.account}:instance/{self.instance_id}"
 
 
 @dataclass
@@ -180,7 +187,7 @@ class Lifecycle:
         self.secrets.put_machine_secret(
             self.names.machine_secret(action.instance_id),
             json.dumps(payload),
-            {"runner-scaler:pool": pool.name, "runner-scaler:instance-id": action.instance_id},
+            {TAG_POOL: pool.name, TAG_INSTANCE_ARN: action.instance_arn},
         )
         base = record or MachineRecord(instance_id=action.instance_id, pool=pool.name, launched_at=now)
         self.store.put_machine(replace(base, runner_id=int(created.id)))
@@ -331,6 +338,8 @@ def handle_machine_event(rt: Runtime, raw: dict[str, Any]) -> dict[str, Any]:
             token=detail.lifecycle_action_token,
             instance_id=event.instance_id,
             transition=str(detail.lifecycle_transition),
+            region=event.region,
+            account=event.account,
         )
         outcome = use_case.launch(action, now) if event.is_launch else use_case.terminate(action, now)
     elif isinstance(event, SpotInterruptionEvent):

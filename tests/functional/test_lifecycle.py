@@ -85,6 +85,12 @@ def test_launch_creates_the_runner_and_the_machine_secret(world: Any, fake_gitla
     ca = x509.load_pem_x509_certificates(secret["ca_bundle"].encode())[0]
     leaf.verify_directly_issued_by(ca)
     assert "BEGIN" in secret["server_key"] and "ca_key" not in json.dumps(secret)
+    # AND only this instance may read it: the tag the instance role's IAM condition compares
+    tags = stack.aws.call("secretsmanager", "describe_secret", SecretId=f"test/machines/{instance}")["Tags"]
+    assert {
+        "Key": "runner-scaler:instance-arn",
+        "Value": f"arn:aws:ec2:us-west-2:123456789012:instance/{instance}",
+    } in tags
     # AND the machine is recorded, and the lifecycle action completed with CONTINUE
     assert stack.runtime.store.get_machine(instance).runner_id == runner.id
     assert fleet.completed == [(instance, "CONTINUE")] and out["result"] == "CONTINUE"
