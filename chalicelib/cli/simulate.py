@@ -1,0 +1,129 @@
+"""`runner-scaler simulate`: replay a job trace against our scaler and the baselines; tables, JSON, chart.
+
+Imports typer and rich; the simulator and matplotlib only when the command runs, so other commands start fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from chalicelib.config import Config, load_config_file
+from chalicelib.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sim.traces import TraceJob
+    from sim.world import RunResult
+
+console = Console()
+err = Console(stderr=True)
+
+_UNITS = {
+    "wait_p50_s": "s",
+    "wait_p95_s": "s",
+    "wait_p99_s": "s",
+    "wait_max_s": "s",
+    "machine_hours": "h",
+    "cost_usd": "USD",
+}
+
+
+def simulate(
+    trace: Annotated[
+        Path, typer.Option("--trace", help="job trace CSV: pipeline_id,created_s,stage,name,tags,duration_s")
+    ],
+    config: Annotated[Path, typer.Option("--config", help="runner-scaler TOML config (pools, prices)")],
+    policies: Annotated[
+        str,
+        typer.Option(
+            "--policies", help="all, or names: ours,docker-machine,taskscaler,webhook-scaler,static,oracle"
+        ),
+    ] = "all",
+    seed: Annotated[
+        int, typer.Option("--seed", help="seed of every random draw (same seed, same results)")
+    ] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write {policy: metrics} here")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="write the wait-vs-cost and fleet-size chart (PNG)")
+    ] = None,
+) -> None:
+    """Simulate the trace under each policy on the same world and seed, then compare wait, cost and safety."""
+    from sim.simulate import metrics_json, policy_names, write_json
+
+    try:
+        names = policy_names(policies)
+    except ValueError as exc:
+        err.print(f"[red]--policies: {exc}[/red]")
+        raise typer.Exit(2) from None
+    cfg, jobs = _inputs(trace, config)
+    results = _run(jobs, cfg, names, seed)
+    for name, result in results.items():
+        console.print(_table(name, result))
+    console.print(_comparison(results))
+    if json_out is not None:
+        write_json(json_out, metrics_json(results))
+        err.print(f"wrote {json_out}")
+    if plot is not None:
+        from sim.plot import plot_runs
+
+        plot_runs(results, plot, f"{trace.name} with {config.name}, seed {seed}")
+        err.print(f"wrote {plot}")
+
+
+def _inputs(trace: Path, config: Path) -> tuple[Config, list[TraceJob]]:
+    """The config and the trace, or a readable error and exit 1."""
+    from sim.traces import TraceError, read_trace
+
+    try:
+        return load_config_file(config), read_trace(trace)
+    except (ConfigError, TraceError) as exc:
+        err.print(f"[red]{exc}[/red]", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _run(jobs: list[TraceJob], cfg: Config, names: list[str], seed: int) -> dict[str, RunResult]:
+    """Every policy in turn, one progress bar each, advancing with simulated time."""
+    from sim.simulate import simulate as run_policies
+
+    columns = (TextColumn("{task.description:<15}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=False) as progress:
+        tasks: dict[str, TaskID] = {n: progress.add_task(n, total=1.0) for n in names}
+
+        def report(name: str, fraction: float) -> None:
+            progress.update(tasks[name], completed=fraction)
+
+        return run_policies(jobs, cfg, names, seed=seed, progress=report)
+
+
+def _table(name: str, result: RunResult) -> Table:
+    table = Table(title=f"policy: {name}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.metrics.items():
+        unit = _UNITS.get(key, "")
+        table.add_row(key, f"{value}{' ' + unit if unit else ''}")
+    return table
+
+
+def _comparison(results: dict[str, RunResult]) -> Table:
+    table = Table(title="all policies", title_justify="left")
+    for column in ("policy", "wait p50 s", "wait p95 s", "cost USD", "machine h", "busy killed", "API calls"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for name, result in results.items():
+        m = result.metrics
+        killed = str(m["busy_killed"])
+        table.add_row(
+            name,
+            str(m["wait_p50_s"]),
+            str(m["wait_p95_s"]),
+            f"{m['cost_usd']:.2f}",
+            str(m["machine_hours"]),
+            f"[red]{killed}[/red]" if m["busy_killed"] else killed,
+            str(m["api_calls"]),
+        )
+    return table

@@ -1,0 +1,190 @@
+"""`python -m sim.bench` (`make bench`): the standard scenarios, every policy, results and charts in `bench/`.
+
+Prints ours as ratios to the best baseline and the oracle, and whether the goal of issue #11 is met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from chalicelib.config import load_config_file
+from sim.simulate import POLICIES, simulate, write_json
+from sim.traces import TRACES_DIR, read_trace
+from sim.world import RunResult
+
+SCENARIOS_DIR = Path(__file__).parent / "scenarios"
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+
+#: Baselines that may be "the best baseline": every policy but ours and the oracle.
+BASELINES = ("docker-machine", "taskscaler", "webhook-scaler", "static")
+#: The goal: wait p95 at most the best baseline's, cost at most 0.8 x its cost and 1.2 x the oracle's.
+COST_VS_BEST = 0.8
+COST_VS_ORACLE = 1.2
+
+Metrics = Mapping[str, float | int]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    trace: str  # file stem under sim/traces
+    config: str  # file stem under sim/scenarios
+
+    @property
+    def trace_path(self) -> Path:
+        return TRACES_DIR / f"{self.trace}.csv"
+
+    @property
+    def config_path(self) -> Path:
+        return SCENARIOS_DIR / f"{self.config}.toml"
+
+
+SCENARIOS = (
+    Scenario("linux-workday", "linux_workday", "linux"),
+    Scenario("burst", "burst", "burst"),
+    Scenario("multi-pool", "multi_pool", "multi"),
+    Scenario("windows", "windows", "windows"),
+    Scenario("macos-hosts", "macos", "macos"),
+)
+
+
+def best_baseline(policies: Mapping[str, Metrics], names: Sequence[str] = BASELINES) -> str:
+    """The baseline with the lowest wait p95; a tie goes to the cheaper one."""
+    present = [n for n in names if n in policies]
+    return min(present, key=lambda n: (policies[n]["wait_p95_s"], policies[n]["cost_usd"], n))
+
+
+def assess(policies: Mapping[str, Metrics], ours: str = "ours") -> dict[str, object]:
+    """Ours against the best baseline (and the best autoscaler, static excluded) and the oracle."""
+    mine = policies[ours]
+    best = best_baseline(policies)
+    autoscaler = best_baseline(policies, [n for n in BASELINES if n != "static"])
+    oracle = policies["oracle"]
+    out: dict[str, object] = {"best_baseline": best, "best_autoscaler": autoscaler}
+    for label, name in (("vs_best", best), ("vs_best_autoscaler", autoscaler)):
+        other = policies[name]
+        wait_ok = mine["wait_p95_s"] <= other["wait_p95_s"]
+        cost_ok = mine["cost_usd"] <= COST_VS_BEST * other["cost_usd"]
+        out[label] = {
+            "wait_p95_ratio": _ratio(mine["wait_p95_s"], other["wait_p95_s"]),
+            "wait_p95_delta_s": round(float(mine["wait_p95_s"]) - float(other["wait_p95_s"]), 1),
+            "cost_ratio": _ratio(mine["cost_usd"], other["cost_usd"]),
+            "wait_ok": wait_ok,
+            "cost_ok": cost_ok,
+        }
+    oracle_ok = mine["cost_usd"] <= COST_VS_ORACLE * oracle["cost_usd"]
+    vs_best = out["vs_best"]
+    assert isinstance(vs_best, dict)
+    out["cost_vs_oracle"] = _ratio(mine["cost_usd"], oracle["cost_usd"])
+    out["oracle_ok"] = oracle_ok
+    out["busy_killed_ok"] = mine["busy_killed"] == 0
+    out["goal_met"] = bool(
+        vs_best["wait_ok"] and vs_best["cost_ok"] and oracle_ok and mine["busy_killed"] == 0
+    )
+    return out
+
+
+def _ratio(mine: float | int, other: float | int) -> float | None:
+    """mine / other, rounded; None when other is 0 (a ratio to zero says nothing: see the delta)."""
+    return round(float(mine) / float(other), 3) if other else None
+
+
+def _run_one(scenario: Scenario, policy: str, seed: int) -> tuple[str, str, RunResult]:
+    config = load_config_file(scenario.config_path)
+    trace = read_trace(scenario.trace_path)
+    return scenario.name, policy, simulate(trace, config, [policy], seed=seed)[policy]
+
+
+def run_bench(
+    scenarios: Sequence[Scenario], policies: Sequence[str], seed: int, workers: int
+) -> dict[str, dict[str, RunResult]]:
+    """Every (scenario, policy) run, spread over `workers` processes; deterministic whatever the order."""
+    tasks = [(s, p) for s in scenarios for p in policies]
+    results: dict[str, dict[str, RunResult]] = {s.name: {} for s in scenarios}
+    if workers <= 1:
+        for scenario, policy in tasks:
+            name, pol, result = _run_one(scenario, policy, seed)
+            results[name][pol] = result
+        return results
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_run_one, s, p, seed) for s, p in tasks]
+        for future in futures:
+            name, pol, result = future.result()
+            results[name][pol] = result
+    return {s.name: {p: results[s.name][p] for p in policies} for s in scenarios}
+
+
+def report(scenario: Scenario, runs: Mapping[str, RunResult], verdict: Mapping[str, object]) -> str:
+    """The scenario's table and ours' ratios, as plain text."""
+    lines = [f"== {scenario.name} ({scenario.trace_path.name}, {scenario.config_path.name})"]
+    lines.append(
+        f"{'policy':<16}{'p50 s':>9}{'p95 s':>9}{'p99 s':>9}{'cost $':>10}{'mach h':>9}{'killed':>7}"
+    )
+    for name, run in runs.items():
+        m = run.metrics
+        lines.append(
+            f"{name:<16}{m['wait_p50_s']:>9}{m['wait_p95_s']:>9}{m['wait_p99_s']:>9}"
+            f"{m['cost_usd']:>10.2f}{m['machine_hours']:>9}{m['busy_killed']:>7}"
+        )
+    for label in ("vs_best", "vs_best_autoscaler"):
+        v = verdict[label]
+        assert isinstance(v, dict)
+        other = verdict["best_baseline" if label == "vs_best" else "best_autoscaler"]
+        lines.append(
+            f"ours {label} ({other}): wait p95 x{v['wait_p95_ratio']} ({v['wait_p95_delta_s']:+} s) "
+            f"{'ok' if v['wait_ok'] else 'NOT ok'}; cost x{v['cost_ratio']} "
+            f"{'ok' if v['cost_ok'] else 'NOT ok'} (goal <= {COST_VS_BEST})"
+        )
+    lines.append(
+        f"ours cost vs oracle x{verdict['cost_vs_oracle']} {'ok' if verdict['oracle_ok'] else 'NOT ok'} "
+        f"(goal <= {COST_VS_ORACLE}); busy_killed ok: {verdict['busy_killed_ok']}; "
+        f"GOAL {'MET' if verdict['goal_met'] else 'NOT MET'}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim.bench", description=__doc__)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR, help="where results.json and the PNGs go")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    results = run_bench(SCENARIOS, list(POLICIES), args.seed, args.workers)
+    args.out.mkdir(parents=True, exist_ok=True)
+    document: dict[str, object] = {
+        "seed": args.seed,
+        "best_baseline": "non-oracle baseline with the lowest wait_p95_s; ties: lower cost_usd",
+        "goal": f"wait_p95 <= best's, cost <= {COST_VS_BEST} x best's, cost <= {COST_VS_ORACLE} x oracle's",
+        "scenarios": {},
+    }
+    scenarios_doc: dict[str, object] = {}
+    for scenario in SCENARIOS:
+        runs = results[scenario.name]
+        verdict = assess({n: r.metrics for n, r in runs.items()})
+        scenarios_doc[scenario.name] = {
+            "trace": str(scenario.trace_path.relative_to(BENCH_DIR.parent)),
+            "config": str(scenario.config_path.relative_to(BENCH_DIR.parent)),
+            "policies": {n: r.metrics for n, r in runs.items()},
+            "assessment": verdict,
+        }
+        sys.stdout.write(report(scenario, runs, verdict) + "\n\n")
+        if not args.no_plots:
+            from sim.plot import plot_runs
+
+            plot_runs(runs, args.out / f"{scenario.name}.png", f"{scenario.name} (seed {args.seed})")
+    document["scenarios"] = scenarios_doc
+    write_json(args.out / "results.json", document)
+    sys.stdout.write(f"wrote {args.out / 'results.json'} in {time.monotonic() - started:.0f} s\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
