@@ -116,6 +116,13 @@ class Store(Protocol):
         """Undo `first_seen` when the event could not be applied, so a resend is not taken for a duplicate."""
         ...
 
+    def suspect(self, key: str, now: datetime) -> datetime:
+        """Note a suspicion (an orphan seen); returns when it was FIRST noted, so two observations a set
+        time apart can be required before acting on it."""
+        ...
+
+    def clear_suspect(self, key: str) -> None: ...
+
     def note_projects(self, gitlab: str, project_ids: Iterable[int], now: datetime) -> None:
         """Remember projects that had jobs, so the tick can look there for jobs no webhook announced."""
         ...
@@ -312,6 +319,28 @@ class DynamoStore:
             "delete_item",
             TableName=self._table,
             Key=self._dump({TABLE_PK: f"EVENT#{key}", TABLE_SK: "EVENT"}),
+        )
+
+    # -- suspicions -----------------------------------------------------------------------------------
+    def suspect(self, key: str, now: datetime) -> datetime:
+        result = self._aws.call(
+            "dynamodb",
+            "update_item",
+            TableName=self._table,
+            Key=self._dump({TABLE_PK: f"SUSPECT#{key}", TABLE_SK: "SUSPECT"}),
+            UpdateExpression=f"SET first_seen = if_not_exists(first_seen, :now), {TABLE_TTL_ATTRIBUTE} = :ttl",
+            ExpressionAttributeValues=self._dump({":now": _iso(now), ":ttl": _epoch(now + EVENT_TTL)}),
+            ReturnValues="ALL_NEW",
+        )
+        first = _dt(self._load(result["Attributes"]).get("first_seen"))
+        return first or now
+
+    def clear_suspect(self, key: str) -> None:
+        self._aws.call(
+            "dynamodb",
+            "delete_item",
+            TableName=self._table,
+            Key=self._dump({TABLE_PK: f"SUSPECT#{key}", TABLE_SK: "SUSPECT"}),
         )
 
     # -- projects -------------------------------------------------------------------------------------
@@ -561,6 +590,7 @@ class MemoryStore:
         self._events: dict[str, datetime] = {}
         self._leases: dict[str, tuple[str, datetime]] = {}
         self._projects: dict[tuple[str, int], datetime] = {}
+        self._suspects: dict[str, datetime] = {}
 
     def record_job(self, job: JobRecord, now: datetime) -> bool:
         with self._lock:
@@ -619,6 +649,14 @@ class MemoryStore:
     def forget_event(self, key: str) -> None:
         with self._lock:
             self._events.pop(key, None)
+
+    def suspect(self, key: str, now: datetime) -> datetime:
+        with self._lock:
+            return self._suspects.setdefault(key, now)
+
+    def clear_suspect(self, key: str) -> None:
+        with self._lock:
+            self._suspects.pop(key, None)
 
     def note_projects(self, gitlab: str, project_ids: Iterable[int], now: datetime) -> None:
         with self._lock:

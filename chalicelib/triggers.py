@@ -14,6 +14,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import BaseModel, ValidationError
 
 from chalicelib import metrics
+from chalicelib.errors import RunnerScalerError
 from chalicelib.heal import heal
 from chalicelib.reconcile import ReconcileResult
 from chalicelib.runtime import Runtime
@@ -40,12 +41,54 @@ def run_tick(rt: Runtime, owner: str) -> list[ReconcileResult]:
         if report.errors:
             logger.warning("heal errors", extra={"errors": report.errors[:5]})
         _check_hooks(rt)
+        _sweep(rt)
+    _ensure_certs(rt)
     results = rt.reconciler(owner).reconcile_all(rt.now())
     metrics.emit_reconcile(rt.config, results, rt.aws.total_calls - calls_before)
     for result in results:
         if result.errors:
             logger.warning("reconcile errors", extra={"pool": result.pool, "errors": result.errors})
     return results
+
+
+SWEEP_INTERVAL_SECONDS = 300
+CERT_CHECK_INTERVAL_SECONDS = 900
+
+
+def _once_per(rt: Runtime, what: str, seconds: int) -> bool:
+    """True for one caller per interval across all containers (a conditional write in the store)."""
+    now = rt.now()
+    return rt.store.first_seen(f"{what}#{int(now.timestamp()) // seconds}", now)
+
+
+def _sweep(rt: Runtime) -> None:
+    """Every 5 minutes: delete runners of vanished instances, replace machines that never came up."""
+    if not _once_per(rt, "sweep", SWEEP_INTERVAL_SECONDS):
+        return
+    from chalicelib.secrets import AwsSecrets
+    from chalicelib.sweep import sweep
+
+    groups = rt.fleet.read_groups([p.asg for p in rt.config.pools])
+    report = sweep(rt.config, rt.names, rt.store, rt.fleet, rt.gitlab, AwsSecrets(rt.aws), groups, rt.now())
+    if report.deleted_runners or report.terminated:
+        metrics.emit_count("OrphansRemoved", len(report.deleted_runners) + len(report.terminated))
+    if report.errors:
+        logger.warning("sweep errors", extra={"errors": report.errors[:5]})
+
+
+def _ensure_certs(rt: Runtime) -> None:
+    """Every 15 minutes: create the fleet's base certificates, or rotate them once inside regenerate_before."""
+    if not _once_per(rt, "certs", CERT_CHECK_INTERVAL_SECONDS):
+        return
+    from chalicelib.rotation import ensure_base_certs_for
+
+    try:
+        outcome = ensure_base_certs_for(rt)
+    except RunnerScalerError as exc:
+        logger.error("base certificate check failed", extra={"error": str(exc)})
+        metrics.emit_count("CertificateCheckFailed", 1)
+        return
+    logger.info("base certificates", extra={"action": outcome.action, "secret": outcome.secret})
 
 
 def _check_hooks(rt: Runtime) -> None:

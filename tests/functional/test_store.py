@@ -145,3 +145,10 @@ def test_only_a_skipped_job_can_be_reopened(store: Store) -> None:
     store.record_job(job("success", 2), T0)
     assert not store.reopen_skipped(job("pending", 2), T0)
     assert store.get_job("gitlab.example.com", 2).status == "success"  # type: ignore[union-attr]
+
+
+def test_a_suspicion_remembers_when_it_was_first_seen(store: Store) -> None:
+    assert store.suspect("runner#1", T0) == T0
+    assert store.suspect("runner#1", T0 + timedelta(minutes=3)) == T0
+    store.clear_suspect("runner#1")
+    assert store.suspect("runner#1", T0 + timedelta(minutes=5)) == T0 + timedelta(minutes=5)
