@@ -212,12 +212,14 @@ class BaseCerts:
                 policy=CertPolicy.from_dict(dict(data.get("policy") or {})),
                 retired=tuple(RetiredCa.from_dict(r) for r in data.get("retired_cas") or []),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+            # Parse now: a broken PEM fails here with a clear message, not deep inside a rotation step.
+            base.ca  # noqa: B018
+            base.client  # noqa: B018
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CertificateError(
                 f"base certs JSON is not usable ({type(exc).__name__}: {exc}); regenerate them with "
                 "`runner-scaler certs regenerate-base-certs`"
             ) from None
-        base.ca  # noqa: B018  (parse now: a broken PEM fails here with a clear message, not deep in a step)
         return base
 
     def trusted_at(self, now: datetime) -> BaseCerts:
