@@ -328,8 +328,8 @@ class DynamoStore:
             "update_item",
             TableName=self._table,
             Key=self._dump({TABLE_PK: f"SUSPECT#{key}", TABLE_SK: "SUSPECT"}),
-            UpdateExpression=f"SET first_seen = if_not_exists(first_seen, :now), {TABLE_TTL_ATTRIBUTE} = :ttl",
-            ExpressionAttributeValues=self._dump({":now": _iso(now), ":ttl": _epoch(now + EVENT_TTL)}),
+            UpdateExpression=f"SET first_seen = if_not_exists(first_seen, :now), {TABLE_TTL_ATTRIBUTE} = :t",
+            ExpressionAttributeValues=self._dump({":now": _iso(now), ":t": _epoch(now + EVENT_TTL)}),
             ReturnValues="ALL_NEW",
         )
         first = _dt(self._load(result["Attributes"]).get("first_seen"))

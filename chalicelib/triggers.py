@@ -77,7 +77,7 @@ def _sweep(rt: Runtime) -> None:
 
 
 def _ensure_certs(rt: Runtime) -> None:
-    """Every 15 minutes: create the fleet's base certificates, or rotate them once inside regenerate_before."""
+    """Every 15 minutes: create the base certificates, or rotate them once inside regenerate_before."""
     if not _once_per(rt, "certs", CERT_CHECK_INTERVAL_SECONDS):
         return
     from chalicelib.rotation import ensure_base_certs_for
