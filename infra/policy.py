@@ -312,7 +312,7 @@ def _host_grants(scope: Scope) -> list[Grant]:
 def _log_grants(scope: Scope) -> list[Grant]:
     if not scope.log_groups:
         return []
-    actions = ("logs:CreateLogStream", "logs:PutLogEvents")
+    actions: tuple[str, ...] = ("logs:CreateLogStream", "logs:PutLogEvents")
     if scope.create_log_groups:
         actions += ("logs:CreateLogGroup",)
     resources = tuple(arn for group in scope.log_groups for arn in (group, f"{group}:*"))
