@@ -397,8 +397,6 @@ class MemorySecrets:
             secret = self._find(secret_id)
             pending, current = secret.holder(AWSPENDING), secret.holder(AWSCURRENT)
             if pending is not None and pending != current:
-                if pending == token:
-                    return pending
                 raise SecretConflictError(f"secret {secret_id}: a previous rotation isn't complete")
             secret.rotation_lambda_arn = lambda_arn or secret.rotation_lambda_arn
             if not secret.rotation_lambda_arn:
