@@ -217,8 +217,7 @@ def lambda_grants(scope: Scope) -> list[Grant]:
                 "secretsmanager:DescribeSecret",
             ),
             (scope.secret_arn(f"{scope.prefix}/machines/*"),),
-            "lifecycle: store each machine's runner token and server certificate, delete it at terminate",
-            Origin.PLANNED,
+            "lifecycle: each machine's runner token and server cert, deleted at terminate (secrets.py)",
         ),
         Grant(
             "RotateBaseCerts",
@@ -229,8 +228,7 @@ def lambda_grants(scope: Scope) -> list[Grant]:
                 "secretsmanager:RotateSecret",
             ),
             (scope.secret_arn(names.base_certs_secret),),
-            "rotation: the four Secrets Manager rotation steps of the fleet's Docker TLS CA",
-            Origin.PLANNED,
+            "rotation: the four Secrets Manager rotation steps of the fleet's Docker TLS CA (rotation.py)",
         ),
     ]
     grants += _host_grants(scope)

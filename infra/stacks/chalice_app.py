@@ -145,7 +145,11 @@ class App(Construct):
         names = self.settings.names
         check_names(self.wiring, queue=names.queue, topic=f"{names.prefix}{ALARM_TOPIC_SUFFIX}")
         for binding in self.wiring.queues:
-            self._event(binding.function, binding.event).add_property_override("Queue", queue_arn)
+            source = self._event(binding.function, binding.event)
+            source.add_property_override("Queue", queue_arn)
+            # The handler answers with batchItemFailures (powertools process_partial_response); Lambda reads
+            # them only with this response type, else one failed pool would redeliver the whole batch.
+            source.add_property_override("FunctionResponseTypes", ["ReportBatchItemFailures"])
         for binding in self.wiring.topics:
             self._event(binding.function, binding.event).add_property_override("Topic", topic_arn)
 

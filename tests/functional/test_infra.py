@@ -372,6 +372,7 @@ def test_dirty_queue_source_is_bound_to_the_stack_queue(synth: Synth) -> None:
     props = synth.raw["Resources"]["PoolDirty"]["Properties"]
     (event,) = props["Events"].values()
     assert event["Properties"]["Queue"] == {"Fn::GetAtt": [queue, "Arn"]}
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
 
 
 def handler_or_skip(synth: Synth, found: list[str], what: str) -> str:
