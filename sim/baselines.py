@@ -420,7 +420,7 @@ class Oracle(_Counted):
             pool = pool_for_tags(job.tags, world.config.pools)
             if pool is None:
                 continue
-            boot = boot_time(pool.platform, rng)
+            boot = world.options.boot_s if world.options.boot_s is not None else boot_time(pool.platform, rng)
             start = pending[index]
             out.append(_Launch(max(0.0, start - boot), pool.name, boot, start + job.duration_s))
         return out

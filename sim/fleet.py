@@ -62,12 +62,14 @@ class SimFleet:
         hosts: SimHosts,
         ledger: Ledger,
         boot_rng: random.Random,
+        fixed_boot_s: float | None = None,
     ) -> None:
         self._loop = loop
         self._gitlab = gitlab
         self._hosts = hosts
         self._ledger = ledger
         self._boot_rng = boot_rng
+        self._fixed_boot_s = fixed_boot_s
         self._ids = itertools.count(1)
         self.groups = {p.name: SimGroup(p) for p in pools}
         self.pool_of_asg = {p.asg: p.name for p in pools}
@@ -145,11 +147,12 @@ class SimFleet:
             host_id = self._hosts.place(pool.name, instance_id)
             if host_id is None:
                 return False
-        boot = (
-            group.boot_overrides.popleft()
-            if group.boot_overrides
-            else boot_time(pool.platform, self._boot_rng)
-        )
+        if group.boot_overrides:
+            boot = group.boot_overrides.popleft()
+        elif self._fixed_boot_s is not None:
+            boot = self._fixed_boot_s
+        else:
+            boot = boot_time(pool.platform, self._boot_rng)
         now = self._loop.now
         machine = SimMachine(instance_id, pool, number, now, boot, host_id=host_id)
         group.live[instance_id] = machine

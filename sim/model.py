@@ -27,7 +27,7 @@ class SimOptions:
     `busy_lag_*`: how long after GitLab hands a job to a runner the scaler hears of it (the `running`
     webhook and the runner's busy flag): exponential with this mean, capped. `drain_recheck` is a test-only
     switch: False makes the reconciler skip its re-check before terminating, to prove the invariant test
-    can fail.
+    can fail. `boot_s` fixes every boot time (hand-checked tests, what-if runs) instead of drawing it.
     """
 
     webhook_delay_s: float = 1.0
@@ -42,6 +42,7 @@ class SimOptions:
     tail_s: float = 3600.0
     max_overrun_s: float = 12 * 3600.0
     start: datetime = START
+    boot_s: float | None = None
     drain_recheck: bool = True
 
 

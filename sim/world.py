@@ -116,7 +116,13 @@ class World:
         )
         self.hosts = SimHosts(self.loop, options, on_room=self._host_room)
         self.fleet = SimFleet(
-            self.loop, self.config.pools, self.gitlab, self.hosts, self.ledger, self.rng("boot")
+            self.loop,
+            self.config.pools,
+            self.gitlab,
+            self.hosts,
+            self.ledger,
+            self.rng("boot"),
+            options.boot_s,
         )
         self.jobs = [
             SimJob(index, job, project_id=1 + job.pipeline_id % max(1, options.projects), job_id=0)
