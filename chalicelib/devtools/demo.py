@@ -29,23 +29,15 @@ from chalicelib.aws import AwsClients
 from chalicelib.capacity import pool_for_tags
 from chalicelib.capacity.engine import slots_per_new_machine
 from chalicelib.config import Config, Pool, load_config_file, parse_config
+from chalicelib.devtools.alarms import CloudWatch, scaler_alarms
 from chalicelib.devtools.bootstrap import bootstrap
 from chalicelib.devtools.demo_report import Recorder, clock_text, live_view, summarise, write_timeline
+from chalicelib.devtools.event_sources import EventSources, RotationService
 from chalicelib.devtools.fake_gitlab import TERMINAL, FakeGitLab, FakeJob, JobSpec
-from chalicelib.devtools.local_app import (
-    Handler,
-    LocalApp,
-    eventbridge_event,
-    load_app,
-    matches_pattern,
-    schedule_due,
-    scheduled_event,
-    sqs_event,
-    wait_until_serving,
-)
-from chalicelib.devtools.local_aws import ACCOUNT, LocalAws
+from chalicelib.devtools.local_app import LocalApp, load_app, wait_until_serving
+from chalicelib.devtools.local_aws import LocalAws
 from chalicelib.devtools.machines import SimulatedMachines
-from chalicelib.errors import AwsCallError, ConfigError
+from chalicelib.errors import ConfigError
 from chalicelib.resources import ENV_PREFIX, ENV_QUEUE_URL, Names, names_from_env
 from chalicelib.runtime import Runtime
 from sim.traces import TraceError, TraceJob, read_trace
@@ -112,12 +104,11 @@ instance_types = ["m6i.xlarge"]
 
 #: Stage names for the trace's stage numbers (GitLab runs stages in this order).
 STAGE_NAMES = ("build", "test", "package", "deploy")
-#: Lifecycle hook names the demo's groups would carry (infra/ attaches hooks of these kinds).
-LAUNCH_HOOK = "runner-scaler-launching"
 #: Wall seconds a step waits for the webhooks it caused: GitLab delivers within about a second, so they land
 #: in the same simulated step, before the next reconcile.
 WEBHOOK_WAIT = 10.0
-TERMINATE_HOOK = "runner-scaler-terminating"
+#: How long the staged incident throttles the app's Auto Scaling reads (long enough for 3-of-5 alarms).
+DRILL_DURATION = timedelta(minutes=4)
 
 
 @dataclass(frozen=True)
@@ -134,6 +125,7 @@ class DemoOptions:
     sample_every: timedelta = timedelta(seconds=15)
     live: bool = True  # draw the rich live view (off in tests and when stdout is not a terminal)
     settle: timedelta | None = None  # after the last job: how long to watch scale-in (None: from idle_time)
+    drill: bool = True  # stage an AWS throttling incident a third into the trace (see Drill)
 
 
 @dataclass
@@ -306,254 +298,6 @@ def check_routable(jobs: list[TraceJob], config: Config, source: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The AWS services that invoke the app
-
-
-@dataclass
-class _Queue:
-    handler: str
-    url: str
-    arn: str
-    batch_size: int
-    visibility_s: int
-
-
-class EventSources:
-    """The AWS side of the app's event sources: EventBridge schedules and rules, SQS event source mappings.
-
-    Everything runs in the demo's one platform thread, as the machines do, so the order of events is clear.
-    Implements the machines' `Lifecycle`: launch and terminate lifecycle actions go to every `on_cw_event`
-    handler whose rule pattern matches, as EventBridge routes them.
-    """
-
-    def __init__(self, app: LocalApp, aws: AwsClients, *, region: str, speed: float) -> None:
-        self._app = app
-        self._aws = aws
-        self._region = region
-        self._speed = speed
-        self._last_run: dict[str, datetime] = {}
-        self._queues = [q for h in app.handlers_of("sqs") if (q := self._queue(h)) is not None]
-        self.notes: list[str] = []
-
-    # -- schedules and queues -------------------------------------------------------------------
-
-    def poll(self, now: datetime) -> None:
-        for handler in self._app.handlers_of("schedule"):
-            expression = handler.source.schedule_expression
-            if schedule_due(expression, self._last_run.get(handler.name), now):
-                self._last_run[handler.name] = now
-                self._app.invoke(handler.name, scheduled_event(handler.name, now, self._region))
-        for queue in self._queues:
-            self._drain(queue)
-
-    def _queue(self, handler: Handler) -> _Queue | None:
-        source = handler.source
-        name = source.queue or str(source.queue_arn or "").rsplit(":", 1)[-1]
-        try:
-            url = str(self._aws.call("sqs", "get_queue_url", QueueName=name)["QueueUrl"])
-            attributes = self._aws.call(
-                "sqs", "get_queue_attributes", QueueUrl=url, AttributeNames=["QueueArn", "VisibilityTimeout"]
-            )["Attributes"]
-        except AwsCallError as exc:
-            logger.warning(
-                "queue of an SQS handler not found", extra={"handler": handler.name, "error": str(exc)}
-            )
-            return None
-        # A failed message comes back after the queue's visibility timeout, in simulated time.
-        visibility = max(1, math.ceil(int(attributes.get("VisibilityTimeout", 30)) / self._speed))
-        return _Queue(handler.name, url, str(attributes["QueueArn"]), min(10, source.batch_size), visibility)
-
-    def _drain(self, queue: _Queue, max_batches: int = 5) -> None:
-        """What Lambda's SQS poller does: receive a batch, invoke, delete what the handler did not fail."""
-        for _ in range(max_batches):
-            got = self._aws.call(
-                "sqs",
-                "receive_message",
-                QueueUrl=queue.url,
-                MaxNumberOfMessages=queue.batch_size,
-                VisibilityTimeout=queue.visibility_s,
-                MessageSystemAttributeNames=["All"],
-                MessageAttributeNames=["All"],
-                WaitTimeSeconds=0,
-            )
-            messages = got.get("Messages", [])
-            if not messages:
-                return
-            answer = self._app.invoke(queue.handler, sqs_event(messages, queue.arn, self._region))
-            if answer is None:
-                return  # the function failed: the whole batch comes back after the visibility timeout
-            failed = {item["itemIdentifier"] for item in answer.get("batchItemFailures", [])}
-            done = [m for m in messages if m["MessageId"] not in failed]
-            if done:
-                self._aws.call(
-                    "sqs",
-                    "delete_message_batch",
-                    QueueUrl=queue.url,
-                    Entries=[{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(done)],
-                )
-
-    # -- EventBridge rules ----------------------------------------------------------------------
-
-    def _lifecycle_event(
-        self, launching: bool, pool: Pool, instance_id: str, now: datetime
-    ) -> dict[str, Any]:
-        kind = "launch" if launching else "terminate"
-        return eventbridge_event(
-            "aws.autoscaling",
-            f"EC2 Instance-{kind} Lifecycle Action",
-            {
-                "LifecycleActionToken": str(uuid.uuid4()),
-                "AutoScalingGroupName": pool.asg,
-                "LifecycleHookName": LAUNCH_HOOK if launching else TERMINATE_HOOK,
-                "EC2InstanceId": instance_id,
-                "LifecycleTransition": "autoscaling:EC2_INSTANCE_"
-                + ("LAUNCHING" if launching else "TERMINATING"),
-            },
-            [
-                f"arn:aws:autoscaling:{self._region}:123456789012:autoScalingGroup:{uuid.uuid4()}"
-                f":autoScalingGroupName/{pool.asg}"
-            ],
-            now,
-            self._region,
-        )
-
-    def route(self, event: dict[str, Any]) -> int:
-        """Send an EventBridge event to each `on_cw_event` handler whose pattern matches; how many took it."""
-        targets = [
-            h for h in self._app.handlers_of("cw_event") if matches_pattern(h.source.event_pattern, event)
-        ]
-        for handler in targets:
-            self._app.invoke(handler.name, event)
-        return len(targets)
-
-    @property
-    def has_lifecycle(self) -> bool:
-        """Whether the app handles launch lifecycle actions (it then creates each machine's runner)."""
-        probe = self._lifecycle_event(True, _PROBE_POOL, "i-00000000000000000", datetime.now(UTC))
-        return any(matches_pattern(h.source.event_pattern, probe) for h in self._app.handlers_of("cw_event"))
-
-    def launched(self, pool: Pool, instance_id: str, now: datetime) -> None:
-        self.route(self._lifecycle_event(True, pool, instance_id, now))
-
-    def terminated(self, pool: Pool, instance_id: str, now: datetime) -> None:
-        self.route(self._lifecycle_event(False, pool, instance_id, now))
-
-
-_PROBE_POOL = Pool(name="probe", asg="probe", tags=("probe",), max_instances=1)
-
-
-# --------------------------------------------------------------------------------------------------
-# Secrets Manager rotation of the fleet's base certs
-
-#: The `@app.lambda_function` Secrets Manager calls to rotate the base certs (infra/ wires this name).
-ROTATION_HANDLER = "rotate_base_certs"
-ROTATION_STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
-
-
-@dataclass
-class Rotation:
-    """One rotation Secrets Manager ran: when, why, and how its steps went."""
-
-    token: str
-    at_s: float
-    reason: str
-    result: str = "queued"  # queued | rotated | failed at <step>
-    ca_sha256: str = ""
-
-
-class RotationService:
-    """Secrets Manager's part in rotating the base certs, which moto cannot play (it would run the function in
-    Docker): RotateSecret stages a value-less AWSPENDING version, then the rotation function runs the four
-    steps, one invocation each. Rotations happen when infra deploys (rotate immediately), at the trace's
-    midpoint (the schedule, compressed), and whenever the app itself calls RotateSecret.
-    """
-
-    def __init__(
-        self, app: LocalApp, aws: AwsClients, local_aws: LocalAws, names: Names, clock: AcceleratedClock
-    ):
-        self._app = app
-        self._aws = aws
-        self._local_aws = local_aws
-        self._clock = clock
-        self.secret = names.base_certs_secret
-        self.enabled = any(h.name == ROTATION_HANDLER for h in app.handlers_of("lambda"))
-        self._function_arn = (
-            f"arn:aws:lambda:{local_aws.region}:{ACCOUNT}:function:{names.prefix}-{ROTATION_HANDLER}"
-        )
-        self._queue: deque[Rotation] = deque()
-        self.rotations: list[Rotation] = []
-        self._seen: tuple[str, str] = ("", "")  # (AWSCURRENT version id, its description for the view)
-
-    def deploy(self, app_aws: AwsClients) -> None:
-        """What infra/ does: a placeholder secret whose schedule rotates immediately; the app's RotateSecret
-        calls answered as Secrets Manager would."""
-        if not self.enabled:
-            return
-        self._aws.call(
-            "secretsmanager",
-            "create_secret",
-            Name=self.secret,
-            SecretString=uuid.uuid4().hex + uuid.uuid4().hex,
-            Description="Fleet Docker TLS CA and client certificate, rotated by rotate_base_certs.",
-        )
-        self._local_aws.intercept(app_aws, "secretsmanager", "RotateSecret", self._rotate_secret)
-        self.rotate("rotate immediately on deploy")
-        self.run_queued()
-
-    def _rotate_secret(self, request: dict[str, Any]) -> dict[str, Any]:
-        token = str(request.get("ClientRequestToken") or uuid.uuid4())
-        self.rotate("RotateSecret by the app", token)
-        return {"ARN": self._arn(), "Name": self.secret, "VersionId": token}
-
-    def rotate(self, reason: str, token: str | None = None) -> None:
-        """Stage a rotation; its steps run at the platform's next move (Secrets Manager invokes later)."""
-        rotation = Rotation(token or str(uuid.uuid4()), self._clock.elapsed(), reason)
-        self._local_aws.stage_rotation(self.secret, rotation.token, self._function_arn, days=30)
-        self._queue.append(rotation)
-        self.rotations.append(rotation)
-
-    def run_queued(self) -> None:
-        while self._queue:
-            rotation = self._queue.popleft()
-            rotation.result = "rotated"
-            for step in ROTATION_STEPS:
-                event = {"SecretId": self._arn(), "ClientRequestToken": rotation.token, "Step": step}
-                if self._app.invoke(ROTATION_HANDLER, event) is None:
-                    rotation.result = f"failed at {step}"
-                    break
-            rotation.ca_sha256 = self._current_ca()[1]
-
-    def _arn(self) -> str:
-        return str(self._aws.call("secretsmanager", "describe_secret", SecretId=self.secret)["ARN"])
-
-    def _current_ca(self) -> tuple[str, str]:
-        """(AWSCURRENT version id, CA fingerprint): parsed once per version."""
-        from chalicelib.certs import fingerprint
-        from chalicelib.rotation import parse_base_certs
-
-        got = self._aws.call(
-            "secretsmanager", "get_secret_value", SecretId=self.secret, VersionStage="AWSCURRENT"
-        )
-        if got["VersionId"] != self._seen[0]:
-            base = parse_base_certs(got["SecretString"])
-            self._seen = (got["VersionId"], fingerprint(base.ca)[:11] if base else "")
-        return self._seen
-
-    def describe(self) -> str:
-        """One line for the live view: the CA in use, the rotations so far, the last one's outcome."""
-        if not self.enabled:
-            return "TLS: no rotation handler in app.py"
-        done = [r for r in self.rotations if r.result != "queued"]
-        if not done:
-            return "TLS: no rotation yet"
-        last = done[-1]
-        return (
-            f"TLS: CA {last.ca_sha256 or '-'} · {len(done)} rotation(s), last at {clock_text(last.at_s)} "
-            f"({last.reason}): {last.result}"
-        )
-
-
-# --------------------------------------------------------------------------------------------------
 # Logs: the live view owns the terminal
 
 
@@ -637,8 +381,34 @@ class _World:
     app_aws: AwsClients
     local_aws: LocalAws
     rotation: RotationService
+    cloudwatch: CloudWatch
+    drill: Drill | None
     notes: deque[str] = field(default_factory=lambda: deque(maxlen=4))
     jobs_done_at: datetime | None = None  # when the last trace job ended
+
+
+@dataclass(frozen=True)
+class Drill:
+    """An incident the demo stages: the app's Auto Scaling reads are throttled for a while (simulated s).
+
+    Reconciles fail, the reconcile-error alarms go to ALARM and back to OK through the alarm topic, and the
+    scaler must catch up afterwards without breaking an invariant.
+    """
+
+    start_s: float
+    end_s: float
+    operation: str = "DescribeAutoScalingGroups"
+    code: str = "Throttling"
+
+    def active(self, elapsed_s: float) -> bool:
+        return self.start_s <= elapsed_s < self.end_s
+
+    def describe(self, elapsed_s: float) -> str:
+        state = "ACTIVE" if self.active(elapsed_s) else ("over" if elapsed_s >= self.end_s else "to come")
+        return (
+            f"drill: Auto Scaling {self.operation} → {self.code} from {clock_text(self.start_s)} "
+            f"to {clock_text(self.end_s)} ({state})"
+        )
 
 
 class Demo:
@@ -722,13 +492,31 @@ class Demo:
         stack.callback(runtime.install, None)
         app = stack.enter_context(LocalApp(load_app()))
         wait_until_serving(f"{app.url}/health")
-        rotation = RotationService(app, platform_aws, local_aws, names, clock)
+        rotation = RotationService(app, platform_aws, local_aws, names, clock.elapsed)
         rotation.deploy(app_aws)
         project = gitlab.create_project("demo/app")
         gitlab.add_hook(project, f"{app.url}/webhooks/gitlab", token=webhook_token)
         recorder = Recorder(config, gitlab, clock.origin, notes=notes)
         player = TracePlayer(trace, config, gitlab, project, recorder, str(options.trace))
-        sources = EventSources(app, platform_aws, region=local_aws.region, speed=options.speed)
+        cloudwatch = CloudWatch(clock.origin, scaler_alarms(config, names))
+        sources = EventSources(
+            app, platform_aws, config, names, cloudwatch, region=local_aws.region, speed=options.speed
+        )
+        drill: Drill | None = None
+        if options.drill:
+            # A third into the trace, while work is queued: the incident shows in waits and alarms.
+            start = player.last_created_s / 3
+            incident = drill = Drill(start, start + DRILL_DURATION.total_seconds())
+            local_aws.inject_fault(
+                app_aws,
+                "autoscaling",
+                incident.operation,
+                incident.code,
+                lambda: incident.active(clock.elapsed()),
+            )
+            # Messages that failed in the drill come back up to a visibility timeout later: still the drill.
+            grace = incident.end_s + 180.0
+            app.incident = lambda: incident.start_s <= clock.elapsed() < grace
         machines = SimulatedMachines(
             config,
             names,
@@ -737,6 +525,7 @@ class Demo:
             duration_of=player.duration_of,
             lifecycle=sources,
             runner_from_secret=sources.has_lifecycle,
+            stamp_launch=local_aws.set_launch_time,
         )
         return _World(
             config,
@@ -751,6 +540,8 @@ class Demo:
             app_aws,
             local_aws,
             rotation,
+            cloudwatch,
+            drill,
             notes,
         )
 
@@ -805,7 +596,12 @@ class Demo:
             world.app.invocations,
             now,
             speed=self.options.speed,
-            status_lines=[status, world.rotation.describe()],
+            status_lines=[
+                status,
+                world.rotation.describe(),
+                world.cloudwatch.describe(),
+                *([world.drill.describe(world.clock.elapsed())] if world.drill else []),
+            ],
         )
 
     def _finished(self, world: _World, now: datetime) -> bool:
@@ -834,6 +630,22 @@ class Demo:
             "gitlab_api_requests": sum(world.gitlab.requests.values()),
             "aws_calls_by_app": world.app_aws.total_calls,
             "lifecycle_actions_completed": world.local_aws.stubbed["autoscaling.CompleteLifecycleAction"],
+            "alarms": {
+                a.spec.name: [{"at_seconds": at, "from": old, "to": new} for at, old, new in a.changes]
+                for a in world.cloudwatch.alarms
+                if a.changes
+            },
+            "alarm_state_changes": len(world.sources.alarm_changes),
+            "drill": (
+                {
+                    "from_seconds": round(world.drill.start_s, 1),
+                    "to_seconds": round(world.drill.end_s, 1),
+                    "fault": f"autoscaling.{world.drill.operation}: {world.drill.code}",
+                    "calls_failed": world.local_aws.faulted[f"autoscaling.{world.drill.operation}"],
+                }
+                if world.drill
+                else None
+            ),
             "tls_rotations": [
                 {
                     "at_seconds": round(r.at_s, 1),

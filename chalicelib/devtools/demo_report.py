@@ -201,6 +201,7 @@ def summarise(
                 "kind": kind,
                 "invocations": invocations.calls[name],
                 "failures": invocations.failures[name],
+                "failures_during_drill": invocations.during_incident[name],
                 **({"last_error": invocations.last_error[name]} if name in invocations.last_error else {}),
             }
             for name, kind in sorted(handler_kinds.items())

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import ThreadingHTTPServer
@@ -153,19 +153,33 @@ def matches_pattern(pattern: Mapping[str, Any], event: Mapping[str, Any]) -> boo
 
 @dataclass
 class Invocations:
-    """Per-handler counts of invocations and failures (exceptions, 5xx, Lambda batch item failures)."""
+    """Per-handler counts of invocations and failures (exceptions, 5xx, Lambda batch item failures).
+
+    `during_incident` counts the failures that happened while the demo staged an incident (they are expected:
+    the platform retries them); `failures` counts all.
+    """
 
     calls: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
+    during_incident: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)  # "<handler> <http status>"
     last_error: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, name: str, *, failed: bool = False, error: str = "", status: int | None = None) -> None:
+    def record(
+        self,
+        name: str,
+        *,
+        failed: bool = False,
+        error: str = "",
+        status: int | None = None,
+        incident: bool = False,
+    ) -> None:
         with self.lock:
             self.calls[name] += 1
             if failed:
                 self.failures[name] += 1
+                self.during_incident[name] += int(incident)
                 if error:
                     self.last_error[name] = error[:300]
             if status is not None:
@@ -186,6 +200,8 @@ class LocalApp:
         self.app = app
         self.handlers = discover(app)
         self.invocations = Invocations()
+        #: Whether an incident staged by the demo is under way now (its failures are counted apart).
+        self.incident: Callable[[], bool] = lambda: False
         self._client = Client(app, stage_name=stage, project_dir=str(project_dir))
         self._config = _chalice_config(project_dir, stage)
         self._original_class: type | None = None
@@ -256,11 +272,18 @@ class LocalApp:
         try:
             payload = self._client.lambda_.invoke(name, event).payload
         except Exception as exc:
-            self.invocations.record(name, failed=True, error=f"{type(exc).__name__}: {exc}")
+            self.invocations.record(
+                name, failed=True, error=f"{type(exc).__name__}: {exc}", incident=self.incident()
+            )
             logger.warning("handler raised", extra={"handler": name, "error": str(exc)}, exc_info=True)
             return None
         failed = isinstance(payload, dict) and bool(payload.get("batchItemFailures"))
-        self.invocations.record(name, failed=failed, error="batch item failures" if failed else "")
+        self.invocations.record(
+            name,
+            failed=failed,
+            error="batch item failures" if failed else "",
+            incident=failed and self.incident(),
+        )
         return payload
 
     def route_name(self, method: str, path: str) -> str:
@@ -279,7 +302,10 @@ def _counting_handler(local: LocalApp) -> type[ChaliceRequestHandler]:
 
         def send_response(self, code: int, message: str | None = None) -> None:
             name = local.route_name(self.command, self.path)
-            local.invocations.record(name, failed=code >= 500, error=f"HTTP {code}", status=code)
+            failed = code >= 500
+            local.invocations.record(
+                name, failed=failed, error=f"HTTP {code}", status=code, incident=failed and local.incident()
+            )
             super().send_response(code, message)
 
         def log_message(self, format: str, *args: Any) -> None:

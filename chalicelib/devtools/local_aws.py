@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -47,6 +48,9 @@ class LocalAws:
         self._lock = threading.Lock()
         #: Calls answered by the seam instead of moto, e.g. "autoscaling.CompleteLifecycleAction".
         self.stubbed: Counter[str] = Counter()
+        #: Faults injected by `inject_fault`, counted per "service.Operation" each time one fired.
+        self.faulted: Counter[str] = Counter()
+        self._faults: dict[tuple[int, str, str], tuple[str, Callable[[], bool]]] = {}
 
     def start(self) -> LocalAws:
         """Serve on an ephemeral port; clear state a previous in-process moto user may have left."""
@@ -77,13 +81,15 @@ class LocalAws:
     def clients(self) -> AwsClients:
         """A fresh, counted `AwsClients` against this server (no retry sleeps: moto does not throttle)."""
         session = boto3.session.Session(region_name=self.region, **_CREDENTIALS)
+        owner: list[AwsClients] = []  # filled below: the seam needs to know whose call it answers
         aws = AwsClients(
             session,
             region=self.region,
             endpoint_url=self.endpoint_url,
             sleep=lambda _seconds: None,
-            fault_injector=self._answer_unimplemented,
+            fault_injector=lambda service, operation: self._answer(owner[0], service, operation),
         )
+        owner.append(aws)
         with self._lock:
             self._clients.append(aws)
         return aws
@@ -155,7 +161,33 @@ class LocalAws:
         secret.rotation_lambda_arn = lambda_arn
         secret.auto_rotate_after_days = days
 
-    def _answer_unimplemented(self, service: str, operation: str) -> dict[str, Any] | None:
+    def inject_fault(
+        self, aws: AwsClients, service: str, operation: str, code: str, active: Callable[[], bool]
+    ) -> None:
+        """Fail `aws`'s calls of `operation` with error `code` (e.g. Throttling) while `active()` holds."""
+        self._faults[(id(aws), service, operation)] = (code, active)
+
+    def set_launch_time(self, instance_id: str, when: datetime) -> None:
+        """Give an instance its launch time in the demo's simulated time (moto stamps the wall clock).
+
+        The scaler compares LaunchTime with its own (simulated) now, e.g. against boot_timeout; a wall-clock
+        stamp would make every machine look launched long ago once simulated time runs ahead.
+        """
+        from moto.ec2.models import ec2_backends
+
+        instance = ec2_backends[ACCOUNT][self.region].get_instance(instance_id)
+        instance.launch_time = when.astimezone(UTC).replace(tzinfo=None)  # moto keeps naive UTC
+
+    def _answer(self, aws: AwsClients, service: str, operation: str) -> dict[str, Any] | None:
+        """The seam's answer to one call: an injected fault, an empty success moto cannot give, or None."""
+        fault = self._faults.get((id(aws), service, operation))
+        if fault is not None and fault[1]():
+            self.faulted[f"{service}.{operation}"] += 1
+            status = 400 if fault[0] in {"Throttling", "ThrottlingException", "RequestLimitExceeded"} else 500
+            return {
+                "Error": {"Code": fault[0], "Message": "injected by the demo"},
+                "ResponseMetadata": {"HTTPStatusCode": status},
+            }
         if (service, operation) not in UNIMPLEMENTED_BY_MOTO:
             return None
         self.stubbed[f"{service}.{operation}"] += 1

@@ -117,6 +117,7 @@ class SimulatedMachines:
         lifecycle: Lifecycle | None = None,
         runner_from_secret: bool = False,
         boot_seconds: Mapping[Platform, float] = BOOT_SECONDS,
+        stamp_launch: Callable[[str, datetime], None] | None = None,
     ) -> None:
         self._config = config
         self._names = names
@@ -126,6 +127,7 @@ class SimulatedMachines:
         self._lifecycle = lifecycle
         self._runner_from_secret = runner_from_secret
         self._boot = boot_seconds
+        self._stamp_launch = stamp_launch
         self.machines: dict[str, SimMachine] = {}
         self.busy_kills: list[BusyKill] = []
         self.pools: dict[str, PoolView] = {p.name: PoolView() for p in config.pools}
@@ -178,6 +180,8 @@ class SimulatedMachines:
     def _appear(self, pool: Pool, instance_id: str, now: datetime) -> None:
         boot = timedelta(seconds=self._boot.get(pool.platform, 60.0))
         self.machines[instance_id] = SimMachine(instance_id, pool.name, now, now + boot)
+        if self._stamp_launch is not None:
+            self._stamp_launch(instance_id, now)  # before anyone reads it: the lifecycle handler is next
         if self._lifecycle is not None:
             self._lifecycle.launched(pool, instance_id, now)
 
