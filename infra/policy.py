@@ -208,6 +208,16 @@ def lambda_grants(scope: Scope) -> list[Grant]:
             conditions=deployment_tag,
         ),
         Grant(
+            "RetuneGroups",
+            ("autoscaling:UpdateAutoScalingGroup",),
+            asgs,
+            "Spot fallback: reorder instance types and the on-demand share (fleet.set_instance_types). "
+            "Auto Scaling also checks the caller may launch the group's launch template (ec2:RunInstances, "
+            "iam:PassRole of the machine role): to be verified in an account, not granted blind",
+            Origin.PLANNED,
+            conditions=deployment_tag,
+        ),
+        Grant(
             "MachineSecrets",
             (
                 "secretsmanager:CreateSecret",

@@ -214,7 +214,7 @@ class App(Construct):
             # The first rotation writes the CA and client certificate the placeholder stands for.
             rotate_immediately_on_update=True,
         )
-        schedule.add_dependency(permission)
+        schedule.add_resource_dependency(permission)
         return schedule
 
 

@@ -21,9 +21,9 @@ from chalicelib.metrics import NAMESPACE
 from chalicelib.resources import ALARM_TOPIC_SUFFIX
 from infra.metrics import GLOBAL_METRICS, JOB_METRICS, MACHINE_METRICS, SCALING_METRICS
 from infra.settings import Settings
+from infra.stacks.wiring import LAUNCH_UNSUCCESSFUL
 
 QUEUE_AGE_SECONDS = 120
-LAUNCH_UNSUCCESSFUL = "EC2 Instance Launch Unsuccessful"
 
 
 class Monitoring(Construct):

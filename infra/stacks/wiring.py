@@ -38,8 +38,12 @@ class EventKind:
     per_group: bool
 
 
+#: Auto Scaling's failed launches (Spot capacity, host placement): the handler falls back, the alarm counts.
+LAUNCH_UNSUCCESSFUL = "EC2 Instance Launch Unsuccessful"
+
 KINDS = (
     EventKind("Lifecycle", "aws.autoscaling", (LAUNCH_LIFECYCLE_ACTION, TERMINATE_LIFECYCLE_ACTION), True),
+    EventKind("LaunchFailure", "aws.autoscaling", (LAUNCH_UNSUCCESSFUL,), True),
     # Spot warnings carry an instance id only (no group): the handler ignores instances that are not ours.
     EventKind("Spot", "aws.ec2", (SPOT_INTERRUPTION_WARNING, REBALANCE_RECOMMENDATION), False),
     EventKind("StateChange", "aws.ec2", (INSTANCE_STATE_CHANGE,), False),
