@@ -31,7 +31,15 @@ from chalicelib.capacity.engine import slots_per_new_machine
 from chalicelib.config import Config, Pool, load_config_file, parse_config
 from chalicelib.devtools.alarms import CloudWatch, scaler_alarms
 from chalicelib.devtools.bootstrap import bootstrap
-from chalicelib.devtools.demo_report import Recorder, clock_text, live_view, summarise, write_timeline
+from chalicelib.devtools.demo_report import (
+    Marker,
+    Recorder,
+    clock_text,
+    live_view,
+    summarise,
+    write_timeline,
+    write_timeline_csv,
+)
 from chalicelib.devtools.event_sources import EventSources, RotationService
 from chalicelib.devtools.fake_gitlab import TERMINAL, FakeGitLab, FakeJob, JobSpec
 from chalicelib.devtools.local_app import LocalApp, load_app, wait_until_serving
@@ -451,12 +459,15 @@ class Demo:
             now = world.clock.now()
             summary = self._summary(world, now, interrupted)
             timeline = out / "timeline.png"
+            pools = [p.name for p in config.pools]
             write_timeline(
                 world.recorder.samples,
-                [p.name for p in config.pools],
+                pools,
                 timeline,
-                f"runner-scaler demo: {options.trace.name} at ×{options.speed:g}",
+                f"runner-scaler demo: {options.trace.name}, {len(trace)} jobs",
+                _markers(world),
             )
+            write_timeline_csv(world.recorder.samples, pools, out / "timeline.csv")
         summary["wall_seconds"] = round(time.monotonic() - wall_start, 1)
         summary_path = out / "summary.json"
         _write_json(summary_path, summary)
@@ -669,6 +680,13 @@ class Demo:
             extra=extra,
             interrupted=interrupted,
         )
+
+
+def _markers(world: _World) -> list[Marker]:
+    """The drill (a span) and the rotations after deploy (instants), as the timeline marks them."""
+    markers = [Marker("throttling drill", world.drill.start_s, world.drill.end_s)] if world.drill else []
+    markers += [Marker("TLS rotation", r.at_s) for r in world.rotation.rotations if r.at_s > 0]
+    return markers
 
 
 def _idle_floor(pool: Pool, now: datetime) -> int:

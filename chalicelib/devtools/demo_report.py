@@ -342,30 +342,94 @@ def summary_table(summary: Mapping[str, Any]) -> RenderableType:
     return Group(table, checks, handlers)
 
 
-def write_timeline(samples: Sequence[Sample], pools: Sequence[str], path: Path, title: str) -> None:
-    """A PNG with one panel per pool: desired and live machines, pending and running jobs over time."""
+@dataclass(frozen=True)
+class Marker:
+    """Something to mark on the timeline: a span (a drill) or, with no end, an instant (a rotation)."""
+
+    label: str
+    start_s: float
+    end_s: float | None = None
+
+
+def write_timeline(
+    samples: Sequence[Sample], pools: Sequence[str], path: Path, title: str, markers: Sequence[Marker] = ()
+) -> None:
+    """A PNG with one panel per pool: jobs as stacked areas (running, pending on top) under the machines
+    (desired and live) they need, so a gap between the two is a wait or an idle cost at a glance."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 2.6 * max(1, len(pools))), layout="constrained")
+    figure = Figure(figsize=(11, 2.8 * max(1, len(pools))), layout="constrained")
     canvas = FigureCanvasAgg(figure)
     axes = figure.subplots(len(pools), 1, squeeze=False, sharex=True)[:, 0]
     minutes = [s.t / 60.0 for s in samples]
     for ax, pool in zip(axes, pools, strict=True):
-        series = {
-            "desired": [s.pools[pool].desired for s in samples],
-            "machines (live)": [s.pools[pool].live for s in samples],
-            "pending jobs": [s.pools[pool].pending for s in samples],
-            "running jobs": [s.pools[pool].running for s in samples],
-        }
-        styles = {"desired": "-", "machines (live)": "-", "pending jobs": "--", "running jobs": ":"}
-        for label, values in series.items():
-            ax.step(minutes, values, where="post", linestyle=styles[label], label=label)
+        running = [s.pools[pool].running for s in samples]
+        pending = [s.pools[pool].pending for s in samples]
+        ax.stackplot(
+            minutes,
+            running,
+            pending,
+            labels=["running jobs", "pending jobs"],
+            colors=["#8fbf8f", "#f2b36b"],
+            step="post",
+            alpha=0.8,
+        )
+        ax.step(
+            minutes,
+            [s.pools[pool].live for s in samples],
+            where="post",
+            color="#1f5fbf",
+            linewidth=1.6,
+            label="machines",
+        )
+        ax.step(
+            minutes,
+            [s.pools[pool].desired for s in samples],
+            where="post",
+            color="black",
+            linestyle="--",
+            linewidth=1.2,
+            label="desired",
+        )
+        for marker in markers:
+            if marker.end_s is None:
+                ax.axvline(marker.start_s / 60.0, color="#7f3fbf", linewidth=1, linestyle=":")
+            else:
+                ax.axvspan(marker.start_s / 60.0, marker.end_s / 60.0, color="#d62728", alpha=0.08)
         ax.set_title(pool, loc="left")
         ax.set_ylabel("count")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper right", fontsize="small")
+    for marker in markers:
+        top = axes[0].get_ylim()[1]
+        axes[0].annotate(
+            marker.label,
+            (marker.start_s / 60.0, top),
+            fontsize="x-small",
+            color="#555555",
+            xytext=(2, -10),
+            textcoords="offset points",
+        )
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=4, fontsize="small")
     axes[-1].set_xlabel("simulated minutes")
     figure.suptitle(title)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.print_png(str(path))
+
+
+def write_timeline_csv(samples: Sequence[Sample], pools: Sequence[str], path: Path) -> None:
+    """The timeline's numbers, one row per sample and pool, for a spreadsheet or another plot."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["t_s", "pool", "desired", "machines", "in_service", "pending", "running"])
+        for sample in samples:
+            for pool in pools:
+                p = sample.pools[pool]
+                writer.writerow(
+                    [round(sample.t, 1), pool, p.desired, p.live, p.in_service, p.pending, p.running]
+                )
