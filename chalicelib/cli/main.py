@@ -16,6 +16,7 @@ from rich.console import Console
 from chalicelib.cli.demo import demo as demo_command
 from chalicelib.cli.hooks import hooks_app
 from chalicelib.cli.status import status as status_command
+from chalicelib.cli.trace import trace_app
 from chalicelib.config import Config, format_duration, load_config_file
 from chalicelib.errors import ConfigError
 from chalicelib.migrate import migrate as migrate_text
@@ -88,6 +89,7 @@ def migrate(
 app.command("status")(status_command)
 app.add_typer(hooks_app, name="hooks")
 app.command("demo")(demo_command)
+app.add_typer(trace_app, name="trace")
 
 
 def main() -> None:
