@@ -10,10 +10,11 @@ from typing import Any
 from chalice import Chalice, Rate, Response
 
 from chalicelib import runtime
-from chalicelib.resources import names_from_env
+from chalicelib.resources import ALARM_TOPIC_SUFFIX, names_from_env
 
 app = Chalice(app_name="runner-scaler")
 NAMES = names_from_env()  # resource names only: no client is built at import time
+ALARM_TOPIC = f"{NAMES.prefix}{ALARM_TOPIC_SUFFIX}"
 
 
 @app.route("/health", methods=["GET"])
@@ -68,6 +69,7 @@ def rotate_base_certs(event: dict[str, Any], context: Any) -> dict[str, str]:
         "detail-type": [
             "EC2 Instance-launch Lifecycle Action",
             "EC2 Instance-terminate Lifecycle Action",
+            "EC2 Instance Launch Unsuccessful",
             "EC2 Spot Instance Interruption Warning",
             "EC2 Instance Rebalance Recommendation",
             "EC2 Instance State-change Notification",
@@ -80,3 +82,11 @@ def machine_events(event: Any) -> dict[str, Any]:
     from chalicelib.lifecycle import handle_machine_event
 
     return handle_machine_event(runtime.current(), event.to_dict())
+
+
+@app.on_sns_message(topic=ALARM_TOPIC, name="alarms")
+def alarms(event: Any) -> dict[str, Any]:
+    """CloudWatch alarms: reconcile now, redrive dead letters, or steer launches away from failed capacity."""
+    from chalicelib.alarms import handle_alarm_message
+
+    return handle_alarm_message(runtime.current(), event.message, owner=event.context.aws_request_id)

@@ -59,6 +59,9 @@ class GroupView:
     min_size: int
     max_size: int
     instances: tuple[Instance, ...]
+    instance_types: tuple[str, ...] = ()  # mixed-instances overrides, in priority order
+    on_demand_percentage: int | None = None  # None: not a mixed-instances group
+    launch_template: dict[str, str] | None = None
 
     def live_instances(self) -> tuple[Instance, ...]:
         return tuple(i for i in self.instances if i.live)
@@ -87,6 +90,10 @@ class Fleet(Protocol):
         """Let a launching/terminating instance go on (CONTINUE) or fail it (ABANDON)."""
         ...
 
+    def set_instance_types(self, group: GroupView, types: Sequence[str], on_demand_percentage: int) -> None:
+        """Reorder the group's instance types (first = preferred) and its Spot/on-demand split."""
+        ...
+
     def instance_addresses(self, instance_id: str) -> list[str]:
         """Private IP and DNS names: the SANs of the machine's Docker server certificate."""
         ...
@@ -113,12 +120,8 @@ class AsgFleet:
                 views[view.asg] = view
         launch_times = self._launch_times([i.instance_id for v in views.values() for i in v.instances])
         return {
-            name: GroupView(
-                asg=v.asg,
-                desired=v.desired,
-                min_size=v.min_size,
-                max_size=v.max_size,
-                instances=tuple(_with_launch(i, launch_times.get(i.instance_id)) for i in v.instances),
+            name: replace(
+                v, instances=tuple(_with_launch(i, launch_times.get(i.instance_id)) for i in v.instances)
             )
             for name, v in views.items()
         }
@@ -169,6 +172,32 @@ class AsgFleet:
             ShouldDecrementDesiredCapacity=True,
         )
 
+    def set_instance_types(self, group: GroupView, types: Sequence[str], on_demand_percentage: int) -> None:
+        if group.launch_template is None:
+            raise AwsCallError(
+                "autoscaling",
+                "update_auto_scaling_group",
+                "NoLaunchTemplate",
+                f"group {group.asg} has no launch template to override",
+                retryable=False,
+            )
+        self._aws.call(
+            "autoscaling",
+            "update_auto_scaling_group",
+            AutoScalingGroupName=group.asg,
+            MixedInstancesPolicy={
+                "LaunchTemplate": {
+                    "LaunchTemplateSpecification": group.launch_template,
+                    "Overrides": [{"InstanceType": t} for t in types],
+                },
+                "InstancesDistribution": {
+                    "OnDemandAllocationStrategy": "prioritized",
+                    "OnDemandPercentageAboveBaseCapacity": on_demand_percentage,
+                    "SpotAllocationStrategy": "capacity-optimized-prioritized",
+                },
+            },
+        )
+
     def complete_lifecycle_action(
         self, asg: str, hook: str, token: str, instance_id: str, result: str
     ) -> None:
@@ -211,13 +240,39 @@ def _group_view(group: dict[str, object]) -> GroupView:
         )
         for i in raw_instances
     )
+    mixed = group.get("MixedInstancesPolicy")
+    types: tuple[str, ...] = ()
+    on_demand: int | None = None
+    template = group.get("LaunchTemplate")
+    if isinstance(mixed, dict):
+        spec = mixed.get("LaunchTemplate", {})
+        types = tuple(str(o["InstanceType"]) for o in spec.get("Overrides", []) if o.get("InstanceType"))
+        on_demand = int(
+            mixed.get("InstancesDistribution", {}).get("OnDemandPercentageAboveBaseCapacity", 100)
+        )
+        template = spec.get("LaunchTemplateSpecification", template)
     return GroupView(
         asg=str(group["AutoScalingGroupName"]),
         desired=int(str(group["DesiredCapacity"])),
         min_size=int(str(group["MinSize"])),
         max_size=int(str(group["MaxSize"])),
         instances=instances,
+        instance_types=types,
+        on_demand_percentage=on_demand,
+        launch_template=_template_spec(template),
     )
+
+
+def _template_spec(template: object) -> dict[str, str] | None:
+    """The launch template reference UpdateAutoScalingGroup accepts (by id, else by name)."""
+    if not isinstance(template, dict):
+        return None
+    version = str(template.get("Version", "$Latest"))
+    if template.get("LaunchTemplateId"):
+        return {"LaunchTemplateId": str(template["LaunchTemplateId"]), "Version": version}
+    if template.get("LaunchTemplateName"):
+        return {"LaunchTemplateName": str(template["LaunchTemplateName"]), "Version": version}
+    return None
 
 
 def _with_launch(instance: Instance, launched: datetime | None) -> Instance:

@@ -298,8 +298,10 @@ class Lifecycle:
 
 def handle_machine_event(rt: Runtime, raw: dict[str, Any]) -> dict[str, Any]:
     """Parse an EventBridge event and run its use case; malformed or foreign events are logged and dropped."""
+    from chalicelib.alarms import record_launch_failure
     from chalicelib.events.aws import (
         InstanceStateChangeEvent,
+        LaunchUnsuccessfulEvent,
         LifecycleActionEvent,
         RebalanceRecommendationEvent,
         SpotInterruptionEvent,
@@ -313,6 +315,9 @@ def handle_machine_event(rt: Runtime, raw: dict[str, Any]) -> dict[str, Any]:
     except MalformedEventError as exc:
         logger.error("dropping malformed machine event", extra={"reason": exc.reason})
         return {"action": "dropped", "reason": exc.reason}
+    if isinstance(event, LaunchUnsuccessfulEvent):
+        fault = record_launch_failure(rt.config, rt.store, event, rt.now())
+        return {"action": "LaunchUnsuccessfulEvent", "fault": fault.kind if fault else None}
     secrets = AwsSecrets(rt.aws)
     use_case = Lifecycle(
         config=rt.config,

@@ -1,50 +1,54 @@
 """CloudWatch metrics as EMF log lines (powertools), one blob per pool per reconcile.
 
 Dimensions stay low-cardinality: pool and platform only. Never a token, never an instance id.
+(powertools' `single_metric` keeps only its first metric, so each blob is an isolated EphemeralMetrics.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from chalicelib.config import Config
 from chalicelib.reconcile import ReconcileResult
 
 NAMESPACE = "RunnerScaler"
+SERVICE = "runner-scaler"
+
+
+def emit(values: Mapping[str, float], dimensions: Mapping[str, str] | None = None) -> None:
+    """One EMF blob: every value under the same dimensions."""
+    blob = EphemeralMetrics(namespace=NAMESPACE, service=SERVICE)
+    for key, label in (dimensions or {}).items():
+        blob.add_dimension(key, label)
+    for name, value in values.items():
+        blob.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    blob.flush_metrics()
 
 
 def emit_reconcile(config: Config, results: Iterable[ReconcileResult], aws_calls: int) -> None:
-    """Per pool: desired, machines by state, pending/running jobs, scale-up/in counts, errors."""
-    for result in results:
-        if result.skipped:
-            continue
-        platform = config.pool(result.pool).platform.value
-        dims = {"pool": result.pool, "platform": platform}
-        with single_metric(
-            "Desired", MetricUnit.Count, result.desired_after, namespace=NAMESPACE, default_dimensions=dims
-        ) as metric:
-            for state in ("booting", "idle", "busy", "draining"):
-                metric.add_metric(
-                    f"Machines{state.capitalize()}", MetricUnit.Count, result.machines.get(state, 0)
-                )
-            metric.add_metric("InService", MetricUnit.Count, sum(result.machines.values()))
-            metric.add_metric("PendingJobs", MetricUnit.Count, result.pending)
-            metric.add_metric("RunningJobs", MetricUnit.Count, result.running)
-            metric.add_metric("ScaleUp", MetricUnit.Count, result.launched)
-            metric.add_metric("ScaleIn", MetricUnit.Count, len(result.terminated))
-            metric.add_metric("DrainCancelled", MetricUnit.Count, len(result.drain_cancelled))
-            metric.add_metric("ReconcileErrors", MetricUnit.Count, len(result.errors))
-            if result.host_plan is not None:
-                for name, value in result.host_plan.metrics.as_metrics().items():
-                    metric.add_metric(name, MetricUnit.Count, value)
-    with single_metric("AwsCalls", MetricUnit.Count, aws_calls, namespace=NAMESPACE) as metric:
-        metric.add_metric("Reconciles", MetricUnit.Count, sum(1 for r in results if not r.skipped))
+    """Per pool: desired, machines by state, pending/running jobs, scale-up/in counts, errors, hosts."""
+    done = [r for r in results if not r.skipped]
+    for result in done:
+        values: dict[str, float] = {
+            "Desired": result.desired_after,
+            "InService": sum(result.machines.values()),
+            "PendingJobs": result.pending,
+            "RunningJobs": result.running,
+            "ScaleUp": result.launched,
+            "ScaleIn": len(result.terminated),
+            "DrainCancelled": len(result.drain_cancelled),
+            "ReconcileErrors": len(result.errors),
+        }
+        for state in ("booting", "idle", "busy", "draining"):
+            values[f"Machines{state.capitalize()}"] = result.machines.get(state, 0)
+        if result.host_plan is not None:
+            values.update(result.host_plan.metrics.as_metrics())
+        emit(values, {"pool": result.pool, "platform": config.pool(result.pool).platform.value})
+    emit({"AwsCalls": aws_calls, "Reconciles": len(done)})
 
 
 def emit_count(name: str, value: float, pool: str | None = None) -> None:
     """One counter (e.g. UnroutableJobs, WebhookRejected), optionally per pool."""
-    dims = {"pool": pool} if pool else None
-    with single_metric(name, MetricUnit.Count, value, namespace=NAMESPACE, default_dimensions=dims):
-        return
+    emit({name: value}, {"pool": pool} if pool else None)

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from chalicelib.capacity import Demand, Machine, MachineState, PoolPlan, RemovalReason, plan_pool
+from chalicelib.capacity.fallback import preferred_types
 from chalicelib.capacity.hosts import HostPlan, plan_hosts
 from chalicelib.config import Config, Pool
 from chalicelib.errors import AwsCallError, GitLabError
@@ -42,6 +43,7 @@ class ReconcileResult:
     now: datetime
     plan: PoolPlan | None = None
     host_plan: HostPlan | None = None
+    fallback: str = ""
     launched: int = 0
     terminated: list[str] = field(default_factory=list)
     drain_cancelled: list[str] = field(default_factory=list)
@@ -130,6 +132,7 @@ class Reconciler:
             result.errors.append(f'Auto Scaling group "{pool.asg}" of pool "{pool.name}" does not exist')
             return
         result.desired_before = group.desired
+        self._fall_back(pool, group, now, result)
         records = {m.instance_id: m for m in self._store.machines(pool.name)}
         jobs = self._store.pool_jobs(pool.name)
         live = group.live_instances()
@@ -182,6 +185,20 @@ class Reconciler:
             result.errors.extend(applied.errors)
         if plan.changes or result.terminated:
             logger.info(plan.summary(), extra={"pool": pool.name})
+
+    def _fall_back(self, pool: Pool, group: GroupView, now: datetime, result: ReconcileResult) -> None:
+        """Steer launches away from instance types (or Spot) that recently failed for lack of capacity."""
+        if not pool.instance_types or group.launch_template is None:
+            return
+        faults = self._store.faults(pool.name, now)
+        if not faults and group.on_demand_percentage is None:
+            return  # never touched: leave the group as infra/ made it
+        types, on_demand = preferred_types(pool, [(f.kind, f.detail) for f in faults])
+        if (group.instance_types, group.on_demand_percentage) == (types, on_demand):
+            return
+        self._fleet.set_instance_types(group, types, on_demand)
+        result.fallback = f"instance types {', '.join(types)}; {on_demand}% on-demand"
+        logger.warning("instance types reordered", extra={"pool": pool.name, "fallback": result.fallback})
 
     def _plan_hosts(
         self,

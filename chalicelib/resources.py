@@ -124,9 +124,9 @@ def queue_attributes(dead_letter_arn: str | None = None) -> dict[str, str]:
     return attrs
 
 
-# Appended for infra/ (issue #9). The machine secret carries its instance's ARN under this tag: the instance
-# role may read a secret under `<prefix>/machines/` only when this tag equals `${ec2:SourceInstanceARN}` (the
-# policy variable AWS sets on requests signed with an instance profile), so a machine reads its own secret only.
+# The machine secret carries its instance's ARN under this tag: the instance role may read a secret under
+# `<prefix>/machines/` only when this tag equals `${ec2:SourceInstanceARN}` (the policy variable AWS sets on
+# requests signed with an instance profile), so a machine reads its own secret only.
 TAG_INSTANCE_ARN = "runner-scaler:instance-arn"
 # SNS topic the CloudWatch alarms publish to and the app's `on_sns_message` handler subscribes to.
 ALARM_TOPIC_SUFFIX = "-alarms"

@@ -66,6 +66,18 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class Fault:
+    """Something a pool should avoid for a while: `kind` "instance_type" (detail: the type), "spot",
+    "zone" (detail: the zone), or "launch" (unknown cause); it expires at `until`."""
+
+    pool: str
+    kind: str
+    detail: str
+    until: datetime
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class MachineRecord:
     """What the scaler remembers of one instance beyond what the ASG says: its runner and its jobs."""
 
@@ -115,6 +127,14 @@ class Store(Protocol):
     def forget_event(self, key: str) -> None:
         """Undo `first_seen` when the event could not be applied, so a resend is not taken for a duplicate."""
         ...
+
+    def put_fault(self, fault: Fault) -> None: ...
+
+    def faults(self, pool: str, now: datetime) -> list[Fault]:
+        """The pool's faults that have not expired."""
+        ...
+
+    def clear_faults(self, pool: str) -> None: ...
 
     def suspect(self, key: str, now: datetime) -> datetime:
         """Note a suspicion (an orphan seen); returns when it was FIRST noted, so two observations a set
@@ -320,6 +340,55 @@ class DynamoStore:
             TableName=self._table,
             Key=self._dump({TABLE_PK: f"EVENT#{key}", TABLE_SK: "EVENT"}),
         )
+
+    # -- faults ---------------------------------------------------------------------------------------
+    def put_fault(self, fault: Fault) -> None:
+        self._aws.call(
+            "dynamodb",
+            "put_item",
+            TableName=self._table,
+            Item=self._dump(
+                {
+                    TABLE_PK: f"FAULT#{fault.pool}",
+                    TABLE_SK: f"{fault.kind}#{fault.detail}",
+                    "until": _iso(fault.until),
+                    "reason": fault.reason[:500],
+                    TABLE_TTL_ATTRIBUTE: _epoch(fault.until + timedelta(hours=1)),
+                }
+            ),
+        )
+
+    def faults(self, pool: str, now: datetime) -> list[Fault]:
+        return [f for f in self._all_faults(pool) if f.until > now]
+
+    def _all_faults(self, pool: str) -> list[Fault]:
+        items = self._aws.paginate(
+            "dynamodb",
+            "query",
+            "Items",
+            TableName=self._table,
+            KeyConditionExpression="#pk = :pk",
+            ExpressionAttributeNames={"#pk": TABLE_PK},
+            ExpressionAttributeValues=self._dump({":pk": f"FAULT#{pool}"}),
+            ConsistentRead=True,
+        )
+        out = []
+        for raw in items:
+            item = self._load(raw)
+            kind, _, detail = str(item[TABLE_SK]).partition("#")
+            until = _dt(item["until"])
+            assert until is not None
+            out.append(Fault(pool, kind, detail, until, str(item.get("reason", ""))))
+        return out
+
+    def clear_faults(self, pool: str) -> None:
+        for fault in self._all_faults(pool):
+            self._aws.call(
+                "dynamodb",
+                "delete_item",
+                TableName=self._table,
+                Key=self._dump({TABLE_PK: f"FAULT#{pool}", TABLE_SK: f"{fault.kind}#{fault.detail}"}),
+            )
 
     # -- suspicions -----------------------------------------------------------------------------------
     def suspect(self, key: str, now: datetime) -> datetime:
@@ -591,6 +660,7 @@ class MemoryStore:
         self._leases: dict[str, tuple[str, datetime]] = {}
         self._projects: dict[tuple[str, int], datetime] = {}
         self._suspects: dict[str, datetime] = {}
+        self._faults: dict[tuple[str, str, str], Fault] = {}
 
     def record_job(self, job: JobRecord, now: datetime) -> bool:
         with self._lock:
@@ -649,6 +719,19 @@ class MemoryStore:
     def forget_event(self, key: str) -> None:
         with self._lock:
             self._events.pop(key, None)
+
+    def put_fault(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults[(fault.pool, fault.kind, fault.detail)] = fault
+
+    def faults(self, pool: str, now: datetime) -> list[Fault]:
+        with self._lock:
+            return [f for (p, _, _), f in self._faults.items() if p == pool and f.until > now]
+
+    def clear_faults(self, pool: str) -> None:
+        with self._lock:
+            for key in [k for k in self._faults if k[0] == pool]:
+                del self._faults[key]
 
     def suspect(self, key: str, now: datetime) -> datetime:
         with self._lock:

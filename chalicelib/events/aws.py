@@ -180,6 +180,26 @@ class InstanceStateChangeEvent(_EventBridgeEvent):
         return self.detail.instance_id
 
 
+LAUNCH_UNSUCCESSFUL = "EC2 Instance Launch Unsuccessful"
+
+
+class LaunchUnsuccessfulDetail(_Model):
+    """Why Auto Scaling could not launch: `StatusMessage` names the capacity error and often the type."""
+
+    auto_scaling_group_name: str = Field(alias="AutoScalingGroupName")
+    status_code: str | None = Field(default=None, alias="StatusCode")
+    status_message: str = Field(default="", alias="StatusMessage")
+    details: dict[str, Any] = Field(default_factory=dict, alias="Details")
+
+
+class LaunchUnsuccessfulEvent(_EventBridgeEvent):
+    """`EC2 Instance Launch Unsuccessful` from aws.autoscaling: a capacity or configuration failure."""
+
+    source: Literal["aws.autoscaling"]
+    detail_type: Literal["EC2 Instance Launch Unsuccessful"] = Field(alias="detail-type")
+    detail: LaunchUnsuccessfulDetail
+
+
 class UnknownAwsEvent(_Model):
     """A well-formed EventBridge event of a kind we do not handle; the handler logs and drops it."""
 
@@ -189,6 +209,7 @@ class UnknownAwsEvent(_Model):
 
 AwsEvent = (
     LifecycleActionEvent
+    | LaunchUnsuccessfulEvent
     | SpotInterruptionEvent
     | RebalanceRecommendationEvent
     | InstanceStateChangeEvent
@@ -199,6 +220,7 @@ _HANDLED = frozenset(
     {
         ("aws.autoscaling", LAUNCH_LIFECYCLE_ACTION),
         ("aws.autoscaling", TERMINATE_LIFECYCLE_ACTION),
+        ("aws.autoscaling", LAUNCH_UNSUCCESSFUL),
         ("aws.ec2", SPOT_INTERRUPTION_WARNING),
         ("aws.ec2", REBALANCE_RECOMMENDATION),
         ("aws.ec2", INSTANCE_STATE_CHANGE),
@@ -206,10 +228,15 @@ _HANDLED = frozenset(
 )
 # detail-type alone tells the handled kinds apart; each model still checks its own source.
 _HANDLED_EVENT: TypeAdapter[
-    LifecycleActionEvent | SpotInterruptionEvent | RebalanceRecommendationEvent | InstanceStateChangeEvent
+    LifecycleActionEvent
+    | LaunchUnsuccessfulEvent
+    | SpotInterruptionEvent
+    | RebalanceRecommendationEvent
+    | InstanceStateChangeEvent
 ] = TypeAdapter(
     Annotated[
         LifecycleActionEvent
+        | LaunchUnsuccessfulEvent
         | SpotInterruptionEvent
         | RebalanceRecommendationEvent
         | InstanceStateChangeEvent,

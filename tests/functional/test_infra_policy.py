@@ -181,12 +181,6 @@ def test_chalice_policy_files_are_generated_from_the_same_grants(stage: str) -> 
 # -- metrics the dashboard and alarms read ---------------------------------------------------------
 
 
-# Not strict: the fix is under way in chalicelib/metrics.py; drop this marker once it has landed.
-@pytest.mark.xfail(
-    strict=False,
-    reason="chalicelib/metrics.py: powertools' single_metric keeps its first metric only (SingleMetric."
-    "add_metric skips the rest), so just Desired and AwsCalls reach CloudWatch. Emit the others in one blob.",
-)
 def test_every_metric_the_dashboard_reads_is_emitted(capsys: pytest.CaptureFixture[str]) -> None:
     from chalicelib.metrics import emit_reconcile
     from chalicelib.reconcile import ReconcileResult

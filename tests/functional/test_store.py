@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from chalicelib.aws import AwsClients
-from chalicelib.store import DynamoStore, JobRecord, MachineRecord, MemoryStore, Store, ensure_table
+from chalicelib.store import DynamoStore, Fault, JobRecord, MachineRecord, MemoryStore, Store, ensure_table
 from tests.builders import T0
 
 
@@ -152,3 +152,13 @@ def test_a_suspicion_remembers_when_it_was_first_seen(store: Store) -> None:
     assert store.suspect("runner#1", T0 + timedelta(minutes=3)) == T0
     store.clear_suspect("runner#1")
     assert store.suspect("runner#1", T0 + timedelta(minutes=5)) == T0 + timedelta(minutes=5)
+
+
+def test_faults_expire_and_clear(store: Store) -> None:
+    store.put_fault(Fault("linux", "instance_type", "m7i.large", T0 + timedelta(minutes=30), "no capacity"))
+    store.put_fault(Fault("linux", "spot", "", T0 + timedelta(minutes=5)))
+    assert {f.kind for f in store.faults("linux", T0)} == {"instance_type", "spot"}
+    assert [f.detail for f in store.faults("linux", T0 + timedelta(minutes=10))] == ["m7i.large"]
+    assert store.faults("other", T0) == []
+    store.clear_faults("linux")
+    assert store.faults("linux", T0) == []

@@ -1,0 +1,152 @@
+"""Use case: react to trouble the scaler can detect: CloudWatch alarms (via SNS) and failed launches.
+
+Queue-age and long-pending alarms reconcile every pool at once; dead letters are moved back to the queue;
+launch failures record a fault that steers the pool to another instance type (or to on-demand) for a while,
+and the alarm's OK clears it. Imports runtime and use cases; no boto3.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from chalicelib import metrics
+from chalicelib.config import Config, Pool
+from chalicelib.errors import MalformedEventError
+from chalicelib.events.aws import (
+    AlarmNotification,
+    AlarmState,
+    LaunchUnsuccessfulEvent,
+    parse_alarm_notification,
+)
+from chalicelib.runtime import Runtime
+from chalicelib.store import Fault, Store
+
+logger = logging.getLogger(__name__)
+
+FAULT_BACKOFF = timedelta(minutes=30)
+REDRIVE_LIMIT = 100
+_RECONCILE_METRICS = frozenset({"ApproximateAgeOfOldestMessage", "LongPendingJobs", "PendingJobs"})
+_LAUNCH_METRICS = frozenset({"TriggeredRules", "LaunchFailures", "GroupPendingInstances"})
+_DLQ_METRICS = frozenset({"ApproximateNumberOfMessagesVisible"})
+# "We currently do not have sufficient m7i.large capacity ..." / "... InsufficientInstanceCapacity ..."
+_INSTANCE_TYPE = re.compile(r"\b([a-z][a-z0-9-]*\d[a-z0-9-]*\.[0-9]*[a-z0-9]+)\b")
+
+
+@dataclass
+class AlarmOutcome:
+    alarm: str
+    state: str
+    action: str
+    pools: list[str] = field(default_factory=list)
+    redriven: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def handle_alarm_message(rt: Runtime, message: str, owner: str) -> dict[str, Any]:
+    """One SNS message: parse the alarm (malformed: logged and dropped, never retried), then act on it."""
+    try:
+        alarm = parse_alarm_notification(message)
+    except MalformedEventError as exc:
+        logger.error("dropping malformed alarm message", extra={"reason": exc.reason})
+        return {"action": "dropped", "reason": exc.reason}
+    outcome = react(rt, alarm, owner)
+    logger.info(
+        "alarm handled", extra={"alarm": outcome.alarm, "state": outcome.state, "action": outcome.action}
+    )
+    return outcome.__dict__
+
+
+def react(rt: Runtime, alarm: AlarmNotification, owner: str) -> AlarmOutcome:
+    metric = (alarm.trigger.metric_name if alarm.trigger else None) or ""
+    pools = _pools_named(rt.config, alarm)
+    outcome = AlarmOutcome(alarm.alarm_name, str(alarm.new_state_value), "none", [p.name for p in pools])
+    if alarm.new_state_value is AlarmState.OK:
+        if metric in _LAUNCH_METRICS:
+            for pool in pools:
+                rt.store.clear_faults(pool.name)
+            outcome.action = "faults cleared"
+            _reconcile(rt, pools, owner)
+        return outcome
+    if alarm.new_state_value is not AlarmState.ALARM:
+        return outcome
+    if metric in _DLQ_METRICS:
+        outcome.redriven = _redrive(rt)
+        outcome.action = "dead letters redriven"
+        _reconcile(rt, rt.config.pools, owner)
+    elif metric in _LAUNCH_METRICS:
+        now = rt.now()
+        for pool in pools:
+            rt.store.put_fault(Fault(pool.name, "launch", "", now + FAULT_BACKOFF, alarm.alarm_name))
+        outcome.action = "launch fault recorded"
+        _reconcile(rt, pools, owner)
+    elif metric in _RECONCILE_METRICS:
+        outcome.action = "reconciled"
+        _reconcile(rt, pools, owner)
+    else:
+        outcome.notes.append(f"no automatic reaction to {metric or 'this alarm'}; see its runbook")
+    return outcome
+
+
+def record_launch_failure(
+    config: Config, store: Store, event: LaunchUnsuccessfulEvent, now: datetime
+) -> Fault | None:
+    """Turn Auto Scaling's "launch unsuccessful" message into a fault the next reconcile steers around."""
+    pool = next((p for p in config.pools if p.asg == event.detail.auto_scaling_group_name), None)
+    if pool is None:
+        return None
+    message = event.detail.status_message
+    if "spot" in message.lower():
+        fault = Fault(pool.name, "spot", "", now + FAULT_BACKOFF, message)
+    else:
+        named = [t for t in _INSTANCE_TYPE.findall(message) if t in pool.instance_types]
+        kind, detail = ("instance_type", named[0]) if named else ("launch", "")
+        fault = Fault(pool.name, kind, detail, now + FAULT_BACKOFF, message)
+    store.put_fault(fault)
+    metrics.emit_count("LaunchFailures", 1, pool.name)
+    return fault
+
+
+def _pools_named(config: Config, alarm: AlarmNotification) -> list[Pool]:
+    """The pools an alarm is about: its `pool` or `AutoScalingGroupName` dimension, else every pool."""
+    dimensions = {d.name: d.value for d in (alarm.trigger.dimensions if alarm.trigger else [])}
+    if "pool" in dimensions:
+        return [p for p in config.pools if p.name == dimensions["pool"]]
+    if "AutoScalingGroupName" in dimensions:
+        return [p for p in config.pools if p.asg == dimensions["AutoScalingGroupName"]]
+    return list(config.pools)
+
+
+def _reconcile(rt: Runtime, pools: Sequence[Pool], owner: str) -> None:
+    reconciler = rt.reconciler(owner)
+    for pool in pools:
+        reconciler.reconcile_pool(pool, rt.now())
+
+
+def _redrive(rt: Runtime) -> int:
+    """Move dead-lettered "pool dirty" messages back (bounded); their reconcile is idempotent."""
+    dlq = str(rt.aws.call("sqs", "get_queue_url", QueueName=rt.names.dead_letter_queue)["QueueUrl"])
+    moved = 0
+    while moved < REDRIVE_LIMIT:
+        got = rt.aws.call("sqs", "receive_message", QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+        messages = got.get("Messages", [])
+        if not messages:
+            break
+        for message in messages:
+            body = str(message["Body"])
+            try:
+                pool = rt.config.pool(str(json.loads(body)["pool"])).name
+            except (ValueError, KeyError, TypeError):
+                logger.error(
+                    "dead letter names no pool; deleted", extra={"message_id": message.get("MessageId")}
+                )
+            else:
+                rt.queue.mark_dirty(pool, "redriven from the dead-letter queue", rt.now())
+            rt.aws.call("sqs", "delete_message", QueueUrl=dlq, ReceiptHandle=message["ReceiptHandle"])
+            moved += 1
+    return moved

@@ -1,0 +1,127 @@
+"""Alarms and launch failures through the Chalice app: a capacity error steers the next reconcile to the
+fallback instance type (or on-demand), OK clears it; queue-age alarms reconcile at once; dead letters are
+redriven; malformed messages are dropped; metrics carry the expected names and dimensions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from chalice.test import Client
+
+from app import app
+from chalicelib.store import JobRecord
+from tests.functional.conftest import FIXTURES, Stack
+
+
+def alarm_message(metric: str, state: str = "ALARM", dimensions: dict[str, str] | None = None) -> str:
+    """AWS's documented alarm sample, with our metric, state and dimensions."""
+    record = json.loads((FIXTURES / "aws_sns_alarm_single_metric.json").read_text())["Records"][0]
+    message = json.loads(record["Sns"]["Message"])
+    message["AlarmName"] = f"test-{metric}"
+    message["NewStateValue"] = state
+    message["Trigger"]["MetricName"] = metric
+    message["Trigger"]["Dimensions"] = [{"name": k, "value": v} for k, v in (dimensions or {}).items()]
+    return json.dumps(message)
+
+
+def launch_failure(message: str) -> dict[str, Any]:
+    event = json.loads((FIXTURES / "aws_lifecycle_launch.json").read_text())
+    event["detail-type"] = "EC2 Instance Launch Unsuccessful"
+    event["detail"] = {"AutoScalingGroupName": "test-linux", "StatusCode": "Failed", "StatusMessage": message}
+    return event
+
+
+def group(stack: Stack) -> Any:
+    return stack.runtime.fleet.read_groups(["test-linux"])["test-linux"]
+
+
+@pytest.fixture
+def client() -> Any:
+    with Client(app) as c:
+        yield c
+
+
+def test_capacity_error_makes_the_next_reconcile_pick_the_fallback_type(stack: Stack, client: Client) -> None:
+    # GIVEN Auto Scaling could not launch the preferred type
+    out = client.lambda_.invoke(
+        "machine_events",
+        launch_failure(
+            "We currently do not have sufficient m7i.large capacity in the Availability Zone you requested."
+        ),
+    ).payload
+    assert out["fault"] == "instance_type"
+    # WHEN the pool is reconciled
+    result = stack.runtime.reconciler("t").reconcile_pool(
+        stack.config.pool("linux"), stack.advance(seconds=30)
+    )
+    assert result.errors == [] and result.fallback
+    # THEN the group prefers the other type
+    assert group(stack).instance_types == ("m6i.large", "m7i.large")
+    # AND the launch-failure alarm's OK clears the fault: the preferred order (and Spot) come back
+    sns = client.events.generate_sns_event(message=alarm_message("TriggeredRules", "OK"))
+    assert client.lambda_.invoke("alarms", sns).payload["action"] == "faults cleared"
+    assert (
+        group(stack).instance_types == ("m7i.large", "m6i.large") and group(stack).on_demand_percentage == 0
+    )
+
+
+def test_no_spot_capacity_falls_back_to_on_demand(stack: Stack, client: Client) -> None:
+    client.lambda_.invoke(
+        "machine_events", launch_failure("There is no Spot capacity available that matches your request.")
+    )
+    stack.runtime.reconciler("t").reconcile_pool(stack.config.pool("linux"), stack.advance(seconds=30))
+    assert group(stack).on_demand_percentage == 100
+
+
+def test_launch_failure_alarm_rotates_to_the_next_type(stack: Stack, client: Client) -> None:
+    sns = client.events.generate_sns_event(
+        message=alarm_message("TriggeredRules", dimensions={"pool": "linux"})
+    )
+    out = client.lambda_.invoke("alarms", sns).payload
+    assert out["action"] == "launch fault recorded" and out["pools"] == ["linux"]
+    assert group(stack).instance_types == ("m6i.large", "m7i.large")
+
+
+def test_queue_age_alarm_reconciles_every_pool_at_once(stack: Stack, client: Client) -> None:
+    rt = stack.runtime
+    rt.store.record_job(JobRecord(rt.gitlab_host, 1, "pending", pool="linux"), rt.now())
+    sns = client.events.generate_sns_event(message=alarm_message("ApproximateAgeOfOldestMessage"))
+    assert client.lambda_.invoke("alarms", sns).payload["action"] == "reconciled"
+    assert stack.desired("test-linux") == 1
+
+
+def test_dead_letters_are_redriven(stack: Stack, client: Client) -> None:
+    stack.aws.call(
+        "sqs",
+        "send_message",
+        QueueUrl=stack.local.dead_letter_url,
+        MessageBody=json.dumps({"pool": "gpu"}),
+        MessageGroupId="gpu",
+        MessageDeduplicationId="dead-1",
+    )
+    sns = client.events.generate_sns_event(message=alarm_message("ApproximateNumberOfMessagesVisible"))
+    out = client.lambda_.invoke("alarms", sns).payload
+    assert out["redriven"] == 1
+    assert stack.queued_pools() == ["gpu"]
+
+
+def test_malformed_alarm_is_dropped_not_retried(stack: Stack, client: Client) -> None:
+    out = client.lambda_.invoke("alarms", client.events.generate_sns_event(message="{not json")).payload
+    assert out["action"] == "dropped"
+
+
+def test_reconcile_metrics_have_names_and_low_cardinality_dimensions(
+    stack: Stack, client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rt = stack.runtime
+    rt.store.record_job(JobRecord(rt.gitlab_host, 1, "pending", pool="linux"), rt.now())
+    client.lambda_.invoke("tick", client.events.generate_cw_event("Scheduled Event", "aws.events", {}, []))
+    blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    linux = next(b for b in blobs if b.get("pool") == "linux" and "Desired" in b)
+    names = {m["Name"] for m in linux["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert {"Desired", "PendingJobs", "MachinesIdle", "ScaleUp", "ScaleIn", "ReconcileErrors"} <= names
+    assert linux["PendingJobs"] == [1.0] and linux["platform"] == "linux"
+    dimension_sets = linux["_aws"]["CloudWatchMetrics"][0]["Dimensions"]
+    assert all(set(d) <= {"pool", "platform", "service"} for d in dimension_sets)
