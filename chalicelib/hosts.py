@@ -22,7 +22,7 @@ from chalicelib.aws import AwsClients
 from chalicelib.capacity.hosts import Host, HostPlan, HostState, IdleMark, LicenseRoom, hosts_config
 from chalicelib.config import HostManagement, HostsConfig, Platform, Pool
 from chalicelib.errors import AwsCallError
-from chalicelib.resources import TAG_MANAGED, TAG_POOL
+from chalicelib.resources import TAG_DEPLOYMENT, TAG_MANAGED, TAG_POOL
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +96,15 @@ class HostPort(Protocol):
 class Ec2Hosts:
     """HostPort on EC2 Dedicated Hosts, Resource Groups (host resource groups) and License Manager."""
 
-    def __init__(self, aws: AwsClients) -> None:
+    def __init__(self, aws: AwsClients, deployment: str = "") -> None:
         self._aws = aws
+        self._deployment = deployment  # tags hosts so two deployments with the same pool names stay apart
         self._account: str | None = None
+
+    def _ours(self, host: dict[str, Any]) -> bool:
+        """A host of this deployment (hosts allocated before deployment tags existed carry none: ours too)."""
+        tagged = _tags(host).get(TAG_DEPLOYMENT)
+        return not self._deployment or tagged in (None, self._deployment)
 
     def read_pools(self, pools: Sequence[Pool]) -> dict[str, HostPoolView]:
         """Scaler-managed pools: one DescribeHosts for all, by the pool tag. Auto pools: by group membership.
@@ -112,7 +118,7 @@ class Ec2Hosts:
         if scaler:
             raw = self._describe(Filter=[_filter("tag-key", TAG_POOL), _filter("state", *_LIVE_STATES)])
             for pool in scaler:
-                mine = [h for h in raw if _tags(h).get(TAG_POOL) == pool.name]
+                mine = [h for h in raw if _tags(h).get(TAG_POOL) == pool.name and self._ours(h)]
                 views[pool.name] = HostPoolView(
                     pool.name, tuple(_host(h, pool) for h in mine), self._unmet_since(pool)
                 )
@@ -134,6 +140,8 @@ class Ec2Hosts:
             else {"InstanceType": cfg.instance_type}
         )
         tags = [{"Key": TAG_POOL, "Value": pool.name}, {"Key": TAG_MANAGED, "Value": "true"}]
+        if self._deployment:
+            tags.append({"Key": TAG_DEPLOYMENT, "Value": self._deployment})
         got = self._aws.call(
             "ec2",
             "allocate_hosts",

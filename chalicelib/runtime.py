@@ -170,7 +170,7 @@ class Runtime:
             return None
         from chalicelib.hosts import Ec2Hosts
 
-        return Ec2Hosts(self.aws)
+        return Ec2Hosts(self.aws, deployment=self.names.prefix)
 
 
 def parse_token_list(value: str) -> list[str]:
