@@ -478,7 +478,10 @@ def _general_name(host: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
-        pass
+        return _dns_name(host)
+
+
+def _dns_name(host: str) -> x509.DNSName:
     name = host.rstrip(".").lower()
     labels = name[2:].split(".") if name.startswith("*.") else name.split(".")
     if not name or len(name) > 253 or not all(_DNS_LABEL.match(label) for label in labels):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
@@ -123,11 +123,13 @@ def _fingerprints(base: BaseCerts) -> dict[str, str]:
 class BaseCertsRotation:
     """The rotation function's steps for the base-certs secret; each step is safe to run again after a crash.
 
-    `policy` None keeps the policy the current material was made with (defaults for a placeholder).
+    `policy` None keeps the policy the current material was made with (defaults for a placeholder);
+    `validity` (config's `scaler.cert_validity`) then sets how long the new CA and client certificate live.
     """
 
     secrets: Secrets
     policy: CertPolicy | None = None
+    validity: timedelta | None = None
 
     def handle(self, event: RotationEvent, now: datetime) -> StepOutcome:
         """Check the rotation contract, then run the event's step (the AWS rotation template's flow)."""
@@ -156,21 +158,19 @@ class BaseCertsRotation:
         keeps the current CA (cross-signed) until the last server certificate it issued has expired.
         """
         current = self.secrets.get_value(secret_id, version_stage=AWSCURRENT)
-        try:
-            self.secrets.get_value(secret_id, version_id=token, version_stage=AWSPENDING)
+        if self._has_pending(secret_id, token):
             logger.info("createSecret: pending version exists", extra={"token": token})
             return "kept"
-        except NotFoundError:
-            pass
         previous = parse_base_certs(current.value)
+        policy = next_policy(previous, self.policy, self.validity)
         if previous is None:
             logger.warning(
                 "createSecret: AWSCURRENT holds no base certs yet; making the first CA",
                 extra={"secret": current.name},
             )
-            fresh = certs.generate_base_certs(now, self.policy)
+            fresh = certs.generate_base_certs(now, policy)
         else:
-            fresh = certs.rotate(previous.trusted_at(now), now, self.policy)
+            fresh = certs.rotate(previous.trusted_at(now), now, policy)
         try:
             self.secrets.put_value(secret_id, fresh.to_json(), token=token, stages=(AWSPENDING,))
         except SecretConflictError:
@@ -181,6 +181,14 @@ class BaseCertsRotation:
             extra={"secret": current.name, "token": token, **_fingerprints(fresh)},
         )
         return "created"
+
+    def _has_pending(self, secret_id: str, token: str) -> bool:
+        """Whether the token's version holds a value staged AWSPENDING (RotateSecret's version is empty)."""
+        try:
+            self.secrets.get_value(secret_id, version_id=token, version_stage=AWSPENDING)
+        except NotFoundError:
+            return False
+        return True
 
     def _pending(self, secret_id: str, token: str) -> BaseCerts:
         version = self.secrets.get_value(secret_id, version_id=token, version_stage=AWSPENDING)
@@ -262,6 +270,17 @@ class BaseCertsRotation:
             logger.info("finishSecret: AWSPENDING already moved", extra={"token": token, "error": exc.code})
 
 
+def next_policy(
+    previous: BaseCerts | None, policy: CertPolicy | None, validity: timedelta | None
+) -> CertPolicy:
+    """The policy of new material: `policy`, else the current material's (key type, server validity kept),
+    with `validity` applied to CA and client certificate."""
+    chosen = policy or (previous.policy if previous is not None else CertPolicy())
+    if validity is None or (chosen.ca_validity, chosen.client_validity) == (validity, validity):
+        return chosen
+    return replace(chosen, ca_validity=validity, client_validity=validity)
+
+
 def check_contract(description: SecretDescription, token: str) -> None:
     """The AWS rotation template's checks: rotation enabled, and the token is a version staged for it."""
     if not description.rotation_enabled:
@@ -307,6 +326,7 @@ def ensure_base_certs(
     regenerate_before: timedelta,
     policy: CertPolicy | None = None,
     *,
+    validity: timedelta | None = None,
     secret_name: str | None = None,
 ) -> EnsureOutcome:
     """The tick's `docker-machine regenerate-base-certs --regenerate-before`: create, or rotate once, if due.
@@ -314,13 +334,13 @@ def ensure_base_certs(
     Missing secret: create it. Inside the window: RotateSecret when a rotation Lambda is set (AWS refuses a
     second one while the first runs), else the four steps in-process under a token derived from AWSCURRENT,
     so concurrent callers produce exactly one new version and the losers return "lost-race"/"in-progress".
-    `secret_name` overrides `names.base_certs_secret` (the CLI's `--secret`).
+    `policy`/`validity` as for `BaseCertsRotation`; `secret_name` overrides `names.base_certs_secret`.
     """
     name = secret_name or names.base_certs_secret
     try:
         description = secrets.describe(name)
     except NotFoundError:
-        return _create(secrets, name, names, now, policy)
+        return _create(secrets, name, names, now, next_policy(None, policy, validity))
     if description.deleted:
         raise RotationError(
             f"secret {name} is scheduled for deletion; restore it: aws secretsmanager restore-secret"
@@ -332,15 +352,13 @@ def ensure_base_certs(
     token = rotation_token(description.arn, current.version_id)
     if description.rotation_enabled and description.rotation_lambda_arn:
         return _start_rotation(secrets, description, token)
-    action = run_rotation_steps(BaseCertsRotation(secrets, policy), name, token, now)
+    action = run_rotation_steps(BaseCertsRotation(secrets, policy, validity), name, token, now)
     after = secrets.get_value(name, version_stage=AWSCURRENT)
     rotated = parse_base_certs(after.value)
     return EnsureOutcome(action, name, after.version_id, rotated.expires_at if rotated else None)
 
 
-def _create(
-    secrets: Secrets, name: str, names: Names, now: datetime, policy: CertPolicy | None
-) -> EnsureOutcome:
+def _create(secrets: Secrets, name: str, names: Names, now: datetime, policy: CertPolicy) -> EnsureOutcome:
     fresh = certs.generate_base_certs(now, policy)
     try:
         secrets.create(
@@ -392,20 +410,23 @@ class ServerCertIssuer:
 # -- entry points for handlers (the only code here that touches the runtime) -------------------------------
 
 
-def policy_for(rt: Runtime) -> CertPolicy:
-    """The cert policy of this deployment: CA validity from config (`scaler.cert_validity`) when it loads."""
+def validity_for(rt: Runtime) -> timedelta | None:
+    """Config's `scaler.cert_validity`, or None (keep the current material's) when config is not readable.
+
+    The rotation Lambda needs no pool config; it only borrows this one knob so the CA lives as long as
+    infra's rotation schedule assumes.
+    """
     try:
-        validity = rt.config.scaler.cert_validity
+        return rt.config.scaler.cert_validity
     except (ConfigError, AwsCallError) as exc:
-        logger.warning("config not readable; default certificate validity", extra={"error": str(exc)[:200]})
-        return CertPolicy()
-    return CertPolicy(ca_validity=validity, client_validity=validity)
+        logger.warning("config not readable; keeping certificate validity", extra={"error": str(exc)[:200]})
+        return None
 
 
 @functools.lru_cache(maxsize=8)
 def rotation_for(rt: Runtime) -> BaseCertsRotation:
     """One rotation use case per container (per Runtime): adapters built on first use, never at import."""
-    return BaseCertsRotation(AwsSecrets(rt.aws), policy_for(rt))
+    return BaseCertsRotation(AwsSecrets(rt.aws), validity=validity_for(rt))
 
 
 def run_rotation_event(rt: Runtime, raw_event: Any) -> dict[str, str]:
@@ -416,6 +437,7 @@ def run_rotation_event(rt: Runtime, raw_event: Any) -> dict[str, str]:
 
 def ensure_base_certs_for(rt: Runtime) -> EnsureOutcome:
     """The tick's call: `ensure_base_certs` with this deployment's names, config and clock."""
+    scaler = rt.config.scaler
     return ensure_base_certs(
-        AwsSecrets(rt.aws), rt.names, rt.now(), rt.config.scaler.regenerate_before, policy_for(rt)
+        AwsSecrets(rt.aws), rt.names, rt.now(), scaler.regenerate_before, validity=scaler.cert_validity
     )

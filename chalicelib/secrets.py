@@ -1,8 +1,6 @@
-"""Secrets Manager adapter: versions and staging labels, rotation, machine secrets, and a per-container cache.
-
-The only module that calls Secrets Manager (through `AwsClients`, so calls are counted, retried and
-translated). `MemorySecrets` is its in-memory twin with AWS's documented semantics, for tests and the
-simulator. No policy lives here, and no secret value is ever logged. Imports chalicelib.aws/errors only.
+"""Secrets Manager adapter (`AwsSecrets`, the only caller of the service, through `AwsClients`) and its
+in-memory twin `MemorySecrets`; plus machine secrets and a per-container TTL cache. No policy, no value
+ever logged. Imports chalicelib.aws and chalicelib.errors only.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""`runner-scaler certs`: the fleet's Docker TLS base certs, as docker-machine's commands handle them.
-
-Each command reads the base certs from Secrets Manager (`--secret`) or, offline, from a directory
-(`--local DIR`, no AWS call at all), calls chalicelib.certs / chalicelib.rotation and prints a rich table.
-May import typer, rich and chalicelib; key material is written to files (0600), never printed.
+"""`runner-scaler certs`: the fleet's Docker TLS base certs, handled as docker-machine's commands do, in
+Secrets Manager (`--secret`) or offline in a directory (`--local DIR`, no AWS call). May import typer, rich
+and chalicelib; key material goes to files (0600), never to the terminal.
 """
 
 from __future__ import annotations

@@ -267,3 +267,15 @@ def test_the_secret_cache_names_a_secret_that_is_not_json_without_its_value() ->
     assert "glpat" not in str(caught.value)
     with pytest.raises(NotFoundError):
         SecretCache(twin).text("unit/missing")
+
+
+def test_a_rotation_keeps_the_key_type_and_takes_the_configured_validity() -> None:
+    # GIVEN base certs made with ECDSA P-384 (an operator's choice)
+    twin = MemorySecrets()
+    ensure_base_certs(twin, NAMES, T0, WINDOW, certs.CertPolicy(key_algorithm=certs.KeyAlgorithm.ECDSA_P384))
+    # WHEN the tick rotates them with config's cert_validity of 400 days
+    ensure_base_certs(twin, NAMES, DUE, WINDOW, validity=timedelta(days=400))
+    # THEN the key type stays, and the new CA lives as configured
+    rotated = certs.BaseCerts.from_json(twin.get_value(SECRET).value)
+    assert rotated.policy.key_algorithm is certs.KeyAlgorithm.ECDSA_P384
+    assert rotated.ca.not_valid_after_utc == DUE + timedelta(days=400)
