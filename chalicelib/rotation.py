@@ -379,7 +379,8 @@ def _start_rotation(secrets: Secrets, description: SecretDescription, token: str
     if description.rotation_in_progress:
         return EnsureOutcome("in-progress", name, description.version_with(AWSPENDING))
     try:
-        version = secrets.rotate(name, token=token, lambda_arn=description.rotation_lambda_arn)
+        # No configuration parameters: AWS then rotates "with the values already stored in the secret".
+        version = secrets.rotate(name, token=token)
     except SecretConflictError:
         logger.info("rotation already in progress", extra={"secret": name})
         return EnsureOutcome("in-progress", name, token)

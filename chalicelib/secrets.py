@@ -181,8 +181,7 @@ class AwsSecrets:
     def rotate(self, secret_id: str, *, token: str | None = None, lambda_arn: str | None = None) -> str:
         """Start a rotation by the secret's rotation Lambda; SecretConflictError if one is already running.
 
-        `lambda_arn` re-states the configured function: AWS treats that as a no-op, and moto otherwise
-        forgets the function it was given before.
+        `lambda_arn` also (re)configures the function; without it AWS uses the configuration stored.
         """
         params: dict[str, Any] = {"SecretId": secret_id}
         if token:

@@ -29,12 +29,22 @@ def aws_clients() -> AwsClients:
     return AwsClients(SESSION, region="us-east-1", sleep=lambda _s: None)
 
 
-def container() -> AwsSecrets:
+class MotoSecrets(AwsSecrets):
+    """AwsSecrets for moto, whose RotateSecret forgets the configured rotation function unless the call
+    names it again (then marks the empty version AWSCURRENT). AWS keeps the stored configuration, so the
+    production adapter does not re-state it; this one does, and only that differs."""
+
+    def rotate(self, secret_id: str, *, token: str | None = None, lambda_arn: str | None = None) -> str:
+        configured = self.describe(secret_id).rotation_lambda_arn
+        return super().rotate(secret_id, token=token, lambda_arn=lambda_arn or configured)
+
+
+def container() -> MotoSecrets:
     """A separate Lambda container: its own clients (built now, in this thread: sessions are not
     thread-safe while they build clients)."""
     aws = aws_clients()
     aws.client("secretsmanager")
-    return AwsSecrets(aws)
+    return MotoSecrets(aws)
 
 
 def create_rotation_function(aws: AwsClients, name: str = "rotate_base_certs") -> str:

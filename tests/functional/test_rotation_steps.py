@@ -30,6 +30,7 @@ from chalicelib.rotation import (
 from chalicelib.secrets import AWSCURRENT, AWSPENDING, AWSPREVIOUS, AwsSecrets
 from tests.functional.certs_fixtures import (
     STUB_LAMBDA,
+    MotoSecrets,
     aws_clients,
     container,
     create_rotation_function,
@@ -56,7 +57,7 @@ def aws(aws_credentials: None) -> Iterator[AwsClients]:
 
 @pytest.fixture
 def secrets(aws: AwsClients) -> AwsSecrets:
-    return AwsSecrets(aws)
+    return MotoSecrets(aws)
 
 
 @dataclass(frozen=True)
