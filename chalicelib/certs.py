@@ -707,8 +707,3 @@ def load_dir(directory: Path) -> BaseCerts:
         key_pem=read["key.pem"],
         policy=policy,
     )
-
-
-def time_to(moment: datetime, now: datetime) -> timedelta:
-    """How long from `now` until `moment` (negative when past)."""
-    return moment - _aware(now)

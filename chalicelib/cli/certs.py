@@ -216,7 +216,7 @@ def export(
     """Write the base certs in docker-machine's layout (keys 0600), plus trust-bundle.pem."""
 
     def run() -> None:
-        base = load_base_certs(secret, local, prefix, endpoint_url)
+        base = load_base_certs(secret, local, prefix, endpoint_url).trusted_at(_now())
         for path in certs.export_dir(base, directory):
             console.print(f"wrote {path} ({oct(path.stat().st_mode & 0o777)})", highlight=False)
 
