@@ -35,6 +35,12 @@ def demo(
     out: Annotated[Path, typer.Option(help="directory for summary.json, timeline.png, demo.log")] = Path(
         "demo-out"
     ),
+    spot: Annotated[
+        int, typer.Option(min=0, help="Spot interruptions to stage on spot pools (warning, then reclaim)")
+    ] = 0,
+    drill: Annotated[
+        bool, typer.Option(help="stage an Auto Scaling throttling incident (alarms fire)")
+    ] = True,
     live: Annotated[bool, typer.Option(help="draw the live view (only when stdout is a terminal)")] = True,
 ) -> None:
     """Play a job trace against the real app on local moto and a fake GitLab; every handler runs for real."""
@@ -53,6 +59,8 @@ def demo(
         config=config,
         out=out,
         live=live and console.is_terminal,
+        drill=drill,
+        spot_interruptions=spot,
     )
     try:
         result = Demo(options, console).run()

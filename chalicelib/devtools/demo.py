@@ -40,7 +40,7 @@ from chalicelib.devtools.demo_report import (
     write_timeline,
     write_timeline_csv,
 )
-from chalicelib.devtools.event_sources import EventSources, RotationService
+from chalicelib.devtools.event_sources import EventSources, RotationService, SpotInterruptions
 from chalicelib.devtools.fake_gitlab import TERMINAL, FakeGitLab, FakeJob, JobSpec
 from chalicelib.devtools.local_app import LocalApp, load_app, wait_until_serving
 from chalicelib.devtools.local_aws import LocalAws
@@ -116,7 +116,7 @@ STAGE_NAMES = ("build", "test", "package", "deploy")
 #: in the same simulated step, before the next reconcile.
 WEBHOOK_WAIT = 10.0
 #: How long the staged incident throttles the app's Auto Scaling reads (long enough for 3-of-5 alarms).
-DRILL_DURATION = timedelta(minutes=4)
+DRILL_DURATION = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,7 @@ class DemoOptions:
     live: bool = True  # draw the rich live view (off in tests and when stdout is not a terminal)
     settle: timedelta | None = None  # after the last job: how long to watch scale-in (None: from idle_time)
     drill: bool = True  # stage an AWS throttling incident a third into the trace (see Drill)
+    spot_interruptions: int = 0  # Spot instances EC2 reclaims in the last third of the trace
 
 
 @dataclass
@@ -391,6 +392,7 @@ class _World:
     rotation: RotationService
     cloudwatch: CloudWatch
     drill: Drill | None
+    spot: SpotInterruptions
     notes: deque[str] = field(default_factory=lambda: deque(maxlen=4))
     jobs_done_at: datetime | None = None  # when the last trace job ended
 
@@ -538,6 +540,16 @@ class Demo:
             runner_from_secret=sources.has_lifecycle,
             stamp_launch=local_aws.set_launch_time,
         )
+        count = options.spot_interruptions
+        spot = SpotInterruptions(
+            sources,
+            machines,
+            platform_aws,
+            config,
+            [player.last_created_s * (0.6 + 0.3 * k / max(1, count)) for k in range(count)],
+            clock.elapsed,
+            region=local_aws.region,
+        )
         return _World(
             config,
             names,
@@ -553,6 +565,7 @@ class Demo:
             rotation,
             cloudwatch,
             drill,
+            spot,
             notes,
         )
 
@@ -574,6 +587,7 @@ class Demo:
                     world.rotation.rotate("scheduled rotation")
                     rotate_at = None
                 world.sources.poll(now)
+                world.spot.poll(now)
                 world.rotation.run_queued()
                 world.machines.step(now)
                 world.gitlab.flush(timeout=WEBHOOK_WAIT)
@@ -612,6 +626,7 @@ class Demo:
                 world.rotation.describe(),
                 world.cloudwatch.describe(),
                 *([world.drill.describe(world.clock.elapsed())] if world.drill else []),
+                *([spot_line] if (spot_line := world.spot.describe()) else []),
             ],
         )
 
@@ -657,6 +672,21 @@ class Demo:
                 if world.drill
                 else None
             ),
+            "spot_interruptions": [
+                {
+                    "instance_id": i.instance_id,
+                    "pool": i.pool,
+                    "jobs_interrupted": list(i.job_ids),
+                    "at_seconds": round((i.at - world.clock.origin).total_seconds(), 1),
+                }
+                for i in world.machines.interruptions
+            ],
+            "spot_warnings": [
+                {"instance_id": s.instance_id, "pool": s.pool, "at_seconds": round(s.at_s, 1)}
+                for s in world.spot.planned
+                if s.instance_id
+            ],
+            "jobs_retried": world.recorder.retried(),
             "tls_rotations": [
                 {
                     "at_seconds": round(r.at_s, 1),
@@ -686,6 +716,7 @@ def _markers(world: _World) -> list[Marker]:
     """The drill (a span) and the rotations after deploy (instants), as the timeline marks them."""
     markers = [Marker("throttling drill", world.drill.start_s, world.drill.end_s)] if world.drill else []
     markers += [Marker("TLS rotation", r.at_s) for r in world.rotation.rotations if r.at_s > 0]
+    markers += [Marker("Spot warning", s.at_s) for s in world.spot.planned if s.instance_id]
     return markers
 
 

@@ -87,12 +87,20 @@ class Recorder:
             self.job_pools[job_id] = pool
 
     def jobs(self, pool: str | None = None) -> list[FakeJob]:
-        """The trace's jobs as GitLab sees them now (copies, so a reader never sees one change mid-way)."""
-        return [
-            replace(self.gitlab.jobs[job_id])
-            for job_id, job_pool in list(self.job_pools.items())
-            if pool is None or job_pool == pool
-        ]
+        """The trace's jobs as GitLab sees them now: the latest attempt of each (a retry replaces a job with a
+        new one of the same name), copied so a reader never sees one change mid-way."""
+        jobs = list(self.gitlab.jobs.values())
+        latest = {(j.pipeline_id, j.name): j for j in sorted(jobs, key=lambda j: j.id) if not j.retried}
+        out = []
+        for job_id, job_pool in list(self.job_pools.items()):
+            if pool is None or job_pool == pool:
+                first = self.gitlab.jobs[job_id]
+                out.append(replace(latest.get((first.pipeline_id, first.name), first)))
+        return out
+
+    def retried(self) -> int:
+        """Trace jobs GitLab ran again (a retry after a Spot interruption)."""
+        return sum(1 for job_id in self.job_pools if self.gitlab.jobs[job_id].retried)
 
     def waits(self, now: datetime, pool: str | None = None) -> list[float]:
         """Seconds each job waited in `pending` for a runner; a job still pending counts its wait so far."""

@@ -33,6 +33,7 @@ from chalicelib.devtools.local_app import (
     sqs_event,
 )
 from chalicelib.devtools.local_aws import ACCOUNT, LocalAws
+from chalicelib.devtools.machines import SimulatedMachines
 from chalicelib.errors import AwsCallError
 from chalicelib.metrics import NAMESPACE
 from chalicelib.resources import Names
@@ -357,3 +358,98 @@ class RotationService:
             f"TLS: CA {last.ca_sha256 or '-'} · {len(done)} rotation(s), last at {clock_text(last.at_s)} "
             f"({last.reason}): {last.result}"
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# EC2 Spot interruptions
+
+SPOT_WARNING_SECONDS = 120.0  # EC2 warns two minutes before it reclaims a Spot instance
+
+
+@dataclass
+class SpotInterruption:
+    at_s: float
+    instance_id: str = ""
+    pool: str = ""
+    reclaim_at_s: float | None = None
+    reclaimed: bool = False
+
+
+class SpotInterruptions:
+    """EC2's part in a Spot interruption: the two-minute warning to EventBridge, then the instance is taken
+    back (terminated without decrementing its group, so Auto Scaling launches a replacement).
+
+    The victim is a machine of a `spot = true` pool, busy if one is: the hard case for the scaler.
+    """
+
+    def __init__(
+        self,
+        sources: EventSources,
+        machines: SimulatedMachines,
+        aws: AwsClients,
+        config: Config,
+        at_s: list[float],
+        elapsed: Callable[[], float],
+        *,
+        region: str,
+    ) -> None:
+        self._sources = sources
+        self._machines = machines
+        self._aws = aws
+        self._spot_pools = {p.name for p in config.pools if p.spot}
+        self._elapsed = elapsed
+        self._region = region
+        self.planned = [SpotInterruption(at) for at in sorted(at_s)] if self._spot_pools else []
+
+    def poll(self, now: datetime) -> None:
+        elapsed = self._elapsed()
+        for spot in self.planned:
+            if not spot.instance_id and elapsed >= spot.at_s:
+                self._warn(spot, now)
+            elif spot.reclaim_at_s is not None and not spot.reclaimed and elapsed >= spot.reclaim_at_s:
+                self._reclaim(spot)
+
+    def _warn(self, spot: SpotInterruption, now: datetime) -> None:
+        candidates = [
+            m for m in self._machines.live() if m.pool in self._spot_pools and m.runner_id is not None
+        ]
+        if not candidates:
+            return  # no Spot machine up yet: try again at the next step
+        victim = max(candidates, key=lambda m: (len(m.running), m.appeared_at))
+        spot.instance_id, spot.pool = victim.instance_id, victim.pool
+        spot.reclaim_at_s = self._elapsed() + SPOT_WARNING_SECONDS
+        self._sources.route(
+            eventbridge_event(
+                "aws.ec2",
+                "EC2 Spot Instance Interruption Warning",
+                {"instance-id": victim.instance_id, "instance-action": "terminate"},
+                [f"arn:aws:ec2:{self._region}:{ACCOUNT}:instance/{victim.instance_id}"],
+                now,
+                self._region,
+            )
+        )
+
+    def _reclaim(self, spot: SpotInterruption) -> None:
+        spot.reclaimed = True
+        self._machines.reclaim(spot.instance_id)
+        try:
+            self._aws.call(
+                "autoscaling",
+                "terminate_instance_in_auto_scaling_group",
+                InstanceId=spot.instance_id,
+                ShouldDecrementDesiredCapacity=False,
+            )
+        except AwsCallError as exc:
+            logger.info(
+                "Spot victim already gone", extra={"instance_id": spot.instance_id, "error": str(exc)}
+            )
+
+    def describe(self) -> str:
+        done = [s for s in self.planned if s.instance_id]
+        if not self.planned:
+            return ""
+        parts = [
+            f"{s.instance_id} ({s.pool}) {'reclaimed' if s.reclaimed else 'warned'} at {clock_text(s.at_s)}"
+            for s in done
+        ]
+        return f"spot: {'; '.join(parts) or 'none yet'} ({len(self.planned)} planned)"

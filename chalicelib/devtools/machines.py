@@ -65,7 +65,7 @@ class SimMachine:
     jobs_done: int = 0
     running: dict[int, datetime] = field(default_factory=dict)  # job id -> when it ends
     gone_at: datetime | None = None
-    killed_jobs: list[int] = field(default_factory=list)
+    reclaimed: bool = False  # EC2 took it back (a Spot interruption), not the scaler
 
     def state(self, now: datetime, max_use_count: int) -> MachineState:
         if self.gone_at is not None:
@@ -86,6 +86,16 @@ class SimMachine:
 @dataclass(frozen=True)
 class BusyKill:
     """An instance that left its group while a job ran on it."""
+
+    instance_id: str
+    pool: str
+    job_ids: tuple[int, ...]
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """A Spot instance EC2 reclaimed, and the jobs it was running then (GitLab fails them)."""
 
     instance_id: str
     pool: str
@@ -130,6 +140,7 @@ class SimulatedMachines:
         self._stamp_launch = stamp_launch
         self.machines: dict[str, SimMachine] = {}
         self.busy_kills: list[BusyKill] = []
+        self.interruptions: list[Interruption] = []
         self.pools: dict[str, PoolView] = {p.name: PoolView() for p in config.pools}
         self.max_live: Counter[str] = Counter()
         self.over_capacity: list[str] = []
@@ -185,18 +196,26 @@ class SimulatedMachines:
         if self._lifecycle is not None:
             self._lifecycle.launched(pool, instance_id, now)
 
+    def reclaim(self, instance_id: str) -> None:
+        """EC2 is about to take this instance back (Spot): its end is not the scaler's doing."""
+        machine = self.machines.get(instance_id)
+        if machine is not None:
+            machine.reclaimed = True
+
     def _disappear(self, pool: Pool, machine: SimMachine, now: datetime) -> None:
+        """The terminate hook runs while the instance is still there (Terminating:Wait); then it is gone,
+        and GitLab fails what it was running (runner_system_failure)."""
         machine.gone_at = now
-        if machine.running:
-            kill = BusyKill(machine.instance_id, pool.name, tuple(machine.running), now)
-            self.busy_kills.append(kill)
-            logger.error(
-                "busy machine killed", extra={"instance_id": machine.instance_id, "jobs": kill.job_ids}
-            )
-            for job_id in list(machine.running):
-                self._end_job(machine, job_id, "failed")
+        running = tuple(machine.running)
         if self._lifecycle is not None:
             self._lifecycle.terminated(pool, machine.instance_id, now)
+        if running and machine.reclaimed:
+            self.interruptions.append(Interruption(machine.instance_id, pool.name, running, now))
+        elif running:
+            self.busy_kills.append(BusyKill(machine.instance_id, pool.name, running, now))
+            logger.error("busy machine killed", extra={"instance_id": machine.instance_id, "jobs": running})
+        for job_id in running:
+            self._end_job(machine, job_id, "failed")
         if machine.self_registered and machine.runner_id is not None:
             # No lifecycle handler to delete it: the machine unregisters on its way out.
             self._gitlab.runners.pop(machine.runner_id, None)

@@ -66,7 +66,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     )
     started = time.monotonic()
     result = Demo(options).run()
-    assert time.monotonic() - started < 50, "the tiny demo must stay well under the 60 s test budget"
+    assert time.monotonic() - started < 55, "the tiny demo must stay well under the 60 s test budget"
     yield Run(result, trace, threads_before)
 
 
