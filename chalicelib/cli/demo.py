@@ -37,7 +37,7 @@ def demo(
     ),
     spot: Annotated[
         int, typer.Option(min=0, help="Spot interruptions to stage on spot pools (warning, then reclaim)")
-    ] = 0,
+    ] = 1,
     drill: Annotated[
         bool, typer.Option(help="stage an Auto Scaling throttling incident (alarms fire)")
     ] = True,

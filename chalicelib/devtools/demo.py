@@ -134,7 +134,7 @@ class DemoOptions:
     live: bool = True  # draw the rich live view (off in tests and when stdout is not a terminal)
     settle: timedelta | None = None  # after the last job: how long to watch scale-in (None: from idle_time)
     drill: bool = True  # stage an AWS throttling incident a third into the trace (see Drill)
-    spot_interruptions: int = 0  # Spot instances EC2 reclaims in the last third of the trace
+    spot_interruptions: int = 1  # Spot instances EC2 reclaims in the last third of the trace
 
 
 @dataclass
@@ -682,7 +682,11 @@ class Demo:
                 for i in world.machines.interruptions
             ],
             "spot_warnings": [
-                {"instance_id": s.instance_id, "pool": s.pool, "at_seconds": round(s.at_s, 1)}
+                {
+                    "instance_id": s.instance_id,
+                    "pool": s.pool,
+                    "at_seconds": round(s.warned_at_s or s.at_s, 1),
+                }
                 for s in world.spot.planned
                 if s.instance_id
             ],
@@ -716,7 +720,7 @@ def _markers(world: _World) -> list[Marker]:
     """The drill (a span) and the rotations after deploy (instants), as the timeline marks them."""
     markers = [Marker("throttling drill", world.drill.start_s, world.drill.end_s)] if world.drill else []
     markers += [Marker("TLS rotation", r.at_s) for r in world.rotation.rotations if r.at_s > 0]
-    markers += [Marker("Spot warning", s.at_s) for s in world.spot.planned if s.instance_id]
+    markers += [Marker("Spot warning", s.warned_at_s or s.at_s) for s in world.spot.planned if s.instance_id]
     return markers
 
 

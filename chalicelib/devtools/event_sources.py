@@ -15,7 +15,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from chalicelib.aws import AwsClients
@@ -366,9 +366,14 @@ class RotationService:
 SPOT_WARNING_SECONDS = 120.0  # EC2 warns two minutes before it reclaims a Spot instance
 
 
+#: How long past its planned time a Spot warning waits for a busy victim before it takes an idle one.
+SPOT_PATIENCE = 300.0
+
+
 @dataclass
 class SpotInterruption:
     at_s: float
+    warned_at_s: float | None = None
     instance_id: str = ""
     pool: str = ""
     reclaim_at_s: float | None = None
@@ -410,12 +415,17 @@ class SpotInterruptions:
                 self._reclaim(spot)
 
     def _warn(self, spot: SpotInterruption, now: datetime) -> None:
-        candidates = [
-            m for m in self._machines.live() if m.pool in self._spot_pools and m.runner_id is not None
-        ]
+        """Warn a Spot machine whose job outlasts the warning (waiting up to `SPOT_PATIENCE` for one), else
+        any Spot machine that is up."""
+        up = [m for m in self._machines.live() if m.pool in self._spot_pools and m.runner_id is not None]
+        reclaim_at = now + timedelta(seconds=SPOT_WARNING_SECONDS)
+        busy = [m for m in up if any(ends > reclaim_at for ends in m.running.values())]  # still busy then
+        late = self._elapsed() - spot.at_s >= SPOT_PATIENCE
+        candidates = busy or (up if late else [])
         if not candidates:
-            return  # no Spot machine up yet: try again at the next step
-        victim = max(candidates, key=lambda m: (len(m.running), m.appeared_at))
+            return  # try again at the next step
+        victim = max(candidates, key=lambda m: (max(m.running.values(), default=now), m.appeared_at))
+        spot.warned_at_s = self._elapsed()
         spot.instance_id, spot.pool = victim.instance_id, victim.pool
         spot.reclaim_at_s = self._elapsed() + SPOT_WARNING_SECONDS
         self._sources.route(
@@ -449,7 +459,8 @@ class SpotInterruptions:
         if not self.planned:
             return ""
         parts = [
-            f"{s.instance_id} ({s.pool}) {'reclaimed' if s.reclaimed else 'warned'} at {clock_text(s.at_s)}"
+            f"{s.instance_id} ({s.pool}) {'reclaimed' if s.reclaimed else 'warned'} at "
+            f"{clock_text(s.warned_at_s or s.at_s)}"
             for s in done
         ]
         return f"spot: {'; '.join(parts) or 'none yet'} ({len(self.planned)} planned)"

@@ -63,6 +63,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         out=directory / "out",
         live=False,
         settle=timedelta(minutes=5),
+        spot_interruptions=1,
     )
     started = time.monotonic()
     result = Demo(options).run()
@@ -126,6 +127,14 @@ def test_the_staged_throttling_incident_raises_alarms_that_clear(run: Run) -> No
     assert summary["drill"]["calls_failed"] > 0
     transitions = [[c["to"] for c in changes] for changes in summary["alarms"].values()]
     assert ["ALARM", "OK"] in transitions, summary["alarms"]
+
+
+def test_the_spot_instance_was_warned_then_reclaimed_without_losing_a_job(run: Run) -> None:
+    summary = run.result.summary
+    assert len(summary["spot_warnings"]) == 1
+    interrupted = [j for i in summary["spot_interruptions"] for j in i["jobs_interrupted"]]
+    assert summary["jobs_retried"] == len(interrupted)  # each interrupted job ran again...
+    assert summary["jobs"]["succeeded"] == summary["jobs"]["total"]  # ...and succeeded
 
 
 def test_the_tls_material_was_rotated_on_deploy_and_on_schedule(run: Run) -> None:
