@@ -25,7 +25,7 @@ def demo(
             help="job trace CSV (pipeline_id,created_s,stage,name,tags,duration_s); default: demo's"
         ),
     ] = None,
-    speed: Annotated[float, typer.Option(min=0.1, help="simulated seconds per wall second")] = 30.0,
+    speed: Annotated[float, typer.Option(min=0.1, help="simulated seconds per wall second")] = 40.0,
     duration: Annotated[
         str, typer.Option(help='stop after this much simulated time even if jobs remain (Go duration: "90m")')
     ] = "90m",

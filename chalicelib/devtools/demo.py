@@ -124,7 +124,7 @@ class DemoOptions:
     """What `runner-scaler demo` was asked for. Times are simulated unless named `wall`."""
 
     trace: Path = DEFAULT_TRACE
-    speed: float = 30.0  # simulated seconds per wall second
+    speed: float = 40.0  # simulated seconds per wall second
     max_step: float = 10.0  # simulated seconds one platform step may cover at most
     duration: timedelta = timedelta(minutes=90)  # stop here even if the trace is not done
     config: Path | None = None  # None: DEMO_CONFIG

@@ -344,8 +344,11 @@ def summary_table(summary: Mapping[str, Any]) -> RenderableType:
         )
     handlers = Text("handlers: ")
     for name, info in summary["handlers"].items():
-        style = "red" if info["invocations"] == 0 or info["failures"] else "green"
-        failures = f", {info['failures']} failed" if info["failures"] else ""
+        unexpected = info["failures"] - info.get("failures_during_drill", 0)
+        style = "red" if info["invocations"] == 0 or unexpected else "green"
+        failures = ""
+        if info["failures"]:
+            failures = f", {info['failures']} failed" + (" (the drill)" if not unexpected else "")
         handlers.append(f"{name} ({info['kind']}) ×{info['invocations']}{failures}  ", style=style)
     return Group(table, checks, handlers)
 
