@@ -1,7 +1,6 @@
-"""Discrete-event simulator: drives the real capacity engine and reconciler on job traces, beside baselines.
+"""Discrete-event simulator: replays CI job traces against our reconciler and the anchors' scalers.
 
-Imports chalicelib (engine, reconciler, store twin, routing), the standard library, and matplotlib only in
-`sim.plot`. No boto3 client is ever built here: every AWS and GitLab call goes to an in-memory fake.
+Imports chalicelib and the standard library (matplotlib only in `sim.plot`); never builds a boto3 client.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""The anchors' scalers as baselines, each built from its documented behaviour; a static fleet; an oracle.
+"""Baselines: the anchors' scalers built from their documented behaviour, a static fleet, and an oracle.
 
-Every baseline reads the same pool config, translated into its own knobs (as `runner-scaler migrate` does the
-other way), and acts on the same simulated world. API calls are counted per the calls each anchor's loop is
-documented to make (control plane only: no runner job polling, which every design has). Imports the simulator
-and config; never chalicelib's engine, so a baseline cannot inherit our rule by accident.
+Each reads the same pool config in its own knobs; imports the simulator and config, never our engine.
 """
 
 from __future__ import annotations

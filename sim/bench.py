@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chalicelib.config import load_config_file
-from sim.simulate import POLICIES, simulate, write_json
+from sim.simulate import EXPERIMENTS, POLICIES, simulate, write_json
 from sim.traces import TRACES_DIR, read_trace
 from sim.world import RunResult
 
@@ -120,8 +120,13 @@ def run_bench(
     return {s.name: {p: results[s.name][p] for p in policies} for s in scenarios}
 
 
-def report(scenario: Scenario, runs: Mapping[str, RunResult], verdict: Mapping[str, object]) -> str:
-    """The scenario's table and ours' ratios, as plain text."""
+def report(
+    scenario: Scenario,
+    runs: Mapping[str, RunResult],
+    verdict: Mapping[str, object],
+    proposals: Mapping[str, Mapping[str, object]],
+) -> str:
+    """The scenario's table, ours' ratios, and each proposal's (an experiment row, not a baseline)."""
     lines = [f"== {scenario.name} ({scenario.trace_path.name}, {scenario.config_path.name})"]
     lines.append(
         f"{'policy':<16}{'p50 s':>9}{'p95 s':>9}{'p99 s':>9}{'cost $':>10}{'mach h':>9}{'killed':>7}"
@@ -132,21 +137,29 @@ def report(scenario: Scenario, runs: Mapping[str, RunResult], verdict: Mapping[s
             f"{name:<16}{m['wait_p50_s']:>9}{m['wait_p95_s']:>9}{m['wait_p99_s']:>9}"
             f"{m['cost_usd']:>10.2f}{m['machine_hours']:>9}{m['busy_killed']:>7}"
         )
+    lines.extend(_verdict_lines("ours", verdict))
+    for name, proposal in proposals.items():
+        lines.extend(_verdict_lines(f"{name} (proposal)", proposal))
+    return "\n".join(lines)
+
+
+def _verdict_lines(who: str, verdict: Mapping[str, object]) -> list[str]:
+    lines: list[str] = []
     for label in ("vs_best", "vs_best_autoscaler"):
         v = verdict[label]
         assert isinstance(v, dict)
         other = verdict["best_baseline" if label == "vs_best" else "best_autoscaler"]
         lines.append(
-            f"ours {label} ({other}): wait p95 x{v['wait_p95_ratio']} ({v['wait_p95_delta_s']:+} s) "
+            f"{who} {label} ({other}): wait p95 x{v['wait_p95_ratio']} ({v['wait_p95_delta_s']:+} s) "
             f"{'ok' if v['wait_ok'] else 'NOT ok'}; cost x{v['cost_ratio']} "
             f"{'ok' if v['cost_ok'] else 'NOT ok'} (goal <= {COST_VS_BEST})"
         )
     lines.append(
-        f"ours cost vs oracle x{verdict['cost_vs_oracle']} {'ok' if verdict['oracle_ok'] else 'NOT ok'} "
+        f"{who} cost vs oracle x{verdict['cost_vs_oracle']} {'ok' if verdict['oracle_ok'] else 'NOT ok'} "
         f"(goal <= {COST_VS_ORACLE}); busy_killed ok: {verdict['busy_killed_ok']}; "
         f"GOAL {'MET' if verdict['goal_met'] else 'NOT MET'}"
     )
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    results = run_bench(SCENARIOS, list(POLICIES), args.seed, args.workers)
+    results = run_bench(SCENARIOS, [*POLICIES, *EXPERIMENTS], args.seed, args.workers)
     args.out.mkdir(parents=True, exist_ok=True)
     document: dict[str, object] = {
         "seed": args.seed,
@@ -168,14 +181,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios_doc: dict[str, object] = {}
     for scenario in SCENARIOS:
         runs = results[scenario.name]
-        verdict = assess({n: r.metrics for n, r in runs.items()})
+        metrics = {n: r.metrics for n, r in runs.items()}
+        verdict = assess(metrics)
+        proposals = {name: assess(metrics, ours=name) for name in EXPERIMENTS}
         scenarios_doc[scenario.name] = {
             "trace": str(scenario.trace_path.relative_to(BENCH_DIR.parent)),
             "config": str(scenario.config_path.relative_to(BENCH_DIR.parent)),
-            "policies": {n: r.metrics for n, r in runs.items()},
+            "policies": metrics,
             "assessment": verdict,
+            "proposals": proposals,
         }
-        sys.stdout.write(report(scenario, runs, verdict) + "\n\n")
+        sys.stdout.write(report(scenario, runs, verdict, proposals) + "\n\n")
         if not args.no_plots:
             from sim.plot import plot_runs
 

@@ -1,7 +1,5 @@
-"""The simulator's clock: a heap of timed callbacks, run in (time, insertion) order.
-
-A dozen lines of `heapq` instead of simpy: the model needs only "call this at time t", every callback is
-instantaneous, and a plain heap keeps runs deterministic (ties broken by insertion order) and dependency-free.
+"""The clock: a heap of timed callbacks run in (time, insertion) order. A dozen lines of heapq, not simpy:
+callbacks are instantaneous, ties break by insertion order (deterministic runs), and nothing is installed.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Simulated Auto Scaling groups, one per pool: launch to desired, boot, terminate on request.
-
-Behaves as an ASG whose instances are protected from scale-in: it launches up to the desired capacity
-(placing each instance on a dedicated host for host pools, and retrying when none has room), and only scales
-in unprotected instances. Machine-seconds run from launch to termination. Imports the model, GitLab and hosts.
+"""Simulated Auto Scaling groups: launch up to desired (on a dedicated host when the pool has hosts), boot,
+terminate on request, scale in only unprotected instances. Imports the model, GitLab and hosts.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Simulated GitLab: pipelines move stage by stage, pending jobs go to free runners of matching tags.
-
-Plays GitLab's part only: it assigns jobs as GitLab does (a free runner whose tags cover the job's, oldest
-pending job first), emits Job Hooks, and answers the REST calls the scaler makes. Its REST answers are
-truthful at the moment of the call (GitLab reads its database); only hooks and the runner's busy flag lag.
-Imports the simulator's model, the event loop and chalicelib's routing rule.
+"""Simulated GitLab: stages release jobs, pending jobs go to free runners of matching tags, hooks are sent;
+REST answers are truthful at the call, only hooks and the busy flag lag. Imports the model and the loop.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Simulated dedicated hosts (macOS, Windows BYOL): allocation, one-instance slots, scrubbing, 24 h minimum.
-
-The host count is decided by a `HostPlanner`, the seam where the engine's own host planning will plug in (a
-later issue); until then every policy shares `SimpleHostPlanner`: grow when machines cannot be placed, release
-an empty host once idle for the pool's idle_time and past its minimum allocation. Imports config and model.
+"""Simulated dedicated hosts (24 h minimum, scrub after each instance), sized by a `HostPlanner`: the seam
+our reconciler's host planning replaces; baselines share `SimpleHostPlanner`. Imports config and model.
 """
 
 from __future__ import annotations
@@ -33,6 +30,7 @@ class SimHost:
     scrubbing_until: float | None = None
     released_at: float | None = None
     idle_since: float | None = None
+    zone: str = ""
 
     @property
     def live(self) -> bool:
@@ -176,11 +174,13 @@ class SimHosts:
         else:
             self._room(host)
 
-    def allocate(self, pool: Pool, count: int) -> None:
+    def allocate(self, pool: Pool, count: int, zone: str = "") -> tuple[str, ...]:
+        """Allocate `count` hosts for the pool; each takes instances once AWS has brought it up."""
         cfg = pool.hosts
         if cfg is None:
-            return
+            return ()
         now = self._loop.now
+        ids: list[str] = []
         for _ in range(count):
             host = SimHost(
                 host_id=f"h-{next(self._ids):017x}",
@@ -189,21 +189,36 @@ class SimHosts:
                 allocated_at=now,
                 available_at=now + self._options.host_allocation_s,
                 idle_since=now + self._options.host_allocation_s,
+                zone=zone,
             )
             self.hosts.append(host)
+            ids.append(host.host_id)
             self._loop.at(host.available_at, functools.partial(self._room, host))
+        return tuple(ids)
+
+    def release_refusal(self, host_id: str) -> str:
+        """Why EC2 would refuse to release the host now ("" when it would not): in use, inside the minimum
+        allocation, scrubbing, gone."""
+        now = self._loop.now
+        host = next((h for h in self.hosts if h.host_id == host_id), None)
+        if host is None or not host.live:
+            return "InvalidHostID.NotFound"
+        if host.instances:
+            return "HostInUse"
+        if host.scrubbing_until is not None and now < host.scrubbing_until:
+            return "IncorrectHostState"
+        if now - host.allocated_at < host.cfg.min_allocation.total_seconds():
+            return "MinimumAllocationNotMet"
+        return ""
 
     def release(self, host_id: str) -> bool:
-        """EC2's rule: never a host with an instance, never before the minimum allocation."""
-        now = self._loop.now
+        """EC2's rule: never a host with an instance or scrubbing, never before the minimum allocation."""
+        if self.release_refusal(host_id):
+            return False
         for host in self.hosts:
-            if host.host_id == host_id and host.live and not host.instances:
-                scrubbing = host.scrubbing_until is not None and now < host.scrubbing_until
-                if scrubbing or now - host.allocated_at < host.cfg.min_allocation.total_seconds():
-                    return False
-                host.released_at = now
-                return True
-        return False
+            if host.host_id == host_id:
+                host.released_at = self._loop.now
+        return True
 
     def tick(self, pools: Sequence[Pool], unplaced: Callable[[str], int], now_dt: datetime) -> None:
         """Let each host pool's planner decide, then apply its decision."""

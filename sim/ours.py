@@ -1,9 +1,5 @@
-"""Our scaler under simulation: the real `Reconciler`, `heal` and `ingest_job`, through in-memory fakes.
-
-Each fake implements the Protocol the use case reads through (Fleet, RunnerControl, JobsApi, DirtyMarker,
-Store via `MemoryStore`) and counts the calls the real adapter would make. The webhook handler, the dirty
-queue's Lambda and the one-minute tick are re-enacted in the order the deployed app runs them.
-Imports chalicelib's use cases and adapter Protocols and the simulator; no boto3 client is built.
+"""Our scaler simulated: the real Reconciler, heal and ingest_job through in-memory fakes of their adapter
+Protocols, each counting the calls the real adapter makes. Imports chalicelib's use cases and the simulator.
 """
 
 from __future__ import annotations
@@ -16,14 +12,18 @@ from datetime import datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from chalicelib.capacity.hosts import Host, HostState, IdleMark, LicenseRoom
+from chalicelib.config import Pool
 from chalicelib.errors import NotFoundError
 from chalicelib.fleet import GroupView, Instance
 from chalicelib.heal import heal
+from chalicelib.hosts import HostPoolView, ReleaseResult
 from chalicelib.jobs import JobEvent, TagResolver, ingest_job
 from chalicelib.reconcile import Reconciler
 from chalicelib.resources import DIRTY_WINDOW_SECONDS
 from chalicelib.store import JobRecord, MachineRecord, MemoryStore, Store, rank
 from sim.gitlab import SimGitLab
+from sim.hosts import NoHostPlanner, SimHost
 from sim.model import HookEvent, JobInfo, ProjectInfo, SimMachine
 from sim.world import World
 
@@ -45,20 +45,31 @@ class IndexedMemoryStore(MemoryStore):
     def record_job(self, job: JobRecord, now: datetime) -> bool:
         changed = super().record_job(job, now)
         if changed:
-            stored = self.jobs[job.key]
-            for pool, keys in self._active.items():
-                if pool != stored.pool:
-                    keys.pop(stored.key, None)
-            if stored.pool and rank(stored.status) >= rank("pending"):
-                self._active.setdefault(stored.pool, {})[stored.key] = None
+            self._reindex(job.key)
         return changed
+
+    def reopen_skipped(self, job: JobRecord, now: datetime) -> bool:
+        reopened = super().reopen_skipped(job, now)
+        if reopened:
+            self._reindex(job.key)
+        return reopened
 
     def settle_job(self, job: JobRecord) -> None:
         super().settle_job(job)
-        self._active.get(job.pool, {}).pop(job.key, None)
+        for keys in self._active.values():
+            keys.pop(job.key, None)
 
     def pool_jobs(self, pool: str) -> list[JobRecord]:
         return [self.jobs[key] for key in self._active.get(pool, {})]
+
+    def _reindex(self, key: str) -> None:
+        """Put the job under its pool when it is active (pending or later) and not settled; nowhere else."""
+        stored = self.jobs[key]
+        for pool, keys in self._active.items():
+            if pool != stored.pool:
+                keys.pop(key, None)
+        if rank(stored.status) >= rank("pending") and key not in self._settled:
+            self._active.setdefault(stored.pool, {})[key] = None
 
 
 class CountingStore:
@@ -185,6 +196,83 @@ class SimDirtyQueue:
         self._world.loop.after(delay, lambda: self._deliver(pool))
 
 
+class SimHostPort:
+    """`chalicelib.hosts.HostPort` over the simulated hosts, with Ec2Hosts' call counts. The scaler's own
+    marks (idle-since, unmet-since: tags in AWS) live here, as tags live on the resources."""
+
+    def __init__(self, world: World, calls: Counter[str]) -> None:
+        self._world = world
+        self._calls = calls
+        self._idle: dict[str, datetime] = {}
+        self._unmet: dict[str, datetime] = {}
+        self._tokens: dict[str, tuple[str, ...]] = {}
+
+    def read_pools(self, pools: Sequence[Pool]) -> dict[str, HostPoolView]:
+        self._calls["ec2"] += 1  # one DescribeHosts, filtered by the pool tag
+        hosts = self._world.hosts
+        return {
+            p.name: HostPoolView(
+                p.name, tuple(self._view(h) for h in hosts.of(p.name) if h.live), self._unmet.get(p.name)
+            )
+            for p in pools
+            if p.hosts is not None
+        }
+
+    def _view(self, host: SimHost) -> Host:
+        now = self._world.loop.now
+        scrubbing = host.scrubbing_until is not None and now < host.scrubbing_until
+        state = HostState.PENDING if scrubbing or now < host.available_at else HostState.AVAILABLE
+        free = host.cfg.slots_per_host - len(host.instances) if state is HostState.AVAILABLE else 0
+        return Host(
+            host_id=host.host_id,
+            state=state,
+            allocated_at=self._world.dt(host.allocated_at),
+            instance_ids=tuple(sorted(host.instances)),
+            free_slots=free,
+            availability_zone=host.zone,
+            idle_since=self._idle.get(host.host_id),
+            scrubbing_until=self._world.dt(host.scrubbing_until)
+            if scrubbing and host.scrubbing_until
+            else None,
+        )
+
+    def allocate(self, pool: Pool, zone: str, quantity: int, token: str) -> tuple[str, ...]:
+        self._calls["ec2"] += 2  # AllocateHosts, CreateTags
+        if token not in self._tokens:
+            self._tokens[token] = self._world.hosts.allocate(pool, quantity, zone)
+        return self._tokens[token]
+
+    def associate(self, pool: Pool, host_ids: Sequence[str]) -> tuple[str, ...]:
+        self._calls["resource-groups"] += math.ceil(len(host_ids) / 10)
+        return tuple(host_ids)
+
+    def release(self, host_ids: Sequence[str]) -> ReleaseResult:
+        self._calls["ec2"] += 1
+        hosts = self._world.hosts
+        refusals = {h: hosts.release_refusal(h) for h in host_ids}
+        released = tuple(h for h, why in refusals.items() if not why and hosts.release(h))
+        return ReleaseResult(released, tuple((h, why) for h, why in refusals.items() if why))
+
+    def mark_idle(self, marks: Sequence[IdleMark]) -> None:
+        self._calls["ec2"] += 1
+        for mark in marks:
+            if mark.since is None:
+                self._idle.pop(mark.host_id, None)
+            else:
+                self._idle[mark.host_id] = mark.since
+
+    def mark_unmet(self, pool: Pool, since: datetime | None) -> None:
+        self._calls["resource-groups"] += 1
+        if since is None:
+            self._unmet.pop(pool.name, None)
+        else:
+            self._unmet[pool.name] = since
+
+    def license_room(self, license_configuration: str) -> LicenseRoom:
+        self._calls["license-manager"] += 1
+        return LicenseRoom("Socket", None, 0, False)
+
+
 class Ours:
     """runner-scaler: webhook -> job store -> dirty queue -> reconcile, and the one-minute tick.
 
@@ -210,22 +298,32 @@ class Ours:
         self._queue = SimDirtyQueue(world, self.calls, self._reconcile_pool)
         self._reconciler = Reconciler(
             world.config,
-            self._store,
+            self._planning_store(),
             SimAsg(world, self.calls),
             self._api,
+            hosts=SimHostPort(world, self.calls),
             owner="sim",
             drain_recheck=world.options.drain_recheck,
         )
+        for pool in world.config.pools:
+            if pool.hosts is not None:
+                world.hosts.planners[pool.name] = NoHostPlanner()  # the reconciler plans our hosts
         world.bus.subscribe(self._on_hook)
         world.fleet.launch_listeners.append(self._launched)
         world.fleet.end_listeners.append(self._ended)
         world.loop.every(world.options.tick_s, self._tick, start=0.0, keep_going=world.keep_going)
 
+    def _planning_store(self) -> Store:
+        """The store the reconciler reads: the job store itself (a variant may add what it forecasts)."""
+        return self._store
+
     def _on_hook(self, event: HookEvent) -> None:
         """`POST /webhooks/gitlab`: drop a duplicate by its identity, then record the job and mark dirty."""
         now = self._world.now_dt()
-        if not self._store.first_seen(f"{self._host}|job|{event.job_id}|{event.status}", now):
-            return
+        if self._store.first_seen(f"{self._host}|job|{event.job_id}|{event.status}", now):
+            self._record(event, now)
+
+    def _record(self, event: HookEvent, now: datetime) -> None:
         dt = self._world.dt
         job_event = JobEvent(
             gitlab=self._host,

@@ -13,6 +13,7 @@ from chalicelib.config import Config
 from sim.baselines import DockerMachine, Oracle, StaticFleet, Taskscaler, WebhookScaler
 from sim.model import SimOptions
 from sim.ours import Ours
+from sim.prewarm import OursPrewarm
 from sim.traces import TraceJob
 from sim.world import RunResult, ScalingPolicy, World
 
@@ -26,18 +27,23 @@ POLICIES: dict[str, Callable[[], ScalingPolicy]] = {
     "oracle": Oracle,
 }
 
+#: Variants of ours that measure a tuning proposal; run by name, never part of "all".
+EXPERIMENTS: dict[str, Callable[[], ScalingPolicy]] = {"ours-prewarm": OursPrewarm}
+
 PolicyProgress = Callable[[str, float], None]
 
 
 def policy_names(spec: str) -> list[str]:
-    """`all`, or a comma-separated list of names from POLICIES; raises ValueError naming the unknown ones."""
+    """`all`, or comma-separated names from POLICIES or EXPERIMENTS; a ValueError names the unknown ones."""
     if spec.strip() == "all":
         return list(POLICIES)
     names = [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in POLICIES]
+    unknown = [n for n in names if n not in POLICIES and n not in EXPERIMENTS]
     if unknown or not names:
         given = ", ".join(unknown) or "(none given)"
-        raise ValueError(f"unknown policies: {given}; choose from all, {', '.join(POLICIES)}")
+        raise ValueError(
+            f"unknown policies: {given}; choose from all, {', '.join([*POLICIES, *EXPERIMENTS])}"
+        )
     return names
 
 
@@ -55,7 +61,7 @@ def simulate(
     for name in policies:
         world = World(config, trace, seed=seed, options=options or SimOptions())
         report = None if progress is None else _bind(progress, name)
-        results[name] = world.run(POLICIES[name](), report)
+        results[name] = world.run({**POLICIES, **EXPERIMENTS}[name](), report)
         if progress is not None:
             progress(name, 1.0)
     return results

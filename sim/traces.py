@@ -1,7 +1,6 @@
-"""Job traces: the CSV format the simulator replays, its reader and writer, and a generator of realistic ones.
+"""Job traces (`pipeline_id,created_s,stage,name,tags,duration_s`): reader, writer, realistic generator.
 
-A trace row is one CI job: `pipeline_id,created_s,stage,name,tags,duration_s`. Imports the standard library.
-`python -m sim.traces` regenerates the fixed traces shipped under `sim/traces/` from their seeds.
+`python -m sim.traces` regenerates the traces under `sim/traces/` from their seeds. Imports the stdlib.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""The simulated world of one policy run: GitLab, the pools' groups, hosts, webhooks, and the run's metrics.
+"""One policy run's world: GitLab, the pools' groups, hosts, webhooks, and the run's metrics.
 
-A `ScalingPolicy` is started against a fresh `World` and acts only through it (launch, terminate, the fakes
-of the adapters); the world replays the trace and measures. Imports the simulator's parts and config.
+A `ScalingPolicy` acts only through it; imports the simulator's parts and config.
 """
 
 from __future__ import annotations

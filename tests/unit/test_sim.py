@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from chalicelib.config import Config, config_from_dict
+from chalicelib.store import JobRecord, MemoryStore
 from sim.baselines import Oracle, StaticFleet, WebhookScaler
 from sim.bench import assess, best_baseline
 from sim.model import SimOptions
-from sim.ours import Ours
+from sim.ours import IndexedMemoryStore, Ours
 from sim.plot import pareto_front
 from sim.simulate import POLICIES, metrics_json, policy_names, simulate
 from sim.traces import TraceJob, write_trace
@@ -215,6 +217,44 @@ class TestHealing:
         assert all(j.status == "success" for j in world.jobs)
         assert result.metrics["wait_max_s"] <= 300 + 60 + 60
         assert result.metrics["busy_killed"] == 0
+
+
+STATUSES = ("created", "pending", "running", "success", "failed", "skipped")
+
+
+class TestIndexedStore:
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(
+        ops=st.lists(
+            st.tuples(
+                st.sampled_from(("record", "reopen", "settle")),
+                st.integers(1, 6),
+                st.sampled_from(STATUSES),
+                st.sampled_from(("", "linux", "mac")),
+            ),
+            max_size=40,
+        )
+    )
+    def test_the_indexed_store_answers_pool_jobs_as_memory_store_does(
+        self, ops: list[tuple[str, int, str, str]]
+    ) -> None:
+        # GIVEN the same writes applied to the twin and to the simulator's indexed twin
+        plain, indexed = MemoryStore(), IndexedMemoryStore()
+        now = datetime(2026, 11, 23, tzinfo=UTC)
+        for op, job_id, status, pool in ops:
+            record = JobRecord("g", job_id, status, pool=pool)
+            for store in (plain, indexed):
+                if op == "record":
+                    store.record_job(record, now)
+                elif op == "reopen":
+                    store.reopen_skipped(record, now)
+                elif store.get_job("g", job_id) is not None:
+                    store.settle_job(store.get_job("g", job_id))  # type: ignore[arg-type]
+        # THEN every pool's active jobs are the same set
+        for pool in ("", "linux", "mac"):
+            assert sorted(j.key for j in indexed.pool_jobs(pool)) == sorted(
+                j.key for j in plain.pool_jobs(pool)
+            )
 
 
 class TestDeterminism:
