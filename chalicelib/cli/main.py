@@ -90,6 +90,7 @@ app.command("status")(status_command)
 app.add_typer(hooks_app, name="hooks")
 app.command("demo")(demo_command)
 app.add_typer(trace_app, name="trace")
+app.command("simulate")(__import__("chalicelib.cli.simulate", fromlist=["simulate"]).simulate)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ Imports typer and rich; the simulator and matplotlib only when the command runs,
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,6 +18,7 @@ from chalicelib.config import Config, load_config_file
 from chalicelib.errors import ConfigError
 
 if TYPE_CHECKING:
+    from sim.model import SimOptions
     from sim.traces import TraceJob
     from sim.world import RunResult
 
@@ -51,6 +53,12 @@ def simulate(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="write the wait-vs-cost and fleet-size chart (PNG)")
     ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--start", help="wall-clock time of second 0, ISO 8601 (default: a Monday 00:00, Paris)"
+        ),
+    ] = None,
 ) -> None:
     """Simulate the trace under each policy on the same world and seed, then compare wait, cost and safety."""
     from sim.simulate import metrics_json, policy_names, write_json
@@ -61,7 +69,7 @@ def simulate(
         err.print(f"[red]--policies: {exc}[/red]")
         raise typer.Exit(2) from None
     cfg, jobs = _inputs(trace, config)
-    results = _run(jobs, cfg, names, seed)
+    results = _run(jobs, cfg, names, seed, _options(start))
     for name, result in results.items():
         console.print(_table(name, result))
     console.print(_comparison(results))
@@ -86,7 +94,23 @@ def _inputs(trace: Path, config: Path) -> tuple[Config, list[TraceJob]]:
         raise typer.Exit(1) from None
 
 
-def _run(jobs: list[TraceJob], cfg: Config, names: list[str], seed: int) -> dict[str, RunResult]:
+def _options(start: str | None) -> SimOptions:
+    """The world's options; `--start` places second 0 in time (policies' periods depend on it)."""
+    from sim.model import SimOptions
+
+    if start is None:
+        return SimOptions()
+    try:
+        when = datetime.fromisoformat(start)
+    except ValueError:
+        err.print(f'[red]--start: "{start}" is not ISO 8601, e.g. 2026-11-23T00:00:00+01:00[/red]')
+        raise typer.Exit(2) from None
+    return SimOptions(start=when if when.tzinfo else when.replace(tzinfo=UTC))
+
+
+def _run(
+    jobs: list[TraceJob], cfg: Config, names: list[str], seed: int, options: SimOptions
+) -> dict[str, RunResult]:
     """Every policy in turn, one progress bar each, advancing with simulated time."""
     from sim.simulate import simulate as run_policies
 
@@ -97,7 +121,7 @@ def _run(jobs: list[TraceJob], cfg: Config, names: list[str], seed: int) -> dict
         def report(name: str, fraction: float) -> None:
             progress.update(tasks[name], completed=fraction)
 
-        return run_policies(jobs, cfg, names, seed=seed, progress=report)
+        return run_policies(jobs, cfg, names, seed=seed, options=options, progress=report)
 
 
 def _table(name: str, result: RunResult) -> Table:
