@@ -50,7 +50,7 @@ def demo(
     try:
         limit = parse_duration(duration)
     except ValueError as exc:
-        console.print(f"[red]--duration: {exc}[/red]")
+        console.print(f"--duration: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(2) from None
     options = DemoOptions(
         trace=trace or DEFAULT_TRACE,
@@ -65,7 +65,7 @@ def demo(
     try:
         result = Demo(options, console).run()
     except (ConfigError, TraceError) as exc:
-        console.print(f"[red]{exc}[/red]", highlight=False)
+        console.print(str(exc), style="red", markup=False, highlight=False)
         raise typer.Exit(2) from None
     console.print(summary_table(result.summary))
     minutes = result.summary["simulated_seconds"] / 60

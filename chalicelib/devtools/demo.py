@@ -213,7 +213,19 @@ class AcceleratedClock:
 
 
 def load_demo_config(path: Path | None) -> Config:
-    return parse_config(DEMO_CONFIG, "demo config (built in)") if path is None else load_config_file(path)
+    """The built-in config, or the operator's; refused early if it needs what a local stack cannot serve."""
+    config = parse_config(DEMO_CONFIG, "demo config (built in)") if path is None else load_config_file(path)
+    hosted = [f"pools[{i}] ({p.name}).hosts" for i, p in enumerate(config.pools) if p.hosts is not None]
+    if hosted:
+        raise ConfigError(
+            str(path),
+            [
+                f"{where}: dedicated-host pools cannot run in the demo: moto has no License Manager and no "
+                "Resource Groups GroupResources/ListGroupResources; remove [pools.hosts] for the demo"
+                for where in hosted
+            ],
+        )
+    return config
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,16 +306,15 @@ def _stage_name(stage: int) -> str:
 
 def check_routable(jobs: list[TraceJob], config: Config, source: str) -> None:
     """Every job needs a pool, or it would wait forever and the demo would blame the scaler."""
-    problems = sorted(
-        {
-            f"jobs tagged {list(job.tags) or '(untagged)'} match no pool; add a pool with those tags "
-            "(or run_untagged = true for untagged jobs)"
-            for job in jobs
-            if pool_for_tags(job.tags, config.pools) is None
-        }
+    unroutable = sorted(
+        {" ".join(job.tags) or "(untagged)" for job in jobs if not pool_for_tags(job.tags, config.pools)}
     )
-    if problems:
-        raise ConfigError(source, problems)
+    if unroutable:
+        pools = ", ".join(f"{p.name} [{' '.join(p.tags)}]" for p in config.pools)
+        raise TraceError(
+            f"{source}: jobs tagged {'; '.join(unroutable)} match no pool of the config ({pools}); "
+            "add a pool whose tags include theirs (run_untagged for untagged jobs); or use another trace"
+        )
 
 
 # --------------------------------------------------------------------------------------------------

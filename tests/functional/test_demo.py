@@ -23,11 +23,12 @@ from chalicelib.devtools.demo import (
     DemoOptions,
     DemoResult,
     check_routable,
+    load_demo_config,
 )
 from chalicelib.devtools.demo_report import SUMMARY_KEYS, percentile
 from chalicelib.devtools.local_app import discover, load_app
 from chalicelib.errors import ConfigError
-from sim.traces import parse_trace, read_trace
+from sim.traces import TraceError, parse_trace, read_trace
 
 # Three pools, two stages, an untagged job, a Windows machine that boots for five minutes.
 TINY_TRACE = """pipeline_id,created_s,stage,name,tags,duration_s
@@ -169,8 +170,30 @@ def test_a_trace_job_no_pool_can_take_is_refused_before_anything_starts() -> Non
     config = parse_config(DEMO_CONFIG, "demo")
     text = "pipeline_id,created_s,stage,name,tags,duration_s\n1,0,0,build,macos xcode,60\n"
     jobs = parse_trace(text, "t.csv")
-    with pytest.raises(ConfigError, match=r"macos.*match no pool"):
+    with pytest.raises(TraceError, match=r"t.csv: jobs tagged macos xcode match no pool"):
         check_routable(jobs, config, "t.csv")
+
+
+def test_a_config_with_dedicated_host_pools_is_refused_with_the_reason(tmp_path: Path) -> None:
+    config = tmp_path / "hosts.toml"
+    config.write_text(
+        DEMO_CONFIG
+        + """
+[[pools]]
+name = "macos"
+asg = "demo-macos"
+platform = "macos"
+tags = ["macos"]
+max_instances = 1
+  [pools.hosts]
+  instance_type = "mac2.metal"
+  host_resource_group = "demo-macos-hosts"
+  availability_zones = ["us-east-1a"]
+""",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match=r"pools\[3\] \(macos\)\.hosts: dedicated-host pools cannot run"):
+        load_demo_config(config)
 
 
 def test_the_clock_slows_down_rather_than_skip_events_on_a_busy_host() -> None:
