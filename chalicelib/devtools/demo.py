@@ -2,8 +2,10 @@
 
 moto serves AWS on 127.0.0.1; a fake GitLab sends real webhooks (real headers, real token) to the REAL Chalice
 app served by chalice.local; the demo plays the AWS services that invoke the app's other handlers (EventBridge
-schedules and rules, SQS) and simulated machines run a job trace. Every handler in app.py runs its production
-code path; only the clock is faster. May import anything in chalicelib and sim; never imported by app.py.
+schedules and rules, SQS, SNS alarms, Secrets Manager rotation, EC2 Spot) and simulated machines run a job
+trace. It also stages an incident (throttled Auto Scaling reads) and a Spot interruption. Every handler in
+app.py runs its production code path; only the clock is faster. May import chalicelib and sim; never
+imported by app.py.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import os
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -624,7 +626,7 @@ class Demo:
         gitlab = world.gitlab.delivery_stats
         status = (
             f"webhooks sent {gitlab['sent']} (failed {gitlab['failed']}) · AWS calls by the app "
-            f"{world.app_aws.total_calls} · GitLab API requests {sum(world.gitlab.requests.values())}"
+            f"{_total(world.app_aws.calls)} · GitLab API requests {_total(world.gitlab.requests)}"
         )
         return live_view(
             world.recorder,
@@ -664,8 +666,8 @@ class Demo:
             "speed": self.options.speed,
             "effective_speed": round(world.clock.effective_speed, 1),
             "webhooks": dict(world.gitlab.delivery_stats),
-            "gitlab_api_requests": sum(world.gitlab.requests.values()),
-            "aws_calls_by_app": world.app_aws.total_calls,
+            "gitlab_api_requests": _total(world.gitlab.requests),
+            "aws_calls_by_app": _total(world.app_aws.calls),
             "lifecycle_actions_completed": world.local_aws.stubbed["autoscaling.CompleteLifecycleAction"],
             "alarms": {
                 a.spec.name: [{"at_seconds": at, "from": old, "to": new} for at, old, new in a.changes]
@@ -733,6 +735,11 @@ def _markers(world: _World) -> list[Marker]:
     markers += [Marker("TLS rotation", r.at_s) for r in world.rotation.rotations if r.at_s > 0]
     markers += [Marker("Spot warning", s.warned_at_s or s.at_s) for s in world.spot.planned if s.instance_id]
     return markers
+
+
+def _total(counter: Counter[str]) -> int:
+    """Sum of a counter other threads add keys to: dict() copies it in one step, iterating it may not."""
+    return sum(dict(counter).values())
 
 
 def _idle_floor(pool: Pool, now: datetime) -> int:

@@ -290,7 +290,7 @@ def live_view(
             f"{done}/{len(jobs)}",
             f"{percentile(recorder.waits(now, pool.name), 95):.0f}s",
         )
-    counts = " · ".join(f"{name} {count}" for name, count in sorted(invocations.calls.items()))
+    counts = " · ".join(f"{name} {count}" for name, count in sorted(invocations.counts().items()))
     lines: list[RenderableType] = [table, Text(f"handler invocations: {counts or '-'}", style="dim")]
     lines.extend(Text(line, style="dim") for line in status_lines)
     if machines.busy_kills:

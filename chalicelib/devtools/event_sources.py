@@ -27,7 +27,7 @@ from chalicelib.devtools.local_app import (
     LocalApp,
     eventbridge_event,
     matches_pattern,
-    schedule_due,
+    next_fire,
     scheduled_event,
     sns_event,
     sqs_event,
@@ -79,7 +79,7 @@ class EventSources:
         self._speed = speed
         self._cloudwatch = cloudwatch
         self._platforms = {p.name: p.platform.value for p in config.pools}
-        self._last_run: dict[str, datetime] = {}
+        self._next_run: dict[str, datetime] = {}  # schedule handler -> when EventBridge fires it next
         self._queues = [q for h in app.handlers_of("sqs") if (q := self._queue(h)) is not None]
         self._dead_letters = self._queue_url(names.dead_letter_queue)
         self._dead_letter_queue = names.dead_letter_queue
@@ -90,11 +90,15 @@ class EventSources:
 
     def poll(self, now: datetime) -> None:
         for handler in self._app.handlers_of("schedule"):
-            expression = handler.source.schedule_expression
-            if schedule_due(expression, self._last_run.get(handler.name), now):
-                self._last_run[handler.name] = now
-                answer = self._app.invoke(handler.name, scheduled_event(handler.name, now, self._region))
-                self._count_errors(handler.name, answer, now)
+            due = self._next_run.setdefault(handler.name, now)  # a new rule fires at once
+            if due > now:
+                continue
+            following = next_fire(handler.source.schedule_expression, due)
+            while following <= now:  # a step longer than the period: one run now covers what it skipped
+                following = next_fire(handler.source.schedule_expression, following)
+            self._next_run[handler.name] = following
+            answer = self._app.invoke(handler.name, scheduled_event(handler.name, now, self._region))
+            self._count_errors(handler.name, answer, now)
         for queue in self._queues:
             self._drain(queue, now)
         self._alarms(now)

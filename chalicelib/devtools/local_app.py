@@ -117,19 +117,19 @@ def _kind(source: object) -> str:
     return type(source).__name__.removesuffix("EventConfig").lower()
 
 
-def schedule_due(expression: str | ScheduleExpression, last: datetime | None, now: datetime) -> bool:
-    """Whether a schedule fires in (last, now]: `rate(N unit)` since the last run; `cron(...)` matches."""
+def next_fire(expression: str | ScheduleExpression, after: datetime) -> datetime:
+    """When a schedule next fires after `after`: `rate(N unit)` every N units, `cron(...)` at its next match.
+
+    Rates keep their own cadence (EventBridge does not drift with the target's run time).
+    """
     text = expression if isinstance(expression, str) else expression.to_string()
     if text.startswith("rate("):
-        if last is None:
-            return True
         value, unit = text[5:-1].split()
         seconds = int(value) * {"minute": 60, "hour": 3600, "day": 86400}[unit.rstrip("s")]
-        return now - last >= timedelta(seconds=seconds)
+        return after + timedelta(seconds=seconds)
     fields = text[5:-1].split()[:5]  # AWS cron: min hour dom month dow year; '?' means any
     cron = " ".join("*" if f == "?" else f for f in fields)
-    start = last or now - timedelta(minutes=1)
-    return bool(croniter(cron, start).get_next(datetime) <= now)
+    return croniter(cron, after).get_next(datetime)  # type: ignore[no-any-return]
 
 
 def matches_pattern(pattern: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
@@ -165,6 +165,11 @@ class Invocations:
     statuses: Counter[str] = field(default_factory=Counter)  # "<handler> <http status>"
     last_error: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def counts(self) -> dict[str, int]:
+        """Invocations per handler, copied under the lock (HTTP threads count while the view reads)."""
+        with self.lock:
+            return dict(self.calls)
 
     def record(
         self,
