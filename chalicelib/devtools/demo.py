@@ -333,8 +333,14 @@ class _NoteHandler(logging.Handler):
         self._notes = notes
 
     def emit(self, record: logging.LogRecord) -> None:
-        extras = " ".join(f"{k}={getattr(record, k)}" for k in self._KEYS if hasattr(record, k))
-        self._notes.append(f"{record.levelname.lower()}: {record.getMessage()} {extras}"[:160])
+        extras = " ".join(f"{k}={_first_line(getattr(record, k))}" for k in self._KEYS if hasattr(record, k))
+        self._notes.append(f"{record.levelname.lower()}: {_first_line(record.getMessage())} {extras}"[:160])
+
+
+def _first_line(value: object) -> str:
+    """A note is one line: tracebacks and multi-line errors stay in demo.log."""
+    lines = str(value).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 class _SimTime(logging.Filter):
