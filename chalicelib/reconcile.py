@@ -19,6 +19,7 @@ from chalicelib.config import Config, Pool
 from chalicelib.errors import AwsCallError, GitLabError
 from chalicelib.fleet import Fleet, GroupView, Instance
 from chalicelib.hosts import HostPoolView, HostPort, apply_host_plan
+from chalicelib.jobs import runner_description
 from chalicelib.store import HOLDS_SLOT, TERMINAL, JobRecord, MachineRecord, Store
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ class RunnerControl(Protocol):
     def pause_runner(self, runner_id: int, paused: bool = True) -> None: ...
 
     def runner_jobs(self, runner_id: int, status: str = "running") -> Sequence[Any]: ...
+
+    def list_runners(self, description_prefix: str, **scope: Any) -> Sequence[Any]: ...
 
 
 @dataclass
@@ -200,6 +203,13 @@ class Reconciler:
         result.fallback = f"instance types {', '.join(types)}; {on_demand}% on-demand"
         logger.warning("instance types reordered", extra={"pool": pool.name, "fallback": result.fallback})
 
+    def _find_runner(self, record: MachineRecord) -> int | None:
+        """The machine's runner by its description; None when it never registered (it cannot run a job)."""
+        assert self._runners is not None
+        description = runner_description(record.pool, record.instance_id)
+        found = self._runners.list_runners(description, **_runner_scope(self._config))
+        return next((int(r.id) for r in found if r.description == description), None)
+
     def _plan_hosts(
         self,
         pool: Pool,
@@ -298,19 +308,31 @@ class Reconciler:
         if not self._store.start_draining(record.instance_id, reason, now):
             result.drain_cancelled.append(record.instance_id)
             return
-        if self._drain_recheck and self._runners is not None and record.runner_id is not None:
-            self._runners.pause_runner(record.runner_id, True)
-            if self._runners.runner_jobs(record.runner_id, "running"):
-                self._runners.pause_runner(record.runner_id, False)
+        runner_id = record.runner_id
+        if self._drain_recheck and self._runners is not None and runner_id is None:
+            runner_id = self._find_runner(record)  # its launch event was late or lost: ask GitLab
+        if self._drain_recheck and self._runners is not None and runner_id is not None:
+            self._runners.pause_runner(runner_id, True)
+            if self._runners.runner_jobs(runner_id, "running"):
+                self._runners.pause_runner(runner_id, False)
                 self._store.stop_draining(record.instance_id)
                 result.drain_cancelled.append(record.instance_id)
                 logger.info(
                     "removal dropped: a job landed during the drain",
-                    extra={"instance_id": record.instance_id, "runner_id": record.runner_id},
+                    extra={"instance_id": record.instance_id, "runner_id": runner_id},
                 )
                 return
         self._fleet.terminate(record.instance_id)
         result.terminated.append(record.instance_id)
+
+
+def _runner_scope(config: Config) -> dict[str, Any]:
+    settings = config.gitlab
+    return {
+        "runner_type": settings.runner_type,
+        "group_id": settings.group_id,
+        "project_id": settings.project_id,
+    }
 
 
 def _machine(instance: Instance, record: MachineRecord) -> Machine:

@@ -14,7 +14,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import BaseModel, ValidationError
 
 from chalicelib import metrics
-from chalicelib.errors import RunnerScalerError
+from chalicelib.errors import AwsCallError, RunnerScalerError
 from chalicelib.heal import heal
 from chalicelib.reconcile import ReconcileResult
 from chalicelib.runtime import Runtime
@@ -68,7 +68,11 @@ def _sweep(rt: Runtime) -> None:
     from chalicelib.secrets import AwsSecrets
     from chalicelib.sweep import sweep
 
-    groups = rt.fleet.read_groups([p.asg for p in rt.config.pools])
+    try:
+        groups = rt.fleet.read_groups([p.asg for p in rt.config.pools])
+    except AwsCallError as exc:
+        logger.warning("sweep skipped: cannot read the groups", extra={"error": str(exc)})
+        return  # the next window retries; the reconcile below still runs
     report = sweep(rt.config, rt.names, rt.store, rt.fleet, rt.gitlab, AwsSecrets(rt.aws), groups, rt.now())
     if report.deleted_runners or report.terminated:
         metrics.emit_count("OrphansRemoved", len(report.deleted_runners) + len(report.terminated))
@@ -126,8 +130,10 @@ def process_dirty_batch(rt: Runtime, event: dict[str, Any], owner: str) -> dict[
         if result.errors:
             raise RuntimeError(f"reconcile of {pool.name} failed: {result.errors[0]}")
 
-    response = process_partial_response(
-        event=event, record_handler=handle, processor=SqsFifoPartialProcessor()
-    )
+    processor = SqsFifoPartialProcessor()
+    # A batch whose every reconcile failed is reported item by item, not as a Lambda error: the failures
+    # already show in the ReconcileErrors metric, and SQS retries the items either way.
+    processor.raise_on_entire_batch_failure = False
+    response = process_partial_response(event=event, record_handler=handle, processor=processor)
     metrics.emit_reconcile(rt.config, done.values(), rt.aws.total_calls - calls_before)
     return dict(response)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+from types import SimpleNamespace
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -53,6 +54,15 @@ class FakeRunners:
 
     def runner_jobs(self, runner_id: int, status: str = "running") -> Sequence[Any]:
         return self.running.get(runner_id, [])
+
+    described: dict[str, int] = field(default_factory=dict)
+
+    def list_runners(self, description_prefix: str, **scope: Any) -> Sequence[Any]:
+        return [
+            SimpleNamespace(id=runner_id, description=description)
+            for description, runner_id in self.described.items()
+            if description.startswith(description_prefix)
+        ]
 
 
 class World:
@@ -222,3 +232,21 @@ def test_fleet_converges_under_throttling_and_5xx(mocked_aws: None) -> None:
         assert len(after) <= 6
     # Two jobs never got a machine before tick 25 (max 6); they do now. The fleet settles at exactly 2.
     assert len(world.instance_ids()) == 2
+
+
+def test_machine_whose_launch_event_was_lost_is_still_drained_through_gitlab(aws: AwsClients) -> None:
+    # GIVEN a machine the scaler adopted without a runner id (its launch event never arrived)...
+    world = World(aws, make_config(max_use_count=0))
+    world.job(1, "pending")
+    world.reconciler().reconcile_pool(world.config.pools[0], T0)
+    world.reconciler().reconcile_pool(world.config.pools[0], T0 + timedelta(minutes=1))
+    (machine,) = world.instance_ids()
+    assert world.store.get_machine(machine).runner_id is None  # type: ignore[union-attr]
+    # ...whose runner GitLab knows by its description, and which just got a job GitLab has not reported yet
+    world.runners.described[f"runner-scaler/linux/{machine}"] = 77
+    world.runners.running[77] = [123]
+    world.job(1, "canceled")
+    result = world.reconciler().reconcile_pool(world.config.pools[0], T0 + timedelta(minutes=30))
+    # THEN the drain asks GitLab, finds the job, and keeps the machine
+    assert result.terminated == [] and result.drain_cancelled == [machine]
+    assert world.runners.paused[77] is False
