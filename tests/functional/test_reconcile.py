@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import random
 import threading
-from types import SimpleNamespace
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
