@@ -450,8 +450,12 @@ class Oracle(_Counted):
         for first in range(0, len(slots), per_host):
             uses = sorted(u for slot in slots[first : first + per_host] for u in slot)
             for start, end in _allocations(uses, self._world.options.host_allocation_s, cfg.min_allocation):
-                self._world.loop.at(start, functools.partial(self._world.hosts.allocate, pool, 1))
+                self._world.loop.at(start, functools.partial(self._allocate_one, pool))
                 self._world.loop.at(end, functools.partial(self._release_one, pool))
+
+    def _allocate_one(self, pool: Pool) -> None:
+        self.calls["ec2"] += 1
+        self._world.hosts.allocate(pool, 1)
 
     def _release_one(self, pool: Pool) -> None:
         for host in self._world.hosts.of(pool.name):

@@ -136,6 +136,21 @@ class SimAsg:
         self._calls["autoscaling"] += 1
         self._world.fleet.terminate(instance_id, decrement=True)
 
+    def complete_lifecycle_action(
+        self, asg: str, hook: str, token: str, instance_id: str, result: str
+    ) -> None:
+        """The simulated group has no lifecycle hooks to hold instances: only the call is counted."""
+        self._calls["autoscaling"] += 1
+
+    def set_instance_types(self, group: GroupView, types: Sequence[str], on_demand_percentage: int) -> None:
+        """Launch failures are not simulated, so no fallback is ever asked for; counted if it is."""
+        self._calls["autoscaling"] += 1
+
+    def instance_addresses(self, instance_id: str) -> list[str]:
+        """The lifecycle is re-enacted without certificates: a simulated machine has no addresses to sign."""
+        self._calls["ec2"] += 1
+        return []
+
 
 class SimGitLabApi:
     """The GitLab adapter's calls the reconciler, `heal` and the tag resolver make, counted."""
