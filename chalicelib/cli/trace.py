@@ -42,13 +42,16 @@ trace_app = typer.Typer(
 
 
 @dataclass(frozen=True)
-class ExportSummary:
-    """What an export found: rows written, pipelines, and jobs left out because they never started."""
+class ExportedTrace:
+    """The rows to write, the jobs left out because they never started, and the wall-clock time of second 0.
 
-    jobs: int
-    pipelines: int
+    `origin` matters to the simulator: policies' periods are read in wall-clock time, so
+    `runner-scaler simulate --start <origin>` places the trace where it happened.
+    """
+
+    rows: list[TraceJob]
     never_started: int
-    first_pipeline_at: datetime | None
+    origin: datetime | None
 
 
 def parse_when(text: str, option: str) -> datetime:
@@ -83,7 +86,7 @@ def finished_jobs(client: GitLabClient, project_id: int, since: datetime) -> Ite
         yield job
 
 
-def jobs_to_trace(jobs: Iterable[JobInfo], since: datetime, until: datetime) -> tuple[list[TraceJob], int]:
+def jobs_to_trace(jobs: Iterable[JobInfo], since: datetime, until: datetime) -> ExportedTrace:
     """The trace rows of the pipelines created in [since, until), and how many jobs never started.
 
     A pipeline's creation is its earliest job's `created_at` (GitLab creates a pipeline's jobs with it);
@@ -99,7 +102,7 @@ def jobs_to_trace(jobs: Iterable[JobInfo], since: datetime, until: datetime) -> 
     created = {p: min(j.created_at for j in js if j.created_at) for p, js in by_pipeline.items()}
     chosen = sorted((p for p, at in created.items() if since <= at < until), key=lambda p: (created[p], p))
     if not chosen:
-        return [], 0
+        return ExportedTrace([], 0, None)
     origin = created[chosen[0]]
     rows: list[TraceJob] = []
     never_started = 0
@@ -121,7 +124,7 @@ def jobs_to_trace(jobs: Iterable[JobInfo], since: datetime, until: datetime) -> 
                     duration_s=round(max(0.0, (job.finished_at - job.started_at).total_seconds()), 1),
                 )
             )
-    return rows, never_started
+    return ExportedTrace(rows, never_started, origin)
 
 
 def _stage_order(jobs: Iterable[JobInfo]) -> dict[str, int]:
@@ -176,7 +179,7 @@ def export(
     import requests
 
     try:
-        rows, never_started = jobs_to_trace(finished_jobs(client, project, start), start, end)
+        trace = jobs_to_trace(finished_jobs(client, project, start), start, end)
     except GitLabError as exc:
         err.print(f"[red]{exc}[/red]", highlight=False)
         raise typer.Exit(1) from None
@@ -184,14 +187,19 @@ def export(
         # One line that says what to check, never a traceback carrying request headers.
         err.print(f"[red]{_gitlab_failure(exc, project)}[/red]", highlight=False)
         raise typer.Exit(1) from None
-    write_trace(out, rows)
-    pipelines = len({r.pipeline_id for r in rows})
+    write_trace(out, trace.rows)
+    pipelines = len({r.pipeline_id for r in trace.rows})
     err.print(
-        f"wrote {out}: {len(rows)} jobs of {pipelines} pipelines"
-        + (f" ({never_started} jobs that never started left out)" if never_started else ""),
+        f"wrote {out}: {len(trace.rows)} jobs of {pipelines} pipelines"
+        + (f" ({trace.never_started} jobs that never started left out)" if trace.never_started else ""),
         highlight=False,
     )
-    if not rows:
+    if trace.origin is not None:
+        origin = trace.origin.isoformat(timespec="seconds")
+        err.print(
+            f"second 0 is {origin}: replay with `runner-scaler simulate --start {origin}`", highlight=False
+        )
+    if not trace.rows:
         err.print(f"[yellow]no finished job of project {project} in that window[/yellow]")
 
 
