@@ -199,7 +199,7 @@ class SimGitLab:
             name=job.trace.name,
             stage=job.trace.stage,
             runner_id=machine.runner_id if machine else None,
-            runner_description=_description(machine) if machine else "",
+            runner_description=description(machine) if machine else "",
             created_s=job.trace.created_s,
             started_s=job.started_at if machine else None,
             finished_s=self._loop.now if status in {"success", "failed"} else None,
@@ -222,6 +222,6 @@ class SimGitLab:
         )
 
 
-def _description(machine: SimMachine) -> str:
+def description(machine: SimMachine) -> str:
     """The runner description runner-scaler gives its runners (`chalicelib.jobs.runner_description`)."""
     return f"runner-scaler/{machine.pool.name}/{machine.instance_id}"

@@ -28,6 +28,7 @@ class SimOptions:
     webhook and the runner's busy flag): exponential with this mean, capped. `drain_recheck` is a test-only
     switch: False makes the reconciler skip its re-check before terminating, to prove the invariant test
     can fail. `boot_s` fixes every boot time (hand-checked tests, what-if runs) instead of drawing it.
+    `lifecycle_loss` is the share of launch lifecycle events that never reach the app.
     """
 
     webhook_delay_s: float = 1.0
@@ -43,6 +44,7 @@ class SimOptions:
     max_overrun_s: float = 12 * 3600.0
     start: datetime = START
     boot_s: float | None = None
+    lifecycle_loss: float = 0.0
     drain_recheck: bool = True
 
 
@@ -210,6 +212,14 @@ class JobInfo:
 @dataclass(frozen=True)
 class ProjectInfo:
     id: int
+
+
+@dataclass(frozen=True)
+class RunnerListing:
+    """A runner as GitLab's list endpoint reports it (the fields the reconciler reads)."""
+
+    id: int
+    description: str
 
 
 class CachedPool(Pool):

@@ -22,9 +22,9 @@ from chalicelib.jobs import JobEvent, TagResolver, ingest_job
 from chalicelib.reconcile import Reconciler
 from chalicelib.resources import DIRTY_WINDOW_SECONDS
 from chalicelib.store import JobRecord, MachineRecord, MemoryStore, Store, rank
-from sim.gitlab import SimGitLab
+from sim.gitlab import SimGitLab, description
 from sim.hosts import NoHostPlanner, SimHost
-from sim.model import HookEvent, JobInfo, ProjectInfo, SimMachine
+from sim.model import HookEvent, JobInfo, ProjectInfo, RunnerListing, SimMachine
 from sim.world import World
 
 #: SQS FIFO drops a message whose deduplication id was seen in the last five minutes (SQS developer guide).
@@ -155,9 +155,21 @@ class SimAsg:
 class SimGitLabApi:
     """The GitLab adapter's calls the reconciler, `heal` and the tag resolver make, counted."""
 
-    def __init__(self, gitlab: SimGitLab, calls: Counter[str]) -> None:
+    def __init__(
+        self, gitlab: SimGitLab, calls: Counter[str], machines: Callable[[], Sequence[SimMachine]]
+    ) -> None:
         self._gitlab = gitlab
         self._calls = calls
+        self._machines = machines
+
+    def list_runners(self, description_prefix: str, **scope: Any) -> list[RunnerListing]:
+        """Runners whose description starts with the prefix: each live machine's (created at its launch)."""
+        self._calls["gitlab"] += 1
+        return [
+            RunnerListing(m.runner_id, description(m))
+            for m in self._machines()
+            if description(m).startswith(description_prefix)
+        ]
 
     def pause_runner(self, runner_id: int, paused: bool = True) -> None:
         self._calls["gitlab"] += 1
@@ -308,9 +320,10 @@ class Ours:
         self._world = world
         self._host = urlsplit(world.config.gitlab.url).netloc
         self._store = cast(Store, CountingStore(IndexedMemoryStore(), self.calls))
-        self._api = SimGitLabApi(world.gitlab, self.calls)
+        self._api = SimGitLabApi(world.gitlab, self.calls, lambda: list(world.fleet.machines.values()))
         self._tags = TagResolver(self._api, monotonic=lambda: world.loop.now)
         self._queue = SimDirtyQueue(world, self.calls, self._reconcile_pool)
+        self._lifecycle_rng = world.rng("lifecycle")
         self._reconciler = Reconciler(
             world.config,
             self._planning_store(),
@@ -372,7 +385,13 @@ class Ours:
         self._reconciler.reconcile_all(now)
 
     def _launched(self, machine: SimMachine) -> None:
-        """Lifecycle launch: create the runner, store its secret, record the machine, complete the action."""
+        """Lifecycle launch: create the runner, store its secret, record the machine, complete the action.
+
+        With `lifecycle_loss` the launch event never reaches the app: the reconciler adopts the instance
+        without knowing its runner, and must ask GitLab for it before draining.
+        """
+        if self._lifecycle_rng.random() < self._world.options.lifecycle_loss:
+            return
         self.calls["gitlab"] += 1
         self.calls["secretsmanager"] += 1
         self.calls["autoscaling"] += 1

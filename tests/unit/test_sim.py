@@ -182,6 +182,15 @@ class TestNeverKillBusy:
         assert result.metrics["busy_killed"] == 0
         assert all(j.status == "success" for j in world.jobs)
 
+    @settings(max_examples=15, deadline=None, derandomize=True)
+    @given(seed=st.integers(min_value=0, max_value=10**6))
+    def test_a_machine_whose_launch_event_was_lost_is_not_killed_either(self, seed: int) -> None:
+        # GIVEN half the launch lifecycle events lost: the reconciler adopts machines without their runner
+        options = SimOptions(**{**LAGGY.__dict__, "lifecycle_loss": 0.5})
+        result = World(make_config(REUSE), bursty(seed), seed=seed, options=options).run(Ours())
+        # THEN the drain finds the runner in GitLab and re-checks it all the same
+        assert result.metrics["busy_killed"] == 0
+
     def test_without_the_recheck_before_termination_busy_machines_die(self) -> None:
         # GIVEN the same worlds, with the test-only switch that skips the drain's re-check
         unsafe = SimOptions(**{**LAGGY.__dict__, "drain_recheck": False})
