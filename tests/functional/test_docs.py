@@ -10,6 +10,7 @@ GitLab, since it needs one.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -302,6 +303,25 @@ def test_every_relative_link_resolves() -> None:
             elif anchor and path.suffix == ".md" and anchor not in anchors(path):
                 broken.append(f"{doc.relative_to(ROOT)}: {target} (no heading #{anchor})")
     assert broken == [], "\n".join(broken)
+
+
+def test_what_the_readme_says_about_the_committed_bench_still_holds() -> None:
+    # GIVEN the committed bench results, which the README's simulator section sums up
+    scenarios = json.loads((ROOT / "bench" / "results.json").read_text(encoding="utf-8"))["scenarios"]
+    assert scenarios
+    stale = "bench/results.json changed: update the README's simulator section"
+    # THEN the goal is met nowhere, cost is within 5 % of taskscaler's, wait p95 no shorter than its own
+    for name, scenario in scenarios.items():
+        ours, taskscaler = scenario["policies"]["ours"], scenario["policies"]["taskscaler"]
+        assert not scenario["assessment"]["goal_met"], f"{name}: {stale}"
+        assert abs(ours["cost_usd"] / taskscaler["cost_usd"] - 1) <= 0.05, f"{name}: {stale}"
+        assert ours["wait_p95_s"] >= taskscaler["wait_p95_s"], f"{name}: {stale}"
+        # AND no policy ever removed a busy machine
+        assert all(m["busy_killed"] == 0 for m in scenario["policies"].values()), f"{name}: {stale}"
+    # AND the wait is clearly longer (over 10 %) in the two scenarios the README names
+    for name in ("burst", "macos-hosts"):
+        policies = scenarios[name]["policies"]
+        assert policies["ours"]["wait_p95_s"] > 1.1 * policies["taskscaler"]["wait_p95_s"], f"{name}: {stale}"
 
 
 #: A path of somebody's machine, a package index host, or something shaped like a credential.
