@@ -15,6 +15,7 @@ from rich.console import Console
 
 from chalicelib.cli.demo import demo as demo_command
 from chalicelib.cli.hooks import hooks_app
+from chalicelib.cli.replay import replay_command
 from chalicelib.cli.status import status as status_command
 from chalicelib.cli.trace import trace_app
 from chalicelib.config import Config, format_duration, load_config_file
@@ -87,6 +88,7 @@ def migrate(
 
 
 app.command("status")(status_command)
+app.command("replay")(replay_command)
 app.add_typer(hooks_app, name="hooks")
 app.command("demo")(demo_command)
 app.add_typer(trace_app, name="trace")
