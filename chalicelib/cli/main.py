@@ -13,9 +13,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from chalicelib.cli.certs import certs_app
 from chalicelib.cli.demo import demo as demo_command
 from chalicelib.cli.hooks import hooks_app
 from chalicelib.cli.replay import replay_command
+from chalicelib.cli.simulate import simulate as simulate_command
 from chalicelib.cli.status import status as status_command
 from chalicelib.cli.trace import trace_app
 from chalicelib.config import Config, format_duration, load_config_file
@@ -92,7 +94,8 @@ app.command("replay")(replay_command)
 app.add_typer(hooks_app, name="hooks")
 app.command("demo")(demo_command)
 app.add_typer(trace_app, name="trace")
-app.command("simulate")(__import__("chalicelib.cli.simulate", fromlist=["simulate"]).simulate)
+app.command("simulate")(simulate_command)
+app.add_typer(certs_app, name="certs")
 
 
 def main() -> None:
