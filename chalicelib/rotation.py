@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -28,7 +29,7 @@ from chalicelib.errors import (
     SecretConflictError,
 )
 from chalicelib.resources import TAG_DEPLOYMENT, TAG_MANAGED, Names
-from chalicelib.secrets import AWSCURRENT, AWSPENDING, AwsSecrets, SecretDescription, Secrets
+from chalicelib.secrets import AWSCURRENT, AWSPENDING, AwsSecrets, SecretDescription, Secrets, SecretVersion
 
 if TYPE_CHECKING:
     from chalicelib.runtime import Runtime
@@ -353,9 +354,22 @@ def ensure_base_certs(
     if description.rotation_enabled and description.rotation_lambda_arn:
         return _start_rotation(secrets, description, token)
     action = run_rotation_steps(BaseCertsRotation(secrets, policy, validity), name, token, now)
-    after = secrets.get_value(name, version_stage=AWSCURRENT)
+    after = _read_current(secrets, name)
     rotated = parse_base_certs(after.value)
     return EnsureOutcome(action, name, after.version_id, rotated.expires_at if rotated else None)
+
+
+def _read_current(secrets: Secrets, name: str, attempts: int = 3) -> SecretVersion:
+    """AWSCURRENT after a rotation another caller may be finishing: AWS moves the label atomically, but a
+    store that moves it in two writes (moto, a test double) can show no AWSCURRENT for an instant."""
+    for attempt in range(attempts):
+        try:
+            return secrets.get_value(name, version_stage=AWSCURRENT)
+        except NotFoundError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _create(secrets: Secrets, name: str, names: Names, now: datetime, policy: CertPolicy) -> EnsureOutcome:

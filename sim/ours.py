@@ -65,9 +65,8 @@ class IndexedMemoryStore(MemoryStore):
     def _reindex(self, key: str) -> None:
         """Put the job under its pool when it is active (pending or later) and not settled; nowhere else."""
         stored = self.jobs[key]
-        for pool, keys in self._active.items():
-            if pool != stored.pool:
-                keys.pop(key, None)
+        for keys in self._active.values():
+            keys.pop(key, None)
         if rank(stored.status) >= rank("pending") and key not in self._settled:
             self._active.setdefault(stored.pool, {})[key] = None
 
