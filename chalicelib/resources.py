@@ -109,14 +109,16 @@ def table_definition(table_name: str) -> dict[str, object]:
     }
 
 
-def queue_attributes(dead_letter_arn: str | None = None) -> dict[str, str]:
-    """CreateQueue attributes of the dirty-pool FIFO queue."""
+def queue_attributes(
+    dead_letter_arn: str | None = None, delay_seconds: int = DIRTY_WINDOW_SECONDS
+) -> dict[str, str]:
+    """CreateQueue attributes of the dirty-pool FIFO queue (local stacks read at once: `delay_seconds=0`)."""
     attrs = {
         "FifoQueue": "true",
         "ContentBasedDeduplication": "false",
         "VisibilityTimeout": "120",
         # Messages wait one de-duplication window, so the reconcile sees every event of its window.
-        "DelaySeconds": str(DIRTY_WINDOW_SECONDS),
+        "DelaySeconds": str(delay_seconds),
         "MessageRetentionPeriod": "3600",
     }
     if dead_letter_arn:

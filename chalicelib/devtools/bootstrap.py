@@ -27,14 +27,21 @@ class LocalStack:
     subnet_id: str
 
 
-def bootstrap(aws: AwsClients, config: Config, names: Names, webhook_tokens: list[str]) -> LocalStack:
-    """Table, queues, webhook-token secret, and one launch template + ASG per pool (min 0, desired 0)."""
+def bootstrap(
+    aws: AwsClients, config: Config, names: Names, webhook_tokens: list[str], *, queue_delay: int = 0
+) -> LocalStack:
+    """Table, queues, webhook-token secret, and one launch template + ASG per pool (min 0, desired 0).
+
+    The dirty queue's production delivery delay is wall time in moto; local runs read messages at once
+    unless `queue_delay` asks for the production behaviour.
+    """
     ensure_table(aws, names.table)
     dlq = aws.call("sqs", "create_queue", QueueName=names.dead_letter_queue, Attributes={"FifoQueue": "true"})
     dlq_arn = aws.call("sqs", "get_queue_attributes", QueueUrl=dlq["QueueUrl"], AttributeNames=["QueueArn"])[
         "Attributes"
     ]["QueueArn"]
-    queue = aws.call("sqs", "create_queue", QueueName=names.queue, Attributes=queue_attributes(dlq_arn))
+    attributes = queue_attributes(dlq_arn, queue_delay)
+    queue = aws.call("sqs", "create_queue", QueueName=names.queue, Attributes=attributes)
     tokens_secret = config.gitlab.webhook_tokens_secret or names.webhook_tokens_secret
     _put_secret(aws, tokens_secret, json.dumps({"tokens": webhook_tokens}))
     subnet_id = _subnet(aws)

@@ -513,7 +513,7 @@ class Demo:
         config = _point_at(config, gitlab.url, names)
         webhook_token = uuid.uuid4().hex
         local = bootstrap(app_aws, config, names, [webhook_token])
-        _prepare_local_stack(platform_aws, config, names, local.queue_url, gitlab.token)
+        _prepare_local_stack(platform_aws, config, gitlab.token)
         rt = Runtime(
             {ENV_PREFIX: names.prefix, ENV_QUEUE_URL: local.queue_url},
             aws=app_aws,
@@ -764,14 +764,9 @@ def _point_at(config: Config, gitlab_url: str, names: Names) -> Config:
     return config.model_copy(update={"gitlab": settings})
 
 
-def _prepare_local_stack(aws: AwsClients, config: Config, names: Names, queue_url: str, token: str) -> None:
-    """What infra/ adds beyond bootstrap(): the GitLab API token secret; and an undelayed dirty queue.
-
-    The queue's 2-second delivery delay is wall time in moto, a minute of simulated time at ×30, so the demo
-    drops it (as the functional tests do).
-    """
+def _prepare_local_stack(aws: AwsClients, config: Config, token: str) -> None:
+    """What infra/ adds beyond bootstrap(): the GitLab API token secret."""
     aws.call("secretsmanager", "create_secret", Name=config.gitlab.api_token_secret, SecretString=token)
-    aws.call("sqs", "set_queue_attributes", QueueUrl=queue_url, Attributes={"DelaySeconds": "0"})
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -92,8 +92,6 @@ def stack(aws: AwsClients, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     config = load_config_file(FIXTURES / "scaler.toml")
     names = Names("test")
     local = bootstrap(aws, config, names, WEBHOOK_TOKENS)
-    # The queue's delivery delay is for production bursts; tests read messages at once.
-    aws.call("sqs", "set_queue_attributes", QueueUrl=local.queue_url, Attributes={"DelaySeconds": "0"})
     clock = [datetime(2026, 11, 23, 12, 0, tzinfo=UTC)]
     rt = Runtime(
         {"RUNNER_SCALER_PREFIX": "test", "RUNNER_SCALER_QUEUE_URL": local.queue_url},
