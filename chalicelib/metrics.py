@@ -17,14 +17,26 @@ NAMESPACE = "RunnerScaler"
 SERVICE = "runner-scaler"
 
 
-def emit(values: Mapping[str, float], dimensions: Mapping[str, str] | None = None) -> None:
+def emit(
+    values: Mapping[str, float],
+    dimensions: Mapping[str, str] | None = None,
+    unit: MetricUnit = MetricUnit.Count,
+) -> None:
     """One EMF blob: every value under the same dimensions."""
     blob = EphemeralMetrics(namespace=NAMESPACE, service=SERVICE)
     for key, label in (dimensions or {}).items():
         blob.add_dimension(key, label)
     for name, value in values.items():
-        blob.add_metric(name=name, unit=MetricUnit.Count, value=value)
+        blob.add_metric(name=name, unit=unit, value=value)
     blob.flush_metrics()
+
+
+def emit_job_wait(pool: str, platform: str, queued_seconds: float) -> None:
+    """How long a job waited for a runner (GitLab's `build_queued_duration`), one value per started job.
+
+    CloudWatch computes p50/p95 from the individual EMF values, answering the first question: "do jobs wait?".
+    """
+    emit({"JobQueueSeconds": queued_seconds}, {"pool": pool, "platform": platform}, MetricUnit.Seconds)
 
 
 def emit_reconcile(config: Config, results: Iterable[ReconcileResult], aws_calls: int) -> None:

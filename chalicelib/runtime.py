@@ -195,6 +195,9 @@ def current() -> Runtime:
     global _current
     with _current_lock:
         if _current is None:
+            from chalicelib import logs
+
+            logs.configure(os.environ)
             _current = Runtime()
         return _current
 

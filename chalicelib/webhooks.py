@@ -94,6 +94,9 @@ def _apply(rt: Runtime, event: JobHook | PipelineHook) -> Answer:
     )
     if result.unroutable:
         metrics.emit_count("UnroutableJobs", 1)
+    elif result.applied and event.build_status == "running" and event.build_queued_duration is not None:
+        platform = rt.config.pool(result.pool).platform.value
+        metrics.emit_job_wait(result.pool, platform, event.build_queued_duration)
     body = {
         "status": "accepted",
         "job": event.build_id,

@@ -187,3 +187,17 @@ def test_hot_path_makes_at_most_three_aws_calls(
     before = gitlab_stack.runtime.aws.total_calls
     post(client, p.hook(p.job_ids[0], "pending"))
     assert gitlab_stack.runtime.aws.total_calls - before <= 3
+
+
+def test_a_started_job_reports_how_long_it_waited(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = Pipeline(gitlab_stack, fake_gitlab)
+    body = p.hook(p.job_ids[0], "running", runner_id=9, tags=["linux"])
+    body["runner"]["description"] = "runner-scaler/linux/i-0123456789abcdef0"
+    body["build_queued_duration"] = 42.5
+    post(client, body)
+    blobs = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{"_aws"')]
+    wait = next(b for b in blobs if "JobQueueSeconds" in b)
+    assert wait["JobQueueSeconds"] == [42.5] and (wait["pool"], wait["platform"]) == ("linux", "linux")
+    assert wait["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"] == "Seconds"
