@@ -7,7 +7,7 @@ stale view of each other. Imports adapters' Protocols, the engine and config; no
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -20,6 +20,7 @@ from chalicelib.errors import AwsCallError, GitLabError
 from chalicelib.fleet import Fleet, GroupView, Instance
 from chalicelib.hosts import HostPoolView, HostPort, apply_host_plan
 from chalicelib.jobs import runner_description
+from chalicelib.pipelines import Pipelines, prewarm_slots
 from chalicelib.store import HOLDS_SLOT, TERMINAL, JobRecord, MachineRecord, Store
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class Reconciler:
         hosts: HostPort | None = None,
         owner: str = "reconciler",
         drain_recheck: bool = True,
+        pipelines: Pipelines | None = None,
+        gitlab: str = "",
     ) -> None:
         self._config = config
         self._store = store
@@ -85,6 +88,8 @@ class Reconciler:
         self._hosts = hosts
         self._owner = owner
         self._drain_recheck = drain_recheck
+        self._pipelines = pipelines
+        self._gitlab = gitlab
 
     def reconcile_all(self, now: datetime) -> list[ReconcileResult]:
         """Every pool, with one batched read of all groups (calls grow with pools, not machines)."""
@@ -93,10 +98,24 @@ class Reconciler:
             views = self._read_hosts(self._config.pools)
         except AwsCallError as exc:
             return [ReconcileResult(p.name, now, errors=[str(exc)]) for p in self._config.pools]
+        prewarm = self._forecast(self._config.pools, now)
         return [
-            self.reconcile_pool(pool, now, groups.get(pool.asg), views.get(pool.name))
+            self.reconcile_pool(pool, now, groups.get(pool.asg), views.get(pool.name), prewarm)
             for pool in self._config.pools
         ]
+
+    def _forecast(self, pools: Sequence[Pool], now: datetime) -> dict[str, int]:
+        """Prewarm slots per pool from the running pipelines (one read); none when the read fails.
+
+        Prewarm only ever adds machines ahead of need, so losing it for a tick costs wait, never a job.
+        """
+        if self._pipelines is None or not any(p.prewarm for p in pools):
+            return {}
+        try:
+            return prewarm_slots(self._pipelines, self._gitlab, pools, now)
+        except AwsCallError as exc:
+            logger.warning("prewarm forecast skipped", extra={"error": str(exc)})
+            return {}
 
     def _read_hosts(self, pools: Sequence[Pool]) -> dict[str, HostPoolView]:
         host_pools = [p for p in pools if p.hosts is not None]
@@ -105,14 +124,21 @@ class Reconciler:
         return self._hosts.read_pools(host_pools)
 
     def reconcile_pool(
-        self, pool: Pool, now: datetime, group: GroupView | None = None, hosts: HostPoolView | None = None
+        self,
+        pool: Pool,
+        now: datetime,
+        group: GroupView | None = None,
+        hosts: HostPoolView | None = None,
+        prewarm: Mapping[str, int] | None = None,
     ) -> ReconcileResult:
         result = ReconcileResult(pool.name, now)
         if not self._store.acquire_lease(pool.name, self._owner, now, self._config.scaler.lease_duration):
             result.skipped = "another reconcile holds the pool lease"
             return result
         try:
-            self._reconcile_locked(pool, now, group, hosts, result)
+            if prewarm is None:
+                prewarm = self._forecast([pool], now)
+            self._reconcile_locked(pool, now, group, hosts, prewarm.get(pool.name, 0), result)
         except (AwsCallError, GitLabError) as exc:
             # Left for the next tick, which re-reads everything: nothing is half-applied silently.
             result.errors.append(str(exc))
@@ -127,6 +153,7 @@ class Reconciler:
         now: datetime,
         group: GroupView | None,
         hosts: HostPoolView | None,
+        prewarm: int,
         result: ReconcileResult,
     ) -> None:
         if group is None:
@@ -154,6 +181,7 @@ class Reconciler:
         demand = Demand(
             pending=sum(1 for j in jobs if j.status == "pending") + rescued,
             running=sum(1 for j in jobs if j.status in HOLDS_SLOT),
+            prewarm=prewarm,
         )
         result.pending, result.running = demand.pending, demand.running
         for machine in machines:

@@ -28,6 +28,7 @@ from chalicelib.store import DynamoStore
 if TYPE_CHECKING:
     from chalicelib.hosts import Ec2Hosts
     from chalicelib.jobs import TagResolver
+    from chalicelib.pipelines import DynamoPipelines
     from chalicelib.reconcile import Reconciler, RunnerControl
 
 SECRET_CACHE_SECONDS = 60.0
@@ -91,6 +92,13 @@ class Runtime:
     @cached_property
     def store(self) -> DynamoStore:
         return DynamoStore(self.aws, self.environ.get(ENV_TABLE) or self.names.table)
+
+    @cached_property
+    def pipelines(self) -> DynamoPipelines:
+        """Pipeline state and learned durations for prewarm, in the same table as the jobs."""
+        from chalicelib.pipelines import DynamoPipelines
+
+        return DynamoPipelines(self.aws, self.environ.get(ENV_TABLE) or self.names.table)
 
     @cached_property
     def fleet(self) -> AsgFleet:
@@ -161,7 +169,17 @@ class Runtime:
         from chalicelib.reconcile import Reconciler
 
         runners = self.gitlab if self.has_gitlab() else None
-        return Reconciler(self.config, self.store, self.fleet, runners, hosts=self.hosts, owner=owner)
+        prewarm = self.pipelines if any(p.prewarm for p in self.config.pools) else None
+        return Reconciler(
+            self.config,
+            self.store,
+            self.fleet,
+            runners,
+            hosts=self.hosts,
+            owner=owner,
+            pipelines=prewarm,
+            gitlab=self.gitlab_host,
+        )
 
     @cached_property
     def hosts(self) -> Ec2Hosts | None:

@@ -2,7 +2,9 @@
 
 Strict about trust (constant-time token check), lenient about what it does not need (unknown events are
 accepted and ignored: a 4xx makes GitLab disable the hook after 4 failures). At most three AWS calls on
-the hot path: the event key, the job's conditional write, the dirty-pool message.
+the hot path: the event key, the job's conditional write, the dirty-pool message. With prewarm on in some
+pool, a Pipeline Hook adds the pipeline's state (estimate reads and one put) and a successful job its
+duration (a read and a write per estimate key).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from chalicelib import metrics
 from chalicelib.errors import AwsCallError, GitLabError, MalformedEventError
 from chalicelib.events.gitlab import IgnoredEvent, JobHook, PipelineHook, event_identity, parse_gitlab_event
 from chalicelib.jobs import JobEvent, ingest_job
+from chalicelib.pipelines import observe_job_duration, pool_resolver, record_pipeline_hook
 from chalicelib.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -73,17 +76,7 @@ def receive(rt: Runtime, headers: Mapping[str, str], body: bytes | str | None) -
 def _apply(rt: Runtime, event: JobHook | PipelineHook) -> Answer:
     gitlab = rt.gitlab_host  # one GitLab per deployment; X-Gitlab-Instance may spell it differently
     if isinstance(event, PipelineHook):
-        waiting = [b for b in event.builds if b.status in {"created", "pending"}]
-        if waiting:
-            # One pipeline-jobs call resolves the tags of every job to come; their Job Hooks hit the cache.
-            try:
-                rt.tags.tags(event.project.id, event.object_attributes.id, waiting[0].id)
-            except GitLabError as exc:
-                logger.warning(
-                    "tags not prefetched",
-                    extra={"pipeline_id": event.object_attributes.id, "error": str(exc)},
-                )
-        return Answer(202, {"status": "accepted", "pipeline": event.object_attributes.id}, "accepted")
+        return _apply_pipeline(rt, event, gitlab)
     result = ingest_job(
         job_event(event, gitlab),
         config=rt.config,
@@ -97,6 +90,8 @@ def _apply(rt: Runtime, event: JobHook | PipelineHook) -> Answer:
     elif result.applied and event.build_status == "running" and event.build_queued_duration is not None:
         platform = rt.config.pool(result.pool).platform.value
         metrics.emit_job_wait(result.pool, platform, event.build_queued_duration)
+    elif result.applied and event.build_status == "success" and _prewarm_on(rt):
+        _learn_duration(rt, event, gitlab, result.pool)
     body = {
         "status": "accepted",
         "job": event.build_id,
@@ -104,6 +99,63 @@ def _apply(rt: Runtime, event: JobHook | PipelineHook) -> Answer:
         "changed": result.applied,
     }
     return Answer(202, body, "accepted")
+
+
+def _apply_pipeline(rt: Runtime, event: PipelineHook, gitlab: str) -> Answer:
+    """Prefetch the tags of the jobs to come; with prewarm on, keep the pipeline's state for the forecast."""
+    pipeline_id = event.object_attributes.id
+    waiting = [b for b in event.builds if b.status in {"created", "pending"}]
+    if waiting:
+        # One pipeline-jobs call resolves the tags of every job to come; their Job Hooks hit the cache.
+        try:
+            rt.tags.tags(event.project.id, pipeline_id, waiting[0].id)
+        except GitLabError as exc:
+            logger.warning("tags not prefetched", extra={"pipeline_id": pipeline_id, "error": str(exc)})
+    if _prewarm_on(rt):
+        route = pool_resolver(_TolerantTags(rt), rt.config.pools, event.project.id, pipeline_id)
+        record_pipeline_hook(rt.pipelines, gitlab, event, route, rt.now())
+    return Answer(202, {"status": "accepted", "pipeline": pipeline_id}, "accepted")
+
+
+def _prewarm_on(rt: Runtime) -> bool:
+    """Pipeline state and durations cost calls on every hook: only kept when some pool prewarms."""
+    return any(p.prewarm for p in rt.config.pools)
+
+
+class _TolerantTags:
+    """Tags for the forecast: a GitLab outage leaves a job unrouted (never forecast), not the hook failed."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    def tags(self, project_id: int, pipeline_id: int, job_id: int) -> tuple[str, ...] | None:
+        try:
+            return self._rt.tags.tags(project_id, pipeline_id, job_id)
+        except GitLabError:
+            return None
+
+
+def _learn_duration(rt: Runtime, hook: JobHook, gitlab: str, pool: str) -> None:
+    """Best effort: a lost observation only makes one estimate a sample poorer; the job itself is recorded."""
+    duration = hook.build_duration
+    if duration is None and hook.build_started_at and hook.build_finished_at:
+        duration = (hook.build_finished_at - hook.build_started_at).total_seconds()
+    if duration is None:
+        return
+    try:
+        observe_job_duration(
+            rt.pipelines,
+            gitlab,
+            project_id=hook.project_id,
+            ref=hook.ref or "",
+            stage=hook.build_stage or "",
+            name=hook.build_name or "",
+            pool=pool,
+            duration_s=duration,
+            now=rt.now(),
+        )
+    except AwsCallError as exc:
+        logger.warning("job duration not learned", extra={"job_id": hook.build_id, "error": str(exc)})
 
 
 def job_event(hook: JobHook, gitlab: str) -> JobEvent:
