@@ -132,7 +132,44 @@ class ProjectRef:
 # The interface fakes implement
 
 
-class GitLabApi(Protocol):
+class HooksApi(Protocol):
+    """What installing and checking webhooks asks of GitLab (`chalicelib.hooks`); a fake may do just this."""
+
+    def list_project_hooks(self, project_id: int) -> list[HookInfo]: ...
+
+    def create_project_hook(
+        self,
+        project_id: int,
+        *,
+        url: str,
+        token: str,
+        job_events: bool = True,
+        pipeline_events: bool = True,
+        push_events: bool = False,
+        enable_ssl_verification: bool = True,
+    ) -> HookInfo: ...
+
+    def update_project_hook(
+        self,
+        project_id: int,
+        hook_id: int,
+        *,
+        url: str,
+        token: str,
+        job_events: bool = True,
+        pipeline_events: bool = True,
+        push_events: bool = False,
+        enable_ssl_verification: bool = True,
+    ) -> HookInfo: ...
+
+    def test_project_hook(
+        self, project_id: int, hook_id: int, trigger: HookTrigger = "job_events"
+    ) -> None: ...
+
+    def group_projects(self, group_id: int, *, include_subgroups: bool = True) -> list[ProjectRef]: ...
+
+
+class GitLabApi(HooksApi, Protocol):
     """Everything the scaler asks of GitLab. `GitLabClient` implements it; in-memory fakes can too."""
 
     calls: Counter[str]
@@ -179,39 +216,6 @@ class GitLabApi(Protocol):
     def retry_job(self, project_id: int, job_id: int) -> JobInfo: ...
 
     def cancel_job(self, project_id: int, job_id: int) -> JobInfo: ...
-
-    def list_project_hooks(self, project_id: int) -> list[HookInfo]: ...
-
-    def create_project_hook(
-        self,
-        project_id: int,
-        *,
-        url: str,
-        token: str,
-        job_events: bool = True,
-        pipeline_events: bool = True,
-        push_events: bool = False,
-        enable_ssl_verification: bool = True,
-    ) -> HookInfo: ...
-
-    def update_project_hook(
-        self,
-        project_id: int,
-        hook_id: int,
-        *,
-        url: str,
-        token: str,
-        job_events: bool = True,
-        pipeline_events: bool = True,
-        push_events: bool = False,
-        enable_ssl_verification: bool = True,
-    ) -> HookInfo: ...
-
-    def test_project_hook(
-        self, project_id: int, hook_id: int, trigger: HookTrigger = "job_events"
-    ) -> None: ...
-
-    def group_projects(self, group_id: int, *, include_subgroups: bool = True) -> list[ProjectRef]: ...
 
 
 # --------------------------------------------------------------------------------------------------

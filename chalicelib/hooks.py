@@ -14,14 +14,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from chalicelib.config import Config
 from chalicelib.errors import GitLabError, NotFoundError
 
 if TYPE_CHECKING:
-    from chalicelib.gitlab import HookInfo, HookTrigger, ProjectRef
+    from chalicelib.gitlab import HookInfo, HooksApi
 
 logger = logging.getLogger(__name__)
 
@@ -41,43 +41,6 @@ COMPARED_FIELDS = ("url", "job_events", "pipeline_events", "push_events", "enabl
 _NO_JOBS = "has CI jobs"
 
 _ERRORS = (GitLabError, NotFoundError)
-
-
-class HooksApi(Protocol):
-    """What this use case asks of GitLab; `chalicelib.gitlab.GitLabClient` implements it, fakes can too."""
-
-    def list_project_hooks(self, project_id: int) -> list[HookInfo]: ...
-
-    def create_project_hook(
-        self,
-        project_id: int,
-        *,
-        url: str,
-        token: str,
-        job_events: bool = True,
-        pipeline_events: bool = True,
-        push_events: bool = False,
-        enable_ssl_verification: bool = True,
-    ) -> HookInfo: ...
-
-    def update_project_hook(
-        self,
-        project_id: int,
-        hook_id: int,
-        *,
-        url: str,
-        token: str,
-        job_events: bool = True,
-        pipeline_events: bool = True,
-        push_events: bool = False,
-        enable_ssl_verification: bool = True,
-    ) -> HookInfo: ...
-
-    def test_project_hook(
-        self, project_id: int, hook_id: int, trigger: HookTrigger = "job_events"
-    ) -> None: ...
-
-    def group_projects(self, group_id: int, *, include_subgroups: bool = True) -> list[ProjectRef]: ...
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,11 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chalicelib.errors import GitLabError
-from chalicelib.gitlab import HookInfo, HookTrigger, ProjectRef
+from chalicelib.gitlab import HookInfo, HooksApi, HookTrigger, ProjectRef
 from chalicelib.hooks import (
     HookAction,
     HookProject,
-    HooksApi,
     HookSpec,
     HookStep,
     OutcomeStatus,
