@@ -19,6 +19,7 @@ from chalicelib.devtools.fake_gitlab import FakeGitLab
 from chalicelib.gitlab import GitLabClient
 from chalicelib.resources import Names
 from chalicelib.runtime import Runtime, install
+from tests.gitlab_fixtures import T0, Clock, WebhookReceiver
 
 
 @pytest.fixture
@@ -127,3 +128,21 @@ def gitlab_stack(stack: Stack, fake_gitlab: FakeGitLab) -> Stack:
     stack.runtime = rt
     stack.config = rt.config
     return stack
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(T0)
+
+
+@pytest.fixture
+def fake(clock: Clock) -> Iterator[FakeGitLab]:
+    """The fake GitLab on the test's clock (tests that need a different start override `clock`)."""
+    with FakeGitLab(now=clock) as server:
+        yield server
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as endpoint:
+        yield endpoint

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,25 +24,8 @@ PREFIX = "runner-scaler/linux/"
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(T0)
-
-
-@pytest.fixture
-def fake(clock: Clock) -> Iterator[FakeGitLab]:
-    with FakeGitLab(now=clock) as server:
-        yield server
-
-
-@pytest.fixture
 def gl(fake: FakeGitLab) -> GitLabClient:
     return GitLabClient(fake.url, fake.token, max_retries=3, timeout=5)
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as endpoint:
-        yield endpoint
 
 
 def linux_runner(gl: GitLabApi, instance_id: str = "i-1", **overrides: object) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,25 +29,8 @@ HOOK_TOKEN = "whk-7Qz1-very-secret"
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(T0)
-
-
-@pytest.fixture
-def fake(clock: Clock) -> Iterator[FakeGitLab]:
-    with FakeGitLab(now=clock) as server:
-        yield server
-
-
-@pytest.fixture
 def gl(fake: FakeGitLab) -> GitLabClient:
     return GitLabClient(fake.url, fake.token, max_retries=1, timeout=5)
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as endpoint:
-        yield endpoint
 
 
 def settings(
