@@ -1,7 +1,9 @@
-"""Small builders for tests: a pool, a machine, a demand, with sensible defaults and fixed times."""
+"""Small builders for tests: a pool, a machine, a demand, with sensible defaults and fixed times; a race."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,3 +50,26 @@ def machine(
         running_jobs=running_jobs,
         last_busy_at=last_busy,
     )
+
+
+def race(*calls: Callable[[], Any]) -> list[Any]:
+    """Run `calls` in threads released together; return their results (an exception fails the test)."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+
+    def run(index: int, call: Callable[[], Any]) -> None:
+        barrier.wait()
+        try:
+            results[index] = call()
+        except BaseException as exc:  # re-raised in the test's thread below
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results

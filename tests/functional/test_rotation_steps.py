@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from moto import mock_aws
@@ -28,6 +26,7 @@ from chalicelib.rotation import (
     rotation_token,
 )
 from chalicelib.secrets import AWSCURRENT, AWSPENDING, AWSPREVIOUS, AwsSecrets
+from tests.builders import race
 from tests.functional.certs_fixtures import (
     STUB_LAMBDA,
     MotoSecrets,
@@ -296,29 +295,6 @@ def test_ensure_with_a_rotation_lambda_starts_one_rotation(aws: AwsClients, secr
 
 
 # -- races ---------------------------------------------------------------------------------------------------
-
-
-def race(*calls: Callable[[], Any]) -> list[Any]:
-    """Run `calls` in threads released together; return their results (an exception fails the test)."""
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-
-    def run(index: int, call: Callable[[], Any]) -> None:
-        barrier.wait()
-        try:
-            results[index] = call()
-        except BaseException as exc:  # re-raised in the test's thread below
-            results[index] = exc
-
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results
 
 
 def test_two_ticks_regenerating_at_once_make_exactly_one_new_ca(aws: AwsClients, secrets: AwsSecrets) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +27,7 @@ from chalicelib.secrets import (
     SecretCache,
     SecretDescription,
 )
+from tests.builders import race
 
 NAMES = Names("unit")
 SECRET = NAMES.base_certs_secret
@@ -114,28 +114,6 @@ def lambda_twin() -> MemorySecrets:
 
     twin.rotation_hook = invoke
     return twin
-
-
-def race(*calls: Callable[[], Any]) -> list[Any]:
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-
-    def run(index: int, call: Callable[[], Any]) -> None:
-        barrier.wait()
-        try:
-            results[index] = call()
-        except BaseException as exc:  # re-raised in the test's thread below
-            results[index] = exc
-
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results
 
 
 def test_with_a_rotation_lambda_the_tick_rotates_through_secrets_manager() -> None:
