@@ -1,4 +1,4 @@
-"""The one seam every AWS call passes through: lazy clients, call counting, retries, error translation.
+"""The one seam every AWS call passes through: lazy clients, counting, retries, error translation, tracing.
 
 Adapters (fleet, store, secrets, hosts, queue) call `AwsClients.call`; nothing else builds a boto3 client.
 Clients are created on first use (never at import time) so moto and Stubber can be set up first.
@@ -19,6 +19,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
 
 from chalicelib.errors import AwsCallError
+from chalicelib.tracing import Span, Tracing
 
 #: SDK loggers that print request/response bodies (secret values, tokens) at DEBUG: never below WARNING,
 #: whatever LOG_LEVEL the operator sets for the app.
@@ -66,7 +67,8 @@ FaultInjector = Callable[[str, str], dict[str, Any] | None]
 class AwsClients:
     """Lazily built, counted boto3 clients with bounded backoff on throttling and 5xx.
 
-    `sleep` and `rng` are injected so tests and the simulator never wait for real.
+    `sleep` and `rng` are injected so tests and the simulator never wait for real. `tracing` (off by default)
+    wraps each call in an X-Ray subsegment named after the API, e.g. `autoscaling.SetDesiredCapacity`.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class AwsClients:
         rng: random.Random | None = None,
         fault_injector: FaultInjector | None = None,
         boto_config: Config = BOTO_CONFIG,
+        tracing: Tracing | None = None,
     ) -> None:
         self._session = session
         self._region = region
@@ -91,6 +94,7 @@ class AwsClients:
         self._rng = rng or random.Random()
         self._fault_injector = fault_injector
         self._boto_config = boto_config
+        self._tracing = tracing or Tracing()
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.calls: Counter[str] = Counter()
@@ -129,9 +133,18 @@ class AwsClients:
 
     def call(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
         """Invoke `client(service).<operation>(**params)`; retry throttles/5xx, translate failures."""
-        method = getattr(self.client(service), operation)
+        client = self.client(service)
+        method = getattr(client, operation)
+        api_name = client.meta.method_to_api_mapping.get(operation, operation)
+        with self._tracing.call(service, api_name) as span:
+            return self._with_retries(service, operation, method, params, span)
+
+    def _with_retries(
+        self, service: str, operation: str, method: Any, params: dict[str, Any], span: Span
+    ) -> dict[str, Any]:
         last: AwsCallError | None = None
         for attempt in range(self._attempts):
+            span.note("attempts", attempt + 1)
             try:
                 result: dict[str, Any] = method(**params)
                 return result

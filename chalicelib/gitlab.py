@@ -21,6 +21,7 @@ import gitlab.exceptions
 import requests
 
 from chalicelib.errors import GitLabError, NotFoundError
+from chalicelib.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +248,7 @@ class GitLabClient:
         obey_rate_limit: bool = True,
         retry_transient_errors: bool = True,
         per_page: int = MAX_PER_PAGE,
+        tracing: Tracing | None = None,
     ) -> None:
         self._init(
             url,
@@ -257,6 +259,7 @@ class GitLabClient:
             obey_rate_limit=obey_rate_limit,
             retry_transient_errors=retry_transient_errors,
             per_page=per_page,
+            tracing=tracing,
         )
 
     @classmethod
@@ -271,6 +274,7 @@ class GitLabClient:
         obey_rate_limit: bool = True,
         retry_transient_errors: bool = True,
         per_page: int = MAX_PER_PAGE,
+        tracing: Tracing | None = None,
     ) -> GitLabClient:
         """A client that reads its API token lazily (first call, and again after a 401).
 
@@ -286,6 +290,7 @@ class GitLabClient:
             obey_rate_limit=obey_rate_limit,
             retry_transient_errors=retry_transient_errors,
             per_page=per_page,
+            tracing=tracing,
         )
         return client
 
@@ -300,6 +305,7 @@ class GitLabClient:
         obey_rate_limit: bool,
         retry_transient_errors: bool,
         per_page: int,
+        tracing: Tracing | None,
     ) -> None:
         self.url = url.rstrip("/")
         self._token_provider = token_provider
@@ -309,6 +315,7 @@ class GitLabClient:
         self._obey_rate_limit = obey_rate_limit
         self._retry_transient_errors = retry_transient_errors
         self._per_page = max(1, min(per_page, MAX_PER_PAGE))
+        self._tracing = tracing or Tracing()
         self._lock = threading.Lock()
         self._gl: gitlab.Gitlab | None = None
         self._token: str | None = None
@@ -363,8 +370,13 @@ class GitLabClient:
         return {"max_retries": self._max_retries, "obey_rate_limit": self._obey_rate_limit}
 
     def _call(self, action: str, what: str, fn: Callable[[gitlab.Gitlab], _T]) -> _T:
-        """Run one adapter action: count it, translate errors, re-read a rotated token once on 401."""
+        """Run one adapter action: count it, trace it (`gitlab.<action>`), translate errors, re-read a
+        rotated token once on 401. `what` (ids, descriptions) goes into errors, never into the trace."""
         self.calls[action] += 1
+        with self._tracing.call("gitlab", action):
+            return self._attempt(action, what, fn)
+
+    def _attempt(self, action: str, what: str, fn: Callable[[gitlab.Gitlab], _T]) -> _T:
         for attempt in (1, 2):
             gl = self.session()
             try:
@@ -677,6 +689,7 @@ def gitlab_client(
     timeout: float = 10.0,
     max_retries: int = 3,
     obey_rate_limit: bool = True,
+    tracing: Tracing | None = None,
 ) -> GitLabClient:
     """The factory use cases call: a lazy client whose API token comes from the secrets adapter."""
     return GitLabClient.from_token_provider(
@@ -686,6 +699,7 @@ def gitlab_client(
         timeout=timeout,
         max_retries=max_retries,
         obey_rate_limit=obey_rate_limit,
+        tracing=tracing,
     )
 
 

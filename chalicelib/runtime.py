@@ -24,6 +24,7 @@ from chalicelib.fleet import AsgFleet
 from chalicelib.queue import DirtyQueue
 from chalicelib.resources import ENV_QUEUE_URL, ENV_TABLE, Names, names_from_env
 from chalicelib.store import DynamoStore
+from chalicelib.tracing import Tracing, from_environment
 
 if TYPE_CHECKING:
     from chalicelib.hosts import Ec2Hosts
@@ -68,9 +69,15 @@ class Runtime:
         return names_from_env(dict(self.environ))
 
     @cached_property
+    def tracing(self) -> Tracing:
+        """X-Ray subsegments per adapter call in Lambda; off elsewhere (see chalicelib.tracing)."""
+        return from_environment(self.environ)
+
+    @cached_property
     def aws(self) -> AwsClients:
         return self._aws or AwsClients(
-            region=self.environ.get("AWS_REGION") or self.environ.get("AWS_DEFAULT_REGION")
+            region=self.environ.get("AWS_REGION") or self.environ.get("AWS_DEFAULT_REGION"),
+            tracing=self.tracing,
         )
 
     @cached_property
@@ -127,6 +134,7 @@ class Runtime:
                     ca_bundle_path=self._ca_bundle_path(),
                     max_retries=2,
                     obey_rate_limit=False,
+                    tracing=self.tracing,
                 )
             return self._gitlab
 
@@ -209,14 +217,16 @@ _current_lock = threading.Lock()
 
 
 def current() -> Runtime:
-    """This container's Runtime (built from the environment on first use)."""
+    """This container's Runtime (built from the environment on first use); called once per invocation,
+    so it also draws this invocation's debug-log sample (POWERTOOLS_LOGGER_SAMPLE_RATE)."""
     global _current
+    from chalicelib import logs
+
     with _current_lock:
         if _current is None:
-            from chalicelib import logs
-
             logs.configure(os.environ)
             _current = Runtime()
+        logs.sample_debug(os.environ)
         return _current
 
 
