@@ -101,3 +101,21 @@ def test_a_sampled_invocation_keeps_the_sdk_loggers_quiet(
     assert logs.sample_debug(SAMPLED, draw=lambda: 0.0)
     for name in SDK_LOGGERS:
         assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name
+
+
+def test_every_invocation_draws_its_own_sample(stream: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each handler calls `runtime.current()` once per invocation: that is where the sample is drawn."""
+    from chalicelib import runtime
+
+    logs.configure({"LOG_LEVEL": "INFO"}, stream)
+    runtime.install(runtime.Runtime({}))
+    monkeypatch.delenv("LOG_LEVEL", raising=False)
+    try:
+        monkeypatch.setenv("POWERTOOLS_LOGGER_SAMPLE_RATE", "1")
+        runtime.current()
+        assert logging.getLogger("chalicelib").level == logging.DEBUG
+        monkeypatch.setenv("POWERTOOLS_LOGGER_SAMPLE_RATE", "0")
+        runtime.current()
+        assert logging.getLogger("chalicelib").level == logging.INFO
+    finally:
+        runtime.install(None)
