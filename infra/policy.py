@@ -243,6 +243,17 @@ def lambda_grants(scope: Scope) -> list[Grant]:
     ]
     grants += _host_grants(scope)
     grants += _log_grants(scope)
+    grants.append(
+        Grant(
+            "Tracing",
+            ("xray:PutTraceSegments", "xray:PutTelemetryRecords"),
+            ("*",),
+            "active tracing (.chalice/config.json `xray`): Lambda's X-Ray daemon sends the functions' "
+            "segments and chalicelib.tracing's subsegments with the function's role. AWS forces `*`: X-Ray "
+            "has no resource-level permission for these actions (Service Authorization Reference)",
+            Origin.SERVICE,
+        )
+    )
     return grants
 
 

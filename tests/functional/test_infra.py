@@ -367,6 +367,15 @@ def test_every_function_runs_with_the_stack_role_and_resource_names(synth: Synth
         assert "Ref" in props["LoggingConfig"]["LogGroup"]
 
 
+def test_every_function_is_actively_traced_and_may_send_its_segments(real: Synth) -> None:
+    functions = real.resources("AWS::Serverless::Function")
+    assert {f["Properties"]["Tracing"] for f in functions.values()} == {"Active"}
+    granted = {
+        a for s in lambda_role_statements(real) if s["Effect"] == "Allow" for a in as_list(s["Action"])
+    }
+    assert {"xray:PutTraceSegments", "xray:PutTelemetryRecords"} <= granted
+
+
 def test_dirty_queue_source_is_bound_to_the_stack_queue(synth: Synth) -> None:
     queue, _ = synth.one("AWS::SQS::Queue", QueueName=NAMES.queue)
     props = synth.raw["Resources"]["PoolDirty"]["Properties"]
@@ -514,7 +523,10 @@ def test_no_allow_statement_has_a_wildcard_action(synth: Synth) -> None:
 
 
 def test_wildcard_resources_are_only_where_aws_forces_them(synth: Synth) -> None:
-    allowed = {"DescribeFleet": "Describe calls have no resource-level permission"}
+    allowed = {
+        "DescribeFleet": "Describe calls have no resource-level permission",
+        "Tracing": "X-Ray's PutTraceSegments / PutTelemetryRecords have none either",
+    }
     for logical, statement in statements(synth.raw):
         if statement["Effect"] == "Allow" and "*" in as_list(statement.get("Resource", [])):
             actions = as_list(statement["Action"])

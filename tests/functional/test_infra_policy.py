@@ -178,6 +178,15 @@ def test_chalice_policy_files_are_generated_from_the_same_grants(stage: str) -> 
     )
 
 
+def test_active_tracing_comes_with_its_grant() -> None:
+    """`xray: true` in .chalice/config.json turns tracing on; with `autogen_policy` off, the grant is ours."""
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text(encoding="utf-8"))
+    assert config.get("xray") is True
+    (grant,) = [g for g in lambda_grants(SCOPE) if g.sid == "Tracing"]
+    assert set(grant.actions) == {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+    assert grant.origin is Origin.SERVICE
+
+
 # -- metrics the dashboard and alarms read ---------------------------------------------------------
 
 
