@@ -52,7 +52,11 @@ def receive(rt: Runtime, headers: Mapping[str, str], body: bytes | str | None) -
     lowered = {k.lower(): v for k, v in headers.items()}
     if len(raw) > MAX_BODY_BYTES:
         return _reject(413, "too_large", f"body larger than {MAX_BODY_BYTES} bytes")
-    if not token_ok(lowered.get("x-gitlab-token"), rt.webhook_tokens()):
+    try:
+        accepted = rt.webhook_tokens()
+    except AwsCallError as exc:
+        return _unavailable("webhook tokens unreadable", exc)
+    if not token_ok(lowered.get("x-gitlab-token"), accepted):
         return _reject(401, "bad_token", "missing or wrong X-Gitlab-Token")
     try:
         event = parse_gitlab_event(lowered, raw)
@@ -61,16 +65,28 @@ def receive(rt: Runtime, headers: Mapping[str, str], body: bytes | str | None) -
     if isinstance(event, IgnoredEvent):
         return Answer(202, {"status": "ignored", "event": event.kind}, "ignored")
     key = event_identity(lowered, event)
-    now = rt.now()
-    if not rt.store.first_seen(key, now):
-        return Answer(200, {"status": "duplicate"}, "duplicate")
+    try:
+        if not rt.store.first_seen(key, rt.now()):
+            return Answer(200, {"status": "duplicate"}, "duplicate")
+    except AwsCallError as exc:
+        return _unavailable("event key not written", exc)
     try:
         return _apply(rt, event)
     except AwsCallError as exc:
         # Nothing half-applied survives: the job write is idempotent and the tick re-reads GitLab.
-        logger.error("webhook not recorded", extra={"error": str(exc)})
-        rt.store.forget_event(key)
-        return Answer(503, {"error": "state store unavailable, retry"}, "unavailable")
+        try:
+            rt.store.forget_event(key)
+        except AwsCallError as forget:
+            # The key expires with its TTL; until then a manual resend counts as a duplicate: the tick heals.
+            logger.warning("event key kept", extra={"error": str(forget)})
+        return _unavailable("webhook not recorded", exc)
+
+
+def _unavailable(what: str, exc: AwsCallError) -> Answer:
+    """503, not 4xx: GitLab does not retry, but a 5xx only pauses the hook a while (a 4xx disables it for
+    good). What this delivery carried, the tick finds in GitLab's job lists."""
+    logger.error(what, extra={"error": str(exc)})
+    return Answer(503, {"error": "state store unavailable, retry"}, "unavailable")
 
 
 def _apply(rt: Runtime, event: JobHook | PipelineHook) -> Answer:
