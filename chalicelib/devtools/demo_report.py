@@ -1,13 +1,13 @@
 """What the demo shows and leaves behind: the live per-pool view, the summary (JSON, table), the timeline PNG.
 
 Ground truth comes from the fake GitLab (when each job was queued and started) and the simulated machines
-(when each instance lived), never from the scaler's own records, so the numbers check the scaler.
+(when each instance lived), never from the scaler's own records, so the numbers check the scaler; they are
+scored by `accounting`, the simulator's own rules, so a demo figure and a bench figure mean the same thing.
 May import rich, matplotlib (Agg canvas only, no pyplot) and chalicelib; not imported by the Lambda path.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,9 +20,10 @@ from rich.table import Table
 from rich.text import Text
 
 from chalicelib.config import Config
+from chalicelib.devtools.accounting import job_wait_s, machine_seconds, percentile
 from chalicelib.devtools.fake_gitlab import FakeGitLab, FakeJob
 from chalicelib.devtools.local_app import Invocations
-from chalicelib.devtools.machines import BusyKill, SimulatedMachines
+from chalicelib.devtools.machines import BusyKill, SimMachine, SimulatedMachines
 
 #: Summary keys a reader (and the test) can rely on.
 SUMMARY_KEYS = (
@@ -38,16 +39,8 @@ SUMMARY_KEYS = (
 )
 
 
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile (0 for no values): p95 of 20 waits is the 19th smallest."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100.0 * len(ordered)))
-    return float(ordered[rank - 1])
-
-
 def wait_stats(values: Sequence[float]) -> dict[str, float]:
+    """Count, p50, p95 and max of waits in seconds (percentiles interpolated, as the simulator's)."""
     return {
         "count": len(values),
         "p50": round(percentile(values, 50), 1),
@@ -103,15 +96,39 @@ class Recorder:
         return sum(1 for job_id in self.job_pools if self.gitlab.jobs[job_id].retried)
 
     def waits(self, now: datetime, pool: str | None = None) -> list[float]:
-        """Seconds each job waited in `pending` for a runner; a job still pending counts its wait so far."""
+        """Seconds each trace job waited for a runner, by the simulator's rule (`accounting.job_wait_s`):
+        the waits of all its attempts added up, a job still pending counted until `now`, a job never
+        pending (a stage that never started) counted as 0 s."""
+        tries = self._attempts()
         out: list[float] = []
-        for job in self.jobs(pool):
-            if job.queued_at is None:
+        for job_id, job_pool in list(self.job_pools.items()):
+            if pool is not None and job_pool != pool:
                 continue
-            end = job.started_at or (now if job.status == "pending" else None)
-            if end is not None:
-                out.append(max(0.0, (end - job.queued_at).total_seconds()))
+            first = self.gitlab.jobs[job_id]
+            attempts = tries.get((first.pipeline_id, first.name), [first])
+            waits = [
+                self._seconds(a.started_at) - self._seconds(a.queued_at)
+                for a in attempts
+                if a.started_at is not None and a.queued_at is not None
+            ]
+            latest = attempts[-1]
+            pending_since = (
+                self._seconds(latest.queued_at)
+                if latest.status == "pending" and latest.queued_at is not None
+                else None
+            )
+            out.append(job_wait_s(waits, pending_since, self._seconds(now)))
         return out
+
+    def _attempts(self) -> dict[tuple[int, str], list[FakeJob]]:
+        """Every attempt of every job, oldest first, by (pipeline, name): a retry is a new job, same name."""
+        out: dict[tuple[int, str], list[FakeJob]] = {}
+        for job in sorted(list(self.gitlab.jobs.values()), key=lambda j: j.id):
+            out.setdefault((job.pipeline_id, job.name), []).append(replace(job))
+        return out
+
+    def _seconds(self, at: datetime) -> float:
+        return (at - self.start).total_seconds()
 
     def sample(self, now: datetime, machines: SimulatedMachines) -> Sample:
         pools: dict[str, PoolSample] = {}
@@ -162,7 +179,7 @@ def summarise(
     never_ran = sorted(j.id for j in jobs if j.started_at is None)
     by_status = Counter(j.status for j in jobs)
     pools = [p.name for p in recorder.config.pools]
-    machine_seconds = machines.machine_seconds(now)
+    machine_time = pool_machine_seconds(machines.machines.values(), pools, recorder.start, now)
     invariants = Invariants(
         no_busy_machine_killed=not machines.busy_kills,
         every_job_ran=not never_ran,
@@ -187,8 +204,8 @@ def summarise(
             "by_pool": {pool: wait_stats(recorder.waits(now, pool)) for pool in pools},
         },
         "machine_seconds": {
-            "total": round(sum(machine_seconds.values()), 1),
-            "by_pool": {pool: round(seconds, 1) for pool, seconds in machine_seconds.items()},
+            "total": round(sum(machine_time.values()), 1),
+            "by_pool": {pool: round(seconds, 1) for pool, seconds in machine_time.items()},
         },
         "max_machines": {
             "total": max((sum(s.pools[p].live for p in pools) for s in recorder.samples), default=0),
@@ -217,6 +234,19 @@ def summarise(
     }
     summary.update(extra or {})
     return summary
+
+
+def pool_machine_seconds(
+    machines: Iterable[SimMachine], pools: Sequence[str], start: datetime, now: datetime
+) -> dict[str, float]:
+    """Billed seconds per pool by the simulator's rule (`accounting.machine_seconds`), live ones to `now`."""
+    out = dict.fromkeys(pools, 0.0)
+    for machine in list(machines):
+        stopped = None if machine.gone_at is None else (machine.gone_at - start).total_seconds()
+        out[machine.pool] += machine_seconds(
+            (machine.appeared_at - start).total_seconds(), stopped, (now - start).total_seconds()
+        )
+    return out
 
 
 def _pool_jobs(jobs: Sequence[FakeJob]) -> dict[str, int]:

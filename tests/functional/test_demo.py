@@ -25,7 +25,7 @@ from chalicelib.devtools.demo import (
     check_routable,
     load_demo_config,
 )
-from chalicelib.devtools.demo_report import SUMMARY_KEYS, percentile
+from chalicelib.devtools.demo_report import SUMMARY_KEYS
 from chalicelib.devtools.local_app import discover, load_app
 from chalicelib.errors import ConfigError
 from sim.traces import TraceError, parse_trace, read_trace
@@ -206,9 +206,3 @@ def test_the_clock_slows_down_rather_than_skip_events_on_a_busy_host() -> None:
     wall[0] += 5.0  # a slow step: 300 simulated seconds asked, 10 granted
     assert clock.advance() == datetime(2026, 1, 5, 9, 0, 16, tzinfo=UTC)
     assert clock.effective_speed == pytest.approx(16 / 5.1)
-
-
-def test_percentile_is_nearest_rank() -> None:
-    assert percentile([], 95) == 0.0
-    assert percentile([float(n) for n in range(1, 21)], 95) == 19.0
-    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
