@@ -16,8 +16,8 @@ import pytest
 from chalicelib.aws import AwsClients, fault
 from chalicelib.config import Config, config_from_dict
 from chalicelib.devtools.bootstrap import create_pool_group
-from chalicelib.fleet import AsgFleet
-from chalicelib.reconcile import Reconciler
+from chalicelib.fleet import AsgFleet, Fleet, GroupView
+from chalicelib.reconcile import Reconciler, ReconcileResult
 from chalicelib.resources import Names
 from chalicelib.store import DynamoStore, JobRecord, ensure_table
 from tests.builders import T0
@@ -176,26 +176,74 @@ def test_job_landing_during_the_drain_cancels_the_removal(aws: AwsClients) -> No
     assert world.store.get_machine(machine).draining_since is None  # type: ignore[union-attr]
 
 
+class GatedFleet:
+    """The real fleet, except that the first `set_desired_capacity` waits until the test opens the gate.
+
+    It holds the first reconcile inside its apply step, lease held, for as long as the test needs.
+    """
+
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+        self._lock = threading.Lock()
+        self._first = True
+        self.applying = threading.Event()  # set when the first apply is parked at the gate
+        self.gate = threading.Event()  # opened by the test
+        self.gate_timed_out = False
+
+    def read_groups(self, asgs: Sequence[str]) -> dict[str, GroupView]:
+        return self._fleet.read_groups(asgs)
+
+    def set_desired_capacity(self, asg: str, desired: int) -> None:
+        with self._lock:
+            first, self._first = self._first, False
+        if first:
+            self.applying.set()
+            self.gate_timed_out = not self.gate.wait(30)  # a safety net only: the test opens it at once
+        self._fleet.set_desired_capacity(asg, desired)
+
+    def protect(self, asg: str, instance_ids: Sequence[str]) -> None:
+        self._fleet.protect(asg, instance_ids)
+
+    def terminate(self, instance_id: str) -> None:
+        self._fleet.terminate(instance_id)
+
+    def complete_lifecycle_action(
+        self, asg: str, hook: str, token: str, instance_id: str, result: str
+    ) -> None:
+        self._fleet.complete_lifecycle_action(asg, hook, token, instance_id, result)
+
+    def set_instance_types(self, group: GroupView, types: Sequence[str], on_demand_percentage: int) -> None:
+        self._fleet.set_instance_types(group, types, on_demand_percentage)
+
+    def instance_addresses(self, instance_id: str) -> list[str]:
+        return self._fleet.instance_addresses(instance_id)
+
+
 def test_two_concurrent_reconciles_never_both_apply(world: World) -> None:
+    # GIVEN four pending jobs, and a fleet that parks the first reconcile in the middle of its apply
     for n in range(4):
         world.job(n, "pending")
-    barrier = threading.Barrier(2)
-    results = []
+    fleet = GatedFleet(world.fleet)
+    pool = world.config.pools[0]
 
-    def run(owner: str) -> None:
-        barrier.wait()
-        results.append(world.reconciler(owner).reconcile_pool(world.config.pools[0], T0))
+    def reconciler(owner: str) -> Reconciler:
+        return Reconciler(world.config, world.store, fleet, world.runners, owner=owner)
 
-    threads = [threading.Thread(target=run, args=(f"worker-{n}",)) for n in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    applied = [r for r in results if not r.skipped]
-    skipped = [r for r in results if r.skipped]
-    # One applied; the other either backed off on the lease or ran after it and found nothing to do.
-    assert len(applied) >= 1
-    assert all("lease" in r.skipped for r in skipped)
+    first: list[ReconcileResult] = []
+    worker = threading.Thread(target=lambda: first.append(reconciler("worker-1").reconcile_pool(pool, T0)))
+    worker.start()
+    assert fleet.applying.wait(30), "the first reconcile never reached its apply step"
+    # WHEN a second reconcile of the same pool runs to completion while the first is still applying
+    try:
+        second = reconciler("worker-2").reconcile_pool(pool, T0)
+    finally:
+        fleet.gate.set()
+        worker.join(30)
+    # THEN the second backed off on the lease, the first applied, and capacity is set once, to four
+    assert not fleet.gate_timed_out and not worker.is_alive()
+    (applied,) = first
+    assert applied.ok and applied.desired_after == 4
+    assert "lease" in second.skipped and second.plan is None and second.desired_after == 0
     assert world.group()["DesiredCapacity"] == 4
 
 
