@@ -141,6 +141,7 @@ class HostsConfig(_Model):
     host_family: str = ""
     host_resource_group: str
     license_configuration: str = ""
+    #: Machines one host takes. Left unset, AWS's own count is used (see `slots_derived`); 1 is the fallback.
     slots_per_host: int = Field(1, ge=1)
     min_hosts: int = Field(0, ge=0)
     max_hosts: int = Field(1, ge=1)
@@ -149,6 +150,16 @@ class HostsConfig(_Model):
     allocate_after: Duration = timedelta(minutes=2)
     host_management: HostManagement = HostManagement.SCALER
     availability_zones: tuple[str, ...] = ()
+
+    @property
+    def slots_derived(self) -> bool:
+        """`slots_per_host` was left unset, so the host's own capacity decides it, not the default of 1.
+
+        A Windows host packs as many machines as its size allows (AWS reports it per instance type); the
+        operator rarely knows the number and a wrong 1 allocates a host per machine. A value set in the file,
+        even 1, is the operator packing fewer on purpose and always wins.
+        """
+        return "slots_per_host" not in self.model_fields_set
 
     @model_validator(mode="after")
     def _bounds(self) -> HostsConfig:

@@ -54,6 +54,16 @@ class HostPoolView:
     hosts: tuple[Host, ...] = ()
     unmet_since: datetime | None = None
 
+    @property
+    def slots_per_host(self) -> int | None:
+        """Machines of the pool's instance type one host holds, as AWS counts it (TotalCapacity).
+
+        The planner uses it when `slots_per_host` is not configured (`capacity.hosts.host_slots`). Hosts of
+        one pool share a family and type, so they agree; hosts that report nothing (yet) are skipped.
+        None until one reports.
+        """
+        return max((h.total_slots for h in self.hosts if h.total_slots), default=None)
+
 
 @dataclass(frozen=True)
 class ReleaseResult:
@@ -447,6 +457,7 @@ class MemoryHosts:
             allocated_at=host.allocated_at,
             instance_ids=tuple(host.instance_ids),
             free_slots=max(0, host.cfg.slots_per_host - len(host.instance_ids)) if available else 0,
+            total_slots=host.cfg.slots_per_host,
             availability_zone=host.zone,
             idle_since=_parse_time(host.tags.get(TAG_IDLE_SINCE)),
             scrubbing_until=host.scrubbing_until,
@@ -553,6 +564,7 @@ def _host(raw: dict[str, Any], pool: Pool) -> Host:
         allocated_at=_utc(raw.get("AllocationTime")),
         instance_ids=tuple(str(i["InstanceId"]) for i in raw.get("Instances", [])),
         free_slots=_free_slots(raw, cfg.instance_type),
+        total_slots=_total_slots(raw, cfg.instance_type),
         availability_zone=str(raw.get("AvailabilityZone", "")),
         idle_since=_parse_time(tags.get(TAG_IDLE_SINCE)),
         in_group=tags.get(TAG_HOST_GROUP) == cfg.host_resource_group,
@@ -570,6 +582,18 @@ def _free_slots(raw: dict[str, Any], instance_type: str) -> int | None:
         if entry.get("InstanceType") == instance_type:
             return int(entry.get("AvailableCapacity", 0))
     return 0
+
+
+def _total_slots(raw: dict[str, Any], instance_type: str) -> int | None:
+    """TotalCapacity of the pool's instance type: machines the host holds when empty; None when unreported.
+
+    EC2 API reference, InstanceCapacity: "The total number of instances that can be launched onto the
+    Dedicated Host if there are no instances running on it". A family host lists every size it supports.
+    """
+    for entry in raw.get("AvailableCapacity", {}).get("AvailableInstanceCapacity", []):
+        if entry.get("InstanceType") == instance_type and entry.get("TotalCapacity"):
+            return int(entry["TotalCapacity"])
+    return None
 
 
 def _state(value: object) -> HostState:

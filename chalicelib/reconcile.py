@@ -250,11 +250,20 @@ class Reconciler:
         if pool.hosts is None or self._hosts is None or hosts is None:
             return None
         wanted = plan_pool(pool, demand, machines, now).launch  # what the engine wants, before host room
-        host_plan = plan_hosts(pool, hosts.hosts, now, wanted=wanted, unmet_since=hosts.unmet_since)
+        slots = hosts.slots_per_host  # what AWS says a host takes; a configured value still wins
+        host_plan = plan_hosts(
+            pool, hosts.hosts, now, wanted=wanted, unmet_since=hosts.unmet_since, slots_per_host=slots
+        )
         if pool.hosts.license_configuration and (host_plan.allocate or host_plan.unmet):
             room = self._hosts.license_room(pool.hosts.license_configuration)  # only when it matters
             host_plan = plan_hosts(
-                pool, hosts.hosts, now, wanted=wanted, unmet_since=hosts.unmet_since, license_room=room
+                pool,
+                hosts.hosts,
+                now,
+                wanted=wanted,
+                unmet_since=hosts.unmet_since,
+                license_room=room,
+                slots_per_host=slots,
             )
         return host_plan
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from chalicelib.config import HostManagement, HostsConfig, Pool, format_duration
+from chalicelib.config import HostManagement, HostsConfig, Platform, Pool, format_duration
 from chalicelib.errors import ConfigError
 
 #: AWS takes a few minutes to bring a freshly allocated host to `available`. A host younger than this that is
@@ -50,7 +50,8 @@ class Host:
     """One dedicated host of a pool, as read now.
 
     `free_slots` is what AWS reports free for the pool's instance type (AvailableInstanceCapacity), None when
-    AWS did not say. `idle_since` is when the scaler first saw the host empty (kept in a host tag).
+    AWS did not say; `total_slots` is how many such machines the host holds when empty (TotalCapacity).
+    `idle_since` is when the scaler first saw the host empty (kept in a host tag).
     `scrubbing_until` is an estimate of when a scrub ends, when someone knows it (the simulator, a store).
     `in_group`: the host is a member of the pool's host resource group (launches only reach members).
     """
@@ -60,6 +61,7 @@ class Host:
     allocated_at: datetime
     instance_ids: tuple[str, ...] = ()
     free_slots: int | None = None
+    total_slots: int | None = None
     availability_zone: str = ""
     idle_since: datetime | None = None
     scrubbing_until: datetime | None = None
@@ -191,6 +193,20 @@ def hosts_config(pool: Pool) -> HostsConfig:
     return pool.hosts
 
 
+def host_slots(pool: Pool, reported: int | None) -> int | None:
+    """Machines one host of the pool takes (slots): the configured value, else 1 on Mac, else AWS's count.
+
+    `reported` is the TotalCapacity AWS gives for the pool's instance type on its hosts (the adapter's
+    `HostPoolView.slots_per_host`); None, with nothing configured, means no host has said yet.
+    """
+    cfg = hosts_config(pool)
+    if not cfg.slots_derived:
+        return cfg.slots_per_host
+    if pool.platform is Platform.MACOS:
+        return 1  # an EC2 Mac host holds exactly one instance (EC2 User Guide, Amazon EC2 Mac instances)
+    return reported
+
+
 def host_free_slots(hosts: HostsConfig, host: Host) -> int:
     """Machines this host can take now (slots): 0 unless it is available, in the group and not full.
 
@@ -233,6 +249,7 @@ def plan_hosts(
     wanted: int = 0,
     unmet_since: datetime | None = None,
     license_room: LicenseRoom | None = None,
+    slots_per_host: int | None = None,
 ) -> HostPlan:
     """Decide a host pool: how many machines can launch, hosts to allocate, hosts to release.
 
@@ -241,8 +258,13 @@ def plan_hosts(
     from the previous plan); hosts are allocated only once it has lasted `allocate_after`. A host is released
     only when empty, idle for the active policy's `idle_time`, past its `min_allocation` and not needed.
     With `host_management = "auto"` the host resource group allocates and releases: only room is computed.
+    `slots_per_host` is what AWS reports one host takes (see `host_slots`); a configured value wins. While
+    neither is known, demand allocates one host at a time: its size, once read, sizes the rest.
     """
+    slots = host_slots(pool, slots_per_host)
     cfg = hosts_config(pool)
+    if slots is not None and slots != cfg.slots_per_host:
+        cfg = cfg.model_copy(update={"slots_per_host": slots})
     live = [h for h in pool_hosts if h.live]
     room = sum(host_free_slots(cfg, h) for h in live)
     instance_cap = _instance_license_cap(license_room)
@@ -265,7 +287,7 @@ def plan_hosts(
         )
 
     since = (unmet_since or now) if unmet else None
-    allocate, zones, why = _allocation(cfg, live, now, unmet, since, license_room)
+    allocate, zones, why = _allocation(cfg, live, now, unmet, since, license_room, probe=slots is None)
     reasons.extend(why)
     if allocate:
         since = None  # each allocation restarts the wait, so hosts still coming are seen before adding more
@@ -367,14 +389,23 @@ def _allocation(
     unmet: int,
     unmet_since: datetime | None,
     license_room: LicenseRoom | None,
+    *,
+    probe: bool = False,
 ) -> tuple[int, tuple[str, ...], list[str]]:
-    """Hosts to add: up to min_hosts at once, for demand once unmet for allocate_after; max_hosts caps."""
+    """Hosts to add: up to min_hosts at once, for demand once unmet for allocate_after; max_hosts caps.
+
+    `probe`: the host size is not known yet, so demand adds one host (a guess of 1 slot would allocate a
+    host per machine; the first host's TotalCapacity sizes the next allocation).
+    """
     reasons: list[str] = []
     usable = sum(1 for h in live if not h.failed)
     for_floor = max(0, cfg.min_hosts - usable)
     short = max(0, unmet - _coming_slots(cfg, live, now))
     waited = unmet_since is not None and now - unmet_since >= cfg.allocate_after
     for_demand = math.ceil(short / cfg.slots_per_host) if short and waited else 0
+    if probe and for_demand > 1:
+        for_demand = 1
+        reasons.append("host size unknown until a host reports it: one host first")
     if short and not waited:
         wait = format_duration(cfg.allocate_after)
         reasons.append(f"wait: demand unmet for less than allocate_after {wait}")
