@@ -394,8 +394,9 @@ def platform_quiet(notes: deque[str], log_path: Path, clock: AcceleratedClock) -
 
 
 @dataclass
-class _World:
-    """Everything running during a demo; built by `Demo._build`, torn down by the ExitStack."""
+class DemoWorld:
+    """Everything running during a demo; built by `Demo._build`, torn down by the ExitStack. A step hook
+    (`Demo(on_step=...)`) sees it after each platform step."""
 
     config: Config
     names: Names
@@ -443,9 +444,18 @@ class Drill:
 class Demo:
     """Builds the local world, plays the trace at `speed`, and writes the summary and the timeline."""
 
-    def __init__(self, options: DemoOptions, console: Console | None = None) -> None:
+    def __init__(
+        self,
+        options: DemoOptions,
+        console: Console | None = None,
+        *,
+        on_step: Callable[[DemoWorld, datetime], None] | None = None,
+    ) -> None:
+        """`on_step(world, now)` runs after every platform step, in the demo's thread: tests stage what a
+        trace cannot (an operator killing a machine, a Ctrl-C at a chosen moment) through the real world."""
         self.options = options
         self.console = console or Console()
+        self._on_step = on_step
 
     def run(self) -> DemoResult:
         """Run to the end (or Ctrl-C); every server and thread is stopped before this returns."""
@@ -503,7 +513,7 @@ class Demo:
         config: Config,
         notes: deque[str],
         clock: AcceleratedClock,
-    ) -> _World:
+    ) -> DemoWorld:
         options = self.options
         local_aws = stack.enter_context(LocalAws())
         app_aws, platform_aws, machine_aws = local_aws.clients(), local_aws.clients(), local_aws.clients()
@@ -569,7 +579,7 @@ class Demo:
             clock.elapsed,
             region=local_aws.region,
         )
-        return _World(
+        return DemoWorld(
             config,
             names,
             clock,
@@ -590,7 +600,7 @@ class Demo:
 
     # -- playing --------------------------------------------------------------------------------
 
-    def _play(self, world: _World) -> None:
+    def _play(self, world: DemoWorld) -> None:
         options = self.options
         world.clock.start()
         last_sample: datetime | None = None
@@ -610,6 +620,8 @@ class Demo:
                 world.rotation.run_queued()
                 world.machines.step(now)
                 world.gitlab.flush(timeout=WEBHOOK_WAIT)
+                if self._on_step is not None:
+                    self._on_step(world, now)
                 if last_sample is None or now - last_sample >= options.sample_every:
                     world.recorder.sample(now, world.machines)
                     last_sample = now
@@ -628,7 +640,7 @@ class Demo:
         with Live(console=self.console, refresh_per_second=4, transient=False) as live:
             yield live
 
-    def _frame(self, world: _World, now: datetime) -> Any:
+    def _frame(self, world: DemoWorld, now: datetime) -> Any:
         gitlab = world.gitlab.delivery_stats
         status = (
             f"webhooks sent {gitlab['sent']} (failed {gitlab['failed']}) · AWS calls by the app "
@@ -649,7 +661,7 @@ class Demo:
             ],
         )
 
-    def _finished(self, world: _World, now: datetime) -> bool:
+    def _finished(self, world: DemoWorld, now: datetime) -> bool:
         """Done when the trace ran and every pool scaled back to its idle floor (or the time is up)."""
         elapsed = (now - world.clock.origin).total_seconds()
         if elapsed >= self.options.duration.total_seconds():
@@ -666,7 +678,7 @@ class Demo:
             return True
         return all(len(world.machines.live(p.name)) <= _idle_floor(p, now) for p in world.config.pools)
 
-    def _summary(self, world: _World, now: datetime, interrupted: bool) -> dict[str, Any]:
+    def _summary(self, world: DemoWorld, now: datetime, interrupted: bool) -> dict[str, Any]:
         extra = {
             "trace": str(self.options.trace),
             "speed": self.options.speed,
@@ -735,7 +747,7 @@ class Demo:
         )
 
 
-def _markers(world: _World) -> list[Marker]:
+def _markers(world: DemoWorld) -> list[Marker]:
     """The drill (a span) and the rotations after deploy (instants), as the timeline marks them."""
     markers = [Marker("throttling drill", world.drill.start_s, world.drill.end_s)] if world.drill else []
     markers += [Marker("TLS rotation", r.at_s) for r in world.rotation.rotations if r.at_s > 0]
@@ -783,5 +795,6 @@ __all__ = [
     "Demo",
     "DemoOptions",
     "DemoResult",
+    "DemoWorld",
     "TraceError",
 ]
