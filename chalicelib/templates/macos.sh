@@ -31,7 +31,9 @@ TLS_CA_FILE=""
 GITLAB_CA=$$(field gitlab_ca_bundle)
 if [ -n "$${GITLAB_CA}" ]; then
   TLS_CA_FILE=/usr/local/etc/runner-scaler-gitlab.pem
-  printf '%s\n' "$${GITLAB_CA}" > "$${TLS_CA_FILE}"
+  # Public, and read by ec2-user (the runner, and its jobs through CI_SERVER_TLS_CA_FILE): not umask 077's
+  # 0600 root. /usr/local/etc is missing on Apple silicon images without an Intel Homebrew.
+  ( umask 022 && mkdir -p /usr/local/etc && printf '%s\n' "$${GITLAB_CA}" > "$${TLS_CA_FILE}" )
   security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain "$${TLS_CA_FILE}"
 fi
 
