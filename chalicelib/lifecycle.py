@@ -4,23 +4,26 @@ Launch: create the machine's GitLab runner, issue its Docker server certificate,
 own secret, record the machine, complete the lifecycle action (ABANDON after cleaning up on failure).
 Terminate: rescue an interrupted job, delete the runner and the secret, forget the machine.
 Spot warning: pause the runner, mark the machine draining, and reconcile so a replacement launches.
-Every step is idempotent: the same event delivered twice creates one runner. No boto3 here.
+Every step is idempotent: the same event delivered twice creates one runner. A launch that completes also
+measures scale-up latency (`scale_up_seconds`), emitted by the entry point. No boto3 here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from chalicelib.capacity import Machine, MachineState, machine_free_slots
 from chalicelib.config import Config, Pool
 from chalicelib.errors import AwsCallError, GitLabError, MalformedEventError, NotFoundError
 from chalicelib.fleet import Fleet
 from chalicelib.jobs import DirtyMarker, runner_description
 from chalicelib.resources import TAG_INSTANCE_ARN, TAG_POOL, Names
-from chalicelib.store import MachineRecord, Store
+from chalicelib.store import JobRecord, MachineRecord, Store
 
 if TYPE_CHECKING:
     from chalicelib.runtime import Runtime
@@ -95,6 +98,9 @@ class LifecycleOutcome:
     created_runner: bool = False
     retried_jobs: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    pool: str = ""
+    #: Seconds the job this new machine serves had been pending when the machine came into service.
+    scale_up_seconds: float | None = None
 
 
 @dataclass
@@ -141,7 +147,29 @@ class Lifecycle:
             outcome.result = ABANDON
             outcome.notes.append(str(exc))
         self._complete(action, outcome.result)
+        if outcome.result == CONTINUE:
+            outcome.pool = pool.name
+            outcome.scale_up_seconds = self._scale_up_latency(pool, action.instance_id, now)
         return outcome
+
+    def _scale_up_latency(self, pool: Pool, instance_id: str, now: datetime) -> float | None:
+        """Measured after the lifecycle action completed (the machine is not kept waiting for it): two reads.
+
+        None when no job waited for this machine, or when the state could not be read (logged; the launch
+        itself went fine, so a lost measurement is not an error).
+        """
+        try:
+            jobs = self.store.pool_jobs(pool.name)
+            others = [m for m in self.store.machines(pool.name) if m.instance_id != instance_id]
+        except AwsCallError as exc:
+            logger.warning(
+                "scale-up latency not measured",
+                extra={"pool": pool.name, "instance_id": instance_id, "error": str(exc)},
+            )
+            return None
+        waiting = [since for job in jobs if (since := pending_since(job)) is not None]
+        ahead = sum(machine_free_slots(pool, _in_service(m)) for m in others if m.runner_id is not None)
+        return scale_up_seconds(waiting, ahead, now)
 
     def _prepare(
         self,
@@ -293,6 +321,44 @@ class Lifecycle:
         }
 
 
+# -- scale-up latency (pure) ------------------------------------------------------------------------------
+
+
+def scale_up_seconds(pending: Sequence[datetime], slots_ahead: int, now: datetime) -> float | None:
+    """Seconds the job a machine coming into service will take had been pending; None if no job waits for it.
+
+    GitLab hands a pool's pending jobs out oldest first, so the free slots already in service (`slots_ahead`)
+    take the oldest ones and this machine's first slot takes the next: pairing a burst of new machines with
+    a backlog one to one, instead of charging each the oldest job's wait.
+    """
+    waiting = sorted(pending)
+    if slots_ahead >= len(waiting):
+        return None
+    return max(0.0, (now - waiting[slots_ahead]).total_seconds())
+
+
+def pending_since(job: JobRecord) -> datetime | None:
+    """When a pending job became pending, as the scaler saw it; None for a job in any other status.
+
+    The store's `updated_at` is set when the status rises (GitLab's pending webhook, or the heal);
+    `created_at` is only the fallback, since for a later stage it is when the pipeline was created.
+    """
+    if job.status != "pending":
+        return None
+    return job.updated_at or job.created_at
+
+
+def _in_service(record: MachineRecord) -> Machine:
+    """A registered machine as the capacity engine counts its free slots (draining machines have none)."""
+    return Machine(
+        instance_id=record.instance_id,
+        state=MachineState.DRAINING if record.draining_since is not None else MachineState.IDLE,
+        launched_at=record.launched_at,
+        jobs_started=record.jobs_started,
+        running_jobs=len(record.running),
+    )
+
+
 # -- entry point for the EventBridge handler (the only code here that touches the runtime) ----------------
 
 
@@ -358,6 +424,11 @@ def handle_machine_event(rt: Runtime, raw: dict[str, Any]) -> dict[str, Any]:
         outcome = _without_hook(use_case, rt, event.instance_id, now)
     else:
         return {"action": "ignored"}
+    if outcome.scale_up_seconds is not None:
+        from chalicelib import metrics
+
+        pool = rt.config.pool(outcome.pool)
+        metrics.emit_scale_up(pool.name, pool.platform.value, outcome.scale_up_seconds)
     return {"action": type(event).__name__, **_summary(outcome)}
 
 

@@ -7,11 +7,13 @@ Dimensions stay low-cardinality: pool and platform only. Never a token, never an
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
-from chalicelib.config import Config
-from chalicelib.reconcile import ReconcileResult
+if TYPE_CHECKING:  # the lifecycle and webhook handlers emit too, without importing the reconciler
+    from chalicelib.config import Config
+    from chalicelib.reconcile import ReconcileResult
 
 NAMESPACE = "RunnerScaler"
 SERVICE = "runner-scaler"
@@ -37,6 +39,19 @@ def emit_job_wait(pool: str, platform: str, queued_seconds: float) -> None:
     CloudWatch computes p50/p95 from the individual EMF values, answering the first question: "do jobs wait?".
     """
     emit({"JobQueueSeconds": queued_seconds}, {"pool": pool, "platform": platform}, MetricUnit.Seconds)
+
+
+def emit_scale_up(pool: str, platform: str, seconds: float) -> None:
+    """Scale-up latency: how long the job a new machine takes had been pending when that machine came into
+    service. One value per launched machine that a job waited for; CloudWatch gives p50/p95 per pool.
+
+    Measured when the machine's launch lifecycle hook completes (its runner is registered and the ASG puts it
+    InService). The job is the pool's oldest pending one not already covered by free slots of machines in
+    service, since GitLab hands out jobs oldest first; "pending since" is when the scaler recorded the job
+    pending. No value when no job waited (idle_count or prewarm machines, or the backlog was already
+    covered). JobQueueSeconds minus this is roughly gitlab-runner's own start on the new machine.
+    """
+    emit({"ScaleUpSeconds": seconds}, {"pool": pool, "platform": platform}, MetricUnit.Seconds)
 
 
 def emit_reconcile(config: Config, results: Iterable[ReconcileResult], aws_calls: int) -> None:

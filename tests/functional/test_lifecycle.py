@@ -21,6 +21,7 @@ from chalicelib.fleet import AsgFleet
 from chalicelib.rotation import ensure_base_certs_for
 from chalicelib.store import JobRecord
 from tests.functional.conftest import FIXTURES, Stack
+from tests.functional.test_webhooks import Pipeline, post
 
 TOKEN = "87654321-4321-4321-4321-21098EXAMPLE"
 
@@ -199,3 +200,87 @@ def test_no_token_or_key_in_logs(
     captured = caplog.text + capsys.readouterr().out
     assert "PRIVATE KEY" not in captured
     assert "glrt-" not in captured and "runner_token" not in captured
+
+
+# -- scale-up latency --------------------------------------------------------------------------------
+
+
+def emitted(capsys: pytest.CaptureFixture[str], metric: str) -> list[dict[str, Any]]:
+    """The EMF blobs printed so far that carry `metric` (powertools writes them to stdout)."""
+    out = capsys.readouterr().out.splitlines()
+    return [b for b in (json.loads(x) for x in out if x.startswith('{"_aws"')) if metric in b]
+
+
+def test_each_new_machine_reports_how_long_its_job_waited_for_it(
+    world: Any, fake_gitlab: FakeGitLab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack, fleet, client = world
+    # GIVEN two linux jobs gone pending at 12:00:00 and 12:00:30, announced by GitLab's webhooks
+    p = Pipeline(stack, fake_gitlab, ("linux",), ("linux",))
+    post(client, p.hook(p.job_ids[0], "pending"))
+    stack.advance(seconds=30)
+    post(client, p.hook(p.job_ids[1], "pending"))
+    # AND the dirty-pool reconcile asking the group for two machines
+    bodies = [json.dumps({"pool": pool}) for pool in stack.queued_pools()]
+    client.lambda_.invoke(
+        "pool_dirty", client.events.generate_sqs_event(bodies, queue_name="test-dirty.fifo")
+    )
+    first, second = (
+        i.instance_id for i in stack.runtime.fleet.read_groups(["test-linux"])["test-linux"].instances
+    )
+    capsys.readouterr()
+    # WHEN their launch hooks complete at 12:01:40 and 12:01:50
+    stack.advance(seconds=70)
+    invoke(client, lifecycle_event("aws_lifecycle_launch.json", first))
+    stack.advance(seconds=10)
+    invoke(client, lifecycle_event("aws_lifecycle_launch.json", second))
+    # THEN the first machine is charged the oldest job's 100 s, the second the next job's 80 s
+    blobs = emitted(capsys, "ScaleUpSeconds")
+    assert [b["ScaleUpSeconds"] for b in blobs] == [[100.0], [80.0]]
+    assert {(b["pool"], b["platform"]) for b in blobs} == {("linux", "linux")}
+    (definition,) = blobs[0]["_aws"]["CloudWatchMetrics"]
+    assert definition["Metrics"] == [{"Name": "ScaleUpSeconds", "Unit": "Seconds"}]
+    assert definition["Dimensions"] == [["pool", "platform", "service"]]
+    assert fleet.completed == [(first, "CONTINUE"), (second, "CONTINUE")]
+
+
+def test_a_machine_no_job_waited_for_reports_no_scale_up(
+    world: Any, fake_gitlab: FakeGitLab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack, _fleet, client = world
+    # GIVEN one pending job and a machine already in service with a free slot for it
+    p = Pipeline(stack, fake_gitlab, ("linux",))
+    post(client, p.hook(p.job_ids[0], "pending"))
+    stack.runtime.fleet.set_desired_capacity("test-linux", 2)
+    first, second = (
+        i.instance_id for i in stack.runtime.fleet.read_groups(["test-linux"])["test-linux"].instances
+    )
+    invoke(client, lifecycle_event("aws_lifecycle_launch.json", first))
+    capsys.readouterr()
+    # WHEN another machine (an idle_count spare, say) comes into service
+    stack.advance(seconds=60)
+    invoke(client, lifecycle_event("aws_lifecycle_launch.json", second))
+    # THEN it reports nothing: the job is the first machine's
+    assert emitted(capsys, "ScaleUpSeconds") == []
+
+
+def test_a_duplicate_or_abandoned_launch_reports_no_scale_up(
+    world: Any, fake_gitlab: FakeGitLab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack, _fleet, client = world
+    p = Pipeline(stack, fake_gitlab, ("linux",), ("linux",))
+    for job_id in p.job_ids:
+        post(client, p.hook(job_id, "pending"))
+    stack.runtime.fleet.set_desired_capacity("test-linux", 2)
+    first, second = (
+        i.instance_id for i in stack.runtime.fleet.read_groups(["test-linux"])["test-linux"].instances
+    )
+    event = lifecycle_event("aws_lifecycle_launch.json", first)
+    invoke(client, event)
+    capsys.readouterr()
+    # WHEN the same launch event comes again, and another launch fails at GitLab
+    invoke(client, copy.deepcopy(event))
+    fake_gitlab.inject_failure("/user/runners", status=500, times=10)
+    assert invoke(client, lifecycle_event("aws_lifecycle_launch.json", second))["result"] == "ABANDON"
+    # THEN neither is a machine coming into service
+    assert emitted(capsys, "ScaleUpSeconds") == []
