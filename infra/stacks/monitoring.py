@@ -19,11 +19,19 @@ from constructs import Construct
 from chalicelib.config import Pool
 from chalicelib.metrics import NAMESPACE
 from chalicelib.resources import ALARM_TOPIC_SUFFIX
-from infra.metrics import GLOBAL_METRICS, JOB_METRICS, MACHINE_METRICS, SCALING_METRICS
+from infra.metrics import GLOBAL_METRICS, JOB_METRICS, LATENCY_METRICS, MACHINE_METRICS, SCALING_METRICS
 from infra.settings import Settings
 from infra.stacks.wiring import LAUNCH_UNSUCCESSFUL
 
 QUEUE_AGE_SECONDS = 120
+#: Percentiles of the latency metrics: the typical wait and the bad one. Over 5 minutes, since single
+#: values are sparse on a quiet pool and a 1-minute percentile of one value says little.
+PERCENTILES = ("p50", "p95")
+LATENCY_PERIOD = cdk.Duration.minutes(5)
+LATENCY_TITLES = {
+    "JobQueueSeconds": "Job wait for a runner (s)",
+    "ScaleUpSeconds": "Scale-up: pending job to new machine in service (s)",
+}
 
 
 class Monitoring(Construct):
@@ -233,6 +241,8 @@ def _dashboard(
             width=24,
         )
     )
+    # First question, first row: do jobs wait, and is it for a machine?
+    dashboard.add_widgets(*(_latency_graph(settings, name) for name in LATENCY_METRICS))
     for pool in settings.config.pools:
         dimensions = _pool_dimensions(settings, pool)
         dashboard.add_widgets(
@@ -265,6 +275,27 @@ def _dashboard(
         ),
     )
     return dashboard
+
+
+def _latency_graph(settings: Settings, metric: str) -> cloudwatch.GraphWidget:
+    """One latency metric, p50 and p95 for every pool, on one graph (LATENCY_METRICS)."""
+    return cloudwatch.GraphWidget(
+        title=LATENCY_TITLES[metric],
+        left=[
+            cloudwatch.Metric(
+                namespace=NAMESPACE,
+                metric_name=metric,
+                dimensions_map=_pool_dimensions(settings, pool),
+                statistic=percentile,
+                period=LATENCY_PERIOD,
+                label=f"{pool.name} {percentile}",
+            )
+            for pool in settings.config.pools
+            for percentile in PERCENTILES
+        ],
+        left_y_axis=cloudwatch.YAxisProps(min=0, label="seconds", show_units=False),
+        width=12,
+    )
 
 
 def _graph(

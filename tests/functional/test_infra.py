@@ -32,7 +32,7 @@ from chalicelib.resources import (
 )
 from chalicelib.userdata import render
 from infra.app import build
-from infra.metrics import GLOBAL_METRICS, JOB_METRICS, MACHINE_METRICS, SCALING_METRICS
+from infra.metrics import GLOBAL_METRICS, JOB_METRICS, LATENCY_METRICS, MACHINE_METRICS, SCALING_METRICS
 from infra.package import package
 from infra.policy import iam_action
 from tests.functional.test_infra_policy import code_calls, needs_grant
@@ -432,6 +432,23 @@ def test_dashboard_shows_the_emf_metrics_per_pool(real: Synth) -> None:
         assert f'\\"{metric}\\"' in body
     for pool in EXAMPLE.pools:
         assert f'\\"pool\\",\\"{pool.name}\\"' in body
+
+
+def test_dashboard_opens_with_job_wait_and_scale_up_percentiles_per_pool(real: Synth) -> None:
+    _, dashboard = real.one("AWS::CloudWatch::Dashboard")
+    body = json.loads("".join(str(part) for part in dashboard["Properties"]["DashboardBody"]["Fn::Join"][1]))
+    graphs = [w for w in body["widgets"] if w["type"] == "metric"]
+    assert [g["properties"]["title"] for g in graphs[:2]] == [
+        "Job wait for a runner (s)",
+        "Scale-up: pending job to new machine in service (s)",
+    ]
+    for metric, graph in zip(LATENCY_METRICS, graphs, strict=False):
+        lines = {(m[1], m[3], m[5], m[-1]["stat"]) for m in graph["properties"]["metrics"]}
+        assert lines == {
+            (metric, pool.name, pool.platform.value, stat)
+            for pool in EXAMPLE.pools
+            for stat in ("p50", "p95")
+        }
 
 
 def test_launch_failures_are_captured_for_the_alarm(real: Synth) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from chalicelib.config import load_config_file
 from chalicelib.resources import Names
-from infra.metrics import GLOBAL_METRICS, JOB_METRICS, MACHINE_METRICS, SCALING_METRICS
+from infra.metrics import GLOBAL_METRICS, JOB_METRICS, LATENCY_METRICS, MACHINE_METRICS, SCALING_METRICS
 from infra.policy import (
     CONFIG_GATED,
     LOCAL_ONLY,
@@ -198,6 +198,19 @@ def test_every_metric_the_dashboard_reads_is_emitted(capsys: pytest.CaptureFixtu
     blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     emitted = {m["Name"] for b in blobs for d in b["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
     assert set(MACHINE_METRICS + JOB_METRICS + SCALING_METRICS + GLOBAL_METRICS) <= emitted
+
+
+def test_the_latency_metrics_the_dashboard_reads_are_emitted_per_pool(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from chalicelib.metrics import emit_job_wait, emit_scale_up
+
+    emit_job_wait("linux", "linux", 12.5)
+    emit_scale_up("linux", "linux", 95.0)
+    blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    emitted = {m["Name"] for b in blobs for d in b["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
+    assert emitted == set(LATENCY_METRICS)
+    assert all((b["pool"], b["platform"]) == ("linux", "linux") for b in blobs)
 
 
 # -- wiring plan (pure) ----------------------------------------------------------------------------
