@@ -1,0 +1,242 @@
+"""Host pools through the Chalice app: the `tick` handler allocates, sizes and releases dedicated hosts.
+
+The Runtime is the deployed one (Ec2Hosts on `AwsClients`); only AWS's side is played. moto allocates,
+describes, tags and releases hosts; `MotoHostWorld` adds what moto lacks (AllocationTime on the test's clock,
+per-type capacity, GroupResources) through the `AwsClients` fault-injection seam. In this world an m6i host
+holds 4 m6i.2xlarge; the app's Windows pool does not say so, and learns it from DescribeHosts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from chalice.test import Client
+from moto import mock_aws
+
+from app import app
+from chalicelib.aws import AwsClients
+from chalicelib.capacity.hosts import hosts_config
+from chalicelib.config import Config, Pool, config_from_dict
+from chalicelib.devtools.bootstrap import bootstrap
+from chalicelib.hosts import TAG_HOST_GROUP, TAG_IDLE_SINCE
+from chalicelib.resources import TAG_POOL, Names
+from chalicelib.runtime import Runtime, install
+from chalicelib.store import JobRecord
+from tests.builders import T0
+from tests.functional.conftest import WEBHOOK_TOKENS, describe_group
+from tests.functional.test_hosts_contract import MotoHostWorld
+
+GITLAB = "gitlab.example.com"
+MAC: dict[str, Any] = {
+    "name": "macos",
+    "asg": "test-macos",
+    "platform": "macos",
+    "tags": ["macos"],
+    "max_instances": 3,
+    "hosts": {
+        "instance_type": "mac2.metal",
+        "host_resource_group": "macos-hosts",
+        "max_hosts": 3,
+        "allocate_after": "0s",
+        "availability_zones": ["us-east-1a"],
+    },
+    "policy": [{"idle_count": 0, "idle_time": "1h"}],
+}
+WINDOWS: dict[str, Any] = {
+    "name": "windows",
+    "asg": "test-windows",
+    "platform": "windows",
+    "tags": ["windows"],
+    "max_instances": 8,
+    "hosts": {  # no slots_per_host: derived from what the hosts report
+        "instance_type": "m6i.2xlarge",
+        "host_family": "m6i",
+        "host_resource_group": "windows-hosts",
+        "max_hosts": 2,
+        "scrub_time": "0s",
+        "allocate_after": "0s",
+        "availability_zones": ["us-east-1a"],
+    },
+    "policy": [{"idle_count": 0, "idle_time": "30m"}],
+}
+#: AWS's truth in this world: what an m6i host holds of m6i.2xlarge (TotalCapacity), known to the world only.
+WINDOWS_HOST_HOLDS = 4
+
+
+@dataclass
+class HostStack:
+    """The deployed app on moto with two host pools, and AWS's part played on the test's clock."""
+
+    aws: AwsClients
+    runtime: Runtime
+    clock: list[datetime]
+
+    def advance(self, **delta: float) -> None:
+        self.clock[0] += timedelta(**delta)
+
+    def pool(self, name: str) -> Pool:
+        return next(p for p in self.runtime.config.pools if p.name == name)
+
+    def record_pending(self, pool: str, *job_ids: int) -> None:
+        for job_id in job_ids:
+            self.runtime.store.record_job(JobRecord(GITLAB, job_id, "pending", pool=pool), self.clock[0])
+
+    def tick(self) -> dict[str, Any]:
+        with Client(app) as client:
+            event = client.events.generate_cw_event("Scheduled Event", "aws.events", {}, [])
+            payload: dict[str, Any] = client.lambda_.invoke("tick", event).payload
+        return payload["pools"]
+
+    def desired(self, pool: str) -> int:
+        return int(describe_group(self.aws, self.pool(pool).asg)["DesiredCapacity"])
+
+    def hosts(self, pool: str) -> list[dict[str, Any]]:
+        """DescribeHosts, as an operator would run it: every host of the pool, released ones too."""
+        raw = self.aws.call("ec2", "describe_hosts")["Hosts"]
+        return [h for h in raw if _tags(h).get(TAG_POOL) == pool]
+
+    def live_hosts(self, pool: str) -> list[dict[str, Any]]:
+        return [h for h in self.hosts(pool) if h["State"] != "released"]
+
+
+def _tags(raw: dict[str, Any]) -> dict[str, str]:
+    return {str(t["Key"]): str(t["Value"]) for t in raw.get("Tags", [])}
+
+
+def _create_host_groups(aws: AwsClients, config: Config) -> None:
+    """The host resource groups infra/ creates (License Manager host management, scaler-managed hosts)."""
+    for p in config.pools:
+        aws.call(
+            "resource-groups",
+            "create_group",
+            Name=hosts_config(p).host_resource_group,
+            Configuration=[
+                {
+                    "Type": "AWS::EC2::HostManagement",
+                    "Parameters": [
+                        {"Name": "auto-allocate-host", "Values": ["false"]},
+                        {"Name": "auto-release-host", "Values": ["false"]},
+                    ],
+                },
+                {
+                    "Type": "AWS::ResourceGroups::Generic",
+                    "Parameters": [{"Name": "allowed-resource-types", "Values": ["AWS::EC2::Host"]}],
+                },
+            ],
+        )
+
+
+@pytest.fixture
+def host_stack(aws_credentials: None) -> Iterator[HostStack]:
+    with mock_aws():
+        config = config_from_dict({"gitlab": {"url": f"https://{GITLAB}"}, "pools": [MAC, WINDOWS]}, "test")
+        clock = [T0]
+        truth = [  # the world knows how many machines a host really holds; the app's config does not
+            p.model_copy(
+                update={"hosts": hosts_config(p).model_copy(update={"slots_per_host": WINDOWS_HOST_HOLDS})}
+            )
+            if p.name == "windows"
+            else p
+            for p in config.pools
+        ]
+        world = MotoHostWorld(truth, clock)
+        aws = AwsClients(region="us-east-1", sleep=lambda _s: None, fault_injector=world.inject)
+        local = bootstrap(aws, config, Names("test"), WEBHOOK_TOKENS)
+        _create_host_groups(aws, config)
+        rt = Runtime(
+            {"RUNNER_SCALER_PREFIX": "test", "RUNNER_SCALER_QUEUE_URL": local.queue_url},
+            aws=aws,
+            config=config,
+            clock=lambda: clock[0],
+        )
+        install(rt)
+        yield HostStack(aws, rt, clock)
+        install(None)
+
+
+def test_pending_jobs_allocate_hosts_then_launch_onto_them(host_stack: HostStack) -> None:
+    # GIVEN no host at all, 3 macOS jobs and 6 Windows jobs pending
+    host_stack.record_pending("macos", 1, 2, 3)
+    host_stack.record_pending("windows", 11, 12, 13, 14, 15, 16)
+
+    # WHEN the tick runs
+    first = host_stack.tick()
+
+    # THEN nothing launches yet (no host can take a machine), but hosts are allocated into their groups:
+    # one Mac host per job (a Mac host holds one instance), and one Windows host only, since its size is
+    # unknown until AWS reports it
+    assert {name: pool["desired"] for name, pool in first.items()} == {"macos": 0, "windows": 0}
+    assert (host_stack.desired("macos"), host_stack.desired("windows")) == (0, 0)
+    mac_hosts = host_stack.live_hosts("macos")
+    assert len(mac_hosts) == 3
+    assert all(h["HostProperties"] == {"InstanceType": "mac2.metal"} for h in mac_hosts)
+    (windows_host,) = host_stack.live_hosts("windows")
+    assert windows_host["HostProperties"] == {"InstanceFamily": "m6i"}
+    assert [_tags(h)[TAG_HOST_GROUP] for h in [*mac_hosts, windows_host]] == ["macos-hosts"] * 3 + [
+        "windows-hosts"
+    ]
+    assert all(h["AutoPlacement"] == "off" for h in [*mac_hosts, windows_host])
+
+    # WHEN the hosts are available a minute later and the tick runs again
+    host_stack.advance(minutes=1)
+    second = host_stack.tick()
+
+    # THEN each Mac host takes one machine; the Windows host holds 4 (as DescribeHosts reports), so 4
+    # machines launch and one more host is allocated for the other 2 -- not one host per machine
+    assert (second["macos"]["errors"], second["windows"]["errors"]) == ([], [])
+    assert (host_stack.desired("macos"), host_stack.desired("windows")) == (3, 4)
+    assert len(host_stack.live_hosts("macos")) == 3
+    assert len(host_stack.live_hosts("windows")) == 2
+
+
+def test_an_idle_mac_host_goes_after_its_24_hours_and_a_younger_one_stays(host_stack: HostStack) -> None:
+    # GIVEN two Mac hosts in the group: one allocated at T0, one 20 hours later
+    port = host_stack.runtime.hosts
+    assert port is not None
+    mac = host_stack.pool("macos")
+    (old,) = port.allocate(mac, "us-east-1a", 1, "token-old")
+    port.associate(mac, [old])  # DescribeHosts inside stamps AllocationTime with the test's clock
+    host_stack.advance(hours=20)
+    (young,) = port.allocate(mac, "us-east-1a", 1, "token-young")
+    port.associate(mac, [young])
+
+    # WHEN, 25 hours after the first allocation, ticks run with no demand
+    host_stack.advance(hours=5)
+    host_stack.tick()
+
+    # THEN the first tick only starts both hosts' idle clocks (kept as a tag on each host)
+    assert {h["HostId"]: h["State"] for h in host_stack.hosts("macos")} == {
+        old: "available",
+        young: "available",
+    }
+    assert {h["HostId"]: _tags(h).get(TAG_IDLE_SINCE) for h in host_stack.hosts("macos")} == {
+        old: "2026-11-24T13:00:00Z",
+        young: "2026-11-24T13:00:00Z",
+    }
+
+    # WHEN the pool's idle_time (1 h) has passed
+    host_stack.advance(hours=1, minutes=1)
+    result = host_stack.tick()
+
+    # THEN the host past its 24-hour minimum is released; the one 6 hours old, just as idle, is kept --
+    # it is paid for until its day is up, so releasing it would save nothing and lose capacity
+    assert result["macos"]["errors"] == []
+    assert {h["HostId"]: h["State"] for h in host_stack.hosts("macos")} == {
+        old: "released",
+        young: "available",
+    }
+    assert host_stack.desired("macos") == 0
+
+    # WHEN its own 24 hours are up too
+    host_stack.clock[0] = T0 + timedelta(hours=44, minutes=1)
+    host_stack.tick()
+
+    # THEN it goes as well
+    assert {h["HostId"]: h["State"] for h in host_stack.hosts("macos")} == {
+        old: "released",
+        young: "released",
+    }
