@@ -26,6 +26,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m sim.bench
+	$(BIN)/python -m sim.bench_prewarm
 	$(BIN)/python -m sim.bench_webhooks
 
 clean:

@@ -1,7 +1,7 @@
 """Pipeline-aware prewarm: the job slots each pool will need one boot time from now, and duration learning.
 
-The room for GitLab issue #12 (product side of `sim/prewarm.py`). Pure: frozen dataclasses and functions over
-config models; `now` is a parameter; imports the standard library, `chalicelib.config` and the capacity
+The room for GitLab issue #12 (`sim/bench_prewarm.py` measures it). Pure: frozen dataclasses and functions
+over config models; `now` is a parameter; imports the standard library, `chalicelib.config` and the capacity
 engine only (no boto3, no clock, no I/O). `chalicelib/pipelines.py` persists what this module reads.
 
 The rule. A job of stage k becomes pending when every job of stages < k has finished. The current stage of a
@@ -14,10 +14,10 @@ end of stage k plus the longest estimate of its jobs, and its successors count t
 Confidence. The estimated duration of a job is the `prewarm_confidence` quantile of its learned durations
 (default 0.8 → P80). A higher confidence takes a later quantile: the forecast waits until the stage is
 likely (≥ confidence, per job) to have ended within the lead, which warms fewer machines for nothing and
-later. `sim/prewarm.py` used a 0.25 quantile and, in `bench/results.json` (seed 0), cut wait p95 (linux
+later. An earlier simulator experiment with its own forecast (a 0.25 quantile) cut wait p95 (seed 0; linux
 workday 88.4 → 43.6 s, windows 349.6 → 247.4 s, macOS 2106.5 → 1400.9 s) but raised cost by 30-40 % with
-idle fractions near 0.5 and met the goal in no scenario: hence a late, safe quantile by default. For a stage
-of n independent jobs the chance that all have ended is about confidence**n; this is not corrected for.
+idle fractions near 0.5: hence a late, safe quantile by default (`bench/prewarm.json` measures this module).
+For a stage of n independent jobs the chance that all have ended is about confidence**n; not corrected for.
 
 Never forecast: a pipeline that is finished, failed, canceled or canceling; a stage after a failed job that
 may not fail; a stage whose current predecessor still has a pending/created job (its end is unknown); a
@@ -62,9 +62,9 @@ EWMA_ALPHA = 0.2
 #: A key's estimate is trusted once it has seen this many durations; else the next fallback key is tried.
 MIN_SAMPLES = 3
 
-#: A reconcile at the very instant a window opens must see it open despite rounding (sim/prewarm.py's too).
+#: A reconcile at the very instant a window opens must see it open despite rounding.
 _EPSILON_S = 1e-3
-_STEM = re.compile(r"\s+\d+\s*/\s*\d+$")  # `test 3/8` (parallel:) learns as `test`, as sim/prewarm.py does
+_STEM = re.compile(r"\s+\d+\s*/\s*\d+$")  # `test 3/8` (parallel:) learns as `test`
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,10 @@
 """Simulated GitLab: stages release jobs, pending jobs go to free runners of matching tags, hooks are sent;
 REST answers are truthful at the call, only hooks and the busy flag lag. Imports the model and the loop.
+
+Pipeline Hooks follow GitLab: one each time the pipeline's status changes (Ci::Pipeline's state machine runs
+PipelineHooksWorker after every transition that is not a loopback), the status being the composite of its
+jobs' latest statuses (Gitlab::Ci::Status::Composite). A pipeline is `running` from its first job's start
+to its end, so a stage starting later sends no hook.
 """
 
 from __future__ import annotations
@@ -10,9 +15,20 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sim.events import EventLoop
-from sim.model import HookEvent, JobInfo, ProjectInfo, SimJob, SimMachine, SimOptions, busy_lag
+from sim.model import (
+    HookEvent,
+    JobInfo,
+    PipelineBuildState,
+    PipelineHookEvent,
+    ProjectInfo,
+    SimJob,
+    SimMachine,
+    SimOptions,
+    busy_lag,
+)
 
 Emit = Callable[[HookEvent, float], None]
+EmitPipeline = Callable[[PipelineHookEvent, float], None]
 JobListener = Callable[[SimJob, SimMachine], None]
 MachineListener = Callable[[SimMachine], None]
 
@@ -20,7 +36,8 @@ FIRST_JOB_ID = 1000
 
 
 class SimGitLab:
-    """Jobs, pipelines and runners; `emit(event, lag)` sends a Job Hook after `lag` seconds."""
+    """Jobs, pipelines and runners; `emit(event, lag)` sends a Job Hook after `lag` seconds, `emit_pipeline`
+    a Pipeline Hook."""
 
     def __init__(
         self,
@@ -31,11 +48,13 @@ class SimGitLab:
         emit: Emit,
         assign_rng: random.Random,
         lag_rng: random.Random,
+        emit_pipeline: EmitPipeline | None = None,
     ) -> None:
         self._loop = loop
         self._options = options
         self._clock = clock
         self._emit = emit
+        self._emit_pipeline = emit_pipeline
         self._assign_rng = assign_rng
         self._lag_rng = lag_rng
         self._ids = itertools.count(FIRST_JOB_ID)
@@ -45,6 +64,7 @@ class SimGitLab:
         self.runners: dict[int, SimMachine] = {}
         self._pipelines: dict[int, list[list[SimJob]]] = {}
         self._stage_left: dict[int, list[int]] = {}
+        self._pipeline_status: dict[int, str] = {}
         self.done_listeners: list[JobListener] = []
         self.exit_listeners: list[MachineListener] = []
 
@@ -57,6 +77,7 @@ class SimGitLab:
         pipeline_id = jobs[0].trace.pipeline_id
         self._pipelines[pipeline_id] = groups
         self._stage_left[pipeline_id] = [len(g) for g in groups]
+        self._pipeline_status[pipeline_id] = "created"
         for job in jobs:
             job.job_id = next(self._ids)
             self.jobs[job.job_id] = job
@@ -68,6 +89,7 @@ class SimGitLab:
         job.pending_at = self._loop.now
         self.pending[job.job_id] = job
         self._hook(job, "pending", 0.0)
+        self._pipeline_changed(job.trace.pipeline_id)
         candidates = [m for m in self.runners.values() if m.takes(job)]
         if candidates:
             self._start(job, self._assign_rng.choice(candidates))
@@ -157,6 +179,7 @@ class SimGitLab:
         lag = busy_lag(self._options, self._lag_rng)
         job.busy_visible_at = now + lag
         self._hook(job, "running", lag)
+        self._pipeline_changed(job.trace.pipeline_id)
         attempt = job.attempts
         self._loop.after(job.trace.duration_s, lambda: self._finish(job, machine, attempt))
 
@@ -169,6 +192,7 @@ class SimGitLab:
         machine.finish(job, now)
         self._hook(job, "success", 0.0)
         self._advance(job)
+        self._pipeline_changed(job.trace.pipeline_id)
         for listener in self.done_listeners:
             listener(job, machine)
         if machine.exited:
@@ -206,6 +230,36 @@ class SimGitLab:
         )
         self._emit(event, lag)
 
+    def _pipeline_changed(self, pipeline_id: int) -> None:
+        """Send a Pipeline Hook when the pipeline's composite status changed (on every call with the
+        `every_job` what-if); nothing to send without a receiver."""
+        if self._emit_pipeline is None:
+            return
+        jobs = [j for group in self._pipelines[pipeline_id] for j in group]
+        status = composite_status([j.status for j in jobs])
+        changed = status != self._pipeline_status[pipeline_id]
+        self._pipeline_status[pipeline_id] = status
+        if not changed and self._options.pipeline_hooks != "every_job":
+            return
+        builds = tuple(
+            PipelineBuildState(
+                job_id=j.job_id,
+                stage=j.trace.stage,
+                name=j.trace.name,
+                status=j.status,
+                tags=j.tags,
+                created_s=j.trace.created_s,
+                started_s=j.started_at if j.status in {"running", "success"} else None,
+                finished_s=j.finished_at if j.status == "success" else None,
+                runner_id=j.machine.runner_id if j.machine and j.status == "running" else None,
+            )
+            for j in jobs
+        )
+        event = PipelineHookEvent(
+            pipeline_id, jobs[0].project_id, status, jobs[0].trace.created_s, self._loop.now, builds
+        )
+        self._emit_pipeline(event, 0.0)
+
     def _info(self, job: SimJob, status: str, *, job_id: int | None = None) -> JobInfo:
         return JobInfo(
             id=job_id if job_id is not None else job.job_id,
@@ -220,6 +274,21 @@ class SimGitLab:
             finished_at=self._clock(job.finished_at) if job.finished_at is not None else None,
             runner_id=job.machine.runner_id if job.machine else None,
         )
+
+
+def composite_status(statuses: Sequence[str]) -> str:
+    """A pipeline's status from its jobs' latest statuses: Gitlab::Ci::Status::Composite for the statuses the
+    simulator has (a killed job is retried at once, so a pipeline never ends failed here)."""
+    present = set(statuses)
+    if present <= {"success"}:
+        return "success"
+    if present <= {"created"}:
+        return "created"
+    if present <= {"pending", "created"}:
+        return "pending"
+    if present & {"running", "pending", "created"}:
+        return "running"
+    return "failed"
 
 
 def description(machine: SimMachine) -> str:

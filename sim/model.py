@@ -28,7 +28,9 @@ class SimOptions:
     webhook and the runner's busy flag): exponential with this mean, capped. `drain_recheck` is a test-only
     switch: False makes the reconciler skip its re-check before terminating, to prove the invariant test
     can fail. `boot_s` fixes every boot time (hand-checked tests, what-if runs) instead of drawing it.
-    `lifecycle_loss` is the share of launch lifecycle events that never reach the app.
+    `lifecycle_loss` is the share of launch lifecycle events that never reach the app. `pipeline_hooks`:
+    "transitions" sends a Pipeline Hook when the pipeline's status changes, as GitLab does; "every_job" is a
+    what-if that sends one on every job status change (fresher pipeline state than GitLab gives).
     """
 
     webhook_delay_s: float = 1.0
@@ -46,6 +48,7 @@ class SimOptions:
     boot_s: float | None = None
     lifecycle_loss: float = 0.0
     drain_recheck: bool = True
+    pipeline_hooks: str = "transitions"
 
 
 #: Boot to runner-ready, seconds, as (low, high, mode) of a triangular law: Linux about 1 min, Windows
@@ -190,6 +193,33 @@ class HookEvent:
     created_s: float | None = None
     started_s: float | None = None
     finished_s: float | None = None
+
+
+@dataclass(frozen=True)
+class PipelineBuildState:
+    """One job of a pipeline as a Pipeline Hook lists it (latest try; times in simulated seconds)."""
+
+    job_id: int
+    stage: int
+    name: str
+    status: str
+    tags: tuple[str, ...]
+    created_s: float
+    started_s: float | None = None
+    finished_s: float | None = None
+    runner_id: int | None = None
+
+
+@dataclass(frozen=True)
+class PipelineHookEvent:
+    """A GitLab Pipeline Hook as the scaler receives it: the pipeline's status and every job's, at `at_s`."""
+
+    pipeline_id: int
+    project_id: int
+    status: str
+    created_s: float
+    at_s: float
+    builds: tuple[PipelineBuildState, ...]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Our scaler simulated: the real Reconciler, heal and ingest_job through in-memory fakes of their adapter
-Protocols, each counting the calls the real adapter makes. Imports chalicelib's use cases and the simulator.
+Protocols, each counting the calls the real adapter makes. With prewarm on, Pipeline Hooks and successful Job
+Hooks go through chalicelib.pipelines as the webhook sends them. Imports chalicelib's use cases and the sim.
 """
 
 from __future__ import annotations
@@ -7,28 +8,36 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 from chalicelib.capacity.hosts import Host, HostState, IdleMark, LicenseRoom
-from chalicelib.config import Pool
-from chalicelib.errors import NotFoundError
+from chalicelib.config import Config, Pool
+from chalicelib.errors import GitLabError, NotFoundError
+from chalicelib.events.gitlab import PipelineHook, event_identity, parse_gitlab_event
+from chalicelib.events.samples import BuildSample, pipeline_hook_payload, webhook_headers
 from chalicelib.fleet import GroupView, Instance
+from chalicelib.forecast import DurationEstimate, PipelineState
 from chalicelib.heal import heal
 from chalicelib.hosts import HostPoolView, ReleaseResult
 from chalicelib.jobs import JobEvent, TagResolver, ingest_job
+from chalicelib.pipelines import MemoryPipelines, observe_job_duration, pool_resolver, record_pipeline_hook
 from chalicelib.reconcile import Reconciler
 from chalicelib.resources import DIRTY_WINDOW_SECONDS
 from chalicelib.store import JobRecord, MachineRecord, MemoryStore, Store, rank
 from sim.gitlab import SimGitLab, description
 from sim.hosts import NoHostPlanner, SimHost
-from sim.model import HookEvent, JobInfo, ProjectInfo, RunnerListing, SimMachine
+from sim.model import HookEvent, JobInfo, PipelineHookEvent, ProjectInfo, RunnerListing, SimMachine
 from sim.world import World
 
 #: SQS FIFO drops a message whose deduplication id was seen in the last five minutes (SQS developer guide).
 SQS_DEDUP_WINDOW_S = 300.0
+#: The simulated pipelines carry no branch: every one runs on this ref (a duration key part).
+SIM_REF = "main"
+#: GitLab's X-Gitlab-Event for a Pipeline Hook, with which the simulated deliveries are parsed.
+PIPELINE_HEADERS = webhook_headers("Pipeline Hook")
 
 
 class IndexedMemoryStore(MemoryStore):
@@ -88,6 +97,46 @@ class CountingStore:
             return attribute(*args, **kwargs)
 
         return counted
+
+
+class CountingPipelines:
+    """`MemoryPipelines` with DynamoPipelines' call counts: a put or delete per record, one Query per read of
+    the active pipelines, a GetItem per estimate key, a consistent GetItem and a PutItem per observed key."""
+
+    def __init__(self, inner: MemoryPipelines, calls: Counter[str]) -> None:
+        self._inner = inner
+        self._calls = calls
+
+    def record(self, state: PipelineState, now: datetime) -> bool:
+        self._calls["dynamodb"] += 1
+        return self._inner.record(state, now)
+
+    def active(self, gitlab: str, now: datetime) -> list[PipelineState]:
+        self._calls["dynamodb"] += 1
+        return self._inner.active(gitlab, now)
+
+    def estimates(self, keys: Iterable[str]) -> dict[str, DurationEstimate]:
+        wanted = list(dict.fromkeys(keys))
+        self._calls["dynamodb"] += len(wanted)
+        return self._inner.estimates(wanted)
+
+    def observe(self, keys: Iterable[str], duration_s: float, now: datetime) -> None:
+        wanted = list(dict.fromkeys(keys))
+        self._calls["dynamodb"] += 2 * len(wanted)
+        self._inner.observe(wanted, duration_s, now)
+
+
+class TolerantTags:
+    """The webhook's tags for the forecast: a GitLab error leaves a job unrouted (never forecast)."""
+
+    def __init__(self, tags: TagResolver) -> None:
+        self._tags = tags
+
+    def tags(self, project_id: int, pipeline_id: int, job_id: int) -> tuple[str, ...] | None:
+        try:
+            return self._tags.tags(project_id, pipeline_id, job_id)
+        except GitLabError:
+            return None
 
 
 class SimAsg:
@@ -317,32 +366,39 @@ class Ours:
     def start(self, world: World) -> None:
         _quiet_library_logs()
         self._world = world
-        self._host = urlsplit(world.config.gitlab.url).netloc
+        self._config = self._configure(world.config)
+        self._host = urlsplit(self._config.gitlab.url).netloc
         self._store = cast(Store, CountingStore(IndexedMemoryStore(), self.calls))
         self._api = SimGitLabApi(world.gitlab, self.calls, lambda: list(world.fleet.machines.values()))
         self._tags = TagResolver(self._api, monotonic=lambda: world.loop.now)
         self._queue = SimDirtyQueue(world, self.calls, self._reconcile_pool)
         self._lifecycle_rng = world.rng("lifecycle")
+        self._prewarm = any(p.prewarm for p in self._config.pools)
+        self._pipelines = CountingPipelines(MemoryPipelines(), self.calls)
         self._reconciler = Reconciler(
-            world.config,
-            self._planning_store(),
+            self._config,
+            self._store,
             SimAsg(world, self.calls),
             self._api,
             hosts=SimHostPort(world, self.calls),
             owner="sim",
             drain_recheck=world.options.drain_recheck,
+            pipelines=self._pipelines,
+            gitlab=self._host,
         )
-        for pool in world.config.pools:
+        for pool in self._config.pools:
             if pool.hosts is not None:
                 world.hosts.planners[pool.name] = NoHostPlanner()  # the reconciler plans our hosts
         world.bus.subscribe(self._on_hook)
+        if self._prewarm:  # the project hook sends Pipeline events only when prewarm needs them
+            world.pipeline_bus.subscribe(self._on_pipeline_hook)
         world.fleet.launch_listeners.append(self._launched)
         world.fleet.end_listeners.append(self._ended)
         world.loop.every(world.options.tick_s, self._tick, start=0.0, keep_going=world.keep_going)
 
-    def _planning_store(self) -> Store:
-        """The store the reconciler reads: the job store itself (a variant may add what it forecasts)."""
-        return self._store
+    def _configure(self, config: Config) -> Config:
+        """The config this variant runs: the scenario's as it is."""
+        return config
 
     def _on_hook(self, event: HookEvent) -> None:
         """`POST /webhooks/gitlab`: drop a duplicate by its identity, then record the job and mark dirty."""
@@ -366,21 +422,82 @@ class Ours:
             started_at=dt(event.started_s) if event.started_s is not None else None,
             finished_at=dt(event.finished_s) if event.finished_s is not None else None,
         )
-        ingest_job(
+        result = ingest_job(
             job_event,
-            config=self._world.config,
+            config=self._config,
             store=self._store,
             dirty=self._queue,
             tags=self._tags,
             now=now,
         )
+        if result.applied and event.status == "success" and self._prewarm:
+            self._learn_duration(event, result.pool, now)
+
+    def _learn_duration(self, event: HookEvent, pool: str, now: datetime) -> None:
+        """`webhooks._learn_duration`: a successful job's duration (finished - started) under its keys."""
+        if event.started_s is None or event.finished_s is None:
+            return
+        observe_job_duration(
+            self._pipelines,
+            self._host,
+            project_id=event.project_id,
+            ref=SIM_REF,
+            stage=str(event.stage),
+            name=event.name,
+            pool=pool,
+            duration_s=event.finished_s - event.started_s,
+            now=now,
+        )
+
+    def _on_pipeline_hook(self, event: PipelineHookEvent) -> None:
+        """`POST /webhooks/gitlab` with a Pipeline Hook: parsed from GitLab's JSON, deduplicated by its
+        identity, the tags of the jobs to come prefetched, then `record_pipeline_hook` as the webhook does."""
+        now = self._world.now_dt()
+        hook = parse_gitlab_event(PIPELINE_HEADERS, self._pipeline_payload(event))
+        assert isinstance(hook, PipelineHook)
+        if not self._store.first_seen(event_identity(PIPELINE_HEADERS, hook), now):
+            return
+        waiting = [b for b in hook.builds if b.status in {"created", "pending"}]
+        if waiting:
+            self._tags.tags(event.project_id, event.pipeline_id, waiting[0].id)
+        route = pool_resolver(
+            TolerantTags(self._tags), self._config.pools, event.project_id, event.pipeline_id
+        )
+        record_pipeline_hook(self._pipelines, self._host, hook, route, now)
+
+    def _pipeline_payload(self, event: PipelineHookEvent) -> dict[str, Any]:
+        """The hook's JSON body as GitLab writes it (second-precision "... UTC" times)."""
+        dt = self._world.dt
+        builds = [
+            BuildSample(
+                build_id=b.job_id,
+                status=b.status,
+                stage=str(b.stage),
+                name=b.name,
+                runner_id=b.runner_id,
+                tags=b.tags,
+                created_at=dt(b.created_s),
+                started_at=dt(b.started_s) if b.started_s is not None else None,
+                finished_at=dt(b.finished_s) if b.finished_s is not None else None,
+            )
+            for b in sorted(event.builds, key=lambda b: (b.stage, b.job_id))
+        ]
+        return pipeline_hook_payload(
+            event.pipeline_id,
+            event.status,
+            project_id=event.project_id,
+            builds=builds,
+            now=dt(event.at_s),
+            created_at=dt(event.created_s),
+            ref=SIM_REF,
+        )
 
     def _reconcile_pool(self, pool: str) -> None:
-        self._reconciler.reconcile_pool(self._world.pool(pool), self._world.now_dt())
+        self._reconciler.reconcile_pool(self._config.pool(pool), self._world.now_dt())
 
     def _tick(self) -> None:
         now = self._world.now_dt()
-        heal(self._world.config, self._store, self._api, self._queue, now, gitlab_host=self._host)
+        heal(self._config, self._store, self._api, self._queue, now, gitlab_host=self._host)
         self._reconciler.reconcile_all(now)
 
     def _launched(self, machine: SimMachine) -> None:
@@ -408,6 +525,28 @@ class Ours:
         self.calls["gitlab"] += 2
         self.calls["secretsmanager"] += 1
         self.calls["autoscaling"] += 1
+
+
+class OursPrewarm(Ours):
+    """Ours with pipeline-aware prewarm on every pool (`prewarm = true`), the product's forecast path.
+
+    `confidence` and `max_machines` set `prewarm_confidence` and `prewarm_max`; None keeps the product's
+    defaults (chalicelib.config.Pool).
+    """
+
+    name = "ours-prewarm"
+
+    def __init__(self, confidence: float | None = None, max_machines: int | None = None) -> None:
+        super().__init__()
+        self._settings: dict[str, object] = {"prewarm": True}
+        if confidence is not None:
+            self._settings["prewarm_confidence"] = confidence
+        if max_machines is not None:
+            self._settings["prewarm_max"] = max_machines
+
+    def _configure(self, config: Config) -> Config:
+        pools = tuple(type(p).model_validate(p.model_dump() | self._settings) for p in config.pools)
+        return config.model_copy(update={"pools": pools})
 
 
 def _quiet_library_logs() -> None:

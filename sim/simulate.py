@@ -12,8 +12,7 @@ from pathlib import Path
 from chalicelib.config import Config
 from sim.baselines import DockerMachine, Oracle, StaticFleet, Taskscaler, WebhookScaler
 from sim.model import SimOptions
-from sim.ours import Ours
-from sim.prewarm import OursPrewarm
+from sim.ours import Ours, OursPrewarm
 from sim.traces import TraceJob
 from sim.world import RunResult, ScalingPolicy, World
 
@@ -27,7 +26,7 @@ POLICIES: dict[str, Callable[[], ScalingPolicy]] = {
     "oracle": Oracle,
 }
 
-#: Variants of ours that measure a tuning proposal; run by name, never part of "all".
+#: Variants of ours with a setting the shipped config leaves off (prewarm); run by name, never part of "all".
 EXPERIMENTS: dict[str, Callable[[], ScalingPolicy]] = {"ours-prewarm": OursPrewarm}
 
 PolicyProgress = Callable[[str, float], None]

@@ -10,14 +10,14 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from chalicelib.config import Config, Pool
 from sim.events import EventLoop
 from sim.fleet import Ledger, SimFleet
 from sim.gitlab import SimGitLab
 from sim.hosts import SimHosts
-from sim.model import HookEvent, SimJob, SimOptions, at, with_policy_cache
+from sim.model import HookEvent, PipelineHookEvent, SimJob, SimOptions, at, with_policy_cache
 from sim.traces import TraceJob
 
 #: The metrics of a run, exactly these keys, in this order (the JSON the CLI and the bench write).
@@ -35,7 +35,7 @@ METRIC_KEYS = (
     "api_calls",
 )
 
-HookListener = Callable[[HookEvent], None]
+Event = TypeVar("Event")
 Progress = Callable[[float], None]
 
 
@@ -53,21 +53,22 @@ class ScalingPolicy(Protocol):
         ...
 
 
-class WebhookBus:
-    """GitLab's Job Hooks on their way to a subscriber: delayed, sometimes lost, sometimes sent twice."""
+class WebhookBus(Generic[Event]):
+    """GitLab's hooks (Job or Pipeline) on their way to a subscriber: delayed, sometimes lost, sometimes sent
+    twice. Draws nothing while nobody subscribes, so a bus no policy listens to changes no run."""
 
     def __init__(self, loop: EventLoop, options: SimOptions, rng: random.Random) -> None:
         self._loop = loop
         self._options = options
         self._rng = rng
-        self._listeners: list[HookListener] = []
+        self._listeners: list[Callable[[Event], None]] = []
         self.sent = 0
         self.lost = 0
 
-    def subscribe(self, listener: HookListener) -> None:
+    def subscribe(self, listener: Callable[[Event], None]) -> None:
         self._listeners.append(listener)
 
-    def publish(self, event: HookEvent, lag: float) -> None:
+    def publish(self, event: Event, lag: float) -> None:
         """GitLab emits `event` after `lag` s (its busy lag); each delivery adds a lognormal network delay."""
         for listener in self._listeners:
             self.sent += 1
@@ -80,7 +81,7 @@ class WebhookBus:
                 self._loop.after(lag + delay, _deliver(listener, event))
 
 
-def _deliver(listener: HookListener, event: HookEvent) -> Callable[[], None]:
+def _deliver(listener: Callable[[Event], None], event: Event) -> Callable[[], None]:
     return lambda: listener(event)
 
 
@@ -104,7 +105,11 @@ class World:
         self.seed = seed
         self.loop = EventLoop()
         self.ledger = Ledger()
-        self.bus = WebhookBus(self.loop, options, self.rng("webhooks"))
+        self.bus: WebhookBus[HookEvent] = WebhookBus(self.loop, options, self.rng("webhooks"))
+        # Its own random stream: subscribing to Pipeline Hooks leaves every Job Hook's delivery as it was.
+        self.pipeline_bus: WebhookBus[PipelineHookEvent] = WebhookBus(
+            self.loop, options, self.rng("pipeline-webhooks")
+        )
         self.gitlab = SimGitLab(
             self.loop,
             options,
@@ -112,6 +117,7 @@ class World:
             emit=self.bus.publish,
             assign_rng=self.rng("assign"),
             lag_rng=self.rng("busy-lag"),
+            emit_pipeline=self.pipeline_bus.publish,
         )
         self.hosts = SimHosts(self.loop, options, on_room=self._host_room)
         self.fleet = SimFleet(
@@ -171,7 +177,7 @@ class World:
 
     def metrics(self, end: float, api_calls: int) -> dict[str, float | int]:
         """The run's figures; machines and hosts still alive are charged until `end`."""
-        waits = sorted(_wait(job, end) for job in self.jobs)
+        waits = sorted(job_wait(job, end) for job in self.jobs)
         machine_s, busy_s, instance_cost = 0.0, 0.0, 0.0
         for machine in self.ledger.machines:
             stop = machine.terminated_at if machine.terminated_at is not None else end
@@ -228,7 +234,7 @@ def _pipelines(jobs: Sequence[SimJob]) -> list[list[SimJob]]:
     return list(by_id.values())
 
 
-def _wait(job: SimJob, end: float) -> float:
+def job_wait(job: SimJob, end: float) -> float:
     """Every wait of the job; a job still pending at the end has waited until the end (censored)."""
     if job.status == "pending" and job.pending_at is not None:
         return job.wait_s + max(0.0, end - job.pending_at)
