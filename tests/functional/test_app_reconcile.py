@@ -7,8 +7,9 @@ import json
 from chalice.test import Client
 
 from app import app
+from chalicelib.runtime import Runtime, install
 from chalicelib.store import JobRecord
-from tests.functional.conftest import Stack
+from tests.functional.conftest import Stack, describe_group
 
 
 def record(stack: Stack, job_id: int, status: str, pool: str = "linux", machine_id: str = "") -> None:
@@ -53,3 +54,108 @@ def test_tick_reconciles_every_pool_and_heals(stack: Stack) -> None:
         )
     assert response.payload["pools"]["linux"]["desired"] == 1
     assert (stack.desired("test-linux"), stack.desired("test-gpu")) == (1, 1)
+
+
+# -- machine lifecycles through the handlers ---------------------------------------------------------
+
+
+def tick(client: Client) -> dict:  # type: ignore[type-arg]
+    event = client.events.generate_cw_event("Scheduled Event", "aws.events", {}, [])
+    return dict(client.lambda_.invoke("tick", event).payload)
+
+
+def dirty(client: Client, pool: str = "linux") -> dict:  # type: ignore[type-arg]
+    return dict(client.lambda_.invoke("pool_dirty", sqs_event(client, pool)).payload)
+
+
+def live(stack: Stack, asg: str = "test-linux") -> dict[str, bool]:
+    """The group's live instances and whether each is protected from scale-in."""
+    group = describe_group(stack.aws, asg)
+    return {i["InstanceId"]: i["ProtectedFromScaleIn"] for i in group["Instances"]}
+
+
+def ec2_state(stack: Stack, instance_id: str) -> str:
+    reservations = stack.aws.call("ec2", "describe_instances", InstanceIds=[instance_id])["Reservations"]
+    return str(reservations[0]["Instances"][0]["State"]["Name"])
+
+
+def redeploy(stack: Stack, **linux: object) -> None:
+    """A new deployment (a fresh container) whose linux pool has `linux` changed, on the same stack."""
+    pools = [p.model_copy(update=linux) if p.name == "linux" else p for p in stack.config.pools]
+    config = stack.config.model_copy(update={"pools": pools})
+    stack.runtime = Runtime(
+        dict(stack.runtime.environ), aws=stack.aws, config=config, clock=stack.runtime.clock
+    )
+    stack.config = config
+    install(stack.runtime)
+
+
+def test_used_up_machine_is_terminated_through_the_dirty_queue(stack: Stack) -> None:
+    # GIVEN a pending job that got its machine (max_use_count 1), adopted and protected by the next tick
+    record(stack, 1, "pending")
+    with Client(app) as client:
+        assert dirty(client) == {"batchItemFailures": []}
+        stack.advance(minutes=1)
+        tick(client)
+        ((machine, protected),) = live(stack).items()
+        assert protected
+        # WHEN the job runs on it, then succeeds, and each change marks the pool dirty
+        stack.advance(minutes=1)
+        record(stack, 1, "running", machine_id=machine)
+        dirty(client)
+        assert live(stack) == {machine: True} and stack.desired("test-linux") == 1
+        stack.advance(minutes=3)
+        record(stack, 1, "success", machine_id=machine)
+        assert dirty(client) == {"batchItemFailures": []}
+    # THEN the used-up machine is terminated and the group's capacity drops with it
+    assert stack.desired("test-linux") == 0 and live(stack) == {}
+    assert ec2_state(stack, machine) in {"shutting-down", "terminated"}
+
+
+def test_idle_machine_is_terminated_by_the_tick_only_after_idle_time(stack: Stack) -> None:
+    # GIVEN a machine launched for a job that was canceled before it started (idle_count 0, idle_time 10m)
+    record(stack, 1, "pending")
+    with Client(app) as client:
+        dirty(client)
+        record(stack, 1, "canceled")
+        stack.advance(minutes=1)
+        tick(client)  # first seen in service: idle from now
+        (machine,) = live(stack)
+        # WHEN ticks run 9 minutes later, THEN the idle machine stays, protected
+        stack.advance(minutes=9)
+        assert tick(client)["pools"]["linux"] == {"desired": 1, "errors": []}
+        assert live(stack) == {machine: True}
+        # WHEN a tick runs past idle_time, THEN it is terminated and capacity drops
+        stack.advance(minutes=2)
+        assert tick(client)["pools"]["linux"] == {"desired": 0, "errors": []}
+    assert stack.desired("test-linux") == 0 and live(stack) == {}
+    assert ec2_state(stack, machine) in {"shutting-down", "terminated"}
+
+
+def test_busy_machines_are_never_terminated_by_the_handlers(stack: Stack) -> None:
+    # GIVEN three machines, each running a job
+    for n in range(3):
+        record(stack, n, "pending")
+    with Client(app) as client:
+        dirty(client)
+        stack.advance(minutes=1)
+        tick(client)
+        machines = sorted(live(stack))
+        assert len(machines) == 3
+        for n, machine in enumerate(machines):
+            record(stack, n, "running", machine_id=machine)
+        stack.advance(minutes=1)
+        dirty(client)
+        # WHEN the operator redeploys with max_instances 1, one job ends, and hours of ticks and dirty
+        # messages follow
+        redeploy(stack, max_instances=1)
+        record(stack, 0, "success", machine_id=machines[0])
+        for _ in range(3):
+            stack.advance(hours=2)
+            tick(client)
+            dirty(client)
+            # THEN the used-up machine goes, and the two busy ones stay, protected, however long it takes
+            assert live(stack) == {machines[1]: True, machines[2]: True}
+            assert stack.desired("test-linux") == 2
+    assert ec2_state(stack, machines[0]) in {"shutting-down", "terminated"}
+    assert {ec2_state(stack, m) for m in machines[1:]} == {"running"}

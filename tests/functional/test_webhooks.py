@@ -12,7 +12,7 @@ from chalice.test import Client
 from app import app
 from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.events.samples import BuildSample, job_hook_payload, pipeline_hook_payload, webhook_headers
-from tests.functional.conftest import WEBHOOK_TOKENS, Stack
+from tests.functional.conftest import WEBHOOK_TOKENS, Stack, describe_group
 
 
 def post(client: Client, body: Any, **headers: str | None) -> Any:
@@ -175,8 +175,10 @@ def test_webhook_to_machine_end_to_end(gitlab_stack: Stack, fake_gitlab: FakeGit
     bodies = [json.dumps({"pool": pool}) for pool in gitlab_stack.queued_pools()]
     event = client.events.generate_sqs_event(message_bodies=bodies, queue_name="test-dirty.fifo")
     assert client.lambda_.invoke("pool_dirty", event).payload == {"batchItemFailures": []}
-    # THEN the linux group wants two machines
+    # THEN the linux group wants two machines, both protected from scale-in (only the scaler picks victims)
     assert gitlab_stack.desired("test-linux") == 2
+    instances = describe_group(gitlab_stack.aws, "test-linux")["Instances"]
+    assert len(instances) == 2 and all(i["ProtectedFromScaleIn"] for i in instances)
 
 
 def test_hot_path_makes_at_most_three_aws_calls(
