@@ -136,7 +136,8 @@ def _discover(
     gitlab_host: str,
     report: HealReport,
 ) -> None:
-    """Pending jobs of known projects that the store has never seen become pending jobs of their pool."""
+    """Pending jobs of known projects that the store has never seen, or holds without a pool (GitLab could
+    not tell their tags when their hook came), become pending jobs of their pool."""
     for project_id in _projects(config, store, gitlab, now, gitlab_host, report):
         try:
             pending = gitlab.list_jobs(project_id, ("pending",))
@@ -146,9 +147,9 @@ def _discover(
         report.scanned_projects += 1
         for info in pending:
             known = store.get_job(gitlab_host, int(info.id))
-            if known is not None and known.status != "skipped":
-                continue
             pool = pool_for_tags(tuple(info.tag_list or ()), config.pools)
+            if known is not None and known.status != "skipped" and (known.pool or pool is None):
+                continue  # already routed, or not ours (another runner's tags): nothing to write
             record = JobRecord(
                 gitlab=gitlab_host,
                 job_id=int(info.id),
@@ -161,7 +162,8 @@ def _discover(
                 stage=str(info.stage or ""),
                 created_at=info.created_at,
             )
-            written = store.reopen_skipped(record, now) if known else store.record_job(record, now)
+            reopen = known is not None and known.status == "skipped"
+            written = store.reopen_skipped(record, now) if reopen else store.record_job(record, now)
             if written and pool is not None:
                 report.discovered.append(int(info.id))
                 dirty.mark_dirty(pool.name, f"job {info.id} found pending by the tick", now)

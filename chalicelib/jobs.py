@@ -150,6 +150,9 @@ def ingest_job(
         dirty.mark_dirty(pool, f"job {event.job_id} {event.status}", now)
     if not pool:
         logger.warning("job matches no pool", extra={"job_id": event.job_id, "tags": list(job_tags)})
+        if not job_tags and event.status in {"created", "pending"}:
+            # Maybe GitLab could not tell its tags: the tick's lost-job scan of this project routes it later.
+            store.note_projects(event.gitlab, [event.project_id], now)
     return Ingested(applied=applied, pool=pool, unroutable=not pool)
 
 

@@ -633,6 +633,11 @@ class FakeGitLab:
                 _Failure(path, method.upper() if method else None, status, times, retry_after, message)
             )
 
+    def clear_failures(self) -> None:
+        """GitLab is healthy again: injected failures not yet served are dropped."""
+        with self._lock:
+            self._failures.clear()
+
     def request_count(self, method: str, route: str) -> int:
         """How many requests hit a route template, e.g. `request_count("GET", "/runners/:runner_id")`."""
         with self._lock:

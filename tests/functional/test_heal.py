@@ -3,12 +3,16 @@ that no webhook announced are found and get a machine."""
 
 from __future__ import annotations
 
+import json
+
 from chalice.test import Client
 
 from app import app
 from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
+from chalicelib.events.samples import job_hook_payload
 from chalicelib.store import JobRecord
 from tests.functional.conftest import Stack
+from tests.functional.test_webhooks import post
 
 
 def tick(client: Client) -> dict:  # type: ignore[type-arg]
@@ -55,3 +59,37 @@ def test_stale_running_job_is_closed_from_gitlabs_answer(
     with Client(app) as client:
         tick(client)
     assert rt.store.get_job(rt.gitlab_host, job_id).status == "success"  # type: ignore[union-attr]
+
+
+def test_a_job_whose_tags_gitlab_could_not_tell_is_routed_by_the_next_scan(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab
+) -> None:
+    # GIVEN a new project whose first pending hook arrives while GitLab's jobs API answers 503
+    project = fake_gitlab.create_project("group/new-app")
+    pipeline = fake_gitlab.create_pipeline(project, [JobSpec("build", tags=("linux",))])
+    (job_id,) = pipeline.job_ids
+    fake_gitlab.inject_failure("/projects/*/pipelines/*/jobs", status=503, times=10)
+    body = job_hook_payload(
+        job_id,
+        "pending",
+        project_id=project,
+        pipeline_id=pipeline.id,
+        stage="test",
+        name="build",
+        now=gitlab_stack.runtime.now(),
+    )
+    with Client(app) as client:
+        response = post(client, body)
+        # THEN the webhook keeps the job, without a pool, and answers 202 (a 4xx/5xx would pause the hook)
+        assert response.status_code == 202 and json.loads(response.body)["pool"] is None
+        rt = gitlab_stack.runtime
+        assert rt.store.get_job(rt.gitlab_host, job_id).pool == ""  # type: ignore[union-attr]
+        assert gitlab_stack.desired("test-linux") == 0
+        # WHEN GitLab answers again and the tick's lost-job scan runs
+        fake_gitlab.clear_failures()
+        payload = tick(client)
+    # THEN the job is routed to its pool and a machine is on its way
+    record = rt.store.get_job(rt.gitlab_host, job_id)
+    assert record is not None and (record.status, record.pool) == ("pending", "linux")
+    assert payload["pools"]["linux"]["desired"] == 1
+    assert gitlab_stack.desired("test-linux") == 1
