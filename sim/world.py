@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
 from chalicelib.config import Config, Pool
+from chalicelib.devtools.accounting import job_wait_s, machine_seconds, percentile
 from sim.events import EventLoop
 from sim.fleet import Ledger, SimFleet
 from sim.gitlab import SimGitLab
@@ -182,7 +183,7 @@ class World:
         for machine in self.ledger.machines:
             stop = machine.terminated_at if machine.terminated_at is not None else end
             machine.close_busy(stop)
-            seconds = max(0.0, stop - machine.launched_at)
+            seconds = machine_seconds(machine.launched_at, machine.terminated_at, end)
             machine_s += seconds
             busy_s += machine.busy_s
             if machine.pool.hosts is None:
@@ -236,9 +237,7 @@ def _pipelines(jobs: Sequence[SimJob]) -> list[list[SimJob]]:
 
 def job_wait(job: SimJob, end: float) -> float:
     """Every wait of the job; a job still pending at the end has waited until the end (censored)."""
-    if job.status == "pending" and job.pending_at is not None:
-        return job.wait_s + max(0.0, end - job.pending_at)
-    return job.wait_s
+    return job_wait_s([job.wait_s], job.pending_at if job.status == "pending" else None, end)
 
 
 def ideal_pending(trace: Sequence[TraceJob]) -> dict[int, float]:
@@ -256,16 +255,6 @@ def ideal_pending(trace: Sequence[TraceJob]) -> dict[int, float]:
                 out[i] = ready
             ready += max(trace[i].duration_s for i in members)
     return out
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile of already sorted values (numpy's default method)."""
-    if not sorted_values:
-        return 0.0
-    rank = (len(sorted_values) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low)
 
 
 def instance_price(config: Config, pool: Pool) -> float:
