@@ -78,10 +78,6 @@ class SimMachine:
             return MachineState.USED_UP
         return MachineState.IDLE
 
-    def seconds(self, until: datetime) -> float:
-        """How long the machine lived (billed), in seconds, up to `until` if still live."""
-        return max(0.0, ((self.gone_at or until) - self.appeared_at).total_seconds())
-
 
 @dataclass(frozen=True)
 class BusyKill:
@@ -157,12 +153,6 @@ class SimulatedMachines:
 
     def live(self, pool: str | None = None) -> list[SimMachine]:
         return [m for m in self.machines.values() if m.gone_at is None and (pool is None or m.pool == pool)]
-
-    def machine_seconds(self, now: datetime) -> dict[str, float]:
-        out: dict[str, float] = {p.name: 0.0 for p in self._config.pools}
-        for machine in self.machines.values():
-            out[machine.pool] += machine.seconds(now)
-        return out
 
     # -- observing the groups ---------------------------------------------------------------------
 
