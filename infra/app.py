@@ -1,18 +1,23 @@
-"""CDK entry point: `cdk synth` / `cdk deploy` run `python app.py` here (see cdk.json).
+"""CDK entry point: `cdk synth` / `cdk deploy` run `python app.py` here (see cdk.json); so can you, offline.
 
 Reads every input from context (infra/cdk.json, cdk.context.json, `-c key=value`), so synth needs no AWS
 account, no lookups and no network besides packaging the Lambda's wheels (skip that with
-`-c chalice_package=<dir>`, see infra/README.md). Imports CDK and infra's stack only.
+`-c chalice_package=<dir>`, see infra/README.md). Run by the CLI, the CLI hands the context over; run as
+`python app.py`, this module reads the same files and arguments itself. Imports CDK and infra's stack only.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+INFRA = Path(__file__).resolve().parent
+ROOT = INFRA.parent
 if str(ROOT) not in sys.path:  # `python app.py` from infra/: chalicelib and infra import from the repo root
     sys.path.insert(0, str(ROOT))
 # Node 20 still runs jsii correctly; its end-of-life banner would drown synth output.
@@ -44,5 +49,40 @@ _CONTEXT_KEYS = (
 )  # fmt: skip
 
 
+#: Context keys naming a file. The CLI runs app.py from infra/, so a relative `-c` value is relative to the
+#: working directory there; run directly from elsewhere, it still is (cdk.json's own values stay infra/'s).
+_PATH_KEYS = ("config", "chalice_package")
+
+
+def cli_context(argv: Sequence[str], cwd: Path, infra: Path = INFRA) -> tuple[dict[str, Any], str]:
+    """The context and output directory `cdk synth` would give app.py: cdk.context.json, then cdk.json's
+    `context`, then `-c key=value` (a string, as the CLI passes it); `-o` as the CLI's, default `cdk.out`."""
+    parser = argparse.ArgumentParser(prog="python app.py", description="synthesize without the CDK CLI")
+    parser.add_argument("-c", "--context", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "-o", "--output", default="cdk.out", help="cloud assembly directory (default cdk.out)"
+    )
+    args = parser.parse_args(argv)
+    context: dict[str, Any] = {}
+    if (infra / "cdk.context.json").is_file():
+        context.update(json.loads((infra / "cdk.context.json").read_text(encoding="utf-8")))
+    context.update(json.loads((infra / "cdk.json").read_text(encoding="utf-8")).get("context", {}))
+    for assignment in args.context:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            parser.error(f"-c {assignment!r}: write -c key=value")
+        context[key] = str((cwd / value).resolve()) if key in _PATH_KEYS else value
+    return context, str((cwd / args.output).resolve())
+
+
+def main(argv: Sequence[str]) -> None:
+    if "CDK_OUTDIR" in os.environ:  # the CDK CLI runs us: it passes context and output directory itself
+        build()[0].synth()
+        return
+    context, outdir = cli_context(argv, Path.cwd())
+    build(context, outdir)[0].synth()
+    print(f"cloud assembly in {outdir}")
+
+
 if __name__ == "__main__":
-    build()[0].synth()
+    main(sys.argv[1:])
