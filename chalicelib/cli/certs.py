@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -180,27 +182,72 @@ def _policy_fields(policy: CertPolicy) -> dict[str, Any]:
     }
 
 
+#: Lock file of `--local` regenerations (flock: the OS releases it when the holder dies, nothing goes stale).
+LOCK_FILE = ".regenerate-base-certs.lock"
+
+
 def _regenerate_local(
     directory: Path, before: timedelta, shown: timedelta, overrides: dict[str, Any]
 ) -> None:
-    now = _now()
-    present = (directory / certs.STATE_FILE).is_file() or (directory / "ca.pem").is_file()
-    if not present:
-        fresh = certs.generate_base_certs(now, CertPolicy(**overrides))
-        certs.export_dir(fresh, directory, with_state=True)
-        console.print(f"{directory}: [bold]created[/bold]", highlight=False)
-        console.print(render(fresh, now, shown))
-        return
-    base = certs.load_dir(directory)
-    if not certs.needs_regeneration(base, now, before):
-        console.print(f"{directory}: [bold]fresh[/bold]", highlight=False)
-        console.print(render(base, now, shown))
-        return
-    policy = CertPolicy(**{**_policy_fields(base.policy), **overrides})
-    rotated = certs.rotate(base, now, policy)
-    certs.export_dir(rotated, directory, with_state=True)
-    console.print(f"{directory}: [bold]rotated[/bold]", highlight=False)
-    console.print(render(rotated, now, shown))
+    action, base = regenerate_local(directory, _now(), before, overrides)
+    lost = action == "lost-race"
+    note = " (another regenerate-base-certs changed it first; nothing written)" if lost else ""
+    console.print(f"{directory}: [bold]{action}[/bold]{note}", highlight=False)
+    console.print(render(base, _now(), shown))
+
+
+def regenerate_local(
+    directory: Path, now: datetime, before: timedelta, overrides: dict[str, Any]
+) -> tuple[str, BaseCerts]:
+    """`--local`: created | fresh | rotated | lost-race, and the material the directory holds afterwards.
+
+    Race-free as the Secrets Manager path is: a run replaces only the material it first read. Runs take an
+    exclusive lock on the directory, and one that finds the material changed while it waited (another run
+    created or rotated it) writes nothing and reports "lost-race"; so concurrent forced runs rotate once.
+    """
+    observed = _observe(directory)
+    with lock_directory(directory):
+        if _observe(directory) != observed:
+            return "lost-race", certs.load_dir(directory)
+        if observed == (None, None):
+            fresh = certs.generate_base_certs(now, CertPolicy(**overrides))
+            certs.export_dir(fresh, directory, with_state=True)
+            return "created", fresh
+        base = certs.load_dir(directory)
+        if not certs.needs_regeneration(base, now, before):
+            return "fresh", base
+        policy = CertPolicy(**{**_policy_fields(base.policy), **overrides})
+        rotated = certs.rotate(base, now, policy)
+        certs.export_dir(rotated, directory, with_state=True)
+        return "rotated", rotated
+
+
+def _observe(directory: Path) -> tuple[bytes | None, bytes | None]:
+    """The bytes a regeneration decides on (our state file, docker-machine's ca.pem); None when missing."""
+
+    def read(path: Path) -> bytes | None:
+        return path.read_bytes() if path.is_file() else None
+
+    return read(directory / certs.STATE_FILE), read(directory / "ca.pem")
+
+
+@contextmanager
+def lock_directory(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `directory` (waits for the holder); closing the file releases it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if sys.platform == "win32":
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # retries for 10 s, then OSError
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @certs_app.command("export")
