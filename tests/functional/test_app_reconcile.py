@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import random
+from collections import Counter
+from typing import Any
 
+from botocore.exceptions import ReadTimeoutError
 from chalice.test import Client
 
 from app import app
+from chalicelib.aws import AwsClients, fault
+from chalicelib.errors import AwsCallError
 from chalicelib.runtime import Runtime, install
 from chalicelib.store import JobRecord
 from tests.functional.conftest import Stack, describe_group
@@ -79,12 +85,13 @@ def ec2_state(stack: Stack, instance_id: str) -> str:
     return str(reservations[0]["Instances"][0]["State"]["Name"])
 
 
-def redeploy(stack: Stack, **linux: object) -> None:
-    """A new deployment (a fresh container) whose linux pool has `linux` changed, on the same stack."""
+def redeploy(stack: Stack, aws: AwsClients | None = None, **linux: object) -> None:
+    """A new deployment (a fresh container) on the same stack: its linux pool changed by `linux`, and its
+    AWS calls made through `aws` when given."""
     pools = [p.model_copy(update=linux) if p.name == "linux" else p for p in stack.config.pools]
     config = stack.config.model_copy(update={"pools": pools})
     stack.runtime = Runtime(
-        dict(stack.runtime.environ), aws=stack.aws, config=config, clock=stack.runtime.clock
+        dict(stack.runtime.environ), aws=aws or stack.aws, config=config, clock=stack.runtime.clock
     )
     stack.config = config
     install(stack.runtime)
@@ -159,3 +166,103 @@ def test_busy_machines_are_never_terminated_by_the_handlers(stack: Stack) -> Non
             assert stack.desired("test-linux") == 2
     assert ec2_state(stack, machines[0]) in {"shutting-down", "terminated"}
     assert {ec2_state(stack, m) for m in machines[1:]} == {"running"}
+
+
+# -- fault injection through the handlers -----------------------------------------------------------
+
+
+class Faults:
+    """A seeded fault injector (the `AwsClients` contract): throttles and 5xx from Auto Scaling, DynamoDB
+    and SQS, and read timeouts (raised, as botocore raises them); `armed` only while the test runs."""
+
+    SERVICES = ("autoscaling", "dynamodb", "sqs")
+
+    def __init__(self, seed: int, rate: float) -> None:
+        self.rng = random.Random(seed)
+        self.rate = rate
+        self.armed = False
+        self.injected: Counter[str] = Counter()
+
+    def __call__(self, service: str, operation: str) -> dict[str, Any] | None:
+        if not self.armed or service not in self.SERVICES or self.rng.random() >= self.rate:
+            return None
+        roll = self.rng.random()
+        if roll < 0.25:
+            self.injected[f"{service}:ReadTimeout"] += 1
+            raise ReadTimeoutError(endpoint_url=f"https://{service}.us-east-1.amazonaws.com/")
+        code, status = ("InternalFailure", 500) if roll < 0.6 else (THROTTLES[service], 400)
+        self.injected[f"{service}:{code}"] += 1
+        return fault(code, status)
+
+
+THROTTLES = {
+    "autoscaling": "Throttling",
+    "dynamodb": "ProvisionedThroughputExceededException",
+    "sqs": "RequestThrottled",
+}
+
+
+def trigger_everything(stack: Stack, client: Client, failed: Counter[str]) -> None:
+    """One minute of triggers: the webhook marks the pool dirty, the queue handler runs, then the tick.
+
+    A failure is what Lambda would see: the webhook answers 5xx, a batch item goes back to the queue, a
+    scheduled invocation fails; each is counted, and the next minute tries again.
+    """
+    try:
+        stack.runtime.queue.mark_dirty("linux", "job", stack.runtime.now())
+    except AwsCallError:
+        failed["mark_dirty"] += 1
+    for pool in stack.queued_pools():
+        response = client.lambda_.invoke("pool_dirty", sqs_event(client, pool)).payload
+        failed["pool_dirty"] += len(response["batchItemFailures"])
+    try:
+        tick(client)
+    except AwsCallError:
+        failed["tick"] += 1
+
+
+def test_fleet_converges_through_the_handlers_under_dynamodb_sqs_faults_and_read_timeouts(
+    stack: Stack,
+) -> None:
+    # GIVEN a deployment whose every Auto Scaling, DynamoDB and SQS call may be throttled, fail with a 5xx or
+    # time out (two attempts with backoff per call, then the invocation fails and the next one retries)
+    faults = Faults(seed=11, rate=0.15)
+    sleeps: list[float] = []
+    observer = stack.runtime  # the test's own writes and reads never meet a fault
+    redeploy(
+        stack, aws=AwsClients(region="us-east-1", sleep=sleeps.append, attempts=2, fault_injector=faults)
+    )
+
+    def record_all(status: str, machines: list[str]) -> None:
+        for n, machine in enumerate(machines):
+            job = JobRecord("gitlab.example.com", n, status, pool="linux", machine_id=machine)
+            observer.store.record_job(job, observer.now())
+
+    failed: Counter[str] = Counter()
+    busy: list[str] = []
+    faults.armed = True
+    with Client(app) as client:
+        for minute in range(24):
+            stack.advance(minutes=1)
+            if minute == 0:  # six jobs for a pool of at most five machines
+                record_all("pending", [""] * 6)
+            elif minute == 6:  # every machine takes a job
+                busy = sorted(live(stack))
+                record_all("running", busy)
+            elif minute == 12:  # ...and finishes it
+                record_all("success", busy)
+                busy = []
+            before = set(live(stack))
+            # WHEN a minute of webhook, queue handler and tick runs under faults
+            trigger_everything(stack, client, failed)
+            # THEN no busy machine is ever terminated, and the pool never exceeds max_instances
+            after = set(live(stack))
+            assert not set(busy) & (before - after), f"minute {minute}: a busy machine was terminated"
+            assert len(after) <= 5
+    faults.armed = False
+    # THEN faults of every kind hit every service, calls were retried with backoff, and yet the fleet
+    # converged: the five used-up machines are gone, one machine runs the sixth job, protected
+    assert {key.split(":")[0] for key in faults.injected} == set(Faults.SERVICES)
+    assert any(key.endswith("ReadTimeout") for key in faults.injected)
+    assert sleeps and all(s > 0 for s in sleeps)
+    assert list(live(stack).values()) == [True] and stack.desired("test-linux") == 1
