@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class Span:
             self._segment.put_annotation(key, value)
 
 
-_UNTRACED = Span(None)
+_OFF = nullcontext(Span(None))
 
 
 class Tracing:
@@ -67,18 +67,20 @@ class Tracing:
     def enabled(self) -> bool:
         return self._provider is not None
 
-    @contextmanager
-    def call(self, service: str, operation: str) -> Iterator[Span]:
+    def call(self, service: str, operation: str) -> AbstractContextManager[Span]:
         """A subsegment named `service.operation` around the block; its exception is re-raised untouched.
 
         The exception is caught inside the subsegment and replaced there by a CallFailedError, so X-Ray marks
-        the call failed without storing the original message.
+        the call failed without storing the original message. Off, it is a shared no-op context.
         """
         if self._provider is None:
-            yield _UNTRACED
-            return
+            return _OFF
+        return self._traced(self._provider, service, operation)
+
+    @contextmanager
+    def _traced(self, provider: Provider, service: str, operation: str) -> Iterator[Span]:
         failure: Exception | None = None
-        with self._provider.in_subsegment(name=f"{service}.{operation}") as segment:
+        with provider.in_subsegment(name=f"{service}.{operation}") as segment:
             span = Span(segment)
             span.note("service", service)
             span.note("operation", operation)
