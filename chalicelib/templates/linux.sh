@@ -80,5 +80,8 @@ gitlab-runner run-single --url "$${GITLAB_URL}" --token "$${RUNNER_TOKEN}" --exe
   --docker-image "$${DOCKER_IMAGE}" --max-builds "$${MAX_BUILDS}" --wait-timeout "$${WAIT_TIMEOUT}" \
   --description "runner-scaler/${pool}/$${INSTANCE_ID}" \
   "$${TLS_CA_ARGS[@]}" "$${CACHE_ARGS[@]}" || true
-# run-single exits after --max-builds jobs: the job's webhook has already told the scaler, which
-# terminates this machine within seconds (drain-then-terminate). Nothing else to do here.
+# run-single has exited: --max-builds jobs done, --wait-timeout passed without a job, or a runner error.
+# No job runs here any more, and an idle machine whose runner stopped listening must not count as
+# capacity: leave now, decrementing the group so it does not replace this machine by itself.
+aws autoscaling terminate-instance-in-auto-scaling-group \
+  --instance-id "$${INSTANCE_ID}" --should-decrement-desired-capacity || true

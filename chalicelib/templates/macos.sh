@@ -49,3 +49,7 @@ if [ -n "$${CACHE_BUCKET}" ]; then
 fi
 unset SECRET
 sudo -u ec2-user gitlab-runner run-single "$$@" || true
+# run-single has exited (jobs done, wait timeout, or an error): an idle machine without a listening runner
+# must not count as capacity. The host stays allocated; the scaler decides when to release it.
+aws autoscaling terminate-instance-in-auto-scaling-group \
+  --instance-id "$${INSTANCE_ID}" --should-decrement-desired-capacity || true

@@ -61,4 +61,7 @@ Start-Job -ScriptBlock {
 
 $$Secret = $$null
 & "C:\GitLab-Runner\gitlab-runner.exe" @RunnerArgs
+# run-single has exited (jobs done, wait timeout, or an error): an idle machine without a listening runner
+# must not count as capacity. Leave now, decrementing the group so it does not replace this machine.
+Stop-ASInstanceInAutoScalingGroup -InstanceId $$InstanceId -ShouldDecrementDesiredCapacity $$true -Region $$Region -Force
 </powershell>

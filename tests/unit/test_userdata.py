@@ -64,3 +64,44 @@ def test_linux_pool_with_a_cache_bucket_uses_instance_profile_credentials() -> N
 def test_unsafe_values_are_refused() -> None:
     with pytest.raises(ValueError, match="unsafe character"):
         render(EXAMPLE.pool("linux"), 'prefix"; rm -rf /')
+
+
+def _stub(bin_dir: Path, name: str, body: str) -> None:
+    path = bin_dir / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("pool", ["linux", "macos"])
+@pytest.mark.parametrize("runner_exit", [0, 1])
+def test_a_machine_leaves_once_its_runner_exits(pool: str, runner_exit: int, tmp_path: Path) -> None:
+    # GIVEN the script from its run-single line on, with gitlab-runner, sudo and aws stubbed to log calls
+    text = render(EXAMPLE.pool(pool), "runner-scaler")
+    tail = text[text.rindex("\n", 0, text.index("run-single")) + 1 :]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    _stub(bin_dir, "gitlab-runner", f'echo "gitlab-runner $1" >> "{log}"; exit {runner_exit}')
+    _stub(bin_dir, "aws", f'echo "aws $*" >> "{log}"')
+    _stub(bin_dir, "sudo", 'shift 2; exec "$@"')  # sudo -u ec2-user CMD...
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "INSTANCE_ID": "i-0abc", "TLS_CA_ARGS": "", "CACHE_ARGS": ""}
+    prelude = "TLS_CA_ARGS=(); CACHE_ARGS=(); TLS_CA_FILE=''; CACHE_BUCKET=''\n"
+    # WHEN the runner exits (after its jobs, its wait timeout, or an error)
+    result = subprocess.run(
+        ["bash", "-c", prelude + tail], env=env, capture_output=True, text=True, check=False, timeout=30
+    )
+    # THEN the machine terminates itself, decrementing its group, right after the runner
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == "gitlab-runner run-single"
+    assert calls[1:] == [
+        "aws autoscaling terminate-instance-in-auto-scaling-group --instance-id i-0abc "
+        "--should-decrement-desired-capacity"
+    ]
+
+
+def test_a_windows_machine_leaves_once_its_runner_exits() -> None:
+    text = render(EXAMPLE.pool("windows"), "runner-scaler")
+    after_runner = text[text.index('gitlab-runner.exe" @RunnerArgs') :]
+    leave = "Stop-ASInstanceInAutoScalingGroup -InstanceId $InstanceId -ShouldDecrementDesiredCapacity $true"
+    assert leave in after_runner
