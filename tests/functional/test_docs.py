@@ -131,9 +131,20 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def _jsii_package_cache() -> Path:
+    """Where jsii keeps unpacked packages under the real home (its default on Linux and macOS)."""
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "com.amazonaws.jsii" / "package-cache"
+    return Path.home() / ".cache" / "aws" / "jsii" / "package-cache"
+
+
 def _env(home: Path) -> dict[str, str]:
-    """This venv first on PATH; fake AWS credentials so nothing can reach a real account; no GitLab token."""
+    """This venv first on PATH; fake AWS credentials so nothing can reach a real account; no GitLab token.
+
+    jsii keeps the user's package cache: with the fresh HOME it would unpack aws-cdk-lib again for the
+    synth block, which alone can take longer than BLOCK_TIMEOUT_S on a busy machine."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GITLAB_", "RUNNER_SCALER_"))}
+    env.setdefault("JSII_RUNTIME_PACKAGE_CACHE_ROOT", str(_jsii_package_cache()))
     env.update(
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         HOME=str(home),
