@@ -33,7 +33,7 @@ from sim.traces import TraceJob, read_trace
 from tests.gitlab_fixtures import T0, Clock
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "infra" / "README.md"]
 #: What a runnable block may read, linked into its working directory (the repo root, as the docs assume).
 LINKED = ("examples", "sim", "infra", ".chalice")
 BLOCK_TIMEOUT_S = 60
