@@ -265,11 +265,17 @@ class GitLabConfig(_Model):
         return self
 
 
+CertKeyAlgorithm = Literal["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
+
+
 class ScalerConfig(_Model):
     """Scaler-wide knobs."""
 
     regenerate_before: Duration = timedelta(hours=720)
     cert_validity: Duration = timedelta(days=365 * 3)
+    #: Key type of new base certs (chalicelib.certs.KeyAlgorithm values, spelled here so config loads
+    #: without cryptography); None keeps the current material's, and makes new material ECDSA P-256.
+    cert_key_algorithm: CertKeyAlgorithm | None = None
     orphan_confirm_after: Duration = timedelta(minutes=2)
     lease_duration: Duration = timedelta(seconds=50)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chalicelib import certs
-from chalicelib.certs import BaseCerts, CertPolicy
+from chalicelib.certs import BaseCerts, CertPolicy, KeyAlgorithm
 from chalicelib.errors import (
     AwsCallError,
     CertificateError,
@@ -125,12 +125,14 @@ class BaseCertsRotation:
     """The rotation function's steps for the base-certs secret; each step is safe to run again after a crash.
 
     `policy` None keeps the policy the current material was made with (defaults for a placeholder);
-    `validity` (config's `scaler.cert_validity`) then sets how long the new CA and client certificate live.
+    `validity` and `key_algorithm` (config's `scaler.cert_validity`, `scaler.cert_key_algorithm`) then set
+    how long the new CA and client certificate live and their key type.
     """
 
     secrets: Secrets
     policy: CertPolicy | None = None
     validity: timedelta | None = None
+    key_algorithm: KeyAlgorithm | None = None
 
     def handle(self, event: RotationEvent, now: datetime) -> StepOutcome:
         """Check the rotation contract, then run the event's step (the AWS rotation template's flow)."""
@@ -163,7 +165,7 @@ class BaseCertsRotation:
             logger.info("createSecret: pending version exists", extra={"token": token})
             return "kept"
         previous = parse_base_certs(current.value)
-        policy = next_policy(previous, self.policy, self.validity)
+        policy = next_policy(previous, self.policy, self.validity, self.key_algorithm)
         if previous is None:
             logger.warning(
                 "createSecret: AWSCURRENT holds no base certs yet; making the first CA",
@@ -272,14 +274,21 @@ class BaseCertsRotation:
 
 
 def next_policy(
-    previous: BaseCerts | None, policy: CertPolicy | None, validity: timedelta | None
+    previous: BaseCerts | None,
+    policy: CertPolicy | None,
+    validity: timedelta | None,
+    key_algorithm: KeyAlgorithm | None = None,
 ) -> CertPolicy:
     """The policy of new material: `policy`, else the current material's (key type, server validity kept),
-    with `validity` applied to CA and client certificate."""
+    with `validity` applied to CA and client certificate; `key_algorithm` (config) replaces the current
+    key type, but never an explicit `policy` (the CLI's --key-algorithm)."""
     chosen = policy or (previous.policy if previous is not None else CertPolicy())
-    if validity is None or (chosen.ca_validity, chosen.client_validity) == (validity, validity):
-        return chosen
-    return replace(chosen, ca_validity=validity, client_validity=validity)
+    changes: dict[str, Any] = {}
+    if validity is not None and (chosen.ca_validity, chosen.client_validity) != (validity, validity):
+        changes.update(ca_validity=validity, client_validity=validity)
+    if policy is None and key_algorithm is not None and chosen.key_algorithm != key_algorithm:
+        changes["key_algorithm"] = KeyAlgorithm(key_algorithm)
+    return replace(chosen, **changes) if changes else chosen
 
 
 def check_contract(description: SecretDescription, token: str) -> None:
@@ -328,6 +337,7 @@ def ensure_base_certs(
     policy: CertPolicy | None = None,
     *,
     validity: timedelta | None = None,
+    key_algorithm: KeyAlgorithm | None = None,
     secret_name: str | None = None,
 ) -> EnsureOutcome:
     """The tick's `docker-machine regenerate-base-certs --regenerate-before`: create, or rotate once, if due.
@@ -335,13 +345,14 @@ def ensure_base_certs(
     Missing secret: create it. Inside the window: RotateSecret when a rotation Lambda is set (AWS refuses a
     second one while the first runs), else the four steps in-process under a token derived from AWSCURRENT,
     so concurrent callers produce exactly one new version and the losers return "lost-race"/"in-progress".
-    `policy`/`validity` as for `BaseCertsRotation`; `secret_name` overrides `names.base_certs_secret`.
+    `policy`/`validity`/`key_algorithm` as for `BaseCertsRotation`; `secret_name` overrides
+    `names.base_certs_secret`.
     """
     name = secret_name or names.base_certs_secret
     try:
         description = secrets.describe(name)
     except NotFoundError:
-        return _create(secrets, name, names, now, next_policy(None, policy, validity))
+        return _create(secrets, name, names, now, next_policy(None, policy, validity, key_algorithm))
     if description.deleted:
         raise RotationError(
             f"secret {name} is scheduled for deletion; restore it: aws secretsmanager restore-secret"
@@ -353,7 +364,8 @@ def ensure_base_certs(
     token = rotation_token(description.arn, current.version_id)
     if description.rotation_enabled and description.rotation_lambda_arn:
         return _start_rotation(secrets, description, token)
-    action = run_rotation_steps(BaseCertsRotation(secrets, policy, validity), name, token, now)
+    rotation = BaseCertsRotation(secrets, policy, validity, key_algorithm)
+    action = run_rotation_steps(rotation, name, token, now)
     after = _read_current(secrets, name)
     rotated = parse_base_certs(after.value)
     return EnsureOutcome(action, name, after.version_id, rotated.expires_at if rotated else None)
@@ -428,8 +440,8 @@ class ServerCertIssuer:
 def validity_for(rt: Runtime) -> timedelta | None:
     """Config's `scaler.cert_validity`, or None (keep the current material's) when config is not readable.
 
-    The rotation Lambda needs no pool config; it only borrows this one knob so the CA lives as long as
-    infra's rotation schedule assumes.
+    The rotation Lambda needs no pool config; it only borrows this knob (and `key_algorithm_for`'s) so the
+    CA lives as long as infra's rotation schedule assumes.
     """
     try:
         return rt.config.scaler.cert_validity
@@ -438,10 +450,22 @@ def validity_for(rt: Runtime) -> timedelta | None:
         return None
 
 
+def key_algorithm_for(rt: Runtime) -> KeyAlgorithm | None:
+    """Config's `scaler.cert_key_algorithm`, or None (keep the current key type) when unset or unreadable."""
+    try:
+        chosen = rt.config.scaler.cert_key_algorithm
+    except (ConfigError, AwsCallError) as exc:
+        logger.warning("config not readable; keeping the key type", extra={"error": str(exc)[:200]})
+        return None
+    return KeyAlgorithm(chosen) if chosen is not None else None
+
+
 @functools.lru_cache(maxsize=8)
 def rotation_for(rt: Runtime) -> BaseCertsRotation:
     """One rotation use case per container (per Runtime): adapters built on first use, never at import."""
-    return BaseCertsRotation(AwsSecrets(rt.aws), validity=validity_for(rt))
+    return BaseCertsRotation(
+        AwsSecrets(rt.aws), validity=validity_for(rt), key_algorithm=key_algorithm_for(rt)
+    )
 
 
 def run_rotation_event(rt: Runtime, raw_event: Any) -> dict[str, str]:
@@ -454,5 +478,10 @@ def ensure_base_certs_for(rt: Runtime) -> EnsureOutcome:
     """The tick's call: `ensure_base_certs` with this deployment's names, config and clock."""
     scaler = rt.config.scaler
     return ensure_base_certs(
-        AwsSecrets(rt.aws), rt.names, rt.now(), scaler.regenerate_before, validity=scaler.cert_validity
+        AwsSecrets(rt.aws),
+        rt.names,
+        rt.now(),
+        scaler.regenerate_before,
+        validity=scaler.cert_validity,
+        key_algorithm=KeyAlgorithm(scaler.cert_key_algorithm) if scaler.cert_key_algorithm else None,
     )
