@@ -44,6 +44,14 @@ class GitLabError(RunnerScalerError):
         return self.status == 0 or self.status == 429 or self.status >= 500
 
 
+class RetryLaterError(RunnerScalerError):
+    """A transient failure (GitLab 429/5xx, an AWS throttle) the invocation's own retry should meet again.
+
+    Raised out of a handler on purpose: Lambda retries an asynchronous invocation twice, minutes apart, and
+    whatever was half-done has been undone first.
+    """
+
+
 class NotFoundError(RunnerScalerError):
     """A resource the caller named does not exist (runner, job, secret, instance)."""
 

@@ -1,7 +1,8 @@
 """Use case: everything between "the ASG launched an instance" and "the instance is gone".
 
 Launch: create the machine's GitLab runner, issue its Docker server certificate, store both in the machine's
-own secret, record the machine, complete the lifecycle action (ABANDON after cleaning up on failure).
+own secret, record the machine, complete the lifecycle action (ABANDON after cleaning up on a permanent
+failure; a transient one is cleaned up and left open for Lambda's retry).
 Terminate: rescue an interrupted job, delete the runner and the secret, forget the machine.
 Spot warning: pause the runner, mark the machine draining, and reconcile so a replacement launches.
 Every step is idempotent: the same event delivered twice creates one runner. A launch that completes also
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from chalicelib.capacity import Machine, MachineState, machine_free_slots
 from chalicelib.config import Config, Pool
-from chalicelib.errors import AwsCallError, GitLabError, MalformedEventError, NotFoundError
+from chalicelib.errors import AwsCallError, GitLabError, MalformedEventError, NotFoundError, RetryLaterError
 from chalicelib.fleet import Fleet
 from chalicelib.jobs import DirtyMarker, runner_description
 from chalicelib.resources import TAG_INSTANCE_ARN, TAG_POOL, Names
@@ -139,11 +140,18 @@ class Lifecycle:
         try:
             self._prepare(pool, action, record, now, outcome)
         except (GitLabError, AwsCallError, NotFoundError) as exc:
+            self._undo_launch(outcome, secret_name)
+            if isinstance(exc, GitLabError | AwsCallError) and exc.retryable:
+                # A rate limit or an outage: abandoning would replace the machine and pay a boot for nothing
+                # (and, after a burst, hit the rate limit again). The action stays open; Lambda retries.
+                logger.warning(
+                    "machine launch deferred", extra={"instance_id": action.instance_id, "error": str(exc)}
+                )
+                raise RetryLaterError(f"launch of {action.instance_id} deferred: {exc}") from exc
             logger.error(
                 "machine launch failed; abandoning",
                 extra={"instance_id": action.instance_id, "error": str(exc)},
             )
-            self._undo_launch(outcome, secret_name)
             outcome.result = ABANDON
             outcome.notes.append(str(exc))
         self._complete(action, outcome.result)

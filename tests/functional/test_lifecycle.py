@@ -17,6 +17,7 @@ from cryptography import x509
 from app import app
 from chalicelib.aws import AwsClients
 from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
+from chalicelib.errors import RetryLaterError
 from chalicelib.fleet import AsgFleet
 from chalicelib.rotation import ensure_base_certs_for
 from chalicelib.store import JobRecord
@@ -107,15 +108,39 @@ def test_a_duplicate_launch_event_creates_one_runner(world: Any, fake_gitlab: Fa
     assert fleet.completed == [(instance, "CONTINUE"), (instance, "CONTINUE")]
 
 
-def test_failing_gitlab_abandons_the_launch_and_leaves_nothing(world: Any, fake_gitlab: FakeGitLab) -> None:
+def test_a_gitlab_refusal_abandons_the_launch_and_leaves_nothing(world: Any, fake_gitlab: FakeGitLab) -> None:
     stack, fleet, client = world
     instance = launched_instance(stack)
-    fake_gitlab.inject_failure("/user/runners", status=500, times=10)
+    fake_gitlab.inject_failure("/user/runners", status=403, times=10)  # the API token may not create runners
     out = invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))
     assert out["result"] == "ABANDON" and fleet.completed == [(instance, "ABANDON")]
     assert fake_gitlab.runners == {}
     with pytest.raises(Exception, match="ResourceNotFound"):
         machine_secret(stack, instance)
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_transient_gitlab_failure_leaves_the_launch_open_for_the_retry(
+    world: Any, fake_gitlab: FakeGitLab, status: int
+) -> None:
+    # GIVEN GitLab rate-limiting or down while a machine launches
+    stack, fleet, client = world
+    instance = launched_instance(stack)
+    fake_gitlab.inject_failure("/user/runners", status=status, times=10, retry_after=0)
+    event = lifecycle_event("aws_lifecycle_launch.json", instance)
+    # WHEN the launch event is handled
+    with pytest.raises(RetryLaterError, match="deferred"):
+        invoke(client, event)
+    # THEN nothing is left half-made and the lifecycle action stays open (no ABANDON: no wasted boot)
+    assert fake_gitlab.runners == {} and fleet.completed == []
+    with pytest.raises(Exception, match="ResourceNotFound"):
+        machine_secret(stack, instance)
+    # WHEN Lambda retries the event once GitLab answers again
+    fake_gitlab.clear_failures()
+    out = invoke(client, copy.deepcopy(event))
+    # THEN the machine is prepared and goes into service
+    assert out["result"] == "CONTINUE" and fleet.completed == [(instance, "CONTINUE")]
+    assert len(fake_gitlab.runners) == 1
 
 
 def test_terminate_deletes_the_runner_and_the_secret(world: Any, fake_gitlab: FakeGitLab) -> None:
@@ -280,7 +305,7 @@ def test_a_duplicate_or_abandoned_launch_reports_no_scale_up(
     capsys.readouterr()
     # WHEN the same launch event comes again, and another launch fails at GitLab
     invoke(client, copy.deepcopy(event))
-    fake_gitlab.inject_failure("/user/runners", status=500, times=10)
+    fake_gitlab.inject_failure("/user/runners", status=403, times=10)
     assert invoke(client, lifecycle_event("aws_lifecycle_launch.json", second))["result"] == "ABANDON"
     # THEN neither is a machine coming into service
     assert emitted(capsys, "ScaleUpSeconds") == []
