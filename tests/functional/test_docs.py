@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "infra" / "README.md"]
 #: What a runnable block may read, linked into its working directory (the repo root, as the docs assume).
 LINKED = ("examples", "sim", "infra", ".chalice")
-BLOCK_TIMEOUT_S = 60
+BLOCK_TIMEOUT_S = 180  # a hang guard, not a speed check: a fresh machine unpacks aws-cdk-lib once
 SHELL_LANGS = {"sh", "bash", "shell", "console"}
 
 
