@@ -55,19 +55,23 @@ def emit_scale_up(pool: str, platform: str, seconds: float) -> None:
 
 
 def emit_reconcile(config: Config, results: Iterable[ReconcileResult], aws_calls: int) -> None:
-    """Per pool: desired, machines by state, pending/running jobs, scale-up/in counts, errors, hosts."""
+    """Per pool: desired, machines by state, pending/running jobs, scale-up/in counts, errors, decision
+    latency, the longest drain window, hosts."""
     done = [r for r in results if not r.skipped]
     for result in done:
         values: dict[str, float] = {
             "Desired": result.desired_after,
-            "InService": sum(result.machines.values()),
+            "InService": sum(n for state, n in result.machines.items() if state != "booting"),
             "PendingJobs": result.pending,
             "RunningJobs": result.running,
             "ScaleUp": result.launched,
             "ScaleIn": len(result.terminated),
             "DrainCancelled": len(result.drain_cancelled),
             "ReconcileErrors": len(result.errors),
+            "ReconcileSeconds": round(result.seconds, 3),
         }
+        if result.drain_seconds:
+            values["DrainSeconds"] = round(max(result.drain_seconds), 3)
         for state in ("booting", "idle", "busy", "draining"):
             values[f"Machines{state.capitalize()}"] = result.machines.get(state, 0)
         if result.host_plan is not None:

@@ -7,7 +7,8 @@ stale view of each other. Imports adapters' Protocols, the engine and config; no
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -59,6 +60,10 @@ class ReconcileResult:
     pending: int = 0
     running: int = 0
     machines: dict[str, int] = field(default_factory=dict)  # state -> count
+    #: Wall seconds the reconcile took, lease to release: the decision latency operators graph.
+    seconds: float = 0.0
+    #: Per drained machine, wall seconds from the pause to the termination (or to the dropped decision).
+    drain_seconds: list[float] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -80,6 +85,7 @@ class Reconciler:
         drain_recheck: bool = True,
         pipelines: Pipelines | None = None,
         gitlab: str = "",
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._config = config
         self._store = store
@@ -90,6 +96,7 @@ class Reconciler:
         self._drain_recheck = drain_recheck
         self._pipelines = pipelines
         self._gitlab = gitlab
+        self._timer = timer  # measures, never decides: decisions use `now`
 
     def reconcile_all(self, now: datetime) -> list[ReconcileResult]:
         """Every pool, with one batched read of all groups (calls grow with pools, not machines)."""
@@ -132,6 +139,7 @@ class Reconciler:
         prewarm: Mapping[str, int] | None = None,
     ) -> ReconcileResult:
         result = ReconcileResult(pool.name, now)
+        started = self._timer()
         if not self._store.acquire_lease(pool.name, self._owner, now, self._config.scaler.lease_duration):
             result.skipped = "another reconcile holds the pool lease"
             return result
@@ -145,6 +153,7 @@ class Reconciler:
             logger.warning("reconcile failed", extra={"pool": pool.name, "error": str(exc)})
         finally:
             self._store.release_lease(pool.name, self._owner)
+            result.seconds = self._timer() - started
         return result
 
     def _reconcile_locked(
@@ -348,19 +357,28 @@ class Reconciler:
         runner_id = record.runner_id
         if self._drain_recheck and self._runners is not None and runner_id is None:
             runner_id = self._find_runner(record)  # its launch event was late or lost: ask GitLab
+        paused = self._timer()
         if self._drain_recheck and self._runners is not None and runner_id is not None:
             self._runners.pause_runner(runner_id, True)
             if self._runners.runner_jobs(runner_id, "running"):
                 self._runners.pause_runner(runner_id, False)
                 self._store.stop_draining(record.instance_id)
                 result.drain_cancelled.append(record.instance_id)
+                window = self._timer() - paused
+                result.drain_seconds.append(window)
                 logger.info(
                     "removal dropped: a job landed during the drain",
-                    extra={"instance_id": record.instance_id, "runner_id": runner_id},
+                    extra={"instance_id": record.instance_id, "runner_id": runner_id, "drain_s": window},
                 )
                 return
         self._fleet.terminate(record.instance_id)
+        window = self._timer() - paused
+        result.drain_seconds.append(window)
         result.terminated.append(record.instance_id)
+        logger.info(
+            "machine drained and terminated",
+            extra={"instance_id": record.instance_id, "reason": reason, "drain_s": round(window, 3)},
+        )
 
 
 def _runner_scope(config: Config) -> dict[str, Any]:

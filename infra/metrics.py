@@ -16,6 +16,8 @@ MACHINE_METRICS = (
 )
 JOB_METRICS = ("PendingJobs", "RunningJobs")
 SCALING_METRICS = ("ScaleUp", "ScaleIn", "DrainCancelled", "ReconcileErrors")
+#: Per pool, seconds per reconcile: graphed as their maximum, never summed.
+TIMING_METRICS = ("ReconcileSeconds", "DrainSeconds")
 #: Per pool, one value per event (a job started, a machine came into service), graphed as p50 and p95.
 LATENCY_METRICS = ("JobQueueSeconds", "ScaleUpSeconds")
 #: Deployment-wide (only Powertools' `service` dimension).

@@ -19,7 +19,14 @@ from constructs import Construct
 from chalicelib.config import Pool
 from chalicelib.metrics import NAMESPACE
 from chalicelib.resources import ALARM_TOPIC_SUFFIX
-from infra.metrics import GLOBAL_METRICS, JOB_METRICS, LATENCY_METRICS, MACHINE_METRICS, SCALING_METRICS
+from infra.metrics import (
+    GLOBAL_METRICS,
+    JOB_METRICS,
+    LATENCY_METRICS,
+    MACHINE_METRICS,
+    SCALING_METRICS,
+    TIMING_METRICS,
+)
 from infra.settings import Settings
 from infra.stacks.wiring import LAUNCH_UNSUCCESSFUL
 
@@ -249,6 +256,7 @@ def _dashboard(
             _graph(f"{pool.name}: machines", MACHINE_METRICS, dimensions, "Maximum"),
             _graph(f"{pool.name}: jobs (slots)", JOB_METRICS, dimensions, "Maximum"),
             _graph(f"{pool.name}: scaling and errors", SCALING_METRICS, dimensions, "Sum"),
+            _graph(f"{pool.name}: decision and drain seconds", TIMING_METRICS, dimensions, "Maximum"),
         )
     dashboard.add_widgets(
         _graph("Reconciles and AWS calls", GLOBAL_METRICS, settings.metric_dimensions(), "Sum", width=12),

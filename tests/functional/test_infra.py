@@ -32,7 +32,14 @@ from chalicelib.resources import (
 )
 from chalicelib.userdata import render
 from infra.app import build
-from infra.metrics import GLOBAL_METRICS, JOB_METRICS, LATENCY_METRICS, MACHINE_METRICS, SCALING_METRICS
+from infra.metrics import (
+    GLOBAL_METRICS,
+    JOB_METRICS,
+    LATENCY_METRICS,
+    MACHINE_METRICS,
+    SCALING_METRICS,
+    TIMING_METRICS,
+)
 from infra.package import package
 from infra.policy import iam_action
 from tests.functional.test_infra_policy import code_calls, needs_grant
@@ -428,7 +435,7 @@ def test_reconcile_error_alarms_use_the_dimensions_the_app_emits(real: Synth) ->
 def test_dashboard_shows_the_emf_metrics_per_pool(real: Synth) -> None:
     _, dashboard = real.one("AWS::CloudWatch::Dashboard")
     body = json.dumps(dashboard["Properties"]["DashboardBody"])
-    for metric in (*MACHINE_METRICS, *JOB_METRICS, *SCALING_METRICS, *GLOBAL_METRICS):
+    for metric in (*MACHINE_METRICS, *JOB_METRICS, *SCALING_METRICS, *TIMING_METRICS, *GLOBAL_METRICS):
         assert f'\\"{metric}\\"' in body
     for pool in EXAMPLE.pools:
         assert f'\\"pool\\",\\"{pool.name}\\"' in body

@@ -16,7 +16,14 @@ import pytest
 
 from chalicelib.config import load_config_file
 from chalicelib.resources import Names
-from infra.metrics import GLOBAL_METRICS, JOB_METRICS, LATENCY_METRICS, MACHINE_METRICS, SCALING_METRICS
+from infra.metrics import (
+    GLOBAL_METRICS,
+    JOB_METRICS,
+    LATENCY_METRICS,
+    MACHINE_METRICS,
+    SCALING_METRICS,
+    TIMING_METRICS,
+)
 from infra.policy import (
     CONFIG_GATED,
     LOCAL_ONLY,
@@ -194,10 +201,11 @@ def test_every_metric_the_dashboard_reads_is_emitted(capsys: pytest.CaptureFixtu
     from chalicelib.metrics import emit_reconcile
     from chalicelib.reconcile import ReconcileResult
 
-    emit_reconcile(EXAMPLE, [ReconcileResult(pool="linux", now=datetime(2026, 1, 5, 9, 0, tzinfo=UTC))], 3)
+    drained = ReconcileResult(pool="linux", now=datetime(2026, 1, 5, 9, 0, tzinfo=UTC), drain_seconds=[0.4])
+    emit_reconcile(EXAMPLE, [drained], 3)
     blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     emitted = {m["Name"] for b in blobs for d in b["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
-    assert set(MACHINE_METRICS + JOB_METRICS + SCALING_METRICS + GLOBAL_METRICS) <= emitted
+    assert set(MACHINE_METRICS + JOB_METRICS + SCALING_METRICS + TIMING_METRICS + GLOBAL_METRICS) <= emitted
 
 
 def test_the_latency_metrics_the_dashboard_reads_are_emitted_per_pool(
