@@ -4,14 +4,19 @@ de-duplication, routing by tags, forward-only job state, and the dirty-pool fast
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from chalice.test import Client
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app import app
 from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.events.samples import BuildSample, job_hook_payload, pipeline_hook_payload, webhook_headers
+from chalicelib.store import JobRecord
 from tests.functional.conftest import WEBHOOK_TOKENS, Stack, describe_group
 
 
@@ -203,3 +208,100 @@ def test_a_started_job_reports_how_long_it_waited(
     wait = next(b for b in blobs if "JobQueueSeconds" in b)
     assert wait["JobQueueSeconds"] == [42.5] and (wait["pool"], wait["platform"]) == ("linux", "linux")
     assert wait["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"] == "Seconds"
+
+
+# -- order and duplication --------------------------------------------------------------------------
+
+MACHINES = ("i-0aaaaaaaaaaaaaaa0", "i-0bbbbbbbbbbbbbbb1", "i-0ccccccccccccccc2")
+
+
+def lifecycle_hooks(stack: Stack, fake: FakeGitLab) -> list[tuple[str, dict[str, Any]]]:
+    """A fresh pipeline of three jobs, and the Job hooks of each one's life: pending, running, then
+    success (jobs 0 and 2) or failed (job 1), each on its own machine; with an idempotency key apiece."""
+    p = Pipeline(stack, fake, ("linux",), ("linux",), ("linux",))
+    created, started = stack.runtime.now(), stack.runtime.now() + timedelta(minutes=1)
+    hooks = []
+    for index, (job_id, machine) in enumerate(zip(p.job_ids, MACHINES, strict=True)):
+        end = "failed" if index == 1 else "success"
+        for status, at, runner in (
+            ("pending", created, None),
+            ("running", started, 40 + index),
+            (end, None, 40 + index),
+        ):
+            body = job_hook_payload(
+                job_id,
+                status,
+                project_id=p.project,
+                pipeline_id=p.pipeline_id,
+                stage="test",
+                name=f"job-{index}",
+                now=at or started + timedelta(minutes=2 + index),
+                created_at=created,
+                started_at=started if status != "pending" else None,
+                runner_id=runner,
+                tags=["linux"] if runner else [],
+            )
+            if runner:
+                body["runner"]["description"] = f"runner-scaler/linux/{machine}"
+            hooks.append((f"{job_id}-{status}", body))
+    return hooks
+
+
+def stored_by_index(stack: Stack, hooks: list[tuple[str, dict[str, Any]]]) -> list[JobRecord]:
+    """The stored record of each job, with the ids GitLab gave this pipeline taken out.
+
+    `tags` are left out too: a job first seen running on our runner is routed by the runner's description
+    and stored without its tags, and a later (stale) pending hook that would bring them is refused by the
+    forward-only rule; see the xfail below. No decision reads the stored tags.
+    """
+    job_ids = sorted({body["build_id"] for _key, body in hooks})
+    return [replace(job(stack, j), job_id=0, pipeline_id=0, project_id=0, tags=()) for j in job_ids]
+
+
+def test_any_order_and_duplication_of_job_hooks_stores_the_same_jobs(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    # GIVEN the stored jobs after their hooks arrived once each, in order
+    in_order = lifecycle_hooks(gitlab_stack, fake_gitlab)
+    for key, body in in_order:
+        assert post(client, body, idempotency_key=key).status_code == 202
+    expected = stored_by_index(gitlab_stack, in_order)
+    assert [(r.status, r.machine_id, r.runner_id) for r in expected] == [
+        ("success", MACHINES[0], 40),
+        ("failed", MACHINES[1], 41),
+        ("success", MACHINES[2], 42),
+    ]
+    assert all(r.started_at and r.finished_at for r in expected)
+
+    # Each example posts a fresh pipeline's hooks (new job ids, so nothing stored by an earlier example
+    # is shared: the dedup keys, the job records and the tag cache are all keyed by job or pipeline).
+    @settings(max_examples=20, deadline=None)
+    @given(data=st.data())
+    def arrive_shuffled(data: st.DataObject) -> None:
+        hooks = lifecycle_hooks(gitlab_stack, fake_gitlab)
+        # WHEN they arrive in any order, some twice: a GitLab retry (same key) or a manual resend (no key)
+        again = data.draw(st.lists(st.tuples(st.integers(0, len(hooks) - 1), st.booleans()), max_size=4))
+        deliveries = [(n, True) for n in range(len(hooks))] + again
+        for n, same_key in data.draw(st.permutations(deliveries)):
+            key, body = hooks[n]
+            assert post(client, body, idempotency_key=key if same_key else None).status_code in (200, 202)
+        # THEN every job is stored exactly as if its hooks had come once, in order
+        assert stored_by_index(gitlab_stack, hooks) == expected
+
+    arrive_shuffled()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a job first seen running on our runner is stored without tags; the late pending is refused",
+)
+def test_a_pending_hook_arriving_after_running_still_leaves_the_job_tags(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    # GIVEN a job whose running hook (on our runner) arrives before its pending hook
+    hooks = lifecycle_hooks(gitlab_stack, fake_gitlab)
+    (pending, pending_body), (running, running_body) = hooks[0], hooks[1]
+    post(client, running_body, idempotency_key=running)
+    post(client, pending_body, idempotency_key=pending)
+    # THEN the job's tags are stored, as they are when the hooks come in order
+    assert job(gitlab_stack, pending_body["build_id"]).tags == ("linux",)
