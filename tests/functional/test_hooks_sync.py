@@ -14,13 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chalice.test import Client
 from typer.testing import CliRunner
 
+from app import app as chalice_app
 from chalicelib.cli.main import app
 from chalicelib.config import Config, config_from_dict
 from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.gitlab import GitLabClient
 from chalicelib.hooks import HookAction, OutcomeStatus, check_hooks, sync_hooks
+from chalicelib.runtime import Runtime, install
+from tests.functional.conftest import Stack
 from tests.gitlab_fixtures import T0, Clock, WebhookReceiver
 
 URL = "https://scaler.example.com/webhooks/gitlab"
@@ -470,3 +474,40 @@ def test_cli_check_exits_1_and_shows_a_disabled_hook(
     health = json.loads(fixed.stdout)
     assert fixed.exit_code == 1 and (health["reenabled"], health["missing"], health["disabled"]) == (1, 1, 0)
     assert HOOK_TOKEN not in fixed.output
+
+
+# -- the tick ---------------------------------------------------------------------------------------
+
+
+def test_the_tick_re_enables_a_hook_gitlab_disabled(
+    stack: Stack, fake: FakeGitLab, receiver: WebhookReceiver
+) -> None:
+    # GIVEN a deployment whose config names our webhook URL and a project whose hook GitLab disabled after
+    # four failed deliveries (the scaler was down)
+    project_id = fake.create_project("acme/app")
+    hook_id = fake.add_hook(project_id, receiver.url, token=HOOK_TOKEN)
+    disable_by_failures(fake, receiver, project_id)
+    gitlab = stack.config.gitlab.model_copy(
+        update={"url": fake.url, "projects": [project_id], "webhook_url": receiver.url}
+    )
+    config = stack.config.model_copy(update={"gitlab": gitlab})
+    client = GitLabClient(fake.url, fake.token, max_retries=1, timeout=5)
+    install(
+        Runtime(
+            dict(stack.runtime.environ),
+            aws=stack.aws,
+            config=config,
+            gitlab=client,
+            clock=stack.runtime.clock,
+        )
+    )
+
+    # WHEN the scheduled tick runs through the Chalice app
+    with Client(chalice_app) as chalice:
+        event = chalice.events.generate_cw_event("Scheduled Event", "aws.events", {}, [])
+        response = chalice.lambda_.invoke("tick", event)
+
+    # THEN GitLab delivers to the hook again, and every pool was reconciled without error
+    assert fake.hook_state(hook_id)["alert_status"] == "executable"
+    assert fake.hook_state(hook_id)["disabled_until"] is None
+    assert all(not pool["errors"] for pool in response.payload["pools"].values())
