@@ -246,6 +246,7 @@ class Lifecycle:
         pool = self.pool_of(action.asg)
         record = self.store.get_machine(action.instance_id)
         if pool is not None:
+            outcome.pool = pool.name
             try:
                 self._retire(pool, action.instance_id, record, now, outcome)
             except (GitLabError, AwsCallError) as exc:
@@ -432,12 +433,21 @@ def handle_machine_event(rt: Runtime, raw: dict[str, Any]) -> dict[str, Any]:
         outcome = _without_hook(use_case, rt, event.instance_id, now)
     else:
         return {"action": "ignored"}
-    if outcome.scale_up_seconds is not None:
-        from chalicelib import metrics
+    _emit(rt, outcome)
+    return {"action": type(event).__name__, **_summary(outcome)}
 
+
+def _emit(rt: Runtime, outcome: LifecycleOutcome) -> None:
+    """Scale-up latency of a machine that came into service; jobs retried after a Spot interruption."""
+    from chalicelib import metrics
+
+    if outcome.scale_up_seconds is not None:
         pool = rt.config.pool(outcome.pool)
         metrics.emit_scale_up(pool.name, pool.platform.value, outcome.scale_up_seconds)
-    return {"action": type(event).__name__, **_summary(outcome)}
+    if outcome.retried_jobs and outcome.pool:
+        pool = rt.config.pool(outcome.pool)
+        dimensions = {"pool": pool.name, "platform": pool.platform.value}
+        metrics.emit({"JobsRetried": len(outcome.retried_jobs)}, dimensions)
 
 
 def _without_hook(use_case: Lifecycle, rt: Runtime, instance_id: str, now: datetime) -> LifecycleOutcome:

@@ -32,10 +32,10 @@ class DirtyPool(BaseModel):
 def run_tick(rt: Runtime, owner: str) -> list[ReconcileResult]:
     """Repair the job store from GitLab, then reconcile every pool: heals what lost or late events left."""
     calls_before = rt.aws.total_calls
+    long_pending: dict[str, int] = {}
     if rt.has_gitlab():
         report = heal(rt.config, rt.store, rt.gitlab, rt.queue, rt.now(), gitlab_host=rt.gitlab_host)
-        for pool, count in report.long_pending.items():
-            metrics.emit_count("LongPendingJobs", count, pool)
+        long_pending = report.long_pending
         if report.discovered:
             metrics.emit_count("LostJobsFound", len(report.discovered))
         if report.errors:
@@ -45,10 +45,23 @@ def run_tick(rt: Runtime, owner: str) -> list[ReconcileResult]:
     _ensure_certs(rt)
     results = rt.reconciler(owner).reconcile_all(rt.now())
     metrics.emit_reconcile(rt.config, results, rt.aws.total_calls - calls_before)
+    _emit_long_pending(rt, long_pending, results)
     for result in results:
         if result.errors:
             logger.warning("reconcile errors", extra={"pool": result.pool, "errors": result.errors})
     return results
+
+
+def _emit_long_pending(rt: Runtime, long_pending: dict[str, int], results: list[ReconcileResult]) -> None:
+    """Jobs pending past `stale_job_after` in a pool that had room (below `max_instances`, or an idle
+    machine): nothing explains the wait, so it is alarm-worthy. At the cap the wait is the cap's (Desired)."""
+    by_pool = {r.pool: r for r in results}
+    for name, count in long_pending.items():
+        pool, result = rt.config.pool(name), by_pool.get(name)
+        if result is None or result.skipped:
+            continue
+        if result.desired_after < pool.max_instances or result.machines.get("idle", 0) > 0:
+            metrics.emit({"LongPendingJobs": count}, {"pool": name, "platform": pool.platform.value})
 
 
 SWEEP_INTERVAL_SECONDS = 300

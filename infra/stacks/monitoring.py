@@ -126,6 +126,24 @@ class Monitoring(Construct):
                     "invalid config in SSM. Machines are neither added nor removed while it lasts."
                 ),
             )
+            self._alarm(
+                f"LongPendingJobs-{pool.name}",
+                f"{prefix}-{pool.name}-long-pending-jobs",
+                namespace=NAMESPACE,
+                metric="LongPendingJobs",
+                dimensions=_pool_dimensions(settings, pool),
+                statistic="Maximum",
+                threshold=1,
+                periods=(5, 3),
+                runbook=(
+                    f"Jobs of pool {pool.name} have been pending longer than stale_job_after while the pool "
+                    "had room (below max_instances, or an idle machine): capacity does not explain the wait. "
+                    "Usual causes: the jobs' tags match a pool whose runners never come online (user data "
+                    "or runner token trouble: read a machine's console output), machines booting past "
+                    "boot_timeout (MachinesBooting high), or a runner scope (runner_type, locked) that "
+                    "excludes the project. `runner-scaler status` shows the pool's machines."
+                ),
+            )
         if tick_function:
             self._alarm(
                 "TickErrors",

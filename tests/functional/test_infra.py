@@ -407,6 +407,7 @@ def test_alarms_carry_runbooks_and_publish_to_the_app_topic(real: Synth) -> None
         ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
         ("AWS/Events", "TriggeredRules"),
         ("RunnerScaler", "ReconcileErrors"),
+        ("RunnerScaler", "LongPendingJobs"),
     } <= metrics
     for alarm in alarms.values():
         props = alarm["Properties"]
@@ -414,13 +415,14 @@ def test_alarms_carry_runbooks_and_publish_to_the_app_topic(real: Synth) -> None
         assert props["AlarmActions"] == [{"Ref": topic}]
 
 
-def test_reconcile_error_alarms_use_the_dimensions_the_app_emits(real: Synth) -> None:
+@pytest.mark.parametrize("metric", ["ReconcileErrors", "LongPendingJobs"])
+def test_per_pool_alarms_use_the_dimensions_the_app_emits(real: Synth, metric: str) -> None:
     env = real.raw["Resources"]["Tick"]["Properties"]["Environment"]["Variables"]
     for pool in EXAMPLE.pools:
         real.template.has_resource_properties(
             "AWS::CloudWatch::Alarm",
             {
-                "MetricName": "ReconcileErrors",
+                "MetricName": metric,
                 "Dimensions": Match.array_equals(
                     [
                         {"Name": "pool", "Value": pool.name},

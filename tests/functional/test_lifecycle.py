@@ -156,7 +156,7 @@ def test_terminate_deletes_the_runner_and_the_secret(world: Any, fake_gitlab: Fa
 
 
 def test_spot_warning_drains_rescues_the_job_and_replaces_the_machine(
-    world: Any, fake_gitlab: FakeGitLab
+    world: Any, fake_gitlab: FakeGitLab, capsys: pytest.CaptureFixture[str]
 ) -> None:
     stack, _fleet, client = world
     instance = launched_instance(stack)
@@ -180,10 +180,18 @@ def test_spot_warning_drains_rescues_the_job_and_replaces_the_machine(
     result = rt.reconciler("test").reconcile_pool(stack.config.pool("linux"), stack.advance(seconds=10))
     assert result.desired_after == 2
     # WHEN the instance goes: the interrupted job is retried once, the runner deleted
+    capsys.readouterr()
     invoke(client, lifecycle_event("aws_lifecycle_terminate.json", instance))
     retried = [j for j in fake_gitlab.jobs.values() if j.id != job_id and j.name == "build"]
     assert len(retried) == 1
     assert runner.id not in fake_gitlab.runners
+    # AND the rescue is counted for the pool
+    (blob,) = emitted(capsys, "JobsRetried")
+    assert (blob["JobsRetried"], blob["pool"], blob["platform"]) == ([1.0], "linux", "linux")
+    # AND a second terminate event for the same instance retries nothing more
+    invoke(client, lifecycle_event("aws_lifecycle_terminate.json", instance))
+    assert len([j for j in fake_gitlab.jobs.values() if j.name == "build"]) == 2
+    assert emitted(capsys, "JobsRetried") == []
 
 
 def test_malformed_machine_event_is_dropped(world: Any) -> None:
