@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python -m sim.bench
 	$(BIN)/python -m sim.bench_prewarm
 	$(BIN)/python -m sim.bench_webhooks
+	$(BIN)/python -m sim.bench_reconcile
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
