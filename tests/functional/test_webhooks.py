@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from app import app
 from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.events.samples import BuildSample, job_hook_payload, pipeline_hook_payload, webhook_headers
+from chalicelib.resources import DIRTY_WINDOW_SECONDS
 from chalicelib.store import JobRecord
 from tests.functional.conftest import WEBHOOK_TOKENS, Stack, describe_group
 
@@ -305,3 +306,27 @@ def test_a_pending_hook_arriving_after_running_still_leaves_the_job_tags(
     post(client, pending_body, idempotency_key=pending)
     # THEN the job's tags are stored, as they are when the hooks come in order
     assert job(gitlab_stack, pending_body["build_id"]).tags == ("linux",)
+
+
+def test_a_burst_of_120_job_events_marks_the_pool_dirty_a_handful_of_times(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    # GIVEN a pipeline of 60 linux jobs (120 events keep the test quick; the window, not the count, matters)
+    p = Pipeline(gitlab_stack, fake_gitlab, *[("linux",)] * 60)
+    # WHEN each goes pending, then running on our runner: 120 events over 6 seconds
+    changed = 0
+    for status in ("pending", "running"):
+        for n, job_id in enumerate(p.job_ids):
+            gitlab_stack.advance(seconds=0.05)
+            body = p.hook(
+                job_id, status, **({"runner_id": n, "tags": ["linux"]} if status == "running" else {})
+            )
+            if status == "running":
+                body["runner"]["description"] = f"runner-scaler/linux/i-{n:017x}"
+            response = post(client, body)
+            assert response.status_code == 202
+            changed += json.loads(response.body)["changed"]
+    # THEN every event changed its job, yet the dirty queue holds one message per 2-second window, not 120
+    assert changed == 120
+    queued = gitlab_stack.queued_pools()
+    assert set(queued) == {"linux"} and 1 <= len(queued) <= 6 // DIRTY_WINDOW_SECONDS + 1
