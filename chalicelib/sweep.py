@@ -1,7 +1,8 @@
 """Use case run by the tick: sweep what crashed Lambdas and lost events left behind.
 
 Runners named `runner-scaler/<pool>/<instance>` whose instance is gone are deleted with their machine secret;
-in-service instances whose runner never reached GitLab within `boot_timeout` are terminated. Nothing is
+in-service instances whose runner never reached GitLab within `boot_timeout` (none recorded, or GitLab's
+`never_contacted`) are terminated. Nothing is
 declared orphan on one read: a suspicion must be seen again `orphan_confirm_after` later. No boto3 here.
 """
 
@@ -50,14 +51,15 @@ def sweep(
     except GitLabError as exc:
         report.errors.append(str(exc))
         return report
-    seen_instances: set[str] = set()
+    mute: set[str] = set()
     for runner in runners:
         match = RUNNER_DESCRIPTION.match(runner.description or "")
         if match is None:
             continue
-        seen_instances.add(match["instance"])
+        if runner.status == "never_contacted":
+            mute.add(match["instance"])
         _sweep_runner(runner, match["instance"], live, config, names, store, gitlab, secrets, now, report)
-    _sweep_silent_machines(config, store, fleet, groups, now, report)
+    _sweep_silent_machines(config, store, fleet, groups, mute, now, report)
     return report
 
 
@@ -100,10 +102,13 @@ def _sweep_silent_machines(
     store: Store,
     fleet: Fleet,
     groups: Mapping[str, GroupView],
+    mute: set[str],
     now: datetime,
     report: SweepReport,
 ) -> None:
-    """A machine in service past boot_timeout with no runner recorded and no job never came up: replace it."""
+    """A machine in service past boot_timeout without a job never came up: replace it. That is a machine
+    with no runner recorded, or one whose runner GitLab says never contacted it (`mute`: the user data
+    failed, so its idle slot would be counted as capacity that takes no job)."""
     for pool in config.pools:
         group = groups.get(pool.asg)
         if group is None:
@@ -111,7 +116,9 @@ def _sweep_silent_machines(
         records = {m.instance_id: m for m in store.machines(pool.name)}
         for instance in group.live_instances():
             record = records.get(instance.instance_id)
-            if record is None or record.runner_id is not None or record.job_ids or record.draining_since:
+            if record is None or record.job_ids or record.draining_since:
+                continue
+            if record.runner_id is not None and instance.instance_id not in mute:
                 continue
             started = instance.launched_at or record.launched_at
             if not instance.in_service or now - started <= pool.boot_timeout:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from chalice.test import Client
 
 from app import app
-from chalicelib.devtools.fake_gitlab import FakeGitLab
+from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
+from chalicelib.store import JobRecord, MachineRecord
 from tests.functional.conftest import Stack
 
 
@@ -49,3 +50,39 @@ def test_tick_creates_the_base_certificates(gitlab_stack: Stack) -> None:
         tick(client)
     secret = gitlab_stack.aws.call("secretsmanager", "describe_secret", SecretId="test/docker-base-certs")
     assert "AWSCURRENT" in str(secret["VersionIdsToStages"])
+
+
+def test_a_machine_whose_runner_never_contacted_gitlab_is_replaced(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab
+) -> None:
+    # GIVEN two jobs waiting, and two machines prepared at launch (runner created and recorded) of which
+    # only one ever reached GitLab
+    rt = gitlab_stack.runtime
+    project = fake_gitlab.create_project("group/app")
+    waiting = fake_gitlab.create_pipeline(project, [JobSpec(f"job-{n}", tags=("linux",)) for n in range(2)])
+    for job_id in waiting.job_ids:
+        rt.store.record_job(
+            JobRecord(rt.gitlab_host, job_id, "pending", project_id=project, pool="linux"), rt.now()
+        )
+    rt.fleet.set_desired_capacity("test-linux", 2)
+    group = rt.fleet.read_groups(["test-linux"])["test-linux"]
+    mute, talking = sorted(i.instance_id for i in group.instances)
+    for instance in (mute, talking):
+        runner_id, _ = fake_gitlab.register_runner(
+            description=f"runner-scaler/linux/{instance}", tag_list=("linux",)
+        )
+        rt.store.put_machine(MachineRecord(instance, "linux", rt.now(), runner_id=runner_id))
+        if instance == talking:
+            fake_gitlab.runner_contact(runner_id)
+    with Client(app) as client:
+        # WHEN the tick sweeps within boot_timeout, then twice past it
+        tick(client)
+        live = [i.instance_id for i in rt.fleet.read_groups(["test-linux"])["test-linux"].live_instances()]
+        assert {mute, talking} <= set(live)  # still booting, as far as anyone knows
+        gitlab_stack.advance(minutes=60)  # moto stamps launches with the wall clock, near the test's start
+        tick(client)  # past boot_timeout (15 min): a suspicion only
+        gitlab_stack.advance(minutes=5)
+        tick(client)  # seen again: replaced
+    # THEN the machine whose runner never contacted GitLab is replaced; the one that did is kept
+    live = [i.instance_id for i in rt.fleet.read_groups(["test-linux"])["test-linux"].live_instances()]
+    assert mute not in live and talking in live and len(live) == 2
