@@ -146,6 +146,8 @@ def ingest_job(
     applied = store.record_job(record, now)
     if not applied and event.status in {"created", "pending"}:
         applied = store.reopen_skipped(record, now)  # rare: a retry upstream reopened a skipped job
+        if not applied and job_tags:
+            store.fill_tags(record)  # rare: it was first seen running on our runner, stored without tags
     if applied and pool:
         dirty.mark_dirty(pool, f"job {event.job_id} {event.status}", now)
     if not pool:

@@ -110,6 +110,11 @@ class Store(Protocol):
         the one backward move allowed, and only from `skipped`."""
         ...
 
+    def fill_tags(self, job: JobRecord) -> bool:
+        """Give a stored job the tags it was stored without (first seen running on our runner, routed by
+        the runner's description); a late, stale event may bring them. Nothing else of the job changes."""
+        ...
+
     def get_job(self, gitlab: str, job_id: int) -> JobRecord | None: ...
 
     def pool_jobs(self, pool: str) -> list[JobRecord]:
@@ -276,6 +281,14 @@ class DynamoStore:
             "#status = :skipped",
             values,
             {"#status": "status", "#rank": "rank", **({"#pool": "pool"} if job.pool else {})},
+        )
+
+    def fill_tags(self, job: JobRecord) -> bool:
+        return self._conditional_update(
+            {TABLE_PK: job.key, TABLE_SK: "JOB"},
+            "SET tags = :tags",
+            f"attribute_exists({TABLE_PK}) AND (attribute_not_exists(tags) OR size(tags) = :none)",
+            {":tags": list(job.tags), ":none": 0},
         )
 
     def get_job(self, gitlab: str, job_id: int) -> JobRecord | None:
@@ -709,6 +722,14 @@ class MemoryStore:
                 old, status=job.status, pool=job.pool or old.pool, finished_at=None, updated_at=now
             )
             self._settled.discard(job.key)
+            return True
+
+    def fill_tags(self, job: JobRecord) -> bool:
+        with self._lock:
+            old = self.jobs.get(job.key)
+            if old is None or old.tags or not job.tags:
+                return False
+            self.jobs[job.key] = replace(old, tags=job.tags)
             return True
 
     def get_job(self, gitlab: str, job_id: int) -> JobRecord | None:

@@ -69,6 +69,17 @@ def test_tags_survive_events_that_carry_none(store: Store) -> None:
     assert store.get_job("gitlab.example.com", 1).tags == ("linux", "docker")  # type: ignore[union-attr]
 
 
+def test_a_job_stored_without_tags_gets_them_once_and_nothing_else_changes(store: Store) -> None:
+    store.record_job(job("running", runner_id=7, machine_id="i-1"), T0)
+    assert not store.fill_tags(job("pending", job_id=2, tags=("linux",)))  # unknown job: nothing written
+    assert store.fill_tags(job("pending", tags=("linux",)))
+    assert not store.fill_tags(job("pending", tags=("other",)))  # tags already known: kept
+    stored = store.get_job("gitlab.example.com", 1)
+    assert stored is not None
+    assert (stored.status, stored.tags, stored.machine_id) == ("running", ("linux",), "i-1")
+    assert store.get_job("gitlab.example.com", 2) is None
+
+
 def test_first_seen_deduplicates(store: Store) -> None:
     assert store.first_seen("key-1", T0)
     assert not store.first_seen("key-1", T0 + timedelta(seconds=5))

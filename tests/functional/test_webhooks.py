@@ -251,12 +251,11 @@ def lifecycle_hooks(stack: Stack, fake: FakeGitLab) -> list[tuple[str, dict[str,
 def stored_by_index(stack: Stack, hooks: list[tuple[str, dict[str, Any]]]) -> list[JobRecord]:
     """The stored record of each job, with the ids GitLab gave this pipeline taken out.
 
-    `tags` are left out too: a job first seen running on our runner is routed by the runner's description
-    and stored without its tags, and a later (stale) pending hook that would bring them is refused by the
-    forward-only rule; see the xfail below. No decision reads the stored tags.
+    Tags are compared too: a job first seen running on our runner is stored without them, and its late
+    pending hook fills them in (tested alone below).
     """
     job_ids = sorted({body["build_id"] for _key, body in hooks})
-    return [replace(job(stack, j), job_id=0, pipeline_id=0, project_id=0, tags=()) for j in job_ids]
+    return [replace(job(stack, j), job_id=0, pipeline_id=0, project_id=0) for j in job_ids]
 
 
 def test_any_order_and_duplication_of_job_hooks_stores_the_same_jobs(
@@ -292,10 +291,6 @@ def test_any_order_and_duplication_of_job_hooks_stores_the_same_jobs(
     arrive_shuffled()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job first seen running on our runner is stored without tags; the late pending is refused",
-)
 def test_a_pending_hook_arriving_after_running_still_leaves_the_job_tags(
     gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
 ) -> None:
