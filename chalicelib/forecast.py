@@ -1,8 +1,9 @@
 """Pipeline-aware prewarm: the job slots each pool will need one boot time from now, and duration learning.
 
 The room for GitLab issue #12 (`sim/bench_prewarm.py` measures it). Pure: frozen dataclasses and functions
-over config models; `now` is a parameter; imports the standard library, `chalicelib.config` and the capacity
-engine only (no boto3, no clock, no I/O). `chalicelib/pipelines.py` persists what this module reads.
+over config models; `now` is a parameter; imports the standard library, `chalicelib.config`, the job
+status order of `chalicelib.events.gitlab` and the capacity engine only (no boto3, no clock, no I/O).
+`chalicelib/pipelines.py` persists what this module reads.
 
 The rule. A job of stage k becomes pending when every job of stages < k has finished. The current stage of a
 pipeline is its first stage with a job that still blocks (not finished). When every job of the current stage
@@ -31,11 +32,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from chalicelib.capacity.engine import slots_per_new_machine
 from chalicelib.config import Platform, Pool
+from chalicelib.events.gitlab import status_rank
 
 #: Seconds from a launch to a runner that takes jobs, per platform (sim.model.BOOT_TIMES, about their P90).
 LEAD_S: Mapping[Platform, float] = {Platform.LINUX: 120.0, Platform.WINDOWS: 420.0, Platform.MACOS: 1200.0}
@@ -180,6 +182,27 @@ class PipelineState:
 
     def keys_of(self, job: PlannedJob) -> tuple[str, ...]:
         return duration_keys(self.gitlab, self.project_id, self.ref, job.stage_name, job.name, job.pool)
+
+
+def with_statuses(pipeline: PipelineState, statuses: Mapping[int, str]) -> PipelineState:
+    """The pipeline with the newer statuses the job store holds for some of its jobs (job id → status).
+
+    Only forward moves apply (a stale "running" stays when the store says "pending"), as in the store.
+    """
+    jobs = tuple(
+        replace(job, status=statuses[job.job_id])
+        if job.job_id in statuses and _rank(statuses[job.job_id]) > _rank(job.status)
+        else job
+        for job in pipeline.jobs
+    )
+    return replace(pipeline, jobs=jobs)
+
+
+def _rank(status: str) -> int:
+    try:
+        return status_rank(status)
+    except ValueError:  # manual, scheduled...: below pending, as the store ranks them
+        return 0
 
 
 def lead_of(pool: Pool, overrides: Mapping[str, float] | None = None) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -19,9 +19,10 @@ from chalicelib.capacity.hosts import HostPlan, plan_hosts
 from chalicelib.config import Config, Pool
 from chalicelib.errors import AwsCallError, GitLabError
 from chalicelib.fleet import Fleet, GroupView, Instance
+from chalicelib.forecast import PipelineState, forecast, with_statuses
 from chalicelib.hosts import HostPoolView, HostPort, apply_host_plan
 from chalicelib.jobs import runner_description
-from chalicelib.pipelines import Pipelines, prewarm_slots
+from chalicelib.pipelines import Pipelines
 from chalicelib.store import HOLDS_SLOT, TERMINAL, JobRecord, MachineRecord, Store
 
 logger = logging.getLogger(__name__)
@@ -105,24 +106,24 @@ class Reconciler:
             views = self._read_hosts(self._config.pools)
         except AwsCallError as exc:
             return [ReconcileResult(p.name, now, errors=[str(exc)]) for p in self._config.pools]
-        prewarm = self._forecast(self._config.pools, now)
+        pipelines = self._active_pipelines(self._config.pools, now)
         return [
-            self.reconcile_pool(pool, now, groups.get(pool.asg), views.get(pool.name), prewarm)
+            self.reconcile_pool(pool, now, groups.get(pool.asg), views.get(pool.name), pipelines)
             for pool in self._config.pools
         ]
 
-    def _forecast(self, pools: Sequence[Pool], now: datetime) -> dict[str, int]:
-        """Prewarm slots per pool from the running pipelines (one read); none when the read fails.
+    def _active_pipelines(self, pools: Sequence[Pool], now: datetime) -> list[PipelineState]:
+        """The running pipelines prewarm forecasts from (one read); none when the read fails.
 
         Prewarm only ever adds machines ahead of need, so losing it for a tick costs wait, never a job.
         """
         if self._pipelines is None or not any(p.prewarm for p in pools):
-            return {}
+            return []
         try:
-            return prewarm_slots(self._pipelines, self._gitlab, pools, now)
+            return self._pipelines.active(self._gitlab, now)
         except AwsCallError as exc:
             logger.warning("prewarm forecast skipped", extra={"error": str(exc)})
-            return {}
+            return []
 
     def _read_hosts(self, pools: Sequence[Pool]) -> dict[str, HostPoolView]:
         host_pools = [p for p in pools if p.hosts is not None]
@@ -136,7 +137,7 @@ class Reconciler:
         now: datetime,
         group: GroupView | None = None,
         hosts: HostPoolView | None = None,
-        prewarm: Mapping[str, int] | None = None,
+        pipelines: Sequence[PipelineState] | None = None,
     ) -> ReconcileResult:
         result = ReconcileResult(pool.name, now)
         started = self._timer()
@@ -144,9 +145,9 @@ class Reconciler:
             result.skipped = "another reconcile holds the pool lease"
             return result
         try:
-            if prewarm is None:
-                prewarm = self._forecast([pool], now)
-            self._reconcile_locked(pool, now, group, hosts, prewarm.get(pool.name, 0), result)
+            if pipelines is None:
+                pipelines = self._active_pipelines([pool], now) if pool.prewarm else []
+            self._reconcile_locked(pool, now, group, hosts, pipelines, result)
         except (AwsCallError, GitLabError) as exc:
             # Left for the next tick, which re-reads everything: nothing is half-applied silently.
             result.errors.append(str(exc))
@@ -162,7 +163,7 @@ class Reconciler:
         now: datetime,
         group: GroupView | None,
         hosts: HostPoolView | None,
-        prewarm: int,
+        pipelines: Sequence[PipelineState],
         result: ReconcileResult,
     ) -> None:
         if group is None:
@@ -190,7 +191,7 @@ class Reconciler:
         demand = Demand(
             pending=sum(1 for j in jobs if j.status == "pending") + rescued,
             running=sum(1 for j in jobs if j.status in HOLDS_SLOT),
-            prewarm=prewarm,
+            prewarm=_prewarm(pool, pipelines, jobs, now),
         )
         result.pending, result.running = demand.pending, demand.running
         for machine in machines:
@@ -379,6 +380,17 @@ class Reconciler:
             "machine drained and terminated",
             extra={"instance_id": record.instance_id, "reason": reason, "drain_s": round(window, 3)},
         )
+
+
+def _prewarm(pool: Pool, pipelines: Sequence[PipelineState], jobs: Sequence[JobRecord], now: datetime) -> int:
+    """The pool's prewarm slots. A stored pipeline is only as fresh as its last Pipeline Hook, and GitLab
+    sends none when a later stage starts: jobs this pool already knows as pending or running are counted
+    by their own status, never a second time as jobs to come."""
+    if not pool.prewarm or not pipelines:
+        return 0
+    known = {j.job_id: j.status for j in jobs}
+    fresh = [with_statuses(p, known) for p in pipelines]
+    return forecast(fresh, [pool], now).get(pool.name, 0)
 
 
 def _runner_scope(config: Config) -> dict[str, Any]:

@@ -4,6 +4,7 @@ tick asks the (moto) Auto Scaling group for machines one boot time before the ne
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -103,46 +104,96 @@ def _pipeline_running_compile(stack: Stack, project: int, pipeline: int, jobs: l
     return pipeline_hook_payload(pipeline, "running", project_id=project, builds=builds, now=now)
 
 
+@dataclass
+class Warmed:
+    """A pipeline whose test stage got two warm machines: what the tests go on from."""
+
+    project: int
+    pipeline: int
+    jobs: list[int]
+    started: datetime
+    before: int  # the linux group's desired capacity before the window opened
+
+
+def _warm_the_test_stage(stack: Stack, fake: FakeGitLab, client: Client) -> Warmed:
+    project = fake.create_project("group/app")
+    # GIVEN compile jobs of this project and ref that took 600 s, learned from their success hooks
+    _learn_compile_durations(stack, fake, client, project)
+    host = stack.runtime.gitlab_host
+    for key in duration_keys(host, project, "main", "build", "compile", "linux"):
+        assert _estimate_count(stack, key) == 3
+    # AND a new pipeline whose compile job starts now; its two test jobs wait for the build stage
+    pipeline, jobs = _build_then_test(fake, project)
+    started: datetime = stack.runtime.now()
+    hook = _pipeline_running_compile(stack, project, pipeline, jobs)
+    assert post(client, hook, event="Pipeline Hook").status_code == 202
+    body = _job_hook(stack, project, pipeline, jobs[0], "running", started_at=started, runner_id=5)
+    assert post(client, body).status_code == 202
+
+    # WHEN the tick runs while the build's predicted end is still more than a boot time away
+    stack.clock[0] = started + timedelta(seconds=ESTIMATE_S - LINUX_LEAD_S - 30)
+    before = _tick(client)["pools"]["linux"]["desired"]
+    # THEN nothing is warmed yet
+    assert stack.desired("test-linux") == before
+
+    # WHEN the predicted end comes within the linux boot time
+    stack.clock[0] = started + timedelta(seconds=ESTIMATE_S - LINUX_LEAD_S + 30)
+    _tick(client)
+    # THEN two machines (one per test job to come) are booting before the stage starts
+    assert stack.desired("test-linux") == before + 2
+    return Warmed(project, pipeline, jobs, started, before)
+
+
 def test_machines_boot_a_lead_before_the_next_stage(prewarm_stack: Stack, fake_gitlab: FakeGitLab) -> None:
     stack = prewarm_stack
-    project = fake_gitlab.create_project("group/app")
     with Client(app) as client:
-        # GIVEN compile jobs of this project and ref that took 600 s, learned from their success hooks
-        _learn_compile_durations(stack, fake_gitlab, client, project)
-        host = stack.runtime.gitlab_host
-        for key in duration_keys(host, project, "main", "build", "compile", "linux"):
-            assert _estimate_count(stack, key) == 3
-        # AND a new pipeline whose compile job starts now; its two test jobs wait for the build stage
-        pipeline, jobs = _build_then_test(fake_gitlab, project)
-        started: datetime = stack.runtime.now()
-        hook = _pipeline_running_compile(stack, project, pipeline, jobs)
-        assert post(client, hook, event="Pipeline Hook").status_code == 202
-        body = _job_hook(stack, project, pipeline, jobs[0], "running", started_at=started, runner_id=5)
-        assert post(client, body).status_code == 202
-
-        # WHEN the tick runs while the build's predicted end is still more than a boot time away
-        stack.clock[0] = started + timedelta(seconds=ESTIMATE_S - LINUX_LEAD_S - 30)
-        before = _tick(client)["pools"]["linux"]["desired"]
-        # THEN nothing is warmed yet
-        assert stack.desired("test-linux") == before
-
-        # WHEN the predicted end comes within the linux boot time
-        stack.clock[0] = started + timedelta(seconds=ESTIMATE_S - LINUX_LEAD_S + 30)
-        _tick(client)
-        # THEN two machines (one per test job to come) are booting before the stage starts
-        assert stack.desired("test-linux") == before + 2
-
+        warmed = _warm_the_test_stage(stack, fake_gitlab, client)
         # WHEN the pipeline is cancelled
         cancelled = pipeline_hook_payload(
-            pipeline,
+            warmed.pipeline,
             "canceled",
-            project_id=project,
-            builds=[BuildSample(jobs[0], "canceled", "build", "compile", created_at=started)],
+            project_id=warmed.project,
+            builds=[BuildSample(warmed.jobs[0], "canceled", "build", "compile", created_at=warmed.started)],
             now=stack.runtime.now(),
         )
         assert post(client, cancelled, event="Pipeline Hook").status_code == 202
         # THEN its forecast is gone from the table: the warm machines fall to the usual idle_time rule
-        assert stack.runtime.pipelines.active(host, stack.runtime.now()) == []
+        assert stack.runtime.pipelines.active(stack.runtime.gitlab_host, stack.runtime.now()) == []
+
+
+def test_jobs_that_went_pending_are_not_warmed_a_second_time(
+    prewarm_stack: Stack, fake_gitlab: FakeGitLab
+) -> None:
+    stack = prewarm_stack
+    with Client(app) as client:
+        warmed = _warm_the_test_stage(stack, fake_gitlab, client)
+        # WHEN the build succeeds and the two test jobs go pending: Job Hooks only, since GitLab sends no
+        # Pipeline Hook while the pipeline stays running (the stored pipeline still says "to come")
+        stack.clock[0] += timedelta(seconds=60)
+        body = _job_hook(
+            stack,
+            warmed.project,
+            warmed.pipeline,
+            warmed.jobs[0],
+            "success",
+            started_at=warmed.started,
+            runner_id=5,
+        )
+        assert post(client, body).status_code == 202
+        for job_id, name in zip(warmed.jobs[1:], ("unit 1/2", "unit 2/2"), strict=True):
+            pending = job_hook_payload(
+                job_id,
+                "pending",
+                project_id=warmed.project,
+                pipeline_id=warmed.pipeline,
+                stage="test",
+                name=name,
+                now=stack.runtime.now(),
+            )
+            assert post(client, pending).status_code == 202
+        _tick(client)
+    # THEN the two warm machines are theirs: the group asks for no second pair
+    assert stack.desired("test-linux") == warmed.before + 2
 
 
 def test_prewarm_off_keeps_the_hot_path_lean(gitlab_stack: Stack, fake_gitlab: FakeGitLab) -> None:
