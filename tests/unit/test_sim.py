@@ -4,7 +4,6 @@ invariant of our reconciler under busy lag (with the switch that proves the inva
 from __future__ import annotations
 
 import json
-import random
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from chalicelib.config import Config, config_from_dict
 from chalicelib.store import JobRecord, MemoryStore
 from sim.baselines import Oracle, StaticFleet, WebhookScaler
 from sim.bench import assess, best_baseline
+from sim.bursty import LAGGY, bursty, reuse_config
 from sim.model import SimOptions
 from sim.ours import IndexedMemoryStore, Ours
 from sim.plot import pareto_front
@@ -149,33 +149,12 @@ class TestAccounting:
         assert host.billed_seconds(end) == 24 * 3600.0
 
 
-def bursty(seed: int) -> list[TraceJob]:
-    """Clumps of small two-stage pipelines separated by lulls longer than idle_time: idle machines get jobs
-    right when the scaler considers removing them."""
-    rng = random.Random(seed)
-    trace: list[TraceJob] = []
-    clock, pipeline = 0.0, 0
-    for _ in range(6):
-        for _ in range(rng.randint(2, 5)):
-            pipeline += 1
-            created = round(clock + rng.uniform(0, 20), 1)
-            trace.append(job(pipeline, created, 0, round(rng.uniform(20, 90), 1)))
-            for n in range(rng.randint(1, 3)):
-                trace.append(job(pipeline, created, 1, round(rng.uniform(10, 60), 1), name=f"test {n}"))
-        clock += rng.uniform(90, 240)
-    return trace
-
-
-LAGGY = SimOptions(busy_lag_mean_s=25.0, busy_lag_max_s=60.0, webhook_loss=0.05, tail_s=300.0)
-REUSE = {"max_use_count": 0, "max_instances": 10, "policy": [{"idle_count": 0, "idle_time": "1m"}]}
-
-
 class TestNeverKillBusy:
     @settings(max_examples=50, deadline=None, derandomize=True)
     @given(seed=st.integers(min_value=0, max_value=10**6))
     def test_our_reconciler_never_terminates_a_machine_running_a_job(self, seed: int) -> None:
         # GIVEN reused machines removed after 1 min idle, hooks that lag assignment by up to 60 s, 5 % lost
-        world = World(make_config(REUSE), bursty(seed), seed=seed, options=LAGGY)
+        world = World(reuse_config(), bursty(seed), seed=seed, options=LAGGY)
         # WHEN our reconciler scales it
         result = world.run(Ours())
         # THEN no machine ever died with a job on it, and every job ran
@@ -187,7 +166,7 @@ class TestNeverKillBusy:
     def test_a_machine_whose_launch_event_was_lost_is_not_killed_either(self, seed: int) -> None:
         # GIVEN half the launch lifecycle events lost: the reconciler adopts machines without their runner
         options = SimOptions(**{**LAGGY.__dict__, "lifecycle_loss": 0.5})
-        result = World(make_config(REUSE), bursty(seed), seed=seed, options=options).run(Ours())
+        result = World(reuse_config(), bursty(seed), seed=seed, options=options).run(Ours())
         # THEN the drain finds the runner in GitLab and re-checks it all the same
         assert result.metrics["busy_killed"] == 0
 
@@ -195,9 +174,7 @@ class TestNeverKillBusy:
         # GIVEN the same worlds, with the test-only switch that skips the drain's re-check
         unsafe = SimOptions(**{**LAGGY.__dict__, "drain_recheck": False})
         killed = [
-            World(make_config(REUSE), bursty(seed), seed=seed, options=unsafe)
-            .run(Ours())
-            .metrics["busy_killed"]
+            World(reuse_config(), bursty(seed), seed=seed, options=unsafe).run(Ours()).metrics["busy_killed"]
             for seed in range(30)
         ]
         # THEN the invariant test above would fail: machines are killed under jobs
@@ -205,7 +182,7 @@ class TestNeverKillBusy:
 
     def test_the_webhook_scaler_kills_runners_whose_busy_flag_lags(self) -> None:
         killed = [
-            World(make_config(REUSE), bursty(seed), seed=seed, options=LAGGY)
+            World(reuse_config(), bursty(seed), seed=seed, options=LAGGY)
             .run(WebhookScaler())
             .metrics["busy_killed"]
             for seed in range(30)
@@ -268,7 +245,7 @@ class TestIndexedStore:
 
 class TestDeterminism:
     def test_the_same_seed_gives_the_same_json(self) -> None:
-        trace, config = bursty(7), make_config(REUSE)
+        trace, config = bursty(7), reuse_config()
         first = json.dumps(metrics_json(simulate(trace, config, list(POLICIES), seed=11, options=LAGGY)))
         again = json.dumps(metrics_json(simulate(trace, config, list(POLICIES), seed=11, options=LAGGY)))
         other = json.dumps(metrics_json(simulate(trace, config, ["ours"], seed=12, options=LAGGY)))
@@ -276,7 +253,7 @@ class TestDeterminism:
         assert json.loads(other)["ours"] != json.loads(first)["ours"]
 
     def test_metrics_have_exactly_the_documented_keys(self) -> None:
-        results = simulate(bursty(1), make_config(REUSE), ["ours", "oracle"], seed=0, options=LAGGY)
+        results = simulate(bursty(1), reuse_config(), ["ours", "oracle"], seed=0, options=LAGGY)
         assert all(tuple(r.metrics) == METRIC_KEYS for r in results.values())
 
 
