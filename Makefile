@@ -27,6 +27,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m sim.bench
 	$(BIN)/python -m sim.bench_prewarm
+	$(BIN)/python -m sim.bench_never_kill
 	$(BIN)/python -m sim.bench_webhooks
 	$(BIN)/python -m sim.bench_reconcile
 
