@@ -7,7 +7,7 @@ translated). Holds no policy: the reconciler decides, this module does exactly w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -39,7 +39,6 @@ class Instance:
     healthy: bool = True
     instance_type: str = ""
     availability_zone: str = ""
-    launched_at: datetime | None = None
 
     @property
     def live(self) -> bool:
@@ -71,7 +70,18 @@ class Fleet(Protocol):
     """What the reconciler needs from the machines' provider (ASG here, simulated in sim/)."""
 
     def read_groups(self, asgs: Sequence[str]) -> dict[str, GroupView]:
-        """Every named group in as few calls as the API allows (calls grow with pools, not machines)."""
+        """Every named group in as few calls as the API allows (calls grow with pools, not machines).
+
+        Without launch times: a machine record carries its own, so only `launch_times` asks for them.
+        """
+        ...
+
+    def launch_times(self, instance_ids: Sequence[str]) -> dict[str, datetime]:
+        """When each instance launched; one that no longer exists is left out.
+
+        Asked only for instances the scaler has no record of (a lost launch event), so a steady fleet
+        makes no such call.
+        """
         ...
 
     def set_desired_capacity(self, asg: str, desired: int) -> None: ...
@@ -118,19 +128,14 @@ class AsgFleet:
             for group in groups:
                 view = _group_view(group)
                 views[view.asg] = view
-        launch_times = self._launch_times([i.instance_id for v in views.values() for i in v.instances])
-        return {
-            name: replace(
-                v, instances=tuple(_with_launch(i, launch_times.get(i.instance_id)) for i in v.instances)
-            )
-            for name, v in views.items()
-        }
+        return views
 
-    def _launch_times(self, instance_ids: list[str]) -> dict[str, datetime]:
+    def launch_times(self, instance_ids: Sequence[str]) -> dict[str, datetime]:
         """LaunchTime per instance: DescribeAutoScalingGroups does not carry it, DescribeInstances does."""
+        ids = list(dict.fromkeys(instance_ids))
         times: dict[str, datetime] = {}
-        for start in range(0, len(instance_ids), _IDS_PER_DESCRIBE):
-            chunk = instance_ids[start : start + _IDS_PER_DESCRIBE]
+        for start in range(0, len(ids), _IDS_PER_DESCRIBE):
+            chunk = ids[start : start + _IDS_PER_DESCRIBE]
             try:
                 reservations = self._aws.paginate(
                     "ec2", "describe_instances", "Reservations", InstanceIds=chunk
@@ -273,7 +278,3 @@ def _template_spec(template: object) -> dict[str, str] | None:
     if template.get("LaunchTemplateName"):
         return {"LaunchTemplateName": str(template["LaunchTemplateName"]), "Version": version}
     return None
-
-
-def _with_launch(instance: Instance, launched: datetime | None) -> Instance:
-    return instance if launched is None else replace(instance, launched_at=launched)

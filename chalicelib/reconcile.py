@@ -308,14 +308,21 @@ class Reconciler:
     def _adopt(
         self, pool: Pool, live: Sequence[Instance], records: dict[str, MachineRecord], now: datetime
     ) -> None:
-        """Give every live instance a record (its launch event may be late or lost) to credit jobs to."""
-        for instance in live:
-            if instance.instance_id not in records:
-                record = MachineRecord(
-                    instance_id=instance.instance_id, pool=pool.name, launched_at=instance.launched_at or now
-                )
-                self._store.put_machine(record)
-                records[instance.instance_id] = record
+        """Give every live instance a record (its launch event may be late or lost) to credit jobs to.
+
+        Only these instances' launch times are asked for: a record carries its own, so a pool whose
+        machines all have one costs no EC2 call, however many machines it has.
+        """
+        unknown = [i.instance_id for i in live if i.instance_id not in records]
+        if not unknown:
+            return
+        launched = self._fleet.launch_times(unknown)
+        for instance_id in unknown:
+            record = MachineRecord(
+                instance_id=instance_id, pool=pool.name, launched_at=launched.get(instance_id, now)
+            )
+            self._store.put_machine(record)
+            records[instance_id] = record
 
     def _machines(
         self, live: Sequence[Instance], records: dict[str, MachineRecord], now: datetime
@@ -414,7 +421,7 @@ def _machine(instance: Instance, record: MachineRecord) -> Machine:
     return Machine(
         instance_id=record.instance_id,
         state=state,
-        launched_at=instance.launched_at or record.launched_at,
+        launched_at=record.launched_at,
         jobs_started=record.jobs_started,
         running_jobs=len(record.running),
         ready_at=record.ready_at,

@@ -120,8 +120,7 @@ def _sweep_silent_machines(
                 continue
             if record.runner_id is not None and instance.instance_id not in mute:
                 continue
-            started = instance.launched_at or record.launched_at
-            if not instance.in_service or now - started <= pool.boot_timeout:
+            if not instance.in_service or now - record.launched_at <= pool.boot_timeout:
                 continue
             key = f"silent-machine#{instance.instance_id}"
             if now - store.suspect(key, now) < config.scaler.orphan_confirm_after:

@@ -149,7 +149,6 @@ class SimAsg:
     def read_groups(self, asgs: Sequence[str]) -> dict[str, GroupView]:
         names = list(dict.fromkeys(asgs))
         self._calls["autoscaling"] += math.ceil(len(names) / 50)  # DescribeAutoScalingGroups
-        self._calls["ec2"] += 1  # DescribeInstances, for launch times
         fleet = self._world.fleet
         views: dict[str, GroupView] = {}
         for asg in names:
@@ -161,12 +160,17 @@ class SimAsg:
             views[asg] = GroupView(asg, group.desired, 0, group.pool.max_instances, instances)
         return views
 
+    def launch_times(self, instance_ids: Sequence[str]) -> dict[str, datetime]:
+        ids = list(dict.fromkeys(instance_ids))
+        self._calls["ec2"] += math.ceil(len(ids) / 500)  # DescribeInstances
+        machines = self._world.fleet.machines
+        return {i: self._world.dt(machines[i].launched_at) for i in ids if i in machines}
+
     def _instance(self, machine: SimMachine) -> Instance:
         return Instance(
             instance_id=machine.instance_id,
             lifecycle_state="InService" if machine.ready else "Pending",
             protected=machine.protected,
-            launched_at=self._world.dt(machine.launched_at),
         )
 
     def set_desired_capacity(self, asg: str, desired: int) -> None:

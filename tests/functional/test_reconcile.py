@@ -7,7 +7,7 @@ import random
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -158,6 +158,26 @@ def test_busy_machine_is_never_terminated_even_when_capacity_must_fall(world: Wo
     assert result.terminated == [] and world.instance_ids() == machines
 
 
+def test_only_instances_without_a_record_cost_a_launch_time_read(world: World) -> None:
+    # GIVEN a machine launched for a pending job, whose launch event never reached the scaler
+    world.job(1, "pending")
+    world.reconciler().reconcile_pool(world.config.pools[0], T0)
+    (machine,) = world.instance_ids()
+    world.aws.calls.clear()
+    # WHEN the next reconcile adopts it, and a third one runs
+    world.reconciler().reconcile_pool(world.config.pools[0], T0 + timedelta(minutes=1))
+    adopting = world.aws.calls["ec2.DescribeInstances"]
+    world.aws.calls.clear()
+    world.reconciler().reconcile_pool(world.config.pools[0], T0 + timedelta(minutes=2))
+    known = world.aws.calls["ec2.DescribeInstances"]
+    # THEN the adoption asked EC2 for that one launch time, and the record keeps it: the pool, now
+    # fully known, reads no launch time at all
+    reservations = world.aws.call("ec2", "describe_instances", InstanceIds=[machine])["Reservations"]
+    record = world.store.get_machine(machine)
+    assert record is not None and record.launched_at == reservations[0]["Instances"][0]["LaunchTime"]
+    assert (adopting, known) == (1, 0)
+
+
 def test_job_landing_during_the_drain_cancels_the_removal(aws: AwsClients) -> None:
     world = World(aws, make_config(max_use_count=0))
     world.job(1, "pending")
@@ -192,6 +212,9 @@ class GatedFleet:
 
     def read_groups(self, asgs: Sequence[str]) -> dict[str, GroupView]:
         return self._fleet.read_groups(asgs)
+
+    def launch_times(self, instance_ids: Sequence[str]) -> dict[str, datetime]:
+        return self._fleet.launch_times(instance_ids)
 
     def set_desired_capacity(self, asg: str, desired: int) -> None:
         with self._lock:
