@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 
 from chalicelib.forecast import bucket_upper
 from sim.bench_prewarm import compare
+from sim.bursty import LAGGY, bursty, reuse_config
 from sim.gitlab import composite_status
 from sim.model import PipelineHookEvent
 from sim.ours import Ours, OursPrewarm
 from sim.traces import TraceJob
 from sim.world import World, job_wait
-from tests.unit.test_sim import EXACT, LAGGY, REUSE, bursty, job, make_config
+from tests.unit.test_sim import EXACT, job, make_config
 
 #: A build that runs just under a histogram bucket's upper edge (s): its learned P80 is its true duration.
 BUILD_S = math.floor(bucket_upper(33) * 10) / 10
@@ -105,8 +106,8 @@ class TestPrewarmOnOff:
 
     def test_the_same_seed_gives_the_same_prewarm_run(self) -> None:
         trace = bursty(7)
-        first = World(make_config(REUSE), trace, seed=7, options=LAGGY).run(OursPrewarm())
-        again = World(make_config(REUSE), trace, seed=7, options=LAGGY).run(OursPrewarm())
+        first = World(reuse_config(), trace, seed=7, options=LAGGY).run(OursPrewarm())
+        again = World(reuse_config(), trace, seed=7, options=LAGGY).run(OursPrewarm())
         assert first.metrics == again.metrics
 
 
@@ -115,7 +116,7 @@ class TestNeverKillBusyWithPrewarm:
     @given(seed=st.integers(min_value=0, max_value=10**6))
     def test_prewarmed_machines_never_cost_a_running_job(self, seed: int) -> None:
         # GIVEN reused machines removed after 1 min idle, lagging and lost hooks, prewarm at low confidence
-        world = World(make_config(REUSE), bursty(seed), seed=seed, options=LAGGY)
+        world = World(reuse_config(), bursty(seed), seed=seed, options=LAGGY)
         # WHEN ours with prewarm on scales it
         result = world.run(OursPrewarm(confidence=0.5, max_machines=4))
         # THEN no machine died with a job on it, and every job ran
