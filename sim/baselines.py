@@ -373,6 +373,63 @@ class StaticFleet(_Counted):
         self._world.fleet.terminate(machine.instance_id, decrement=False)
 
 
+# -- naive dedicated hosts -----------------------------------------------------------------------------
+
+
+class NaiveHosts(_Counted):
+    """The naive dedicated-host scaler issue #8 measures against: one machine per pending job and one new
+    host allocated for each machine, every host released as soon as EC2 allows it (empty, scrubbed, past
+    its minimum allocation: 24 h for Mac).
+
+    Every check (3 s, as a runner manager) it launches a machine for each pending job that no idle or coming
+    machine will take, within max_instances (the group's size), and allocates a host with it; hosts are not
+    bounded by max_hosts. A machine is terminated when its job ends. The world places a machine on any
+    usable host, so a new host may stay empty while a scrubbed one takes the machine: it is paid all the
+    same. API calls: 2 per machine (AllocateHosts, SetDesiredCapacity), 1 per termination, 1 per release.
+    """
+
+    name = "naive-hosts"
+    check_interval_s = 3.0
+    release_every_s = 60.0
+
+    def start(self, world: World) -> None:
+        self._world = world
+        world.gitlab.done_listeners.append(self._job_done)
+        for pool in world.config.pools:
+            if pool.hosts is not None:
+                world.hosts.planners[pool.name] = NoHostPlanner()
+        world.loop.every(self.check_interval_s, self._check, start=0.0, keep_going=world.keep_going)
+        world.loop.every(self.release_every_s, self._release, start=0.0, keep_going=world.keep_going)
+
+    def _check(self) -> None:
+        world = self._world
+        for pool in world.config.pools:
+            machines = world.fleet.live(pool.name)
+            coming = sum(1 for m in machines if not m.ready) + world.fleet.unplaced(pool.name)
+            idle = sum(1 for m in machines if m.idle and m.accepting)
+            room = pool.max_instances - len(machines) - world.fleet.unplaced(pool.name)
+            launch = max(0, min(_pending_for(world, pool) - coming - idle, room))
+            if not launch:
+                continue
+            if pool.hosts is not None:
+                self.calls["ec2"] += launch
+                world.hosts.allocate(pool, launch)
+            self.calls["autoscaling"] += launch
+            world.fleet.launch(pool.name, launch)
+
+    def _job_done(self, job: object, machine: SimMachine) -> None:
+        if not machine.running and machine.alive:
+            self.calls["autoscaling"] += 1
+            self._world.fleet.terminate(machine.instance_id)
+
+    def _release(self) -> None:
+        hosts = self._world.hosts
+        for host in hosts.hosts:
+            if host.live and not hosts.release_refusal(host.host_id):
+                self.calls["ec2"] += 1
+                hosts.release(host.host_id)
+
+
 # -- oracle --------------------------------------------------------------------------------------------
 
 

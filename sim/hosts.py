@@ -31,6 +31,8 @@ class SimHost:
     released_at: float | None = None
     idle_since: float | None = None
     zone: str = ""
+    occupied: list[tuple[float, float]] = field(default_factory=list)
+    occupied_since: float | None = None
 
     @property
     def live(self) -> bool:
@@ -49,6 +51,30 @@ class SimHost:
     def billed_seconds(self, end: float) -> float:
         held = (self.released_at if self.released_at is not None else end) - self.allocated_at
         return max(held, self.cfg.min_allocation.total_seconds())
+
+    def paid_idle_seconds(self, end: float) -> float:
+        """Billed seconds with no instance on the host: allocating, scrubbing, empty, and the rest of the
+        minimum allocation after its last use. Uses count within the host's life (until `end` if live)."""
+        stop = self.released_at if self.released_at is not None else end
+        spans = (
+            [*self.occupied, (self.occupied_since, stop)]
+            if self.occupied_since is not None
+            else self.occupied
+        )
+        used = sum(max(0.0, min(until, stop) - since) for since, until in spans)
+        return self.billed_seconds(end) - used
+
+    def occupy(self, instance_id: str, now: float) -> None:
+        if not self.instances:
+            self.occupied_since = now
+        self.instances.add(instance_id)
+        self.idle_since = None
+
+    def vacate(self, instance_id: str, now: float) -> None:
+        self.instances.discard(instance_id)
+        if not self.instances and self.occupied_since is not None:
+            self.occupied.append((self.occupied_since, now))
+            self.occupied_since = None
 
 
 @dataclass(frozen=True)
@@ -155,8 +181,7 @@ class SimHosts:
         if not usable:
             return None
         host = max(usable, key=lambda h: (len(h.instances), -h.allocated_at))
-        host.instances.add(instance_id)
-        host.idle_since = None
+        host.occupy(instance_id, now)
         self._by_instance[instance_id] = host
         return host.host_id
 
@@ -165,8 +190,8 @@ class SimHosts:
         host = self._by_instance.pop(instance_id, None)
         if host is None:
             return
-        host.instances.discard(instance_id)
         now = self._loop.now
+        host.vacate(instance_id, now)
         scrub = host.cfg.scrub_time.total_seconds()
         if scrub > 0:
             host.scrubbing_until = now + scrub

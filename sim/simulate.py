@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from chalicelib.config import Config
-from sim.baselines import DockerMachine, Oracle, StaticFleet, Taskscaler, WebhookScaler
+from sim.baselines import DockerMachine, NaiveHosts, Oracle, StaticFleet, Taskscaler, WebhookScaler
 from sim.model import SimOptions
 from sim.ours import Ours, OursPrewarm
 from sim.traces import TraceJob
@@ -29,20 +29,24 @@ POLICIES: dict[str, Callable[[], ScalingPolicy]] = {
 #: Variants of ours with a setting the shipped config leaves off (prewarm); run by name, never part of "all".
 EXPERIMENTS: dict[str, Callable[[], ScalingPolicy]] = {"ours-prewarm": OursPrewarm}
 
+#: Baselines that only mean something for pools on dedicated hosts; run by name, never part of "all".
+HOST_BASELINES: dict[str, Callable[[], ScalingPolicy]] = {"naive-hosts": NaiveHosts}
+
+#: Every name `simulate` runs.
+ALL_POLICIES: dict[str, Callable[[], ScalingPolicy]] = {**POLICIES, **EXPERIMENTS, **HOST_BASELINES}
+
 PolicyProgress = Callable[[str, float], None]
 
 
 def policy_names(spec: str) -> list[str]:
-    """`all`, or comma-separated names from POLICIES or EXPERIMENTS; a ValueError names the unknown ones."""
+    """`all`, or comma-separated names from ALL_POLICIES; a ValueError names the unknown ones."""
     if spec.strip() == "all":
         return list(POLICIES)
     names = [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in POLICIES and n not in EXPERIMENTS]
+    unknown = [n for n in names if n not in ALL_POLICIES]
     if unknown or not names:
         given = ", ".join(unknown) or "(none given)"
-        raise ValueError(
-            f"unknown policies: {given}; choose from all, {', '.join([*POLICIES, *EXPERIMENTS])}"
-        )
+        raise ValueError(f"unknown policies: {given}; choose from all, {', '.join(ALL_POLICIES)}")
     return names
 
 
@@ -60,7 +64,7 @@ def simulate(
     for name in policies:
         world = World(config, trace, seed=seed, options=options or SimOptions())
         report = None if progress is None else _bind(progress, name)
-        results[name] = world.run({**POLICIES, **EXPERIMENTS}[name](), report)
+        results[name] = world.run(ALL_POLICIES[name](), report)
         if progress is not None:
             progress(name, 1.0)
     return results

@@ -31,6 +31,7 @@ METRIC_KEYS = (
     "machine_hours",
     "cost_usd",
     "idle_fraction",
+    "paid_idle_host_hours",
     "max_machines",
     "busy_killed",
     "api_calls",
@@ -177,7 +178,8 @@ class World:
         return RunResult(policy.name, self.metrics(end, policy.api_calls()), list(self.ledger.timeline), end)
 
     def metrics(self, end: float, api_calls: int) -> dict[str, float | int]:
-        """The run's figures; machines and hosts still alive are charged until `end`."""
+        """The run's figures; machines and hosts still alive are charged until `end`. A dedicated host is
+        paid-idle while billed with no instance on it (`SimHost.paid_idle_seconds`)."""
         waits = sorted(job_wait(job, end) for job in self.jobs)
         machine_s, busy_s, instance_cost = 0.0, 0.0, 0.0
         for machine in self.ledger.machines:
@@ -192,6 +194,7 @@ class World:
             h.billed_seconds(end) / 3600 * host_price(self.config, self.pool(h.pool))
             for h in self.hosts.hosts
         )
+        paid_idle_host_s = sum(h.paid_idle_seconds(end) for h in self.hosts.hosts)
         values: dict[str, float | int] = {
             "jobs": len(self.jobs),
             "wait_p50_s": round(percentile(waits, 50), 1),
@@ -201,6 +204,7 @@ class World:
             "machine_hours": round(machine_s / 3600, 2),
             "cost_usd": round(instance_cost + host_cost, 2),
             "idle_fraction": round(1 - busy_s / machine_s, 3) if machine_s else 0.0,
+            "paid_idle_host_hours": round(paid_idle_host_s / 3600, 2),
             "max_machines": self.ledger.max_alive,
             "busy_killed": self.ledger.busy_killed,
             "api_calls": api_calls,
