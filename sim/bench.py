@@ -1,6 +1,7 @@
 """`python -m sim.bench` (`make bench`): the standard scenarios, every policy, results and charts in `bench/`.
 
-Prints ours as ratios to the best baseline and the oracle, and whether the goal of issue #11 is met.
+Prints ours as ratios to the best baseline and the oracle, and whether the goal of issue #11 is met; in
+scenarios with dedicated hosts, ours' paid-idle host hours as a ratio to the naive host baseline's (#8).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chalicelib.config import load_config_file
-from sim.simulate import EXPERIMENTS, POLICIES, simulate, write_json
+from sim.simulate import EXPERIMENTS, HOST_BASELINES, POLICIES, simulate, write_json
 from sim.traces import TRACES_DIR, read_trace
 from sim.world import RunResult
 
@@ -43,6 +44,11 @@ class Scenario:
     @property
     def config_path(self) -> Path:
         return SCENARIOS_DIR / f"{self.config}.toml"
+
+    @property
+    def on_hosts(self) -> bool:
+        """A pool of the scenario runs on dedicated hosts: the host baselines run too."""
+        return any(p.hosts is not None for p in load_config_file(self.config_path).pools)
 
 
 SCENARIOS = (
@@ -95,6 +101,14 @@ def _ratio(mine: float | int, other: float | int) -> float | None:
     return round(float(mine) / float(other), 3) if other else None
 
 
+def paid_idle_vs_naive(policies: Mapping[str, Metrics], ours: str = "ours") -> dict[str, object]:
+    """Paid-idle host hours of ours and of the naive host baseline (a host per machine, released as soon
+    as EC2 allows), and ours as a ratio to naive."""
+    mine = policies[ours]["paid_idle_host_hours"]
+    naive = policies["naive-hosts"]["paid_idle_host_hours"]
+    return {"baseline": "naive-hosts", ours: mine, "naive-hosts": naive, "ratio": _ratio(mine, naive)}
+
+
 def _run_one(scenario: Scenario, policy: str, seed: int) -> tuple[str, str, RunResult]:
     config = load_config_file(scenario.config_path)
     trace = read_trace(scenario.trace_path)
@@ -104,8 +118,10 @@ def _run_one(scenario: Scenario, policy: str, seed: int) -> tuple[str, str, RunR
 def run_bench(
     scenarios: Sequence[Scenario], policies: Sequence[str], seed: int, workers: int
 ) -> dict[str, dict[str, RunResult]]:
-    """Every (scenario, policy) run, spread over `workers` processes; deterministic whatever the order."""
-    tasks = [(s, p) for s in scenarios for p in policies]
+    """Every (scenario, policy) run, spread over `workers` processes; deterministic whatever the order.
+    Scenarios on dedicated hosts also run the host baselines."""
+    runs = {s.name: [*policies, *(HOST_BASELINES if s.on_hosts else ())] for s in scenarios}
+    tasks = [(s, p) for s in scenarios for p in runs[s.name]]
     results: dict[str, dict[str, RunResult]] = {s.name: {} for s in scenarios}
     if workers <= 1:
         for scenario, policy in tasks:
@@ -117,7 +133,7 @@ def run_bench(
         for future in futures:
             name, pol, result = future.result()
             results[name][pol] = result
-    return {s.name: {p: results[s.name][p] for p in policies} for s in scenarios}
+    return {s.name: {p: results[s.name][p] for p in runs[s.name]} for s in scenarios}
 
 
 def report(
@@ -130,14 +146,22 @@ def report(
     lines = [f"== {scenario.name} ({scenario.trace_path.name}, {scenario.config_path.name})"]
     lines.append(
         f"{'policy':<16}{'p50 s':>9}{'p95 s':>9}{'p99 s':>9}{'cost $':>10}{'mach h':>9}{'killed':>7}"
+        f"{'idle host h':>12}"
     )
     for name, run in runs.items():
         m = run.metrics
         lines.append(
             f"{name:<16}{m['wait_p50_s']:>9}{m['wait_p95_s']:>9}{m['wait_p99_s']:>9}"
             f"{m['cost_usd']:>10.2f}{m['machine_hours']:>9}{m['busy_killed']:>7}"
+            f"{m['paid_idle_host_hours']:>12}"
         )
     lines.extend(_verdict_lines("ours", verdict))
+    if "naive-hosts" in runs:
+        hosts = paid_idle_vs_naive({name: run.metrics for name, run in runs.items()})
+        lines.append(
+            f"ours paid-idle host hours {hosts['ours']} vs naive-hosts {hosts['naive-hosts']}: "
+            f"x{hosts['ratio']}"
+        )
     for name, proposal in proposals.items():
         lines.extend(_verdict_lines(f"{name} (proposal)", proposal))
     return "\n".join(lines)
@@ -184,18 +208,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics = {n: r.metrics for n, r in runs.items()}
         verdict = assess(metrics)
         proposals = {name: assess(metrics, ours=name) for name in EXPERIMENTS}
-        scenarios_doc[scenario.name] = {
+        entry: dict[str, object] = {
             "trace": str(scenario.trace_path.relative_to(BENCH_DIR.parent)),
             "config": str(scenario.config_path.relative_to(BENCH_DIR.parent)),
             "policies": metrics,
             "assessment": verdict,
             "proposals": proposals,
         }
+        if "naive-hosts" in metrics:
+            entry["paid_idle_host_hours"] = paid_idle_vs_naive(metrics)
+        scenarios_doc[scenario.name] = entry
         sys.stdout.write(report(scenario, runs, verdict, proposals) + "\n\n")
         if not args.no_plots:
             from sim.plot import plot_runs
 
-            plot_runs(runs, args.out / f"{scenario.name}.png", f"{scenario.name} (seed {args.seed})")
+            plotted = {n: r for n, r in runs.items() if n not in HOST_BASELINES}
+            plot_runs(plotted, args.out / f"{scenario.name}.png", f"{scenario.name} (seed {args.seed})")
     document["scenarios"] = scenarios_doc
     write_json(args.out / "results.json", document)
     sys.stdout.write(f"wrote {args.out / 'results.json'} in {time.monotonic() - started:.0f} s\n")

@@ -8,7 +8,7 @@ from typing import Any
 
 from chalicelib.config import Config, HostsConfig
 from sim.baselines import NaiveHosts
-from sim.bench import paid_idle_vs_naive
+from sim.bench import SCENARIOS, paid_idle_vs_naive
 from sim.hosts import SimHost
 from sim.ours import Ours
 from sim.world import World
@@ -101,3 +101,8 @@ class TestNaiveHosts:
         comparison = paid_idle_vs_naive({"ours": ours, "naive-hosts": naive})
         assert comparison["ratio"] == round(ours["paid_idle_host_hours"] / naive["paid_idle_host_hours"], 3)
         assert ours["busy_killed"] == 0
+
+
+def test_the_bench_runs_the_naive_host_baseline_only_where_pools_are_on_hosts() -> None:
+    on_hosts = {s.name for s in SCENARIOS if s.on_hosts}
+    assert on_hosts == {"macos-hosts"}
