@@ -40,11 +40,12 @@ def gitlab_webhook() -> Response:
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name="tick")
 def tick(event: Any) -> dict[str, Any]:
-    """Every minute: reconcile every pool; heals what lost, late or duplicate events left behind."""
+    """Every minute: reconcile every pool (or queue one reconcile per pool); heals what events left behind."""
     from chalicelib.triggers import run_tick
 
-    results = run_tick(runtime.current(), owner=event.context.aws_request_id)
-    return {"pools": {r.pool: {"desired": r.desired_after, "errors": r.errors} for r in results}}
+    tick = run_tick(runtime.current(), owner=event.context.aws_request_id)
+    pools = {r.pool: {"desired": r.desired_after, "errors": r.errors} for r in tick.results}
+    return {"pools": pools, "queued": tick.queued, "unqueued": tick.unqueued}
 
 
 @app.on_sqs_message(queue=NAMES.queue, batch_size=10, name="pool_dirty")

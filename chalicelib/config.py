@@ -278,6 +278,9 @@ class ScalerConfig(_Model):
     cert_key_algorithm: CertKeyAlgorithm | None = None
     orphan_confirm_after: Duration = timedelta(minutes=2)
     lease_duration: Duration = timedelta(seconds=50)
+    #: Up to this many pools the tick reconciles them itself; above, it queues one "pool dirty" message per
+    #: pool, so each reconcile runs in its own invocation and one invocation's CPU never grows with the fleet.
+    tick_inline_pools: int = Field(10, ge=0)
 
 
 class Prices(_Model):

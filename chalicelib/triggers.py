@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
@@ -16,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from chalicelib import metrics
 from chalicelib.errors import AwsCallError, RunnerScalerError
 from chalicelib.heal import heal
+from chalicelib.jobs import DirtyMarker
 from chalicelib.reconcile import ReconcileResult
 from chalicelib.runtime import Runtime
 
@@ -27,14 +31,36 @@ class DirtyPool(BaseModel):
 
     pool: str
     reason: str = ""
+    #: Jobs of the pool pending too long, as the tick's heal counted them (tick fan-out messages only).
+    long_pending: int = 0
 
 
-def run_tick(rt: Runtime, owner: str) -> list[ReconcileResult]:
-    """Repair the job store from GitLab, then reconcile every pool: heals what lost or late events left."""
+@dataclass
+class TickReport:
+    """What one tick did: the pools it reconciled itself, and those it handed to the dirty queue."""
+
+    results: list[ReconcileResult] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
+    #: Pools the queue did not take (pool -> error): the next tick asks again.
+    unqueued: dict[str, str] = field(default_factory=dict)
+
+
+def run_tick(rt: Runtime, owner: str) -> TickReport:
+    """Repair the job store from GitLab, then reconcile every pool: heals what lost or late events left.
+
+    Up to `scaler.tick_inline_pools` pools are reconciled here; above that, each pool gets one "pool
+    dirty" message and its own `pool_dirty` invocation, so the tick's CPU grows with pools only by the
+    messages it sends, never with their machines.
+    """
     calls_before = rt.aws.total_calls
+    fan_out = len(rt.config.pools) > rt.config.scaler.tick_inline_pools
+    # Fanning out, every pool gets a message anyway: heal's asks ride in it rather than in a message of
+    # their own, which would take the window's deduplication id and drop the tick's.
+    held = _HeldMarks()
     long_pending: dict[str, int] = {}
     if rt.has_gitlab():
-        report = heal(rt.config, rt.store, rt.gitlab, rt.queue, rt.now(), gitlab_host=rt.gitlab_host)
+        dirty: DirtyMarker = held if fan_out else rt.queue
+        report = heal(rt.config, rt.store, rt.gitlab, dirty, rt.now(), gitlab_host=rt.gitlab_host)
         long_pending = report.long_pending
         if report.discovered:
             metrics.emit_count("LostJobsFound", len(report.discovered))
@@ -43,16 +69,42 @@ def run_tick(rt: Runtime, owner: str) -> list[ReconcileResult]:
         _check_hooks(rt)
         _sweep(rt)
     _ensure_certs(rt)
-    results = rt.reconciler(owner).reconcile_all(rt.now())
-    metrics.emit_reconcile(rt.config, results, rt.aws.total_calls - calls_before)
-    _emit_long_pending(rt, long_pending, results)
-    for result in results:
+    if fan_out:
+        tick = _fan_out(rt, held.reasons, long_pending)
+    else:
+        tick = TickReport(results=rt.reconciler(owner).reconcile_all(rt.now()))
+    metrics.emit_reconcile(rt.config, tick.results, rt.aws.total_calls - calls_before)
+    _emit_long_pending(rt, long_pending, tick.results)
+    for result in tick.results:
         if result.errors:
             logger.warning("reconcile errors", extra={"pool": result.pool, "errors": result.errors})
-    return results
+    return tick
 
 
-def _emit_long_pending(rt: Runtime, long_pending: dict[str, int], results: list[ReconcileResult]) -> None:
+class _HeldMarks:
+    """A `DirtyMarker` that keeps heal's asks (the first reason per pool) for the tick's own messages."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, str] = {}
+
+    def mark_dirty(self, pool: str, reason: str, now: datetime) -> None:
+        self.reasons.setdefault(pool, reason)
+
+
+def _fan_out(rt: Runtime, held: Mapping[str, str], long_pending: Mapping[str, int]) -> TickReport:
+    """One "pool dirty" message per pool; a pool the queue refused counts as a reconcile error."""
+    pools = [p.name for p in rt.config.pools]
+    reasons = {name: held.get(name, "tick") for name in pools}
+    unqueued = rt.queue.mark_dirty_batch(reasons, rt.now(), long_pending)
+    for name, error in unqueued.items():
+        logger.warning("pool not queued for its reconcile", extra={"pool": name, "error": error})
+        metrics.emit({"ReconcileErrors": 1}, {"pool": name, "platform": rt.config.pool(name).platform.value})
+    return TickReport(queued=[p for p in pools if p not in unqueued], unqueued=unqueued)
+
+
+def _emit_long_pending(
+    rt: Runtime, long_pending: Mapping[str, int], results: Iterable[ReconcileResult]
+) -> None:
     """Jobs pending past `stale_job_after` in a pool that had room (below `max_instances`, or an idle
     machine): nothing explains the wait, so it is alarm-worthy. At the cap the wait is the cap's (Desired)."""
     by_pool = {r.pool: r for r in results}
@@ -125,6 +177,7 @@ def process_dirty_batch(rt: Runtime, event: dict[str, Any], owner: str) -> dict[
     fine too (the holder or the next tick sees the new state).
     """
     done: dict[str, ReconcileResult] = {}
+    long_pending: dict[str, int] = {}
     calls_before = rt.aws.total_calls
 
     def handle(record: SQSRecord) -> None:
@@ -136,6 +189,8 @@ def process_dirty_batch(rt: Runtime, event: dict[str, Any], owner: str) -> dict[
                 "dropping malformed dirty message", extra={"message_id": record.message_id, "error": str(exc)}
             )
             return
+        if message.long_pending:
+            long_pending[pool.name] = max(long_pending.get(pool.name, 0), message.long_pending)
         if pool.name in done:
             return
         result = rt.reconciler(owner).reconcile_pool(pool, rt.now())
@@ -149,4 +204,5 @@ def process_dirty_batch(rt: Runtime, event: dict[str, Any], owner: str) -> dict[
     processor.raise_on_entire_batch_failure = False
     response = process_partial_response(event=event, record_handler=handle, processor=processor)
     metrics.emit_reconcile(rt.config, done.values(), rt.aws.total_calls - calls_before)
+    _emit_long_pending(rt, long_pending, done.values())
     return dict(response)

@@ -42,6 +42,8 @@ IRREGULAR_ACTIONS = {
     ("s3", "list_objects_v2"): "s3:ListBucket",
     ("s3", "head_object"): "s3:GetObject",
     ("s3", "head_bucket"): "s3:ListBucket",
+    # SendMessage authorizes the batch too (SQS Developer Guide, "Amazon SQS batch actions").
+    ("sqs", "send_message_batch"): "sqs:SendMessage",
 }
 #: Calls that need no grant at all (the API is open to every signed caller).
 NO_PERMISSION = {("sts", "get_caller_identity"): "GetCallerIdentity needs no permission (STS API reference)"}

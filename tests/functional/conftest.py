@@ -73,7 +73,11 @@ class Stack:
 
     def queued_pools(self) -> list[str]:
         """Drain the dirty queue (as Lambda would) and return the pools it named."""
-        out = []
+        return [json.loads(body)["pool"] for body in self.queued_messages()]
+
+    def queued_messages(self) -> list[str]:
+        """Drain the dirty queue (as Lambda would) and return the bodies of its messages."""
+        out: list[str] = []
         while True:
             got = self.aws.call(
                 "sqs", "receive_message", QueueUrl=self.local.queue_url, MaxNumberOfMessages=10
@@ -82,10 +86,21 @@ class Stack:
             if not messages:
                 return out
             for m in messages:
-                out.append(json.loads(m["Body"])["pool"])
+                out.append(m["Body"])
                 self.aws.call(
                     "sqs", "delete_message", QueueUrl=self.local.queue_url, ReceiptHandle=m["ReceiptHandle"]
                 )
+
+    def fan_out(self) -> None:
+        """Redeploy (a fresh container) with `tick_inline_pools = 0`: the tick queues every reconcile."""
+        scaler = self.config.scaler.model_copy(update={"tick_inline_pools": 0})
+        config = self.config.model_copy(update={"scaler": scaler})
+        gitlab = self.runtime.gitlab if self.runtime.has_gitlab() else None
+        self.runtime = Runtime(
+            dict(self.runtime.environ), aws=self.aws, config=config, gitlab=gitlab, clock=self.runtime.clock
+        )
+        self.config = config
+        install(self.runtime)
 
 
 @pytest.fixture

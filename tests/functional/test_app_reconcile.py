@@ -62,6 +62,28 @@ def test_tick_reconciles_every_pool_and_heals(stack: Stack) -> None:
     assert (stack.desired("test-linux"), stack.desired("test-gpu")) == (1, 1)
 
 
+def test_above_tick_inline_pools_the_tick_queues_each_pool_and_pool_dirty_scales_it(stack: Stack) -> None:
+    # GIVEN pending jobs in both pools, and a deployment whose tick reconciles no pool itself
+    record(stack, 1, "pending")
+    record(stack, 2, "pending", pool="gpu")
+    record(stack, 3, "pending", pool="gpu")
+    stack.fan_out()
+    with Client(app) as client:
+        # WHEN the tick runs
+        payload = tick(client)
+        # THEN it reconciled none inline and queued one message per pool, in that pool's message group
+        assert payload == {"pools": {}, "queued": ["linux", "gpu"], "unqueued": {}}
+        assert (stack.desired("test-linux"), stack.desired("test-gpu")) == (0, 0)
+        messages = stack.queued_messages()
+        assert sorted(json.loads(m)["pool"] for m in messages) == ["gpu", "linux"]
+        # WHEN Lambda delivers each message to its own pool_dirty invocation
+        for body in messages:
+            event = client.events.generate_sqs_event(message_bodies=[body], queue_name="test-dirty.fifo")
+            assert client.lambda_.invoke("pool_dirty", event).payload == {"batchItemFailures": []}
+    # THEN each pool scaled for its own pending jobs
+    assert (stack.desired("test-linux"), stack.desired("test-gpu")) == (1, 2)
+
+
 # -- machine lifecycles through the handlers ---------------------------------------------------------
 
 

@@ -41,6 +41,24 @@ def test_job_whose_webhooks_were_all_lost_is_found_and_gets_a_machine(
     assert gitlab_stack.desired("test-linux") == 1
 
 
+def test_fanning_out_a_found_job_rides_in_its_pools_one_tick_message(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab
+) -> None:
+    # GIVEN a pending job no webhook announced, and a deployment whose tick queues every pool's reconcile
+    project = fake_gitlab.create_project("group/app")
+    gitlab_stack.runtime.store.note_projects(
+        gitlab_stack.runtime.gitlab_host, [project], gitlab_stack.runtime.now()
+    )
+    (job_id,) = fake_gitlab.create_pipeline(project, [JobSpec("build", tags=("linux",))]).job_ids
+    gitlab_stack.fan_out()
+    # WHEN the tick runs
+    with Client(app) as client:
+        tick(client)
+    # THEN each pool has one message, and the linux pool's says why heal asked for it
+    reasons = {m["pool"]: m["reason"] for m in map(json.loads, gitlab_stack.queued_messages())}
+    assert reasons == {"linux": f"job {job_id} found pending by the tick", "gpu": "tick"}
+
+
 def test_stale_running_job_is_closed_from_gitlabs_answer(
     gitlab_stack: Stack, fake_gitlab: FakeGitLab
 ) -> None:

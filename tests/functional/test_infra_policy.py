@@ -116,6 +116,7 @@ def test_the_scan_finds_the_adapters_calls() -> None:
         ("license-manager", "get_license_configuration", "license-manager:GetLicenseConfiguration"),
         ("dynamodb", "batch_write_item", "dynamodb:BatchWriteItem"),
         ("s3", "list_objects_v2", "s3:ListBucket"),
+        ("sqs", "send_message_batch", "sqs:SendMessage"),
         ("elbv2", "describe_target_groups", "elasticloadbalancing:DescribeTargetGroups"),
     ],
 )

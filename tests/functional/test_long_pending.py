@@ -57,3 +57,23 @@ def test_jobs_waiting_at_max_instances_are_not_alarm_worthy(
     # THEN the pool is at its cap, and the wait is not reported as unexplained
     assert payload["pools"]["linux"]["desired"] == 5
     assert _long_pending(capsys) == []
+
+
+def test_long_pending_jobs_are_reported_by_the_queued_reconcile_when_the_tick_fans_out(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN two long-pending jobs, and a deployment whose tick queues every pool's reconcile
+    _pending_jobs(gitlab_stack, fake_gitlab, 2)
+    gitlab_stack.advance(minutes=20)
+    gitlab_stack.fan_out()
+    capsys.readouterr()
+    with Client(app) as client:
+        tick(client)
+        # THEN the tick, which judged no pool's room, reports nothing itself...
+        assert _long_pending(capsys) == []
+        bodies = [b for b in gitlab_stack.queued_messages() if json.loads(b)["pool"] == "linux"]
+        event = client.events.generate_sqs_event(message_bodies=bodies, queue_name="test-dirty.fifo")
+        client.lambda_.invoke("pool_dirty", event)
+    # ...and the linux pool's own reconcile, which saw its room, does
+    (blob,) = _long_pending(capsys)
+    assert (blob["LongPendingJobs"], blob["pool"], blob["platform"]) == ([2.0], "linux", "linux")

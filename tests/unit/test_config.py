@@ -190,3 +190,15 @@ idle_count = 5
         local = when.astimezone(ZoneInfo("Europe/Paris"))
         expected = 5 if (local.weekday() < 5 and 8 <= local.hour <= 17) else 1
         assert self.pool().active_policy(when).idle_count == expected
+
+
+def test_tick_reconciles_up_to_ten_pools_itself_unless_told_otherwise() -> None:
+    assert parse_config(MINIMAL, "x.toml").scaler.tick_inline_pools == 10
+    text = MINIMAL.replace("[gitlab]", "[scaler]\ntick_inline_pools = 0\n\n[gitlab]")
+    assert parse_config(text, "x.toml").scaler.tick_inline_pools == 0
+
+
+def test_a_negative_inline_pool_count_is_reported() -> None:
+    text = MINIMAL.replace("[gitlab]", "[scaler]\ntick_inline_pools = -1\n\n[gitlab]")
+    with pytest.raises(ConfigError, match=r"scaler\.tick_inline_pools"):
+        parse_config(text, "x.toml")
