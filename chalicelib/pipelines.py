@@ -3,8 +3,8 @@
 `DynamoPipelines` keeps them in the scaler's one DynamoDB table (every call through `AwsClients.call`);
 `MemoryPipelines` is its in-memory twin; both satisfy `Pipelines` and pass the same contract tests. The
 use-case functions at the bottom are what the webhook and the reconciler call. Imports the standard library,
-boto3's type (de)serialisers, `chalicelib.aws`, `chalicelib.errors`, `chalicelib.resources`, the GitLab
-event models, the routing rule and `chalicelib.forecast` (where every decision lives).
+`chalicelib.dynamo` (the table plumbing it shares with `chalicelib.store`), `chalicelib.resources`, the
+GitLab event models, the routing rule and `chalicelib.forecast` (where every decision lives).
 
 Layout (same table as `chalicelib.store`, pk/sk strings, TTL attribute `expires_at`):
 - `pk = PIPELINES#<gitlab>`, `sk = <pipeline id>`: one item per active pipeline, rewritten whole by each
@@ -29,12 +29,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-
-from chalicelib.aws import AwsClients
 from chalicelib.capacity.routing import pool_for_tags
 from chalicelib.config import Pool
-from chalicelib.errors import AwsCallError
+from chalicelib.dynamo import DynamoTable
 from chalicelib.events.gitlab import PipelineHook
 from chalicelib.forecast import (
     MIN_SAMPLES,
@@ -143,44 +140,24 @@ def _epoch(value: datetime) -> int:
 # -- DynamoDB ----------------------------------------------------------------------------------------------
 
 
-class DynamoPipelines:
+class DynamoPipelines(DynamoTable):
     """Pipelines on the scaler's DynamoDB table: one put per Pipeline hook, one Query per reconcile."""
-
-    def __init__(self, aws: AwsClients, table: str) -> None:
-        self._aws = aws
-        self._table = table
-        self._ser = TypeSerializer()
-        self._de = TypeDeserializer()
 
     def record(self, state: PipelineState, now: datetime) -> bool:
         key = {TABLE_PK: f"PIPELINES#{state.gitlab}", TABLE_SK: str(state.pipeline_id)}
-        newer = {":stamp": Decimal(str(round(state.stamp, 3)))}
+        newer = self._dump({":stamp": Decimal(str(round(state.stamp, 3)))})
         condition = f"attribute_not_exists({TABLE_PK}) OR stamp <= :stamp"
-        try:
-            if state.status in PIPELINE_OVER:
-                self._aws.call(
-                    "dynamodb",
-                    "delete_item",
-                    TableName=self._table,
-                    Key=self._dump(key),
-                    ConditionExpression=condition,
-                    ExpressionAttributeValues=self._dump(newer),
-                )
-            else:
-                item = {**key, **encode_pipeline(state), TABLE_TTL_ATTRIBUTE: _epoch(now + PIPELINE_TTL)}
-                self._aws.call(
-                    "dynamodb",
-                    "put_item",
-                    TableName=self._table,
-                    Item=self._dump(item),
-                    ConditionExpression=condition,
-                    ExpressionAttributeValues=self._dump(newer),
-                )
-        except AwsCallError as exc:
-            if exc.code == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        if state.status in PIPELINE_OVER:
+            return self._conditional(
+                "delete_item",
+                Key=self._dump(key),
+                ConditionExpression=condition,
+                ExpressionAttributeValues=newer,
+            )
+        item = {**key, **encode_pipeline(state), TABLE_TTL_ATTRIBUTE: _epoch(now + PIPELINE_TTL)}
+        return self._conditional(
+            "put_item", Item=self._dump(item), ConditionExpression=condition, ExpressionAttributeValues=newer
+        )
 
     def active(self, gitlab: str, now: datetime) -> list[PipelineState]:
         items = self._aws.paginate(
@@ -202,14 +179,9 @@ class DynamoPipelines:
     def estimates(self, keys: Iterable[str]) -> dict[str, DurationEstimate]:
         out: dict[str, DurationEstimate] = {}
         for key in dict.fromkeys(keys):  # GetItem per key: the Lambda role is not granted BatchGetItem
-            got = self._aws.call(
-                "dynamodb",
-                "get_item",
-                TableName=self._table,
-                Key=self._dump({TABLE_PK: f"DURATION#{key}", TABLE_SK: "DURATION"}),
-            )
-            if got.get("Item"):
-                out[key] = self._estimate(self._load(got["Item"]))
+            item = self._get(f"DURATION#{key}", "DURATION", consistent=False)
+            if item:
+                out[key] = self._estimate(item)
         return out
 
     def observe(self, keys: Iterable[str], duration_s: float, now: datetime) -> None:
@@ -220,47 +192,24 @@ class DynamoPipelines:
 
     def _observe_once(self, key: str, duration_s: float, now: datetime) -> bool:
         ids = {TABLE_PK: f"DURATION#{key}", TABLE_SK: "DURATION"}
-        got = self._aws.call(
-            "dynamodb", "get_item", TableName=self._table, Key=self._dump(ids), ConsistentRead=True
-        )
-        item = self._load(got["Item"]) if got.get("Item") else None
+        item = self._get(ids[TABLE_PK], ids[TABLE_SK])
         version = int(item["version"]) if item else 0
         estimate = observe(self._estimate(item) if item else DurationEstimate(), duration_s)
         condition = f"attribute_not_exists({TABLE_PK})" if item is None else "version = :version"
         params: dict[str, Any] = {}
         if item is not None:
             params["ExpressionAttributeValues"] = self._dump({":version": version})
-        try:
-            self._aws.call(
-                "dynamodb",
-                "put_item",
-                TableName=self._table,
-                Item=self._dump(
-                    {
-                        **ids,
-                        "estimate": json.dumps(encode_estimate(estimate), separators=(",", ":")),
-                        "version": version + 1,
-                        TABLE_TTL_ATTRIBUTE: _epoch(now + DURATION_TTL),
-                    }
-                ),
-                ConditionExpression=condition,
-                **params,
-            )
-        except AwsCallError as exc:
-            if exc.code == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        stored = {
+            **ids,
+            "estimate": json.dumps(encode_estimate(estimate), separators=(",", ":")),
+            "version": version + 1,
+            TABLE_TTL_ATTRIBUTE: _epoch(now + DURATION_TTL),
+        }
+        return self._conditional("put_item", Item=self._dump(stored), ConditionExpression=condition, **params)
 
     @staticmethod
     def _estimate(item: Mapping[str, Any]) -> DurationEstimate:
         return decode_estimate(json.loads(str(item["estimate"])))
-
-    def _dump(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: self._ser.serialize(v) for k, v in values.items()}
-
-    def _load(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: self._de.deserialize(v) for k, v in item.items()}
 
 
 # -- in memory ---------------------------------------------------------------------------------------------

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from boto3.dynamodb.types import DYNAMODB_CONTEXT, TypeDeserializer, TypeSerializer
-
 from chalicelib.aws import AwsClients
+from chalicelib.dynamo import DynamoTable
 from chalicelib.errors import AwsCallError
 from chalicelib.events.gitlab import status_rank
 from chalicelib.resources import GSI_POOL, GSI_POOL_PK, GSI_POOL_SK, TABLE_PK, TABLE_SK, TABLE_TTL_ATTRIBUTE
@@ -203,18 +202,8 @@ def _dt(value: Any) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-# TypeDeserializer's own conversion of a DynamoDB number (38 digits, inexact values refused).
-_decimal = DYNAMODB_CONTEXT.create_decimal
-
-
-class DynamoStore:
+class DynamoStore(DynamoTable):
     """The Store on DynamoDB: one conditional write per state change, sparse GSI for per-pool reads."""
-
-    def __init__(self, aws: AwsClients, table: str) -> None:
-        self._aws = aws
-        self._table = table
-        self._ser = TypeSerializer()
-        self._de = TypeDeserializer()
 
     # -- jobs -----------------------------------------------------------------------------------------
     def record_job(self, job: JobRecord, now: datetime) -> bool:
@@ -330,25 +319,13 @@ class DynamoStore:
 
     # -- events ---------------------------------------------------------------------------------------
     def first_seen(self, key: str, now: datetime) -> bool:
-        try:
-            self._aws.call(
-                "dynamodb",
-                "put_item",
-                TableName=self._table,
-                Item=self._dump(
-                    {
-                        TABLE_PK: f"EVENT#{key}",
-                        TABLE_SK: "EVENT",
-                        TABLE_TTL_ATTRIBUTE: _epoch(now + EVENT_TTL),
-                    }
-                ),
-                ConditionExpression=f"attribute_not_exists({TABLE_PK})",
-            )
-        except AwsCallError as exc:
-            if exc.code == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        return self._conditional(
+            "put_item",
+            Item=self._dump(
+                {TABLE_PK: f"EVENT#{key}", TABLE_SK: "EVENT", TABLE_TTL_ATTRIBUTE: _epoch(now + EVENT_TTL)}
+            ),
+            ConditionExpression=f"attribute_not_exists({TABLE_PK})",
+        )
 
     def forget_event(self, key: str) -> None:
         self._aws.call(
@@ -569,77 +546,33 @@ class DynamoStore:
 
     # -- leases ---------------------------------------------------------------------------------------
     def acquire_lease(self, pool: str, owner: str, now: datetime, duration: timedelta) -> bool:
-        try:
-            self._aws.call(
-                "dynamodb",
-                "put_item",
-                TableName=self._table,
-                Item=self._dump(
-                    {
-                        TABLE_PK: f"POOL#{pool}",
-                        TABLE_SK: "LEASE",
-                        "owner": owner,
-                        "lease_until": _epoch(now + duration),
-                        TABLE_TTL_ATTRIBUTE: _epoch(now + duration + timedelta(hours=1)),
-                    }
-                ),
-                ConditionExpression=_LEASE_FREE,
-                ExpressionAttributeValues=self._dump({":now": _epoch(now), ":owner": owner}),
-                ExpressionAttributeNames={"#owner": "owner"},
-            )
-        except AwsCallError as exc:
-            if exc.code == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        return self._conditional(
+            "put_item",
+            Item=self._dump(
+                {
+                    TABLE_PK: f"POOL#{pool}",
+                    TABLE_SK: "LEASE",
+                    "owner": owner,
+                    "lease_until": _epoch(now + duration),
+                    TABLE_TTL_ATTRIBUTE: _epoch(now + duration + timedelta(hours=1)),
+                }
+            ),
+            ConditionExpression=_LEASE_FREE,
+            ExpressionAttributeValues=self._dump({":now": _epoch(now), ":owner": owner}),
+            ExpressionAttributeNames={"#owner": "owner"},
+        )
 
     def release_lease(self, pool: str, owner: str) -> None:
-        try:
-            self._aws.call(
-                "dynamodb",
-                "delete_item",
-                TableName=self._table,
-                Key=self._dump({TABLE_PK: f"POOL#{pool}", TABLE_SK: "LEASE"}),
-                ConditionExpression="#owner = :owner",
-                ExpressionAttributeValues=self._dump({":owner": owner}),
-                ExpressionAttributeNames={"#owner": "owner"},
-            )
-        except AwsCallError as exc:
-            if exc.code != "ConditionalCheckFailedException":
-                raise
+        # False when the lease is not ours any more (expired and taken): nothing to release then.
+        self._conditional(
+            "delete_item",
+            Key=self._dump({TABLE_PK: f"POOL#{pool}", TABLE_SK: "LEASE"}),
+            ConditionExpression="#owner = :owner",
+            ExpressionAttributeValues=self._dump({":owner": owner}),
+            ExpressionAttributeNames={"#owner": "owner"},
+        )
 
     # -- plumbing -------------------------------------------------------------------------------------
-    def _dump(self, values: dict[str, Any]) -> dict[str, Any]:
-        return {k: self._ser.serialize(v) for k, v in values.items()}
-
-    def _load(self, item: dict[str, Any]) -> dict[str, Any]:
-        """Plain values of an item. Strings, numbers and number sets (nearly every attribute a tick reads,
-        thousands of items per pool) skip TypeDeserializer's dispatch; the values are the ones it returns."""
-        out: dict[str, Any] = {}
-        for name, value in item.items():
-            if "S" in value:
-                out[name] = value["S"]
-            elif "N" in value:
-                out[name] = _decimal(value["N"])
-            elif "NS" in value:
-                out[name] = {_decimal(n) for n in value["NS"]}
-            elif "L" in value and all("S" in v for v in value["L"]):  # a job's tags
-                out[name] = [v["S"] for v in value["L"]]
-            else:
-                out[name] = self._de.deserialize(value)
-        return out
-
-    def _get(self, pk: str, sk: str) -> dict[str, Any] | None:
-        result = self._aws.call(
-            "dynamodb",
-            "get_item",
-            TableName=self._table,
-            Key=self._dump({TABLE_PK: pk, TABLE_SK: sk}),
-            ConsistentRead=True,
-        )
-        item = result.get("Item")
-        return self._load(item) if item else None
-
     def _query_pool(self, gsi_pk: str) -> list[dict[str, Any]]:
         items = self._aws.paginate(
             "dynamodb",
@@ -661,22 +594,15 @@ class DynamoStore:
         values: dict[str, Any],
         names: dict[str, str] | None = None,
     ) -> bool:
-        params: dict[str, Any] = {
-            "TableName": self._table,
-            "Key": self._dump(key),
-            "UpdateExpression": update,
-            "ConditionExpression": condition,
-            "ExpressionAttributeValues": self._dump(values),
-        }
-        if names:
-            params["ExpressionAttributeNames"] = names
-        try:
-            self._aws.call("dynamodb", "update_item", **params)
-        except AwsCallError as exc:
-            if exc.code == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        extra: dict[str, Any] = {"ExpressionAttributeNames": names} if names else {}
+        return self._conditional(
+            "update_item",
+            Key=self._dump(key),
+            UpdateExpression=update,
+            ConditionExpression=condition,
+            ExpressionAttributeValues=self._dump(values),
+            **extra,
+        )
 
 
 class MemoryStore:
