@@ -1,6 +1,7 @@
 """The reconcile benchmark on a tiny fleet: its counts are the real adapters' counts, its fleet's
-decisions are right at scale (busy machines stay, used-up and idle ones go, bursting pools grow), and its
-results file has the figures the issue asks for. Behaviour only: no figure of CPU time is asserted."""
+decisions are right at scale (busy machines stay, used-up and idle ones go, bursting pools grow), inline
+and fanned out alike, and its results file has the figures the issue asks for. Behaviour only: no figure
+of CPU time is asserted."""
 
 from __future__ import annotations
 
@@ -84,6 +85,24 @@ def test_converged_fleet_writes_nothing_but_its_leases() -> None:
     }
 
 
+def test_fanned_out_minute_decides_as_the_inline_tick_one_pool_per_invocation() -> None:
+    # GIVEN two copies of the seeded fleet
+    inline, fanned = Bench.build(SMALL), Bench.build(SMALL)
+    # WHEN one ticks inline and the other fans out
+    tick, minute = inline.tick(), fanned.fan_out()
+    # THEN the tick's own invocation only queues (one message per pool, ten per call)...
+    assert dict(minute.tick.aws_calls) == {"sqs.SendMessageBatch": 1}
+    assert fanned.fake.state.queued == [p.name for p in fanned.seeded.config.pools]
+    # ...each pool invocation reconciles its pool alone, reading just its group...
+    assert [[r.pool for r in t.results] for t in minute.pools] == [[p] for p in fanned.fake.state.queued]
+    assert all(t.aws_calls["autoscaling.DescribeAutoScalingGroups"] == 1 for t in minute.pools)
+    # ...and the fleet ends where the inline tick left it, busy machines untouched
+    merged = minute.merged()
+    assert sorted(merged.terminated) == sorted(tick.terminated)
+    assert not set(merged.terminated) & fanned.seeded.busy
+    assert [r.desired_after for r in merged.results] == [r.desired_after for r in tick.results]
+
+
 def test_fake_dynamodb_refuses_what_dynamodb_refuses() -> None:
     # GIVEN the real DynamoStore on the fake: a busy machine and a held lease
     bench = Bench.build(Shape("1x10", 1, 10))
@@ -109,5 +128,20 @@ def test_results_file_holds_each_shape_its_ticks_and_ratios(tmp_path: Path) -> N
         assert {"cpu_ms", "scaler_cpu_ms", "aws_calls", "aws_calls_by_operation", "store"} <= set(figures)
         assert figures["aws_calls"] == sum(figures["aws_calls_by_operation"].values())
         assert figures["decisions"]["busy_terminated"] == 0
-        assert set(report["ratios_to_baseline"]["2x30"][tick]) == {"cpu", "aws_calls"}
+        fan = report["shapes"]["2x30"]["fan_out"][tick]
+        assert fan["pool_invocations"] == 2 and fan["tick"]["aws_calls_by_operation"] == {
+            "sqs.SendMessageBatch": 1
+        }
+        assert {"scaler_cpu_ms_median", "scaler_cpu_ms_max", "aws_calls_median", "aws_calls_max"} <= set(
+            fan["pool"]
+        )
+        assert fan["minute_scaler_cpu_ms"] >= fan["pool"]["scaler_cpu_ms_max"]
+        assert fan["decisions"]["busy_terminated"] == 0
+        assert set(report["ratios_to_baseline"]["2x30"][tick]) == {
+            "cpu",
+            "aws_calls",
+            "fan_out_largest_invocation_cpu",
+            "fan_out_pool_invocation_aws_calls_max",
+            "fan_out_minute_cpu",
+        }
     assert report["ratios_to_baseline"]["2x30"]["pools"] == 2
