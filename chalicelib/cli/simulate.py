@@ -43,7 +43,9 @@ def simulate(
     policies: Annotated[
         str,
         typer.Option(
-            "--policies", help="all, or names: ours,docker-machine,taskscaler,webhook-scaler,static,oracle"
+            "--policies",
+            help="all (the six standard policies), or names: ours,docker-machine,taskscaler,webhook-scaler,"
+            "static,oracle; also ours-prewarm (prewarm on) and naive-hosts (a host per machine)",
         ),
     ] = "all",
     seed: Annotated[
