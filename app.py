@@ -48,7 +48,9 @@ def tick(event: Any) -> dict[str, Any]:
     return {"pools": pools, "queued": tick.queued, "unqueued": tick.unqueued}
 
 
-@app.on_sqs_message(queue=NAMES.queue, batch_size=10, name="pool_dirty")
+# One message (one pool) per invocation: pools reconcile in parallel, and no invocation's CPU grows with
+# the fleet (bench/reconcile.json: a pool of 1,000 machines reconciles in well under a second).
+@app.on_sqs_message(queue=NAMES.queue, batch_size=1, name="pool_dirty")
 def pool_dirty(event: Any) -> dict[str, Any]:
     """A pool's jobs changed: reconcile it now (the fast scale-up path); failures go back to the queue."""
     from chalicelib.triggers import process_dirty_batch
