@@ -125,7 +125,7 @@ class AwsClients:
         if parsed is None:
             return None
         status = parsed.get("ResponseMetadata", {}).get("HTTPStatusCode", 500)
-        return (_FakeHttpResponse(status), parsed)
+        return (HookResponse(status), parsed)
 
     @property
     def total_calls(self) -> int:
@@ -193,8 +193,9 @@ def _pagination_tokens(service: str, operation: str) -> tuple[str, str]:
     return "NextToken", "NextToken"
 
 
-class _FakeHttpResponse:
-    """The minimal HTTP response botocore needs when a before-call hook short-circuits a call."""
+class HookResponse:
+    """The minimal HTTP response botocore needs when a before-call hook short-circuits a call (the fault
+    injector here, the in-process fake of sim/bench_reconcile.py)."""
 
     def __init__(self, status_code: int) -> None:
         self.status_code = status_code

@@ -62,6 +62,25 @@ class DynamoTable:
         item = result.get("Item")
         return self._load(item) if item else None
 
+    def _query(
+        self, key: str, *, index: str | None = None, key_attribute: str = TABLE_PK, consistent: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every item (plain values) whose partition key `key_attribute` is `key`, in the table or `index`."""
+        params: dict[str, Any] = {"IndexName": index} if index else {}
+        if consistent:
+            params["ConsistentRead"] = True
+        items = self._aws.paginate(
+            "dynamodb",
+            "query",
+            "Items",
+            TableName=self._table,
+            KeyConditionExpression="#pk = :pk",
+            ExpressionAttributeNames={"#pk": key_attribute},
+            ExpressionAttributeValues=self._dump({":pk": key}),
+            **params,
+        )
+        return [self._load(item) for item in items]
+
     def _conditional(self, operation: str, **params: Any) -> bool:
         """A put, update or delete with a ConditionExpression: False when the condition did not hold."""
         try:

@@ -160,18 +160,9 @@ class DynamoPipelines(DynamoTable):
         )
 
     def active(self, gitlab: str, now: datetime) -> list[PipelineState]:
-        items = self._aws.paginate(
-            "dynamodb",
-            "query",
-            "Items",
-            TableName=self._table,
-            KeyConditionExpression="#pk = :pk",
-            ExpressionAttributeNames={"#pk": TABLE_PK},
-            ExpressionAttributeValues=self._dump({":pk": f"PIPELINES#{gitlab}"}),
-        )
+        items = self._query(f"PIPELINES#{gitlab}")
         out = []
-        for raw in items:
-            item = self._load(raw)
+        for item in items:
             if int(item.get(TABLE_TTL_ATTRIBUTE, 0)) > _epoch(now):  # TTL deletion lags by up to days
                 out.append(decode_pipeline(gitlab, int(item[TABLE_SK]), item))
         return sorted(out, key=lambda p: p.pipeline_id)

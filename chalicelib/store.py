@@ -356,19 +356,9 @@ class DynamoStore(DynamoTable):
         return [f for f in self._all_faults(pool) if f.until > now]
 
     def _all_faults(self, pool: str) -> list[Fault]:
-        items = self._aws.paginate(
-            "dynamodb",
-            "query",
-            "Items",
-            TableName=self._table,
-            KeyConditionExpression="#pk = :pk",
-            ExpressionAttributeNames={"#pk": TABLE_PK},
-            ExpressionAttributeValues=self._dump({":pk": f"FAULT#{pool}"}),
-            ConsistentRead=True,
-        )
+        items = self._query(f"FAULT#{pool}", consistent=True)
         out = []
-        for raw in items:
-            item = self._load(raw)
+        for item in items:
             kind, _, detail = str(item[TABLE_SK]).partition("#")
             until = _dt(item["until"])
             assert until is not None
@@ -429,17 +419,9 @@ class DynamoStore(DynamoTable):
             )
 
     def recent_projects(self, gitlab: str, now: datetime, within: timedelta) -> list[int]:
-        items = self._aws.paginate(
-            "dynamodb",
-            "query",
-            "Items",
-            TableName=self._table,
-            KeyConditionExpression="#pk = :pk",
-            ExpressionAttributeNames={"#pk": TABLE_PK},
-            ExpressionAttributeValues=self._dump({":pk": f"PROJECTS#{gitlab}"}),
-        )
         since = _epoch(now - within)
-        return sorted(int(i[TABLE_SK]["S"]) for i in items if int(i["seen_at"]["N"]) >= since)
+        items = self._query(f"PROJECTS#{gitlab}")
+        return sorted(int(i[TABLE_SK]) for i in items if int(i["seen_at"]) >= since)
 
     # -- machines -------------------------------------------------------------------------------------
     def put_machine(self, machine: MachineRecord) -> None:
@@ -574,17 +556,7 @@ class DynamoStore(DynamoTable):
 
     # -- plumbing -------------------------------------------------------------------------------------
     def _query_pool(self, gsi_pk: str) -> list[dict[str, Any]]:
-        items = self._aws.paginate(
-            "dynamodb",
-            "query",
-            "Items",
-            TableName=self._table,
-            IndexName=GSI_POOL,
-            KeyConditionExpression="#pk = :pk",
-            ExpressionAttributeNames={"#pk": GSI_POOL_PK},
-            ExpressionAttributeValues=self._dump({":pk": gsi_pk}),
-        )
-        return [self._load(item) for item in items]
+        return self._query(gsi_pk, index=GSI_POOL, key_attribute=GSI_POOL_PK)
 
     def _conditional_update(
         self,

@@ -41,7 +41,7 @@ import boto3
 from boto3.dynamodb.types import TypeDeserializer
 from botocore import xform_name
 
-from chalicelib.aws import AwsClients
+from chalicelib.aws import AwsClients, HookResponse
 from chalicelib.config import Config, GitLabConfig, Policy, Pool
 from chalicelib.errors import AwsCallError
 from chalicelib.fleet import AsgFleet
@@ -180,12 +180,14 @@ class FakeAws:
             events.register("before-parameter-build", _keep_params)
             events.register("before-call", self._before_call)
 
-    def _before_call(self, model: Any, context: dict[str, Any], **_: Any) -> tuple[_Http, dict[str, Any]]:
+    def _before_call(
+        self, model: Any, context: dict[str, Any], **_: Any
+    ) -> tuple[HookResponse, dict[str, Any]]:
         try:
-            return _Http(200), self.handle(xform_name(model.name), context["bench_params"])
+            return HookResponse(200), self.handle(xform_name(model.name), context["bench_params"])
         except FakeAwsError as exc:
             error = {"Error": {"Code": exc.code, "Message": str(exc)}}
-            return _Http(exc.status), {**error, "ResponseMetadata": {"HTTPStatusCode": exc.status}}
+            return HookResponse(exc.status), {**error, "ResponseMetadata": {"HTTPStatusCode": exc.status}}
 
     def handle(self, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
         """Answer one call (`operation` in snake_case), timing the fake's own CPU."""
@@ -370,17 +372,6 @@ class FakeAws:
 def _keep_params(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
     """Keep the call's own parameters where the `before-call` hook finds them (the request context)."""
     context["bench_params"] = params
-
-
-class _Http:
-    """The little of an HTTP response botocore reads when a `before-call` hook answers."""
-
-    def __init__(self, status_code: int) -> None:
-        self.status_code = status_code
-        self.headers: dict[str, str] = {}
-        self.content = b""
-        self.text = ""
-        self.raw = None
 
 
 def _instance(instance_id: str, state: str, protected: bool) -> dict[str, Any]:
