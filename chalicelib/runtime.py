@@ -51,6 +51,7 @@ class Runtime:
         gitlab: RunnerControl | Any | None = None,
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.environ: Mapping[str, str] = dict(os.environ if environ is None else environ)
         self._aws = aws
@@ -58,6 +59,7 @@ class Runtime:
         self._gitlab = gitlab
         self.clock = clock
         self._monotonic = monotonic
+        self.sleep = sleep
         self._secret_cache: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
 

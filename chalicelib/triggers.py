@@ -17,6 +17,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import BaseModel, ValidationError
 
 from chalicelib import metrics
+from chalicelib.config import Pool
 from chalicelib.errors import AwsCallError, RunnerScalerError
 from chalicelib.heal import heal
 from chalicelib.jobs import DirtyMarker
@@ -170,11 +171,26 @@ def _check_hooks(rt: Runtime) -> None:
         logger.info("webhook health", extra={"health": health.as_dict()})
 
 
+#: A reconcile holds its pool's lease for well under a second (bench/reconcile.json): wait that out a few
+#: times before leaving the news to the next tick, a minute away.
+LEASE_RETRIES = 4
+LEASE_WAIT_SECONDS = 0.5
+
+
+def _reconcile_past_lease(rt: Runtime, pool: Pool, owner: str) -> ReconcileResult:
+    for attempt in range(LEASE_RETRIES):
+        result = rt.reconciler(owner).reconcile_pool(pool, rt.now())
+        if not result.skipped or attempt == LEASE_RETRIES - 1:
+            break
+        rt.sleep(LEASE_WAIT_SECONDS)
+    return result
+
+
 def process_dirty_batch(rt: Runtime, event: dict[str, Any], owner: str) -> dict[str, Any]:
     """Reconcile each pool named in a batch once; a failed reconcile is reported as a batch item failure.
 
-    A malformed message is logged and dropped (a retry would never fix it); a pool whose lease is held is
-    fine too (the holder or the next tick sees the new state).
+    A malformed message is logged and dropped (a retry would never fix it). A pool whose lease is held is
+    waited for: the holder may have read the state before the news this message brings.
     """
     done: dict[str, ReconcileResult] = {}
     long_pending: dict[str, int] = {}
@@ -193,7 +209,7 @@ def process_dirty_batch(rt: Runtime, event: dict[str, Any], owner: str) -> dict[
             long_pending[pool.name] = max(long_pending.get(pool.name, 0), message.long_pending)
         if pool.name in done:
             return
-        result = rt.reconciler(owner).reconcile_pool(pool, rt.now())
+        result = _reconcile_past_lease(rt, pool, owner)
         done[pool.name] = result
         if result.errors:
             raise RuntimeError(f"reconcile of {pool.name} failed: {result.errors[0]}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from botocore.exceptions import ReadTimeoutError
@@ -288,3 +290,43 @@ def test_fleet_converges_through_the_handlers_under_dynamodb_sqs_faults_and_read
     assert any(key.endswith("ReadTimeout") for key in faults.injected)
     assert sleeps and all(s > 0 for s in sleeps)
     assert list(live(stack).values()) == [True] and stack.desired("test-linux") == 1
+
+
+def _held_lease_runtime(stack: Stack, on_sleep: Callable[[float], None]) -> None:
+    """The stack's runtime with an observable sleep; another reconcile ("tick") holds the linux lease."""
+    rt = stack.runtime
+    install(Runtime(dict(rt.environ), aws=rt.aws, config=rt.config, clock=rt.clock, sleep=on_sleep))
+    assert rt.store.acquire_lease("linux", "tick", rt.now(), timedelta(seconds=30))
+
+
+def test_a_dirty_message_waits_out_a_short_lease_instead_of_leaving_its_news_to_the_tick(
+    stack: Stack,
+) -> None:
+    # GIVEN a pending job, and the tick's reconcile of the pool holding its lease (it read before the job)
+    record(stack, 1, "pending")
+    slept: list[float] = []
+
+    def tick_finishes(seconds: float) -> None:
+        slept.append(seconds)
+        stack.runtime.store.release_lease("linux", "tick")
+
+    _held_lease_runtime(stack, tick_finishes)
+    # WHEN the job's dirty message arrives
+    with Client(app) as client:
+        response = client.lambda_.invoke("pool_dirty", sqs_event(client, "linux"))
+    # THEN it waits once for the lease and reconciles: the machine is asked for now, not a minute later
+    assert response.payload == {"batchItemFailures": []}
+    assert slept == [0.5]
+    assert stack.desired("test-linux") == 1
+
+
+def test_a_dirty_message_gives_up_on_a_lease_held_too_long(stack: Stack) -> None:
+    record(stack, 1, "pending")
+    slept: list[float] = []
+    _held_lease_runtime(stack, slept.append)
+    with Client(app) as client:
+        response = client.lambda_.invoke("pool_dirty", sqs_event(client, "linux"))
+    # A few short waits, then the news is the holder's or the next tick's; the message is not retried
+    assert response.payload == {"batchItemFailures": []}
+    assert slept == [0.5, 0.5, 0.5]
+    assert stack.desired("test-linux") == 0
