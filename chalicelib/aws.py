@@ -17,6 +17,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
+from botocore.parsers import ResponseParserError
 
 from chalicelib.errors import AwsCallError
 from chalicelib.tracing import Span, Tracing
@@ -152,6 +153,9 @@ class AwsClients:
                 last = translate(service, operation, exc)
             except (ConnectionError, ReadTimeoutError) as exc:
                 last = AwsCallError(service, operation, type(exc).__name__, str(exc), retryable=True)
+            except ResponseParserError as exc:
+                # A body that is not the service's (an HTML 5xx from a proxy or load balancer): retry it.
+                last = AwsCallError(service, operation, "UnparseableResponse", str(exc)[:200], retryable=True)
             except BotoCoreError as exc:
                 raise AwsCallError(service, operation, type(exc).__name__, str(exc), retryable=False) from exc
             if not last.retryable or attempt == self._attempts - 1:
