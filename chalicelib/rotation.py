@@ -321,9 +321,15 @@ def run_rotation_steps(rotation: BaseCertsRotation, secret_id: str, token: str, 
     if AWSPENDING not in stages:
         logger.info("another rotation moved AWSPENDING on; leaving it", extra={"token": token})
         return "lost-race"
-    rotation.set_secret(secret_id, token, now)
-    rotation.test_secret(secret_id, token, now)
-    finished = rotation.finish_secret(secret_id, token, now)
+    try:
+        rotation.set_secret(secret_id, token, now)
+        rotation.test_secret(secret_id, token, now)
+        finished = rotation.finish_secret(secret_id, token, now)
+    except NotFoundError:
+        # A racer finished between our stage check and our read: AWSPENDING moved off the shared version.
+        if AWSCURRENT in rotation.secrets.describe(secret_id).stages_of(token):
+            return "lost-race"
+        raise
     if finished == "already-current":
         return "lost-race"
     return "rotated" if created == "created" else "resumed"

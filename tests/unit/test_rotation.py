@@ -18,6 +18,7 @@ from chalicelib.rotation import (
     check_contract,
     ensure_base_certs,
     rotation_token,
+    run_rotation_steps,
 )
 from chalicelib.secrets import (
     AWSCURRENT,
@@ -175,6 +176,28 @@ def test_two_in_process_regenerations_at_once_write_one_version() -> None:
     assert {o.version_id for o in outcomes} == {twin.describe(SECRET).version_with(AWSCURRENT)}
     assert [o.action for o in outcomes].count("rotated") <= 1
     assert twin.calls["put_secret_value"] <= 2
+
+
+def test_a_racer_finishing_between_our_check_and_our_read_makes_us_lose_cleanly() -> None:
+    # GIVEN base certs due, and two in-process rotations sharing the token derived from AWSCURRENT
+    twin = MemorySecrets()
+    ensure_base_certs(twin, NAMES, T0, WINDOW)
+    description = twin.describe(SECRET)
+    token = rotation_token(description.arn, description.version_with(AWSCURRENT) or "")
+
+    class Overtaken(BaseCertsRotation):
+        """Checked the stages, then the other racer ran every step before this one read AWSPENDING."""
+
+        def set_secret(self, secret_id: str, token: str, now: datetime) -> str:
+            assert run_rotation_steps(BaseCertsRotation(twin), secret_id, token, now) == "resumed"
+            return super().set_secret(secret_id, token, now)
+
+    # WHEN the overtaken one goes on
+    outcome = run_rotation_steps(Overtaken(twin), SECRET, token, DUE)
+    # THEN it reports the lost race instead of failing, and one new version is current
+    assert outcome == "lost-race"
+    assert twin.describe(SECRET).version_with(AWSCURRENT) == token
+    assert len(twin.describe(SECRET).versions) == 2
 
 
 def test_ensure_refuses_a_secret_scheduled_for_deletion_with_the_fix() -> None:
