@@ -191,7 +191,9 @@ class Pool(_Model):
     spot: bool = False
     cache_bucket: str = ""
     retry_interrupted_jobs: bool = True
-    wait_timeout: Duration = timedelta(minutes=10)
+    #: `run-single --wait-timeout`: 0 waits for jobs as long as the machine lives, so idle machines go only by
+    #: the scaler's idle policy (a positive value makes an idle machine leave by itself after it).
+    wait_timeout: Duration = timedelta(0)
     prewarm: bool = False
     prewarm_max: int = Field(2, ge=0)
     prewarm_confidence: float = Field(0.8, gt=0.0, le=1.0)

@@ -21,17 +21,14 @@ DEFAULT_DOCKER_IMAGE = "alpine:3.20"
 def render(pool: Pool, prefix: str) -> str:
     """The pool's boot script; `prefix` is the deployment prefix that names machine secrets."""
     text = (TEMPLATES / _FILES[pool.platform]).read_text(encoding="utf-8")
-    wait = int(pool.wait_timeout.total_seconds())
     values = {
         "prefix": _safe(prefix),
         "pool": _safe(pool.name),
         "executor": _safe(pool.executor),
         "max_builds": str(pool.max_use_count),
-        "wait_timeout": str(wait),
+        "wait_timeout": str(int(pool.wait_timeout.total_seconds())),
         "docker_image": DEFAULT_DOCKER_IMAGE,
         "cache_bucket": _safe(pool.cache_bucket),
-        # Past its wait for jobs plus the boot allowance, a machine no scaler removed removes itself.
-        "self_destruct_after": str(wait + int(pool.boot_timeout.total_seconds()) + 3600),
     }
     return Template(text).substitute(values)
 

@@ -358,11 +358,11 @@ def machine_grants(scope: Scope, pool: Pool) -> list[Grant]:
             },
         ),
         Grant(
-            "SelfDestruct",
+            "LeaveWhenDone",
             ("autoscaling:TerminateInstanceInAutoScalingGroup",),
             (scope.asg_arn(pool.asg),),
-            "the user data's safety net terminates the machine itself if no scaler did (Auto Scaling has "
-            "no instance-id condition key, so the scope is the machine's own group)",
+            "the user data terminates the machine once its runner exits, so it never counts as capacity "
+            "(Auto Scaling has no instance-id condition key, so the scope is the machine's own group)",
             conditions={"StringEquals": {f"autoscaling:ResourceTag/{TAG_DEPLOYMENT}": scope.prefix}},
         ),
     ]

@@ -10,7 +10,6 @@ MAX_BUILDS="${max_builds}"
 WAIT_TIMEOUT="${wait_timeout}"
 DOCKER_IMAGE="${docker_image}"
 CACHE_BUCKET="${cache_bucket}"
-SELF_DESTRUCT_AFTER="${self_destruct_after}"
 
 imds() {
   local token
@@ -68,10 +67,6 @@ if [ -n "$${CACHE_BUCKET}" ]; then
               --cache-s3-bucket-name "$${CACHE_BUCKET}" --cache-s3-bucket-location "$${REGION}"
               --cache-s3-authentication_type iam)
 fi
-
-# Safety net: if the scaler never terminates this machine, it leaves by itself (and decrements the group).
-( sleep "$${SELF_DESTRUCT_AFTER}" && aws autoscaling terminate-instance-in-auto-scaling-group \
-    --instance-id "$${INSTANCE_ID}" --should-decrement-desired-capacity ) &
 
 RUNNER_TOKEN=$$(field runner_token)
 GITLAB_URL=$$(field gitlab_url)

@@ -9,7 +9,6 @@ EXECUTOR="${executor}"
 MAX_BUILDS="${max_builds}"
 WAIT_TIMEOUT="${wait_timeout}"
 CACHE_BUCKET="${cache_bucket}"
-SELF_DESTRUCT_AFTER="${self_destruct_after}"
 
 TOKEN=$$(curl -sS -X PUT "http://169.254.169.254/latest/api/token" -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
 INSTANCE_ID=$$(curl -sS -H "X-aws-ec2-metadata-token: $${TOKEN}" http://169.254.169.254/latest/meta-data/instance-id)
@@ -36,9 +35,6 @@ if [ -n "$${GITLAB_CA}" ]; then
   ( umask 022 && mkdir -p /usr/local/etc && printf '%s\n' "$${GITLAB_CA}" > "$${TLS_CA_FILE}" )
   security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain "$${TLS_CA_FILE}"
 fi
-
-( sleep "$${SELF_DESTRUCT_AFTER}" && aws autoscaling terminate-instance-in-auto-scaling-group \
-    --instance-id "$${INSTANCE_ID}" --should-decrement-desired-capacity ) &
 
 set -- --url "$$(field gitlab_url)" --token "$$(field runner_token)" --executor "$${EXECUTOR}" \
   --max-builds "$${MAX_BUILDS}" --wait-timeout "$${WAIT_TIMEOUT}" --description "runner-scaler/${pool}/$${INSTANCE_ID}"

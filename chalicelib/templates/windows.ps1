@@ -7,7 +7,6 @@ $$Executor = "${executor}"
 $$MaxBuilds = "${max_builds}"
 $$WaitTimeout = "${wait_timeout}"
 $$CacheBucket = "${cache_bucket}"
-$$SelfDestructAfter = ${self_destruct_after}
 
 $$Token = Invoke-RestMethod -Method Put -Uri "http://169.254.169.254/latest/api/token" `
   -Headers @{ "X-aws-ec2-metadata-token-ttl-seconds" = "300" }
@@ -52,12 +51,6 @@ if ($$CacheBucket) {
     "--cache-s3-bucket-name", $$CacheBucket, "--cache-s3-bucket-location", $$Region,
     "--cache-s3-authentication_type", "iam")
 }
-
-Start-Job -ScriptBlock {
-  param($$After, $$Id, $$Region)
-  Start-Sleep -Seconds $$After
-  Stop-ASInstanceInAutoScalingGroup -InstanceId $$Id -ShouldDecrementDesiredCapacity $$true -Region $$Region -Force
-} -ArgumentList $$SelfDestructAfter, $$InstanceId, $$Region | Out-Null
 
 $$Secret = $$null
 & "C:\GitLab-Runner\gitlab-runner.exe" @RunnerArgs

@@ -105,3 +105,21 @@ def test_a_windows_machine_leaves_once_its_runner_exits() -> None:
     after_runner = text[text.index('gitlab-runner.exe" @RunnerArgs') :]
     leave = "Stop-ASInstanceInAutoScalingGroup -InstanceId $InstanceId -ShouldDecrementDesiredCapacity $true"
     assert leave in after_runner
+
+
+@pytest.mark.parametrize("pool", ["linux", "macos", "windows"])
+def test_no_timer_can_terminate_a_machine_under_a_running_job(pool: str) -> None:
+    # A job may run for hours: the only self-termination comes after the runner has exited.
+    text = render(EXAMPLE.pool(pool), "runner-scaler")
+    leave = (
+        "Stop-ASInstanceInAutoScalingGroup"
+        if pool == "windows"
+        else "terminate-instance-in-auto-scaling-group"
+    )
+    runner = text.index("@RunnerArgs") if pool == "windows" else text.rindex("run-single")
+    assert text.count(leave) == 1 and text.index(leave) > runner
+
+
+def test_by_default_the_runner_waits_for_jobs_as_long_as_its_machine_lives() -> None:
+    # run-single exits after --wait-timeout only when it is positive: idle machines go by the scaler's policy
+    assert 'WAIT_TIMEOUT="0"' in render(EXAMPLE.pool("linux"), "runner-scaler")
