@@ -398,6 +398,7 @@ class Ours:
             world.pipeline_bus.subscribe(self._on_pipeline_hook)
         world.fleet.launch_listeners.append(self._launched)
         world.fleet.end_listeners.append(self._ended)
+        world.gitlab.exit_listeners.append(self._runner_exited)
         world.loop.every(world.options.tick_s, self._tick, start=0.0, keep_going=world.keep_going)
 
     def _configure(self, config: Config) -> Config:
@@ -523,6 +524,11 @@ class Ours:
             host_id=machine.host_id,
         )
         self._store.put_machine(record)
+
+    def _runner_exited(self, machine: SimMachine) -> None:
+        """`run-single` has exited after `max_use_count` jobs: the machine's user data (chalicelib/templates)
+        terminates its own instance, decrementing the group. The instance's call, not the control plane's."""
+        self._world.fleet.terminate(machine.instance_id)
 
     def _ended(self, machine: SimMachine) -> None:
         """Lifecycle terminate: look for a job to rescue, delete the runner and the secret, complete."""

@@ -73,15 +73,15 @@ class TestAccounting:
         world = World(config, [job(1, 100.0, 0, 300.0)], seed=0, options=EXACT)
         result = world.run(Ours())
         # THEN the pending webhook marks the pool dirty, SQS delivers 2 s later (DelaySeconds), one machine
-        # launches at 102 s, is ready at 162 s (the job waited 62 s), the job ends at 462 s and its success
-        # webhook gets the used-up machine terminated by the reconcile 2 s later
+        # launches at 102 s, is ready at 162 s (the job waited 62 s), the job ends at 462 s and the used-up
+        # machine terminates itself as run-single exits (its user data), not at the next reconcile
         (machine,) = world.ledger.machines
-        assert (machine.launched_at, machine.ready_at, machine.terminated_at) == (102.0, 162.0, 464.0)
+        assert (machine.launched_at, machine.ready_at, machine.terminated_at) == (102.0, 162.0, 462.0)
         assert world.jobs[0].wait_s == 62.0
         assert result.metrics["wait_max_s"] == 62.0
         assert result.metrics["max_machines"] == 1
-        assert result.metrics["idle_fraction"] == round(1 - 300 / 362, 3)
-        assert result.metrics["cost_usd"] == round(362 / 3600 * 0.36, 2)
+        assert result.metrics["idle_fraction"] == round(1 - 300 / 360, 3)
+        assert result.metrics["cost_usd"] == round(360 / 3600 * 0.36, 2)
         assert result.metrics["busy_killed"] == 0
 
     def test_oracle_launches_one_boot_before_pending_and_pays_boot_plus_run(self) -> None:
