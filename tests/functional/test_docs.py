@@ -277,10 +277,11 @@ def test_what_the_readme_says_about_the_committed_bench_still_holds() -> None:
         assert ours["wait_p95_s"] >= taskscaler["wait_p95_s"], f"{name}: {stale}"
         # AND no policy ever removed a busy machine
         assert all(m["busy_killed"] == 0 for m in scenario["policies"].values()), f"{name}: {stale}"
-    # AND the wait is clearly longer (over 10 %) in the two scenarios the README names
-    for name in ("burst", "macos-hosts"):
+    # AND the wait is over 10 % longer in the burst scenario, 5 to 10 % longer in the macOS-hosts one
+    for name, low, high in (("burst", 1.1, None), ("macos-hosts", 1.05, 1.1)):
         policies = scenarios[name]["policies"]
-        assert policies["ours"]["wait_p95_s"] > 1.1 * policies["taskscaler"]["wait_p95_s"], f"{name}: {stale}"
+        ratio = policies["ours"]["wait_p95_s"] / policies["taskscaler"]["wait_p95_s"]
+        assert ratio > low and (high is None or ratio <= high), f"{name}: {stale}"
 
 
 def test_the_readme_prewarm_table_is_the_committed_prewarm_bench() -> None:
