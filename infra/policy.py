@@ -178,6 +178,12 @@ def lambda_grants(scope: Scope) -> list[Grant]:
             Origin.SERVICE,
         ),
         Grant(
+            "DeadLetterRedrive",
+            ("sqs:GetQueueUrl", "sqs:ReceiveMessage", "sqs:DeleteMessage"),
+            (scope.arn("sqs", names.dead_letter_queue),),
+            "the dead-letter alarm moves failed pool-dirty messages back to the queue (chalicelib/alarms.py)",
+        ),
+        Grant(
             "ConfigParameter",
             ("ssm:GetParameter",),
             (scope.arn("ssm", f"parameter{names.config_parameter}"),),

@@ -186,6 +186,13 @@ def test_chalice_policy_files_are_generated_from_the_same_grants(stage: str) -> 
     )
 
 
+def test_the_dead_letter_redrive_may_read_and_delete_on_the_dead_letter_queue_only() -> None:
+    # chalicelib/alarms.py reads and deletes on <prefix>-dirty-dlq.fifo: the queue grants name the main queue
+    (grant,) = [g for g in lambda_grants(SCOPE) if g.sid == "DeadLetterRedrive"]
+    assert set(grant.actions) == {"sqs:GetQueueUrl", "sqs:ReceiveMessage", "sqs:DeleteMessage"}
+    assert [r.rsplit(":", 1)[-1] for r in grant.resources] == [SCOPE.names.dead_letter_queue]
+
+
 def test_active_tracing_comes_with_its_grant() -> None:
     """`xray: true` in .chalice/config.json turns tracing on; with `autogen_policy` off, the grant is ours."""
     config = json.loads((ROOT / ".chalice" / "config.json").read_text(encoding="utf-8"))
