@@ -54,6 +54,7 @@ class Monitoring(Construct):
         queue_name: str,
         dead_letter_queue_name: str,
         tick_function: str | None,
+        machine_events_function: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         prefix = settings.prefix
@@ -157,6 +158,23 @@ class Monitoring(Construct):
                 runbook=(
                     "The one-minute tick crashed in 3 of the last 5 minutes: nothing heals lost webhooks or "
                     "removes used-up machines. Read the Tick function's log group for the traceback."
+                ),
+            )
+        if machine_events_function:
+            self._alarm(
+                "MachineEventErrors",
+                f"{prefix}-machine-event-errors",
+                namespace="AWS/Lambda",
+                metric="Errors",
+                dimensions={"FunctionName": machine_events_function},
+                statistic="Sum",
+                threshold=1,
+                periods=(5, 3),
+                runbook=(
+                    "Lifecycle hooks or Spot events failed in 3 of the last 5 minutes. `machine launch "
+                    "deferred` in the MachineEvents log means GitLab rate-limited or failed while creating "
+                    "runners (Lambda retries twice, then the launch hook abandons the machine); other "
+                    "errors carry a traceback. New machines get no runner meanwhile."
                 ),
             )
         self.dashboard = _dashboard(self, settings, self.alarms, queue_name, dead_letter_queue_name)

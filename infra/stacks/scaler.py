@@ -19,6 +19,8 @@ from infra.stacks.state import State
 
 #: The Chalice handler the TickErrors alarm watches (`@app.schedule(..., name="tick")`).
 TICK_FUNCTION = "Tick"
+#: Chalice's logical id of `machine_events`: a launch deferred past every retry shows as its errors.
+MACHINE_EVENTS_FUNCTION = "MachineEvents"
 
 
 class ScalerStack(cdk.Stack):
@@ -55,6 +57,7 @@ class ScalerStack(cdk.Stack):
             groups=[p.asg for p in settings.config.pools],
         )
         tick = TICK_FUNCTION if TICK_FUNCTION in self.app.wiring.functions else None
+        machines = MACHINE_EVENTS_FUNCTION if MACHINE_EVENTS_FUNCTION in self.app.wiring.functions else None
         self.monitoring = Monitoring(
             self,
             "Monitoring",
@@ -63,5 +66,6 @@ class ScalerStack(cdk.Stack):
             queue_name=settings.names.queue,
             dead_letter_queue_name=settings.names.dead_letter_queue,
             tick_function=self.app.function_name(tick) if tick else None,
+            machine_events_function=self.app.function_name(machines) if machines else None,
         )
         cdk.Tags.of(self).add(TAG_DEPLOYMENT, settings.prefix)

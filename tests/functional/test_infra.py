@@ -415,6 +415,18 @@ def test_alarms_carry_runbooks_and_publish_to_the_app_topic(real: Synth) -> None
         assert props["AlarmActions"] == [{"Ref": topic}]
 
 
+def test_the_tick_and_machine_event_functions_have_error_alarms(real: Synth) -> None:
+    alarms = real.resources("AWS::CloudWatch::Alarm").values()
+    lambda_alarms = {
+        a["Properties"]["AlarmName"]: a["Properties"]
+        for a in alarms
+        if a["Properties"]["Namespace"] == "AWS/Lambda"
+    }
+    assert {f"{PREFIX}-tick-errors", f"{PREFIX}-machine-event-errors"} <= set(lambda_alarms)
+    machine = lambda_alarms[f"{PREFIX}-machine-event-errors"]
+    assert machine["MetricName"] == "Errors" and "machine launch deferred" in machine["AlarmDescription"]
+
+
 @pytest.mark.parametrize("metric", ["ReconcileErrors", "LongPendingJobs"])
 def test_per_pool_alarms_use_the_dimensions_the_app_emits(real: Synth, metric: str) -> None:
     env = real.raw["Resources"]["Tick"]["Properties"]["Environment"]["Variables"]
