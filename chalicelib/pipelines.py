@@ -41,7 +41,6 @@ from chalicelib.forecast import (
     PlannedJob,
     choose_estimate,
     duration_keys,
-    forecast,
     observe,
 )
 from chalicelib.resources import TABLE_PK, TABLE_SK, TABLE_TTL_ATTRIBUTE
@@ -348,18 +347,14 @@ def _estimates_for(pipelines: Pipelines, state: PipelineState) -> dict[str, Dura
     return chosen
 
 
-def prewarm_slots(
-    pipelines: Pipelines,
-    gitlab: str,
-    pools: Sequence[Pool],
-    now: datetime,
-    *,
-    leads: Mapping[str, float] | None = None,
-) -> dict[str, int]:
-    """Reconciler side: `Demand.prewarm` for every prewarm pool (one store read), capped per pool."""
+def active_for_prewarm(
+    pipelines: Pipelines, gitlab: str, pools: Sequence[Pool], now: datetime
+) -> list[PipelineState]:
+    """Reconciler side: the running pipelines to forecast from (one store read), none when no pool prewarms
+    (no read at all: prewarm off costs nothing)."""
     if not any(p.prewarm for p in pools):
-        return {}
-    return forecast(pipelines.active(gitlab, now), pools, now, leads=leads)
+        return []
+    return pipelines.active(gitlab, now)
 
 
 def observe_job_duration(

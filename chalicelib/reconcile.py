@@ -22,7 +22,7 @@ from chalicelib.fleet import Fleet, GroupView, Instance
 from chalicelib.forecast import PipelineState, forecast, with_statuses
 from chalicelib.hosts import HostPoolView, HostPort, apply_host_plan
 from chalicelib.jobs import runner_description
-from chalicelib.pipelines import Pipelines
+from chalicelib.pipelines import Pipelines, active_for_prewarm
 from chalicelib.store import HOLDS_SLOT, TERMINAL, JobRecord, MachineRecord, Store
 
 logger = logging.getLogger(__name__)
@@ -117,10 +117,10 @@ class Reconciler:
 
         Prewarm only ever adds machines ahead of need, so losing it for a tick costs wait, never a job.
         """
-        if self._pipelines is None or not any(p.prewarm for p in pools):
+        if self._pipelines is None:
             return []
         try:
-            return self._pipelines.active(self._gitlab, now)
+            return active_for_prewarm(self._pipelines, self._gitlab, pools, now)
         except AwsCallError as exc:
             logger.warning("prewarm forecast skipped", extra={"error": str(exc)})
             return []

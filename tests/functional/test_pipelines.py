@@ -11,16 +11,16 @@ import pytest
 from chalicelib.aws import AwsClients
 from chalicelib.events.gitlab import PipelineHook
 from chalicelib.events.samples import BuildSample, pipeline_hook_payload
-from chalicelib.forecast import DurationEstimate, PipelineState, PlannedJob, duration_keys, quantile
+from chalicelib.forecast import DurationEstimate, PipelineState, PlannedJob, duration_keys, forecast, quantile
 from chalicelib.pipelines import (
     PIPELINE_TTL,
     DynamoPipelines,
     MemoryPipelines,
     Pipelines,
+    active_for_prewarm,
     observe_job_duration,
     pipeline_from_hook,
     pool_resolver,
-    prewarm_slots,
     record_pipeline_hook,
 )
 from chalicelib.store import ensure_table
@@ -174,13 +174,16 @@ def test_webhook_to_reconciler_end_to_end(pipelines: Pipelines) -> None:
     assert pipelines.active(GITLAB, T0)[0].estimates == stored.estimates
 
     end = T0 + timedelta(seconds=quantile(stored.estimates[build_key], 0.8) or 0.0)  # type: ignore[index]
-    before = prewarm_slots(pipelines, GITLAB, POOLS, end - timedelta(seconds=421))
-    assert before == {"windows": 0, "linux": 0}
-    assert prewarm_slots(pipelines, GITLAB, POOLS, end - timedelta(seconds=400)) == {"windows": 2, "linux": 0}
+
+    def slots(at: datetime) -> dict[str, int]:
+        return forecast(active_for_prewarm(pipelines, GITLAB, POOLS, at), POOLS, at)
+
+    assert slots(end - timedelta(seconds=421)) == {"windows": 0, "linux": 0}
+    assert slots(end - timedelta(seconds=400)) == {"windows": 2, "linux": 0}
 
     done = _hook(41, end, [BuildSample(2, "canceled", "build", "compile", created_at=T0)], status="canceled")
     record_pipeline_hook(pipelines, GITLAB, done, pool_resolver(tags, POOLS, 7, 41), end)
-    assert prewarm_slots(pipelines, GITLAB, POOLS, end) == {"windows": 0, "linux": 0}
+    assert slots(end) == {"windows": 0, "linux": 0}
 
 
 def test_one_read_per_reconcile_on_dynamo(aws: AwsClients) -> None:
@@ -189,8 +192,8 @@ def test_one_read_per_reconcile_on_dynamo(aws: AwsClients) -> None:
     for n in range(5):
         pipelines.record(state(n), T0)
     aws.calls.clear()
-    prewarm_slots(pipelines, GITLAB, POOLS, T0)
+    assert len(active_for_prewarm(pipelines, GITLAB, POOLS, T0)) == 5
     assert dict(aws.calls) == {"dynamodb.Query": 1}
     aws.calls.clear()
-    assert prewarm_slots(pipelines, GITLAB, (pool(name="off"),), T0) == {}
+    assert active_for_prewarm(pipelines, GITLAB, (pool(name="off"),), T0) == []
     assert aws.total_calls == 0
