@@ -146,38 +146,38 @@ class Monitoring(Construct):
                 ),
             )
         if tick_function:
-            self._alarm(
+            self._function_errors(
                 "TickErrors",
                 f"{prefix}-tick-errors",
-                namespace="AWS/Lambda",
-                metric="Errors",
-                dimensions={"FunctionName": tick_function},
-                statistic="Sum",
-                threshold=1,
-                periods=(5, 3),
-                runbook=(
-                    "The one-minute tick crashed in 3 of the last 5 minutes: nothing heals lost webhooks or "
-                    "removes used-up machines. Read the Tick function's log group for the traceback."
-                ),
+                tick_function,
+                "The one-minute tick crashed in 3 of the last 5 minutes: nothing heals lost webhooks or "
+                "removes used-up machines. Read the Tick function's log group for the traceback.",
             )
         if machine_events_function:
-            self._alarm(
+            self._function_errors(
                 "MachineEventErrors",
                 f"{prefix}-machine-event-errors",
-                namespace="AWS/Lambda",
-                metric="Errors",
-                dimensions={"FunctionName": machine_events_function},
-                statistic="Sum",
-                threshold=1,
-                periods=(5, 3),
-                runbook=(
-                    "Lifecycle hooks or Spot events failed in 3 of the last 5 minutes. `machine launch "
-                    "deferred` in the MachineEvents log means GitLab rate-limited or failed while creating "
-                    "runners (Lambda retries twice, then the launch hook abandons the machine); other "
-                    "errors carry a traceback. New machines get no runner meanwhile."
-                ),
+                machine_events_function,
+                "Lifecycle hooks or Spot events failed in 3 of the last 5 minutes. `machine launch "
+                "deferred` in the MachineEvents log means GitLab rate-limited or failed while creating "
+                "runners (Lambda retries twice, then the launch hook abandons the machine); other "
+                "errors carry a traceback. New machines get no runner meanwhile.",
             )
         self.dashboard = _dashboard(self, settings, self.alarms, queue_name, dead_letter_queue_name)
+
+    def _function_errors(self, construct_id: str, name: str, function: str, runbook: str) -> None:
+        """A Lambda function that errored in 3 of the last 5 minutes."""
+        self._alarm(
+            construct_id,
+            name,
+            namespace="AWS/Lambda",
+            metric="Errors",
+            dimensions={"FunctionName": function},
+            statistic="Sum",
+            threshold=1,
+            periods=(5, 3),
+            runbook=runbook,
+        )
 
     def _alarm(
         self,
