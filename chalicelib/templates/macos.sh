@@ -36,8 +36,14 @@ if [ -n "$${GITLAB_CA}" ]; then
   security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain "$${TLS_CA_FILE}"
 fi
 
+# macOS runs from a read-only system volume: nothing can be written under / (Apple, "About the read-only system
+# volume in macOS Catalina or later", support.apple.com/en-us/101400). The shell executor puts builds and cache
+# in `builds` and `cache` under run-single's working directory (gitlab-runner executors/shell/shell.go), which
+# for user data is /; so both go under the runner user's home (`--builds-dir`, `--cache-dir`: common/config.go).
+RUNNER_HOME=/Users/ec2-user
 set -- --url "$$(field gitlab_url)" --token "$$(field runner_token)" --executor "$${EXECUTOR}" \
-  --max-builds "$${MAX_BUILDS}" --wait-timeout "$${WAIT_TIMEOUT}" --description "runner-scaler/${pool}/$${INSTANCE_ID}"
+  --max-builds "$${MAX_BUILDS}" --wait-timeout "$${WAIT_TIMEOUT}" --description "runner-scaler/${pool}/$${INSTANCE_ID}" \
+  --builds-dir "$${RUNNER_HOME}/builds" --cache-dir "$${RUNNER_HOME}/cache"
 [ -n "$${TLS_CA_FILE}" ] && set -- "$$@" --tls-ca-file "$${TLS_CA_FILE}"
 if [ -n "$${CACHE_BUCKET}" ]; then
   set -- "$$@" --cache-type s3 --cache-shared --cache-s3-server-address s3.amazonaws.com \
