@@ -126,10 +126,10 @@ def test_by_default_the_runner_waits_for_jobs_as_long_as_its_machine_lives() -> 
 
 
 def test_a_mac_runner_keeps_builds_and_cache_under_its_users_home(tmp_path: Path) -> None:
-    """macOS runs from a read-only system volume (Apple, "About the read-only system volume in macOS Catalina or
-    later"); the shell executor's default dirs are `builds`/`cache` under the working directory (gitlab-runner
-    executors/shell/shell.go), which is / for user data. Both must be given, under the runner user's home."""
-    # GIVEN the macOS script from its runner arguments on, run from /, with the tools stubbed to log their calls
+    """macOS runs from a read-only system volume (Apple, "About the read-only system volume in macOS
+    Catalina or later"); the shell executor's default dirs are `builds`/`cache` under the working directory
+    (gitlab-runner executors/shell/shell.go), which is / for user data: both must be given, under the home."""
+    # GIVEN the macOS script from its runner arguments on, run from /, with the tools stubbed to log calls
     text = render(EXAMPLE.pool("macos"), "runner-scaler")
     start = text.index("RUNNER_HOME=")
     tail = text[start:]
@@ -145,7 +145,13 @@ def test_a_mac_runner_keeps_builds_and_cache_under_its_users_home(tmp_path: Path
     prelude += "field() { echo value; }\n"
     # WHEN the runner starts
     result = subprocess.run(
-        ["bash", "-c", prelude + tail], cwd="/", env=env, capture_output=True, text=True, check=False, timeout=30
+        ["bash", "-c", prelude + tail],
+        cwd="/",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
     )
     # THEN builds and cache live under /Users/ec2-user, never on the read-only root
     assert result.returncode == 0, result.stderr
