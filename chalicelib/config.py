@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -23,6 +23,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
@@ -72,6 +73,13 @@ def format_duration(value: timedelta) -> str:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+#: A TOML boolean only: pydantic's lax mode would read `spot = "yes"` or `privileged = 1` as true, and a typo
+#: in a quoted value would then switch a pool's behaviour without a word.
+Bool = Annotated[bool, Strict()]
+#: A TOML integer only: `max_instances = "40"` or `3.5` is a mistake worth reporting, not a value to coerce.
+Int = Annotated[int, Strict()]
+#: A TOML number (an integer is a fine float); never a quoted string.
+Float = Annotated[float, Strict()]
 
 
 class Platform(StrEnum):
@@ -89,10 +97,10 @@ class Policy(_Model):
 
     periods: tuple[str, ...] = ("* * * * *",)
     timezone: str = "UTC"
-    idle_count: int = Field(0, ge=0)
+    idle_count: Int = Field(0, ge=0)
     idle_time: Duration = timedelta(minutes=5)
-    scale_factor: float = Field(0.0, ge=0.0)
-    scale_factor_limit: int = Field(0, ge=0)
+    scale_factor: Float = Field(0.0, ge=0.0)
+    scale_factor_limit: Int = Field(0, ge=0)
 
     @field_validator("periods")
     @classmethod
@@ -129,6 +137,140 @@ class Policy(_Model):
         return any(croniter.match(period, local) for period in self.periods)
 
 
+PullPolicy = Literal["always", "if-not-present", "never"]
+
+
+def _one_or_many(value: Any) -> Any:
+    """gitlab-runner's `StringOrArray`: `pull_policy = "always"` is `pull_policy = ["always"]`."""
+    return (value,) if isinstance(value, str) else value
+
+
+class DockerOptions(_Model):
+    """`[pools.docker]`: gitlab-runner's `[runners.docker]`, same key names, passed to `run-single` as flags.
+
+    Every key is a field of gitlab-runner's `DockerConfig` (gitlab-runner `common/config.go`, `toml:` tags);
+    `RUN_SINGLE_FLAGS` gives the flag each one becomes (the struct's `long:` tag under the `docker`
+    namespace of `RunnerSettings`, hence `--docker-<long>`). `registry_mirrors` is ours: it goes to the
+    machine's Docker daemon (`/etc/docker/daemon.json` "registry-mirrors"), not to gitlab-runner.
+    """
+
+    #: The image of jobs that name none (`image:` absent in .gitlab-ci.yml).
+    image: str = "alpine:3.20"
+    #: Docker-in-Docker needs it; on a pool whose machines run one job each (max_use_count = 1).
+    privileged: Bool = False
+    #: None follows `privileged`, as in gitlab-runner.
+    services_privileged: Bool | None = None
+    allowed_privileged_images: tuple[str, ...] = ()
+    allowed_privileged_services: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    cache_dir: str = ""
+    disable_cache: Bool = False
+    pull_policy: Annotated[tuple[PullPolicy, ...], BeforeValidator(_one_or_many)] = ()
+    allowed_pull_policies: tuple[PullPolicy, ...] = ()
+    allowed_images: tuple[str, ...] = ()
+    allowed_services: tuple[str, ...] = ()
+    #: Bytes, as in gitlab-runner (`shm_size = 268435456` is 256 MiB).
+    shm_size: Int = Field(0, ge=0)
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    extra_hosts: tuple[str, ...] = ()
+    network_mode: str = ""
+    cpus: str = ""
+    memory: str = ""
+    memory_swap: str = ""
+    memory_reservation: str = ""
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    security_opt: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    user: str = ""
+    helper_image: str = ""
+    wait_for_services_timeout: Int = Field(0, ge=0)
+    oom_kill_disable: Bool = False
+    runtime: str = ""
+    gpus: str = ""
+    registry_mirrors: tuple[str, ...] = ()
+
+    #: Field -> `run-single` flag, from the `long:` tags of gitlab-runner `common/config.go` `DockerConfig`.
+    #: (`services_privileged` keeps its underscore there, like `--cache-s3-authentication_type`.)
+    RUN_SINGLE_FLAGS: ClassVar[dict[str, str]] = {
+        "image": "--docker-image",
+        "privileged": "--docker-privileged",
+        "services_privileged": "--docker-services_privileged",
+        "allowed_privileged_images": "--docker-allowed-privileged-images",
+        "allowed_privileged_services": "--docker-allowed-privileged-services",
+        "volumes": "--docker-volumes",
+        "cache_dir": "--docker-cache-dir",
+        "disable_cache": "--docker-disable-cache",
+        "pull_policy": "--docker-pull-policy",
+        "allowed_pull_policies": "--docker-allowed-pull-policies",
+        "allowed_images": "--docker-allowed-images",
+        "allowed_services": "--docker-allowed-services",
+        "shm_size": "--docker-shm-size",
+        "dns": "--docker-dns",
+        "dns_search": "--docker-dns-search",
+        "extra_hosts": "--docker-extra-hosts",
+        "network_mode": "--docker-network-mode",
+        "cpus": "--docker-cpus",
+        "memory": "--docker-memory",
+        "memory_swap": "--docker-memory-swap",
+        "memory_reservation": "--docker-memory-reservation",
+        "cap_add": "--docker-cap-add",
+        "cap_drop": "--docker-cap-drop",
+        "security_opt": "--docker-security-opt",
+        "devices": "--docker-devices",
+        "user": "--docker-user",
+        "helper_image": "--docker-helper-image",
+        "wait_for_services_timeout": "--docker-wait-for-services-timeout",
+        "oom_kill_disable": "--docker-oom-kill-disable",
+        "runtime": "--docker-runtime",
+        "gpus": "--docker-gpus",
+    }
+
+    @field_validator("image")
+    @classmethod
+    def _image_named(cls, image: str) -> str:
+        if not image.strip():
+            raise ValueError('the default image cannot be empty; e.g. image = "alpine:3.20"')
+        return image
+
+    @field_validator("registry_mirrors")
+    @classmethod
+    def _mirrors_are_urls(cls, mirrors: tuple[str, ...]) -> tuple[str, ...]:
+        for mirror in mirrors:
+            if not re.match(r"^https?://[^\s]+$", mirror):
+                raise ValueError(
+                    f'registry mirror "{mirror}" must be a URL, e.g. "https://mirror.example.com"'
+                )
+        return mirrors
+
+    def run_single_args(self) -> tuple[str, ...]:
+        """The `gitlab-runner run-single` arguments for these options, in field order.
+
+        A list repeats its flag per item (go-flags slices: `--docker-volumes a --docker-volumes b`); a true
+        boolean is the bare flag; unset values (empty, 0, false) are left out, so gitlab-runner's defaults
+        apply.
+        `services_privileged = false` has no flag spelling and goes by `services_privileged_env` instead.
+        """
+        args: list[str] = []
+        for name, flag in self.RUN_SINGLE_FLAGS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool):
+                args += [flag] if value else []
+            elif isinstance(value, tuple):
+                for item in value:
+                    args += [flag, str(item)]
+            elif value:
+                args += [flag, str(value)]
+        return tuple(args)
+
+    @property
+    def services_privileged_env(self) -> str:
+        """`DOCKER_SERVICES_PRIVILEGED` (its `env:` tag in gitlab-runner `common/config.go`): "false" when
+        services must stay unprivileged beside a privileged job container, else "" (flag or default)."""
+        return "false" if self.services_privileged is False else ""
+
+
 class HostManagement(StrEnum):
     SCALER = "scaler"
     AUTO = "auto"
@@ -142,9 +284,9 @@ class HostsConfig(_Model):
     host_resource_group: str
     license_configuration: str = ""
     #: Machines one host takes. Left unset, AWS's own count is used (see `slots_derived`); 1 is the fallback.
-    slots_per_host: int = Field(1, ge=1)
-    min_hosts: int = Field(0, ge=0)
-    max_hosts: int = Field(1, ge=1)
+    slots_per_host: Int = Field(1, ge=1)
+    min_hosts: Int = Field(0, ge=0)
+    max_hosts: Int = Field(1, ge=1)
     scrub_time: Duration = timedelta(minutes=50)
     min_allocation: Duration = timedelta(hours=24)
     allocate_after: Duration = timedelta(minutes=2)
@@ -180,24 +322,26 @@ class Pool(_Model):
     platform: Platform = Platform.LINUX
     executor: str = "docker"
     tags: tuple[str, ...] = ()
-    run_untagged: bool = False
-    locked: bool = True
-    capacity_per_instance: int = Field(1, ge=1)
-    max_use_count: int = Field(1, ge=0)
-    max_instances: int = Field(ge=1)
+    run_untagged: Bool = False
+    locked: Bool = True
+    capacity_per_instance: Int = Field(1, ge=1)
+    max_use_count: Int = Field(1, ge=0)
+    max_instances: Int = Field(ge=1)
     boot_timeout: Duration = timedelta(minutes=15)
-    max_growth_rate: int = Field(0, ge=0)
+    max_growth_rate: Int = Field(0, ge=0)
     instance_types: tuple[str, ...] = ()
-    spot: bool = False
+    spot: Bool = False
     cache_bucket: str = ""
-    retry_interrupted_jobs: bool = True
+    retry_interrupted_jobs: Bool = True
     #: `run-single --wait-timeout`: 0 waits for jobs as long as the machine lives, so idle machines go only by
     #: the scaler's idle policy (a positive value makes an idle machine leave by itself after it).
     wait_timeout: Duration = timedelta(0)
-    prewarm: bool = False
-    prewarm_max: int = Field(2, ge=0)
-    prewarm_confidence: float = Field(0.8, gt=0.0, le=1.0)
+    prewarm: Bool = False
+    prewarm_max: Int = Field(2, ge=0)
+    prewarm_confidence: Float = Field(0.8, gt=0.0, le=1.0)
     hosts: HostsConfig | None = None
+    #: gitlab-runner's `[runners.docker]` for docker executors (see DockerOptions).
+    docker: DockerOptions = DockerOptions()
     policy: tuple[Policy, ...] = (Policy(),)
 
     @field_validator("tags")
@@ -216,6 +360,13 @@ class Pool(_Model):
             raise ValueError("macos pools run on dedicated hosts: add a [pools.hosts] table")
         if self.hosts and self.platform is Platform.MACOS and self.hosts.slots_per_host != 1:
             raise ValueError("an EC2 Mac host holds exactly one instance: slots_per_host must be 1")
+        if self.docker != DockerOptions() and (
+            not self.executor.startswith("docker") or self.platform is Platform.MACOS
+        ):
+            raise ValueError(
+                "[pools.docker] applies to docker executors on Linux or Windows, not executor "
+                f'"{self.executor}" on {self.platform.value}: remove the table, or set executor = "docker"'
+            )
         return self
 
     def active_policy(self, now: datetime) -> Policy:
@@ -250,8 +401,8 @@ class GitLabConfig(_Model):
     webhook_tokens_secret: str = ""
     ca_bundle_secret: str = ""
     runner_type: RunnerType = "instance_type"
-    group_id: int | None = None
-    project_id: int | None = None
+    group_id: Int | None = None
+    project_id: Int | None = None
     projects: tuple[int | str, ...] = ()
     groups: tuple[int | str, ...] = ()
     webhook_url: str = ""
@@ -282,7 +433,7 @@ class ScalerConfig(_Model):
     lease_duration: Duration = timedelta(seconds=50)
     #: Up to this many pools the tick reconciles them itself; above, it queues one "pool dirty" message per
     #: pool, so each reconcile runs in its own invocation and one invocation's CPU never grows with the fleet.
-    tick_inline_pools: int = Field(10, ge=0)
+    tick_inline_pools: Int = Field(10, ge=0)
 
 
 class Prices(_Model):
@@ -332,7 +483,14 @@ def config_from_dict(data: Mapping[str, Any], source: str) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [_describe(error) for error in exc.errors()]) from None
+        raise ConfigError(source, [_describe(error) for error in _root_causes(exc.errors())]) from None
+
+
+def _root_causes(errors: list[Any]) -> list[Any]:
+    """Drop a list's "too short" error when one of its items failed: pydantic counts only the items that
+    validated, so one bad pool would also print "pools: Tuple should have at least 1 item", which is false."""
+    failed_items = {tuple(e["loc"][:i]) for e in errors for i in range(1, len(e["loc"]))}
+    return [e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in failed_items)]
 
 
 def load_config_file(path: str | Path) -> Config:
@@ -369,8 +527,18 @@ def _describe(error: Any) -> str:
         return f"{path}: unknown field{hint}"
     if error["type"] == "missing":
         return f"{path}: required field is missing"
+    if error["type"] in _STRICT_FIXES:
+        return f"{path}: {error['input']!r} is not {_STRICT_FIXES[error['type']]}"
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"{path}: {message}" if path else message
+
+
+#: What a strict field wanted, and how to write it (TOML: quotes make a string).
+_STRICT_FIXES = {
+    "bool_type": "a TOML boolean: write true or false, without quotes",
+    "int_type": "a TOML integer: write a whole number without quotes, e.g. 10",
+    "float_type": "a TOML number: write it without quotes, e.g. 0.5",
+}
 
 
 def _path(loc: tuple[Any, ...]) -> str:

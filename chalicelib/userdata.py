@@ -6,16 +6,18 @@ infra/ renders launch templates with this module, so the deployed and tested scr
 
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
 from string import Template
 
-from chalicelib.config import Platform, Pool
+from chalicelib.config import DockerOptions, Platform, Pool
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 _FILES = {Platform.LINUX: "linux.sh", Platform.MACOS: "macos.sh", Platform.WINDOWS: "windows.ps1"}
 
-#: Default job image of docker executors (a pool's runners may override it in the job's `image:`).
-DEFAULT_DOCKER_IMAGE = "alpine:3.20"
+#: Default job image of docker executors (a job overrides it with its own `image:`); `[pools.docker] image`.
+DEFAULT_DOCKER_IMAGE = DockerOptions().image
 
 
 def render(pool: Pool, prefix: str) -> str:
@@ -27,8 +29,10 @@ def render(pool: Pool, prefix: str) -> str:
         "executor": _safe(pool.executor),
         "max_builds": str(pool.max_use_count),
         "wait_timeout": str(int(pool.wait_timeout.total_seconds())),
-        "docker_image": DEFAULT_DOCKER_IMAGE,
         "cache_bucket": _safe(pool.cache_bucket),
+        "docker_args": _docker_args(pool),
+        "services_privileged_env": pool.docker.services_privileged_env,
+        "registry_mirrors": _single_quoted(json.dumps(list(pool.docker.registry_mirrors)), pool.platform),
     }
     return Template(text).substitute(values)
 
@@ -38,3 +42,25 @@ def _safe(value: str) -> str:
     if any(ch in value for ch in "\"'`$\\\n\r;&|<>"):
         raise ValueError(f"unsafe character in user-data value {value!r}")
     return value
+
+
+def _docker_args(pool: Pool) -> str:
+    """`[pools.docker]` as `run-single` arguments, quoted for the pool's shell; none for other executors.
+
+    Values are quoted, not screened: an image reference or a volume spec may hold characters the `_safe`
+    check refuses, and a quoted word is never split or expanded by the shell.
+    """
+    if not pool.executor.startswith("docker"):
+        return ""
+    separator = ", " if pool.platform is Platform.WINDOWS else " "  # a PowerShell array, or bash words
+    return separator.join(_single_quoted(arg, pool.platform) for arg in pool.docker.run_single_args())
+
+
+def _single_quoted(value: str, platform: Platform) -> str:
+    """One literal word: POSIX shell single quotes, or PowerShell's (where '' is a quote inside)."""
+    if platform is Platform.WINDOWS:
+        # PowerShell reads the typographic single quotes as quotes too (about_Quoting_Rules): double them all.
+        for quote in "'\u2018\u2019\u201a\u201b":
+            value = value.replace(quote, quote * 2)
+        return "'" + value + "'"
+    return shlex.quote(value)

@@ -8,8 +8,11 @@ PREFIX="${prefix}"
 EXECUTOR="${executor}"
 MAX_BUILDS="${max_builds}"
 WAIT_TIMEOUT="${wait_timeout}"
-DOCKER_IMAGE="${docker_image}"
 CACHE_BUCKET="${cache_bucket}"
+# [pools.docker] as gitlab-runner flags (its common/config.go DockerConfig), and the Docker daemon's mirrors.
+DOCKER_ARGS=(${docker_args})
+SERVICES_PRIVILEGED="${services_privileged_env}"
+REGISTRY_MIRRORS=${registry_mirrors}
 
 imds() {
   local token
@@ -42,10 +45,28 @@ field ca_bundle > /etc/docker/certs/ca.pem
 field server_cert > /etc/docker/certs/cert.pem
 field server_key > /etc/docker/certs/key.pem
 chmod 0600 /etc/docker/certs/key.pem
-cat > /etc/docker/daemon.json <<JSON
-{"tlsverify": true, "tlscacert": "/etc/docker/certs/ca.pem", "tlscert": "/etc/docker/certs/cert.pem",
- "tlskey": "/etc/docker/certs/key.pem", "hosts": ["unix:///var/run/docker.sock", "tcp://0.0.0.0:2376"]}
-JSON
+# Merge our keys into /etc/docker/daemon.json, never replace it: what the AMI baked in (a registry mirror, a
+# log driver, a data root) survives. python3 is on every cloud-init AMI (cloud-init is written in Python).
+python3 - "$${REGISTRY_MIRRORS}" <<'PY'
+import json, os, sys
+path = "/etc/docker/daemon.json"
+try:
+    with open(path, encoding="utf-8") as file:
+        daemon = json.load(file)
+except FileNotFoundError:
+    daemon = {}
+except ValueError as exc:
+    sys.exit(f"runner-scaler: {path} from the AMI is not JSON ({exc}); fix the image")
+daemon.update({"tlsverify": True, "tlscacert": "/etc/docker/certs/ca.pem", "tlscert": "/etc/docker/certs/cert.pem",
+               "tlskey": "/etc/docker/certs/key.pem", "hosts": ["unix:///var/run/docker.sock", "tcp://0.0.0.0:2376"]})
+mirrors = daemon.get("registry-mirrors", []) + json.loads(sys.argv[1])
+if mirrors:
+    daemon["registry-mirrors"] = list(dict.fromkeys(mirrors))
+os.makedirs(os.path.dirname(path), exist_ok=True)
+with open(path + ".new", "w", encoding="utf-8") as file:
+    json.dump(daemon, file, indent=2)
+os.replace(path + ".new", path)
+PY
 install -d /etc/systemd/system/docker.service.d
 printf '[Service]\nExecStart=\nExecStart=/usr/bin/dockerd\n' > /etc/systemd/system/docker.service.d/hosts.conf
 systemctl daemon-reload
@@ -71,10 +92,12 @@ fi
 RUNNER_TOKEN=$$(field runner_token)
 GITLAB_URL=$$(field gitlab_url)
 unset SECRET
+# services_privileged = false has no flag spelling: its env tag (DOCKER_SERVICES_PRIVILEGED) carries it.
+if [ -n "$${SERVICES_PRIVILEGED}" ]; then export DOCKER_SERVICES_PRIVILEGED="$${SERVICES_PRIVILEGED}"; fi
 gitlab-runner run-single --url "$${GITLAB_URL}" --token "$${RUNNER_TOKEN}" --executor "$${EXECUTOR}" \
-  --docker-image "$${DOCKER_IMAGE}" --max-builds "$${MAX_BUILDS}" --wait-timeout "$${WAIT_TIMEOUT}" \
+  --max-builds "$${MAX_BUILDS}" --wait-timeout "$${WAIT_TIMEOUT}" \
   --description "runner-scaler/${pool}/$${INSTANCE_ID}" \
-  "$${TLS_CA_ARGS[@]}" "$${CACHE_ARGS[@]}" || true
+  "$${DOCKER_ARGS[@]}" "$${TLS_CA_ARGS[@]}" "$${CACHE_ARGS[@]}" || true
 # run-single has exited: --max-builds jobs done, --wait-timeout passed without a job, or a runner error.
 # No job runs here any more, and an idle machine whose runner stopped listening must not count as
 # capacity: leave now, decrementing the group so it does not replace this machine by itself.

@@ -7,6 +7,10 @@ $$Executor = "${executor}"
 $$MaxBuilds = "${max_builds}"
 $$WaitTimeout = "${wait_timeout}"
 $$CacheBucket = "${cache_bucket}"
+# [pools.docker] as gitlab-runner flags (its common/config.go DockerConfig), and the Docker daemon's mirrors.
+$$DockerArgs = @(${docker_args})
+$$ServicesPrivileged = "${services_privileged_env}"
+$$RegistryMirrors = ${registry_mirrors} | ConvertFrom-Json
 
 $$Token = Invoke-RestMethod -Method Put -Uri "http://169.254.169.254/latest/api/token" `
   -Headers @{ "X-aws-ec2-metadata-token-ttl-seconds" = "300" }
@@ -31,14 +35,23 @@ Set-Content -Path "$$CertDir\ca.pem" -Value $$Secret.ca_bundle
 Set-Content -Path "$$CertDir\cert.pem" -Value $$Secret.server_cert
 Set-Content -Path "$$CertDir\key.pem" -Value $$Secret.server_key
 icacls "$$CertDir\key.pem" /inheritance:r /grant:r "SYSTEM:R" "Administrators:R" | Out-Null
-$$Daemon = @{ tlsverify = $$true; tlscacert = "$$CertDir\ca.pem"; tlscert = "$$CertDir\cert.pem";
+# Merge our keys into daemon.json, never replace it: what the AMI baked in (a registry mirror) survives.
+$$DaemonFile = "C:\ProgramData\docker\config\daemon.json"
+$$Daemon = if (Test-Path $$DaemonFile) { Get-Content -Raw $$DaemonFile | ConvertFrom-Json } else { [pscustomobject]@{} }
+$$Ours = @{ tlsverify = $$true; tlscacert = "$$CertDir\ca.pem"; tlscert = "$$CertDir\cert.pem";
   tlskey = "$$CertDir\key.pem"; hosts = @("npipe://", "tcp://0.0.0.0:2376") }
-$$Daemon | ConvertTo-Json | Set-Content -Path "C:\ProgramData\docker\config\daemon.json"
+foreach ($$Key in $$Ours.Keys) { $$Daemon | Add-Member -NotePropertyName $$Key -NotePropertyValue $$Ours[$$Key] -Force }
+$$Mirrors = @($$Daemon."registry-mirrors") + @($$RegistryMirrors) | Where-Object { $$_ } | Select-Object -Unique
+if ($$Mirrors) { $$Daemon | Add-Member -NotePropertyName "registry-mirrors" -NotePropertyValue @($$Mirrors) -Force }
+New-Item -ItemType Directory -Force -Path (Split-Path $$DaemonFile) | Out-Null
+$$Daemon | ConvertTo-Json -Depth 10 | Set-Content -Path $$DaemonFile
 Restart-Service docker
 
 $$RunnerArgs = @("run-single", "--url", $$Secret.gitlab_url, "--token", $$Secret.runner_token,
   "--executor", $$Executor, "--max-builds", $$MaxBuilds, "--wait-timeout", $$WaitTimeout,
-  "--description", "runner-scaler/${pool}/$$InstanceId")
+  "--description", "runner-scaler/${pool}/$$InstanceId") + $$DockerArgs
+# services_privileged = false has no flag spelling: its env tag (DOCKER_SERVICES_PRIVILEGED) carries it.
+if ($$ServicesPrivileged) { $$env:DOCKER_SERVICES_PRIVILEGED = $$ServicesPrivileged }
 if ($$Secret.gitlab_ca_bundle) {
   $$CaFile = "C:\ProgramData\runner-scaler\gitlab-ca.pem"
   New-Item -ItemType Directory -Force -Path (Split-Path $$CaFile) | Out-Null
