@@ -188,10 +188,11 @@ class Lifecycle:
         outcome: LifecycleOutcome,
     ) -> None:
         description = runner_description(pool.name, action.instance_id)
-        # A runner left by an attempt that crashed before storing its token cannot be reused: replace it.
-        for stale in self.gitlab.list_runners(description, **self._runner_scope()):
-            if stale.description == description:
-                self.gitlab.delete_runner(stale.id)
+        # A runner left by an attempt that stopped before storing its token cannot be reused: replace it. The
+        # record names it (stored right after creation, below), so a launch never pages through every runner
+        # in scope; one created by an attempt that died before that write is the orphan sweep's.
+        if record is not None and record.runner_id is not None:
+            self.gitlab.delete_runner(record.runner_id)
         settings = self.config.gitlab
         created = self.gitlab.create_runner(
             runner_type=settings.runner_type,
@@ -205,6 +206,8 @@ class Lifecycle:
         )
         outcome.runner_id = int(created.id)
         outcome.created_runner = True
+        base = record or MachineRecord(instance_id=action.instance_id, pool=pool.name, launched_at=now)
+        self.store.put_machine(replace(base, runner_id=int(created.id)))
         server_cert, server_key, trust = self.tls.issue(
             self.fleet.instance_addresses(action.instance_id), now
         )
@@ -225,8 +228,6 @@ class Lifecycle:
             json.dumps(payload),
             {TAG_POOL: pool.name, TAG_INSTANCE_ARN: action.instance_arn},
         )
-        base = record or MachineRecord(instance_id=action.instance_id, pool=pool.name, launched_at=now)
-        self.store.put_machine(replace(base, runner_id=int(created.id)))
 
     def _undo_launch(self, outcome: LifecycleOutcome, secret_name: str) -> None:
         """Leave nothing behind after a failed launch: no runner, no secret."""
