@@ -44,6 +44,19 @@ class GitLabError(RunnerScalerError):
         return self.status == 0 or self.status == 429 or self.status >= 500
 
 
+class GitLabNotFoundError(GitLabError):
+    """GitLab answered 404: the runner, job, pipeline or project is gone, or the API token cannot see it.
+
+    A GitLabError like any other, so every handler that survives a GitLab failure survives this one too (a
+    runner deleted outside the scaler must never stop a tick). Never retryable: asking again finds nothing.
+    `what` names the missing thing ("runner 42", "pipeline 7 of project 3").
+    """
+
+    def __init__(self, action: str, what: str, message: str) -> None:
+        self.what = what
+        super().__init__(action, 404, f"{what} not found ({message}); it may have been deleted")
+
+
 class RetryLaterError(RunnerScalerError):
     """A transient failure (GitLab 429/5xx, an AWS throttle) the invocation's own retry should meet again.
 
@@ -53,7 +66,10 @@ class RetryLaterError(RunnerScalerError):
 
 
 class NotFoundError(RunnerScalerError):
-    """A resource the caller named does not exist (runner, job, secret, instance)."""
+    """An AWS resource the caller named does not exist (a secret, a secret version or stage).
+
+    GitLab's 404s are `GitLabNotFoundError`, a `GitLabError`: they must reach the handlers that catch those.
+    """
 
 
 class LeaseHeldError(RunnerScalerError):

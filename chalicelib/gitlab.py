@@ -20,7 +20,7 @@ import gitlab
 import gitlab.exceptions
 import requests
 
-from chalicelib.errors import GitLabError, NotFoundError
+from chalicelib.errors import GitLabError, GitLabNotFoundError
 from chalicelib.tracing import Tracing
 
 logger = logging.getLogger(__name__)
@@ -476,7 +476,7 @@ class GitLabClient:
 
         try:
             self._call("runners.delete", f"runner {runner_id}", delete)
-        except NotFoundError:
+        except GitLabNotFoundError:
             return False
         return True
 
@@ -707,12 +707,12 @@ def gitlab_client(
 # Translation: GitLab JSON in, our dataclasses and errors out
 
 
-def _translate(action: str, what: str, exc: gitlab.exceptions.GitlabError) -> GitLabError | NotFoundError:
-    """Our error for a python-gitlab error: 404 becomes NotFoundError, the rest GitLabError(status)."""
+def _translate(action: str, what: str, exc: gitlab.exceptions.GitlabError) -> GitLabError:
+    """Our error for a python-gitlab error: 404 becomes GitLabNotFoundError, the rest GitLabError(status)."""
     status = int(exc.response_code or 0)
     message = str(exc.error_message or type(exc).__name__)
     if status == 404:
-        return NotFoundError(f"GitLab {action}: {what} not found (404: {message}); it may have been deleted")
+        return GitLabNotFoundError(action, what, message)
     if isinstance(exc, gitlab.exceptions.GitlabParsingError):
         message = f"GitLab answered with something that is not JSON ({message}); is the URL the GitLab root?"
     elif status == 401:

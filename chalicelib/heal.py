@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from chalicelib.capacity import pool_for_tags
 from chalicelib.config import Config
-from chalicelib.errors import GitLabError, NotFoundError
+from chalicelib.errors import GitLabError, GitLabNotFoundError
 from chalicelib.jobs import DirtyMarker
 from chalicelib.store import ACTIVE, JobRecord, Store, rank
 
@@ -92,7 +92,7 @@ def _refresh(
 ) -> None:
     try:
         info = gitlab.get_job(job.project_id, job.job_id)
-    except NotFoundError:
+    except GitLabNotFoundError:
         store.record_job(_with(job, "canceled", finished_at=now), now)
         report.closed.append(job.job_id)
         dirty.mark_dirty(job.pool, f"job {job.job_id} gone from GitLab", now)

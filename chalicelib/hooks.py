@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from chalicelib.config import Config
-from chalicelib.errors import GitLabError, NotFoundError
+from chalicelib.errors import GitLabError
 
 if TYPE_CHECKING:
     from chalicelib.gitlab import HookInfo, HooksApi
@@ -40,7 +40,7 @@ COMPARED_FIELDS = ("url", "job_events", "pipeline_events", "push_events", "enabl
 #: GitLab's answer to a test request when the project has nothing to send (TestHooks::ProjectService).
 _NO_JOBS = "has CI jobs"
 
-_ERRORS = (GitLabError, NotFoundError)
+_ERRORS = (GitLabError,)  # a 404 (GitLabNotFoundError) is one of them
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from chalicelib.capacity.hosts import Host, HostState, IdleMark, LicenseRoom
 from chalicelib.config import Config, Pool
-from chalicelib.errors import GitLabError, NotFoundError
+from chalicelib.errors import GitLabError, GitLabNotFoundError
 from chalicelib.events.gitlab import PipelineHook, event_identity, parse_gitlab_event
 from chalicelib.events.samples import BuildSample, pipeline_hook_payload, webhook_headers
 from chalicelib.fleet import GroupView, Instance
@@ -235,7 +235,7 @@ class SimGitLabApi:
         self._calls["gitlab"] += 1
         info = self._gitlab.job_info(job_id)
         if info is None or info.project_id != project_id:
-            raise NotFoundError(f"job {job_id} of project {project_id}")
+            raise GitLabNotFoundError("jobs.get", f"job {job_id} of project {project_id}", "404 Not Found")
         return info
 
     def list_jobs(self, project_id: int, scope: Sequence[str] = ("pending",)) -> list[JobInfo]:

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
-from chalicelib.errors import GitLabError, NotFoundError
+from chalicelib.errors import GitLabError, GitLabNotFoundError
 from chalicelib.gitlab import GitLabApi, GitLabClient, counting, gitlab_client, parse_time
 from tests.gitlab_fixtures import T0, Clock, WebhookReceiver, make_tls_material
 
@@ -130,7 +130,7 @@ def test_deleting_a_runner_twice_is_fine(gl: GitLabClient) -> None:
 
     assert gl.delete_runner(runner_id) is True
     assert gl.delete_runner(runner_id) is False
-    with pytest.raises(NotFoundError, match="runner"):
+    with pytest.raises(GitLabNotFoundError, match="runner"):
         gl.get_runner(runner_id)
 
 
