@@ -331,7 +331,12 @@ class Pool(_Model):
     max_growth_rate: Int = Field(0, ge=0)
     instance_types: tuple[str, ...] = ()
     spot: Bool = False
+    #: Root volume size in GiB (docker-machine's `amazonec2-root-size`); None takes infra's platform default.
+    root_volume_gib: Int | None = Field(None, ge=1, le=16384)
     cache_bucket: str = ""
+    #: The cache bucket is yours and exists already (migrated from [runners.cache.s3]): infra/ only grants the
+    #: machines access to it. False: infra/ creates and owns a bucket of that name.
+    cache_bucket_existing: Bool = False
     retry_interrupted_jobs: Bool = True
     #: `run-single --wait-timeout`: 0 waits for jobs as long as the machine lives, so idle machines go only by
     #: the scaler's idle policy (a positive value makes an idle machine leave by itself after it).
@@ -358,6 +363,8 @@ class Pool(_Model):
             raise ValueError("a pool with no tags must set run_untagged = true, or it can never take a job")
         if self.platform is Platform.MACOS and self.hosts is None:
             raise ValueError("macos pools run on dedicated hosts: add a [pools.hosts] table")
+        if self.cache_bucket_existing and not self.cache_bucket:
+            raise ValueError("cache_bucket_existing = true needs cache_bucket, the existing bucket's name")
         if self.hosts and self.platform is Platform.MACOS and self.hosts.slots_per_host != 1:
             raise ValueError("an EC2 Mac host holds exactly one instance: slots_per_host must be 1")
         if self.docker != DockerOptions() and (
@@ -461,6 +468,13 @@ class Config(_Model):
                 if value in seen:
                     raise ValueError(f'two pools share {attribute} "{value}"; each pool needs its own')
                 seen.add(value)
+        owned = {p.cache_bucket for p in self.pools if p.cache_bucket and not p.cache_bucket_existing}
+        existing = {p.cache_bucket for p in self.pools if p.cache_bucket and p.cache_bucket_existing}
+        for bucket in sorted(owned & existing):
+            raise ValueError(
+                f'cache bucket "{bucket}" is existing in one pool and created in another: '
+                "set cache_bucket_existing the same way in every pool that names it"
+            )
         return self
 
     def pool(self, name: str) -> Pool:
@@ -468,6 +482,50 @@ class Config(_Model):
             if pool.name == name:
                 return pool
         raise KeyError(name)
+
+
+def deployment_problems(config: Config) -> list[str]:
+    """What makes a well-formed config fail once deployed, each with its field path and fix.
+
+    The model accepts these (tests and the demo run without an API token, and a pool's instance type may come
+    from its hosts), so `validate-config` asks here before it says a file is good.
+    """
+    problems: list[str] = []
+    if not config.gitlab.api_token_secret.strip():
+        problems.append(
+            "gitlab.api_token_secret: empty, so no job can be routed (the scaler reads job tags with this "
+            'token); name the Secrets Manager secret that holds it, e.g. "runner-scaler/gitlab-api-token"'
+        )
+    for field_name in ("groups", "projects"):
+        for index, ref in enumerate(getattr(config.gitlab, field_name)):
+            if not (isinstance(ref, int) or str(ref).strip().isdigit()):
+                problems.append(
+                    f'gitlab.{field_name}[{index}]: "{ref}" is a path; write the numeric id (shown on its '
+                    "overview page): the tick's lost-job scan looks them up by id and skips paths"
+                )
+    for index, pool in enumerate(config.pools):
+        if not pool.instance_types and pool.hosts is None:
+            problems.append(
+                f'pools[{index}].instance_types: empty; the launch template needs one, e.g. ["m7i.large"]'
+            )
+    problems += _shadowed_pools(config.pools)
+    return problems
+
+
+def _shadowed_pools(pools: tuple[Pool, ...]) -> list[str]:
+    """Pools that can never get a job: an earlier pool takes every job they would (routing takes the first
+    pool, in config order, whose runners would pick the job: chalicelib/capacity/routing.py)."""
+    problems = []
+    for later_index, later in enumerate(pools):
+        for earlier_index, earlier in enumerate(pools[:later_index]):
+            if set(later.tags) <= set(earlier.tags) and (earlier.run_untagged or not later.run_untagged):
+                problems.append(
+                    f'pools[{later_index}] "{later.name}": never gets a job, because pools[{earlier_index}] '
+                    f'"{earlier.name}" (earlier) takes every job it would; give it a tag "{earlier.name}" '
+                    "lacks, or move it before that pool"
+                )
+                break
+    return problems
 
 
 def parse_config(text: str, source: str) -> Config:
@@ -496,10 +554,36 @@ def _root_causes(errors: list[Any]) -> list[Any]:
 def load_config_file(path: str | Path) -> Config:
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        data = file.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
-    return parse_config(text, str(path))
+    return parse_config(_decode(data, str(path)), str(path))
+
+
+def _decode(data: bytes, source: str) -> str:
+    """TOML is UTF-8 (TOML spec v1.0.0, "A TOML file must be a valid UTF-8 encoded Unicode document").
+
+    A PowerShell `>` redirect writes UTF-16 with a byte-order mark: say so and how to fix it, not a traceback.
+    """
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(
+            source,
+            [
+                "the file is UTF-16 (as PowerShell's `>` writes it), and TOML must be UTF-8: re-save it as "
+                "UTF-8, e.g. `Get-Content in.toml | Set-Content -Encoding utf8 out.toml`"
+            ],
+        )
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            source,
+            [
+                f"line {line}: byte {data[exc.start]:#04x} is not UTF-8, and TOML must be UTF-8: "
+                "re-save the file as UTF-8"
+            ],
+        ) from None
 
 
 def load_config(environ: Mapping[str, str], read_parameter: Callable[[str], str]) -> Config:

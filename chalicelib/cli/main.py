@@ -20,7 +20,7 @@ from chalicelib.cli.replay import replay_command
 from chalicelib.cli.simulate import simulate as simulate_command
 from chalicelib.cli.status import status as status_command
 from chalicelib.cli.trace import trace_app
-from chalicelib.config import Config, format_duration, load_config_file
+from chalicelib.config import Config, deployment_problems, format_duration, load_config_file
 from chalicelib.errors import ConfigError
 from chalicelib.migrate import migrate as migrate_text
 
@@ -34,14 +34,50 @@ console = Console()
 err = Console(stderr=True)
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" when run from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("runner-scaler")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"runner-scaler {_version()}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:
+    """Serverless autoscaler for GitLab CI runner fleets on AWS."""
+
+
 @app.command("validate-config")
 def validate_config(file: Annotated[Path, typer.Argument(help="runner-scaler TOML config")]) -> None:
-    """Print the resolved config (defaults filled in), or every error with its field path (exit 1)."""
+    """Print the resolved config (defaults filled in), or every error with its field path and fix (exit 1).
+
+    Beyond the file's form it checks what would fail once deployed: no API token secret, group paths where ids
+    are needed, a pool without instance types, a pool whose tags an earlier pool shadows.
+    """
     try:
         config = load_config_file(file)
     except ConfigError as exc:
-        err.print(f"[red]{exc}[/red]", markup=True, highlight=False)
+        err.print(str(exc), style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    problems = deployment_problems(config)
+    if problems:
+        lines = "\n".join(f"  {p}" for p in problems)
+        message = f"{file} is well-formed but would not work once deployed:\n{lines}"
+        err.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     console.print_json(json.dumps(resolved(config)))
 
 
