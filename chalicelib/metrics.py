@@ -68,6 +68,7 @@ def emit_reconcile(config: Config, results: Iterable[ReconcileResult], aws_calls
             "ScaleIn": len(result.terminated),
             "DrainCancelled": len(result.drain_cancelled),
             "ReconcileErrors": len(result.errors),
+            "PoolFaults": len(result.faults),
             "ReconcileSeconds": round(result.seconds, 3),
         }
         if result.drain_seconds:

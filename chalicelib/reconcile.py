@@ -57,7 +57,12 @@ class ReconcileResult:
     desired_before: int = 0
     desired_after: int = 0
     skipped: str = ""
+    #: The apply failed (reading the group, a drain, a termination, the capacity change): nothing after the
+    #: failed call was done, so the pool's dirty message is failed and SQS delivers it again.
     errors: list[str] = field(default_factory=list)
+    #: Pool faults: a step beside the apply failed (dedicated hosts) while the apply itself went through.
+    #: Counted in the PoolFaults metric; the message succeeds, and the next tick tries the step again.
+    faults: list[str] = field(default_factory=list)
     pending: int = 0
     running: int = 0
     machines: dict[str, int] = field(default_factory=dict)  # state -> count
@@ -223,7 +228,7 @@ class Reconciler:
         result.desired_after = desired
         if host_plan is not None and hosts is not None and self._hosts is not None:
             applied = apply_host_plan(self._hosts, pool, host_plan, hosts)
-            result.errors.extend(applied.errors)
+            result.faults.extend(applied.errors)
         if plan.changes or result.terminated:
             logger.info(plan.summary(), extra={"pool": pool.name})
 

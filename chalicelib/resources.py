@@ -30,6 +30,12 @@ GSI_POOL_SK = "gsi1sk"
 QUEUE_SUFFIX = "-dirty.fifo"
 DIRTY_WINDOW_SECONDS = 2  # at most one "pool dirty" message per pool per window
 DLQ_SUFFIX = "-dirty-dlq.fifo"
+#: The `pool_dirty` function's timeout: `.chalice/config.json` sets it (both deploy paths package from it).
+DIRTY_FUNCTION_TIMEOUT_SECONDS = 60
+#: "Using Lambda with Amazon SQS" (AWS Lambda Developer Guide): "set the source queue's visibility timeout
+#: to at least six times the timeout that you configure on your function", so that a message whose
+#: invocation is throttled or slow is not handed to a second invocation while the first still runs.
+QUEUE_VISIBILITY_TIMEOUT_SECONDS = 6 * DIRTY_FUNCTION_TIMEOUT_SECONDS
 
 # Tags on EC2 / ASG / secrets (state kept on the resource under named constants).
 TAG_POOL = "runner-scaler:pool"
@@ -116,7 +122,7 @@ def queue_attributes(
     attrs = {
         "FifoQueue": "true",
         "ContentBasedDeduplication": "false",
-        "VisibilityTimeout": "120",
+        "VisibilityTimeout": str(QUEUE_VISIBILITY_TIMEOUT_SECONDS),
         # Messages wait one de-duplication window, so the reconcile sees every event of its window.
         "DelaySeconds": str(delay_seconds),
         "MessageRetentionPeriod": "3600",

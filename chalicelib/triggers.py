@@ -79,6 +79,8 @@ def run_tick(rt: Runtime, owner: str) -> TickReport:
     for result in tick.results:
         if result.errors:
             logger.warning("reconcile errors", extra={"pool": result.pool, "errors": result.errors})
+        if result.faults:
+            logger.warning("pool faults", extra={"pool": result.pool, "faults": result.faults})
     return tick
 
 
@@ -187,7 +189,7 @@ def _reconcile_past_lease(rt: Runtime, pool: Pool, owner: str) -> ReconcileResul
 
 
 def process_dirty_batch(rt: Runtime, event: dict[str, Any], owner: str) -> dict[str, Any]:
-    """Reconcile each pool named in a batch once; a failed reconcile is reported as a batch item failure.
+    """Reconcile each pool named in a batch once; a failed apply is reported as a batch item failure.
 
     A malformed message is logged and dropped (a retry would never fix it). A pool whose lease is held is
     waited for: the holder may have read the state before the news this message brings.
@@ -211,7 +213,11 @@ def process_dirty_batch(rt: Runtime, event: dict[str, Any], owner: str) -> dict[
             return
         result = _reconcile_past_lease(rt, pool, owner)
         done[pool.name] = result
+        if result.faults:
+            logger.warning("pool faults", extra={"pool": pool.name, "faults": result.faults})
         if result.errors:
+            # Only a failed apply is worth SQS's retry: it holds back every later message of the pool's
+            # FIFO group until the visibility timeout passes. A pool fault is left to the next tick.
             raise RuntimeError(f"reconcile of {pool.name} failed: {result.errors[0]}")
 
     processor = SqsFifoPartialProcessor()

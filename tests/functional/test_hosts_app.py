@@ -74,6 +74,7 @@ class HostStack:
     aws: AwsClients
     runtime: Runtime
     clock: list[datetime]
+    world: MotoHostWorld
 
     def advance(self, **delta: float) -> None:
         self.clock[0] += timedelta(**delta)
@@ -154,7 +155,7 @@ def host_stack(aws_credentials: None) -> Iterator[HostStack]:
             clock=lambda: clock[0],
         )
         install(rt)
-        yield HostStack(aws, rt, clock)
+        yield HostStack(aws, rt, clock, world)
         install(None)
 
 
