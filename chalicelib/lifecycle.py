@@ -1,8 +1,9 @@
 """Use case: everything between "the ASG launched an instance" and "the instance is gone".
 
 Launch: create the machine's GitLab runner, issue its Docker server certificate, store both in the machine's
-own secret, record the machine, complete the lifecycle action (ABANDON after cleaning up on a permanent
-failure; a transient one is cleaned up and left open for Lambda's retry).
+own secret, record the machine, complete the lifecycle action. A permanent failure is cleaned up, ends the
+machine with a decrement and faults the pool (no relaunch loop); a transient one is cleaned up and left
+open for Lambda's retry.
 Terminate: rescue an interrupted job, delete the runner and the secret, forget the machine.
 Spot warning: pause the runner, mark the machine draining, and reconcile so a replacement launches.
 Every step is idempotent: the same event delivered twice creates one runner. A launch that completes also
@@ -15,7 +16,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chalicelib.capacity import Machine, MachineState, machine_free_slots
@@ -24,7 +25,7 @@ from chalicelib.errors import AwsCallError, GitLabError, MalformedEventError, No
 from chalicelib.fleet import Fleet
 from chalicelib.jobs import DirtyMarker, runner_description
 from chalicelib.resources import TAG_INSTANCE_ARN, TAG_POOL, Names
-from chalicelib.store import JobRecord, MachineRecord, Store
+from chalicelib.store import Fault, JobRecord, MachineRecord, Store
 
 if TYPE_CHECKING:
     from chalicelib.runtime import Runtime
@@ -33,6 +34,11 @@ logger = logging.getLogger(__name__)
 
 CONTINUE = "CONTINUE"
 ABANDON = "ABANDON"
+#: Fault kind of a pool whose machines cannot be prepared (a permanent launch error): the reconciler
+#: launches nothing into the pool until the fault expires.
+PREPARE_FAULT = "prepare"
+PREPARE_FAULT_BACKOFF_SECONDS = 1800
+PREPARE_FAULT_BACKOFF = timedelta(seconds=PREPARE_FAULT_BACKOFF_SECONDS)
 
 
 class RunnerAdmin(Protocol):
@@ -102,6 +108,8 @@ class LifecycleOutcome:
     pool: str = ""
     #: Seconds the job this new machine serves had been pending when the machine came into service.
     scale_up_seconds: float | None = None
+    #: Why the machine's pool got a fault (a permanent launch error), for the PoolFaults metric.
+    pool_fault: str = ""
 
 
 @dataclass
@@ -149,11 +157,13 @@ class Lifecycle:
                 )
                 raise RetryLaterError(f"launch of {action.instance_id} deferred: {exc}") from exc
             logger.error(
-                "machine launch failed; abandoning",
+                "machine launch failed; ending the machine",
                 extra={"instance_id": action.instance_id, "error": str(exc)},
             )
             outcome.result = ABANDON
             outcome.notes.append(str(exc))
+            self._give_up(pool, action, str(exc), now, outcome)
+            return outcome
         self._complete(action, outcome.result)
         if outcome.result == CONTINUE:
             outcome.pool = pool.name
@@ -228,6 +238,33 @@ class Lifecycle:
             json.dumps(payload),
             {TAG_POOL: pool.name, TAG_INSTANCE_ARN: action.instance_arn},
         )
+
+    def _give_up(
+        self, pool: Pool, action: LifecycleAction, reason: str, now: datetime, outcome: LifecycleOutcome
+    ) -> None:
+        """A permanent launch error (no base certs, a GitLab 4xx): end the machine without a replacement.
+
+        Completing with ABANDON would make Auto Scaling terminate the instance and launch another at once
+        to keep the desired capacity ("Amazon EC2 Auto Scaling lifecycle hooks": ABANDON on launch
+        terminates the instance), which fails the same way: a loop that costs a boot each turn, and a
+        50-minute host scrub on Mac. So the machine is terminated with a decrement
+        (TerminateInstanceInAutoScalingGroup, ShouldDecrementDesiredCapacity), which ends its open launch
+        action too, and the pool gets a fault the reconciler reads: no launch into it until the backoff
+        passes. Only when the termination is refused is the action abandoned, as before.
+        """
+        fault = Fault(pool.name, PREPARE_FAULT, "", now + PREPARE_FAULT_BACKOFF, reason)
+        try:
+            self.store.put_fault(fault)
+        except AwsCallError as exc:
+            outcome.notes.append(f"pool fault not recorded: {exc}")
+        outcome.pool, outcome.pool_fault = pool.name, reason
+        try:
+            self.fleet.terminate(action.instance_id)
+        except AwsCallError as exc:
+            outcome.notes.append(f"terminate refused, abandoning instead: {exc}")
+            self._complete(action, ABANDON)
+            return
+        outcome.notes.append("terminated with a decrement; pool launches paused")
 
     def _undo_launch(self, outcome: LifecycleOutcome, secret_name: str) -> None:
         """Leave nothing behind after a failed launch: no runner, no secret."""
@@ -442,6 +479,9 @@ def _emit(rt: Runtime, outcome: LifecycleOutcome) -> None:
     """Scale-up latency of a machine that came into service; jobs retried after a Spot interruption."""
     from chalicelib import metrics
 
+    if outcome.pool_fault and outcome.pool:
+        pool = rt.config.pool(outcome.pool)
+        metrics.emit({"PoolFaults": 1}, {"pool": pool.name, "platform": pool.platform.value})
     if outcome.scale_up_seconds is not None:
         pool = rt.config.pool(outcome.pool)
         metrics.emit_scale_up(pool.name, pool.platform.value, outcome.scale_up_seconds)

@@ -22,8 +22,9 @@ from chalicelib.fleet import Fleet, GroupView, Instance
 from chalicelib.forecast import PipelineState, forecast, with_statuses
 from chalicelib.hosts import HostPoolView, HostPort, apply_host_plan
 from chalicelib.jobs import runner_description
+from chalicelib.lifecycle import PREPARE_FAULT
 from chalicelib.pipelines import Pipelines, active_for_prewarm
-from chalicelib.store import HOLDS_SLOT, TERMINAL, JobRecord, MachineRecord, Store
+from chalicelib.store import HOLDS_SLOT, TERMINAL, Fault, JobRecord, MachineRecord, Store
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,9 @@ class Reconciler:
             result.errors.append(f'Auto Scaling group "{pool.asg}" of pool "{pool.name}" does not exist')
             return
         result.desired_before = group.desired
-        self._fall_back(pool, group, now, result)
+        faults = self._store.faults(pool.name, now)
+        self._fall_back(pool, group, [f for f in faults if f.kind != PREPARE_FAULT], result)
+        halted = next((f"pool fault until {f.until:%H:%M}Z" for f in faults if f.kind == PREPARE_FAULT), "")
         records = {m.instance_id: m for m in self._store.machines(pool.name)}
         jobs = self._store.pool_jobs(pool.name)
         live = group.live_instances()
@@ -204,7 +207,14 @@ class Reconciler:
         if pool.hosts is not None and self._hosts is not None and hosts is None:
             hosts = self._read_hosts([pool]).get(pool.name, HostPoolView(pool.name))
         host_plan = self._plan_hosts(pool, demand, machines, hosts, now)
-        plan = plan_pool(pool, demand, machines, now, launchable=host_plan.launchable if host_plan else None)
+        plan = plan_pool(
+            pool,
+            demand,
+            machines,
+            now,
+            launchable=host_plan.launchable if host_plan else None,
+            halted=halted,
+        )
         result.plan = plan
         result.host_plan = host_plan
 
@@ -232,11 +242,12 @@ class Reconciler:
         if plan.changes or result.terminated:
             logger.info(plan.summary(), extra={"pool": pool.name})
 
-    def _fall_back(self, pool: Pool, group: GroupView, now: datetime, result: ReconcileResult) -> None:
+    def _fall_back(
+        self, pool: Pool, group: GroupView, faults: Sequence[Fault], result: ReconcileResult
+    ) -> None:
         """Steer launches away from instance types (or Spot) that recently failed for lack of capacity."""
         if not pool.instance_types or group.launch_template is None:
             return
-        faults = self._store.faults(pool.name, now)
         if not faults and group.on_demand_percentage is None:
             return  # never touched: leave the group as infra/ made it
         types, on_demand = preferred_types(pool, [(f.kind, f.detail) for f in faults])

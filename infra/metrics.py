@@ -15,7 +15,7 @@ MACHINE_METRICS = (
     "MachinesDraining",
 )
 JOB_METRICS = ("PendingJobs", "RunningJobs")
-SCALING_METRICS = ("ScaleUp", "ScaleIn", "DrainCancelled", "ReconcileErrors")
+SCALING_METRICS = ("ScaleUp", "ScaleIn", "DrainCancelled", "ReconcileErrors", "PoolFaults")
 #: Per pool, seconds per reconcile: graphed as their maximum, never summed.
 TIMING_METRICS = ("ReconcileSeconds", "DrainSeconds")
 #: Per pool, one value per event (a job started, a machine came into service), graphed as p50 and p95.

@@ -48,10 +48,12 @@ def plan_pool(
     now: datetime,
     *,
     launchable: int | None = None,
+    halted: str = "",
 ) -> PoolPlan:
     """Decide one pool: machines to launch and machines to remove.
 
     `launchable` bounds launches by what can be placed now (free dedicated-host slots); None = unbounded.
+    `halted`, when set, says why nothing may launch now (a pool fault): removals still go ahead.
     A machine with a job is never removed, whatever the numbers say.
     """
     policy = pool.active_policy(now)
@@ -68,6 +70,8 @@ def plan_pool(
     capped: list[str] = []
     if need > 0:
         launch, capped = _bounded_launch(pool, need, kept, launchable)
+        if halted and launch > 0:
+            launch, capped = 0, [*capped, halted]
         reasons.append(
             f"launch {launch}: {demand.pending} pending + {target} idle target"
             + (f" + {demand.prewarm} prewarm" if demand.prewarm else "")

@@ -128,6 +128,24 @@ class Monitoring(Construct):
                 ),
             )
             self._alarm(
+                f"PoolFaults-{pool.name}",
+                f"{prefix}-{pool.name}-pool-faults",
+                namespace=NAMESPACE,
+                metric="PoolFaults",
+                dimensions=_pool_dimensions(settings, pool),
+                statistic="Sum",
+                threshold=1,
+                periods=(1, 1),
+                runbook=(
+                    f"Pool {pool.name} has a fault. `machine launch failed; ending the machine` in the "
+                    "MachineEvents log: a machine could not be prepared for a reason a retry does not fix "
+                    "(no base certificates yet: run `runner-scaler certs regenerate-base-certs`; GitLab "
+                    "refused to create its runner: check the API token's scope and the runner scope). The "
+                    "machine was terminated and the pool launches nothing for 30 minutes. `pool faults` in "
+                    "the Tick or PoolDirty log: a dedicated-host step failed (AccessDenied names the action)."
+                ),
+            )
+            self._alarm(
                 f"LongPendingJobs-{pool.name}",
                 f"{prefix}-{pool.name}-long-pending-jobs",
                 namespace=NAMESPACE,

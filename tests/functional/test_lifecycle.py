@@ -19,9 +19,11 @@ from chalicelib.aws import AwsClients
 from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.errors import RetryLaterError
 from chalicelib.fleet import AsgFleet
+from chalicelib.lifecycle import ABANDON, PREPARE_FAULT, PREPARE_FAULT_BACKOFF_SECONDS
 from chalicelib.rotation import ensure_base_certs_for
 from chalicelib.store import JobRecord
 from tests.functional.conftest import FIXTURES, Stack
+from tests.functional.test_app_reconcile import ec2_state
 from tests.functional.test_webhooks import Pipeline, post
 
 TOKEN = "87654321-4321-4321-4321-21098EXAMPLE"
@@ -108,15 +110,57 @@ def test_a_duplicate_launch_event_creates_one_runner(world: Any, fake_gitlab: Fa
     assert fleet.completed == [(instance, "CONTINUE"), (instance, "CONTINUE")]
 
 
-def test_a_gitlab_refusal_abandons_the_launch_and_leaves_nothing(world: Any, fake_gitlab: FakeGitLab) -> None:
+def test_a_gitlab_refusal_ends_the_machine_and_leaves_nothing(world: Any, fake_gitlab: FakeGitLab) -> None:
     stack, fleet, client = world
     instance = launched_instance(stack)
     fake_gitlab.inject_failure("/user/runners", status=403, times=10)  # the API token may not create runners
     out = invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))
-    assert out["result"] == "ABANDON" and fleet.completed == [(instance, "ABANDON")]
+    # THEN the launch is given up: the machine ends with a decrement (no ABANDON, which the group would
+    # answer with a replacement at once), and nothing is left behind
+    assert out["result"] == ABANDON and fleet.completed == []
+    assert stack.desired("test-linux") == 0 and ec2_state(stack, instance) in {"shutting-down", "terminated"}
     assert fake_gitlab.runners == {}
     with pytest.raises(Exception, match="ResourceNotFound"):
         machine_secret(stack, instance)
+
+
+def test_a_launch_without_base_certs_ends_the_machine_and_stops_launches_into_the_pool(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A permanent launch error must not loop: ABANDON makes Auto Scaling replace the machine at once, and
+    on a Mac pool every turn costs a host scrub. The machine ends with a decrement, the pool records a fault
+    the reconciler reads, and launches wait for the fault's backoff."""
+    # GIVEN a pending job, the machine launched for it, and no base certificates yet (never created)
+    stack = gitlab_stack
+    fleet = RecordingFleet(stack.aws)
+    stack.runtime.__dict__["fleet"] = fleet
+    rt = stack.runtime
+    rt.store.record_job(JobRecord(rt.gitlab_host, 1, "pending", pool="linux"), rt.now())
+    pool = stack.config.pool("linux")
+    assert rt.reconciler("test").reconcile_pool(pool, rt.now()).desired_after == 1
+    (instance,) = [i.instance_id for i in rt.fleet.read_groups(["test-linux"])["test-linux"].instances]
+    capsys.readouterr()
+    # WHEN its launch hook is handled
+    with Client(app) as client:
+        out = invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))
+    # THEN the machine is terminated with a decrement: the group does not relaunch it
+    assert out["result"] == ABANDON and fleet.completed == []
+    assert stack.desired("test-linux") == 0 and ec2_state(stack, instance) in {"shutting-down", "terminated"}
+    assert fake_gitlab.runners == {}
+    # AND the pool has a fault, counted for the alarm
+    (fault,) = rt.store.faults("linux", rt.now())
+    assert fault.kind == PREPARE_FAULT and "base" in fault.reason
+    (blob,) = emitted(capsys, "PoolFaults")
+    assert (blob["PoolFaults"], blob["pool"]) == ([1.0], "linux")
+    # WHEN the pool reconciles a minute later, the job still pending
+    result = rt.reconciler("test").reconcile_pool(pool, stack.advance(minutes=1))
+    # THEN it launches nothing into the faulted pool, and says why
+    assert result.desired_after == 0 and stack.desired("test-linux") == 0
+    assert result.plan is not None and any("fault" in c for c in result.plan.capped_by)
+    # WHEN the fault's backoff has passed
+    result = rt.reconciler("test").reconcile_pool(pool, stack.advance(seconds=PREPARE_FAULT_BACKOFF_SECONDS))
+    # THEN the pool launches again (the cause may be fixed; if not, one machine finds out)
+    assert result.desired_after == 1
 
 
 @pytest.mark.parametrize("status", [429, 503])
