@@ -39,10 +39,30 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 logger = logging.getLogger(__name__)
 
-JobStatus = Literal["created", "pending", "running", "success", "failed", "canceled", "skipped"]
+JobStatus = Literal[
+    "created", "pending", "running", "success", "failed", "canceled", "skipped", "manual", "canceling"
+]
 TERMINAL: frozenset[str] = frozenset({"success", "failed", "canceled", "skipped"})
 FINISHED_BY_RUNNER: frozenset[str] = frozenset({"success", "failed", "canceled"})
 RUNNER_TYPES = ("instance_type", "group_type", "project_type")
+
+# Where GitLab sends a Job Hook (Ci::Build#execute_hooks), and nowhere else:
+# - create: `after_create ... build.execute_hooks` (app/models/ci/build.rb), the job is `created`;
+# - `after_transition any => [:pending]` and `after_transition pending: :running` (app/models/ci/build.rb);
+# - finish: `after_transition any => [:success, :failed, :canceled]` queues Ci::BuildFinishedWorker, whose
+#   `process_build` calls `build.execute_hooks` (app/workers/ci/build_finished_worker.rb).
+# So never on skipped, manual, canceling (`event :cancel ... running: :canceling`,
+# app/models/commit_status.rb), scheduled, preparing, or the `process` event that puts a skipped job back to
+# created after a retry.
+HOOK_STATUSES: frozenset[str] = frozenset({"pending", "running", "success", "failed", "canceled"})
+
+#: How long after a runner's `active?` check GitLab may still assign it a job. `POST /jobs/request` checks
+#: `current_runner.active?` once, then Ci::RegisterJobService walks the queue (read from a replica) and
+#: `assign_runner!` runs `build.run!` later (lib/api/ci/runner.rb, app/services/ci/register_job_service.rb);
+#: a pause landing in between does not stop that assignment. Workhorse holds the request meanwhile
+#: (workhorse/internal/builds/register.go long-polls the runner's queue key), so the request a runner has
+#: in flight when it is paused can still come back with a job.
+DEFAULT_ASSIGNMENT_WINDOW = timedelta(seconds=5)
 
 # Runner status rules (Ci::Runner): online if contacted within 2 hours, stale after 7 days.
 ONLINE_CONTACT_TIMEOUT = timedelta(hours=2)
@@ -108,6 +128,17 @@ class JobSpec:
     stage: str = "test"
     tags: tuple[str, ...] = ()
     allow_failure: bool = False
+    #: "on_success" or "manual": a manual job waits (`actionize`: created -> manual) until played.
+    when: str = "on_success"
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A runner's `POST /jobs/request` that passed GitLab's `active?` check at `checked_at` and is still
+    open (Workhorse long-polls it); `complete_job_request` assigns its job, paused runner or not."""
+
+    runner_id: int
+    checked_at: datetime
 
 
 @dataclass(frozen=True)
@@ -133,6 +164,11 @@ class FakeProject:
     path_with_namespace: str
     group_id: int | None
     pipelines_created: int = 0
+    #: Instance runners take only jobs of projects with shared runners enabled (`builds_for_shared_runner`:
+    #: `where(projects: { shared_runners_enabled: true })`, app/services/ci/queue/builds_table_strategy.rb).
+    shared_runners_enabled: bool = True
+    #: Branch names or wildcards protected in this project; GitLab protects the default branch by default.
+    protected_branches: tuple[str, ...] = ("main",)
 
     @property
     def name(self) -> str:
@@ -188,6 +224,9 @@ class FakeJob:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     runner_id: int | None = None
+    when: str = "on_success"
+    #: Ci::Build `protected`: set when the pipeline is created, from whether its ref is protected.
+    protected: bool = False
     retried: bool = False
     retries_count: int = 0
     failure_reason: str | None = None
@@ -237,6 +276,20 @@ class Delivery:
     @property
     def ok(self) -> bool:
         return self.status is not None and 200 <= self.status < 300
+
+
+@dataclass
+class _RateLimit:
+    """GitLab's per-endpoint throttle (Gitlab::ApplicationRateLimiter,
+    lib/gitlab/application_rate_limiter.rb): `limit` requests per `period` per user; the window starts with
+    its first request."""
+
+    pattern: str
+    method: str
+    limit: int
+    period: timedelta
+    window_start: datetime | None = None
+    used: int = 0
 
 
 @dataclass
@@ -302,6 +355,8 @@ class FakeGitLab:
     `loss` and `duplicate` probabilities drawn from `random.Random(seed)`.
     `job_time_format` picks the Job Hook `build_*_at` format: "iso" (docs: `2021-02-23T02:41:37.886Z`) or
     "utc" (older GitLab: `2021-02-23 02:41:37 UTC`); the `*_iso` fields are always sent.
+    `assignment_window`: how long a job request that passed the `active?` check may still be given a job
+    after its runner was paused (see DEFAULT_ASSIGNMENT_WINDOW and `begin_job_request`).
     """
 
     def __init__(
@@ -320,6 +375,7 @@ class FakeGitLab:
         auto_disable_hooks: bool = True,
         instance_url: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        assignment_window: timedelta = DEFAULT_ASSIGNMENT_WINDOW,
     ) -> None:
         self.token = token
         self.version = version
@@ -331,6 +387,7 @@ class FakeGitLab:
         self.job_time_format = job_time_format
         self.delivery_timeout = delivery_timeout
         self.auto_disable_hooks = auto_disable_hooks
+        self.assignment_window = assignment_window
         self._instance_url = instance_url
         self._ssl_context = ssl_context
         self._rng = random.Random(seed)
@@ -349,6 +406,7 @@ class FakeGitLab:
         self.jobs: dict[int, FakeJob] = {}
         self.hooks: dict[int, FakeHook] = {}
         self._failures: list[_Failure] = []
+        self._rate_limits: list[_RateLimit] = []
 
         #: Requests served, keyed "GET /runners/:runner_id" (route template), injected failures included.
         self.requests: Counter[str] = Counter()
@@ -444,13 +502,23 @@ class FakeGitLab:
             self.groups[group.id] = group
             return group.id
 
-    def create_project(self, path_with_namespace: str) -> int:
+    def create_project(
+        self,
+        path_with_namespace: str,
+        *,
+        shared_runners_enabled: bool = True,
+        protected_branches: Sequence[str] = ("main",),
+    ) -> int:
         """A project; its namespace becomes a group (so group runners and group project lists work)."""
         with self._mutating():
             namespace, _, _ = path_with_namespace.rpartition("/")
             group_id = self.create_group(namespace) if namespace else None
             project = FakeProject(
-                id=next(self._ids), path_with_namespace=path_with_namespace, group_id=group_id
+                id=next(self._ids),
+                path_with_namespace=path_with_namespace,
+                group_id=group_id,
+                shared_runners_enabled=shared_runners_enabled,
+                protected_branches=tuple(protected_branches),
             )
             self.projects[project.id] = project
             return project.id
@@ -494,6 +562,7 @@ class FakeGitLab:
         paused: bool = False,
         group_id: int | None = None,
         project_id: int | None = None,
+        access_level: str = "not_protected",
     ) -> tuple[int, str]:
         """Create a runner as `POST /user/runners` does. Returns (runner id, runner token)."""
         with self._mutating():
@@ -507,6 +576,7 @@ class FakeGitLab:
                     "paused": paused,
                     "group_id": group_id,
                     "project_id": project_id,
+                    "access_level": access_level,
                 }
             )
             return runner.id, runner.token
@@ -556,14 +626,33 @@ class FakeGitLab:
     def request_job(self, runner_id: int) -> int | None:
         """A runner asks for work (`POST /jobs/request`): the oldest pending job it may run, now running.
 
-        A runner may run a job when the job's tags are a subset of the runner's tags (an untagged job
-        needs `run_untagged`) and the project is in the runner's scope. Paused runners get nothing.
-        Returns the job id, or None (GitLab's 204) when nothing matches.
+        The `active?` check and the assignment happen at once here; `begin_job_request` and
+        `complete_job_request` split them, as GitLab does. Returns the job id, or None (GitLab's 204).
         """
+        request = self.begin_job_request(runner_id)
+        return self.complete_job_request(request) if request is not None else None
+
+    def begin_job_request(self, runner_id: int) -> JobRequest | None:
+        """The first half of `POST /jobs/request`: the runner checks in, and GitLab checks `active?` once
+        (`unless current_runner.active? ... no_content!`, lib/api/ci/runner.rb). None: paused (204)."""
         with self._mutating():
             runner = self._runner(runner_id)
             runner.contacted_at = self.now()
             if runner.paused:
+                return None
+            return JobRequest(runner.id, self.now())
+
+    def complete_job_request(self, request: JobRequest) -> int | None:
+        """The second half: Ci::RegisterJobService picks the oldest pending job the runner may run and
+        `assign_runner!` runs it, WITHOUT re-checking `active?` (app/services/ci/register_job_service.rb).
+
+        So a runner paused since `begin_job_request` still gets a job while the request is within
+        `assignment_window` of its check; later, the request is over (Workhorse answered 204) and None is
+        returned. A runner deleted meanwhile gets nothing (its token no longer authenticates).
+        """
+        with self._mutating():
+            runner = self.runners.get(request.runner_id)
+            if runner is None or self.now() - request.checked_at > self.assignment_window:
                 return None
             candidates = [job for job in self.jobs.values() if self._runner_may_take(runner, job)]
             if not candidates:
@@ -575,25 +664,52 @@ class FakeGitLab:
             return job.id
 
     def finish_job(self, job_id: int, status: str = "success", *, failure_reason: str | None = None) -> None:
-        """The runner reports a job's end: success, failed (reason defaults to script_failure) or canceled."""
+        """The runner reports a job's end: success, failed (reason defaults to script_failure) or canceled.
+
+        A `canceling` job ends `canceled` whatever the runner reports (`event :drop` / `event :success`:
+        `transition canceling: :canceled`, app/models/commit_status.rb).
+        """
         if status not in FINISHED_BY_RUNNER:
             raise ValueError(f"finish_job status must be one of {sorted(FINISHED_BY_RUNNER)}, not {status!r}")
         with self._mutating():
             job = self._job(job_id)
             if job.status in TERMINAL:
                 raise ValueError(f"job {job_id} already finished ({job.status})")
-            if status == "failed":
+            if job.status == "canceling":
+                status = "canceled"
+            elif status == "failed":
                 job.failure_reason = failure_reason or "script_failure"
             self._set_job_status(job, status)
             self._refresh_pipeline(self._pipeline(job.pipeline_id))
 
-    def cancel_job(self, job_id: int) -> None:
-        """Cancel a job that has not finished (a user pressing Cancel)."""
+    def cancel_job(self, job_id: int, *, gracefully: bool = False) -> None:
+        """Cancel a job that has not finished (a user pressing Cancel).
+
+        With `gracefully` (a runner that supports `after_script` on cancel), a running job goes to
+        `canceling` and ends `canceled` when its runner reports back (`event :cancel`: `running: :canceling,
+        if: :supports_canceling?`, app/models/commit_status.rb); otherwise it is `canceled` at once.
+        """
         with self._mutating():
             job = self._job(job_id)
-            if job.status not in TERMINAL:
-                self._set_job_status(job, "canceled")
-                self._refresh_pipeline(self._pipeline(job.pipeline_id))
+            if job.status in TERMINAL or job.status == "canceling":
+                return
+            self._set_job_status(job, "canceling" if gracefully and job.status == "running" else "canceled")
+            self._refresh_pipeline(self._pipeline(job.pipeline_id))
+
+    def play_job(self, job_id: int) -> None:
+        """Play a manual job (`POST /projects/:id/jobs/:job_id/play`): manual -> pending, with its hook."""
+        with self._mutating():
+            job = self._job(job_id)
+            if job.status != "manual":
+                raise _HttpError(400, "400 Bad request - Unplayable Job")
+            self._set_job_status(job, "pending")
+            self._refresh_pipeline(self._pipeline(job.pipeline_id))
+
+    def delete_runner(self, runner_id: int) -> None:
+        """An admin (or GitLab's stale-runner cleanup) deletes a runner outside the scaler: from now on
+        every API call naming it answers 404 and its token no longer authenticates (403 on /jobs/request)."""
+        with self._mutating():
+            self.runners.pop(self._runner(runner_id).id)
 
     def retry_job(self, job_id: int) -> int:
         """Retry a finished job as GitLab does: a NEW job (new id, `retries_count` + 1) replaces it."""
@@ -632,6 +748,20 @@ class FakeGitLab:
             self._failures.append(
                 _Failure(path, method.upper() if method else None, status, times, retry_after, message)
             )
+
+    def rate_limit(
+        self, path: str, limit: int, *, method: str = "GET", period: timedelta = timedelta(minutes=1)
+    ) -> None:
+        """Throttle requests whose API path matches the glob `path`: past `limit` in `period` (the fake's
+        clock), GitLab answers 429 with `Retry-After` (seconds to the window's end) and the RateLimit-*
+        headers (docs "Rate limits", administration/settings/user_and_ip_rate_limits.md: response headers).
+
+        GitLab.com's settings to copy: project jobs list (`/projects/*/jobs`) 600/min (the
+        `project_jobs_api_rate_limit` application setting), `GET /projects/:id` 400/min,
+        `GET /groups/:id/projects` 600/min (docs "Rate limits on Projects API").
+        """
+        with self._lock:
+            self._rate_limits.append(_RateLimit(path, method.upper(), limit, period))
 
     def clear_failures(self) -> None:
         """GitLab is healthy again: injected failures not yet served are dropped."""
@@ -734,13 +864,20 @@ class FakeGitLab:
             name=spec.name,
             stage=spec.stage,
             tags=tuple(spec.tags),
-            allow_failure=spec.allow_failure,
+            allow_failure=spec.allow_failure or spec.when == "manual",
             created_at=self.now(),
             retries_count=retries_count,
+            when=spec.when,
+            protected=self._protected_ref(pipeline),
         )
         self.jobs[job.id] = job
-        self._emit_job(job)
+        self._emit_job(job)  # `after_create ... build.execute_hooks` (app/models/ci/build.rb)
         return job
+
+    def _protected_ref(self, pipeline: FakePipeline) -> bool:
+        """Ci::Pipeline#protected_ref?: the project protects the ref (wildcards as in protected branches)."""
+        project = self.projects[pipeline.project_id]
+        return any(fnmatch.fnmatchcase(pipeline.ref, pattern) for pattern in project.protected_branches)
 
     def _set_job_status(self, job: FakeJob, status: str) -> None:
         now = self.now()
@@ -751,7 +888,8 @@ class FakeGitLab:
             job.started_at = now
         elif status in TERMINAL and status != "skipped":
             job.finished_at = now
-        self._emit_job(job)
+        if status in HOOK_STATUSES:
+            self._emit_job(job)
 
     def _refresh_pipeline(self, pipeline: FakePipeline) -> None:
         """Move stages forward, then recompute the pipeline status; a change sends a Pipeline Hook."""
@@ -772,21 +910,28 @@ class FakeGitLab:
             jobs = [j for j in self._current(pipeline) if j.stage == stage]
             if failed:
                 for job in jobs:
-                    if job.status == "created":
+                    if job.status in ("created", "manual"):
                         self._set_job_status(job, "skipped")
                 continue
             waiting = [j for j in jobs if j.status == "created"]
             for job in waiting:
-                self._set_job_status(job, "pending")
-            if waiting or any(j.status not in TERMINAL for j in jobs):
+                # `actionize` (created -> manual) for a manual job, `enqueue` for the others.
+                self._set_job_status(job, "manual" if job.when == "manual" else "pending")
+            # A manual job allows failure by default, so it does not hold later stages back.
+            if waiting or any(j.status not in TERMINAL and j.status != "manual" for j in jobs):
                 return
             failed = any(j.status in ("failed", "canceled") and not j.allow_failure for j in jobs)
 
     def _pipeline_status(self, pipeline: FakePipeline) -> str:
-        statuses = [j.status for j in self._current(pipeline)]
-        blocking = {j.status for j in self._current(pipeline) if not j.allow_failure}
-        if not statuses:
+        current = self._current(pipeline)
+        statuses = [j.status for j in current if j.status != "manual"]
+        blocking = {j.status for j in current if not j.allow_failure}
+        if not current:
             return "created"
+        if not statuses:
+            return "manual"
+        if "canceling" in statuses:
+            return "canceling"
         for status in ("running", "pending", "created"):
             if status in statuses:
                 return status
@@ -801,7 +946,7 @@ class FakeGitLab:
             raise _HttpError(403, "403 Forbidden - Job is not retryable")
         pipeline = self._pipeline(old.pipeline_id)
         old.retried = True
-        spec = JobSpec(old.name, old.stage, old.tags, old.allow_failure)
+        spec = JobSpec(old.name, old.stage, old.tags, old.allow_failure, old.when)
         new = self._add_job(pipeline, spec, retries_count=old.retries_count + 1)
         later = pipeline.stages[pipeline.stages.index(old.stage) + 1 :]
         for job in self._current(pipeline):
@@ -815,7 +960,13 @@ class FakeGitLab:
         return [j for j in self.jobs.values() if j.pipeline_id == pipeline.id and not j.retried]
 
     def _runner_may_take(self, runner: FakeRunner, job: FakeJob) -> bool:
+        """Ci::Runner#can_pick? and the queue's filters (app/models/ci/runner.rb,
+        app/services/ci/queue/build_queue_service.rb): a protected runner takes only protected jobs
+        (`return false if self.ref_protected? && !build.protected?`), the job's tags are a subset of the
+        runner's, an untagged job needs `run_untagged`, and the project is in the runner's scope."""
         if job.status != "pending" or job.retried:
+            return False
+        if runner.access_level == "ref_protected" and not job.protected:
             return False
         if not set(job.tags) <= set(runner.tag_list):
             return False
@@ -824,8 +975,11 @@ class FakeGitLab:
         return self._in_runner_scope(runner, job.project_id)
 
     def _in_runner_scope(self, runner: FakeRunner, project_id: int) -> bool:
+        """Instance runners: projects with shared runners enabled (`builds_for_shared_runner`); group
+        runners: projects of the group or its subgroups (`builds_for_group_runner`); project runners: their
+        project (`builds_for_project_runner`), all in app/services/ci/queue/build_queue_service.rb."""
         if runner.runner_type == "instance_type":
-            return True
+            return self.projects[project_id].shared_runners_enabled
         if runner.runner_type == "project_type":
             return runner.project_id == project_id
         group_id = self.projects[project_id].group_id
@@ -860,6 +1014,7 @@ class FakeGitLab:
             project_id=project_id if runner_type == "project_type" else None,
             created_at=self.now(),
             maintenance_note=data.get("maintenance_note"),
+            access_level=str(data.get("access_level") or "not_protected"),
         )
         self.runners[runner.id] = runner
         return runner
@@ -1328,8 +1483,8 @@ class FakeGitLab:
             "duration": _seconds(job.started_at, job.finished_at),
             "queued_duration": _seconds(job.queued_at, job.started_at),
             "failure_reason": job.failure_reason,
-            "when": "on_success",
-            "manual": False,
+            "when": job.when,
+            "manual": job.when == "manual",
             "allow_failure": job.allow_failure,
             "user": dict(ADMIN_USER),
             "runner": self._runner_hook_attrs(runner),
@@ -1351,11 +1506,13 @@ class FakeGitLab:
             ("GET", "/runners/:runner_id/jobs", self._api_runner_jobs, True),
             ("GET", "/groups/:group/runners", self._api_group_runners, True),
             ("GET", "/groups/:group/projects", self._api_group_projects, True),
+            ("GET", "/projects/:project", self._api_get_project, True),
             ("GET", "/projects/:project/runners", self._api_project_runners, True),
             ("GET", "/projects/:project/jobs", self._api_project_jobs, True),
             ("GET", "/projects/:project/jobs/:job_id", self._api_get_job, True),
             ("POST", "/projects/:project/jobs/:job_id/retry", self._api_retry_job, True),
             ("POST", "/projects/:project/jobs/:job_id/cancel", self._api_cancel_job, True),
+            ("POST", "/projects/:project/jobs/:job_id/play", self._api_play_job, True),
             ("GET", "/projects/:project/pipelines/:pipeline_id/jobs", self._api_pipeline_jobs, True),
             ("GET", "/projects/:project/hooks", self._api_list_hooks, True),
             ("POST", "/projects/:project/hooks", self._api_create_hook, True),
@@ -1388,7 +1545,7 @@ class FakeGitLab:
     ) -> tuple[str, _Response]:
         matched = self._match(method, path)
         route_name = matched[0] if matched else path
-        injected = self._take_failure(method, path)
+        injected = self._take_failure(method, path) or self._throttle(method, path)
         if injected is not None:
             return route_name, injected
         if matched is None:
@@ -1420,6 +1577,32 @@ class FakeGitLab:
     def _authorized(self, headers: dict[str, str]) -> bool:
         given = headers.get("private-token") or headers.get("authorization", "").removeprefix("Bearer ")
         return secrets.compare_digest(given.encode(), self.token.encode())
+
+    def _throttle(self, method: str, path: str) -> _Response | None:
+        """A 429 from a rate limit this request exceeds, as GitLab answers one (`check_rate_limit!`: "This
+        endpoint has been requested too many times. Try again later.", lib/api/helpers/rate_limiter.rb)."""
+        now = self.now()
+        with self._lock:
+            for limit in self._rate_limits:
+                if limit.method != method or not fnmatch.fnmatchcase(path, limit.pattern):
+                    continue
+                if limit.window_start is None or now - limit.window_start >= limit.period:
+                    limit.window_start, limit.used = now, 0
+                limit.used += 1
+                if limit.used <= limit.limit:
+                    continue
+                reset = limit.window_start + limit.period
+                retry_after = max(1, int((reset - now).total_seconds() + 0.999))
+                headers = {
+                    "Retry-After": str(retry_after),
+                    "RateLimit-Limit": str(limit.limit),
+                    "RateLimit-Observed": str(limit.used),
+                    "RateLimit-Remaining": "0",
+                    "RateLimit-Reset": str(int(reset.timestamp())),
+                }
+                message = "This endpoint has been requested too many times. Try again later."
+                return _Response(429, {"message": message}, headers)
+        return None
 
     def _take_failure(self, method: str, path: str) -> _Response | None:
         with self._lock:
@@ -1579,6 +1762,31 @@ class FakeGitLab:
         jobs.sort(key=lambda j: j.id, reverse=True)
         path = f"/projects/{project.id}/pipelines/{pipeline.id}/jobs"
         return self._page([self._job_entity(j) for j in jobs], path, query)
+
+    def _api_get_project(self, params: dict[str, str], **_: Any) -> _Response:
+        """`GET /projects/:id` (Entities::Project): the CI settings runners depend on, and the namespace."""
+        project = self._project(params["project"])
+        entity = self._project_basic(project)
+        group = self.groups.get(project.group_id) if project.group_id is not None else None
+        entity.update(
+            {
+                "default_branch": "main",
+                "shared_runners_enabled": project.shared_runners_enabled,
+                "group_runners_enabled": True,
+                "namespace": {
+                    "id": group.id if group else None,
+                    "full_path": group.full_path if group else "",
+                    "kind": "group" if group else "user",
+                },
+            }
+        )
+        return _Response(200, entity)
+
+    def _api_play_job(self, params: dict[str, str], **_: Any) -> _Response:
+        project = self._project(params["project"])
+        job = self._job(params["job_id"], project)
+        self.play_job(job.id)
+        return _Response(200, self._job_entity(job))
 
     def _api_get_job(self, params: dict[str, str], **_: Any) -> _Response:
         project = self._project(params["project"])
