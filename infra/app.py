@@ -46,6 +46,7 @@ _CONTEXT_KEYS = (
     "stage", "prefix", "account", "region", "config", "vpc_id", "subnets", "amis", "root_volumes",
     "chalice_package", "cache_expiration_days", "log_retention_days", "launch_hook_timeout",
     "terminate_hook_timeout", "on_demand_percentage", "on_demand_base", "machine_security_groups",
+    "functions_vpc",
 )  # fmt: skip
 
 

@@ -444,3 +444,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def functions_vpc_grants() -> list[Grant]:
+    """What Lambda needs, with the functions' role, to place them in a VPC (`functions_vpc` context).
+
+    The Lambda Developer Guide ("Giving Lambda functions access to resources in an Amazon VPC") lists these
+    actions, as does the AWS managed policy AWSLambdaVPCAccessExecutionRole; DescribeNetworkInterfaces only
+    works on `*`, and Lambda creates the interfaces before their ids exist, so the grant is on `*`.
+    """
+    return [
+        Grant(
+            "FunctionsInVpc",
+            (
+                "ec2:CreateNetworkInterface",
+                "ec2:DescribeNetworkInterfaces",
+                "ec2:DescribeSubnets",
+                "ec2:DeleteNetworkInterface",
+                "ec2:AssignPrivateIpAddresses",
+                "ec2:UnassignPrivateIpAddresses",
+            ),
+            ("*",),
+            "Lambda creates and removes the functions' network interfaces in functions_vpc's subnets; AWS "
+            "forces `*` (DescribeNetworkInterfaces has no resource type; interface ids do not exist yet)",
+            Origin.SERVICE,
+        )
+    ]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chalicelib.config import Config, Platform, load_config_file
+from chalicelib.config import Config, Platform, Pool, load_config_file
 from chalicelib.resources import ENV_PREFIX, Names
 from infra.policy import CHALICE_CONFIG, chalice_stage_env
 
@@ -30,6 +30,12 @@ DEFAULT_ROOT_VOLUMES: dict[str, dict[str, Any]] = {
     "macos": {"device": "/dev/sda1", "size_gib": 200},
 }
 
+#: A Linux AMI's root device name depends on the distribution (EC2 User Guide, "Device names on Linux
+#: instances": /dev/xvda on Amazon Linux, /dev/sda1 on Ubuntu and most others). A launch template mapping
+#: another name adds a second, empty volume and leaves the AMI's 8 GiB root, so Linux AMIs must name theirs.
+ROOT_DEVICE_BY_DISTRIBUTION = {"amazon-linux": "/dev/xvda", "ubuntu": "/dev/sda1"}
+_ROOT_DEVICE = re.compile(r"/dev/(sd[a-z]1?|xvd[a-z])")
+
 
 class SettingsError(ValueError):
     """A context value is missing or malformed; the message names the key and the fix."""
@@ -45,6 +51,14 @@ class Subnet:
 class RootVolume:
     device: str
     size_gib: int
+
+
+@dataclass(frozen=True)
+class FunctionsVpc:
+    """Where the Lambda functions run when GitLab is private: their subnets and security groups."""
+
+    subnet_ids: tuple[str, ...]
+    security_group_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,8 @@ class Settings:
     machine_security_groups: tuple[str, ...] = field(default=())
     #: The functions' POWERTOOLS_SERVICE_NAME: a dimension of every metric the app emits ("" = none).
     metrics_service: str = ""
+    #: The functions' VPC placement (a private GitLab); None runs them outside any VPC, as Lambda does.
+    functions_vpc: FunctionsVpc | None = None
 
     @property
     def prefix(self) -> str:
@@ -82,6 +98,11 @@ class Settings:
     def metric_dimensions(self, **dimensions: str) -> dict[str, str]:
         """The dimensions the app's EMF metrics carry: the given ones plus Powertools' `service`."""
         return {**dimensions, "service": self.metrics_service} if self.metrics_service else dict(dimensions)
+
+    def root_volume(self, pool: Pool) -> RootVolume:
+        """The pool's root volume: its platform's device (named by its AMI) and the pool's own size if set."""
+        volume = self.root_volumes[pool.platform.value]
+        return RootVolume(volume.device, pool.root_volume_gib or volume.size_gib)
 
     def subnets_for(self, zones: tuple[str, ...]) -> tuple[str, ...]:
         """Subnet ids in `zones` (all subnets when no zone is named)."""
@@ -103,11 +124,13 @@ def load_settings(context: Mapping[str, Any], base: Path = INFRA) -> Settings:
     config_file = (base / _text(context, "config")).resolve()
     config = load_config_file(config_file)
     platforms = {pool.platform.value for pool in config.pools}
-    amis = dict(_mapping(context, "amis"))
-    for platform in sorted(platforms):
-        if not re.fullmatch(r"ami-[0-9a-f]{8,17}", str(amis.get(platform, ""))):
-            raise SettingsError(f'context `amis.{platform}`: give the AMI id of {platform} pools ("ami-...")')
-    volumes = {**DEFAULT_ROOT_VOLUMES, **dict(context.get("root_volumes") or {})}
+    amis, devices = _amis(_mapping(context, "amis"), platforms)
+    volumes = {p: dict(v) for p, v in DEFAULT_ROOT_VOLUMES.items()}
+    for platform, given in dict(context.get("root_volumes") or {}).items():
+        volumes.setdefault(platform, {}).update(given)
+    for platform, device in devices.items():
+        volumes[platform]["device"] = device
+    _check_root_devices(volumes, platforms, explicit=set(devices) | set(context.get("root_volumes") or {}))
     package = context.get("chalice_package")
     return Settings(
         stage=stage,
@@ -118,7 +141,7 @@ def load_settings(context: Mapping[str, Any], base: Path = INFRA) -> Settings:
         names=Names(prefix),
         vpc_id=_matching(context, "vpc_id", r"vpc-[0-9a-f]{8,17}", 'the VPC id ("vpc-...")'),
         subnets=_subnets(context),
-        amis={p: str(amis[p]) for p in sorted(platforms)},
+        amis=amis,
         root_volumes={p: RootVolume(str(v["device"]), int(v["size_gib"])) for p, v in volumes.items()},
         chalice_package=(base / str(package)).resolve() if package else None,
         cache_expiration_days=int(context.get("cache_expiration_days", 14)),
@@ -129,7 +152,72 @@ def load_settings(context: Mapping[str, Any], base: Path = INFRA) -> Settings:
         on_demand_base=int(context.get("on_demand_base", 0)),
         machine_security_groups=tuple(str(g) for g in context.get("machine_security_groups") or ()),
         metrics_service=stage_env.get(POWERTOOLS_SERVICE, ""),
+        functions_vpc=_functions_vpc(context),
     )
+
+
+def _amis(raw: Mapping[str, Any], platforms: set[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """AMI ids per platform, and the root devices the context names: `"ami-..."`, or
+    `{"id": "ami-...", "root_device": "/dev/sda1"}`, or `{"id": "ami-...", "distribution": "ubuntu"}`."""
+    amis: dict[str, str] = {}
+    devices: dict[str, str] = {}
+    for platform in sorted(platforms):
+        value = raw.get(platform, "")
+        entry = dict(value) if isinstance(value, Mapping) else {"id": value}
+        if not re.fullmatch(r"ami-[0-9a-f]{8,17}", str(entry.get("id", ""))):
+            raise SettingsError(f'context `amis.{platform}`: give the AMI id of {platform} pools ("ami-...")')
+        amis[platform] = str(entry["id"])
+        distribution = str(entry.get("distribution", ""))
+        if distribution and distribution not in ROOT_DEVICE_BY_DISTRIBUTION:
+            raise SettingsError(
+                f"context `amis.{platform}.distribution` = {distribution!r}: one of "
+                f"{sorted(ROOT_DEVICE_BY_DISTRIBUTION)}, or give `root_device` itself"
+            )
+        device = str(entry.get("root_device") or ROOT_DEVICE_BY_DISTRIBUTION.get(distribution, ""))
+        if device:
+            devices[platform] = device
+    return amis, devices
+
+
+def _check_root_devices(
+    volumes: Mapping[str, Mapping[str, Any]], platforms: set[str], explicit: set[str]
+) -> None:
+    """Each device is a Linux block device name; a Linux AMI's is named, since distributions differ."""
+    for platform in sorted(platforms):
+        device = str(volumes[platform].get("device", ""))
+        if not _ROOT_DEVICE.fullmatch(device):
+            raise SettingsError(
+                f'context: root device {device!r} of {platform} is not a device name such as "/dev/xvda"'
+            )
+        if platform == "linux" and "linux" not in explicit:
+            raise SettingsError(
+                'context `amis.linux`: name the AMI\'s root device, {"id": "ami-...", "root_device": '
+                '"/dev/xvda"} on Amazon Linux or "/dev/sda1" on Ubuntu (or "distribution": "ubuntu"); '
+                "`aws ec2 describe-images --image-ids ami-... --query Images[0].RootDeviceName` shows it. "
+                "A wrong name leaves an 8 GiB root and adds the big volume beside it"
+            )
+
+
+def _functions_vpc(context: Mapping[str, Any]) -> FunctionsVpc | None:
+    """`functions_vpc`: {"subnets": ["subnet-..."], "security_groups": ["sg-..."]}, for a private GitLab."""
+    raw = context.get("functions_vpc")
+    if not raw:
+        return None
+    if not isinstance(raw, Mapping):
+        raise SettingsError('context `functions_vpc` must be {"subnets": [...], "security_groups": [...]}')
+    subnets = tuple(str(s) for s in raw.get("subnets") or ())
+    groups = tuple(str(g) for g in raw.get("security_groups") or ())
+    if not subnets or not all(re.fullmatch(r"subnet-[0-9a-f]{8,17}", s) for s in subnets):
+        raise SettingsError(
+            'context `functions_vpc.subnets`: list private subnet ids ("subnet-..."), ideally in two zones '
+            "or more; they need a route to GitLab and to the AWS APIs (NAT or VPC endpoints, docs/deploy.md)"
+        )
+    if not groups or not all(re.fullmatch(r"sg-[0-9a-f]{8,17}", g) for g in groups):
+        raise SettingsError(
+            'context `functions_vpc.security_groups`: list security group ids ("sg-...") allowing outbound '
+            "HTTPS to GitLab and the AWS endpoints"
+        )
+    return FunctionsVpc(subnets, groups)
 
 
 def platform_of(value: Platform | str) -> str:

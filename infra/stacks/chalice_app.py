@@ -24,7 +24,7 @@ from constructs import Construct
 
 from chalicelib.resources import ALARM_TOPIC_SUFFIX, ENV_CONFIG_PARAM, ENV_PREFIX, ENV_QUEUE_URL, ENV_TABLE
 from infra.package import package
-from infra.policy import Scope, lambda_grants, policy_document
+from infra.policy import Scope, functions_vpc_grants, lambda_grants, policy_document
 from infra.settings import ROOT, Settings
 from infra.stacks.wiring import RuleTarget, check_names, plan_wiring
 
@@ -114,7 +114,16 @@ class App(Construct):
             policies=[
                 iam.CfnRole.PolicyProperty(
                     policy_name="scaler", policy_document=policy_document(lambda_grants(scoped))
-                )
+                ),
+                *(
+                    [
+                        iam.CfnRole.PolicyProperty(
+                            policy_name="vpc", policy_document=policy_document(functions_vpc_grants())
+                        )
+                    ]
+                    if settings.functions_vpc
+                    else []
+                ),
             ],
         )
         environment = {
@@ -129,6 +138,16 @@ class App(Construct):
             for key, value in environment.items():
                 function.add_property_override(f"Environment.Variables.{key}", value)
             function.add_property_override("LoggingConfig", {"LogGroup": self.log_groups[logical].ref})
+            if settings.functions_vpc:
+                # A private GitLab: the functions run in these subnets (Lambda Developer Guide, "Giving Lambda
+                # functions access to resources in an Amazon VPC"); AWS APIs go through NAT or VPC endpoints.
+                function.add_property_override(
+                    "VpcConfig",
+                    {
+                        "SubnetIds": list(settings.functions_vpc.subnet_ids),
+                        "SecurityGroupIds": list(settings.functions_vpc.security_group_ids),
+                    },
+                )
         self._bind_sources(queue_arn, topic_arn)
         self.rules = [self._rule(target, groups) for target in self.wiring.rules]
         for logical, event in self.wiring.replaced_events:

@@ -118,7 +118,7 @@ def _launch_template(
     host_group: HostGroup | None,
 ) -> ec2.CfnLaunchTemplate:
     platform = pool.platform.value
-    volume = settings.root_volumes[platform]
+    volume = settings.root_volume(pool)
     tags = [cdk.CfnTag(key=k, value=v) for k, v in _machine_tags(settings, pool).items()]
     data = ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(
         image_id=settings.amis[platform],

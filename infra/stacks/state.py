@@ -44,9 +44,17 @@ class State(Construct):
         self.queue = _dirty_queue(self, names.queue, self.dead_letter_queue.attr_arn)
         self.config_parameter = _config_parameter(self, settings)
         self.secrets = Secrets(self, "Secrets", settings)
+        # Buckets the stack owns; an existing one (cache_bucket_existing) is only granted to its pools'
+        # machines (infra/policy.py machine_grants), never created: CloudFormation fails on a taken name.
         self.cache_buckets = {
             name: _cache_bucket(self, name, settings.cache_expiration_days)
-            for name in sorted({p.cache_bucket for p in settings.config.pools if p.cache_bucket})
+            for name in sorted(
+                {
+                    p.cache_bucket
+                    for p in settings.config.pools
+                    if p.cache_bucket and not p.cache_bucket_existing
+                }
+            )
         }
         cdk.Tags.of(self).add(TAG_DEPLOYMENT, settings.prefix)
 

@@ -247,7 +247,8 @@ def test_launch_template_requires_imdsv2_encrypts_and_runs_the_rendered_user_dat
     assert data["MetadataOptions"]["HttpTokens"] == "required"
     assert all(m["Ebs"]["Encrypted"] is True for m in data["BlockDeviceMappings"])
     assert data["UserData"] == {"Fn::Base64": render(EXAMPLE.pool(pool), PREFIX)}
-    assert data["ImageId"] == CONTEXT["amis"][EXAMPLE.pool(pool).platform.value]
+    ami = CONTEXT["amis"][EXAMPLE.pool(pool).platform.value]
+    assert data["ImageId"] == (ami["id"] if isinstance(ami, dict) else ami)
 
 
 @pytest.mark.parametrize("pool", ["windows", "macos"])
