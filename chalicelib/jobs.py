@@ -99,7 +99,7 @@ class JobEvent:
     job_id: int
     status: str
     project_id: int
-    pipeline_id: int
+    pipeline_id: int | None  # None: a GitLab that sent neither pipeline_id nor commit.id
     name: str = ""
     stage: str = ""
     runner_id: int | None = None
@@ -132,7 +132,7 @@ def ingest_job(
         job_id=event.job_id,
         status=event.status,
         project_id=event.project_id,
-        pipeline_id=event.pipeline_id,
+        pipeline_id=event.pipeline_id or 0,
         pool=pool,
         tags=job_tags,
         runner_id=event.runner_id,
@@ -164,7 +164,7 @@ def _route(event: JobEvent, config: Config, tags: TagResolver) -> tuple[str, str
     if match and any(p.name == match["pool"] for p in config.pools):
         return match["pool"], match["instance"], ()
     try:
-        job_tags = tags.tags(event.project_id, event.pipeline_id, event.job_id)
+        job_tags = tags.tags(event.project_id, event.pipeline_id or 0, event.job_id)
     except GitLabError as exc:
         logger.warning("cannot resolve job tags", extra={"job_id": event.job_id, "error": str(exc)})
         job_tags = None

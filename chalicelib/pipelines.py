@@ -301,7 +301,7 @@ def pipeline_from_hook(gitlab: str, hook: PipelineHook, pool_of: Callable[[int],
     stamp = max((m.timestamp() for m in moments if m is not None), default=0.0)
     return PipelineState(
         gitlab=gitlab,
-        project_id=hook.project.id,
+        project_id=hook.project_id,
         pipeline_id=attributes.id,
         status=str(attributes.status),
         ref=(attributes.ref or "")[:MAX_NAME],

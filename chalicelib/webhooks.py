@@ -63,7 +63,7 @@ def receive(rt: Runtime, headers: Mapping[str, str], body: bytes | str | None) -
     except MalformedEventError as exc:
         return _reject(400, "malformed", exc.reason)
     if isinstance(event, IgnoredEvent):
-        return Answer(202, {"status": "ignored", "event": event.kind}, "ignored")
+        return _ignored(event)
     key = event_identity(lowered, event)
     try:
         if not rt.store.first_seen(key, rt.now()):
@@ -80,6 +80,17 @@ def receive(rt: Runtime, headers: Mapping[str, str], body: bytes | str | None) -
             # The key expires with its TTL; until then a manual resend counts as a duplicate: the tick heals.
             logger.warning("event key kept", extra={"error": str(forget)})
         return _unavailable("webhook not recorded", exc)
+
+
+def _ignored(event: IgnoredEvent) -> Answer:
+    """202: a kind we do not act on, or a Job/Pipeline hook lacking what we need (`reason`, counted in the
+    WebhookIgnored metric). Never a 4xx: four of those in a row disable the hook in GitLab."""
+    body = {"status": "ignored", "event": event.kind}
+    if event.reason:
+        metrics.emit_count("WebhookIgnored", 1)
+        logger.warning("webhook ignored", extra={"event": event.kind, "reason": event.reason})
+        body["reason"] = event.reason
+    return Answer(202, body, "ignored")
 
 
 def _unavailable(what: str, exc: AwsCallError) -> Answer:
@@ -124,11 +135,11 @@ def _apply_pipeline(rt: Runtime, event: PipelineHook, gitlab: str) -> Answer:
     if waiting:
         # One pipeline-jobs call resolves the tags of every job to come; their Job Hooks hit the cache.
         try:
-            rt.tags.tags(event.project.id, pipeline_id, waiting[0].id)
+            rt.tags.tags(event.project_id, pipeline_id, waiting[0].id)
         except GitLabError as exc:
             logger.warning("tags not prefetched", extra={"pipeline_id": pipeline_id, "error": str(exc)})
     if _prewarm_on(rt):
-        route = pool_resolver(_TolerantTags(rt), rt.config.pools, event.project.id, pipeline_id)
+        route = pool_resolver(_TolerantTags(rt), rt.config.pools, event.project_id, pipeline_id)
         record_pipeline_hook(rt.pipelines, gitlab, event, route, rt.now())
     return Answer(202, {"status": "accepted", "pipeline": pipeline_id}, "accepted")
 

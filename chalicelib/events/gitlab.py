@@ -27,14 +27,18 @@ from chalicelib.events.timestamps import OptionalTimestamp
 
 
 class JobStatus(StrEnum):
-    """Every status a GitLab job (or pipeline) can report (Ci::HasStatus, plus `canceling` from GitLab 17.x).
+    """Every status a GitLab job or pipeline reports today: gitlabhq `app/models/concerns/ci/has_status.rb`
+    (`AVAILABLE_STATUSES`), the states of `app/models/commit_status.rb` and `app/models/ci/pipeline.rb`.
 
     `canceling` means the job was canceled while its runner still runs `after_script`: it still holds a slot.
+    `waiting_for_callback` waits on an outside service, not on a runner. GitLab adds statuses over time, so
+    the hook models take any status string: this enum names the ones the scaler knows, nothing more.
     """
 
     CREATED = "created"
     WAITING_FOR_RESOURCE = "waiting_for_resource"
     PREPARING = "preparing"
+    WAITING_FOR_CALLBACK = "waiting_for_callback"
     SCHEDULED = "scheduled"
     MANUAL = "manual"
     PENDING = "pending"
@@ -51,10 +55,11 @@ class JobStatus(StrEnum):
 # is done. One caveat from GitLab itself: `process`/`enqueue` can move a `skipped` job (same id) back to
 # `created`/`pending` when an earlier job is retried; a rank-monotone store ignores that late reopening and
 # the reconcile tick, which reads GitLab's own view, is what heals it.
-_RANK: dict[JobStatus, int] = {
+_RANK: dict[str, int] = {
     JobStatus.CREATED: 0,
     JobStatus.WAITING_FOR_RESOURCE: 0,
     JobStatus.PREPARING: 0,
+    JobStatus.WAITING_FOR_CALLBACK: 0,
     JobStatus.SCHEDULED: 0,
     JobStatus.MANUAL: 0,
     JobStatus.PENDING: 1,
@@ -65,6 +70,9 @@ _RANK: dict[JobStatus, int] = {
     JobStatus.CANCELED: 4,
     JobStatus.SKIPPED: 4,
 }
+#: A status GitLab may add later ranks like `created`: known to exist, wanting no runner yet. The next known
+#: status moves the job on; the tick's refresh from GitLab's Jobs API settles anything in between.
+UNKNOWN_RANK = 0
 TERMINAL_RANK = 4
 _ACTIVE = frozenset({JobStatus.PENDING, JobStatus.RUNNING, JobStatus.CANCELING})
 
@@ -73,8 +81,14 @@ def status_rank(status: JobStatus | str) -> int:
     """Position of a status in the monotone job order (0 waiting, 1 pending, 2 running, 3 canceling, 4 done).
 
     The job store only ever moves a job to a higher rank, so a late `pending` never overwrites `running`.
+    A status this code does not know (a newer GitLab's) ranks like `created`.
     """
-    return _RANK[JobStatus(status)]
+    return _RANK.get(str(status), UNKNOWN_RANK)
+
+
+def is_known_status(status: str) -> bool:
+    """Whether the scaler knows this status (an unknown one is still accepted, and ranked like `created`)."""
+    return str(status) in _RANK
 
 
 def is_terminal(status: JobStatus | str) -> bool:
@@ -84,7 +98,11 @@ def is_terminal(status: JobStatus | str) -> bool:
 
 def is_active(status: JobStatus | str) -> bool:
     """True while the job wants a runner slot (pending) or holds one (running, canceling)."""
-    return JobStatus(status) in _ACTIVE
+    return str(status) in _ACTIVE
+
+
+#: A status as GitLab writes it: any non-empty text (a 64-character cap keeps a hostile body's junk short).
+Status = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 def _none_as_empty_list(value: Any) -> Any:
@@ -218,9 +236,13 @@ class Repository(_Model):
 
 
 class Project(_Model):
-    """The project as GitLab's `project.hook_attrs` writes it (only `id` is needed to route a job)."""
+    """The project as GitLab's `project.hook_attrs` writes it (only `id` is needed to route a job).
 
-    id: int
+    `id` may be missing: older GitLab wrote `hook_attrs` without it (the 2016-2017 Pipeline hook examples of
+    GitLab's webhook docs have none).
+    """
+
+    id: int | None = None
     name: str | None = None
     description: str | None = None
     web_url: str | None = None
@@ -257,17 +279,20 @@ class SourcePipeline(_Model):
 class JobHook(_Model):
     """A Job hook (`object_kind: build`, `X-Gitlab-Event: Job Hook`): one job changed status.
 
-    Required are the fields that identify and route the job; the rest is optional so a GitLab that sends
-    less (older versions) or more (newer ones) still parses. Timestamps accept both of GitLab's spellings.
+    Required is only what identifies the job and its project: `build_id`, `build_status` (any text: GitLab
+    adds statuses) and `project_id` (or `project.id`). The rest is optional so a GitLab that sends less
+    (older versions) or more (newer ones) still parses: GitLab before `pipeline_id` was added to
+    `lib/gitlab/data_builder/build.rb` sent the pipeline only as `commit.id` ("commit.id is actually the
+    pipeline id", same file), which fills `pipeline_id` then. Timestamps accept both of GitLab's spellings.
     """
 
     object_kind: Literal["build"]
     build_id: int
-    build_name: str
-    build_stage: str
-    build_status: JobStatus
-    pipeline_id: int
+    build_status: Status
     project_id: int
+    build_name: str = ""
+    build_stage: str = ""
+    pipeline_id: int | None = None
     project_name: str | None = None
     ref: str | None = None
     tag: bool | None = None
@@ -291,14 +316,19 @@ class JobHook(_Model):
 
     @model_validator(mode="before")
     @classmethod
-    def _fill_from_iso_twins(cls, data: Any) -> Any:
-        """Newer GitLab adds `build_*_at_iso` twins; use them when the plain field is missing or null."""
+    def _fill_from_twins(cls, data: Any) -> Any:
+        """Fill a missing field from where another GitLab version puts it: `build_*_at_iso` twins (newer),
+        `project.id` for `project_id`, `commit.id` (the pipeline id) for `pipeline_id` (older)."""
         if not isinstance(data, dict):
             return data
         filled = dict(data)
         for name in ("build_created_at", "build_started_at", "build_finished_at"):
             if filled.get(name) is None and filled.get(f"{name}_iso") is not None:
                 filled[name] = filled[f"{name}_iso"]
+        for name, parent in (("project_id", "project"), ("pipeline_id", "commit")):
+            twin = filled.get(parent)
+            if filled.get(name) is None and isinstance(twin, dict) and twin.get("id") is not None:
+                filled[name] = twin["id"]
         return filled
 
     @property
@@ -318,7 +348,7 @@ class PipelineAttributes(_Model):
     """Pipeline hook `object_attributes` (GitLab's Pipeline#hook_attrs)."""
 
     id: int
-    status: JobStatus
+    status: Status
     iid: int | None = None
     name: str | None = None
     ref: str | None = None
@@ -343,9 +373,9 @@ class PipelineBuild(_Model):
     """One job of the pipeline as the Pipeline hook lists it (latest try of each job only)."""
 
     id: int
-    stage: str
-    name: str
-    status: JobStatus
+    status: Status
+    stage: str = ""
+    name: str = ""
     created_at: OptionalTimestamp = None
     started_at: OptionalTimestamp = None
     finished_at: OptionalTimestamp = None
@@ -398,22 +428,31 @@ class PipelineHook(_Model):
 
     object_kind: Literal["pipeline"]
     object_attributes: PipelineAttributes
-    project: Project
+    project: Project | None = None
     builds: Annotated[list[PipelineBuild], BeforeValidator(_none_as_empty_list)] = Field(default_factory=list)
     user: GitLabUser | None = None
     commit: PipelineCommit | None = None
     merge_request: MergeRequestRef | None = None
     source_pipeline: SourcePipeline | None = None
 
+    @property
+    def project_id(self) -> int:
+        """The pipeline's project; `parse_gitlab_event` never returns a PipelineHook without one."""
+        if self.project is None or self.project.id is None:
+            raise ValueError(f"pipeline {self.object_attributes.id} came without project.id")
+        return self.project.id
+
 
 class IgnoredEvent(_Model):
-    """A valid delivery we do not act on (push, merge_request, note, ...): accepted, then dropped.
+    """A valid delivery we do not act on: a kind we ignore (push, merge_request, note, ...), or a Job or
+    Pipeline hook lacking what the scaler needs (`reason` says what). Accepted (202), then dropped.
 
     `digest` is a SHA-256 of the payload's canonical JSON, so even these have a stable identity.
     """
 
     kind: str
     digest: str
+    reason: str = ""
 
 
 #: What one webhook delivery parses into: a Job hook, a Pipeline hook, or an event we accept and ignore.
@@ -469,10 +508,33 @@ def _decode_json(body: object) -> Any:
 def _parse_event(headers: WebhookHeaders, payload: dict[str, Any]) -> ParsedDelivery:
     kind = _resolve_kind(headers, payload)
     if kind == "build":
-        return _validate(JobHook, "Job Hook", payload)
+        _require_identity(payload, "Job Hook", ("build_id",))
+        return _validate(JobHook, "Job Hook", payload, identity=("build_id",))
     if kind == "pipeline":
-        return _validate(PipelineHook, "Pipeline Hook", payload)
+        _require_identity(payload, "Pipeline Hook", ("object_attributes", "id"))
+        parsed = _validate(PipelineHook, "Pipeline Hook", payload, identity=("object_attributes", "id"))
+        if isinstance(parsed, PipelineHook) and (parsed.project is None or parsed.project.id is None):
+            reason = "Pipeline Hook has no project.id (older GitLab); its jobs' own hooks name the project"
+            return _unusable("pipeline", payload, reason)
+        return parsed
     return IgnoredEvent(kind=kind[:64], digest=_payload_digest(payload))
+
+
+def _require_identity(payload: dict[str, Any], what: str, path: tuple[str, ...]) -> None:
+    """A Job or Pipeline hook without its own id cannot be recorded nor de-duplicated: the one 4xx case."""
+    value: Any = payload
+    for part in path:
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None or isinstance(value, bool) or not isinstance(value, int | str):
+        raise MalformedEventError(f"{what} field {'.'.join(path)}: missing or not an id")
+    try:
+        int(value)
+    except ValueError:
+        raise MalformedEventError(f"{what} field {'.'.join(path)}: not an integer id") from None
+
+
+def _unusable(kind: str, payload: dict[str, Any], reason: str) -> IgnoredEvent:
+    return IgnoredEvent(kind=kind, digest=_payload_digest(payload), reason=" ".join(reason.split())[:300])
 
 
 def _resolve_kind(headers: WebhookHeaders, payload: dict[str, Any]) -> str:
@@ -511,15 +573,90 @@ def _quote(value: object) -> str:
     return "none" if value is None else repr(str(value)[:64])
 
 
-def _validate(model: type[_ModelT], what: str, payload: dict[str, Any]) -> _ModelT:
+#: Rounds of dropping unusable fields before a hook is given up on (each round drops every field it names).
+_LENIENT_ROUNDS = 8
+
+
+def _validate(
+    model: type[_ModelT], what: str, payload: dict[str, Any], *, identity: tuple[str, ...]
+) -> _ModelT | IgnoredEvent:
+    """The hook as far as it goes: a field we cannot read (a new enum spelling, a changed type) is dropped
+    and its default used, a list item missing its own id is dropped, and only a hook whose required fields
+    are unusable is ignored with the reason. The identity was checked before, so this never raises."""
     try:
-        return model.model_validate(payload)
-    except ValidationError as err:
-        errors = err.errors(include_url=False, include_input=False, include_context=False)
-        first = errors[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise MalformedEventError(f"{what} field {where}: {first['msg']}{more}") from None
+        return _validate_rounds(model, what, payload, identity)
+    except RecursionError:
+        raise MalformedEventError(f"{what} nests too deeply to read") from None
+
+
+def _validate_rounds(
+    model: type[_ModelT], what: str, payload: dict[str, Any], identity: tuple[str, ...]
+) -> _ModelT | IgnoredEvent:
+    work: Any = _compact(payload)
+    dropped: list[str] = []
+    for _ in range(_LENIENT_ROUNDS):
+        try:
+            return model.model_validate(work)
+        except ValidationError as err:
+            errors = err.errors(include_url=False, include_input=False, include_context=False)
+        fatal: list[str] = []
+        for error in errors:
+            where = _clean_loc(error["loc"])
+            name = ".".join(str(part) for part in where) or "body"
+            # A missing required field takes its holder with it (a runner without an id is no runner).
+            target = where[:-1] if error["type"] == "missing" else where
+            if not target or identity[: len(target)] == target:
+                fatal.append(f"{name} ({error['msg'].lower()})")
+            else:
+                _drop(work, target)
+                dropped.append(name)
+        if fatal:
+            return _unusable(
+                _KIND_NAMES[what], payload, f"{what} without {', '.join(fatal)}: nothing to record"
+            )
+        work = _compact(work)
+    fields = ", ".join(dropped[:5])
+    return _unusable(_KIND_NAMES[what], payload, f"{what}: too many unusable fields ({fields})")
+
+
+_KIND_NAMES = {"Job Hook": "build", "Pipeline Hook": "pipeline"}
+
+
+def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """pydantic's error path without its union and validator tags (`function-before[...]`, model names)."""
+    return tuple(part for part in loc if isinstance(part, int) or not _is_tag(part))
+
+
+def _is_tag(part: str) -> bool:
+    return "[" in part or part[:1].isupper()
+
+
+def _drop(work: Any, path: tuple[int | str, ...]) -> None:
+    """Remove what `path` names so its default applies. A list item is only marked (`_GONE`) so the other
+    errors of the same round keep their indexes; `_compact` removes it after the round."""
+    parent: Any = work
+    for part in path[:-1]:
+        try:
+            parent = parent[part]
+        except (KeyError, IndexError, TypeError):
+            return  # already gone with an earlier drop this round
+    last = path[-1]
+    if isinstance(parent, dict) and last in parent:
+        del parent[last]
+    elif isinstance(parent, list) and isinstance(last, int) and last < len(parent):
+        parent[last] = _GONE
+
+
+_GONE = object()
+
+
+def _compact(value: Any) -> Any:
+    """The payload without the list items `_drop` marked gone."""
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_compact(v) for v in value if v is not _GONE]
+    return value
 
 
 def _payload_digest(payload: dict[str, Any]) -> str:
@@ -572,18 +709,18 @@ def _identity_parts(event: ParsedDelivery) -> list[Any]:
         return [
             event.object_kind,
             event.build_id,
-            event.build_status.value,
+            event.build_status,
             _iso(event.build_started_at),
             _iso(event.build_finished_at),
             _iso(event.build_created_at),
         ]
     if isinstance(event, PipelineHook):
         attributes = event.object_attributes
-        builds = sorted((build.id, build.status.value) for build in event.builds)
+        builds = sorted((build.id, build.status) for build in event.builds)
         return [
             event.object_kind,
             attributes.id,
-            attributes.status.value,
+            attributes.status,
             _iso(attributes.finished_at),
             builds,
         ]

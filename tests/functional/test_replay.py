@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from chalicelib.cli.main import app
+from chalicelib.events.samples import BuildSample, job_hook_payload, pipeline_hook_payload
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 KEYS = {"events", "accepted", "duplicates", "ignored", "rejected", "jobs", "unroutable", "pools"}
@@ -50,3 +52,49 @@ def test_unreadable_input_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text("[1, 2]\n")
     assert runner.invoke(app, ["replay", str(bad)]).exit_code == 2
+
+
+#: Every status GitLab can send today: gitlabhq `app/models/concerns/ci/has_status.rb` (AVAILABLE_STATUSES).
+GITLAB_STATUSES = (
+    "created",
+    "waiting_for_resource",
+    "preparing",
+    "waiting_for_callback",
+    "pending",
+    "running",
+    "success",
+    "failed",
+    "canceling",
+    "canceled",
+    "skipped",
+    "manual",
+    "scheduled",
+)
+
+
+def test_replay_accepts_every_status_gitlab_can_send(tmp_path: Path) -> None:
+    # GIVEN one job hook and one pipeline hook per GitLab status, and one of a status GitLab may add later
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    headers = {"X-Gitlab-Token": "replay-token"}
+    lines = []
+    for n, status in enumerate((*GITLAB_STATUSES, "some_future_status")):
+        job = job_hook_payload(100 + n, "created", project_id=7, pipeline_id=9, stage="s", name="j", now=now)
+        build = BuildSample(200 + n, "created", "s", "j")
+        pipeline = pipeline_hook_payload(300 + n, "created", project_id=7, builds=[build], now=now)
+        job["build_status"] = status
+        pipeline["object_attributes"]["status"] = pipeline["builds"][0]["status"] = status
+        lines.append(
+            {"headers": headers | {"X-Gitlab-Event": "Job Hook"}, "body": job, "tag_list": ["docker"]}
+        )
+        lines.append({"headers": headers | {"X-Gitlab-Event": "Pipeline Hook"}, "body": pipeline})
+    deliveries = tmp_path / "statuses.jsonl"
+    deliveries.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "summary.json"
+    # WHEN they are replayed
+    args = ["replay", str(deliveries), "--config", str(FIXTURES / "scaler.toml"), "--json", str(out)]
+    result = CliRunner().invoke(app, args)
+    # THEN none is rejected, and every job is stored with the status GitLab sent
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.read_text())
+    assert summary["rejected"] == {} and summary["accepted"] == 2 * (len(GITLAB_STATUSES) + 1)
+    assert summary["jobs"] == {status: 1 for status in (*GITLAB_STATUSES, "some_future_status")}

@@ -102,8 +102,13 @@ def test_oversized_body_is_413_and_malformed_is_400_with_a_reason(
     assert big.status_code == 413 and "larger than" in json.loads(big.body)["error"]
     bad = post(client, "{not json")
     assert bad.status_code == 400 and json.loads(bad.body)["error"]
+    anonymous = post(client, {"object_kind": "build", "build_status": "pending", "project_id": 1})
+    assert anonymous.status_code == 400 and "build_id" in json.loads(anonymous.body)["error"]
+    # a job with its id but nothing else we need: 202 with the reason (a 4xx counts toward disabling the hook)
     missing = post(client, {"object_kind": "build", "build_id": 1})
-    assert missing.status_code == 400
+    reason = json.loads(missing.body)["reason"]
+    assert missing.status_code == 202 and "build_status" in reason and "project_id" in reason
+    assert job(gitlab_stack, 1) is None
     assert gitlab_stack.queued_pools() == []
 
 
@@ -325,3 +330,22 @@ def test_a_burst_of_120_job_events_marks_the_pool_dirty_a_handful_of_times(
     assert changed == 120
     queued = gitlab_stack.queued_pools()
     assert set(queued) == {"linux"} and 1 <= len(queued) <= 6 // DIRTY_WINDOW_SECONDS + 1
+
+
+def test_a_status_new_to_us_is_recorded_not_refused(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    # GIVEN a job GitLab reports as waiting_for_callback (gitlabhq `app/models/concerns/ci/has_status.rb`),
+    # then as a status no GitLab sends yet
+    p = Pipeline(gitlab_stack, fake_gitlab, ("docker",), ("docker",))
+    waiting = p.hook(p.job_ids[0], "created") | {"build_status": "waiting_for_callback"}
+    future = p.hook(p.job_ids[1], "created") | {"build_status": "some_future_status"}
+    # WHEN GitLab delivers them
+    answers = [post(client, body) for body in (waiting, future)]
+    # THEN both are accepted (four 4xx in a row disable the hook) and stored with their status, ranked like
+    # `created`: a later `pending` still moves the job on
+    assert [a.status_code for a in answers] == [202, 202]
+    assert job(gitlab_stack, p.job_ids[0]).status == "waiting_for_callback"
+    assert job(gitlab_stack, p.job_ids[1]).status == "some_future_status"
+    assert post(client, p.hook(p.job_ids[1], "pending")).status_code == 202
+    assert job(gitlab_stack, p.job_ids[1]).status == "pending"
