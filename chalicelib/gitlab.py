@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +34,15 @@ MAX_PER_PAGE = 100
 
 #: Our user agent, so GitLab admins can tell the scaler's traffic apart in their logs.
 USER_AGENT = "runner-scaler (python-gitlab)"
+
+#: Seconds to hold off after a 429 that names no wait. GitLab's endpoint limits count per minute and "access
+#: to the endpoint is restored after one minute" (docs "Rate limits on Projects API"), and their 429s may
+#: carry no Retry-After (gitlab-org/gitlab#365728: RateLimit-* headers missing on 429).
+DEFAULT_RATE_LIMIT_WAIT = 60.0
+
+#: The longest Retry-After the adapter sleeps through inside one call (when `obey_rate_limit`); a longer
+#: one fails the call at once and holds the action off until then.
+MAX_RATE_LIMIT_WAIT = 10.0
 
 _T = TypeVar("_T")
 
@@ -226,11 +236,17 @@ class GitLabApi(HooksApi, Protocol):
 class GitLabClient:
     """GitLab through python-gitlab, with python-gitlab's own retry and our error translation.
 
-    Retries: python-gitlab retries 429 (honouring `Retry-After`, else `RateLimit-Reset`) when
-    `obey_rate_limit`, and 500/502/503/504/52x plus connection errors and timeouts when
-    `retry_transient_errors`, up to `max_retries` times with a 0.1 s * 2**n backoff. Its sleep is
-    `time.sleep` and a `Retry-After` is not capped, so a latency-bound caller (the webhook Lambda) should
-    pass `obey_rate_limit=False` and a small `max_retries`, and leave a 429 to the next tick.
+    Transient errors: python-gitlab retries 500/502/503/504/52x, connection errors and timeouts when
+    `retry_transient_errors`, up to `max_retries` times with a 0.1 s * 2**n backoff.
+
+    Rate limits (429) are ours, not python-gitlab's: its `obey_rate_limit` sleeps `Retry-After` (else
+    `RateLimit-Reset` - now) uncapped with `time.sleep`, and forgets it once the call gives up
+    (python-gitlab 8.6 `gitlab/utils.py` `Retry.handle_retry_on_status`). Here a 429's wait (Retry-After,
+    else RateLimit-Reset, else DEFAULT_RATE_LIMIT_WAIT) is obeyed: with `obey_rate_limit` a wait up to
+    `max_rate_limit_wait` is slept through (`sleep`) and the call retried; otherwise the call fails with a
+    retryable GitLabError(429), and every later call of the same action fails the same way WITHOUT reaching
+    GitLab until the wait is over (per action: GitLab's limits are per endpoint). A latency-bound caller
+    (the webhook Lambda) passes `obey_rate_limit=False` and leaves the 429 to the next tick.
 
     The python-gitlab client (and its requests session) is built on first use, once per container, and
     the API token is read then, through `token_provider`; a 401 re-reads the token once, so a rotated
@@ -249,6 +265,7 @@ class GitLabClient:
         retry_transient_errors: bool = True,
         per_page: int = MAX_PER_PAGE,
         tracing: Tracing | None = None,
+        max_rate_limit_wait: float = MAX_RATE_LIMIT_WAIT,
     ) -> None:
         self._init(
             url,
@@ -261,6 +278,7 @@ class GitLabClient:
             per_page=per_page,
             tracing=tracing,
         )
+        self.max_rate_limit_wait = max_rate_limit_wait
 
     @classmethod
     def from_token_provider(
@@ -323,6 +341,14 @@ class GitLabClient:
         self.calls: Counter[str] = Counter()
         #: Every HTTP response received, pages and retries included (what GitLab actually served).
         self.http_requests = 0
+        #: Rate limits: the longest wait slept through in a call, how to sleep, and the clocks (seconds).
+        self.max_rate_limit_wait = MAX_RATE_LIMIT_WAIT
+        self.sleep: Callable[[float], None] = time.sleep
+        self.clock: Callable[[], float] = time.monotonic
+        self.wall_clock: Callable[[], float] = time.time
+        #: action -> `clock()` before which GitLab asked not to be called again (its Retry-After).
+        self.held_until: dict[str, float] = {}
+        self._throttle = threading.local()
 
     def __repr__(self) -> str:
         return f"GitLabClient(url={self.url!r})"
@@ -364,25 +390,35 @@ class GitLabClient:
 
     def _count_response(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
         self.http_requests += 1
+        if response.status_code == 429:  # python-gitlab's errors carry no headers: keep the wait here
+            self._throttle.wait = rate_limit_wait(response.headers, self.wall_clock())
         return response
 
     def _opts(self) -> dict[str, Any]:
-        return {"max_retries": self._max_retries, "obey_rate_limit": self._obey_rate_limit}
+        # 429s are handled in `_attempt` (see the class docstring); python-gitlab keeps the 5xx retries.
+        return {"max_retries": self._max_retries, "obey_rate_limit": False}
 
     def _call(self, action: str, what: str, fn: Callable[[gitlab.Gitlab], _T]) -> _T:
         """Run one adapter action: count it, trace it (`gitlab.<action>`), translate errors, re-read a
         rotated token once on 401. `what` (ids, descriptions) goes into errors, never into the trace."""
         self.calls[action] += 1
+        held = self.held_until.get(action, 0.0) - self.clock()
+        if held > 0:
+            raise GitLabError(
+                action, 429, f"not called: GitLab rate-limited it and asked to wait {held:.0f} s more"
+            )
         with self._tracing.call("gitlab", action):
             return self._attempt(action, what, fn)
 
     def _attempt(self, action: str, what: str, fn: Callable[[gitlab.Gitlab], _T]) -> _T:
-        for attempt in (1, 2):
+        reread, waits = False, 0
+        while True:
             gl = self.session()
             try:
                 return fn(gl)
             except gitlab.exceptions.GitlabAuthenticationError as exc:
-                if attempt == 1 and self._token_changed():
+                if not reread and self._token_changed():
+                    reread = True
                     logger.info(
                         "GitLab answered 401; retrying once with the re-read API token",
                         extra={"action": action},
@@ -390,10 +426,20 @@ class GitLabClient:
                     continue
                 raise _translate(action, what, exc) from exc
             except gitlab.exceptions.GitlabError as exc:
-                raise _translate(action, what, exc) from exc
+                if exc.response_code != 429:
+                    raise _translate(action, what, exc) from exc
+                wait = float(self._throttle.__dict__.pop("wait", DEFAULT_RATE_LIMIT_WAIT))
+                if self._obey_rate_limit and wait <= self.max_rate_limit_wait and waits < self._max_retries:
+                    waits += 1
+                    self.sleep(wait)
+                    continue
+                self.held_until[action] = self.clock() + wait
+                logger.warning("GitLab rate limit", extra={"action": action, "retry_after_s": wait})
+                raise GitLabError(
+                    action, 429, f"rate limited; GitLab asks to retry after {wait:.0f} s"
+                ) from exc
             except requests.RequestException as exc:
                 raise GitLabError(action, 0, f"{type(exc).__name__} talking to {self.url}") from exc
-        raise AssertionError("unreachable: the loop returns or raises")
 
     def _token_changed(self) -> bool:
         """Whether the token provider now returns another token (a rotated secret); rebuilds if so."""
@@ -720,6 +766,19 @@ def _translate(action: str, what: str, exc: gitlab.exceptions.GitlabError) -> Gi
     elif status == 403:
         message = f"{message}: the API token lacks the role or scope for {what}"
     return GitLabError(action, status, message)
+
+
+def rate_limit_wait(headers: Any, now: float) -> float:
+    """Seconds a 429 asks to wait: `Retry-After` (whole seconds, as GitLab sends it), else `RateLimit-Reset`
+    (epoch seconds) - `now`, else DEFAULT_RATE_LIMIT_WAIT (docs administration/settings/
+    user_and_ip_rate_limits.md, "Response headers"; the order python-gitlab uses too)."""
+    retry_after = str(headers.get("Retry-After") or "").strip()
+    if retry_after.isdigit():
+        return float(retry_after)
+    reset = str(headers.get("RateLimit-Reset") or "").strip()
+    if reset.isdigit():
+        return max(0.0, float(reset) - now)
+    return DEFAULT_RATE_LIMIT_WAIT
 
 
 def _as_dict(result: Any, path: str) -> dict[str, Any]:
