@@ -25,6 +25,16 @@ logger = logging.getLogger(__name__)
 #: Projects with jobs in this window are searched for jobs no webhook announced.
 PROJECT_WINDOW = timedelta(days=7)
 
+#: Project job lists (`GET /projects/:id/jobs?scope[]=pending`) one lost-job scan may ask for. GitLab.com
+#: allows 600 of these a minute per user (docs "GitLab.com settings", rate limits: project jobs API, the
+#: `project_jobs_api_rate_limit` application setting). A scan runs at most once per
+#: `lost_job_scan_interval` (>= 1 minute) across all containers, and a project with up to 100 pending jobs
+#: is one request (per_page 100); so 100 lists use a sixth of a minute's allowance, leaving the rest to the
+#: tick's job lookups (`max_lookups`, same endpoint family) and to anything else using the token. With more
+#: known projects than that, successive scans take the next 100 in turn (every project within
+#: ceil(projects / 100) scans). The first 429 ends the scan: the adapter holds the endpoint off anyway.
+MAX_SCAN_LISTS = 100
+
 
 class JobsApi(Protocol):
     def get_job(self, project_id: int, job_id: int) -> Any: ...
@@ -53,8 +63,10 @@ def heal(
     *,
     gitlab_host: str,
     max_lookups: int = 50,
+    max_scan_lists: int = MAX_SCAN_LISTS,
 ) -> HealReport:
-    """Refresh stale jobs, then (once per scan interval across all containers) discover lost ones."""
+    """Refresh stale jobs (at most `max_lookups` job lookups), then, once per scan interval across all
+    containers, discover lost ones (at most `max_scan_lists` project job lists: see MAX_SCAN_LISTS)."""
     report = HealReport()
     projects: set[int] = set()
     lookups = 0
@@ -72,9 +84,18 @@ def heal(
     if projects:
         store.note_projects(gitlab_host, projects, now)
     interval = max(60, int(config.gitlab.lost_job_scan_interval.total_seconds()))
-    if store.first_seen(f"lost-job-scan#{gitlab_host}#{int(now.timestamp()) // interval}", now):
-        _discover(config, store, gitlab, dirty, now, gitlab_host, report)
+    scan = int(now.timestamp()) // interval
+    if store.first_seen(f"lost-job-scan#{gitlab_host}#{scan}", now):
+        _discover(config, store, gitlab, dirty, now, gitlab_host, report, turn=(scan, max_scan_lists))
     return report
+
+
+def _share(projects: Sequence[int], scan: int, budget: int) -> list[int]:
+    """This scan's turn of the projects: `budget` of them, starting where the previous scan stopped."""
+    if len(projects) <= budget:
+        return list(projects)
+    start = (scan * budget) % len(projects)
+    return [projects[(start + i) % len(projects)] for i in range(budget)]
 
 
 def _age(job: JobRecord, now: datetime) -> timedelta:
@@ -135,14 +156,20 @@ def _discover(
     now: datetime,
     gitlab_host: str,
     report: HealReport,
+    *,
+    turn: tuple[int, int],
 ) -> None:
     """Pending jobs of known projects that the store has never seen, or holds without a pool (GitLab could
-    not tell their tags when their hook came), become pending jobs of their pool."""
-    for project_id in _projects(config, store, gitlab, now, gitlab_host, report):
+    not tell their tags when their hook came), become pending jobs of their pool. `turn` is (scan number,
+    project lists allowed): which share of the known projects this scan lists."""
+    scan, budget = turn
+    for project_id in _share(_projects(config, store, gitlab, now, gitlab_host, report), scan, budget):
         try:
             pending = gitlab.list_jobs(project_id, ("pending",))
         except GitLabError as exc:
             report.errors.append(str(exc))
+            if exc.status == 429:
+                break  # GitLab asked to wait: the rest of this turn waits for the next scan
             continue
         report.scanned_projects += 1
         for info in pending:

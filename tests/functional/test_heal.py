@@ -111,3 +111,44 @@ def test_a_job_whose_tags_gitlab_could_not_tell_is_routed_by_the_next_scan(
     assert record is not None and (record.status, record.pool) == ("pending", "linux")
     assert payload["pools"]["linux"]["desired"] == 1
     assert gitlab_stack.desired("test-linux") == 1
+
+
+def test_the_lost_job_scan_lists_at_most_its_share_of_projects_per_scan(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab
+) -> None:
+    """GitLab.com allows 600 project job lists a minute per user (docs "GitLab.com settings": rate limits);
+    a scan lists at most heal.MAX_SCAN_LISTS (100) projects, and the next scans take the next ones."""
+    # GIVEN 250 projects the scaler has seen, the last of which has a pending job no webhook announced
+    rt = gitlab_stack.runtime
+    projects = [fake_gitlab.create_project(f"group/app-{n}") for n in range(250)]
+    rt.store.note_projects(rt.gitlab_host, projects, rt.now())
+    (job_id,) = fake_gitlab.create_pipeline(projects[-1], [JobSpec("build", tags=("linux",))]).job_ids
+    listed: list[set[str]] = []
+    with Client(app) as client:
+        for _ in range(3):
+            # WHEN the tick runs, once per scan interval
+            before = len(fake_gitlab.request_log)
+            tick(client)
+            listed.append(
+                {r.path for r in fake_gitlab.request_log[before:] if r.route == "/projects/:project/jobs"}
+            )
+            gitlab_stack.advance(minutes=5)
+    # THEN no scan listed more than 100 projects, and within three scans every project was listed
+    assert [len(s) for s in listed] == [100, 100, 100]
+    assert set().union(*listed) == {f"/projects/{p}/jobs" for p in projects}
+    record = rt.store.get_job(rt.gitlab_host, job_id)
+    assert record is not None and record.status == "pending"
+
+
+def test_a_rate_limited_scan_stops_at_gitlabs_first_429(gitlab_stack: Stack, fake_gitlab: FakeGitLab) -> None:
+    # GIVEN 50 known projects and a GitLab that allows 10 job lists a minute
+    rt = gitlab_stack.runtime
+    projects = [fake_gitlab.create_project(f"group/app-{n}") for n in range(50)]
+    rt.store.note_projects(rt.gitlab_host, projects, rt.now())
+    fake_gitlab.rate_limit("/projects/*/jobs", 10)
+    # WHEN the tick scans
+    with Client(app) as client:
+        tick(client)
+    # THEN it stopped at the first 429 instead of asking 39 more times
+    statuses = [r.status for r in fake_gitlab.request_log if r.route == "/projects/:project/jobs"]
+    assert statuses == [200] * 10 + [429]
