@@ -28,6 +28,8 @@ class PoolStatus:
     pending_jobs: int
     running_jobs: int
     faults: tuple[str, ...] = field(default=())
+    #: The pool's Auto Scaling group does not exist (not deployed, or `asg` misspelt).
+    group_missing: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -67,6 +69,7 @@ def snapshot(config: Config, store: Store, fleet: Fleet, now: datetime) -> list[
                 pending_jobs=sum(1 for j in jobs if j.status == "pending"),
                 running_jobs=sum(1 for j in jobs if j.status in HOLDS_SLOT),
                 faults=tuple(faults),
+                group_missing=group is None,
                 **counts,
             )
         )

@@ -24,14 +24,18 @@ def replay_command(
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the summary here")] = None,
 ) -> None:
-    """Replay deliveries, reconcile each dirty pool once, print a JSON summary (exit 2: unreadable input)."""
+    """Replay recorded webhook deliveries against a local, in-memory stand-in of AWS; print a JSON summary.
+
+    Each line is one delivery as GitLab's webhook "Recent events" view shows it: {"headers": {...}, "body":
+    {...}}. Nothing reaches AWS or GitLab. Exit 2 names the file and line of an unreadable input.
+    """
     from chalicelib.devtools.replay import DEFAULT_TOKENS, ReplayInputError, load, read_deliveries, replay
 
     try:
         cfg = load(config)
         deliveries = read_deliveries(file)
     except (ConfigError, ReplayInputError) as exc:
-        err.print(str(exc), highlight=False)
+        err.print(str(exc), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
     report = replay(deliveries, cfg, tuple(webhook_token or DEFAULT_TOKENS))
     text = json.dumps(report.summary(), indent=2, sort_keys=True)

@@ -15,16 +15,20 @@ from rich.console import Console
 from rich.table import Table
 
 from chalicelib.config import load_config_file
-from chalicelib.errors import ConfigError, RunnerScalerError
+from chalicelib.errors import AwsCallError, ConfigError, RunnerScalerError
+from chalicelib.resources import ENV_PREFIX, Names
 from chalicelib.runtime import Runtime
 from chalicelib.status import PoolStatus, snapshot
 
 console = Console()
+err = Console(stderr=True)
 
 
 def status(
     config: Annotated[Path, typer.Option("--config", "-c", help="runner-scaler TOML config")],
-    prefix: Annotated[str, typer.Option(help="deployment prefix (names the table)")] = "runner-scaler",
+    prefix: Annotated[
+        str, typer.Option(envvar=ENV_PREFIX, help="deployment prefix (names the table)")
+    ] = "runner-scaler",
     endpoint_url: Annotated[str | None, typer.Option(help="AWS endpoint, e.g. a local moto server")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
@@ -36,18 +40,42 @@ def status(
     except ConfigError as exc:
         console.print(str(exc), highlight=False)
         raise typer.Exit(2) from None
-    environ = {**os.environ, "RUNNER_SCALER_PREFIX": prefix}
+    environ = {**os.environ, ENV_PREFIX: prefix}
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     rt = Runtime(environ, aws=AwsClients(region=region, endpoint_url=endpoint_url), config=cfg)
     try:
         rows = snapshot(cfg, rt.store, rt.fleet, rt.now())
+    except AwsCallError as exc:
+        err.print(_unreadable(exc, prefix, region), style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
     except RunnerScalerError as exc:
-        console.print(f"[red]cannot read state: {exc}[/red]")
+        err.print(f"cannot read state: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(1) from None
     if as_json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
-        return
-    console.print(render(rows))
+    else:
+        console.print(render(rows))
+    missing = [r for r in rows if r.group_missing]
+    if missing:
+        groups = ", ".join(f'"{r.asg}" (pool {r.pool})' for r in missing)
+        err.print(
+            f"Auto Scaling group not found in {region}: {groups}; deploy infra/, or fix the pool's asg",
+            style="red",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(1)
+
+
+def _unreadable(exc: AwsCallError, prefix: str, region: str) -> str:
+    """The state could not be read: name the table when it is missing, with the prefix that named it."""
+    if exc.code == "ResourceNotFoundException" and exc.service == "dynamodb":
+        table = Names(prefix).table
+        return (
+            f'table "{table}" not found in {region}: prefix "{prefix}" (--prefix or {ENV_PREFIX}) names it; '
+            "give the deployment's prefix, or the region it runs in (AWS_REGION)"
+        )
+    return f"cannot read state: {exc}"
 
 
 def render(rows: list[PoolStatus]) -> Table:

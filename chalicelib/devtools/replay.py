@@ -101,24 +101,47 @@ class ReplayReport:
 
 
 def read_deliveries(path: Path) -> list[Delivery]:
+    """Each non-blank line of `path` as a Delivery; ReplayInputError names the file, the line and the fix."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
     except OSError as exc:
         raise ReplayInputError(f"cannot read {path}: {exc.strerror}") from None
     out: list[Delivery] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, raw in enumerate(data.splitlines(), 1):
+        where = f"{path}:{number}"
         try:
-            record = json.loads(line)
-            headers = {str(k): str(v) for k, v in dict(record.get("headers") or {}).items()}
-            body = record.get("body", "")
-            tags = record.get("tag_list")
-        except (ValueError, AttributeError, TypeError) as exc:
-            raise ReplayInputError(f"{path}:{number}: not a delivery object ({exc})") from None
-        recorded = tuple(str(t) for t in tags) if isinstance(tags, list) else None
-        out.append(Delivery(headers, body if isinstance(body, str) else json.dumps(body), recorded))
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ReplayInputError(
+                f"{where}: byte {raw[exc.start]:#04x} at column {exc.start + 1} is not UTF-8; "
+                "save the deliveries as UTF-8 JSON lines"
+            ) from None
+        if line.strip():
+            out.append(_delivery(line, where))
     return out
+
+
+_SHAPE = 'each line is one JSON object: {"headers": {"X-Gitlab-Event": "Job Hook", ...}, "body": {...}}'
+
+
+def _delivery(line: str, where: str) -> Delivery:
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise ReplayInputError(f"{where}: not JSON ({exc.msg} at column {exc.colno}); {_SHAPE}") from None
+    if not isinstance(record, dict):
+        raise ReplayInputError(f"{where}: a JSON {type(record).__name__}, not an object; {_SHAPE}")
+    headers = record.get("headers") or {}
+    if not isinstance(headers, dict):
+        raise ReplayInputError(f'{where}: "headers" must be an object of header names to values; {_SHAPE}')
+    body = record.get("body", "")
+    tags = record.get("tag_list")
+    recorded = tuple(str(t) for t in tags) if isinstance(tags, list) else None
+    return Delivery(
+        {str(k): str(v) for k, v in headers.items()},
+        body if isinstance(body, str) else json.dumps(body),
+        recorded,
+    )
 
 
 @contextmanager

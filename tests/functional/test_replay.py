@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from chalicelib.cli.main import app
@@ -98,3 +99,26 @@ def test_replay_accepts_every_status_gitlab_can_send(tmp_path: Path) -> None:
     summary = json.loads(out.read_text())
     assert summary["rejected"] == {} and summary["accepted"] == 2 * (len(GITLAB_STATUSES) + 1)
     assert summary["jobs"] == {status: 1 for status in (*GITLAB_STATUSES, "some_future_status")}
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b'{"headers": [["X-Gitlab-Event", "Job Hook"]], "body": {}}', '"headers" must be an object'),
+        (b'{"headers": {"X-Gitlab-Event": "Job Hook"}, "body": {"name": "caf\xe9"}}', "byte 0xe9 at column"),
+        (b'["headers"]', "a JSON list, not an object"),
+        (b'{"headers": {', "not JSON (Expecting"),
+    ],
+)
+def test_a_bad_delivery_line_is_named_with_its_fix_never_python_internals(
+    tmp_path: Path, line: bytes, expected: str
+) -> None:
+    # GIVEN a deliveries file whose second line is malformed
+    file = tmp_path / "deliveries.jsonl"
+    file.write_bytes((FIXTURES / "replay.jsonl").read_bytes().splitlines()[0] + b"\n" + line + b"\n")
+    # WHEN it is replayed
+    result = CliRunner().invoke(app, ["replay", str(file), "--config", str(FIXTURES / "scaler.toml")])
+    # THEN the CLI exits 2 naming the file:line and what a line must be, with no traceback or internals
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"{file}:2:" in output and expected in output
+    assert "Traceback" not in output and "dictionary update sequence" not in output
