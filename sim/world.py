@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
+from chalicelib.capacity.routing import pool_for_tags
 from chalicelib.config import Config, Pool
 from chalicelib.devtools.accounting import job_wait_s, machine_seconds, percentile
 from sim.events import EventLoop
@@ -24,6 +25,8 @@ from sim.traces import TraceJob
 #: The metrics of a run, exactly these keys, in this order (the JSON the CLI and the bench write).
 METRIC_KEYS = (
     "jobs",
+    "unmatched_jobs",
+    "blocked_jobs",
     "wait_p50_s",
     "wait_p95_s",
     "wait_p99_s",
@@ -138,7 +141,8 @@ class World:
         pending = ideal_pending(self.trace)
         ideal_end = max((pending[j.index] + j.trace.duration_s for j in self.jobs), default=0.0)
         self.horizon = ideal_end + options.tail_s
-        self._unfinished = len(self.jobs)
+        self.unmatched, self.blocked = unservable(self.jobs, self.config.pools)
+        self._unfinished = len(self.jobs) - len(self.unmatched) - len(self.blocked)
         self.gitlab.done_listeners.append(self._job_done)
 
     def rng(self, stream: str) -> random.Random:
@@ -180,7 +184,10 @@ class World:
     def metrics(self, end: float, api_calls: int) -> dict[str, float | int]:
         """The run's figures; machines and hosts still alive are charged until `end`. A dedicated host is
         paid-idle while billed with no instance on it (`SimHost.paid_idle_seconds`)."""
-        waits = sorted(job_wait(job, end) for job in self.jobs)
+        # A job no pool takes waits forever under every policy, and so do its pipeline's later stages: counted
+        # apart, never in the wait figures, where they would say nothing about scaling.
+        left_out = {j.index for j in (*self.unmatched, *self.blocked)}
+        waits = sorted(job_wait(job, end) for job in self.jobs if job.index not in left_out)
         machine_s, busy_s, instance_cost = 0.0, 0.0, 0.0
         for machine in self.ledger.machines:
             stop = machine.terminated_at if machine.terminated_at is not None else end
@@ -197,6 +204,8 @@ class World:
         paid_idle_host_s = sum(h.paid_idle_seconds(end) for h in self.hosts.hosts)
         values: dict[str, float | int] = {
             "jobs": len(self.jobs),
+            "unmatched_jobs": len(self.unmatched),
+            "blocked_jobs": len(self.blocked),
             "wait_p50_s": round(percentile(waits, 50), 1),
             "wait_p95_s": round(percentile(waits, 95), 1),
             "wait_p99_s": round(percentile(waits, 99), 1),
@@ -237,6 +246,24 @@ def _pipelines(jobs: Sequence[SimJob]) -> list[list[SimJob]]:
     for job in jobs:
         by_id.setdefault(job.trace.pipeline_id, []).append(job)
     return list(by_id.values())
+
+
+def unservable(jobs: Sequence[SimJob], pools: Sequence[Pool]) -> tuple[list[SimJob], list[SimJob]]:
+    """Jobs whose tags match no pool (chalicelib.capacity.routing, gitlab-runner's tag rule), and the jobs of
+    their pipelines' later stages, which GitLab never starts while an earlier stage cannot run."""
+    unmatched = [job for job in jobs if pool_for_tags(job.trace.tags, pools) is None]
+    first_stuck: dict[int, int] = {}
+    for job in unmatched:
+        pipeline = job.trace.pipeline_id
+        first_stuck[pipeline] = min(first_stuck.get(pipeline, job.trace.stage), job.trace.stage)
+    stuck = {job.index for job in unmatched}
+    blocked = [
+        job
+        for job in jobs
+        if job.index not in stuck
+        and job.trace.stage > first_stuck.get(job.trace.pipeline_id, job.trace.stage)
+    ]
+    return unmatched, blocked
 
 
 def job_wait(job: SimJob, end: float) -> float:

@@ -26,6 +26,8 @@ console = Console()
 err = Console(stderr=True)
 
 _UNITS = {
+    "unmatched_jobs": "jobs (no pool takes them; not in the waits)",
+    "blocked_jobs": "jobs (later stages of those pipelines; not in the waits)",
     "wait_p50_s": "s",
     "wait_p95_s": "s",
     "wait_p99_s": "s",
@@ -75,6 +77,7 @@ def simulate(
     for name, result in results.items():
         console.print(_table(name, result))
     console.print(_comparison(results))
+    _report_unmatched(jobs, cfg, results)
     if json_out is not None:
         write_json(json_out, metrics_json(results))
         err.print(f"wrote {json_out}")
@@ -153,3 +156,28 @@ def _comparison(results: dict[str, RunResult]) -> Table:
             str(m["api_calls"]),
         )
     return table
+
+
+def _report_unmatched(jobs: list[TraceJob], cfg: Config, results: dict[str, RunResult]) -> None:
+    """Say which trace jobs no pool takes: they are left out of the wait figures (they wait forever under
+    every policy), and so are their pipelines' later stages."""
+    from chalicelib.capacity.routing import pool_for_tags
+
+    if not results:
+        return
+    metrics = next(iter(results.values())).metrics
+    unmatched, blocked = int(metrics["unmatched_jobs"]), int(metrics["blocked_jobs"])
+    if not unmatched:
+        return
+    tag_sets = sorted({j.tags for j in jobs if pool_for_tags(j.tags, cfg.pools) is None})
+    shown = ", ".join("[" + ", ".join(tags) + "]" if tags else "untagged" for tags in tag_sets[:5])
+    more = f" and {len(tag_sets) - 5} more tag sets" if len(tag_sets) > 5 else ""
+    err.print(
+        f"{unmatched} of {len(jobs)} jobs match no pool (tags {shown}{more}), and {blocked} later-stage jobs "
+        "of their pipelines never start: all are left out of the wait figures. Add a pool with those tags, "
+        "or set run_untagged on one for untagged jobs.",
+        style="yellow",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
