@@ -27,6 +27,7 @@ os.environ.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "18,20,22,24
 import aws_cdk as cdk  # noqa: E402
 
 from infra.settings import load_settings  # noqa: E402
+from infra.stacks.images import ImagesStack, images_settings  # noqa: E402
 from infra.stacks.scaler import ScalerStack  # noqa: E402
 
 
@@ -39,6 +40,14 @@ def build(
     values = {key: app.node.try_get_context(key) for key in _CONTEXT_KEYS}
     settings = load_settings({k: v for k, v in values.items() if v is not None})
     stack = ScalerStack(app, f"{settings.prefix}-scaler", settings)
+    images = app.node.try_get_context("images")
+    if images:  # the machine images' pipelines: their own stack, deployed (and run) before the AMIs are known
+        ImagesStack(
+            app,
+            f"{settings.prefix}-images",
+            images_settings(images, settings.prefix),
+            cdk.Environment(account=settings.account, region=settings.region),
+        )
     return app, stack
 
 
