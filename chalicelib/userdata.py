@@ -33,8 +33,15 @@ def render(pool: Pool, prefix: str) -> str:
         "docker_args": _docker_args(pool),
         "services_privileged_env": pool.docker.services_privileged_env,
         "registry_mirrors": _single_quoted(json.dumps(list(pool.docker.registry_mirrors)), pool.platform),
+        "cache_path": _safe(cache_prefix(pool)),
     }
     return Template(text).substitute(values)
+
+
+def cache_prefix(pool: Pool) -> str:
+    """The S3 key prefix of a pool's cache, gitlab-runner's `--cache-path`: the machine role may reach only
+    objects under it (infra/policy.py), so one pool's jobs never read or poison another pool's caches."""
+    return pool.name
 
 
 def _safe(value: str) -> str:

@@ -1,6 +1,7 @@
 #!/bin/bash
 # runner-scaler machine boot (Linux). Rendered per pool by chalicelib/userdata.py; never holds a secret:
-# the runner token and TLS material are read at boot from this instance's own Secrets Manager secret.
+# the runner token and TLS material are read once at boot, by root, from this instance's own Secrets Manager
+# secret, which is then deleted. Jobs never see the token nor reach the instance role (docs/security.md).
 set -euo pipefail
 umask 077
 
@@ -25,9 +26,10 @@ REGION=$$(imds meta-data/placement/region)
 export AWS_DEFAULT_REGION="$${REGION}"
 
 # The secret appears once the launch lifecycle hook has run; wait for it rather than fail the boot.
+SECRET_ID="$${PREFIX}/machines/$${INSTANCE_ID}"
 SECRET=""
 for _ in $$(seq 1 60); do
-  if SECRET=$$(aws secretsmanager get-secret-value --secret-id "$${PREFIX}/machines/$${INSTANCE_ID}" \
+  if SECRET=$$(aws secretsmanager get-secret-value --secret-id "$${SECRET_ID}" \
       --query SecretString --output text 2>/dev/null); then
     break
   fi
@@ -37,6 +39,11 @@ if [ -z "$${SECRET}" ]; then
   echo "runner-scaler: no machine secret for $${INSTANCE_ID}; leaving it to the scaler's boot_timeout" >&2
   exit 1
 fi
+# Read once: delete it now, before any job can run, so that nothing on this machine reads it again (the
+# role may delete only its own instance's secret, infra/policy.py). ForceDeleteWithoutRecovery deletes at
+# once, no recovery window (Secrets Manager API Reference, DeleteSecret). Fail closed: a machine whose
+# secret stays readable never starts its runner (the scaler's boot_timeout removes it).
+aws secretsmanager delete-secret --secret-id "$${SECRET_ID}" --force-delete-without-recovery >/dev/null
 field() { printf '%s' "$${SECRET}" | jq -r --arg k "$$1" '.[$$k] // empty'; }
 
 # Docker daemon with TLS on 2376: server certificate signed by the fleet CA, clients must present one.
@@ -72,6 +79,18 @@ printf '[Service]\nExecStart=\nExecStart=/usr/bin/dockerd\n' > /etc/systemd/syst
 systemctl daemon-reload
 systemctl restart docker
 
+# Jobs never reach the instance metadata service, so never the instance role's credentials. Shell jobs run
+# as JOB_USER (below): the kernel rejects its packets to the metadata address by owner match. Container
+# traffic to it is forwarded: DOCKER-USER rejects it, a chain Docker evaluates before its own rules and
+# never flushes (Docker docs, "Packet filtering and firewalls", DOCKER-USER). The runner itself (root)
+# keeps the service: it signs the S3 cache URLs it hands to jobs. The launch template enables no IPv6
+# metadata endpoint, so IPv4 is the only way in.
+JOB_USER=runner-job
+id -u "$${JOB_USER}" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$${JOB_USER}"
+iptables -I OUTPUT -d 169.254.169.254/32 -m owner --uid-owner "$${JOB_USER}" -j REJECT
+iptables -N DOCKER-USER 2>/dev/null || true
+iptables -I DOCKER-USER -d 169.254.169.254/32 -j REJECT
+
 # A self-hosted GitLab's own CA: into the system trust store and the runner's tls-ca-file.
 TLS_CA_ARGS=()
 GITLAB_CA=$$(field gitlab_ca_bundle)
@@ -84,9 +103,24 @@ fi
 CACHE_ARGS=()
 if [ -n "$${CACHE_BUCKET}" ]; then
   # Credentials come from the instance profile: no static keys anywhere (seed 002).
-  CACHE_ARGS=(--cache-type s3 --cache-shared --cache-s3-server-address s3.amazonaws.com
+  CACHE_ARGS=(--cache-type s3 --cache-shared --cache-path "${cache_path}" --cache-s3-server-address s3.amazonaws.com
               --cache-s3-bucket-name "$${CACHE_BUCKET}" --cache-s3-bucket-location "$${REGION}"
               --cache-s3-authentication_type iam)
+fi
+
+SHELL_ARGS=()
+if [ "$${EXECUTOR}" = shell ]; then
+  # Shell jobs run as JOB_USER. run-single has no --user: it runs each build with an empty global config,
+  # whose `user` is what the shell executor would switch to (gitlab-runner commands/single.go, common/build.go).
+  # Its shell executor starts `bash` from PATH (shells/bash.go) with the runner's own environment
+  # (executors/shell/shell.go): this shim, first on the runner's PATH, starts it as JOB_USER with a fresh
+  # environment instead, so no job inherits CI_SERVER_TOKEN.
+  install -d -m 0755 /usr/local/lib/runner-scaler
+  printf '#!/bin/sh\nexec setpriv --reuid=%s --regid=%s --init-groups --reset-env /bin/bash "$$@"\n' \
+    "$${JOB_USER}" "$${JOB_USER}" > /usr/local/lib/runner-scaler/bash
+  chmod 0755 /usr/local/lib/runner-scaler/bash
+  export PATH="/usr/local/lib/runner-scaler:$${PATH}"
+  SHELL_ARGS=(--builds-dir "/home/$${JOB_USER}/builds" --cache-dir "/home/$${JOB_USER}/cache")
 fi
 
 RUNNER_TOKEN=$$(field runner_token)
@@ -94,12 +128,17 @@ GITLAB_URL=$$(field gitlab_url)
 unset SECRET
 # services_privileged = false has no flag spelling: its env tag (DOCKER_SERVICES_PRIVILEGED) carries it.
 if [ -n "$${SERVICES_PRIVILEGED}" ]; then export DOCKER_SERVICES_PRIVILEGED="$${SERVICES_PRIVILEGED}"; fi
-gitlab-runner run-single --url "$${GITLAB_URL}" --token "$${RUNNER_TOKEN}" --executor "$${EXECUTOR}" \
+# The token rides in the runner's environment, never on argv (which `ps` and /proc/*/cmdline show to every
+# local user): run-single reads CI_SERVER_TOKEN (gitlab-runner common/config.go, RunnerCredentials.Token;
+# docs/commands "gitlab-runner run-single"). Only root can read a root process's environment.
+CI_SERVER_TOKEN="$${RUNNER_TOKEN}" gitlab-runner run-single --url "$${GITLAB_URL}" --executor "$${EXECUTOR}" \
   --max-builds "$${MAX_BUILDS}" --wait-timeout "$${WAIT_TIMEOUT}" \
   --description "runner-scaler/${pool}/$${INSTANCE_ID}" \
-  "$${DOCKER_ARGS[@]}" "$${TLS_CA_ARGS[@]}" "$${CACHE_ARGS[@]}" || true
+  "$${DOCKER_ARGS[@]}" "$${TLS_CA_ARGS[@]}" "$${CACHE_ARGS[@]}" "$${SHELL_ARGS[@]}" || true
+unset RUNNER_TOKEN
 # run-single has exited: --max-builds jobs done, --wait-timeout passed without a job, or a runner error.
 # No job runs here any more, and an idle machine whose runner stopped listening must not count as
-# capacity: leave now, decrementing the group so it does not replace this machine by itself.
-aws autoscaling terminate-instance-in-auto-scaling-group \
-  --instance-id "$${INSTANCE_ID}" --should-decrement-desired-capacity || true
+# capacity: leave now. The machine holds no right to end an instance (a job that got one could end any
+# machine of its pool): it shuts itself down, the launch template's instance-initiated shutdown behaviour
+# terminates it, and the scaler, told by EC2's state-change event, decrements its group (docs/security.md).
+shutdown -h now
