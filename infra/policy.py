@@ -31,6 +31,7 @@ from chalicelib.resources import (
     TAG_POOL,
     Names,
 )
+from chalicelib.userdata import cache_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 CHALICE_CONFIG = ROOT / ".chalice" / "config.json"
@@ -351,38 +352,44 @@ def _region_condition(scope: Scope) -> dict[str, dict[str, Any]]:
 
 
 def machine_grants(scope: Scope, pool: Pool) -> list[Grant]:
-    """A pool machine: its own secret, its own group (self-destruct safety net), its pool's cache bucket."""
+    """A pool machine: read, then delete, its own secret; its pool's prefix of the cache bucket. Nothing else.
+
+    No right reaches another instance: the machine leaves by shutting itself down (the launch template's
+    instance-initiated shutdown behaviour is terminate) and the scaler decrements its group
+    (docs/security.md).
+    Only root on the machine uses these grants; jobs never reach the metadata service that serves them.
+    """
+    own_secret = {
+        "StringEquals": {f"secretsmanager:ResourceTag/{TAG_INSTANCE_ARN}": "${ec2:SourceInstanceARN}"}
+    }
     grants = [
         Grant(
             "OwnMachineSecret",
-            ("secretsmanager:GetSecretValue",),
+            ("secretsmanager:GetSecretValue", "secretsmanager:DeleteSecret"),
             (scope.secret_arn(f"{scope.prefix}/machines/*"),),
             f"only the secret tagged {TAG_INSTANCE_ARN} = this instance's ARN (ec2:SourceInstanceARN is set "
-            "on every request signed with an instance profile's credentials)",
-            conditions={
-                "StringEquals": {f"secretsmanager:ResourceTag/{TAG_INSTANCE_ARN}": "${ec2:SourceInstanceARN}"}
-            },
-        ),
-        Grant(
-            "LeaveWhenDone",
-            ("autoscaling:TerminateInstanceInAutoScalingGroup",),
-            (scope.asg_arn(pool.asg),),
-            "the user data terminates the machine once its runner exits, so it never counts as capacity "
-            "(Auto Scaling has no instance-id condition key, so the scope is the machine's own group)",
-            conditions={"StringEquals": {f"autoscaling:ResourceTag/{TAG_DEPLOYMENT}": scope.prefix}},
+            "on every request signed with an instance profile's credentials): read once at boot, then "
+            "deleted so that nothing on the machine reads it again",
+            conditions=own_secret,
         ),
     ]
     if pool.cache_bucket:
         bucket = f"arn:{scope.partition}:s3:::{pool.cache_bucket}"
         grants += [
             Grant(
-                "CacheList", ("s3:ListBucket",), (bucket,), "gitlab-runner's S3 cache lists before it reads"
+                "CacheList",
+                ("s3:ListBucket",),
+                (bucket,),
+                "gitlab-runner's S3 cache asks for objects under its pool's prefix (a missing object is then "
+                "404, not 403)",
+                conditions={"StringLike": {"s3:prefix": [f"{cache_prefix(pool)}/*"]}},
             ),
             Grant(
                 "CacheObjects",
-                ("s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:DeleteObject"),
-                (f"{bucket}/*",),
-                "gitlab-runner's S3 cache via the instance profile (runners.cache.s3, iam authentication)",
+                ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"),
+                (f"{bucket}/{cache_prefix(pool)}/*",),
+                "gitlab-runner's S3 cache (iam authentication) under `--cache-path <pool>`: object keys "
+                "are <path>/project/<id>/<key> (gitlab-runner cache/cache.go): no pool reaches another's",
             ),
         ]
     return grants

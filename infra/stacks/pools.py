@@ -81,7 +81,7 @@ class PoolGroup(Construct):
             self,
             "MachineRole",
             assume_role_policy_document=_trust("ec2.amazonaws.com"),
-            description=f"runner-scaler machine of pool {pool.name}: its own secret, its cache bucket",
+            description=f"runner-scaler machine of pool {pool.name}: its own secret, its pool's cache prefix",
             policies=[
                 iam.CfnRole.PolicyProperty(
                     policy_name="machine", policy_document=policy_document(machine_grants(grant_scope, pool))
@@ -125,6 +125,10 @@ def _launch_template(
         instance_type=_instance_type(pool),
         iam_instance_profile=ec2.CfnLaunchTemplate.IamInstanceProfileProperty(arn=profile.attr_arn),
         security_group_ids=[security_group_id, *settings.machine_security_groups],
+        # A machine leaves by shutting itself down once its runner exits: EC2 then terminates it (Amazon EC2
+        # User Guide, "Change the instance initiated shutdown behavior"), and the scaler decrements the
+        # group. So the machine's role needs no right to end an instance (docs/security.md).
+        instance_initiated_shutdown_behavior="terminate",
         # IMDSv2 only, and one hop: job containers (one more hop away) never reach the instance credentials.
         metadata_options=ec2.CfnLaunchTemplate.MetadataOptionsProperty(
             http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1

@@ -277,22 +277,79 @@ def test_host_pools_launch_into_their_host_resource_group_with_a_licence(real: S
     assert "createLicenseConfiguration" in json.dumps(real.raw["Resources"][licence["Ref"]])
 
 
-@pytest.mark.parametrize("pool", [p.name for p in EXAMPLE.pools])
-def test_machine_reads_only_its_own_secret_and_its_cache(real: Synth, pool: str) -> None:
-    _, template = real.one("AWS::EC2::LaunchTemplate", LaunchTemplateName=f"{PREFIX}-{pool}")
+def machine_role_statements(synth: Synth, pool: str) -> list[dict[str, Any]]:
+    """The statements of the role a pool's launch template gives its machines (through its profile)."""
+    _, template = synth.one("AWS::EC2::LaunchTemplate", LaunchTemplateName=f"{PREFIX}-{pool}")
     profile = template["Properties"]["LaunchTemplateData"]["IamInstanceProfile"]["Arn"]["Fn::GetAtt"][0]
-    role = real.raw["Resources"][profile]["Properties"]["Roles"][0]["Ref"]
-    grants = real.raw["Resources"][role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
-    secret = next(s for s in grants if as_list(s["Action"]) == ["secretsmanager:GetSecretValue"])
-    assert secret["Condition"] == {
+    role = synth.raw["Resources"][profile]["Properties"]["Roles"][0]["Ref"]
+    policies = synth.raw["Resources"][role]["Properties"]["Policies"]
+    return [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+
+
+def arn_text(value: Any) -> str:
+    """An ARN as text, the stack's partition read as `aws` (CDK writes `Fn::Join` with `AWS::Partition`)."""
+    if isinstance(value, dict) and "Fn::Join" in value:
+        parts = value["Fn::Join"][1]
+        return "".join("aws" if p == {"Ref": "AWS::Partition"} else str(p) for p in parts)
+    return str(value)
+
+
+#: Everything a machine's role may do: read and then delete its own secret, use its pool's cache prefix.
+MACHINE_ACTIONS = {
+    "secretsmanager:GetSecretValue",
+    "secretsmanager:DeleteSecret",
+    "s3:ListBucket",
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:DeleteObject",
+}
+
+
+@pytest.mark.parametrize("pool", [p.name for p in EXAMPLE.pools])
+def test_machine_reads_then_deletes_only_its_own_secret(real: Synth, pool: str) -> None:
+    grants = machine_role_statements(real, pool)
+    secret = [s for s in grants if any(a.startswith("secretsmanager:") for a in as_list(s["Action"]))]
+    assert len(secret) == 1
+    # THEN only the secret tagged with the caller's own instance ARN (IAM condition keys for EC2 instance
+    # role credentials: ec2:SourceInstanceARN), and only to read it and delete it: the user data deletes it
+    # right after its one read, so from then on nothing, this instance included, can read it
+    assert sorted(as_list(secret[0]["Action"])) == [
+        "secretsmanager:DeleteSecret",
+        "secretsmanager:GetSecretValue",
+    ]
+    assert secret[0]["Condition"] == {
         "StringEquals": {f"secretsmanager:ResourceTag/{TAG_INSTANCE_ARN}": "${ec2:SourceInstanceARN}"}
     }
-    assert f":secret:{PREFIX}/machines/*" in json.dumps(secret["Resource"])
-    buckets = [json.dumps(s["Resource"]) for s in grants if as_list(s["Action"])[0].startswith("s3:")]
-    expected = EXAMPLE.pool(pool).cache_bucket
-    assert sorted(b.split(":::")[1].split('"')[0] for b in buckets) == (
-        [expected, f"{expected}/*"] if expected else []
-    )
+    assert f":secret:{PREFIX}/machines/*" in json.dumps(secret[0]["Resource"])
+
+
+@pytest.mark.parametrize("pool", [p.name for p in EXAMPLE.pools])
+def test_machine_role_reaches_no_other_instance_and_no_other_pools_cache(real: Synth, pool: str) -> None:
+    grants = machine_role_statements(real, pool)
+    actions = {a for s in grants for a in as_list(s["Action"])}
+    # THEN no Auto Scaling or EC2 right at all: a job that got the role could not end any machine
+    assert actions <= MACHINE_ACTIONS
+    assert all(s["Effect"] == "Allow" and "NotAction" not in s and "NotResource" not in s for s in grants)
+    # AND S3 only under this pool's prefix of its cache bucket
+    bucket = EXAMPLE.pool(pool).cache_bucket
+    s3 = [s for s in grants if as_list(s["Action"])[0].startswith("s3:")]
+    if not bucket:
+        assert s3 == []
+        return
+    objects = next(s for s in s3 if "s3:GetObject" in as_list(s["Action"]))
+    assert [arn_text(r) for r in as_list(objects["Resource"])] == [f"arn:aws:s3:::{bucket}/{pool}/*"]
+    listing = next(s for s in s3 if as_list(s["Action"]) == ["s3:ListBucket"])
+    assert arn_text(listing["Resource"]) == f"arn:aws:s3:::{bucket}"
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": [f"{pool}/*"]}}
+    # AND the runner writes there: its --cache-path is the same prefix
+    assert f'--cache-path "{pool}"' in render(EXAMPLE.pool(pool), PREFIX)
+
+
+@pytest.mark.parametrize("pool", [p.name for p in EXAMPLE.pools])
+def test_a_machine_that_shuts_itself_down_is_terminated(real: Synth, pool: str) -> None:
+    # The machine leaves by `shutdown` once its runner exits; the scaler decrements its group.
+    _, template = real.one("AWS::EC2::LaunchTemplate", LaunchTemplateName=f"{PREFIX}-{pool}")
+    assert template["Properties"]["LaunchTemplateData"]["InstanceInitiatedShutdownBehavior"] == "terminate"
 
 
 # -- the app and its wiring ------------------------------------------------------------------------
