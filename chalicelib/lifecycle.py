@@ -39,6 +39,9 @@ ABANDON = "ABANDON"
 PREPARE_FAULT = "prepare"
 PREPARE_FAULT_BACKOFF_SECONDS = 1800
 PREPARE_FAULT_BACKOFF = timedelta(seconds=PREPARE_FAULT_BACKOFF_SECONDS)
+#: TerminateInstanceInAutoScalingGroup takes an instance in these lifecycle states (Amazon EC2 Auto Scaling
+#: API Reference): the states in which a machine that shut itself down still counts in its group.
+_DECREMENTABLE = frozenset({"InService", "Standby"})
 
 
 class RunnerAdmin(Protocol):
@@ -136,11 +139,9 @@ class Lifecycle:
             return outcome
         secret_name = self.names.machine_secret(action.instance_id)
         record = self.store.get_machine(action.instance_id)
-        if (
-            record is not None
-            and record.runner_id is not None
-            and self.secrets.machine_secret_exists(secret_name)
-        ):
+        # A runner id is recorded only after the secret was stored. The secret itself is no witness: the
+        # machine deletes it once read, and preparing again would delete the runner it is using.
+        if record is not None and record.runner_id is not None:
             outcome.runner_id = record.runner_id
             outcome.notes.append("already prepared (duplicate event)")
             self._complete(action, CONTINUE)
@@ -334,6 +335,26 @@ class Lifecycle:
             )
         return retried
 
+    def shut_down(self, pool: Pool, instance_id: str) -> list[str]:
+        """A machine of ours is shutting down without our terminate hook: take it out of its group.
+
+        A machine shuts itself down once its runner has exited (its user data); the launch template's
+        instance-initiated shutdown behaviour terminates it. Auto Scaling would replace it, so the scaler
+        removes it with a decrement while it is still InService or Standby. Never a machine that is already
+        Terminating (a scaler removal: it was decremented then) or gone. Notes say what was done.
+        """
+        group = self.fleet.read_groups([pool.asg]).get(pool.asg)
+        member = next((i for i in group.instances if i.instance_id == instance_id), None) if group else None
+        if member is None or member.lifecycle_state not in _DECREMENTABLE:
+            state = member.lifecycle_state if member else "gone"
+            return [f"not decremented: {state} in its group"]
+        try:
+            self.fleet.terminate(instance_id)
+        except AwsCallError as exc:
+            # It changed state meanwhile; the next reconcile counts what is really there.
+            return [f"not decremented: {exc}"]
+        return ["shut itself down: left its group with a decrement"]
+
     # -- spot -----------------------------------------------------------------------------------------
     def interrupted(self, instance_id: str, reason: str, now: datetime) -> LifecycleOutcome:
         """Spot warning or rebalance recommendation: stop new jobs, drain, and launch a replacement now."""
@@ -468,7 +489,7 @@ def handle_machine_event(rt: Runtime, raw: dict[str, Any]) -> dict[str, Any]:
         "shutting-down",
         "terminated",
     }:
-        outcome = _without_hook(use_case, rt, event.instance_id, now)
+        outcome = _without_hook(use_case, rt, event.instance_id, event.detail.state, now)
     else:
         return {"action": "ignored"}
     _emit(rt, outcome)
@@ -491,13 +512,20 @@ def _emit(rt: Runtime, outcome: LifecycleOutcome) -> None:
         metrics.emit({"JobsRetried": len(outcome.retried_jobs)}, dimensions)
 
 
-def _without_hook(use_case: Lifecycle, rt: Runtime, instance_id: str, now: datetime) -> LifecycleOutcome:
-    """An instance ended without our terminate hook (hook timed out, manual termination): clean up anyway."""
+def _without_hook(
+    use_case: Lifecycle, rt: Runtime, instance_id: str, state: str, now: datetime
+) -> LifecycleOutcome:
+    """An instance ends without our terminate hook (it shut itself down, the hook timed out, someone
+    terminated it): a machine shutting down leaves its group with a decrement; then everything is cleaned
+    up."""
     record = rt.store.get_machine(instance_id)
     if record is None:
         return LifecycleOutcome(instance_id, notes=["unknown machine"])
     pool = rt.config.pool(record.pool)
-    return use_case.terminate(LifecycleAction(pool.asg, "", "", instance_id, "ec2:terminated"), now)
+    notes = use_case.shut_down(pool, instance_id) if state == "shutting-down" else []
+    outcome = use_case.terminate(LifecycleAction(pool.asg, "", "", instance_id, "ec2:terminated"), now)
+    outcome.notes[:0] = notes
+    return outcome
 
 
 def _summary(outcome: LifecycleOutcome) -> dict[str, Any]:

@@ -361,3 +361,78 @@ def test_a_duplicate_or_abandoned_launch_reports_no_scale_up(
     assert invoke(client, lifecycle_event("aws_lifecycle_launch.json", second))["result"] == "ABANDON"
     # THEN neither is a machine coming into service
     assert emitted(capsys, "ScaleUpSeconds") == []
+
+
+# -- a machine leaves by shutting itself down (issue 19: no right a job could use to end another machine) ----
+
+
+def state_change(instance_id: str, state: str) -> dict[str, Any]:
+    event = json.loads((FIXTURES / "aws_instance_state_change.json").read_text())
+    event["detail"].update({"instance-id": instance_id, "state": state})
+    event["resources"] = [f"arn:aws:ec2:us-west-2:123456789012:instance/{instance_id}"]
+    return event
+
+
+def test_a_late_duplicate_launch_keeps_the_runner_of_a_machine_that_deleted_its_secret(
+    world: Any, fake_gitlab: FakeGitLab
+) -> None:
+    # GIVEN a prepared machine that read its secret at boot and deleted it, as its user data does
+    stack, fleet, client = world
+    instance = launched_instance(stack)
+    event = lifecycle_event("aws_lifecycle_launch.json", instance)
+    invoke(client, event)
+    (runner,) = fake_gitlab.runners.values()
+    stack.aws.call(
+        "secretsmanager",
+        "delete_secret",
+        SecretId=f"test/machines/{instance}",
+        ForceDeleteWithoutRecovery=True,
+    )
+    # WHEN the launch event is delivered again, late
+    out = invoke(client, copy.deepcopy(event))
+    # THEN the runner the machine uses is kept (preparing again would delete it), and no secret reappears
+    assert list(fake_gitlab.runners.values()) == [runner] and out["runner_id"] == runner.id
+    with pytest.raises(Exception, match="ResourceNotFound"):
+        machine_secret(stack, instance)
+    assert fleet.completed == [(instance, "CONTINUE"), (instance, "CONTINUE")]
+
+
+def test_a_machine_that_shuts_itself_down_leaves_its_group_with_a_decrement(
+    world: Any, fake_gitlab: FakeGitLab
+) -> None:
+    # GIVEN two prepared machines in service
+    stack, _fleet, client = world
+    stack.runtime.fleet.set_desired_capacity("test-linux", 2)
+    group = stack.runtime.fleet.read_groups(["test-linux"])["test-linux"]
+    gone, stays = (i.instance_id for i in group.instances)
+    for instance in (gone, stays):
+        invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))
+    # WHEN one runs `shutdown` after its runner exits, and EC2 reports it shutting down
+    out = invoke(client, state_change(gone, "shutting-down"))
+    # THEN the scaler took it out of its group with a decrement (so the group does not replace it)
+    after = stack.runtime.fleet.read_groups(["test-linux"])["test-linux"]
+    assert after.desired == 1
+    assert [i.instance_id for i in after.live_instances()] == [stays]
+    assert out["notes"][0] == "shut itself down: left its group with a decrement"
+    # AND its runner and record are gone; the other machine is untouched
+    assert [r.description for r in fake_gitlab.runners.values()] == [f"runner-scaler/linux/{stays}"]
+    assert stack.runtime.store.get_machine(gone) is None
+    assert stack.runtime.store.get_machine(stays) is not None
+
+
+def test_a_machine_the_scaler_already_removed_is_not_decremented_twice(
+    world: Any, fake_gitlab: FakeGitLab
+) -> None:
+    # GIVEN two machines, one of which the scaler terminated (with its own decrement) before its hook ran
+    stack, _fleet, client = world
+    stack.runtime.fleet.set_desired_capacity("test-linux", 2)
+    group = stack.runtime.fleet.read_groups(["test-linux"])["test-linux"]
+    gone, _stays = (i.instance_id for i in group.instances)
+    invoke(client, lifecycle_event("aws_lifecycle_launch.json", gone))
+    stack.runtime.fleet.terminate(gone)
+    # WHEN EC2 reports it shutting down
+    out = invoke(client, state_change(gone, "shutting-down"))
+    # THEN the group keeps the one machine the scaler wants, and the record is cleaned up
+    assert stack.runtime.fleet.read_groups(["test-linux"])["test-linux"].desired == 1
+    assert out["notes"][0].startswith("not decremented")
+    assert stack.runtime.store.get_machine(gone) is None
