@@ -244,6 +244,24 @@ class DockerOptions(_Model):
                 )
         return mirrors
 
+    def machine_owning_options(self) -> tuple[str, ...]:
+        """The options that make a job root on its machine (docs/security.md), as the config spells them.
+
+        A privileged container (or privileged services beside it) is root on the host; a container on the
+        host's network is not behind the rule that closes the metadata service to containers (DOCKER-USER
+        filters forwarded traffic only); a mounted Docker socket starts any container it likes.
+        """
+        owned: list[str] = []
+        if self.privileged:
+            owned.append("privileged = true")
+        if self.services_privileged:
+            owned.append("services_privileged = true")
+        if self.network_mode == "host":
+            owned.append('network_mode = "host"')
+        if any("docker.sock" in volume or "docker_engine" in volume for volume in self.volumes):
+            owned.append("a Docker socket in volumes")
+        return tuple(owned)
+
     def run_single_args(self) -> tuple[str, ...]:
         """The `gitlab-runner run-single` arguments for these options, in field order.
 
@@ -373,6 +391,20 @@ class Pool(_Model):
             raise ValueError(
                 "[pools.docker] applies to docker executors on Linux or Windows, not executor "
                 f'"{self.executor}" on {self.platform.value}: remove the table, or set executor = "docker"'
+            )
+        if self.platform is Platform.WINDOWS and self.executor == "shell" and self.cache_bucket:
+            # Its runner runs as the jobs' user, which the firewall keeps off the metadata service, so it has
+            # no role credentials to sign cache URLs with (docs/security.md).
+            raise ValueError(
+                "a Windows shell pool cannot use cache_bucket: its runner runs as the jobs' user, who has no "
+                'instance-role credentials; remove cache_bucket, or use executor = "docker-windows"'
+            )
+        owned = self.docker.machine_owning_options() if self.executor.startswith("docker") else ()
+        if owned and self.max_use_count != 1:
+            # A job there is root on its machine: what it takes over must end with it (docs/security.md).
+            raise ValueError(
+                f"{', '.join(owned)} gives a job its whole machine: set max_use_count = 1, so that the "
+                "machine ends with that job"
             )
         return self
 

@@ -106,6 +106,15 @@ def test_pool_without_tags_must_run_untagged() -> None:
         parse_config(MINIMAL.replace('tags = ["linux"]', "tags = []"), "x.toml")
 
 
+def test_a_windows_shell_pool_cannot_use_an_iam_cache() -> None:
+    # Its runner runs as the jobs' standard user, kept off the metadata service: no credentials to sign with.
+    pool = 'tags = ["windows"]\nplatform = "windows"\nexecutor = "shell"'
+    windows = MINIMAL.replace('tags = ["linux"]', pool)
+    parse_config(windows, "x.toml")
+    with pytest.raises(ConfigError, match="a Windows shell pool cannot use cache_bucket"):
+        parse_config(windows + 'cache_bucket = "cache"\n', "x.toml")
+
+
 def test_duplicate_pool_names_are_rejected() -> None:
     twice = MINIMAL + MINIMAL.split("[gitlab]")[1].split('url = "https://gitlab.example.com"')[1]
     with pytest.raises(ConfigError, match='two pools share name "linux"'):
