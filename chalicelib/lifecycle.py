@@ -139,9 +139,14 @@ class Lifecycle:
             return outcome
         secret_name = self.names.machine_secret(action.instance_id)
         record = self.store.get_machine(action.instance_id)
-        # A runner id is recorded only after the secret was stored. The secret itself is no witness: the
-        # machine deletes it once read, and preparing again would delete the runner it is using.
-        if record is not None and record.runner_id is not None:
+        # Prepared once its secret was stored. The secret alone is no witness: the machine deletes it once
+        # read, and preparing again would delete the runner it uses. (A record from before `prepared_at`
+        # existed has only the secret to show.)
+        if (
+            record is not None
+            and record.runner_id is not None
+            and (record.prepared_at is not None or self.secrets.machine_secret_exists(secret_name))
+        ):
             outcome.runner_id = record.runner_id
             outcome.notes.append("already prepared (duplicate event)")
             self._complete(action, CONTINUE)
@@ -239,6 +244,7 @@ class Lifecycle:
             json.dumps(payload),
             {TAG_POOL: pool.name, TAG_INSTANCE_ARN: action.instance_arn},
         )
+        self.store.mark_prepared(action.instance_id, now)
 
     def _give_up(
         self, pool: Pool, action: LifecycleAction, reason: str, now: datetime, outcome: LifecycleOutcome

@@ -91,6 +91,9 @@ class MachineRecord:
     draining_since: datetime | None = None
     drain_reason: str = ""
     host_id: str | None = None
+    #: When its secret (runner token, TLS) was stored: from then on the machine may have read it, deleted it,
+    #: and be running jobs with that runner, so a late duplicate launch event must leave it alone.
+    prepared_at: datetime | None = None
 
     @property
     def jobs_started(self) -> int:
@@ -179,6 +182,10 @@ class Store(Protocol):
     def stop_draining(self, instance_id: str) -> None: ...
 
     def mark_ready(self, instance_id: str, now: datetime) -> None: ...
+
+    def mark_prepared(self, instance_id: str, now: datetime) -> None:
+        """Its secret is stored (a targeted update: job counts written meanwhile are kept)."""
+        ...
 
     def acquire_lease(self, pool: str, owner: str, now: datetime, duration: timedelta) -> bool:
         """Take the pool's lease unless another owner holds an unexpired one."""
@@ -437,6 +444,7 @@ class DynamoStore(DynamoTable):
         optional = {
             "runner_id": machine.runner_id,
             "ready_at": _iso(machine.ready_at),
+            "prepared_at": _iso(machine.prepared_at),
             "last_busy_at": _iso(machine.last_busy_at),
             "draining_since": _iso(machine.draining_since),
             "host_id": machine.host_id,
@@ -508,6 +516,14 @@ class DynamoStore(DynamoTable):
             {":now": _iso(now)},
         )
 
+    def mark_prepared(self, instance_id: str, now: datetime) -> None:
+        self._conditional_update(
+            {TABLE_PK: f"MACHINE#{instance_id}", TABLE_SK: "MACHINE"},
+            "SET prepared_at = :now",
+            f"attribute_exists({TABLE_PK})",
+            {":now": _iso(now)},
+        )
+
     def _machine(self, item: dict[str, Any]) -> MachineRecord:
         runner = item.get("runner_id")
         launched = _dt(item.get("launched_at"))
@@ -520,6 +536,7 @@ class DynamoStore(DynamoTable):
             job_ids=frozenset(int(j) for j in item.get("job_ids", ())),
             running=frozenset(int(j) for j in item.get("running", ())),
             ready_at=_dt(item.get("ready_at")),
+            prepared_at=_dt(item.get("prepared_at")),
             last_busy_at=_dt(item.get("last_busy_at")),
             draining_since=_dt(item.get("draining_since")),
             drain_reason=str(item.get("drain_reason", "")),
@@ -747,6 +764,12 @@ class MemoryStore:
             m = self.machine_records.get(instance_id)
             if m is not None and m.ready_at is None:
                 self.machine_records[instance_id] = replace(m, ready_at=now)
+
+    def mark_prepared(self, instance_id: str, now: datetime) -> None:
+        with self._lock:
+            m = self.machine_records.get(instance_id)
+            if m is not None:
+                self.machine_records[instance_id] = replace(m, prepared_at=now)
 
     def acquire_lease(self, pool: str, owner: str, now: datetime, duration: timedelta) -> bool:
         with self._lock:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -395,6 +396,33 @@ def test_a_late_duplicate_launch_keeps_the_runner_of_a_machine_that_deleted_its_
     with pytest.raises(Exception, match="ResourceNotFound"):
         machine_secret(stack, instance)
     assert fleet.completed == [(instance, "CONTINUE"), (instance, "CONTINUE")]
+
+
+def test_a_launch_that_stopped_before_its_secret_is_prepared_again(
+    world: Any, fake_gitlab: FakeGitLab
+) -> None:
+    # GIVEN a launch attempt that created and recorded a runner, then stopped before storing the secret
+    # (a crash or an outage: Lambda retries the event)
+    stack, _fleet, client = world
+    instance = launched_instance(stack)
+    event = lifecycle_event("aws_lifecycle_launch.json", instance)
+    invoke(client, event)
+    (left,) = fake_gitlab.runners.values()
+    record = stack.runtime.store.get_machine(instance)
+    stack.runtime.store.put_machine(replace(record, prepared_at=None))
+    stack.aws.call(
+        "secretsmanager",
+        "delete_secret",
+        SecretId=f"test/machines/{instance}",
+        ForceDeleteWithoutRecovery=True,
+    )
+    # WHEN the event is handled again
+    out = invoke(client, copy.deepcopy(event))
+    # THEN the machine is prepared for real: a new runner replaces the left one, and its secret is stored
+    (runner,) = fake_gitlab.runners.values()
+    assert runner.id != left.id and out["runner_id"] == runner.id
+    assert machine_secret(stack, instance)["runner_token"] == runner.token
+    assert stack.runtime.store.get_machine(instance).prepared_at is not None
 
 
 def test_a_machine_that_shuts_itself_down_leaves_its_group_with_a_decrement(

@@ -112,6 +112,21 @@ def test_an_interrupted_machine_drains_even_with_a_job(store: Store) -> None:
     assert store.get_machine("i-1").drain_reason == "spot"  # type: ignore[union-attr]
 
 
+def test_a_prepared_machine_stays_prepared_and_keeps_its_job_counts(store: Store) -> None:
+    # GIVEN a machine whose runner was just created, and which already started a job
+    store.put_machine(MachineRecord("i-1", "linux", T0, runner_id=42))
+    store.machine_job_started("i-1", 100, T0)
+    assert store.get_machine("i-1").prepared_at is None  # type: ignore[union-attr]
+    # WHEN its secret is stored
+    store.mark_prepared("i-1", T0 + timedelta(seconds=1))
+    # THEN it reads as prepared, with what it had (a targeted update, not a rewrite)
+    machine = store.get_machine("i-1")
+    assert machine is not None and machine.prepared_at == T0 + timedelta(seconds=1)
+    assert (machine.runner_id, machine.running) == (42, frozenset({100}))
+    store.mark_prepared("i-unknown", T0)  # an unknown machine is not created
+    assert store.get_machine("i-unknown") is None
+
+
 def test_machines_are_listed_per_pool(store: Store) -> None:
     store.put_machine(MachineRecord("i-1", "linux", T0))
     store.put_machine(MachineRecord("i-2", "other", T0))

@@ -115,6 +115,28 @@ def test_a_windows_shell_pool_cannot_use_an_iam_cache() -> None:
         parse_config(windows + 'cache_bucket = "cache"\n', "x.toml")
 
 
+@pytest.mark.parametrize(
+    ("docker", "named"),
+    [
+        ("privileged = true", "privileged = true"),
+        ("services_privileged = true", "services_privileged = true"),
+        ('network_mode = "host"', 'network_mode = "host"'),
+        ('volumes = ["/var/run/docker.sock:/var/run/docker.sock"]', "a Docker socket in volumes"),
+    ],
+)
+def test_a_pool_whose_jobs_own_their_machine_must_end_the_machine_with_the_job(
+    docker: str, named: str
+) -> None:
+    # GIVEN docker options that make a job root on its machine (docs/security.md)
+    owned = MINIMAL + f"max_use_count = 1\n[pools.docker]\n{docker}\n"
+    # THEN one job per machine is accepted, and anything else is refused, naming the option and the fix
+    parse_config(owned, "x.toml")
+    for uses in (2, 0):
+        with pytest.raises(ConfigError, match="set max_use_count = 1") as caught:
+            parse_config(owned.replace("max_use_count = 1", f"max_use_count = {uses}"), "x.toml")
+        assert named in str(caught.value)
+
+
 def test_duplicate_pool_names_are_rejected() -> None:
     twice = MINIMAL + MINIMAL.split("[gitlab]")[1].split('url = "https://gitlab.example.com"')[1]
     with pytest.raises(ConfigError, match='two pools share name "linux"'):

@@ -12,6 +12,7 @@ import pytest
 
 from chalicelib.config import load_config_file
 from chalicelib.userdata import render
+from tests.unit.test_boot_job_boundary import boot, needs_jq
 
 EXAMPLE = load_config_file(Path(__file__).resolve().parents[2] / "examples" / "config.toml")
 
@@ -85,36 +86,15 @@ def test_by_default_the_runner_waits_for_jobs_as_long_as_its_machine_lives() -> 
     assert 'WAIT_TIMEOUT="0"' in render(EXAMPLE.pool("linux"), "runner-scaler")
 
 
+@needs_jq
 def test_a_mac_runner_keeps_builds_and_cache_under_its_users_home(tmp_path: Path) -> None:
     """macOS runs from a read-only system volume (Apple, "About the read-only system volume in macOS
     Catalina or later"); the shell executor's default dirs are `builds`/`cache` under the working directory
-    (gitlab-runner executors/shell/shell.go), which is / for user data: both must be given, under the home."""
-    # GIVEN the macOS script from its runner arguments on, run from /, with the tools stubbed to log calls
-    text = render(EXAMPLE.pool("macos"), "runner-scaler")
-    start = text.index("RUNNER_HOME=")
-    tail = text[start:]
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    log = tmp_path / "calls.log"
-    _stub(bin_dir, "gitlab-runner", f'printf "%s\\n" "$@" >> "{log}"')
-    _stub(bin_dir, "aws", "true")
-    _stub(bin_dir, "sudo", 'shift 2; exec "$@"')
-    _stub(bin_dir, "jq", "echo value")
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "INSTANCE_ID": "i-0abc"}
-    prelude = "SECRET='{}'; TLS_CA_FILE=''; CACHE_BUCKET=''; EXECUTOR=shell; MAX_BUILDS=1; WAIT_TIMEOUT=0\n"
-    prelude += "field() { echo value; }\n"
-    # WHEN the runner starts
-    result = subprocess.run(
-        ["bash", "-c", prelude + tail],
-        cwd="/",
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
-    # THEN builds and cache live under /Users/ec2-user, never on the read-only root
-    assert result.returncode == 0, result.stderr
-    args = log.read_text().splitlines()
-    assert args[args.index("--builds-dir") + 1] == "/Users/ec2-user/builds"
-    assert args[args.index("--cache-dir") + 1] == "/Users/ec2-user/cache"
+    (gitlab-runner executors/shell/shell.go), which is / for user data: both must be given, under the home
+    of the user the jobs run as."""
+    # WHEN a Mac boots (the whole script, its tools stood in for)
+    run = boot(EXAMPLE.pool("macos"), tmp_path)
+    # THEN builds and cache live under the job user's home, never on the read-only root
+    args = run.calls[run.index("gitlab-runner run-single")].split()
+    assert args[args.index("--builds-dir") + 1] == "/Users/runner-job/builds"
+    assert args[args.index("--cache-dir") + 1] == "/Users/runner-job/cache"
