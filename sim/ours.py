@@ -527,7 +527,9 @@ class Ours:
 
     def _runner_exited(self, machine: SimMachine) -> None:
         """`run-single` has exited after `max_use_count` jobs: the machine's user data (chalicelib/templates)
-        terminates its own instance, decrementing the group. The instance's call, not the control plane's."""
+        shuts it down, EC2 terminates it (instance-initiated shutdown behaviour), and the scaler, on EC2's
+        shutting-down event, takes it out of its group with a decrement (`Lifecycle.shut_down`). Seconds,
+        modelled as at once, like the rest of the machine lifecycle here."""
         self._world.fleet.terminate(machine.instance_id)
 
     def _ended(self, machine: SimMachine) -> None:
