@@ -168,20 +168,31 @@ def export(
         Path | None,
         typer.Option("--ca-bundle", help="PEM bundle to verify a self-hosted GitLab's certificate"),
     ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="seconds to wait for GitLab to connect and answer")
+    ] = 10.0,
 ) -> None:
-    """Write the project's jobs of pipelines created in [--since, --until) as a simulator trace CSV."""
+    """Write the project's jobs of pipelines created in [--since, --until) as a simulator trace CSV.
+
+    Reads newest first and prints its progress every PROGRESS_EVERY jobs; a GitLab that does not answer
+    within --timeout is named, with what to check, after one try (no retries: a wrong URL fails fast).
+    """
     start = parse_when(since, "--since")
     end = parse_when(until, "--until") if until else datetime.now(UTC)
     if end <= start:
         raise typer.BadParameter(f"--until ({end:%Y-%m-%d %H:%M}) is not after --since", param_hint="--until")
-    client = _client(_gitlab_url(config, gitlab_url), token_env, token_file, ca_bundle)
+    url = _gitlab_url(config, gitlab_url)
+    client = _client(url, token_env, token_file, ca_bundle, timeout)
     import gitlab.exceptions
     import requests
 
     try:
-        trace = jobs_to_trace(finished_jobs(client, project, start), start, end)
+        trace = jobs_to_trace(_with_progress(finished_jobs(client, project, start)), start, end)
     except GitLabError as exc:
         err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        err.print(_unreachable(url, exc, timeout), style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except (gitlab.exceptions.GitlabError, requests.RequestException) as exc:
         # One line that says what to check, never a traceback carrying request headers.
@@ -219,7 +230,36 @@ def _gitlab_url(config: Path | None, gitlab_url: str | None) -> str:
         raise typer.Exit(2) from None
 
 
-def _client(url: str, token_env: str, token_file: Path | None, ca_bundle: Path | None) -> GitLabClient:
+#: Jobs read between two progress lines.
+PROGRESS_EVERY = 500
+
+
+def _with_progress(jobs: Iterator[JobInfo]) -> Iterator[JobInfo]:
+    """The jobs, unchanged, with a progress line on stderr every PROGRESS_EVERY of them (newest first,
+    so the date shown walks back towards --since)."""
+    for count, job in enumerate(jobs, 1):
+        if count % PROGRESS_EVERY == 0:
+            created = job.created_at.strftime("%Y-%m-%d %H:%M") if job.created_at else "?"
+            err.print(f"read {count} jobs, back to {created} UTC", highlight=False)
+        yield job
+
+
+def _unreachable(url: str, exc: Exception, timeout: float) -> str:
+    """A connection failure as one line naming the URL and what to check (never the request's headers)."""
+    import requests
+
+    if isinstance(exc, requests.Timeout):
+        what = f"no answer within {timeout:g} s (--timeout)"
+    elif isinstance(exc, requests.exceptions.SSLError):
+        what = "its TLS certificate is not trusted; pass --ca-bundle with its CA"
+    else:
+        what = "cannot connect"
+    return f"GitLab at {url}: {what}; check the URL, and the VPN or proxy between here and GitLab"
+
+
+def _client(
+    url: str, token_env: str, token_file: Path | None, ca_bundle: Path | None, timeout: float = 10.0
+) -> GitLabClient:
     from chalicelib.gitlab import GitLabClient
 
     # The adapter's log lines are meant for CloudWatch; the summary line is this command's output.
@@ -230,7 +270,14 @@ def _client(url: str, token_env: str, token_file: Path | None, ca_bundle: Path |
             f"no GitLab API token: export {token_env} (read_api scope) or pass --token-file",
             param_hint="--token-env",
         )
-    return GitLabClient(url, token, ca_bundle_path=str(ca_bundle) if ca_bundle else None)
+    return GitLabClient(
+        url,
+        token,
+        ca_bundle_path=str(ca_bundle) if ca_bundle else None,
+        timeout=timeout,
+        # A CLI run fails fast and says why; python-gitlab would otherwise retry a dead URL's timeouts.
+        retry_transient_errors=False,
+    )
 
 
 def _gitlab_failure(exc: Exception, project: int) -> str:
