@@ -123,10 +123,20 @@ def test_the_linux_image_is_checked_for_every_command_its_boot_script_runs() -> 
     # The external commands linux.sh runs (its stand-ins in test_userdata_gitlab_ca, plus python3 and docker)
     boot = (ROOT / "chalicelib" / "templates" / "linux.sh").read_text(encoding="utf-8")
     checked = _validate_text("linux")
-    for command in ("gitlab-runner", "aws", "jq", "curl", "python3", "update-ca-certificates", "systemctl"):
+    commands = ("gitlab-runner", "aws", "jq", "curl", "python3", "update-ca-certificates", "systemctl")
+    # ...and what keeps jobs off the metadata service and the machine's way out (docs/security.md)
+    for command in (*commands, "iptables", "setpriv", "useradd", "shutdown"):
         assert re.search(rf"(^|[\s(]){re.escape(command)}\b", boot), f"linux.sh no longer runs {command}?"
         assert command in checked, f"the Linux image build does not check {command}"
     assert "/usr/bin/dockerd" in boot and "test -x /usr/bin/dockerd" in checked
+
+
+def test_the_macos_image_is_checked_for_every_command_its_boot_script_runs() -> None:
+    boot = (ROOT / "chalicelib" / "templates" / "macos.sh").read_text(encoding="utf-8")
+    checked = _validate_text("macos")
+    for command in ("gitlab-runner", "jq", "aws", "curl", "pfctl", "sysadminctl", "createhomedir", "openssl"):
+        assert re.search(rf"(^|[\s($]){re.escape(command)}\b", boot), f"macos.sh no longer runs {command}?"
+        assert command in checked, f"the macOS image build does not check {command}"
 
 
 def test_the_windows_image_is_checked_for_what_its_boot_script_uses() -> None:
@@ -134,11 +144,10 @@ def test_the_windows_image_is_checked_for_what_its_boot_script_uses() -> None:
     checked = _validate_text("windows")
     assert "C:\\\\GitLab-Runner\\\\gitlab-runner.exe" in json.dumps(boot) and "gitlab-runner.exe" in checked
     assert "Restart-Service docker" in boot and "Get-Service -Name docker" in checked
-    for module, cmdlet in (
-        ("AWS.Tools.SecretsManager", "Get-SECSecretValue"),
-        ("AWS.Tools.AutoScaling", "Stop-AS"),
-    ):
-        assert cmdlet in boot and module in checked
+    for cmdlet in ("Get-SECSecretValue", "Remove-SECSecret"):
+        assert cmdlet in boot and "AWS.Tools.SecretsManager" in checked
+    # a machine leaves by shutting down: no Auto Scaling call, so no AWS.Tools.AutoScaling
+    assert "Stop-AS" not in boot and "AWS.Tools.AutoScaling" not in checked
     assert "PowerShell 7" in checked
 
 
