@@ -241,8 +241,8 @@ def draw(names: list[str], out: Path) -> None:
                 "reads its own secret (only),",
                 "runs gitlab-runner run-single",
                 "--max-builds max_use_count,",
-                "then the scaler",
-                "terminates it",
+                "then terminates itself",
+                "(decrementing its group)",
             )
         ),
         FLEET,

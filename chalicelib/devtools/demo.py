@@ -343,6 +343,16 @@ def _first_line(value: object) -> str:
     return lines[0] if lines else ""
 
 
+class _WithContext(logging.Formatter):
+    """demo.log's line: the message, then the record's context (pool, error, ...), so a "reconcile failed"
+    line says which pool and why; a multi-line error keeps its lines (demo.log is where tracebacks go)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = " ".join(f"{k}={getattr(record, k)}" for k in _NoteHandler._KEYS if hasattr(record, k))
+        return f"{line} {extras}" if extras else line
+
+
 class _SimTime(logging.Filter):
     """Stamps each record with the simulated time, which is what the log reader compares with the timeline."""
 
@@ -368,7 +378,7 @@ def platform_quiet(notes: deque[str], log_path: Path, clock: AcceleratedClock) -
     notes_handler = _NoteHandler(notes)
     file_handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
     file_handler.addFilter(_SimTime(clock))
-    file_handler.setFormatter(logging.Formatter("sim %(sim)s %(levelname)s %(name)s: %(message)s"))
+    file_handler.setFormatter(_WithContext("sim %(sim)s %(levelname)s %(name)s: %(message)s"))
     saved = (scaler.level, werkzeug.level, os.environ.get("POWERTOOLS_METRICS_DISABLED"))
     root.addHandler(notes_handler)
     scaler.addHandler(file_handler)

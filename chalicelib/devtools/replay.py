@@ -127,7 +127,7 @@ _SHAPE = 'each line is one JSON object: {"headers": {"X-Gitlab-Event": "Job Hook
 def _delivery(line: str, where: str) -> Delivery:
     try:
         record = json.loads(line)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ReplayInputError(f"{where}: not JSON ({exc.msg} at column {exc.colno}); {_SHAPE}") from None
     if not isinstance(record, dict):
         raise ReplayInputError(f"{where}: a JSON {type(record).__name__}, not an object; {_SHAPE}")

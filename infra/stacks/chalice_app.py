@@ -8,6 +8,7 @@ to this stack's queue, topic, rules and rotation schedule (see `wiring.plan_wiri
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -29,6 +30,12 @@ from infra.settings import ROOT, Settings
 from infra.stacks.wiring import RuleTarget, check_names, plan_wiring
 
 PACKAGE_FILES = ("sam.json", "deployment.zip")
+#: The functions' fingerprint of the config they were deployed with (first 16 hex of its SHA-256).
+ENV_CONFIG_SHA = "RUNNER_SCALER_CONFIG_SHA256"
+
+
+def config_digest(config_file: Path) -> str:
+    return hashlib.sha256(config_file.read_bytes()).hexdigest()[:16]
 
 
 class ChaliceApp(Chalice):
@@ -131,6 +138,10 @@ class App(Construct):
             ENV_TABLE: table_name,
             ENV_QUEUE_URL: queue_url,
             ENV_CONFIG_PARAM: settings.names.config_parameter,
+            # A container reads the config once; a new config changes this value, so the deploy that stores
+            # it also updates every function's configuration, and Lambda runs later invocations in new
+            # execution environments that read the new config (docs/operations.md, "Config changes").
+            ENV_CONFIG_SHA: config_digest(settings.config_file),
         }
         for logical in self.wiring.functions:
             function = self.chalice.get_resource(logical)

@@ -23,6 +23,7 @@ from chalicelib.userdata import render
 from infra.app import build
 from infra.package import package
 from infra.settings import SettingsError, load_settings
+from infra.stacks.chalice_app import ENV_CONFIG_SHA, config_digest
 from tests.functional.test_infra import CONTEXT, ROOT, Synth, statements
 
 DIND = ROOT / "examples" / "gitlab-runner-docker-machine-dind.toml"
@@ -95,7 +96,7 @@ def test_the_existing_bucket_is_granted_to_the_machines_never_created(stack: Syn
         if b["Properties"].get("BucketName") == "acme-ci-cache"
     ] == []
     granted = [
-        s for _, s in statements(stack.raw) if ":s3:::acme-ci-cache/*" in json.dumps(s.get("Resource"))
+        s for _, s in statements(stack.raw) if ":s3:::acme-ci-cache/" in json.dumps(s.get("Resource"))
     ]
     assert granted and all("s3:PutObject" in s["Action"] for s in granted)
 
@@ -177,3 +178,13 @@ def test_the_root_device_comes_from_what_the_context_says_of_the_ami(
 def test_bad_adoption_context_names_its_key(migrated: Path, changes: dict[str, Any], expected: str) -> None:
     with pytest.raises(SettingsError, match=expected):
         load_settings(adoption_context(migrated, **changes))
+
+
+def test_every_function_carries_the_fingerprint_of_its_config(stack: Synth, migrated: Path) -> None:
+    # A new config changes every function's configuration, so Lambda retires the warm containers that read
+    # the old one; an unchanged config leaves the functions alone.
+    expected = config_digest(migrated)
+    functions = stack.resources("AWS::Serverless::Function")
+    assert functions
+    for function in functions.values():
+        assert function["Properties"]["Environment"]["Variables"][ENV_CONFIG_SHA] == expected

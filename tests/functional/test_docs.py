@@ -111,10 +111,14 @@ RUNNABLE_DOCS = sorted({b.doc for b in ALL_BLOCKS if b.runnable})
 # -- the docs themselves ---------------------------------------------------------------------------------
 
 
-def test_readme_opens_with_exactly_the_two_setup_commands() -> None:
-    # GIVEN the README; WHEN its first lines are read; THEN they are one shell block: make demo, make test
-    first = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()[:4]
-    assert first == ["```sh", "make demo", "make test", "```"]
+def test_readme_opens_with_a_title_one_paragraph_then_the_two_setup_commands() -> None:
+    # GIVEN the README; WHEN its opening is read; THEN a title, one paragraph, then one shell block
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "# runner-scaler" and lines[1] == ""
+    block = lines.index("```sh")
+    paragraph = lines[2 : block - 1]
+    assert paragraph and all(line.strip() for line in paragraph) and lines[block - 1] == ""
+    assert lines[block : block + 4] == ["```sh", "make demo", "make test", "```"]
 
 
 def test_every_guide_has_runnable_blocks_and_the_convention_is_used_correctly() -> None:
