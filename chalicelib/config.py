@@ -365,6 +365,10 @@ class Pool(_Model):
     hosts: HostsConfig | None = None
     #: gitlab-runner's `[runners.docker]` for docker executors (see DockerOptions).
     docker: DockerOptions = DockerOptions()
+    #: Docker also listens on tcp://0.0.0.0:2376 with TLS (server certificate from the fleet CA), as
+    #: docker+machine's engines did for the runner manager. Nothing in runner-scaler connects there: the
+    #: runner runs on the machine and uses the local socket, so it is off unless your own tooling needs it.
+    docker_tcp_tls: Bool = False
     policy: tuple[Policy, ...] = (Policy(),)
 
     @field_validator("tags")

@@ -33,6 +33,7 @@ def render(pool: Pool, prefix: str) -> str:
         "docker_args": _docker_args(pool),
         "services_privileged_env": pool.docker.services_privileged_env,
         "registry_mirrors": _single_quoted(json.dumps(list(pool.docker.registry_mirrors)), pool.platform),
+        "docker_tcp_tls": "true" if pool.docker_tcp_tls else "false",
         "cache_path": _safe(cache_prefix(pool)),
     }
     return Template(text).substitute(values)

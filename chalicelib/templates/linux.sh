@@ -14,6 +14,8 @@ CACHE_BUCKET="${cache_bucket}"
 DOCKER_ARGS=(${docker_args})
 SERVICES_PRIVILEGED="${services_privileged_env}"
 REGISTRY_MIRRORS=${registry_mirrors}
+# Docker on tcp://0.0.0.0:2376 with TLS (docker_tcp_tls): off by default, since the runner uses the socket.
+DOCKER_TCP_TLS="${docker_tcp_tls}"
 
 imds() {
   local token
@@ -46,15 +48,18 @@ fi
 aws secretsmanager delete-secret --secret-id "$${SECRET_ID}" --force-delete-without-recovery >/dev/null
 field() { printf '%s' "$${SECRET}" | jq -r --arg k "$$1" '.[$$k] // empty'; }
 
-# Docker daemon with TLS on 2376: server certificate signed by the fleet CA, clients must present one.
-install -d -m 0700 /etc/docker/certs
-field ca_bundle > /etc/docker/certs/ca.pem
-field server_cert > /etc/docker/certs/cert.pem
-field server_key > /etc/docker/certs/key.pem
-chmod 0600 /etc/docker/certs/key.pem
+# Only with docker_tcp_tls: Docker also on 2376 with TLS, server certificate signed by the fleet CA, clients
+# must present one. Nothing in runner-scaler connects there (run-single talks to the local socket).
+if [ "$${DOCKER_TCP_TLS}" = "true" ]; then
+  install -d -m 0700 /etc/docker/certs
+  field ca_bundle > /etc/docker/certs/ca.pem
+  field server_cert > /etc/docker/certs/cert.pem
+  field server_key > /etc/docker/certs/key.pem
+  chmod 0600 /etc/docker/certs/key.pem
+fi
 # Merge our keys into /etc/docker/daemon.json, never replace it: what the AMI baked in (a registry mirror, a
 # log driver, a data root) survives. python3 is on every cloud-init AMI (cloud-init is written in Python).
-python3 - "$${REGISTRY_MIRRORS}" <<'PY'
+python3 - "$${REGISTRY_MIRRORS}" "$${DOCKER_TCP_TLS}" <<'PY'
 import json, os, sys
 path = "/etc/docker/daemon.json"
 try:
@@ -64,8 +69,9 @@ except FileNotFoundError:
     daemon = {}
 except ValueError as exc:
     sys.exit(f"runner-scaler: {path} from the AMI is not JSON ({exc}); fix the image")
-daemon.update({"tlsverify": True, "tlscacert": "/etc/docker/certs/ca.pem", "tlscert": "/etc/docker/certs/cert.pem",
-               "tlskey": "/etc/docker/certs/key.pem", "hosts": ["unix:///var/run/docker.sock", "tcp://0.0.0.0:2376"]})
+if sys.argv[2] == "true":
+    daemon.update({"tlsverify": True, "tlscacert": "/etc/docker/certs/ca.pem", "tlscert": "/etc/docker/certs/cert.pem",
+                   "tlskey": "/etc/docker/certs/key.pem", "hosts": ["unix:///var/run/docker.sock", "tcp://0.0.0.0:2376"]})
 mirrors = daemon.get("registry-mirrors", []) + json.loads(sys.argv[1])
 if mirrors:
     daemon["registry-mirrors"] = list(dict.fromkeys(mirrors))
@@ -74,9 +80,12 @@ with open(path + ".new", "w", encoding="utf-8") as file:
     json.dump(daemon, file, indent=2)
 os.replace(path + ".new", path)
 PY
-install -d /etc/systemd/system/docker.service.d
-printf '[Service]\nExecStart=\nExecStart=/usr/bin/dockerd\n' > /etc/systemd/system/docker.service.d/hosts.conf
-systemctl daemon-reload
+if [ "$${DOCKER_TCP_TLS}" = "true" ]; then
+  # daemon.json's "hosts" and the unit's -H flag may not both be given: the unit then starts dockerd bare.
+  install -d /etc/systemd/system/docker.service.d
+  printf '[Service]\nExecStart=\nExecStart=/usr/bin/dockerd\n' > /etc/systemd/system/docker.service.d/hosts.conf
+  systemctl daemon-reload
+fi
 systemctl restart docker
 
 # Jobs never reach the instance metadata service, so never the instance role's credentials. Shell jobs run

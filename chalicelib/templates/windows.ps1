@@ -13,6 +13,7 @@ $$CacheBucket = "${cache_bucket}"
 $$DockerArgs = @(${docker_args})
 $$ServicesPrivileged = "${services_privileged_env}"
 $$RegistryMirrors = ${registry_mirrors} | ConvertFrom-Json
+$$DockerTcpTls = "${docker_tcp_tls}"
 
 $$Token = Invoke-RestMethod -Method Put -Uri "http://169.254.169.254/latest/api/token" `
   -Headers @{ "X-aws-ec2-metadata-token-ttl-seconds" = "300" }
@@ -33,18 +34,24 @@ if (-not $$Secret) { Write-Error "runner-scaler: no machine secret for $$Instanc
 # ForceDeleteWithoutRecovery). Fail closed: $$ErrorActionPreference stops the boot if it cannot be deleted.
 Remove-SECSecret -SecretId $$SecretId -DeleteWithNoRecovery $$true -Region $$Region -Force | Out-Null
 
-# Docker engine with TLS on 2376, server certificate from the fleet CA.
+# Only with docker_tcp_tls: Docker also on 2376 with TLS, server certificate from the fleet CA. Nothing in
+# runner-scaler connects there (run-single talks to the local named pipe).
 $$CertDir = "C:\ProgramData\docker\certs.d"
-New-Item -ItemType Directory -Force -Path $$CertDir | Out-Null
-Set-Content -Path "$$CertDir\ca.pem" -Value $$Secret.ca_bundle
-Set-Content -Path "$$CertDir\cert.pem" -Value $$Secret.server_cert
-Set-Content -Path "$$CertDir\key.pem" -Value $$Secret.server_key
-icacls "$$CertDir\key.pem" /inheritance:r /grant:r "SYSTEM:R" "Administrators:R" | Out-Null
+if ($$DockerTcpTls -eq "true") {
+  New-Item -ItemType Directory -Force -Path $$CertDir | Out-Null
+  Set-Content -Path "$$CertDir\ca.pem" -Value $$Secret.ca_bundle
+  Set-Content -Path "$$CertDir\cert.pem" -Value $$Secret.server_cert
+  Set-Content -Path "$$CertDir\key.pem" -Value $$Secret.server_key
+  icacls "$$CertDir\key.pem" /inheritance:r /grant:r "SYSTEM:R" "Administrators:R" | Out-Null
+}
 # Merge our keys into daemon.json, never replace it: what the AMI baked in (a registry mirror) survives.
 $$DaemonFile = "C:\ProgramData\docker\config\daemon.json"
 $$Daemon = if (Test-Path $$DaemonFile) { Get-Content -Raw $$DaemonFile | ConvertFrom-Json } else { [pscustomobject]@{} }
-$$Ours = @{ tlsverify = $$true; tlscacert = "$$CertDir\ca.pem"; tlscert = "$$CertDir\cert.pem";
-  tlskey = "$$CertDir\key.pem"; hosts = @("npipe://", "tcp://0.0.0.0:2376") }
+$$Ours = @{}
+if ($$DockerTcpTls -eq "true") {
+  $$Ours = @{ tlsverify = $$true; tlscacert = "$$CertDir\ca.pem"; tlscert = "$$CertDir\cert.pem";
+    tlskey = "$$CertDir\key.pem"; hosts = @("npipe://", "tcp://0.0.0.0:2376") }
+}
 foreach ($$Key in $$Ours.Keys) { $$Daemon | Add-Member -NotePropertyName $$Key -NotePropertyValue $$Ours[$$Key] -Force }
 $$Mirrors = @($$Daemon."registry-mirrors") + @($$RegistryMirrors) | Where-Object { $$_ } | Select-Object -Unique
 if ($$Mirrors) { $$Daemon | Add-Member -NotePropertyName "registry-mirrors" -NotePropertyValue @($$Mirrors) -Force }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,6 +19,8 @@ import pytest
 from chalicelib.config import Pool, parse_config
 from chalicelib.errors import ConfigError
 from chalicelib.userdata import render
+from tests.unit.test_userdata_gitlab_ca import _SYSTEM_DIRS
+from tests.unit.test_userdata_gitlab_ca import STUBS as BOOT_STUBS
 
 BASE = """
 [gitlab]
@@ -53,15 +54,12 @@ DIND = (
 """
 )
 
-_SYSTEM_DIRS = re.compile(r"(?<![\w/.-])(/etc/|/usr/local/)")
+#: The boot script's stand-ins, shared with the GitLab CA boot tests (kept in step with what linux.sh runs);
+#: gitlab-runner's also records DOCKER_SERVICES_PRIVILEGED.
 STUBS = {
-    "curl": 'case "$*" in *api/token*) echo t ;; *instance-id*) echo i-1 ;; *) echo eu-west-1 ;; esac',
-    "aws": '[ "$1" = secretsmanager ] && cat "$MACHINE_SECRET"; exit 0',
+    **BOOT_STUBS,
     "gitlab-runner": 'printf "%s\\n" "$@" > "$RUNNER_ARGS"\n'
     'echo "${DOCKER_SERVICES_PRIVILEGED:-unset}" > "$RUNNER_ENV"',
-    "sleep": "exit 0",
-    "systemctl": "exit 0",
-    "update-ca-certificates": "exit 0",
 }
 
 
@@ -187,7 +185,23 @@ def test_a_dind_machine_boots_with_the_pools_docker_flags_and_keeps_the_amis_dae
     # AND daemon.json was merged, not replaced: the AMI's keys survive, both mirrors are there once each
     assert daemon["log-driver"] == "journald"
     assert daemon["registry-mirrors"] == ["https://baked.mirror", "https://mirror.internal"]
-    assert daemon["tlsverify"] is True
+    # AND by default Docker listens on its local socket only: no TCP listener, no certificates, no override
+    assert "hosts" not in daemon and "tlsverify" not in daemon
+    assert not (tmp_path / "root/etc/docker/certs").exists()
+    assert not (tmp_path / "root/etc/systemd/system/docker.service.d/hosts.conf").exists()
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="the boot script parses the secret with jq")
+def test_docker_tcp_tls_opts_in_to_the_tls_listener_on_2376(tmp_path: Path) -> None:
+    # GIVEN a pool whose operator's own tooling connects to the machines' Docker (docker_tcp_tls = true)
+    pool = pool_of(DIND.replace('tags = ["docker"]', 'tags = ["docker"]\ndocker_tcp_tls = true'))
+    # WHEN a machine boots
+    _, _, daemon = boot_linux(pool, tmp_path, {"log-driver": "journald"})
+    # THEN Docker also listens on 2376 with TLS, the fleet CA's server certificate, and the unit runs bare
+    assert daemon["hosts"] == ["unix:///var/run/docker.sock", "tcp://0.0.0.0:2376"]
+    assert daemon["tlsverify"] is True and daemon["log-driver"] == "journald"
+    assert (tmp_path / "root/etc/docker/certs/cert.pem").read_text().strip() == "c"
+    assert (tmp_path / "root/etc/systemd/system/docker.service.d/hosts.conf").exists()
 
 
 def test_rendered_user_data_carries_the_docker_flags_and_never_a_token() -> None:
@@ -209,3 +223,7 @@ def test_windows_docker_pools_pass_the_flags_as_a_powershell_array() -> None:
     assert "$DockerArgs = @('--docker-image', 'mcr.microsoft.com/windows/servercore:ltsc2022'," in rendered
     assert "'--docker-user', 'o''neil'" in rendered  # PowerShell's quote-in-quote
     assert "$env:DOCKER_SERVICES_PRIVILEGED = $ServicesPrivileged" in rendered
+    # the TCP listener and its certificates only on opt-in (docker_tcp_tls), as on Linux
+    assert '$DockerTcpTls = "false"' in rendered
+    listener = rendered.index('"tcp://0.0.0.0:2376"')
+    assert rendered.rindex('if ($DockerTcpTls -eq "true")', 0, listener) > rendered.index("$Ours = @{}")
