@@ -212,6 +212,7 @@ class GitLabApi(HooksApi, Protocol):
         runner_type: RunnerType | None = None,
         group_id: int | None = None,
         project_id: int | None = None,
+        status: str | None = None,
     ) -> list[RunnerInfo]: ...
 
     def runner_jobs(self, runner_id: int, status: str = "running") -> list[JobInfo]: ...
@@ -552,12 +553,14 @@ class GitLabClient:
         runner_type: RunnerType | None = None,
         group_id: int | None = None,
         project_id: int | None = None,
+        status: str | None = None,
     ) -> list[RunnerInfo]:
         """Runners whose description starts with `description_prefix` (`runner-scaler/<pool>/`).
 
         Where to look: `GET /groups/:id/runners` for a group, `GET /projects/:id/runners` for a project,
         else `GET /runners/all` (needs an admin token). GitLab has no description filter, so the prefix
-        is matched here; `runner_type` is passed as GitLab's `type` filter.
+        is matched here; `runner_type` is passed as GitLab's `type` filter, `status` (online, offline,
+        stale, never_contacted) as its `status` filter (Runners API, "List all runners").
         """
         if group_id is not None:
             path = f"/groups/{int(group_id)}/runners"
@@ -565,7 +568,9 @@ class GitLabClient:
             path = f"/projects/{int(project_id)}/runners"
         else:
             path = "/runners/all"
-        query = {"type": runner_type} if runner_type else {}
+        query: dict[str, str] = {"type": runner_type} if runner_type else {}
+        if status:
+            query["status"] = status
 
         def fetch(gl: gitlab.Gitlab) -> list[RunnerInfo]:
             runners = (runner_info(item) for item in self._list(gl, path, query))

@@ -28,6 +28,9 @@ from chalicelib.store import HOLDS_SLOT, TERMINAL, Fault, JobRecord, MachineReco
 
 logger = logging.getLogger(__name__)
 
+#: A pool asks GitLab which of its runners never polled at most once per this many seconds.
+CONTACT_CHECK_SECONDS = 15
+
 # Drains the reconciler itself started; a Spot drain is left to the instance's own end.
 _SCALER_DRAINS = frozenset(r.value for r in RemovalReason)
 
@@ -187,7 +190,8 @@ class Reconciler:
         self._adopt(pool, live, records, now)
         self._forget_vanished(live, records)
         self._settle_jobs(jobs, records, now)
-        machines = self._machines(live, records, now)
+        self._learn_contact(pool, live, records, now)
+        machines = [_machine(i, records[i.instance_id]) for i in live]
         result.protected = self._protect(group)
 
         # Jobs on an interrupted (Spot) machine will be retried: their replacement starts booting now.
@@ -340,19 +344,57 @@ class Reconciler:
             self._store.put_machine(record)
             records[instance_id] = record
 
-    def _machines(
-        self, live: Sequence[Instance], records: dict[str, MachineRecord], now: datetime
-    ) -> list[Machine]:
-        """The engine's view of each live instance; the first time one is seen in service it becomes ready."""
-        machines: list[Machine] = []
-        for instance in live:
-            record = records[instance.instance_id]
-            if instance.in_service and record.ready_at is None:
-                self._store.mark_ready(instance.instance_id, now)
-                record = replace(record, ready_at=now)
-                records[instance.instance_id] = record
-            machines.append(_machine(instance, record))
-        return machines
+    def _learn_contact(
+        self, pool: Pool, live: Sequence[Instance], records: dict[str, MachineRecord], now: datetime
+    ) -> None:
+        """Mark ready the in-service machines whose runner has contacted GitLab since the last look.
+
+        InService is not ready: the launch hook completes once the machine's secret is written, minutes
+        before its runner first polls. GitLab knows: a runner that never polled has no `contacted_at` and
+        the status `never_contacted` (gitlabhq `app/models/ci/runner.rb`, `Ci::Runner#status`). So while
+        some in-service machine awaits contact, ONE list call asks for the pool's `never_contacted`
+        runners (usually one page), at most once per CONTACT_CHECK_SECONDS per pool across containers:
+        GitLab rate-limits its API per user (GitLab.com: 2,000 authenticated requests a minute), and a
+        pool reconciles up to once per dirty window. A machine whose runner (by recorded id, or by its
+        description when its launch event was late or lost) is not in that list has polled; one that never
+        got a runner at all is the orphan sweep's (no runner recorded past `boot_timeout`). A job started
+        on a machine (`_settle_jobs`) marks it ready too. With no GitLab API configured, contact cannot be
+        learned, and InService stands in for it.
+        """
+        awaiting = [
+            records[i.instance_id]
+            for i in live
+            if i.in_service
+            and records[i.instance_id].ready_at is None
+            and records[i.instance_id].draining_since is None
+        ]
+        if not awaiting:
+            return
+        if self._runners is None:
+            contacted = awaiting
+        else:
+            window = int(now.timestamp()) // CONTACT_CHECK_SECONDS
+            if not self._store.first_seen(f"contact#{pool.name}#{window}", now):
+                return
+            try:
+                listed = self._runners.list_runners(
+                    f"runner-scaler/{pool.name}/", status="never_contacted", **_runner_scope(self._config)
+                )
+            except GitLabError as exc:
+                logger.warning("runner contact not learned", extra={"pool": pool.name, "error": str(exc)})
+                return  # they stay booting until the next look; no decision rests on a failed read
+            # The status is checked here too: a GitLab that ignores the filter lists every runner.
+            silent = [r for r in listed if getattr(r, "status", "") == "never_contacted"]
+            ids = {int(r.id) for r in silent}
+            names = {str(r.description) for r in silent}
+            contacted = [
+                r
+                for r in awaiting
+                if r.runner_id not in ids and runner_description(r.pool, r.instance_id) not in names
+            ]
+        for record in contacted:
+            self._store.mark_ready(record.instance_id, now)
+            records[record.instance_id] = replace(record, ready_at=now)
 
     def _forget_vanished(self, live: Sequence[Instance], records: dict[str, MachineRecord]) -> None:
         live_ids = {i.instance_id for i in live}
@@ -426,11 +468,12 @@ def _runner_scope(config: Config) -> dict[str, Any]:
 
 
 def _machine(instance: Instance, record: MachineRecord) -> Machine:
+    """The engine's view of a live instance: booting until its runner has contacted GitLab (`ready_at`)."""
     if record.draining_since is not None:
         state = MachineState.DRAINING
     elif record.running:
         state = MachineState.BUSY
-    elif not instance.in_service:
+    elif not instance.in_service or record.ready_at is None:
         state = MachineState.BOOTING
     else:
         state = MachineState.IDLE
