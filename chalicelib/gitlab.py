@@ -132,6 +132,20 @@ class HookInfo:
 
 
 @dataclass(frozen=True)
+class ProjectInfo:
+    """A project's settings that decide which runners may take its jobs (`GET /projects/:id`).
+
+    `shared_runners_enabled`: instance runners take its jobs only when true (`builds_for_shared_runner`,
+    gitlabhq app/services/ci/queue/builds_table_strategy.rb). `path_with_namespace` places it under its
+    groups (`builds_for_group_runner` takes projects of the runner's group and subgroups).
+    """
+
+    id: int
+    path_with_namespace: str
+    shared_runners_enabled: bool
+
+
+@dataclass(frozen=True)
 class ProjectRef:
     """A project found under a group: enough to install its hook and to name it in logs."""
 
@@ -717,6 +731,27 @@ class GitLabClient:
             gl.http_post(path, **self._opts())
 
         self._call("hooks.test", f"hook {hook_id} of project {project_id}", test)
+
+    def get_project(self, project_id: int) -> ProjectInfo:
+        """A project's runner-relevant settings (`GET /projects/:id`; GitLab.com: 400 a minute per user)."""
+        path = f"/projects/{int(project_id)}"
+
+        def fetch(gl: gitlab.Gitlab) -> ProjectInfo:
+            item = self._get(gl, path)
+            return ProjectInfo(
+                id=int(item["id"]),
+                path_with_namespace=str(item.get("path_with_namespace") or ""),
+                shared_runners_enabled=bool(item.get("shared_runners_enabled", True)),
+            )
+
+        return self._call("projects.get", f"project {project_id}", fetch)
+
+    def group_path(self, group_id: int) -> str:
+        """A group's full path (`GET /groups/:id`), e.g. `acme/platform`."""
+        path = f"/groups/{int(group_id)}"
+        return self._call(
+            "groups.get", f"group {group_id}", lambda gl: str(self._get(gl, path).get("full_path") or "")
+        )
 
     def group_projects(self, group_id: int, *, include_subgroups: bool = True) -> list[ProjectRef]:
         """The projects of a group, subgroups included by default (`GET /groups/:id/projects`)."""

@@ -63,6 +63,7 @@ def emit_reconcile(config: Config, results: Iterable[ReconcileResult], aws_calls
             "Desired": result.desired_after,
             "InService": sum(n for state, n in result.machines.items() if state != "booting"),
             "PendingJobs": result.pending,
+            "UnpickableJobs": result.unpickable,
             "RunningJobs": result.running,
             "ScaleUp": result.launched,
             "ScaleIn": len(result.terminated),

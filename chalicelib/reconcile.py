@@ -17,6 +17,7 @@ from chalicelib.capacity import Demand, Machine, MachineState, PoolPlan, Removal
 from chalicelib.capacity.fallback import preferred_types
 from chalicelib.capacity.hosts import HostPlan, plan_hosts
 from chalicelib.config import Config, Pool
+from chalicelib.eligibility import Eligibility
 from chalicelib.errors import AwsCallError, GitLabError
 from chalicelib.fleet import Fleet, GroupView, Instance
 from chalicelib.forecast import PipelineState, forecast, with_statuses
@@ -69,6 +70,8 @@ class ReconcileResult:
     faults: list[str] = field(default_factory=list)
     pending: int = 0
     running: int = 0
+    #: Pending jobs these runners can never take (GitLab would not give them one): not counted as demand.
+    unpickable: int = 0
     machines: dict[str, int] = field(default_factory=dict)  # state -> count
     #: Wall seconds the reconcile took, lease to release: the decision latency operators graph.
     seconds: float = 0.0
@@ -96,6 +99,7 @@ class Reconciler:
         pipelines: Pipelines | None = None,
         gitlab: str = "",
         timer: Callable[[], float] = time.perf_counter,
+        eligibility: Eligibility | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -107,6 +111,7 @@ class Reconciler:
         self._pipelines = pipelines
         self._gitlab = gitlab
         self._timer = timer  # measures, never decides: decisions use `now`
+        self._eligibility = eligibility
 
     def reconcile_all(self, now: datetime) -> list[ReconcileResult]:
         """Every pool, with one batched read of all groups (calls grow with pools, not machines)."""
@@ -200,8 +205,10 @@ class Reconciler:
             for r in records.values()
             if r.drain_reason == "spot" and pool.retry_interrupted_jobs
         )
+        pending = [j for j in jobs if j.status == "pending"]
+        result.unpickable = self._unpickable(pool, pending, now)
         demand = Demand(
-            pending=sum(1 for j in jobs if j.status == "pending") + rescued,
+            pending=len(pending) - result.unpickable + rescued,
             running=sum(1 for j in jobs if j.status in HOLDS_SLOT),
             prewarm=_prewarm(pool, pipelines, jobs, now),
         )
@@ -245,6 +252,24 @@ class Reconciler:
             result.faults.extend(applied.errors)
         if plan.changes or result.terminated:
             logger.info(plan.summary(), extra={"pool": pool.name})
+
+    def _unpickable(self, pool: Pool, pending: Sequence[JobRecord], now: datetime) -> int:
+        """How many pending jobs belong to projects our runners never take jobs of (chalicelib.eligibility).
+        When project settings cannot be read, every job counts (a spare machine beats a starved job)."""
+        if self._eligibility is None or not pending:
+            return 0
+        try:
+            reasons = self._eligibility.unpickable((j.project_id for j in pending if j.project_id), now)
+        except AwsCallError as exc:
+            logger.warning("project settings unread; all pending jobs counted", extra={"error": str(exc)})
+            return 0
+        skipped = [j for j in pending if j.project_id in reasons]
+        if skipped:
+            logger.info(
+                "pending jobs no runner of ours can take",
+                extra={"pool": pool.name, "jobs": len(skipped), "why": sorted(set(reasons.values()))},
+            )
+        return len(skipped)
 
     def _fall_back(
         self, pool: Pool, group: GroupView, faults: Sequence[Fault], result: ReconcileResult

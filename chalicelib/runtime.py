@@ -176,10 +176,14 @@ class Runtime:
         return parse_token_list(self.secret_text(name))
 
     def reconciler(self, owner: str) -> Reconciler:
+        from chalicelib.eligibility import Eligibility
         from chalicelib.reconcile import Reconciler
 
         runners = self.gitlab if self.has_gitlab() else None
         prewarm = self.pipelines if any(p.prewarm for p in self.config.pools) else None
+        eligibility = (
+            Eligibility(self.config.gitlab, self.store, self.gitlab, self.gitlab_host) if runners else None
+        )
         return Reconciler(
             self.config,
             self.store,
@@ -189,6 +193,7 @@ class Runtime:
             owner=owner,
             pipelines=prewarm,
             gitlab=self.gitlab_host,
+            eligibility=eligibility,
         )
 
     @cached_property

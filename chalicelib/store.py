@@ -156,6 +156,14 @@ class Store(Protocol):
 
     def recent_projects(self, gitlab: str, now: datetime, within: timedelta) -> list[int]: ...
 
+    def put_facts(self, key: str, facts: dict[str, Any], expires: datetime) -> None:
+        """Cache what GitLab said about something (a project's CI settings) until `expires`."""
+        ...
+
+    def get_facts(self, key: str, now: datetime) -> dict[str, Any] | None:
+        """The cached facts under `key`, or None when absent or expired."""
+        ...
+
     def put_machine(self, machine: MachineRecord) -> None: ...
 
     def get_machine(self, instance_id: str) -> MachineRecord | None: ...
@@ -430,6 +438,18 @@ class DynamoStore(DynamoTable):
         items = self._query(f"PROJECTS#{gitlab}")
         return sorted(int(i[TABLE_SK]) for i in items if int(i["seen_at"]) >= since)
 
+    # -- facts learned from GitLab --------------------------------------------------------------------
+    def put_facts(self, key: str, facts: dict[str, Any], expires: datetime) -> None:
+        item = {TABLE_PK: f"FACTS#{key}", TABLE_SK: "FACTS", **facts, TABLE_TTL_ATTRIBUTE: _epoch(expires)}
+        self._aws.call("dynamodb", "put_item", TableName=self._table, Item=self._dump(item))
+
+    def get_facts(self, key: str, now: datetime) -> dict[str, Any] | None:
+        # DynamoDB's TTL deletes expired items only eventually: an expired one is treated as absent.
+        item = self._get(f"FACTS#{key}", "FACTS", consistent=False)
+        if item is None or int(item.get(TABLE_TTL_ATTRIBUTE, 0)) <= _epoch(now):
+            return None
+        return {k: v for k, v in item.items() if k not in (TABLE_PK, TABLE_SK, TABLE_TTL_ATTRIBUTE)}
+
     # -- machines -------------------------------------------------------------------------------------
     def put_machine(self, machine: MachineRecord) -> None:
         item: dict[str, Any] = {
@@ -605,6 +625,7 @@ class MemoryStore:
         self._events: dict[str, datetime] = {}
         self._leases: dict[str, tuple[str, datetime]] = {}
         self._projects: dict[tuple[str, int], datetime] = {}
+        self._facts: dict[str, tuple[dict[str, Any], datetime]] = {}
         self._suspects: dict[str, datetime] = {}
         self._faults: dict[tuple[str, str, str], Fault] = {}
 
@@ -705,6 +726,15 @@ class MemoryStore:
             return sorted(
                 p for (g, p), seen in self._projects.items() if g == gitlab and now - seen <= within
             )
+
+    def put_facts(self, key: str, facts: dict[str, Any], expires: datetime) -> None:
+        with self._lock:
+            self._facts[key] = (dict(facts), expires)
+
+    def get_facts(self, key: str, now: datetime) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._facts.get(key)
+        return dict(found[0]) if found is not None and found[1] > now else None
 
     def put_machine(self, machine: MachineRecord) -> None:
         with self._lock:

@@ -721,6 +721,16 @@ class FakeGitLab:
         with self._mutating():
             self._runner(runner_id).contacted_at = self.now()
 
+    def job_hook(self, job_id: int) -> dict[str, Any]:
+        """The Job Hook body GitLab would send for this job as it is now (what the receiver gets)."""
+        with self._lock:
+            return self._job_hook_payload(self._job(job_id))
+
+    def pipeline_hook(self, pipeline_id: int) -> dict[str, Any]:
+        """The Pipeline Hook body GitLab would send for this pipeline as it is now."""
+        with self._lock:
+            return self._pipeline_hook_payload(self._pipeline(pipeline_id))
+
     def current_jobs(self, pipeline_id: int) -> list[FakeJob]:
         """A pipeline's jobs, retried ones left out (what `GET .../pipelines/:id/jobs` returns)."""
         with self._lock:
@@ -1505,6 +1515,7 @@ class FakeGitLab:
             ("DELETE", "/runners/:runner_id", self._api_delete_runner, True),
             ("GET", "/runners/:runner_id/jobs", self._api_runner_jobs, True),
             ("GET", "/groups/:group/runners", self._api_group_runners, True),
+            ("GET", "/groups/:group", self._api_get_group, True),
             ("GET", "/groups/:group/projects", self._api_group_projects, True),
             ("GET", "/projects/:project", self._api_get_project, True),
             ("GET", "/projects/:project/runners", self._api_project_runners, True),
@@ -1883,6 +1894,18 @@ class FakeGitLab:
         else:
             raise _HttpError(422, f"Testing {trigger} is not supported by the fake GitLab")
         return out
+
+    def _api_get_group(self, params: dict[str, str], **_: Any) -> _Response:
+        group = self._group(params["group"])
+        return _Response(
+            200,
+            {
+                "id": group.id,
+                "full_path": group.full_path,
+                "name": group.full_path.rsplit("/", 1)[-1],
+                "parent_id": group.parent_id,
+            },
+        )
 
     def _api_group_projects(self, params: dict[str, str], query: dict[str, list[str]], **_: Any) -> _Response:
         group = self._group(params["group"])

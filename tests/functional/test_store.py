@@ -188,3 +188,17 @@ def test_faults_expire_and_clear(store: Store) -> None:
     assert store.faults("other", T0) == []
     store.clear_faults("linux")
     assert store.faults("linux", T0) == []
+
+
+def test_facts_learned_from_gitlab_are_kept_until_they_expire(store: Store) -> None:
+    # DynamoDB's TTL deletes late: an expired item must read as absent in both stores
+    store.put_facts("project#gitlab.example.com#7", {"path": "acme/app", "shared_runners": False}, T0 + HOUR)
+    assert store.get_facts("project#gitlab.example.com#7", T0) == {
+        "path": "acme/app",
+        "shared_runners": False,
+    }
+    assert store.get_facts("project#gitlab.example.com#7", T0 + HOUR) is None
+    assert store.get_facts("project#gitlab.example.com#8", T0) is None
+
+
+HOUR = timedelta(hours=1)
