@@ -98,6 +98,10 @@ class RunResult:
     metrics: dict[str, float | int]
     timeline: list[tuple[float, int]] = field(default_factory=list)
     run_end_s: float = 0.0
+    #: The policy's control-plane calls by service ("dynamodb", "autoscaling", "gitlab", ...): the AWS ones
+    #: count against each service's own quotas, the GitLab ones against GitLab's rate limits. The runners' own
+    #: job requests are not in it, for any policy.
+    calls_by_service: dict[str, int] = field(default_factory=dict)
 
 
 class World:
@@ -179,7 +183,11 @@ class World:
             )
         self.loop.run(until=self.horizon + self.options.max_overrun_s)
         end = self._run_end()
-        return RunResult(policy.name, self.metrics(end, policy.api_calls()), list(self.ledger.timeline), end)
+        calls = getattr(policy, "calls", None)
+        by_service = {k: int(v) for k, v in sorted(calls.items())} if calls is not None else {}
+        return RunResult(
+            policy.name, self.metrics(end, policy.api_calls()), list(self.ledger.timeline), end, by_service
+        )
 
     def metrics(self, end: float, api_calls: int) -> dict[str, float | int]:
         """The run's figures; machines and hosts still alive are charged until `end`. A dedicated host is

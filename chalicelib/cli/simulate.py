@@ -77,6 +77,7 @@ def simulate(
     for name, result in results.items():
         console.print(_table(name, result))
     console.print(_comparison(results))
+    console.print(_traffic(results))
     _report_unmatched(jobs, cfg, results)
     if json_out is not None:
         write_json(json_out, metrics_json(results))
@@ -181,3 +182,21 @@ def _report_unmatched(jobs: list[TraceJob], cfg: Config, results: dict[str, RunR
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _traffic(results: dict[str, RunResult]) -> Table:
+    """Control-plane API calls by service, and GitLab REST calls per served job: GitLab's rate limits count
+    those, while each AWS service has its own quotas (docs/operations.md, "API traffic and quotas")."""
+    services = sorted({s for r in results.values() for s in r.calls_by_service})
+    table = Table(title="API calls by service (control plane; runners' own job requests not counted)")
+    table.add_column("policy")
+    for service in services:
+        table.add_column(service, justify="right")
+    table.add_column("GitLab per job", justify="right")
+    for name, result in results.items():
+        served = int(result.metrics["jobs"]) - int(result.metrics.get("unmatched_jobs", 0))
+        served -= int(result.metrics.get("blocked_jobs", 0))
+        gitlab = result.calls_by_service.get("gitlab", 0)
+        per_job = f"{gitlab / served:.2f}" if served else "-"
+        table.add_row(name, *(str(result.calls_by_service.get(s, 0)) for s in services), per_job)
+    return table

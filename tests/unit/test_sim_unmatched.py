@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from chalicelib.cli.simulate import simulate as simulate_command
 from sim.baselines import Oracle
+from sim.simulate import simulate
 from sim.traces import TraceJob, write_trace
 from tests.unit.test_sim import EXACT, job, make_config, run
 
@@ -52,3 +53,32 @@ def test_simulate_says_which_jobs_match_no_pool(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert "1 of 2 jobs match no pool (tags [gpu])" in said and "left out of the wait figures" in said
+
+
+def test_each_run_breaks_its_api_calls_down_by_service() -> None:
+    # GIVEN four jobs a minute apart; WHEN ours and docker-machine run them
+    trace = [job(n, 60.0 * n, 0, 120.0, "linux") for n in range(1, 5)]
+    results = simulate(trace, make_config(), ["ours", "docker-machine"], seed=0, options=EXACT)
+    # THEN each run says which services its control plane called, and the parts add up to api_calls
+    ours = results["ours"]
+    assert {"dynamodb", "autoscaling", "gitlab"} <= set(ours.calls_by_service)
+    assert all(sum(r.calls_by_service.values()) == r.metrics["api_calls"] for r in results.values())
+    assert "dynamodb" not in results["docker-machine"].calls_by_service  # docker+machine keeps no table
+
+
+def test_simulate_prints_the_traffic_table_with_gitlab_calls_per_job(tmp_path: Path) -> None:
+    app = typer.Typer()
+    app.command("simulate")(simulate_command)
+    app.command("noop")(lambda: None)
+    trace = tmp_path / "trace.csv"
+    write_trace(trace, [TraceJob(n, 60.0 * n, 0, f"b{n}", ("linux",), 120.0) for n in range(1, 5)])
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[gitlab]\nurl = "https://gitlab.example.com"\n[[pools]]\nname = "linux"\nasg = "a"\n'
+        'tags = ["linux"]\nmax_instances = 4\n',
+        encoding="utf-8",
+    )
+    args = ["simulate", "--trace", str(trace), "--config", str(config), "--policies", "ours"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "API calls by service" in result.output and "GitLab per" in result.output
