@@ -90,8 +90,12 @@ class Fleet(Protocol):
         """Protect from scale-in: the scaler, never the ASG, chooses what to terminate."""
         ...
 
-    def terminate(self, instance_id: str) -> None:
-        """Terminate one machine and decrement the group's desired capacity."""
+    def terminate(self, instance_id: str) -> bool:
+        """Terminate one machine and decrement the group's desired capacity, once.
+
+        False when the machine was already leaving (it ended itself, or another reconcile ended it): nothing
+        was decremented, and the caller re-reads the group before it sets a capacity.
+        """
         ...
 
     def complete_lifecycle_action(
@@ -169,13 +173,32 @@ class AsgFleet:
                 ProtectedFromScaleIn=True,
             )
 
-    def terminate(self, instance_id: str) -> None:
-        self._aws.call(
-            "autoscaling",
-            "terminate_instance_in_auto_scaling_group",
-            InstanceId=instance_id,
-            ShouldDecrementDesiredCapacity=True,
-        )
+    def terminate(self, instance_id: str) -> bool:
+        """A machine ends itself (its user data calls this same API with a decrement once run-single exits),
+        so the scaler's own call may meet one already leaving. Calling again would decrement twice, so the
+        instance is read first (DescribeAutoScalingInstances: its group and lifecycle state), and the call is
+        made only while it is still live. An instance that left between the read and the call is answered
+        with a ValidationError "Instance Id not found - No managed instance found for instance ID ..."
+        (EC2 Auto Scaling API reference, TerminateInstanceInAutoScalingGroup, Errors: ValidationError): that
+        too means "already gone", never a failure.
+        """
+        found = self._aws.call(
+            "autoscaling", "describe_auto_scaling_instances", InstanceIds=[instance_id]
+        ).get("AutoScalingInstances", [])
+        if not found or found[0].get("LifecycleState") not in LIVE_STATES:
+            return False
+        try:
+            self._aws.call(
+                "autoscaling",
+                "terminate_instance_in_auto_scaling_group",
+                InstanceId=instance_id,
+                ShouldDecrementDesiredCapacity=True,
+            )
+        except AwsCallError as exc:
+            if exc.code == "ValidationError" and "not found" in str(exc).lower():
+                return False
+            raise
+        return True
 
     def set_instance_types(self, group: GroupView, types: Sequence[str], on_demand_percentage: int) -> None:
         if group.launch_template is None:

@@ -223,7 +223,7 @@ class Lifecycle:
         outcome.runner_id = int(created.id)
         outcome.created_runner = True
         base = record or MachineRecord(instance_id=action.instance_id, pool=pool.name, launched_at=now)
-        self.store.put_machine(replace(base, runner_id=int(created.id)))
+        self.store.record_runner(replace(base, runner_id=int(created.id)))  # merges: never erases adoption
         server_cert, server_key, trust = self.tls.issue(
             self.fleet.instance_addresses(action.instance_id), now
         )

@@ -17,6 +17,7 @@ from chalicelib.capacity import Demand, Machine, MachineState, PoolPlan, Removal
 from chalicelib.capacity.fallback import preferred_types
 from chalicelib.capacity.hosts import HostPlan, plan_hosts
 from chalicelib.config import Config, Pool
+from chalicelib.drain import DrainState, drain_machine
 from chalicelib.eligibility import Eligibility
 from chalicelib.errors import AwsCallError, GitLabError
 from chalicelib.fleet import Fleet, GroupView, Instance
@@ -57,6 +58,8 @@ class ReconcileResult:
     fallback: str = ""
     launched: int = 0
     terminated: list[str] = field(default_factory=list)
+    #: Machines a drain found already leaving (they ended themselves): not terminated again, not decremented.
+    already_gone: list[str] = field(default_factory=list)
     drain_cancelled: list[str] = field(default_factory=list)
     protected: list[str] = field(default_factory=list)
     desired_before: int = 0
@@ -241,8 +244,13 @@ class Reconciler:
             self._drain_and_terminate(records[instance_id], reason, now, result)
 
         remaining = len(live) - len(result.terminated)
-        desired = min(remaining + plan.launch, group.max_size)
         current = group.desired - len(result.terminated)
+        if result.already_gone:
+            # A machine ended itself (with its own decrement) since the group was read: count from a fresh
+            # read rather than decrement for it a second time.
+            fresh = self._fleet.read_groups([pool.asg]).get(pool.asg) or group
+            remaining, current = len(fresh.live_instances()), fresh.desired
+        desired = min(remaining + plan.launch, group.max_size)
         if desired != current:
             self._fleet.set_desired_capacity(pool.asg, desired)
         result.launched = max(0, desired - remaining)
@@ -366,8 +374,9 @@ class Reconciler:
             record = MachineRecord(
                 instance_id=instance_id, pool=pool.name, launched_at=launched.get(instance_id, now)
             )
-            self._store.put_machine(record)
-            records[instance_id] = record
+            # The index may be stale (eventually consistent): a record missing from it may exist. Adoption
+            # creates one only where none exists, and otherwise takes the stored one.
+            records[instance_id] = self._store.adopt_machine(record)
 
     def _learn_contact(
         self, pool: Pool, live: Sequence[Instance], records: dict[str, MachineRecord], now: datetime
@@ -422,9 +431,12 @@ class Reconciler:
             records[record.instance_id] = replace(record, ready_at=now)
 
     def _forget_vanished(self, live: Sequence[Instance], records: dict[str, MachineRecord]) -> None:
+        """Records of instances gone from the group leave this reconcile's view. One with a runner stays
+        stored: it is how the sweep knows the runner is this deployment's to delete (chalicelib.sweep)."""
         live_ids = {i.instance_id for i in live}
         for instance_id in [i for i in records if i not in live_ids]:
-            self._store.delete_machine(instance_id)
+            if records[instance_id].runner_id is None:
+                self._store.delete_machine(instance_id)
             del records[instance_id]
 
     def _protect(self, group: GroupView) -> list[str]:
@@ -437,39 +449,34 @@ class Reconciler:
     def _drain_and_terminate(
         self, record: MachineRecord, reason: str, now: datetime, result: ReconcileResult
     ) -> None:
-        """Drain-then-terminate: mark draining (only if no job), pause the runner, re-check, then terminate.
+        """One step of the drain protocol (chalicelib.drain): mark draining (only if no job), pause the
+        runner, re-check in GitLab, then terminate.
 
         GitLab's view of "busy" lags job assignment, so a job may land between the decision and the
         termination: the re-check after pausing catches it and the removal is dropped.
         """
-        if not self._store.start_draining(record.instance_id, reason, now):
-            result.drain_cancelled.append(record.instance_id)
-            return
-        runner_id = record.runner_id
-        if self._drain_recheck and self._runners is not None and runner_id is None:
-            runner_id = self._find_runner(record)  # its launch event was late or lost: ask GitLab
-        paused = self._timer()
-        if self._drain_recheck and self._runners is not None and runner_id is not None:
-            self._runners.pause_runner(runner_id, True)
-            if self._runners.runner_jobs(runner_id, "running"):
-                self._runners.pause_runner(runner_id, False)
-                self._store.stop_draining(record.instance_id)
-                result.drain_cancelled.append(record.instance_id)
-                window = self._timer() - paused
-                result.drain_seconds.append(window)
-                logger.info(
-                    "removal dropped: a job landed during the drain",
-                    extra={"instance_id": record.instance_id, "runner_id": runner_id, "drain_s": window},
-                )
-                return
-        self._fleet.terminate(record.instance_id)
-        window = self._timer() - paused
-        result.drain_seconds.append(window)
-        result.terminated.append(record.instance_id)
-        logger.info(
-            "machine drained and terminated",
-            extra={"instance_id": record.instance_id, "reason": reason, "drain_s": round(window, 3)},
+        started = self._timer()
+        outcome = drain_machine(
+            record.instance_id,
+            reason,
+            now,
+            store=self._store,
+            fleet=self._fleet,
+            runners=self._runners,
+            recheck=self._drain_recheck,
+            find_runner=self._find_runner if self._runners is not None else None,
         )
+        window = self._timer() - started
+        if outcome.state is DrainState.BUSY:
+            result.drain_cancelled.append(record.instance_id)
+        elif outcome.state is DrainState.CANCELLED:
+            result.drain_cancelled.append(record.instance_id)
+            result.drain_seconds.append(window)
+        elif outcome.state is DrainState.TERMINATED:
+            result.terminated.append(record.instance_id)
+            result.drain_seconds.append(window)
+        elif outcome.state is DrainState.ALREADY_GONE:
+            result.already_gone.append(record.instance_id)
 
 
 def _prewarm(pool: Pool, pipelines: Sequence[PipelineState], jobs: Sequence[JobRecord], now: datetime) -> int:

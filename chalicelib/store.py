@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from chalicelib.aws import AwsClients
-from chalicelib.dynamo import DynamoTable
+from chalicelib.dynamo import CONDITION_FAILED, DynamoTable
 from chalicelib.errors import AwsCallError
 from chalicelib.events.gitlab import status_rank
 from chalicelib.resources import GSI_POOL, GSI_POOL_PK, GSI_POOL_SK, TABLE_PK, TABLE_SK, TABLE_TTL_ATTRIBUTE
@@ -94,6 +94,8 @@ class MachineRecord:
     #: When its secret (runner token, TLS) was stored: from then on the machine may have read it, deleted it,
     #: and be running jobs with that runner, so a late duplicate launch event must leave it alone.
     prepared_at: datetime | None = None
+    #: When the drain paused its runner in GitLab: the job check waits out GitLab's assignment window.
+    paused_at: datetime | None = None
 
     @property
     def jobs_started(self) -> int:
@@ -164,7 +166,26 @@ class Store(Protocol):
         """The cached facts under `key`, or None when absent or expired."""
         ...
 
-    def put_machine(self, machine: MachineRecord) -> None: ...
+    def put_machine(self, machine: MachineRecord) -> None:
+        """Write the whole record, replacing any stored one: for tests and tools only. A use case never
+        replaces a record it read from the pool index (that read may be stale): it adopts, or records a
+        runner."""
+        ...
+
+    def adopt_machine(self, machine: MachineRecord) -> MachineRecord:
+        """Create the record of a live instance the index did not show; never overwrite one that exists.
+
+        The pool index is eventually consistent (DynamoDB developer guide, "DynamoDB read consistency": all
+        reads from a global secondary index are eventually consistent), so an instance missing from it may
+        have a fresh record. Returns the stored record: `machine` if it was created, else the existing one
+        (read consistently).
+        """
+        ...
+
+    def record_runner(self, machine: MachineRecord) -> None:
+        """Set the machine's runner (and host), keeping whatever else is stored: a reconcile may have adopted
+        the instance and credited jobs to it before its launch handler got here."""
+        ...
 
     def get_machine(self, instance_id: str) -> MachineRecord | None: ...
 
@@ -180,11 +201,16 @@ class Store(Protocol):
 
     def start_draining(
         self, instance_id: str, reason: str, now: datetime, *, only_if_idle: bool = True
-    ) -> bool:
-        """Mark a machine draining, by default only if it runs no job (conditional); True when it now is.
+    ) -> MachineRecord | None:
+        """Mark a machine draining, by default only if it runs no job (conditional); the record as it now is
+        (read with the write, so never stale), or None when it runs a job or has no record.
 
         `only_if_idle=False` is for machines that leave anyway (a Spot interruption): busy or not.
         """
+        ...
+
+    def mark_paused(self, instance_id: str, now: datetime) -> None:
+        """Note when the drain paused the machine's runner (first pause only)."""
         ...
 
     def stop_draining(self, instance_id: str) -> None: ...
@@ -451,7 +477,7 @@ class DynamoStore(DynamoTable):
         return {k: v for k, v in item.items() if k not in (TABLE_PK, TABLE_SK, TABLE_TTL_ATTRIBUTE)}
 
     # -- machines -------------------------------------------------------------------------------------
-    def put_machine(self, machine: MachineRecord) -> None:
+    def _machine_item(self, machine: MachineRecord) -> dict[str, Any]:
         item: dict[str, Any] = {
             TABLE_PK: f"MACHINE#{machine.instance_id}",
             TABLE_SK: "MACHINE",
@@ -470,9 +496,55 @@ class DynamoStore(DynamoTable):
             "host_id": machine.host_id,
             "job_ids": set(machine.job_ids) or None,
             "running": set(machine.running) or None,
+            "paused_at": _iso(machine.paused_at),
         }
         item.update({k: v for k, v in optional.items() if v is not None})
-        self._aws.call("dynamodb", "put_item", TableName=self._table, Item=self._dump(item))
+        return item
+
+    def put_machine(self, machine: MachineRecord) -> None:
+        self._aws.call(
+            "dynamodb", "put_item", TableName=self._table, Item=self._dump(self._machine_item(machine))
+        )
+
+    def adopt_machine(self, machine: MachineRecord) -> MachineRecord:
+        created = self._conditional(
+            "put_item",
+            Item=self._dump(self._machine_item(machine)),
+            ConditionExpression=f"attribute_not_exists({TABLE_PK})",
+        )
+        if created:
+            return machine
+        return self.get_machine(machine.instance_id) or machine
+
+    def record_runner(self, machine: MachineRecord) -> None:
+        values: dict[str, Any] = {
+            ":runner": machine.runner_id,
+            ":gpk": f"POOL#{machine.pool}#MACHINES",
+            ":gsk": machine.instance_id,
+            ":pool": machine.pool,
+            ":launched": _iso(machine.launched_at),
+            ":reason": "",
+        }
+        sets = [
+            "runner_id = :runner",
+            f"{GSI_POOL_PK} = :gpk",
+            f"{GSI_POOL_SK} = :gsk",
+            "#pool = :pool",
+            "launched_at = if_not_exists(launched_at, :launched)",
+            "drain_reason = if_not_exists(drain_reason, :reason)",
+        ]
+        if machine.host_id is not None:
+            values[":host"] = machine.host_id
+            sets.append("host_id = :host")
+        self._aws.call(
+            "dynamodb",
+            "update_item",
+            TableName=self._table,
+            Key=self._dump({TABLE_PK: f"MACHINE#{machine.instance_id}", TABLE_SK: "MACHINE"}),
+            UpdateExpression="SET " + ", ".join(sets),
+            ExpressionAttributeValues=self._dump(values),
+            ExpressionAttributeNames={"#pool": "pool"},
+        )
 
     def get_machine(self, instance_id: str) -> MachineRecord | None:
         item = self._get(f"MACHINE#{instance_id}", "MACHINE")
@@ -507,23 +579,43 @@ class DynamoStore(DynamoTable):
 
     def start_draining(
         self, instance_id: str, reason: str, now: datetime, *, only_if_idle: bool = True
-    ) -> bool:
+    ) -> MachineRecord | None:
         condition = f"attribute_exists({TABLE_PK})"
         values: dict[str, Any] = {":now": _iso(now), ":reason": reason}
         if only_if_idle:
             condition += " AND (attribute_not_exists(running) OR size(running) = :zero)"
             values[":zero"] = 0
-        return self._conditional_update(
+        try:
+            result = self._aws.call(
+                "dynamodb",
+                "update_item",
+                TableName=self._table,
+                Key=self._dump({TABLE_PK: f"MACHINE#{instance_id}", TABLE_SK: "MACHINE"}),
+                UpdateExpression=(
+                    "SET draining_since = if_not_exists(draining_since, :now), drain_reason = :reason"
+                ),
+                ConditionExpression=condition,
+                ExpressionAttributeValues=self._dump(values),
+                ReturnValues="ALL_NEW",  # the record as this write left it: never an index's stale copy
+            )
+        except AwsCallError as exc:
+            if exc.code == CONDITION_FAILED:
+                return None
+            raise
+        return self._machine(self._load(result["Attributes"]))
+
+    def mark_paused(self, instance_id: str, now: datetime) -> None:
+        self._conditional_update(
             {TABLE_PK: f"MACHINE#{instance_id}", TABLE_SK: "MACHINE"},
-            "SET draining_since = if_not_exists(draining_since, :now), drain_reason = :reason",
-            condition,
-            values,
+            "SET paused_at = if_not_exists(paused_at, :now)",
+            f"attribute_exists({TABLE_PK})",
+            {":now": _iso(now)},
         )
 
     def stop_draining(self, instance_id: str) -> None:
         self._conditional_update(
             {TABLE_PK: f"MACHINE#{instance_id}", TABLE_SK: "MACHINE"},
-            "REMOVE draining_since SET drain_reason = :empty",
+            "REMOVE draining_since, paused_at SET drain_reason = :empty",
             f"attribute_exists({TABLE_PK})",
             {":empty": ""},
         )
@@ -561,6 +653,7 @@ class DynamoStore(DynamoTable):
             draining_since=_dt(item.get("draining_since")),
             drain_reason=str(item.get("drain_reason", "")),
             host_id=item.get("host_id"),
+            paused_at=_dt(item.get("paused_at")),
         )
 
     # -- leases ---------------------------------------------------------------------------------------
@@ -740,6 +833,21 @@ class MemoryStore:
         with self._lock:
             self.machine_records[machine.instance_id] = machine
 
+    def adopt_machine(self, machine: MachineRecord) -> MachineRecord:
+        with self._lock:
+            return self.machine_records.setdefault(machine.instance_id, machine)
+
+    def record_runner(self, machine: MachineRecord) -> None:
+        with self._lock:
+            old = self.machine_records.get(machine.instance_id)
+            if old is None:
+                self.machine_records[machine.instance_id] = machine
+                return
+            host = machine.host_id if machine.host_id is not None else old.host_id
+            self.machine_records[machine.instance_id] = replace(
+                old, runner_id=machine.runner_id, host_id=host
+            )
+
     def get_machine(self, instance_id: str) -> MachineRecord | None:
         return self.machine_records.get(instance_id)
 
@@ -773,21 +881,28 @@ class MemoryStore:
 
     def start_draining(
         self, instance_id: str, reason: str, now: datetime, *, only_if_idle: bool = True
-    ) -> bool:
+    ) -> MachineRecord | None:
         with self._lock:
             m = self.machine_records.get(instance_id)
             if m is None or (only_if_idle and m.running):
-                return False
-            self.machine_records[instance_id] = replace(
-                m, draining_since=m.draining_since or now, drain_reason=reason
-            )
-            return True
+                return None
+            drained = replace(m, draining_since=m.draining_since or now, drain_reason=reason)
+            self.machine_records[instance_id] = drained
+            return drained
+
+    def mark_paused(self, instance_id: str, now: datetime) -> None:
+        with self._lock:
+            m = self.machine_records.get(instance_id)
+            if m is not None and m.paused_at is None:
+                self.machine_records[instance_id] = replace(m, paused_at=now)
 
     def stop_draining(self, instance_id: str) -> None:
         with self._lock:
             m = self.machine_records.get(instance_id)
             if m is not None:
-                self.machine_records[instance_id] = replace(m, draining_since=None, drain_reason="")
+                self.machine_records[instance_id] = replace(
+                    m, draining_since=None, drain_reason="", paused_at=None
+                )
 
     def mark_ready(self, instance_id: str, now: datetime) -> None:
         with self._lock:

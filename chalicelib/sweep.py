@@ -1,9 +1,14 @@
-"""Use case run by the tick: sweep what crashed Lambdas and lost events left behind.
+"""Use case run by the tick: sweep what crashed Lambdas, lost events and outside deletions left behind.
 
-Runners named `runner-scaler/<pool>/<instance>` whose instance is gone are deleted with their machine secret;
-in-service instances whose runner never reached GitLab within `boot_timeout` (none recorded, or GitLab's
-`never_contacted`) are terminated. Nothing is
-declared orphan on one read: a suspicion must be seen again `orphan_confirm_after` later. No boto3 here.
+Runners are known by the id stored with their machine, never by their description (users may edit it, and two
+deployments on one GitLab name theirs alike): only runners this deployment recorded are ever deleted.
+- A recorded runner whose instance is gone is deleted with its machine secret and record.
+- A live machine in service past `boot_timeout` whose runner never reached GitLab (none recorded, or GitLab's
+  `never_contacted`) is removed through the drain protocol.
+- A live machine whose runner GitLab no longer has (deleted outside the scaler, or by GitLab's stale-runner
+  cleanup) is removed through the drain protocol: its `run-single` would otherwise ask for jobs forever.
+Nothing is acted on from one read: a suspicion must be seen again `orphan_confirm_after` later, and the record
+is read again consistently before anything is removed (the pool index may be stale). No boto3 here.
 """
 
 from __future__ import annotations
@@ -14,13 +19,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from chalicelib.config import Config
-from chalicelib.errors import AwsCallError, GitLabError
-from chalicelib.fleet import Fleet, GroupView
-from chalicelib.jobs import RUNNER_DESCRIPTION
+from chalicelib.config import Config, Pool
+from chalicelib.drain import drain_machine, runner_gone
+from chalicelib.errors import AwsCallError, GitLabError, NotFoundError
+from chalicelib.fleet import Fleet, GroupView, Instance
 from chalicelib.lifecycle import MachineSecrets, RunnerAdmin
 from chalicelib.resources import Names
-from chalicelib.store import Store
+from chalicelib.store import MachineRecord, Store
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +35,28 @@ class SweepReport:
     suspected: list[str] = field(default_factory=list)
     deleted_runners: list[int] = field(default_factory=list)
     terminated: list[str] = field(default_factory=list)
+    #: Jobs GitLab still shows running on a runner whose machine is gone: they cannot finish.
+    stranded_jobs: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    config: Config
+    names: Names
+    store: Store
+    fleet: Fleet
+    gitlab: RunnerAdmin
+    secrets: MachineSecrets
+    now: datetime
+    report: SweepReport
+
+    def seen_twice(self, key: str, subject: str) -> bool:
+        """True once the suspicion `key` was first noted at least `orphan_confirm_after` ago."""
+        if self.now - self.store.suspect(key, self.now) < self.config.scaler.orphan_confirm_after:
+            self.report.suspected.append(subject)
+            return False
+        return True
 
 
 def sweep(
@@ -43,97 +69,133 @@ def sweep(
     groups: Mapping[str, GroupView],
     now: datetime,
 ) -> SweepReport:
-    """Delete runners of vanished instances; terminate instances whose runner never came up."""
+    """Delete this deployment's runners of vanished instances; remove machines whose runner never came up or
+    is gone from GitLab."""
     report = SweepReport()
-    live = {i.instance_id: g.asg for g in groups.values() for i in g.live_instances()}
+    live = {i.instance_id for g in groups.values() for i in g.live_instances()}
     try:
-        runners = gitlab.list_runners("runner-scaler/", **_scope(config))
-    except GitLabError as exc:
+        # Every runner in scope, whatever its description: runners are matched by the ids we stored.
+        runners = {int(r.id): r for r in gitlab.list_runners("", **_scope(config))}
+    except (GitLabError, NotFoundError) as exc:
         report.errors.append(str(exc))
         return report
-    mute: set[str] = set()
-    for runner in runners:
-        match = RUNNER_DESCRIPTION.match(runner.description or "")
-        if match is None:
-            continue
-        if runner.status == "never_contacted":
-            mute.add(match["instance"])
-        _sweep_runner(runner, match["instance"], live, config, names, store, gitlab, secrets, now, report)
-    _sweep_silent_machines(config, store, fleet, groups, mute, now, report)
-    return report
-
-
-def _sweep_runner(
-    runner: Any,
-    instance_id: str,
-    live: Mapping[str, str],
-    config: Config,
-    names: Names,
-    store: Store,
-    gitlab: RunnerAdmin,
-    secrets: MachineSecrets,
-    now: datetime,
-    report: SweepReport,
-) -> None:
-    key = f"orphan-runner#{runner.id}"
-    if instance_id in live:
-        store.clear_suspect(key)
-        return
-    first = store.suspect(key, now)
-    if now - first < config.scaler.orphan_confirm_after:
-        report.suspected.append(instance_id)
-        return
-    try:
-        if gitlab.runner_jobs(runner.id, "running"):
-            return  # it still runs a job: an instance we cannot see is not proof it is gone
-        gitlab.delete_runner(runner.id)
-        secrets.delete_machine_secret(names.machine_secret(instance_id))
-        store.delete_machine(instance_id)
-    except (GitLabError, AwsCallError) as exc:
-        report.errors.append(str(exc))
-        return
-    store.clear_suspect(key)
-    report.deleted_runners.append(int(runner.id))
-    logger.warning("deleted an orphaned runner", extra={"runner_id": runner.id, "instance_id": instance_id})
-
-
-def _sweep_silent_machines(
-    config: Config,
-    store: Store,
-    fleet: Fleet,
-    groups: Mapping[str, GroupView],
-    mute: set[str],
-    now: datetime,
-    report: SweepReport,
-) -> None:
-    """A machine in service past boot_timeout without a job never came up: replace it. That is a machine
-    with no runner recorded, or one whose runner GitLab says never contacted it (`mute`: the user data
-    failed, so its idle slot would be counted as capacity that takes no job)."""
+    run = _Sweep(config, names, store, fleet, gitlab, secrets, now, report)
     for pool in config.pools:
         group = groups.get(pool.asg)
         if group is None:
-            continue
-        records = {m.instance_id: m for m in store.machines(pool.name)}
+            continue  # a group we could not read says nothing about its instances
+        records = store.machines(pool.name)
+        for record in records:
+            if record.instance_id not in live and record.runner_id is not None:
+                _sweep_orphan(run, record)
+        by_id = {r.instance_id: r for r in records}
         for instance in group.live_instances():
-            record = records.get(instance.instance_id)
-            if record is None or record.job_ids or record.draining_since:
-                continue
-            if record.runner_id is not None and instance.instance_id not in mute:
-                continue
-            if not instance.in_service or now - record.launched_at <= pool.boot_timeout:
-                continue
-            key = f"silent-machine#{instance.instance_id}"
-            if now - store.suspect(key, now) < config.scaler.orphan_confirm_after:
-                report.suspected.append(instance.instance_id)
-                continue
-            if store.start_draining(instance.instance_id, "stuck", now):
-                try:
-                    fleet.terminate(instance.instance_id)
-                except AwsCallError as exc:
-                    report.errors.append(str(exc))
-                    continue
-                report.terminated.append(instance.instance_id)
-                store.clear_suspect(key)
+            known = by_id.get(instance.instance_id)
+            if known is not None:
+                _sweep_machine(run, pool, instance, known, runners)
+    return report
+
+
+def _sweep_orphan(run: _Sweep, record: MachineRecord) -> None:
+    """The runner of an instance that is gone: delete it (and the machine's secret and record) once sure."""
+    runner_id = record.runner_id
+    assert runner_id is not None
+    key = f"orphan-runner#{runner_id}"
+    if not run.seen_twice(key, record.instance_id):
+        return
+    fresh = run.store.get_machine(record.instance_id)
+    if fresh is None or fresh.runner_id != runner_id:
+        run.store.clear_suspect(key)
+        return
+    try:
+        try:
+            running = run.gitlab.runner_jobs(runner_id, "running")
+        except (GitLabError, NotFoundError) as exc:
+            if not runner_gone(exc):
+                raise
+            running = []
+        if running:
+            # Its machine is gone, so these jobs cannot finish: report them (GitLab fails them once the
+            # runner stops updating them). The runner is deleted at a later sweep, when they have ended.
+            run.report.stranded_jobs.extend(int(j.id) for j in running)
+            logger.warning(
+                "jobs still running on the runner of a vanished machine",
+                extra={
+                    "runner_id": runner_id,
+                    "instance_id": record.instance_id,
+                    "jobs": [j.id for j in running],
+                },
+            )
+            return
+        run.gitlab.delete_runner(runner_id)
+        run.secrets.delete_machine_secret(run.names.machine_secret(record.instance_id))
+        run.store.delete_machine(record.instance_id)
+    except (GitLabError, NotFoundError, AwsCallError) as exc:
+        run.report.errors.append(str(exc))
+        return
+    run.store.clear_suspect(key)
+    run.report.deleted_runners.append(runner_id)
+    logger.warning(
+        "deleted an orphaned runner", extra={"runner_id": runner_id, "instance_id": record.instance_id}
+    )
+
+
+def _sweep_machine(
+    run: _Sweep, pool: Pool, instance: Instance, record: MachineRecord, runners: Mapping[int, Any]
+) -> None:
+    """A live machine that cannot serve a job: its runner never came up, or GitLab no longer has it."""
+    if record.draining_since is not None or not instance.in_service:
+        return
+    runner = runners.get(record.runner_id) if record.runner_id is not None else None
+    if record.runner_id is not None and runner is None:
+        _sweep_runner_gone(run, instance.instance_id, record.runner_id)
+        return
+    silent = runner is None or runner.status == "never_contacted"
+    if not silent or record.job_ids or run.now - record.launched_at <= pool.boot_timeout:
+        return
+    key = f"silent-machine#{instance.instance_id}"
+    if not run.seen_twice(key, instance.instance_id):
+        return
+    fresh = run.store.get_machine(instance.instance_id)  # the index may be stale: the record decides
+    if fresh is None or fresh.job_ids or fresh.runner_id != record.runner_id:
+        run.store.clear_suspect(key)
+        return
+    if _drain(run, instance.instance_id, "stuck"):
+        run.store.clear_suspect(key)
+
+
+def _sweep_runner_gone(run: _Sweep, instance_id: str, runner_id: int) -> None:
+    """GitLab's listing lacks the machine's runner. It may have been deleted (then `run-single` loops on
+    403s, logging "Runner is not healthy!" and sleeping, forever: gitlab-runner `commands/single.go`,
+    `processBuild`; `common.NotHealthyCheckInterval` is 300 s), or the listing missed it: GitLab says
+    which, by a 404 on the runner itself, before the drain removes the machine."""
+    key = f"runner-gone#{runner_id}"
+    if not run.seen_twice(key, instance_id):
+        return
+    try:
+        run.gitlab.runner_jobs(runner_id, "running")
+    except (GitLabError, NotFoundError) as exc:
+        if not runner_gone(exc):
+            run.report.errors.append(str(exc))
+            return
+        if _drain(run, instance_id, "runner-gone"):
+            run.store.clear_suspect(key)
+        return
+    run.store.clear_suspect(key)  # it exists: the listing missed it
+
+
+def _drain(run: _Sweep, instance_id: str, reason: str) -> bool:
+    """The drain protocol (chalicelib.drain); True when the machine is on its way out."""
+    try:
+        outcome = drain_machine(
+            instance_id, reason, run.now, store=run.store, fleet=run.fleet, runners=run.gitlab
+        )
+    except (GitLabError, NotFoundError, AwsCallError) as exc:
+        run.report.errors.append(str(exc))
+        return False
+    if outcome.ended:
+        run.report.terminated.append(instance_id)
+    return outcome.ended
 
 
 def _scope(config: Config) -> dict[str, Any]:

@@ -198,7 +198,12 @@ def lambda_grants(scope: Scope) -> list[Grant]:
         ),
         Grant(
             "DescribeFleet",
-            ("autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances", "ec2:DescribeHosts"),
+            (
+                "autoscaling:DescribeAutoScalingGroups",
+                "autoscaling:DescribeAutoScalingInstances",
+                "ec2:DescribeInstances",
+                "ec2:DescribeHosts",
+            ),
             ("*",),
             "AWS forces `*`: these Describe calls support no resource-level permission (Service "
             "Authorization Reference); scoped to this region instead",

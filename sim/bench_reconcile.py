@@ -161,6 +161,7 @@ class FakeAws:
             "set_desired_capacity": self._set_desired,
             "set_instance_protection": self._protect,
             "terminate_instance_in_auto_scaling_group": self._terminate,
+            "describe_auto_scaling_instances": self._describe_asg_instances,
             "update_auto_scaling_group": lambda params: {},
             "put_item": self._put_item,
             "update_item": self._update_item,
@@ -262,6 +263,16 @@ class FakeAws:
             old = group.instances[instance_id]
             group.instances[instance_id] = {**old, "ProtectedFromScaleIn": params["ProtectedFromScaleIn"]}
         return {}
+
+    def _describe_asg_instances(self, params: dict[str, Any]) -> dict[str, Any]:
+        """DescribeAutoScalingInstances: each named instance still in a group, with its lifecycle state."""
+        found = []
+        for instance_id in params["InstanceIds"]:
+            name = self.state.group_of.get(instance_id)
+            if name is not None:
+                instance = self.state.groups[name].instances[instance_id]
+                found.append({**instance, "AutoScalingGroupName": name})
+        return {"AutoScalingInstances": found}
 
     def _terminate(self, params: dict[str, Any]) -> dict[str, Any]:
         instance_id = params["InstanceId"]

@@ -184,9 +184,10 @@ class SimAsg:
             if machine is not None:
                 machine.protected = True
 
-    def terminate(self, instance_id: str) -> None:
-        self._calls["autoscaling"] += 1
-        self._world.fleet.terminate(instance_id, decrement=True)
+    def terminate(self, instance_id: str) -> bool:
+        """AsgFleet's read of the instance, then its termination only while it is live (never twice)."""
+        self._calls["autoscaling"] += 2  # DescribeAutoScalingInstances, TerminateInstanceInAutoScalingGroup
+        return self._world.fleet.terminate(instance_id, decrement=True)
 
     def complete_lifecycle_action(
         self, asg: str, hook: str, token: str, instance_id: str, result: str

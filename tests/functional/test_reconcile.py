@@ -227,8 +227,8 @@ class GatedFleet:
     def protect(self, asg: str, instance_ids: Sequence[str]) -> None:
         self._fleet.protect(asg, instance_ids)
 
-    def terminate(self, instance_id: str) -> None:
-        self._fleet.terminate(instance_id)
+    def terminate(self, instance_id: str) -> bool:
+        return self._fleet.terminate(instance_id)
 
     def complete_lifecycle_action(
         self, asg: str, hook: str, token: str, instance_id: str, result: str

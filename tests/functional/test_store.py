@@ -127,6 +127,38 @@ def test_a_prepared_machine_stays_prepared_and_keeps_its_job_counts(store: Store
     assert store.get_machine("i-unknown") is None
 
 
+def test_adoption_never_overwrites_a_record_and_a_runner_never_erases_adoption(store: Store) -> None:
+    # GIVEN the launch handler's record of a machine, with its runner
+    store.record_runner(MachineRecord("i-1", "linux", T0, runner_id=42))
+    # WHEN a reconcile that did not see it (a stale index) adopts the machine
+    adopted = store.adopt_machine(MachineRecord("i-1", "linux", T0 + timedelta(minutes=1)))
+    # THEN the stored record wins, runner and all
+    assert adopted.runner_id == 42 and adopted.launched_at == T0
+    assert store.get_machine("i-1").runner_id == 42  # type: ignore[union-attr]
+    # AND a launch handler that comes after an adoption and a credited job keeps both
+    store.adopt_machine(MachineRecord("i-2", "linux", T0))
+    store.machine_job_started("i-2", 7, T0)
+    store.record_runner(MachineRecord("i-2", "linux", T0 + timedelta(minutes=2), runner_id=43))
+    late = store.get_machine("i-2")
+    assert late is not None and (late.runner_id, late.running, late.launched_at) == (43, frozenset({7}), T0)
+    assert [m.instance_id for m in store.machines("linux")] == ["i-1", "i-2"]
+
+
+def test_draining_answers_with_the_record_as_written_and_remembers_the_pause(store: Store) -> None:
+    store.put_machine(MachineRecord("i-1", "linux", T0, runner_id=42))
+    drained = store.start_draining("i-1", "idle", T0)
+    assert drained is not None and (drained.runner_id, drained.draining_since) == (42, T0)
+    store.mark_paused("i-1", T0 + timedelta(seconds=5))
+    store.mark_paused("i-1", T0 + timedelta(seconds=9))  # the first pause counts
+    again = store.start_draining("i-1", "idle", T0 + timedelta(minutes=1))
+    assert again is not None and again.paused_at == T0 + timedelta(seconds=5)
+    assert again.draining_since == T0
+    store.stop_draining("i-1")
+    cancelled = store.get_machine("i-1")
+    assert cancelled is not None and (cancelled.draining_since, cancelled.paused_at) == (None, None)
+    assert store.start_draining("i-unknown", "idle", T0) is None
+
+
 def test_machines_are_listed_per_pool(store: Store) -> None:
     store.put_machine(MachineRecord("i-1", "linux", T0))
     store.put_machine(MachineRecord("i-2", "other", T0))

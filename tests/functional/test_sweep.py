@@ -18,8 +18,15 @@ def tick(client: Client) -> None:
 def test_orphaned_runner_is_deleted_only_after_a_second_observation(
     gitlab_stack: Stack, fake_gitlab: FakeGitLab
 ) -> None:
+    # GIVEN a runner this deployment created for a machine that is gone (its id stored with the machine)...
     orphan, _ = fake_gitlab.register_runner(
         description="runner-scaler/linux/i-0000000000000dead", tag_list=("linux",)
+    )
+    rt = gitlab_stack.runtime
+    rt.store.put_machine(MachineRecord("i-0000000000000dead", "linux", rt.now(), runner_id=orphan))
+    # ...another deployment's runner on the same GitLab, named alike, and someone's own runner
+    theirs, _ = fake_gitlab.register_runner(
+        description="runner-scaler/linux/i-00000000000000ace", tag_list=("linux",)
     )
     foreign, _ = fake_gitlab.register_runner(description="someone-elses-runner", tag_list=("linux",))
     with Client(app) as client:
@@ -27,8 +34,9 @@ def test_orphaned_runner_is_deleted_only_after_a_second_observation(
         assert orphan in fake_gitlab.runners
         gitlab_stack.advance(minutes=5)
         tick(client)  # seen again past orphan_confirm_after: deleted
-    assert orphan not in fake_gitlab.runners
-    assert foreign in fake_gitlab.runners  # never touches runners that are not ours
+    # THEN ours is deleted with its record; runners this deployment never recorded are never touched
+    assert orphan not in fake_gitlab.runners and rt.store.get_machine("i-0000000000000dead") is None
+    assert theirs in fake_gitlab.runners and foreign in fake_gitlab.runners
 
 
 def test_machine_whose_runner_never_came_up_is_replaced(gitlab_stack: Stack) -> None:

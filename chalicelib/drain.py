@@ -1,0 +1,150 @@
+"""Use case: the drain protocol every termination the scaler starts goes through (reconcile and sweep alike).
+
+1. Mark the machine draining, only if its record (read by the write itself, never an index's stale copy)
+   shows no job.
+2. Pause its runner in GitLab, and note when.
+3. Once GitLab's assignment window has passed since the pause, ask GitLab what the runner runs: a job that
+   slipped in cancels the removal (runner unpaused, drain stopped).
+4. Terminate (once: a machine already leaving is not decremented again).
+
+A runner GitLab no longer knows (404) can take no job: the machine is terminated. Imports adapters'
+Protocols and the store; no boto3.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any, Protocol
+
+from chalicelib.errors import GitLabError, NotFoundError
+from chalicelib.fleet import Fleet
+from chalicelib.store import MachineRecord, Store
+
+logger = logging.getLogger(__name__)
+
+
+class DrainRunners(Protocol):
+    """The GitLab side of the drain: stop a runner taking jobs, then ask what it still runs."""
+
+    def pause_runner(self, runner_id: int, paused: bool = True) -> None: ...
+
+    def runner_jobs(self, runner_id: int, status: str = "running") -> Sequence[Any]: ...
+
+
+class DrainState(Enum):
+    TERMINATED = "terminated"
+    ALREADY_GONE = "already gone"  # it was leaving by itself: nothing terminated, nothing decremented
+    WAITING = "waiting"  # paused; GitLab's assignment window has not passed yet
+    CANCELLED = "cancelled"  # a job landed on it: the runner takes jobs again
+    BUSY = "busy"  # its record shows a job (or no record): never drained
+
+
+@dataclass(frozen=True)
+class DrainOutcome:
+    state: DrainState
+    runner_id: int | None = None
+    runner_gone: bool = False
+
+    @property
+    def ended(self) -> bool:
+        """The machine is on its way out (by us, or by itself)."""
+        return self.state in {DrainState.TERMINATED, DrainState.ALREADY_GONE}
+
+
+def runner_gone(exc: Exception) -> bool:
+    """A 404 from GitLab on a runner: it was deleted (GitLab's stale-runner cleanup, an admin, a sweep)."""
+    return isinstance(exc, NotFoundError) or (isinstance(exc, GitLabError) and exc.status == 404)
+
+
+def drain_machine(
+    instance_id: str,
+    reason: str,
+    now: datetime,
+    *,
+    store: Store,
+    fleet: Fleet,
+    runners: DrainRunners | None,
+    window: timedelta = timedelta(0),
+    recheck: bool = True,
+    find_runner: Callable[[MachineRecord], int | None] | None = None,
+    before_write: Callable[[], None] | None = None,
+) -> DrainOutcome:
+    """One step of the drain of `instance_id`; call again on later reconciles while it is WAITING.
+
+    `window` is how long after the pause GitLab may still hand the runner a job it was assigning: GitLab's
+    `/jobs/request` (gitlabhq `lib/api/ci/runner.rb`, `app/services/ci/register_job_service.rb`) checks the
+    runner is active once and then assigns, and GitLab Workhorse holds a runner's request for up to its
+    long-poll duration (`-apiCiLongPollingDuration`, 50 s as GitLab's docs set it). `recheck=False` is the
+    simulator's test-only switch that skips the GitLab side. `find_runner` looks up a runner the record
+    lacks. `before_write` runs before the AWS write and may raise to stop it (the lease's deadline).
+    Raises GitLabError / AwsCallError other than a 404: the drain is left as it is for the next reconcile.
+    """
+    record = store.start_draining(instance_id, reason, now)
+    if record is None:
+        return DrainOutcome(DrainState.BUSY)
+    runner_id = record.runner_id
+    if recheck and runners is not None and runner_id is None and find_runner is not None:
+        runner_id = find_runner(record)  # its launch event was late or lost: ask GitLab
+    if recheck and runners is not None and runner_id is not None:
+        try:
+            verdict = _check_runner(record, runner_id, now, store, runners, window)
+        except (GitLabError, NotFoundError) as exc:
+            if not runner_gone(exc):
+                raise
+            logger.warning(
+                "runner gone from GitLab: its machine is removed",
+                extra={"instance_id": instance_id, "runner_id": runner_id},
+            )
+            return _terminate(record, runner_id, fleet, before_write, gone=True)
+        if verdict is not None:
+            return DrainOutcome(verdict, runner_id)
+    return _terminate(record, runner_id, fleet, before_write, gone=False)
+
+
+def _check_runner(
+    record: MachineRecord,
+    runner_id: int,
+    now: datetime,
+    store: Store,
+    runners: DrainRunners,
+    window: timedelta,
+) -> DrainState | None:
+    """Pause (once), wait out the window, then re-check; None when the machine may be terminated."""
+    paused_at = record.paused_at
+    if paused_at is None:
+        runners.pause_runner(runner_id, True)
+        store.mark_paused(record.instance_id, now)
+        paused_at = now
+    if now - paused_at < window:
+        return DrainState.WAITING
+    if runners.runner_jobs(runner_id, "running"):
+        runners.pause_runner(runner_id, False)
+        store.stop_draining(record.instance_id)
+        logger.info(
+            "removal dropped: a job landed during the drain",
+            extra={"instance_id": record.instance_id, "runner_id": runner_id},
+        )
+        return DrainState.CANCELLED
+    return None
+
+
+def _terminate(
+    record: MachineRecord,
+    runner_id: int | None,
+    fleet: Fleet,
+    before_write: Callable[[], None] | None,
+    *,
+    gone: bool,
+) -> DrainOutcome:
+    if before_write is not None:
+        before_write()
+    state = DrainState.TERMINATED if fleet.terminate(record.instance_id) else DrainState.ALREADY_GONE
+    logger.info(
+        "machine drained and terminated" if state is DrainState.TERMINATED else "machine already leaving",
+        extra={"instance_id": record.instance_id, "reason": record.drain_reason},
+    )
+    return DrainOutcome(state, runner_id, runner_gone=gone)
