@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, Protocol
 
-from chalicelib.errors import GitLabError, NotFoundError
+from chalicelib.errors import GitLabError, GitLabNotFoundError
 from chalicelib.fleet import Fleet
 from chalicelib.store import MachineRecord, Store
 
@@ -57,7 +57,7 @@ class DrainOutcome:
 
 def runner_gone(exc: Exception) -> bool:
     """A 404 from GitLab on a runner: it was deleted (GitLab's stale-runner cleanup, an admin, a sweep)."""
-    return isinstance(exc, NotFoundError) or (isinstance(exc, GitLabError) and exc.status == 404)
+    return isinstance(exc, GitLabNotFoundError) or (isinstance(exc, GitLabError) and exc.status == 404)
 
 
 def drain_machine(
@@ -92,7 +92,7 @@ def drain_machine(
     if recheck and runners is not None and runner_id is not None:
         try:
             verdict = _check_runner(record, runner_id, now, store, runners, window)
-        except (GitLabError, NotFoundError) as exc:
+        except GitLabError as exc:
             if not runner_gone(exc):
                 raise
             logger.warning(

@@ -21,7 +21,7 @@ from typing import Any
 
 from chalicelib.config import Config, Pool
 from chalicelib.drain import drain_machine, runner_gone
-from chalicelib.errors import AwsCallError, GitLabError, NotFoundError
+from chalicelib.errors import AwsCallError, GitLabError
 from chalicelib.fleet import Fleet, GroupView, Instance
 from chalicelib.lifecycle import MachineSecrets, RunnerAdmin
 from chalicelib.resources import Names
@@ -76,7 +76,7 @@ def sweep(
     try:
         # Every runner in scope, whatever its description: runners are matched by the ids we stored.
         runners = {int(r.id): r for r in gitlab.list_runners("", **_scope(config))}
-    except (GitLabError, NotFoundError) as exc:
+    except GitLabError as exc:
         report.errors.append(str(exc))
         return report
     run = _Sweep(config, names, store, fleet, gitlab, secrets, now, report)
@@ -110,7 +110,7 @@ def _sweep_orphan(run: _Sweep, record: MachineRecord) -> None:
     try:
         try:
             running = run.gitlab.runner_jobs(runner_id, "running")
-        except (GitLabError, NotFoundError) as exc:
+        except GitLabError as exc:
             if not runner_gone(exc):
                 raise
             running = []
@@ -130,7 +130,7 @@ def _sweep_orphan(run: _Sweep, record: MachineRecord) -> None:
         run.gitlab.delete_runner(runner_id)
         run.secrets.delete_machine_secret(run.names.machine_secret(record.instance_id))
         run.store.delete_machine(record.instance_id)
-    except (GitLabError, NotFoundError, AwsCallError) as exc:
+    except (GitLabError, AwsCallError) as exc:
         run.report.errors.append(str(exc))
         return
     run.store.clear_suspect(key)
@@ -174,7 +174,7 @@ def _sweep_runner_gone(run: _Sweep, instance_id: str, runner_id: int) -> None:
         return
     try:
         run.gitlab.runner_jobs(runner_id, "running")
-    except (GitLabError, NotFoundError) as exc:
+    except GitLabError as exc:
         if not runner_gone(exc):
             run.report.errors.append(str(exc))
             return
@@ -190,7 +190,7 @@ def _drain(run: _Sweep, instance_id: str, reason: str) -> bool:
         outcome = drain_machine(
             instance_id, reason, run.now, store=run.store, fleet=run.fleet, runners=run.gitlab
         )
-    except (GitLabError, NotFoundError, AwsCallError) as exc:
+    except (GitLabError, AwsCallError) as exc:
         run.report.errors.append(str(exc))
         return False
     if outcome.ended:

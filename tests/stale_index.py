@@ -93,6 +93,14 @@ class StaleIndexAws(AwsClients):
             self._tables[table] = history
         return history
 
+    def _catch_up(self, table: str, history: _History) -> None:
+        """Writes made through another client (a test's own observer) are stamped when first noticed."""
+        current: dict[Key, dict[str, Any]] = {}
+        for page in self._raw_client().get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
+            for item in page["Items"]:
+                current[history.key_of(item)] = item
+        history.catch_up(current, self.clock())
+
     def _read_back(self, table: str, key: Key) -> dict[str, Any] | None:
         got = self._raw_client().get_item(TableName=table, Key=dict(key_values(key)), ConsistentRead=True)
         item = got.get("Item")
@@ -137,6 +145,7 @@ class StaleIndexAws(AwsClients):
             raise NotImplementedError(f"StaleIndexAws cannot model a {operation} with {sorted(params)}")
         self.stale_reads += 1
         history = self._history(params["TableName"])
+        self._catch_up(params["TableName"], history)
         items = history.as_of(self.clock() - self.lag)
         if operation == "scan":
             return {"Items": items, "Count": len(items), "ScannedCount": len(items)}
@@ -180,6 +189,14 @@ class _History:
         self._serial += 1
         versions = self._versions.setdefault(key, [])
         bisect.insort(versions, (at, self._serial, item), key=lambda v: (v[0], v[1]))
+
+    def catch_up(self, current: dict[Key, dict[str, Any]], now: datetime) -> None:
+        """Record, as of `now`, every item whose stored state differs from its last recorded version."""
+        for key in set(current) | set(self._versions):
+            versions = self._versions.get(key)
+            last = versions[-1][2] if versions else None
+            if current.get(key) != last:
+                self.record(key, now, current.get(key))
 
     def as_of(self, when: datetime) -> list[dict[str, Any]]:
         """Each item as the latest write at or before `when` left it (absent if none, or deleted)."""

@@ -18,6 +18,7 @@ from chalicelib.errors import AwsCallError
 from chalicelib.runtime import Runtime, install
 from chalicelib.store import JobRecord
 from tests.functional.conftest import Stack, describe_group
+from tests.stale_index import StaleIndexAws
 
 
 def record(stack: Stack, job_id: int, status: str, pool: str = "linux", machine_id: str = "") -> None:
@@ -164,7 +165,11 @@ def test_idle_machine_is_terminated_by_the_tick_only_after_idle_time(stack: Stac
 
 
 def test_busy_machines_are_never_terminated_by_the_handlers(stack: Stack) -> None:
-    # GIVEN three machines, each running a job
+    # GIVEN DynamoDB index reads that answer with the table as it was 30 s ago (tests/stale_index)...
+    lagging = StaleIndexAws(clock=lambda: stack.clock[0], lag=timedelta(seconds=30), sleep=lambda _s: None)
+    stack.aws = lagging  # every later deployment of this test calls AWS through it
+    redeploy(stack)
+    # ...and three machines, each running a job
     for n in range(3):
         record(stack, n, "pending")
     with Client(app) as client:
@@ -190,6 +195,7 @@ def test_busy_machines_are_never_terminated_by_the_handlers(stack: Stack) -> Non
             assert stack.desired("test-linux") == 2
     assert ec2_state(stack, machines[0]) in {"shutting-down", "terminated"}
     assert {ec2_state(stack, m) for m in machines[1:]} == {"running"}
+    assert lagging.stale_reads > 0
 
 
 # -- fault injection through the handlers -----------------------------------------------------------
@@ -249,13 +255,19 @@ def test_fleet_converges_through_the_handlers_under_dynamodb_sqs_faults_and_read
     stack: Stack,
 ) -> None:
     # GIVEN a deployment whose every Auto Scaling, DynamoDB and SQS call may be throttled, fail with a 5xx or
-    # time out (two attempts with backoff per call, then the invocation fails and the next one retries)
+    # time out (two attempts with backoff per call, then the invocation fails and the next one retries),
+    # and whose DynamoDB index reads and scans answer with the table as it was 30 s ago (tests/stale_index)
     faults = Faults(seed=11, rate=0.15)
     sleeps: list[float] = []
     observer = stack.runtime  # the test's own writes and reads never meet a fault
-    redeploy(
-        stack, aws=AwsClients(region="us-east-1", sleep=sleeps.append, attempts=2, fault_injector=faults)
+    lagging = StaleIndexAws(
+        clock=lambda: stack.clock[0],
+        lag=timedelta(seconds=30),
+        sleep=sleeps.append,
+        attempts=2,
+        fault_injector=faults,
     )
+    redeploy(stack, aws=lagging)
 
     def record_all(status: str, machines: list[str]) -> None:
         for n, machine in enumerate(machines):
@@ -287,6 +299,7 @@ def test_fleet_converges_through_the_handlers_under_dynamodb_sqs_faults_and_read
     # THEN faults of every kind hit every service, calls were retried with backoff, and yet the fleet
     # converged: the five used-up machines are gone, one machine runs the sixth job, protected
     assert {key.split(":")[0] for key in faults.injected} == set(Faults.SERVICES)
+    assert lagging.stale_reads > 0
     assert any(key.endswith("ReadTimeout") for key in faults.injected)
     assert sleeps and all(s > 0 for s in sleeps)
     assert list(live(stack).values()) == [True] and stack.desired("test-linux") == 1

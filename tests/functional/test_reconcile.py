@@ -22,6 +22,7 @@ from chalicelib.resources import Names
 from chalicelib.store import DynamoStore, JobRecord, ensure_table
 from tests.builders import T0
 from tests.functional.conftest import describe_group
+from tests.stale_index import StaleIndexAws
 
 NAMES = Names("test")
 
@@ -278,13 +279,22 @@ def test_fleet_converges_under_throttling_and_5xx(mocked_aws: None) -> None:
             return None
         return fault("Throttling") if rng.random() < 0.5 else fault("InternalFailure", 500)
 
-    flaky = AwsClients(region="us-east-1", sleep=lambda _s: None, attempts=1, fault_injector=injector)
+    # AND DynamoDB index reads that answer with the table as it was 30 s ago (tests/stale_index)
+    clock = [T0]
+    flaky = StaleIndexAws(
+        clock=lambda: clock[0],
+        lag=timedelta(seconds=30),
+        sleep=lambda _s: None,
+        attempts=1,
+        fault_injector=injector,
+    )
     world = World(flaky, make_config(max_instances=6), observer=AwsClients(region="us-east-1"))
     pool = world.config.pools[0]
     now = T0
     busy: set[str] = set()
     for tick in range(50):
         now += timedelta(minutes=1)
+        clock[0] = now
         if tick == 0:
             for n in range(8):
                 world.job(n, "pending")
@@ -302,7 +312,7 @@ def test_fleet_converges_under_throttling_and_5xx(mocked_aws: None) -> None:
         assert not (busy & (before - after)), "a busy machine was terminated"
         assert len(after) <= 6
     # Two jobs never got a machine before tick 25 (max 6); they do now. The fleet settles at exactly 2.
-    assert len(world.instance_ids()) == 2
+    assert len(world.instance_ids()) == 2 and flaky.stale_reads > 0
 
 
 def test_machine_whose_launch_event_was_lost_is_still_drained_through_gitlab(aws: AwsClients) -> None:
