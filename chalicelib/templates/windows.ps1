@@ -62,8 +62,10 @@ Restart-Service docker
 # The token never rides on argv (any local process can read a command line): run-single reads it from
 # CI_SERVER_TOKEN (gitlab-runner common/config.go, RunnerCredentials.Token).
 $$RunnerToken = $$Secret.runner_token
+# --shell powershell: on Windows gitlab-runner's default shell is pwsh (shells/powershell.go, IsDefault), which
+# stock Windows Server AMIs lack; Windows PowerShell 5.1 ships with every one (flag: common/config.go, Shell).
 $$RunnerArgs = @("run-single", "--url", $$Secret.gitlab_url,
-  "--executor", $$Executor, "--max-builds", $$MaxBuilds, "--wait-timeout", $$WaitTimeout,
+  "--executor", $$Executor, "--shell", "powershell", "--max-builds", $$MaxBuilds, "--wait-timeout", $$WaitTimeout,
   "--description", "runner-scaler/${pool}/$$InstanceId") + $$DockerArgs
 # services_privileged = false has no flag spelling: its env tag (DOCKER_SERVICES_PRIVILEGED) carries it.
 if ($$ServicesPrivileged) { $$env:DOCKER_SERVICES_PRIVILEGED = $$ServicesPrivileged }

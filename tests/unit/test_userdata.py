@@ -69,6 +69,16 @@ def test_unsafe_values_are_refused() -> None:
         render(EXAMPLE.pool("linux"), 'prefix"; rm -rf /')
 
 
+def test_windows_jobs_run_in_windows_powershell_not_pwsh() -> None:
+    """gitlab-runner's default shell on Windows is pwsh (`shells/powershell.go`: `IsDefault` is true for pwsh
+    on Windows; `common/shell.go` GetDefaultShell), and stock Windows Server AMIs have only Windows
+    PowerShell 5.1: run-single is told `--shell powershell` (`common/config.go`, RunnerSettings.Shell)."""
+    text = render(EXAMPLE.pool("windows"), "runner-scaler")
+    runner_args = text[text.index("$RunnerArgs = @(") : text.index("+ $DockerArgs")]
+    assert '"--shell", "powershell"' in runner_args
+    assert "pwsh" not in runner_args
+
+
 @pytest.mark.parametrize("pool", ["linux", "macos", "windows"])
 def test_no_timer_can_end_a_machine_under_a_running_job(pool: str) -> None:
     # A job may run for hours: the machine's only way out is a shutdown, once its runner has exited
