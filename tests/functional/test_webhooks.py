@@ -18,6 +18,7 @@ from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.events.samples import BuildSample, job_hook_payload, pipeline_hook_payload, webhook_headers
 from chalicelib.resources import DIRTY_WINDOW_SECONDS
 from chalicelib.store import JobRecord
+from chalicelib.webhooks import MAX_BODY_BYTES
 from tests.functional.conftest import WEBHOOK_TOKENS, Stack, describe_group
 
 
@@ -98,7 +99,7 @@ def test_a_rotated_token_is_still_accepted(
 def test_oversized_body_is_413_and_malformed_is_400_with_a_reason(
     gitlab_stack: Stack, client: Client
 ) -> None:
-    big = post(client, "x" * (1024 * 1024 + 1))
+    big = post(client, "x" * (MAX_BODY_BYTES + 1))
     assert big.status_code == 413 and "larger than" in json.loads(big.body)["error"]
     bad = post(client, "{not json")
     assert bad.status_code == 400 and json.loads(bad.body)["error"]
@@ -349,3 +350,20 @@ def test_a_status_new_to_us_is_recorded_not_refused(
     assert job(gitlab_stack, p.job_ids[1]).status == "some_future_status"
     assert post(client, p.hook(p.job_ids[1], "pending")).status_code == 202
     assert job(gitlab_stack, p.job_ids[1]).status == "pending"
+
+
+def test_a_pipeline_hook_over_1_mib_is_accepted(gitlab_stack: Stack, client: Client) -> None:
+    """A Pipeline hook lists every job (gitlabhq `lib/gitlab/data_builder/pipeline.rb`): a big pipeline's
+    hook passes 1 MiB, yet stays within what API Gateway (10 MB) and a synchronous Lambda invocation (6 MB,
+    the whole event) carry."""
+    # GIVEN a Pipeline hook of 2,500 jobs (about 480 bytes each in our samples, more in GitLab's own)
+    now = gitlab_stack.runtime.now()
+    builds = [BuildSample(10_000 + n, "created", f"stage-{n % 5}", f"job {n}") for n in range(2500)]
+    body = json.dumps(pipeline_hook_payload(4242, "pending", project_id=7, builds=builds, now=now))
+    event_size = len(json.dumps({"body": body, "headers": webhook_headers("Pipeline Hook", token="t" * 64)}))
+    assert len(body) > 1024 * 1024 and event_size < 6 * 1000 * 1000
+    # WHEN GitLab delivers it
+    response = post(client, body, event="Pipeline Hook")
+    # THEN it is accepted, not refused as too large
+    assert response.status_code == 202
+    assert json.loads(response.body) == {"status": "accepted", "pipeline": 4242}
