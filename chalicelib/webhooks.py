@@ -24,7 +24,12 @@ from chalicelib.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
+#: The largest body the platform can hand us, so our own cap never refuses what arrived: API Gateway takes a
+#: REST payload up to 10 MB ("Amazon API Gateway quotas"), but the Lambda behind it is invoked synchronously,
+#: whose request payload (the whole event: body, headers, request context) is at most 6 MB ("Lambda quotas";
+#: Invoke: "For synchronous invocations, the maximum payload size is 6 MB"). A Pipeline hook lists every job
+#: of the pipeline (`lib/gitlab/data_builder/pipeline.rb`), so a big pipeline's hook passes 1 MiB.
+MAX_BODY_BYTES = 6 * 1024 * 1024
 
 
 @dataclass(frozen=True)
