@@ -39,8 +39,9 @@ ABANDON = "ABANDON"
 PREPARE_FAULT = "prepare"
 PREPARE_FAULT_BACKOFF_SECONDS = 1800
 PREPARE_FAULT_BACKOFF = timedelta(seconds=PREPARE_FAULT_BACKOFF_SECONDS)
-#: TerminateInstanceInAutoScalingGroup takes an instance in these lifecycle states (Amazon EC2 Auto Scaling
-#: API Reference): the states in which a machine that shut itself down still counts in its group.
+#: Lifecycle states in which a machine that shut itself down still counts in its group's desired capacity
+#: and no removal has decremented it yet. A Terminating machine was removed by the scaler (decremented then);
+#: a warm-pool one takes no TerminateInstanceInAutoScalingGroup (Amazon EC2 Auto Scaling API Reference).
 _DECREMENTABLE = frozenset({"InService", "Standby"})
 
 
