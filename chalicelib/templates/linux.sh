@@ -150,4 +150,6 @@ unset RUNNER_TOKEN
 # capacity: leave now. The machine holds no right to end an instance (a job that got one could end any
 # machine of its pool): it shuts itself down, the launch template's instance-initiated shutdown behaviour
 # terminates it, and the scaler, told by EC2's state-change event, decrements its group (docs/security.md).
-shutdown -h now
+# A power-off, not a halt: a halt initiates no shutdown, and the instance would go on running (Amazon EC2
+# User Guide, "Change instance initiated shutdown behavior").
+shutdown -P now

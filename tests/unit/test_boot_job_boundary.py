@@ -206,7 +206,7 @@ def test_macos_jobs_run_as_the_job_user_through_sudo_not_as_the_runner(tmp_path:
 def test_a_machine_leaves_by_shutting_down_once_its_runner_exits(pool: Pool, tmp_path: Path) -> None:
     run = boot(pool, tmp_path)
     # THEN it uses no AWS right to leave: it shuts down (terminate behaviour), right after its runner
-    assert run.calls[-1] == "shutdown -h now"
+    assert run.calls[-1] == ("shutdown -h now" if pool.platform.value == "macos" else "shutdown -P now")
     assert run.index("gitlab-runner run-single") < len(run.calls) - 1
     assert not [c for c in run.calls if c.startswith("aws autoscaling")]
 

@@ -84,7 +84,7 @@ def test_no_timer_can_end_a_machine_under_a_running_job(pool: str) -> None:
     # A job may run for hours: the machine's only way out is a shutdown, once its runner has exited
     # (tests/unit/test_boot_job_boundary.py runs it); nothing before the runner can end it.
     text = render(EXAMPLE.pool(pool), "runner-scaler")
-    leave = "Stop-Computer" if pool == "windows" else "shutdown -h now"
+    leave = {"windows": "Stop-Computer", "macos": "shutdown -h now"}.get(pool, "shutdown -P now")
     runner = (
         text.rindex("Start-ScheduledTask") if pool == "windows" else text.rindex("gitlab-runner run-single")
     )
