@@ -37,6 +37,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
+from chalicelib.events.samples import (
+    BuildSample,
+    PipelineSample,
+    RunnerSample,
+    job_hook_payload,
+    pipeline_hook_payload,
+)
+
 logger = logging.getLogger(__name__)
 
 JobStatus = Literal[
@@ -93,21 +101,11 @@ ADMIN_USER: dict[str, Any] = {
 
 
 def iso_ms(value: datetime | None) -> str | None:
-    """REST API and Job Hook `build_*_at` format: `2021-02-23T02:41:37.886Z`."""
+    """The REST API's time format: `2021-02-23T02:41:37.886Z`."""
     if value is None:
         return None
     value = value.astimezone(UTC)
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-
-
-def iso_s(value: datetime | None) -> str | None:
-    """Job Hook `*_iso` format (GitLab 16.x+): `2021-02-23T02:41:37Z`."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
-
-
-def utc_text(value: datetime | None) -> str | None:
-    """Pipeline Hook (and older Job Hook) format: `2016-08-12 15:23:28 UTC`."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else None
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -1343,164 +1341,84 @@ class FakeGitLab:
             "custom_headers": [],
         }
 
-    # -- webhook payloads (docs: user/project/integrations/webhook_events.md) ---------------------
+    # -- webhook payloads: built by chalicelib.events.samples, the one builder (data_builder shapes) -----
 
-    def _project_hook_attrs(self, project: FakeProject) -> dict[str, Any]:
-        web_url = f"{self.instance_url}/{project.path_with_namespace}"
-        host = urlsplit(self.instance_url).hostname or "gitlab.example.com"
-        return {
-            "id": project.id,
-            "name": project.name,
-            "description": "",
-            "web_url": web_url,
-            "avatar_url": None,
-            "git_ssh_url": f"git@{host}:{project.path_with_namespace}.git",
-            "git_http_url": f"{web_url}.git",
-            "namespace": project.path_with_namespace.rpartition("/")[0],
-            "visibility_level": 0,
-            "path_with_namespace": project.path_with_namespace,
-            "default_branch": "main",
-            "ci_config_path": None,
-        }
-
-    def _runner_hook_attrs(self, runner: FakeRunner | None) -> dict[str, Any] | None:
+    def _runner_sample(self, job: FakeJob) -> RunnerSample | None:
+        runner = self.runners.get(job.runner_id) if job.runner_id is not None else None
         if runner is None:
             return None
-        return {
-            "id": runner.id,
-            "description": runner.description,
-            "runner_type": runner.runner_type,
-            "active": not runner.paused,
-            "is_shared": runner.runner_type == "instance_type",
-            "tags": list(runner.tag_list),
-        }
-
-    def _job_time(self, value: datetime | None) -> str | None:
-        return utc_text(value) if self.job_time_format == "utc" else iso_ms(value)
+        return RunnerSample(
+            runner.id, runner.description, runner.runner_type, not runner.paused, tuple(runner.tag_list)
+        )
 
     def _job_hook_payload(self, job: FakeJob) -> dict[str, Any]:
-        """A Job Hook body (`object_kind: build`), as documented for GitLab 16/17."""
+        """A Job Hook body (`object_kind: build`) for the job as it is now."""
         pipeline = self.pipelines[job.pipeline_id]
         project = self.projects[job.project_id]
-        attrs = self._project_hook_attrs(project)
-        runner = self.runners.get(job.runner_id) if job.runner_id is not None else None
-        now = self.now()
-        return {
-            "object_kind": "build",
-            "ref": pipeline.ref,
-            "tag": False,
-            "before_sha": "0" * 40,
-            "sha": pipeline.sha,
-            "build_id": job.id,
-            "build_name": job.name,
-            "build_stage": job.stage,
-            "build_status": job.status,
-            "build_created_at": self._job_time(job.created_at),
-            "build_created_at_iso": iso_s(job.created_at),
-            "build_started_at": self._job_time(job.started_at),
-            "build_started_at_iso": iso_s(job.started_at),
-            "build_finished_at": self._job_time(job.finished_at),
-            "build_finished_at_iso": iso_s(job.finished_at),
-            "build_duration": _seconds(job.started_at, job.finished_at or (now if job.started_at else None)),
-            "build_queued_duration": _seconds(
-                job.queued_at, job.started_at or (now if job.queued_at else None)
+        return job_hook_payload(
+            job.id,
+            job.status,
+            project_id=project.id,
+            pipeline_id=pipeline.id,
+            stage=job.stage,
+            name=job.name,
+            now=self.now(),
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            queued_at=job.queued_at,
+            retries_count=job.retries_count,
+            ref=pipeline.ref,
+            instance=self.instance_url,
+            project_path=project.path_with_namespace,
+            sha=pipeline.sha,
+            runner=self._runner_sample(job),
+            allow_failure=job.allow_failure,
+            failure_reason=job.failure_reason,
+            pipeline=PipelineSample(
+                pipeline.status, pipeline.name, pipeline.started_at, pipeline.finished_at
             ),
-            "build_allow_failure": job.allow_failure,
-            "build_failure_reason": job.failure_reason or "unknown_failure",
-            "retries_count": job.retries_count,
-            "pipeline_id": pipeline.id,
-            "project_id": project.id,
-            "project_name": project.path_with_namespace.replace("/", " / "),
-            "user": dict(ADMIN_USER),
-            "commit": {
-                "id": pipeline.id,
-                "name": pipeline.name,
-                "sha": pipeline.sha,
-                "message": "Fake commit\n",
-                "author_name": ADMIN_USER["name"],
-                "author_email": ADMIN_USER["email"],
-                "author_url": f"{self.instance_url}/{ADMIN_USER['username']}",
-                "status": pipeline.status,
-                "duration": _seconds(pipeline.started_at, pipeline.finished_at),
-                "started_at": self._job_time(pipeline.started_at),
-                "started_at_iso": iso_s(pipeline.started_at),
-                "finished_at": self._job_time(pipeline.finished_at),
-                "finished_at_iso": iso_s(pipeline.finished_at),
-            },
-            "repository": {
-                "name": project.name,
-                "url": attrs["git_ssh_url"],
-                "description": "",
-                "homepage": attrs["web_url"],
-                "git_http_url": attrs["git_http_url"],
-                "git_ssh_url": attrs["git_ssh_url"],
-                "visibility_level": 0,
-            },
-            "project": attrs,
-            "runner": self._runner_hook_attrs(runner),
-            "environment": None,
-        }
+            time_format=self.job_time_format,
+        )
 
     def _pipeline_hook_payload(self, pipeline: FakePipeline) -> dict[str, Any]:
         """A Pipeline Hook body (`object_kind: pipeline`) with every current job under `builds`."""
         project = self.projects[pipeline.project_id]
-        attrs = self._project_hook_attrs(project)
-        return {
-            "object_kind": "pipeline",
-            "object_attributes": {
-                "id": pipeline.id,
-                "iid": pipeline.iid,
-                "name": pipeline.name,
-                "ref": pipeline.ref,
-                "tag": False,
-                "sha": pipeline.sha,
-                "before_sha": "0" * 40,
-                "source": "push",
-                "status": pipeline.status,
-                "detailed_status": pipeline.status,
-                "stages": list(pipeline.stages),
-                "created_at": utc_text(pipeline.created_at),
-                "finished_at": utc_text(pipeline.finished_at),
-                "duration": _whole(_seconds(pipeline.started_at, pipeline.finished_at)),
-                "queued_duration": _whole(_seconds(pipeline.created_at, pipeline.started_at)),
-                "variables": [],
-                "url": f"{attrs['web_url']}/-/pipelines/{pipeline.id}",
-            },
-            "merge_request": None,
-            "user": dict(ADMIN_USER),
-            "project": attrs,
-            "commit": {
-                "id": pipeline.sha,
-                "message": "Fake commit\n",
-                "title": "Fake commit",
-                "timestamp": iso_s(pipeline.created_at),
-                "url": f"{attrs['web_url']}/-/commit/{pipeline.sha}",
-                "author": {"name": ADMIN_USER["name"], "email": ADMIN_USER["email"]},
-            },
-            "builds": [self._pipeline_build(job) for job in self._current(pipeline)],
-        }
-
-    def _pipeline_build(self, job: FakeJob) -> dict[str, Any]:
-        runner = self.runners.get(job.runner_id) if job.runner_id is not None else None
-        return {
-            "id": job.id,
-            "stage": job.stage,
-            "name": job.name,
-            "status": job.status,
-            "created_at": utc_text(job.created_at),
-            "started_at": utc_text(job.started_at),
-            "finished_at": utc_text(job.finished_at),
-            "duration": _seconds(job.started_at, job.finished_at),
-            "queued_duration": _seconds(job.queued_at, job.started_at),
-            "failure_reason": job.failure_reason,
-            "when": job.when,
-            "manual": job.when == "manual",
-            "allow_failure": job.allow_failure,
-            "user": dict(ADMIN_USER),
-            "runner": self._runner_hook_attrs(runner),
-            "artifacts_file": {"filename": None, "size": None},
-            "environment": None,
-        }
+        builds = [
+            BuildSample(
+                job.id,
+                job.status,
+                job.stage,
+                job.name,
+                created_at=job.created_at,
+                started_at=job.started_at,
+                finished_at=job.finished_at,
+                queued_at=job.queued_at,
+                when=job.when,
+                allow_failure=job.allow_failure,
+                failure_reason=job.failure_reason,
+                runner=self._runner_sample(job),
+            )
+            for job in self._current(pipeline)
+        ]
+        return pipeline_hook_payload(
+            pipeline.id,
+            pipeline.status,
+            project_id=project.id,
+            builds=builds,
+            now=self.now(),
+            created_at=pipeline.created_at,
+            iid=pipeline.iid,
+            ref=pipeline.ref,
+            instance=self.instance_url,
+            project_path=project.path_with_namespace,
+            sha=pipeline.sha,
+            name=pipeline.name,
+            stages=pipeline.stages,
+            started_at=pipeline.started_at,
+            finished_at=pipeline.finished_at,
+            protected_ref=self._protected_ref(pipeline),
+        )
 
     # -- HTTP: routing ----------------------------------------------------------------------------
 
@@ -2041,7 +1959,3 @@ def _tag_list(value: Any) -> tuple[str, ...]:
         return ()
     items = value.split(",") if isinstance(value, str) else list(value)
     return tuple(dict.fromkeys(str(t).strip() for t in items if str(t).strip()))
-
-
-def _whole(value: float | None) -> int | None:
-    return int(value) if value is not None else None

@@ -1,9 +1,11 @@
-"""GitLab webhook payloads and headers in GitLab's exact shape, for the fake GitLab, the simulator and tests.
+"""The one builder of GitLab webhook payloads and headers: the fake GitLab sends what it builds (so the demo
+and the replay get these shapes through the fake), and the simulator and tests call it directly.
 
 Pure: standard library and chalicelib.events only; `now` is always passed in. Not imported by app.py.
 Shapes copy lib/gitlab/data_builder/{build,pipeline}.rb and the "Webhook events" doc samples, including
 GitLab's quirks: job hooks carry no job tag list (only the runner's tags, once a runner picked the job),
-`commit.id` in a job hook is the pipeline id, and the two hooks spell timestamps differently.
+`commit.id` in a job hook is the pipeline id, and the two hooks spell timestamps differently. Every value
+the fake knows (project path, runner, times, sha) can be given; what is not given is derived from `status`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from chalicelib.events.gitlab import JobStatus
 from chalicelib.events.timestamps import format_gitlab_iso, format_gitlab_iso_seconds, format_gitlab_legacy
@@ -20,6 +22,41 @@ from chalicelib.events.timestamps import format_gitlab_iso, format_gitlab_iso_se
 DEFAULT_INSTANCE = "https://gitlab.example.com"
 _STARTED = frozenset({JobStatus.RUNNING, JobStatus.CANCELING, JobStatus.SUCCESS, JobStatus.FAILED})
 _FINISHED = frozenset({JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELED})
+#: Statuses without a queue time: the job never waited for a runner yet (Ci::Build#queued_duration is nil).
+_NOT_QUEUED = frozenset({"created", "manual", "scheduled", "skipped"})
+
+TimeFormat = Literal["iso", "utc"]
+
+
+@dataclass(frozen=True)
+class RunnerSample:
+    """The `runner` of a hook (`build_runner` in lib/gitlab/data_builder/build.rb)."""
+
+    id: int
+    description: str = ""
+    runner_type: str = "project_type"
+    active: bool = True
+    tags: Sequence[str] = field(default_factory=tuple)
+
+    def attrs(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "description": self.description or f"runner-scaler-{self.id}",
+            "runner_type": self.runner_type,
+            "active": self.active,
+            "is_shared": self.runner_type == "instance_type",
+            "tags": list(self.tags),
+        }
+
+
+@dataclass(frozen=True)
+class PipelineSample:
+    """What a job hook's `commit` says about its pipeline (the pipeline's id, sha, status and times)."""
+
+    status: str
+    name: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -35,13 +72,20 @@ class BuildSample:
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    queued_at: datetime | None = None
+    when: str = "on_success"
+    allow_failure: bool = False
+    failure_reason: str | None = None
+    runner: RunnerSample | None = None
 
 
 @dataclass(frozen=True)
 class _Times:
+    status: str
     created: datetime
     started: datetime | None
     finished: datetime | None
+    queued: datetime | None
     now: datetime
 
     @property
@@ -52,17 +96,18 @@ class _Times:
 
     @property
     def queued_duration(self) -> float | None:
-        if self.started is None and self.finished is not None:
+        if self.status in _NOT_QUEUED or (self.started is None and self.finished is not None):
             return None
-        return ((self.started or self.now) - self.created).total_seconds()
+        return ((self.started or self.now) - (self.queued or self.created)).total_seconds()
 
 
 def _times(
-    status: JobStatus,
+    status: str,
     now: datetime,
     created: datetime | None,
     started: datetime | None,
     finished: datetime | None,
+    queued: datetime | None = None,
 ) -> _Times:
     """Timestamps GitLab would hold for a job in `status` at `now` (started when a runner had it, etc.)."""
     created = created or now
@@ -70,42 +115,59 @@ def _times(
         started = now if status in {JobStatus.RUNNING, JobStatus.CANCELING} else created
     if finished is None and status in _FINISHED:
         finished = now
-    return _Times(created=created, started=started, finished=finished, now=now)
+    return _Times(status, created=created, started=started, finished=finished, queued=queued, now=now)
+
+
+def _status(value: JobStatus | str) -> str:
+    """Any status string: GitLab adds statuses over time, and the builder must send what GitLab sends."""
+    return value.value if isinstance(value, JobStatus) else str(value)
+
+
+def _job_time(value: datetime | None, time_format: TimeFormat) -> str | None:
+    """Job Hook `build_*_at`: "iso" (docs: `2021-02-23T02:41:37.886Z`) or "utc" (older GitLab)."""
+    if value is None:
+        return None
+    return format_gitlab_legacy(value) if time_format == "utc" else format_gitlab_iso(value)
+
+
+def _iso_s(value: datetime | None) -> str | None:
+    return format_gitlab_iso_seconds(value) if value is not None else None
 
 
 def _sha(seed: int) -> str:
     return hashlib.sha1(str(seed).encode(), usedforsecurity=False).hexdigest()
 
 
-def _runner(runner_id: int | None, tags: Sequence[str]) -> dict[str, Any] | None:
-    if runner_id is None:
-        return None
-    return {
-        "id": runner_id,
-        "description": f"runner-scaler-{runner_id}",
-        "runner_type": "project_type",
-        "active": True,
-        "is_shared": False,
-        "tags": list(tags),
-    }
+def _runner(runner: RunnerSample | None, runner_id: int | None, tags: Sequence[str]) -> dict[str, Any] | None:
+    if runner is not None:
+        return runner.attrs()
+    return RunnerSample(runner_id, tags=tuple(tags)).attrs() if runner_id is not None else None
 
 
-def _project(project_id: int, instance: str) -> dict[str, Any]:
-    path = f"group/project-{project_id}"
+def _project(project_id: int, instance: str, path: str | None = None) -> dict[str, Any]:
+    """The hook's `project` (Project#hook_attrs)."""
+    path = path or f"group/project-{project_id}"
+    namespace, _, name = path.rpartition("/")
+    host = instance.split("://")[-1].split("/")[0]
     return {
         "id": project_id,
-        "name": f"project-{project_id}",
+        "name": name,
         "description": "",
         "web_url": f"{instance}/{path}",
         "avatar_url": None,
-        "git_ssh_url": f"git@{instance.split('://')[-1]}:{path}.git",
+        "git_ssh_url": f"git@{host}:{path}.git",
         "git_http_url": f"{instance}/{path}.git",
-        "namespace": "group",
+        "namespace": namespace,
         "visibility_level": 0,
         "path_with_namespace": path,
         "default_branch": "main",
         "ci_config_path": None,
     }
+
+
+def _project_name(path: str) -> str:
+    """Project#full_name: the namespace and project names joined by " / " (here the names are the paths)."""
+    return path.replace("/", " / ")
 
 
 _USER = {"id": 1, "name": "Administrator", "username": "root", "avatar_url": None, "email": "[REDACTED]"}
@@ -127,21 +189,30 @@ def job_hook_payload(
     retries_count: int = 0,
     ref: str = "main",
     instance: str = DEFAULT_INSTANCE,
+    project_path: str | None = None,
+    sha: str | None = None,
+    runner: RunnerSample | None = None,
+    queued_at: datetime | None = None,
+    finished_at: datetime | None = None,
+    allow_failure: bool = False,
+    failure_reason: str | None = None,
+    pipeline: PipelineSample | None = None,
+    time_format: TimeFormat = "iso",
 ) -> dict[str, Any]:
     """A Job hook body as GitLab sends it when job `build_id` reaches `status` at `now`.
 
-    `tags` land in `runner.tags` and only when `runner_id` is given: that is where GitLab puts tags (the
-    runner's), a job waiting for a runner carries none. Durations are in seconds.
+    `tags` land in `runner.tags` and only when `runner_id` (or `runner`) is given: that is where GitLab puts
+    tags (the runner's), a job waiting for a runner carries none. Durations are in seconds. `time_format`
+    picks the `build_*_at` spelling ("iso" as documented for 16/17, "utc" for older GitLab); the `*_iso`
+    fields are always sent.
     """
-    job_status = JobStatus(status)
-    times = _times(job_status, now, created_at, started_at, None)
-    sha = _sha(pipeline_id)
-    project = _project(project_id, instance)
-    iso = {
-        "created": format_gitlab_iso(times.created),
-        "started": format_gitlab_iso(times.started) if times.started else None,
-        "finished": format_gitlab_iso(times.finished) if times.finished else None,
-    }
+    job_status = _status(status)
+    times = _times(job_status, now, created_at, started_at, finished_at, queued_at)
+    sha = sha or _sha(pipeline_id)
+    project = _project(project_id, instance, project_path)
+    if failure_reason is None:
+        failure_reason = "script_failure" if job_status == JobStatus.FAILED else "unknown_failure"
+    commit_status = pipeline.status if pipeline else ("running" if job_status in _STARTED else "pending")
     return {
         "object_kind": "build",
         "ref": ref,
@@ -152,34 +223,36 @@ def job_hook_payload(
         "build_id": build_id,
         "build_name": name,
         "build_stage": stage,
-        "build_status": job_status.value,
-        "build_created_at": iso["created"],
-        "build_created_at_iso": format_gitlab_iso_seconds(times.created),
-        "build_started_at": iso["started"],
-        "build_started_at_iso": format_gitlab_iso_seconds(times.started) if times.started else None,
-        "build_finished_at": iso["finished"],
-        "build_finished_at_iso": format_gitlab_iso_seconds(times.finished) if times.finished else None,
+        "build_status": job_status,
+        "build_created_at": _job_time(times.created, time_format),
+        "build_created_at_iso": _iso_s(times.created),
+        "build_started_at": _job_time(times.started, time_format),
+        "build_started_at_iso": _iso_s(times.started),
+        "build_finished_at": _job_time(times.finished, time_format),
+        "build_finished_at_iso": _iso_s(times.finished),
         "build_duration": times.duration,
         "build_queued_duration": times.queued_duration,
-        "build_allow_failure": False,
-        "build_failure_reason": "script_failure" if job_status is JobStatus.FAILED else "unknown_failure",
+        "build_allow_failure": allow_failure,
+        "build_failure_reason": failure_reason,
         "pipeline_id": pipeline_id,
-        "runner": _runner(runner_id, tags),
+        "runner": _runner(runner, runner_id, tags),
         "project_id": project_id,
-        "project_name": f"Group / project-{project_id}",
+        "project_name": _project_name(project["path_with_namespace"]),
         "user": dict(_USER),
         "commit": {
-            "id": pipeline_id,
-            "name": None,
+            "id": pipeline_id,  # the PIPELINE id (lib/gitlab/data_builder/build.rb: "commit.id is actually")
+            "name": pipeline.name if pipeline else None,
             "sha": sha,
             "message": "Update .gitlab-ci.yml\n",
             "author_name": "Administrator",
             "author_email": "admin@example.com",
             "author_url": f"{instance}/root",
-            "status": "running" if job_status in _STARTED else "pending",
-            "duration": None,
-            "started_at": None,
-            "finished_at": None,
+            "status": commit_status,
+            "duration": _span(pipeline.started_at, pipeline.finished_at) if pipeline else None,
+            "started_at": _job_time(pipeline.started_at, time_format) if pipeline else None,
+            "started_at_iso": _iso_s(pipeline.started_at) if pipeline else None,
+            "finished_at": _job_time(pipeline.finished_at, time_format) if pipeline else None,
+            "finished_at_iso": _iso_s(pipeline.finished_at) if pipeline else None,
         },
         "repository": {
             "name": project["name"],
@@ -195,25 +268,33 @@ def job_hook_payload(
     }
 
 
+def _span(start: datetime | None, end: datetime | None) -> float | None:
+    return (end - start).total_seconds() if start is not None and end is not None else None
+
+
 def _build_attrs(build: BuildSample, now: datetime) -> dict[str, Any]:
-    status = JobStatus(build.status)
-    times = _times(status, now, build.created_at, build.started_at, build.finished_at)
+    status = _status(build.status)
+    times = _times(status, now, build.created_at, build.started_at, build.finished_at, build.queued_at)
+    manual = build.when == "manual" or status == JobStatus.MANUAL
+    failure_reason = build.failure_reason
+    if failure_reason is None and status == JobStatus.FAILED:
+        failure_reason = "script_failure"
     return {
         "id": build.build_id,
         "stage": build.stage,
         "name": build.name,
-        "status": status.value,
+        "status": status,
         "created_at": format_gitlab_legacy(times.created),
         "started_at": format_gitlab_legacy(times.started) if times.started else None,
         "finished_at": format_gitlab_legacy(times.finished) if times.finished else None,
         "duration": times.duration,
         "queued_duration": times.queued_duration,
-        "failure_reason": "script_failure" if status is JobStatus.FAILED else None,
-        "when": "manual" if status is JobStatus.MANUAL else "on_success",
-        "manual": status is JobStatus.MANUAL,
-        "allow_failure": False,
+        "failure_reason": failure_reason,
+        "when": "manual" if manual else build.when,
+        "manual": manual,
+        "allow_failure": build.allow_failure or manual,
         "user": dict(_USER),
-        "runner": _runner(build.runner_id, build.tags),
+        "runner": _runner(build.runner, build.runner_id, build.tags),
         "artifacts_file": {"filename": None, "size": None},
         "environment": None,
     }
@@ -231,47 +312,58 @@ def pipeline_hook_payload(
     ref: str = "main",
     source: str = "push",
     instance: str = DEFAULT_INSTANCE,
+    project_path: str | None = None,
+    sha: str | None = None,
+    name: str | None = None,
+    stages: Sequence[str] | None = None,
+    started_at: datetime | None = None,
+    finished_at: datetime | None = None,
+    protected_ref: bool = True,
 ) -> dict[str, Any]:
     """A Pipeline hook body as GitLab sends it when pipeline `pipeline_id` reaches `status` at `now`.
 
-    `stages` follow the order in which `builds` first name them; times use GitLab's "... UTC" spelling.
+    `stages` default to the order in which `builds` first name them; times use GitLab's "... UTC" spelling.
+    `duration` runs from `started_at` (else creation) to the end; `queued_duration` from creation to start.
     """
-    pipeline_status = JobStatus(status)
+    pipeline_status = _status(status)
     created = created_at or min((b.created_at for b in builds if b.created_at), default=now)
-    finished = now if pipeline_status in _FINISHED else None
-    stages = list(dict.fromkeys(build.stage for build in builds))
-    sha = _sha(pipeline_id)
+    finished = finished_at or (now if pipeline_status in _FINISHED else None)
+    stages = list(stages) if stages is not None else list(dict.fromkeys(build.stage for build in builds))
+    sha = sha or _sha(pipeline_id)
+    project = _project(project_id, instance, project_path)
+    duration = _span(started_at or created, finished)
+    queued = _span(created, started_at)
     return {
         "object_kind": "pipeline",
         "object_attributes": {
             "id": pipeline_id,
             "iid": iid if iid is not None else pipeline_id,
-            "name": None,
+            "name": name,
             "ref": ref,
             "tag": False,
             "sha": sha,
             "before_sha": "0" * 40,
             "source": source,
-            "status": pipeline_status.value,
-            "detailed_status": pipeline_status.value,
+            "status": pipeline_status,
+            "detailed_status": pipeline_status,
             "stages": stages,
             "created_at": format_gitlab_legacy(created),
             "finished_at": format_gitlab_legacy(finished) if finished else None,
-            "duration": int((finished - created).total_seconds()) if finished else None,
-            "queued_duration": None,
-            "protected_ref": True,
+            "duration": int(duration) if duration is not None else None,
+            "queued_duration": int(queued) if queued is not None else None,
+            "protected_ref": protected_ref,
             "variables": [],
-            "url": f"{instance}/group/project-{project_id}/-/pipelines/{pipeline_id}",
+            "url": f"{project['web_url']}/-/pipelines/{pipeline_id}",
         },
         "merge_request": None,
         "user": dict(_USER),
-        "project": _project(project_id, instance),
+        "project": project,
         "commit": {
             "id": sha,
             "message": "Update .gitlab-ci.yml\n",
             "title": "Update .gitlab-ci.yml",
             "timestamp": created.isoformat(),
-            "url": f"{instance}/group/project-{project_id}/-/commit/{sha}",
+            "url": f"{project['web_url']}/-/commit/{sha}",
             "author": {"name": "Administrator", "email": "admin@example.com"},
         },
         "builds": [_build_attrs(build, now) for build in builds],
