@@ -513,6 +513,22 @@ class Config(_Model):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_job_per_machine(self) -> Config:
+        """A machine runs one `gitlab-runner run-single`, which takes one job, runs it to the end, then asks
+        for the next (gitlab-runner `commands/single.go`: Execute loops over processBuild): a second slot
+        on the machine would be counted free and never used. So capacity_per_instance is 1; the same peak
+        concurrency comes from more machines (docs/configuration.md says why not N runners per machine)."""
+        for index, pool in enumerate(self.pools):
+            if pool.capacity_per_instance != 1:
+                slots, machines = pool.capacity_per_instance, pool.max_instances * pool.capacity_per_instance
+                raise ValueError(
+                    f"pools[{index}] ({pool.name}): capacity_per_instance = {slots}, but a machine runs "
+                    "one run-single, which takes one job at a time: set capacity_per_instance = 1 and "
+                    f"max_instances = {machines} for the same number of concurrent jobs"
+                )
+        return self
+
     def pool(self, name: str) -> Pool:
         for pool in self.pools:
             if pool.name == name:

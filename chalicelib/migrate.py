@@ -323,6 +323,7 @@ def _from_autoscaler(name: str, runner: dict[str, Any], autoscaler: dict[str, An
         pool.settings["max_instances"] = (
             _int(runner, "limit", f"runners[{index}]") if runner.get("limit") else 10
         )
+    _one_job_per_machine(pool)
     if autoscaler.get("plugin"):
         pool.comments.append(f'plugin "{autoscaler["plugin"]}": runner-scaler drives the ASG itself')
     if autoscaler.get("connector_config"):
@@ -337,6 +338,22 @@ def _from_autoscaler(name: str, runner: dict[str, Any], autoscaler: dict[str, An
 
 
 _POLICY_KEYS = {"periods", "timezone", "idle_count", "idle_time", "scale_factor", "scale_factor_limit"}
+
+
+def _one_job_per_machine(pool: _Pool) -> None:
+    """docker-autoscaler runs several jobs on one instance; a runner-scaler machine runs one run-single, which
+    takes one job at a time (gitlab-runner `commands/single.go`). Same peak: more machines, one slot each."""
+    slots = int(pool.settings.get("capacity_per_instance", 1))
+    if slots <= 1:
+        return
+    machines = int(pool.settings["max_instances"]) * slots
+    pool.settings["capacity_per_instance"] = 1
+    pool.settings["max_instances"] = machines
+    pool.comments.append(
+        f"capacity_per_instance = {slots}: a machine runs one run-single, which takes one job at a time, so "
+        f"capacity_per_instance = 1 and max_instances = {machines} (was {machines // slots}) keep the same "
+        "number of concurrent jobs on smaller machines: pick instance_types for one job each"
+    )
 
 
 def _slug(text: str) -> str:

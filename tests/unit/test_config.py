@@ -137,6 +137,16 @@ def test_a_pool_whose_jobs_own_their_machine_must_end_the_machine_with_the_job(
         assert named in str(caught.value)
 
 
+def test_more_than_one_job_per_machine_is_refused_with_the_fix() -> None:
+    """gitlab-runner `commands/single.go`: run-single's Execute loop calls processBuild once per iteration,
+    so one machine (one run-single) runs one job at a time; a second slot would be counted free forever."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(MINIMAL + "capacity_per_instance = 3\n", "x.toml")
+    message = str(caught.value)
+    assert "x.toml" in message and "capacity_per_instance = 3" in message
+    assert "set capacity_per_instance = 1 and max_instances = 15" in message
+
+
 def test_duplicate_pool_names_are_rejected() -> None:
     twice = MINIMAL + MINIMAL.split("[gitlab]")[1].split('url = "https://gitlab.example.com"')[1]
     with pytest.raises(ConfigError, match='two pools share name "linux"'):

@@ -41,12 +41,14 @@ def test_every_dropped_setting_gets_a_comment() -> None:
 def test_docker_autoscaler_maps_one_to_one() -> None:
     text = migrate((EXAMPLES / "gitlab-runner-docker-autoscaler.toml").read_text(), "da.toml")
     pool = parse_config(text, "migrated").pools[0]
+    # capacity_per_instance 2 x 12 instances: one job per machine (run-single takes one at a time), 24 of them
     assert (pool.asg, pool.capacity_per_instance, pool.max_use_count, pool.max_instances) == (
         "linux-asg",
-        2,
+        1,
         4,
-        12,
+        24,
     )
+    assert "capacity_per_instance = 2: a machine runs one run-single, which takes one job at a time" in text
     assert pool.policy[1].scale_factor_limit == 6 and pool.policy[1].timezone == "Europe/Berlin"
     assert "preemptive_mode: no equivalent" in text
 
