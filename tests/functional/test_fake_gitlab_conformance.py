@@ -8,7 +8,7 @@ over HTTP the way GitLab's clients do: hooks to a real receiver, the REST API th
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import gitlab
 import pytest
@@ -20,8 +20,10 @@ from chalicelib.devtools.fake_gitlab import (
     FakeGitLab,
     JobSpec,
 )
+from chalicelib.devtools.machines import SimulatedMachines
 from chalicelib.errors import GitLabError, GitLabNotFoundError
 from chalicelib.gitlab import GitLabClient
+from tests.functional.conftest import Stack
 from tests.gitlab_fixtures import Clock, WebhookReceiver
 
 
@@ -335,3 +337,56 @@ def test_gitlab_errors_and_rate_limits_reach_the_scaler_as_gitlab_errors(fake: F
     with pytest.raises(GitLabError) as caught:
         GitLabClient(fake.url, fake.token, max_retries=0).get_runner(runner)
     assert caught.value.status == 429 and caught.value.retryable
+
+
+# -- run-single, as the demo's simulated machines run it: gitlab-runner commands/single.go ---------------
+
+
+def _one_machine(stack: Stack, fake: FakeGitLab, now: datetime) -> SimulatedMachines:
+    pool = stack.config.pool("linux")
+    machines = SimulatedMachines(
+        stack.config.model_copy(update={"pools": (pool.model_copy(update={"max_use_count": 2}),)}),
+        stack.runtime.names,
+        stack.aws,
+        fake,
+        duration_of=lambda job: 60.0,
+    )
+    stack.runtime.fleet.set_desired_capacity("test-linux", 1)
+    machines.step(now)
+    machines.step(now + timedelta(minutes=2))  # booted: its runner is registered
+    return machines
+
+
+def test_run_single_runs_one_job_at_a_time(stack: Stack, fake: FakeGitLab) -> None:
+    """`RunSingleCommand.Execute` loops `processBuild` (request one job, run it to its end) until
+    `--max-builds` is used up (`checkFinishedConditions`): never two jobs at once (commands/single.go)."""
+    project = fake.create_project("acme/app")
+    now = stack.runtime.now()
+    machines = _one_machine(stack, fake, now)
+    first, second = fake.create_pipeline(
+        project, [JobSpec("a", tags=("linux",)), JobSpec("b", tags=("linux",))]
+    ).job_ids
+    machines.step(now + timedelta(minutes=3))
+    (machine,) = machines.live("linux")
+    assert list(machine.running) == [first] and fake.jobs[second].status == "pending"
+    machines.step(now + timedelta(minutes=4, seconds=1))  # the first ended: the second starts
+    assert list(machine.running) == [second] and fake.jobs[first].status == "success"
+
+
+def test_run_single_with_a_revoked_token_keeps_running_and_takes_nothing(
+    stack: Stack, fake: FakeGitLab
+) -> None:
+    """A deleted runner's token gets 403 from `POST /jobs/request`; gitlab-runner's `RequestJob` returns
+    "unhealthy" (network/gitlab.go: `case http.StatusForbidden: ... return nil, false`), and run-single
+    sleeps NotHealthyCheckInterval (300 s, common/consts.go) and loops: it exits only on --max-builds or
+    --wait-timeout (commands/single.go). The machine stays up, idle, and takes no job."""
+    project = fake.create_project("acme/app")
+    now = stack.runtime.now()
+    machines = _one_machine(stack, fake, now)
+    (machine,) = machines.live("linux")
+    fake.delete_runner(machine.runner_id)  # type: ignore[arg-type]
+    (job,) = fake.create_pipeline(project, [JobSpec("a", tags=("linux",))]).job_ids
+    for minutes in range(3, 30, 5):
+        machines.step(now + timedelta(minutes=minutes))
+    assert machines.live("linux") == [machine] and not machine.running
+    assert fake.jobs[job].status == "pending"
