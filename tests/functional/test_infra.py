@@ -245,6 +245,9 @@ def test_launch_template_requires_imdsv2_encrypts_and_runs_the_rendered_user_dat
     _, template = real.one("AWS::EC2::LaunchTemplate", LaunchTemplateName=f"{PREFIX}-{pool}")
     data = template["Properties"]["LaunchTemplateData"]
     assert data["MetadataOptions"]["HttpTokens"] == "required"
+    # one hop: a container, one more hop away, gets no metadata token; no IPv6 endpoint (docs/security.md)
+    assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
+    assert data["MetadataOptions"].get("HttpProtocolIpv6", "disabled") == "disabled"
     assert all(m["Ebs"]["Encrypted"] is True for m in data["BlockDeviceMappings"])
     assert data["UserData"] == {"Fn::Base64": render(EXAMPLE.pool(pool), PREFIX)}
     ami = CONTEXT["amis"][EXAMPLE.pool(pool).platform.value]

@@ -265,3 +265,17 @@ def test_windows_deletes_the_secret_before_the_runner_and_leaves_by_shutting_dow
     assert read < delete < text.index("Start-ScheduledTask")
     assert "Stop-ASInstanceInAutoScalingGroup" not in text
     assert text.rstrip().splitlines()[-2].strip() == "Stop-Computer -Force"
+
+
+def test_every_test_the_security_page_names_exists() -> None:
+    # docs/security.md backs each line of its threat model with a test: the names must stay real
+    root = Path(__file__).resolve().parents[2]
+    named = set(
+        re.findall(r"`(test_[a-z0-9_]+)`", (root / "docs" / "security.md").read_text(encoding="utf-8"))
+    )
+    defined = {
+        name
+        for path in (root / "tests").rglob("test_*.py")
+        for name in re.findall(r"^def (test_[a-z0-9_]+)", path.read_text(encoding="utf-8"), re.MULTILINE)
+    }
+    assert named and named <= defined, sorted(named - defined)
