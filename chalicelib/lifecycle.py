@@ -363,12 +363,27 @@ class Lifecycle:
         return ["shut itself down: left its group with a decrement"]
 
     # -- spot -----------------------------------------------------------------------------------------
-    def interrupted(self, instance_id: str, reason: str, now: datetime) -> LifecycleOutcome:
-        """Spot warning or rebalance recommendation: stop new jobs, drain, and launch a replacement now."""
+    def interrupted(
+        self, instance_id: str, reason: str, now: datetime, *, hint: bool = False
+    ) -> LifecycleOutcome:
+        """Spot warning: stop new jobs, drain, and launch a replacement now.
+
+        A rebalance recommendation (`hint`) is not an interruption: "a signal that notifies you when a Spot
+        Instance is at elevated risk of interruption" (EC2 user guide, "EC2 instance rebalance
+        recommendations"). A busy machine keeps its job; an idle one is marked for removal ("rebalance"),
+        which the next reconcile carries out through the drain protocol, launching a replacement if needed.
+        """
         outcome = LifecycleOutcome(instance_id)
         record = self.store.get_machine(instance_id)
         if record is None:
             outcome.notes.append("unknown machine; nothing to drain")
+            return outcome
+        if hint:
+            if self.store.start_draining(instance_id, "rebalance", now) is None:
+                outcome.notes.append("busy: the hint is ignored, the job runs on")
+                return outcome
+            self.dirty.mark_dirty(record.pool, f"machine {instance_id} {reason}", now)
+            outcome.runner_id = record.runner_id
             return outcome
         self.store.start_draining(instance_id, "spot", now, only_if_idle=False)
         if record.runner_id is not None:
@@ -491,7 +506,7 @@ def handle_machine_event(rt: Runtime, raw: dict[str, Any]) -> dict[str, Any]:
     elif isinstance(event, SpotInterruptionEvent):
         outcome = use_case.interrupted(event.instance_id, "spot interruption warning", now)
     elif isinstance(event, RebalanceRecommendationEvent):
-        outcome = use_case.interrupted(event.instance_id, "rebalance recommendation", now)
+        outcome = use_case.interrupted(event.instance_id, "rebalance recommendation", now, hint=True)
     elif isinstance(event, InstanceStateChangeEvent) and event.detail.state in {
         "shutting-down",
         "terminated",

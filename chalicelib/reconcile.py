@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from chalicelib.capacity import Demand, Machine, MachineState, PoolPlan, RemovalReason, plan_pool
+from chalicelib.capacity import Demand, Machine, MachineState, PoolPlan, plan_pool
 from chalicelib.capacity.fallback import preferred_types
 from chalicelib.capacity.hosts import HostPlan, plan_hosts
 from chalicelib.config import Config, Pool
@@ -32,9 +32,6 @@ logger = logging.getLogger(__name__)
 
 #: A pool asks GitLab which of its runners never polled at most once per this many seconds.
 CONTACT_CHECK_SECONDS = 15
-
-# Drains the reconciler itself started; a Spot drain is left to the instance's own end.
-_SCALER_DRAINS = frozenset(r.value for r in RemovalReason)
 
 
 class RunnerControl(Protocol):
@@ -233,11 +230,14 @@ class Reconciler:
         result.host_plan = host_plan
 
         removals = [(r.instance_id, r.reason.value) for r in plan.removals]
+        # Any draining machine with no job is removed, whoever started its drain (a scale-in, a rebalance
+        # hint, a sweep): a drained machine nothing removes would count against max_instances forever. A
+        # Spot-interrupted one is left to EC2, which ends it within two minutes of the warning.
         removals += [
-            (m.instance_id, records[m.instance_id].drain_reason)
+            (m.instance_id, records[m.instance_id].drain_reason or "drain")
             for m in machines
             if m.state is MachineState.DRAINING
-            and records[m.instance_id].drain_reason in _SCALER_DRAINS
+            and records[m.instance_id].drain_reason != "spot"
             and not records[m.instance_id].running
         ]
         for instance_id, reason in removals:

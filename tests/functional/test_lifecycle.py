@@ -464,3 +464,37 @@ def test_a_machine_the_scaler_already_removed_is_not_decremented_twice(
     assert stack.runtime.fleet.read_groups(["test-linux"])["test-linux"].desired == 1
     assert out["notes"][0].startswith("not decremented")
     assert stack.runtime.store.get_machine(gone) is None
+
+
+def test_a_rebalance_recommendation_replaces_an_idle_machine_and_leaves_a_busy_one_alone(
+    world: Any, fake_gitlab: FakeGitLab
+) -> None:
+    # GIVEN two Spot machines with their runners: one idle, one running a job
+    stack, _fleet, client = world
+    rt = stack.runtime
+    rt.fleet.set_desired_capacity("test-linux", 2)
+    idle, busy = sorted(i.instance_id for i in rt.fleet.read_groups(["test-linux"])["test-linux"].instances)
+    for instance in (idle, busy):
+        invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))
+    runners = {m: rt.store.get_machine(m).runner_id for m in (idle, busy)}  # type: ignore[union-attr]
+    project = fake_gitlab.create_project("group/app")
+    (job_id,) = fake_gitlab.create_pipeline(project, [JobSpec("build", tags=("linux",))]).job_ids
+    assert fake_gitlab.request_job(runners[busy]) == job_id  # type: ignore[arg-type]
+    rt.store.record_job(
+        JobRecord(rt.gitlab_host, job_id, "running", project_id=project, pool="linux", machine_id=busy),
+        rt.now(),
+    )
+    rt.reconciler("test").reconcile_pool(stack.config.pool("linux"), stack.advance(seconds=10))
+    # WHEN EC2 recommends rebalancing both (a hint: "elevated risk of interruption", not an interruption)
+    for instance in (idle, busy):
+        event = json.loads((FIXTURES / "aws_rebalance_recommendation.json").read_text())
+        event["detail"]["instance-id"] = instance
+        invoke(client, event)
+    # THEN the busy machine keeps its job and its runner takes jobs as before
+    assert rt.store.get_machine(busy).draining_since is None  # type: ignore[union-attr]
+    assert not fake_gitlab.runners[runners[busy]].paused  # type: ignore[index]
+    # AND the next reconcile removes the idle one through the drain protocol: it is not parked forever
+    result = rt.reconciler("test").reconcile_pool(stack.config.pool("linux"), stack.advance(seconds=10))
+    assert result.terminated == [idle]
+    live = [i.instance_id for i in rt.fleet.read_groups(["test-linux"])["test-linux"].live_instances()]
+    assert live == [busy]
