@@ -37,6 +37,10 @@ DIRTY_FUNCTION_TIMEOUT_SECONDS = 60
 #: invocation is throttled or slow is not handed to a second invocation while the first still runs.
 QUEUE_VISIBILITY_TIMEOUT_SECONDS = 6 * DIRTY_FUNCTION_TIMEOUT_SECONDS
 
+#: Seconds the launch lifecycle hook holds a new instance in Pending:Wait for the scaler (its heartbeat
+#: timeout, infra/'s default); the boot script waits at least this long for its secret.
+LAUNCH_HOOK_TIMEOUT_SECONDS = 600
+
 # Tags on EC2 / ASG / secrets (state kept on the resource under named constants).
 TAG_POOL = "runner-scaler:pool"
 TAG_DEPLOYMENT = "runner-scaler:deployment"

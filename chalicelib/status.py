@@ -44,6 +44,10 @@ def snapshot(config: Config, store: Store, fleet: Fleet, now: datetime) -> list[
         faults: list[str] = []
         if group is None:
             faults.append(f'Auto Scaling group "{pool.asg}" not found')
+        faults += [
+            f"{f.kind} until {f.until:%Y-%m-%d %H:%M}Z: {f.reason[:120]}"
+            for f in store.faults(pool.name, now)
+        ]
         live = group.live_instances() if group else ()
         records = {m.instance_id: m for m in store.machines(pool.name)}
         counts = {"booting": 0, "idle": 0, "busy": 0, "draining": 0}
@@ -53,8 +57,8 @@ def snapshot(config: Config, store: Store, fleet: Fleet, now: datetime) -> list[
                 counts["draining"] += 1
             elif record is not None and record.running:
                 counts["busy"] += 1
-            elif not instance.in_service:
-                counts["booting"] += 1
+            elif not instance.in_service or record is None or record.ready_at is None:
+                counts["booting"] += 1  # until its runner has contacted GitLab, as the reconciler counts it
             else:
                 counts["idle"] += 1
         jobs = store.pool_jobs(pool.name)

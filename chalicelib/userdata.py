@@ -7,23 +7,35 @@ infra/ renders launch templates with this module, so the deployed and tested scr
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from pathlib import Path
 from string import Template
 
 from chalicelib.config import DockerOptions, Platform, Pool
+from chalicelib.resources import LAUNCH_HOOK_TIMEOUT_SECONDS
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 _FILES = {Platform.LINUX: "linux.sh", Platform.MACOS: "macos.sh", Platform.WINDOWS: "windows.ps1"}
+
+#: Seconds between a booting machine's reads of its own secret.
+SECRET_POLL_SECONDS = 5
 
 #: Default job image of docker executors (a job overrides it with its own `image:`); `[pools.docker] image`.
 DEFAULT_DOCKER_IMAGE = DockerOptions().image
 
 
-def render(pool: Pool, prefix: str) -> str:
-    """The pool's boot script; `prefix` is the deployment prefix that names machine secrets."""
+def render(pool: Pool, prefix: str, *, launch_hook_timeout: int = LAUNCH_HOOK_TIMEOUT_SECONDS) -> str:
+    """The pool's boot script; `prefix` is the deployment prefix that names machine secrets.
+
+    The script polls for its secret for at least `launch_hook_timeout` seconds (the launch hook's heartbeat
+    timeout): while the hook holds the instance, a deferred launch may still write the secret, and giving up
+    sooner would leave an InService machine without a runner ("Amazon EC2 Auto Scaling lifecycle hooks").
+    """
     text = (TEMPLATES / _FILES[pool.platform]).read_text(encoding="utf-8")
     values = {
+        "secret_tries": str(math.ceil(launch_hook_timeout / SECRET_POLL_SECONDS) + 1),
+        "secret_poll": str(SECRET_POLL_SECONDS),
         "prefix": _safe(prefix),
         "pool": _safe(pool.name),
         "executor": _safe(pool.executor),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.config import Config, Platform, Pool, load_config_file
-from chalicelib.resources import ENV_PREFIX, Names
+from chalicelib.resources import ENV_PREFIX, LAUNCH_HOOK_TIMEOUT_SECONDS, Names
 from infra.policy import CHALICE_CONFIG, chalice_stage_env
 
 #: Powertools adds this service name as a `service` dimension to every EMF metric it writes.
@@ -80,7 +80,7 @@ class Settings:
     cache_expiration_days: int = 14
     log_retention_days: int = 30
     #: Seconds the launch / terminate lifecycle hooks wait for the scaler before their default result.
-    launch_hook_timeout: int = 600
+    launch_hook_timeout: int = LAUNCH_HOOK_TIMEOUT_SECONDS
     terminate_hook_timeout: int = 300
     #: Spot pools: share of on-demand capacity above the base (0 = all Spot), and the on-demand base.
     on_demand_percentage: int = 0
@@ -146,7 +146,7 @@ def load_settings(context: Mapping[str, Any], base: Path = INFRA) -> Settings:
         chalice_package=(base / str(package)).resolve() if package else None,
         cache_expiration_days=int(context.get("cache_expiration_days", 14)),
         log_retention_days=int(context.get("log_retention_days", 30)),
-        launch_hook_timeout=int(context.get("launch_hook_timeout", 600)),
+        launch_hook_timeout=int(context.get("launch_hook_timeout", LAUNCH_HOOK_TIMEOUT_SECONDS)),
         terminate_hook_timeout=int(context.get("terminate_hook_timeout", 300)),
         on_demand_percentage=int(context.get("on_demand_percentage", 0)),
         on_demand_base=int(context.get("on_demand_base", 0)),

@@ -30,12 +30,12 @@ export AWS_DEFAULT_REGION="$${REGION}"
 # The secret appears once the launch lifecycle hook has run; wait for it rather than fail the boot.
 SECRET_ID="$${PREFIX}/machines/$${INSTANCE_ID}"
 SECRET=""
-for _ in $$(seq 1 60); do
+for _ in $$(seq 1 ${secret_tries}); do
   if SECRET=$$(aws secretsmanager get-secret-value --secret-id "$${SECRET_ID}" \
       --query SecretString --output text 2>/dev/null); then
     break
   fi
-  sleep 5
+  sleep ${secret_poll}
 done
 if [ -z "$${SECRET}" ]; then
   echo "runner-scaler: no machine secret for $${INSTANCE_ID}; leaving it to the scaler's boot_timeout" >&2

@@ -19,12 +19,12 @@ export AWS_DEFAULT_REGION="$${REGION}"
 
 SECRET_ID="$${PREFIX}/machines/$${INSTANCE_ID}"
 SECRET=""
-for _ in $$(seq 1 120); do
+for _ in $$(seq 1 ${secret_tries}); do
   if SECRET=$$(aws secretsmanager get-secret-value --secret-id "$${SECRET_ID}" \
       --query SecretString --output text 2>/dev/null); then
     break
   fi
-  sleep 5
+  sleep ${secret_poll}
 done
 [ -n "$${SECRET}" ] || { echo "runner-scaler: no machine secret" >&2; exit 1; }
 # Read once, then deleted before any job runs (see linux.sh; fail closed).

@@ -23,11 +23,11 @@ $$Region = Invoke-RestMethod -Headers $$Headers -Uri "http://169.254.169.254/lat
 
 $$SecretId = "$$Prefix/machines/$$InstanceId"
 $$Secret = $$null
-foreach ($$attempt in 1..120) {
+foreach ($$attempt in 1..${secret_tries}) {
   try {
     $$Secret = (Get-SECSecretValue -SecretId $$SecretId -Region $$Region).SecretString | ConvertFrom-Json
     break
-  } catch { Start-Sleep -Seconds 5 }
+  } catch { Start-Sleep -Seconds ${secret_poll} }
 }
 if (-not $$Secret) { Write-Error "runner-scaler: no machine secret for $$InstanceId"; exit 1 }
 # Read once, then deleted before any job runs (Remove-SECSecret is DeleteSecret; -DeleteWithNoRecovery is

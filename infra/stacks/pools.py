@@ -103,7 +103,7 @@ def _trust(service: str) -> dict[str, object]:
 
 
 def _user_data(settings: Settings, pool: Pool) -> str:
-    text = render(pool, settings.prefix)
+    text = render(pool, settings.prefix, launch_hook_timeout=settings.launch_hook_timeout)
     if len(text.encode("utf-8")) > USER_DATA_LIMIT:
         raise ValueError(f"pool {pool.name}: user data is over EC2's 16 KB limit")
     return text

@@ -22,6 +22,7 @@ from chalicelib.errors import RetryLaterError
 from chalicelib.fleet import AsgFleet
 from chalicelib.lifecycle import ABANDON, PREPARE_FAULT, PREPARE_FAULT_BACKOFF_SECONDS
 from chalicelib.rotation import ensure_base_certs_for
+from chalicelib.status import snapshot
 from chalicelib.store import JobRecord
 from tests.functional.conftest import FIXTURES, Stack
 from tests.functional.test_app_reconcile import ec2_state
@@ -153,6 +154,8 @@ def test_a_launch_without_base_certs_ends_the_machine_and_stops_launches_into_th
     assert fault.kind == PREPARE_FAULT and "base" in fault.reason
     (blob,) = emitted(capsys, "PoolFaults")
     assert (blob["PoolFaults"], blob["pool"]) == ([1.0], "linux")
+    (linux,) = [p for p in snapshot(stack.config, rt.store, rt.fleet, rt.now()) if p.pool == "linux"]
+    assert any(f.startswith(f"{PREPARE_FAULT} until") for f in linux.faults)  # `runner-scaler status`
     # WHEN the pool reconciles a minute later, the job still pending
     result = rt.reconciler("test").reconcile_pool(pool, stack.advance(minutes=1))
     # THEN it launches nothing into the faulted pool, and says why
