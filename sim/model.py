@@ -246,10 +246,15 @@ class ProjectInfo:
 
 @dataclass(frozen=True)
 class RunnerListing:
-    """A runner as GitLab's list endpoint reports it (the fields the reconciler reads)."""
+    """A runner as GitLab's list endpoint reports it (the fields the reconciler reads).
+
+    `status` is `never_contacted` until the runner first polls, then `online` (gitlabhq
+    `app/models/ci/runner.rb`, `Ci::Runner#status`; stale and offline never happen within a simulated run).
+    """
 
     id: int
     description: str
+    status: str = "online"
 
 
 class CachedPool(Pool):

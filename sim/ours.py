@@ -167,9 +167,13 @@ class SimAsg:
         return {i: self._world.dt(machines[i].launched_at) for i in ids if i in machines}
 
     def _instance(self, machine: SimMachine) -> Instance:
+        """InService from its launch on: the group puts an instance in service once its launch hook completes
+        ("Amazon EC2 Auto Scaling lifecycle hooks"), and the hook (re-enacted in `Ours._launched`) completes
+        within seconds of the launch, long before the machine's runner first polls GitLab (its boot time).
+        So InService says nothing about readiness: the reconciler learns that from GitLab."""
         return Instance(
             instance_id=machine.instance_id,
-            lifecycle_state="InService" if machine.ready else "Pending",
+            lifecycle_state="InService" if machine.alive else "Terminating",
             protected=machine.protected,
         )
 
@@ -216,13 +220,16 @@ class SimGitLabApi:
         self._machines = machines
 
     def list_runners(self, description_prefix: str, **scope: Any) -> list[RunnerListing]:
-        """Runners whose description starts with the prefix: each live machine's (created at its launch)."""
+        """Runners whose description starts with the prefix: each live machine's (created at its launch),
+        `never_contacted` until the machine has booted and its runner polls; GitLab's `status` filter too."""
         self._calls["gitlab"] += 1
-        return [
-            RunnerListing(m.runner_id, description(m))
+        wanted = scope.get("status")
+        listed = (
+            RunnerListing(m.runner_id, description(m), "never_contacted" if m.ready_at is None else "online")
             for m in self._machines()
             if description(m).startswith(description_prefix)
-        ]
+        )
+        return [r for r in listed if wanted is None or r.status == wanted]
 
     def pause_runner(self, runner_id: int, paused: bool = True) -> None:
         self._calls["gitlab"] += 1

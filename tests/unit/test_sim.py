@@ -331,3 +331,31 @@ class TestCli:
         result = CliRunner().invoke(app, ["simulate", "--trace", str(trace), "--config", str(config)])
         assert result.exit_code == 1
         assert "line 2" in result.output
+
+
+class TestInServiceIsNotReady:
+    """As on AWS: a machine is InService once its launch hook completes, and its runner polls GitLab only
+    after the platform's boot time; the reconciler counts it booting until GitLab says the runner polled."""
+
+    def test_a_machine_is_in_service_before_its_runner_polls(self) -> None:
+        from collections import Counter
+
+        from sim.model import SimMachine
+        from sim.ours import SimAsg
+
+        config = make_config()
+        world = World(config, [], seed=0, options=EXACT)
+        machine = SimMachine("i-1", config.pools[0], 1, launched_at=0.0, boot_s=300.0)
+        view = SimAsg(world, Counter())._instance(machine)
+        assert view.in_service and machine.ready_at is None
+
+    def test_growth_waits_for_the_first_runner_to_poll_not_for_in_service(self) -> None:
+        # GIVEN max_growth_rate 1, machines that boot in 300 s, and two jobs pending 10 s apart
+        config = make_config({"max_growth_rate": 1})
+        options = SimOptions(**{**EXACT.__dict__, "boot_s": 300.0})
+        world = World(config, [job(1, 100.0, 0, 30.0), job(2, 110.0, 0, 30.0)], seed=0, options=options)
+        world.run(Ours())
+        first, second = world.ledger.machines[:2]
+        # THEN the second machine launches only once the first one's runner has polled GitLab
+        assert first.ready_at is not None and second.launched_at >= first.ready_at
+        assert all(j.status == "success" for j in world.jobs)
