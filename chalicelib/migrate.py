@@ -201,7 +201,15 @@ def _from_docker_machine(name: str, runner: dict[str, Any], machine: dict[str, A
     for number, section in enumerate(machine.get("autoscaling", [])):
         at = f"{where}.machine.autoscaling[{number}]"
         periods = tuple(_cron5(p, pool.comments) for p in _periods(section, at))
-        pool.policies.append(_machine_policy(section, periods, section.get("Timezone"), at))
+        timezone = section.get("Timezone")
+        if not timezone:
+            # gitlab-runner `helpers/timeperiod`: "if not set, default to system setting" (time.Local).
+            timezone = "UTC"
+            pool.comments.append(
+                f"{at}.Timezone: not set, so docker+machine read its Periods in the runner manager's local "
+                'time zone; written as "UTC": set timezone to that zone (e.g. "Europe/Paris")'
+            )
+        pool.policies.append(_machine_policy(section, periods, timezone, at))
     return pool
 
 
@@ -289,7 +297,10 @@ def _machine_policy(
         policy["timezone"] = tz
     factor = _number(section, "IdleScaleFactor", where)
     if factor > 0:
-        policy["idle_count"] = _int(section, "IdleCountMin", where)
+        # With IdleScaleFactor, docker+machine keeps at least one idle machine whatever IdleCountMin says
+        # (gitlab-runner `executors/docker/machine/idle_limit_strategy.go`, idleCountMinFulfilled: "forced to
+        # be at least 1"; `common/config.go`: "Defaults to 1").
+        policy["idle_count"] = max(1, _int(section, "IdleCountMin", where))
         policy["scale_factor"] = factor
         policy["scale_factor_limit"] = _int(section, "IdleCount", where)
     else:
@@ -299,16 +310,31 @@ def _machine_policy(
 
 
 def _cron5(period: str, comments: list[str]) -> str:
-    """docker+machine periods have 7 fields (second ... year); drop the second and the year."""
+    """A docker+machine period as 5-field cron (minute hour day-of-month month day-of-week).
+
+    gitlab-runner parses periods with gorhill/cronexpr (`helpers/timeperiod`), whose README says: 7 fields are
+    second ... year; with 6 "a 0 second field is prepended", so 6 fields are minute ... year, not second ...
+    day-of-week; with 5 a 0 second and a wildcard year are added. The second (minute resolution here) and the
+    year have no place in 5 fields: a value other than `*`/`0` (second) or `*` (year) is named in a comment.
+    """
     fields = period.split()
     if len(fields) == 5:
         return period
-    if len(fields) in (6, 7):
-        if fields[0] not in {"*", "0"}:
-            comments.append(f'period "{period}": second field "{fields[0]}" dropped (minute resolution)')
-        return " ".join(fields[1:6])
-    comments.append(f'period "{period}": not a cron expression, replaced by "* * * * *"')
-    return "* * * * *"
+    if len(fields) == 6:
+        minute_to_weekday, second, year = fields[:5], "0", fields[5]
+    elif len(fields) == 7:
+        minute_to_weekday, second, year = fields[1:6], fields[0], fields[6]
+    else:
+        comments.append(f'period "{period}": not a cron expression, replaced by "* * * * *"')
+        return "* * * * *"
+    if second not in {"*", "0"}:
+        comments.append(f'period "{period}": second field "{second}" dropped (minute resolution)')
+    if year != "*":
+        comments.append(
+            f'period "{period}": year field "{year}" dropped, so this policy now applies every year; '
+            "remove it once that year is over"
+        )
+    return " ".join(minute_to_weekday)
 
 
 def _from_autoscaler(name: str, runner: dict[str, Any], autoscaler: dict[str, Any], index: int) -> _Pool:

@@ -72,3 +72,50 @@ def test_cli_validate_and_migrate_on_shipped_examples(tmp_path: Path) -> None:
     bad.write_text(out.read_text().replace("max_instances = 40", "max_instances = -1"))
     failed = runner.invoke(app, ["validate-config", str(bad)])
     assert failed.exit_code == 1 and "pools[0].max_instances" in failed.output
+
+
+def _docker_machine(autoscaling: str, machine: str = "") -> str:
+    return (
+        '[[runners]]\nname = "dm"\nurl = "https://gitlab.example.com"\n'
+        'executor = "docker+machine"\nlimit = 4\n'
+        f"[runners.machine]\nIdleCount = 0\nIdleTime = 600\nMaxBuilds = 1\n{machine}\n"
+        f"[[runners.machine.autoscaling]]\n{autoscaling}\n"
+    )
+
+
+def test_a_six_field_period_is_minute_to_year_as_cronexpr_reads_it() -> None:
+    """gorhill/cronexpr (gitlab-runner `helpers/timeperiod`): with six fields "a 0 second field is
+    prepended", so `* 8-18 * * mon-fri *` is every minute of 8-18h on weekdays, any year."""
+    text = migrate(
+        _docker_machine('Periods = ["* 8-18 * * mon-fri *"]\nIdleCount = 2\nTimezone = "UTC"'), "dm.toml"
+    )
+    office = parse_config(text, "migrated").pools[0].policy[1]
+    assert office.periods == ("* 8-18 * * mon-fri",)
+
+
+def test_a_period_year_is_dropped_only_with_a_comment() -> None:
+    autoscaling = 'Periods = ["0 * 9-17 * * mon-fri 2026", "* 9 * * *"]\nIdleCount = 2\nTimezone = "UTC"'
+    text = migrate(_docker_machine(autoscaling), "dm.toml")
+    office = parse_config(text, "migrated").pools[0].policy[1]
+    assert office.periods == ("* 9-17 * * mon-fri", "* 9 * * *")
+    assert 'year field "2026" dropped' in text
+
+
+def test_idle_scale_factor_keeps_at_least_one_idle_machine() -> None:
+    """gitlab-runner `executors/docker/machine/idle_limit_strategy.go`: with IdleScaleFactor > 0, an unset or
+    0 IdleCountMin is "forced to be at least 1"."""
+    machine = "IdleScaleFactor = 0.5"
+    text = migrate(
+        _docker_machine('Periods = ["* * * * *"]\nIdleScaleFactor = 2.0\nIdleCount = 8', machine), "x"
+    )
+    base, busy = parse_config(text, "migrated").pools[0].policy
+    assert (base.idle_count, base.scale_factor) == (1, 0.5)
+    assert (busy.idle_count, busy.scale_factor, busy.scale_factor_limit) == (1, 2.0, 8)
+
+
+def test_a_period_without_timezone_is_read_in_the_managers_zone_so_migrate_asks_for_one() -> None:
+    """gitlab-runner `helpers/timeperiod`: an unset Timezone is time.Local, the runner manager's zone."""
+    text = migrate(_docker_machine('Periods = ["* 9-17 * * mon-fri"]\nIdleCount = 2'), "dm.toml")
+    office = parse_config(text, "migrated").pools[0].policy[1]
+    assert office.timezone == "UTC"
+    assert "Timezone: not set" in text and "local time zone" in text and "set timezone" in text
