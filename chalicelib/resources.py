@@ -30,6 +30,9 @@ GSI_POOL_SK = "gsi1sk"
 QUEUE_SUFFIX = "-dirty.fifo"
 DIRTY_WINDOW_SECONDS = 2  # at most one "pool dirty" message per pool per window
 DLQ_SUFFIX = "-dirty-dlq.fifo"
+#: Standard queue (Lambda destinations take no FIFO queue): asynchronous invocations (EventBridge rules,
+#: the schedule, SNS) that failed every retry land here, with the event, instead of being dropped.
+FAILED_EVENTS_SUFFIX = "-failed-events"
 #: The `pool_dirty` function's timeout: `.chalice/config.json` sets it (both deploy paths package from it).
 DIRTY_FUNCTION_TIMEOUT_SECONDS = 60
 #: "Using Lambda with Amazon SQS" (AWS Lambda Developer Guide): "set the source queue's visibility timeout
@@ -64,6 +67,10 @@ class Names:
     @property
     def dead_letter_queue(self) -> str:
         return f"{self.prefix}{DLQ_SUFFIX}"
+
+    @property
+    def failed_events_queue(self) -> str:
+        return f"{self.prefix}{FAILED_EVENTS_SUFFIX}"
 
     @property
     def base_certs_secret(self) -> str:

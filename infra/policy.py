@@ -185,6 +185,15 @@ def lambda_grants(scope: Scope) -> list[Grant]:
             "the dead-letter alarm moves failed pool-dirty messages back to the queue (chalicelib/alarms.py)",
         ),
         Grant(
+            "FailedEventsDestination",
+            ("sqs:SendMessage",),
+            (scope.arn("sqs", names.failed_events_queue),),
+            "Lambda sends an asynchronous invocation that failed every retry to the on-failure destination "
+            "with the function's role (AWS Lambda Developer Guide, \"Capturing records of Lambda "
+            'asynchronous invocations")',
+            Origin.SERVICE,
+        ),
+        Grant(
             "ConfigParameter",
             ("ssm:GetParameter",),
             (scope.arn("ssm", f"parameter{names.config_parameter}"),),

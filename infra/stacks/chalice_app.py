@@ -76,6 +76,7 @@ class App(Construct):
         *,
         queue_arn: str,
         queue_url: str,
+        failed_events_arn: str,
         table_name: str,
         topic_arn: str,
         base_certs: secretsmanager.CfnSecret,
@@ -164,6 +165,33 @@ class App(Construct):
         for logical, event in self.wiring.replaced_events:
             self.chalice.get_resource(logical).add_deletion_override(f"Properties.Events.{event}")
         self.rotation = self._rotation(base_certs)
+        self.invoke_configs = [
+            self._on_failure(logical, failed_events_arn) for logical in self._async_functions()
+        ]
+
+    def _async_functions(self) -> list[str]:
+        """Functions AWS invokes asynchronously: EventBridge rule targets, the schedule, SNS subscribers."""
+        wanted = {r.function for r in self.wiring.rules} | {b.function for b in self.wiring.topics}
+        wanted |= {f for f in self.wiring.functions if "Schedule" in json.dumps(self._events(f))}
+        return sorted(wanted)
+
+    def _events(self, logical: str) -> Any:
+        return self.chalice.sam["Resources"][logical]["Properties"].get("Events", {})
+
+    def _on_failure(self, logical: str, destination: str) -> lambda_.CfnEventInvokeConfig:
+        """Lambda retries a failed asynchronous invocation twice, then drops it unless the function has an
+        on-failure destination ("Asynchronous invocation", AWS Lambda Developer Guide): a launch hook whose
+        three attempts failed (GitLab down) is kept there, with its event, for the operator."""
+        return lambda_.CfnEventInvokeConfig(
+            self,
+            f"OnFailure{logical}",
+            function_name=self.function_name(logical),
+            qualifier="$LATEST",
+            maximum_retry_attempts=2,
+            destination_config=lambda_.CfnEventInvokeConfig.DestinationConfigProperty(
+                on_failure=lambda_.CfnEventInvokeConfig.OnFailureProperty(destination=destination)
+            ),
+        )
 
     def function_arn(self, logical: str) -> str:
         return self.chalice.get_resource(logical).get_att("Arn").to_string()

@@ -51,6 +51,7 @@ class ScalerStack(cdk.Stack):
             grant_scope,
             queue_arn=queue.attr_arn,
             queue_url=queue.attr_queue_url,
+            failed_events_arn=self.state.failed_events_queue.attr_arn,
             table_name=self.state.table.ref,
             topic_arn=topic.topic_arn,
             base_certs=self.state.secrets.base_certs,

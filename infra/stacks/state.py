@@ -42,6 +42,14 @@ class State(Construct):
             sqs_managed_sse_enabled=True,
         )
         self.queue = _dirty_queue(self, names.queue, self.dead_letter_queue.attr_arn)
+        # The functions' on-failure destination (App's EventInvokeConfig): events Lambda gave up on.
+        self.failed_events_queue = sqs.CfnQueue(
+            self,
+            "FailedEventsQueue",
+            queue_name=names.failed_events_queue,
+            message_retention_period=DLQ_RETENTION_SECONDS,
+            sqs_managed_sse_enabled=True,
+        )
         self.config_parameter = _config_parameter(self, settings)
         self.secrets = Secrets(self, "Secrets", settings)
         # Buckets the stack owns; an existing one (cache_bucket_existing) is only granted to its pools'

@@ -612,3 +612,29 @@ def test_cfn_lint_finds_no_error_and_no_warning(real: Synth) -> None:
     # THEN it finds nothing, except what `tolerated` names and explains
     found = [f"{m.rule.id} {m.path}: {m.message}" for m in matches if not tolerated(m.rule.id, m.path)]
     assert found == [], "\n".join(found)
+
+
+def test_asynchronous_invocations_have_an_on_failure_destination(real: Synth) -> None:
+    """Lambda retries an asynchronous invocation twice, then drops it unless it has an on-failure destination
+    (AWS Lambda Developer Guide, "Asynchronous invocation"): a launch hook that failed three times is kept."""
+    queue, props = real.one("AWS::SQS::Queue", QueueName=NAMES.failed_events_queue)
+    assert "FifoQueue" not in props["Properties"]  # Lambda destinations take standard queues only
+    configs = {
+        c["Properties"]["FunctionName"]["Ref"]: c["Properties"]
+        for c in real.resources("AWS::Lambda::EventInvokeConfig").values()
+    }
+    # THEN every function EventBridge or SNS invokes has one, pointing at the failed-events queue
+    assert {"MachineEvents", "Tick", "Alarms"} <= set(configs)
+    for config in configs.values():
+        assert config["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": [queue, "Arn"]}
+        assert config["MaximumRetryAttempts"] == 2
+    # AND the functions' role may send there (Lambda sends with the function's role)
+    sends = [s for s in lambda_role_statements(real) if "sqs:SendMessage" in as_list(s["Action"])]
+    assert any(NAMES.failed_events_queue in json.dumps(s["Resource"]) for s in sends)
+
+
+def test_pool_dirty_timeout_fits_the_queue_visibility_timeout(real: Synth) -> None:
+    """ "Using Lambda with Amazon SQS": the visibility timeout is at least six times the function timeout."""
+    _, queue = real.one("AWS::SQS::Queue", QueueName=NAMES.queue)
+    function = real.raw["Resources"]["PoolDirty"]["Properties"]
+    assert int(queue["Properties"]["VisibilityTimeout"]) >= 6 * int(function["Timeout"])
