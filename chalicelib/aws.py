@@ -1,7 +1,9 @@
 """The one seam every AWS call passes through: lazy clients, counting, retries, error translation, tracing.
 
-Adapters (fleet, store, secrets, hosts, queue) call `AwsClients.call`; nothing else builds a boto3 client.
-Clients are created on first use (never at import time) so moto and Stubber can be set up first.
+Nothing else in chalicelib builds a boto3 client. Most calls come from the adapters (fleet, store, dynamo,
+secrets, hosts, queue), but not all yet: `runtime` calls SSM, SQS and Secrets Manager and `alarms` calls SQS
+through `AwsClients.call` directly. Clients are created on first use (never at import time) so moto and
+Stubber can be set up first.
 """
 
 from __future__ import annotations

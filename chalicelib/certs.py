@@ -1,7 +1,9 @@
-"""PURE: the fleet's Docker TLS material (docker-machine's "base certs"): CA, client and server certificates.
+"""The fleet's Docker TLS material (docker-machine's "base certs"): CA, client and server certificates.
 
-Data in, certificates out: `now` is always a parameter, nothing here reads a clock or calls AWS.
-Imports cryptography and the standard library only (plus chalicelib.errors).
+Building and checking certificates reads no clock (`now` is a parameter) and calls no AWS; new keys and
+serial numbers are random. Not pure as a whole: `write_private`, `export_dir` and `load_dir` read and write
+docker-machine's certificate directory (the CLI's `--local` mode). Imports cryptography and the standard
+library only (plus chalicelib.errors).
 """
 
 from __future__ import annotations

@@ -72,10 +72,6 @@ class NotFoundError(RunnerScalerError):
     """
 
 
-class LeaseHeldError(RunnerScalerError):
-    """Another reconcile holds the pool's lease; the caller backs off and the next tick retries."""
-
-
 class RotationError(RunnerScalerError):
     """A Secrets Manager rotation step cannot proceed; the message says which step and why."""
 

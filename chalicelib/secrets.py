@@ -1,6 +1,7 @@
-"""Secrets Manager adapter (`AwsSecrets`, the only caller of the service, through `AwsClients`) and its
-in-memory twin `MemorySecrets`; plus machine secrets and a per-container TTL cache. No policy, no value
-ever logged. Imports chalicelib.aws and chalicelib.errors only.
+"""Secrets Manager adapter (`AwsSecrets`, through `AwsClients`) and its in-memory twin `MemorySecrets`; plus
+machine secrets and a TTL cache (`SecretCache`). No policy, no value ever logged. Imports chalicelib.aws and
+chalicelib.errors only. Not yet the only caller of the service: `runtime.secret_text` reads secrets with its
+own per-container cache, outside this adapter.
 """
 
 from __future__ import annotations
