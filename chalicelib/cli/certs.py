@@ -15,18 +15,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from chalicelib import certs
 from chalicelib.certs import BaseCerts, CertPolicy, KeyAlgorithm
+from chalicelib.cli.consoles import CliConsole
 from chalicelib.config import format_duration, parse_duration
 from chalicelib.errors import RunnerScalerError
 from chalicelib.resources import DEFAULT_PREFIX, ENV_PREFIX, Names
 
-console = Console()
-err = Console(stderr=True)
+console = CliConsole()
+err = CliConsole(stderr=True)
 
 certs_app = typer.Typer(
     name="certs",

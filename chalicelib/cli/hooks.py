@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from chalicelib.cli.consoles import CliConsole
 from chalicelib.config import Config, load_config_file
 from chalicelib.errors import ConfigError
 from chalicelib.hooks import (
@@ -225,7 +226,7 @@ def _load(path: Path, gitlab_url: str | None) -> Config:
     try:
         cfg = load_config_file(path)
     except ConfigError as exc:
-        Console(stderr=True).print(str(exc), highlight=False, markup=False)
+        CliConsole(stderr=True).print(str(exc), highlight=False, markup=False)
         raise typer.Exit(2) from None
     if gitlab_url is None:
         return cfg
@@ -291,10 +292,10 @@ def _output(data: dict[str, Any], json_out: Path | None, render: Callable[[Conso
     if json_out is not None and str(json_out) == "-":
         print(json.dumps(data, indent=2))
         return
-    render(Console())
+    render(CliConsole())
     if json_out is not None:
         json_out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        Console(stderr=True).print(f"wrote {json_out}", highlight=False)
+        CliConsole(stderr=True).print(f"wrote {json_out}", highlight=False)
 
 
 def _project_cell(outcome: HookOutcome) -> str:

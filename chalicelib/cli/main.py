@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from chalicelib.cli.certs import certs_app
+from chalicelib.cli.consoles import CliConsole
 from chalicelib.cli.demo import demo as demo_command
 from chalicelib.cli.hooks import hooks_app
 from chalicelib.cli.replay import replay_command
@@ -30,8 +30,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
+console = CliConsole()
+err = CliConsole(stderr=True)
 
 
 def _version() -> str:

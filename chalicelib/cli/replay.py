@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from chalicelib.cli.consoles import CliConsole
 from chalicelib.errors import ConfigError
 
-err = Console(stderr=True)
+err = CliConsole(stderr=True)
 
 
 def replay_command(

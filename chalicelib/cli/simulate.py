@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from chalicelib.cli.consoles import CliConsole
 from chalicelib.config import Config, load_config_file
 from chalicelib.errors import ConfigError
 
@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from sim.traces import TraceJob
     from sim.world import RunResult
 
-console = Console()
-err = Console(stderr=True)
+console = CliConsole()
+err = CliConsole(stderr=True)
 
 _UNITS = {
     "unmatched_jobs": "jobs (no pool takes them; not in the waits)",

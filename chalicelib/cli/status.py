@@ -11,17 +11,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from chalicelib.cli.consoles import CliConsole
 from chalicelib.config import load_config_file
 from chalicelib.errors import AwsCallError, ConfigError, RunnerScalerError
 from chalicelib.resources import ENV_PREFIX, Names
 from chalicelib.runtime import Runtime
 from chalicelib.status import PoolStatus, snapshot
 
-console = Console()
-err = Console(stderr=True)
+console = CliConsole()
+err = CliConsole(stderr=True)
 
 
 def status(

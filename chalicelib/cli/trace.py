@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
+from chalicelib.cli.consoles import CliConsole
 from chalicelib.cli.hooks import DEFAULT_TOKEN_ENV, read_token
 from chalicelib.config import load_config_file
 from chalicelib.errors import ConfigError, GitLabError
@@ -26,7 +26,7 @@ from sim.traces import TraceJob, write_trace
 if TYPE_CHECKING:
     from chalicelib.gitlab import GitLabClient, JobInfo
 
-err = Console(stderr=True)
+err = CliConsole(stderr=True)
 
 #: Job statuses of jobs that ended; only those with a start time ever held a runner.
 FINISHED = ("success", "failed", "canceled")

@@ -66,3 +66,19 @@ def test_status_exits_non_zero_when_a_pools_group_is_missing(stack: Stack) -> No
     assert 'Auto Scaling group not found in us-east-1: "test-gpu" (pool gpu)' in " ".join(
         result.output.split()
     )
+
+
+def test_status_table_keeps_whole_names_when_stdout_is_not_a_terminal(stack: Stack) -> None:
+    """In a log or a CI job rich cannot ask a terminal for its width: the table must not be cut at 80."""
+    # GIVEN a deployment; WHEN status prints its table to a pipe (CliRunner's output is not a terminal)
+    result = CliRunner().invoke(app, ["status", "-c", CONFIG, "--prefix", "test"], env={"COLUMNS": None})
+    # THEN every pool name and every column header is whole, on one line
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for pool in stack.config.pools:
+        assert any(f" {pool.name} " in line for line in lines), (pool.name, result.output)
+    header = next(line for line in lines if " pool " in line)
+    columns = ("platform", "desired", "in service", "booting", "draining", "pending", "running", "faults")
+    for column in columns:
+        assert f" {column} " in header, (column, result.output)
+    assert "…" not in result.output

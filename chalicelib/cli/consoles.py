@@ -1,0 +1,34 @@
+"""The CLI's rich consoles: on a terminal as rich draws them; elsewhere (a log, CI, a pipe) as wide as the
+content, so tables keep whole pool and machine names instead of cutting them at 80 columns ("linux-…").
+
+Text a user, a file or an error wrote is printed with `markup=False` or `rich.markup.escape`, never as markup:
+rich would swallow `[pools.hosts]` as a style tag. May import rich only.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rich.console import Console, ConsoleDimensions
+
+#: Columns when the output is not a terminal and COLUMNS is unset: wider than any line the CLI prints, so no
+#: table column is cut; tables and text are only as wide as their content (nothing expands to this width).
+PIPED_WIDTH = 1000
+
+
+class CliConsole(Console):
+    """A `Console` that stops wrapping and truncating at 80 columns when its file is not a terminal.
+
+    rich falls back to 80 columns when it cannot ask a terminal; `COLUMNS`, when set, still wins.
+    """
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+            return size
+        return ConsoleDimensions(PIPED_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
