@@ -155,7 +155,8 @@ class DemoResult:
 
     @property
     def exit_code(self) -> int:
-        """0 when every invariant held, 130 after Ctrl-C (as a shell reports SIGINT), 1 otherwise."""
+        """0 when every invariant held (a stop at the --duration limit breaks none), 130 after Ctrl-C (as a
+        shell reports SIGINT), 1 otherwise."""
         if self.summary["interrupted"]:
             return 130
         return 0 if self.ok else 1
@@ -277,6 +278,11 @@ class TracePlayer:
     @property
     def done(self) -> bool:
         return not self._pending
+
+    @property
+    def pipelines_left(self) -> int:
+        """Trace pipelines not created in GitLab yet (a run stopped at --duration may leave some)."""
+        return len(self._pending)
 
     def release(self, elapsed_s: float) -> int:
         """Create every pipeline due by `elapsed_s` (simulated seconds); returns how many were created."""
@@ -425,6 +431,7 @@ class DemoWorld:
     spot: SpotInterruptions
     notes: deque[str] = field(default_factory=lambda: deque(maxlen=4))
     jobs_done_at: datetime | None = None  # when the last trace job ended
+    stopped_at_duration: bool = False  # the --duration limit ended the run before every job finished
 
 
 @dataclass(frozen=True)
@@ -674,10 +681,12 @@ class Demo:
     def _finished(self, world: DemoWorld, now: datetime) -> bool:
         """Done when the trace ran and every pool scaled back to its idle floor (or the time is up)."""
         elapsed = (now - world.clock.origin).total_seconds()
+        jobs_left = not world.player.done or any(j.status not in TERMINAL for j in world.recorder.jobs())
         if elapsed >= self.options.duration.total_seconds():
             world.notes.append(f"stopped at the --duration limit ({clock_text(elapsed)})")
+            world.stopped_at_duration = jobs_left
             return True
-        if not world.player.done or any(j.status not in TERMINAL for j in world.recorder.jobs()):
+        if jobs_left:
             return False
         settle = self.options.settle
         if settle is None:
@@ -731,6 +740,7 @@ class Demo:
                 for s in world.spot.planned
                 if s.instance_id
             ],
+            "trace_pipelines_not_created": world.player.pipelines_left,
             "jobs_retried": world.recorder.retried(),
             "tls_rotations": [
                 {
@@ -754,6 +764,7 @@ class Demo:
             now,
             extra=extra,
             interrupted=interrupted,
+            stopped_at_duration=world.stopped_at_duration,
         )
 
 

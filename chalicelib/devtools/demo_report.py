@@ -21,7 +21,7 @@ from rich.text import Text
 
 from chalicelib.config import Config
 from chalicelib.devtools.accounting import job_wait_s, machine_seconds, percentile
-from chalicelib.devtools.fake_gitlab import FakeGitLab, FakeJob
+from chalicelib.devtools.fake_gitlab import TERMINAL, FakeGitLab, FakeJob
 from chalicelib.devtools.local_app import Invocations
 from chalicelib.devtools.machines import BusyKill, SimMachine, SimulatedMachines
 
@@ -29,6 +29,7 @@ from chalicelib.devtools.machines import BusyKill, SimMachine, SimulatedMachines
 SUMMARY_KEYS = (
     "ok",
     "interrupted",
+    "stopped_at_duration",
     "jobs",
     "wait_seconds",
     "machine_seconds",
@@ -153,15 +154,19 @@ class Recorder:
 
 @dataclass(frozen=True)
 class Invariants:
-    """The promises the demo checks; any False makes `runner-scaler demo` exit 1."""
+    """The promises the demo checks; any False makes `runner-scaler demo` exit 1.
+
+    `every_job_ran` is None (not checked) when the run stopped at the `--duration` limit the user set: jobs
+    still waiting then are the run's end, not a broken promise; the summary lists them as unfinished.
+    """
 
     no_busy_machine_killed: bool
-    every_job_ran: bool
+    every_job_ran: bool | None
     within_max_instances: bool
 
     @property
     def ok(self) -> bool:
-        return self.no_busy_machine_killed and self.every_job_ran and self.within_max_instances
+        return self.no_busy_machine_killed and self.every_job_ran is not False and self.within_max_instances
 
 
 def summarise(
@@ -173,8 +178,13 @@ def summarise(
     *,
     extra: Mapping[str, Any] | None = None,
     interrupted: bool = False,
+    stopped_at_duration: bool = False,
 ) -> dict[str, Any]:
-    """The JSON summary: jobs, waits, machine time, invariants, and how often each handler ran."""
+    """The JSON summary: jobs, waits, machine time, invariants, and how often each handler ran.
+
+    `stopped_at_duration`: the run hit the `--duration` limit with jobs left, so "every job ran" is not
+    checked (null) and `jobs.unfinished_ids` names what was left.
+    """
     jobs = recorder.jobs()
     never_ran = sorted(j.id for j in jobs if j.started_at is None)
     by_status = Counter(j.status for j in jobs)
@@ -182,12 +192,13 @@ def summarise(
     machine_time = pool_machine_seconds(machines.machines.values(), pools, recorder.start, now)
     invariants = Invariants(
         no_busy_machine_killed=not machines.busy_kills,
-        every_job_ran=not never_ran,
+        every_job_ran=None if stopped_at_duration and never_ran else not never_ran,
         within_max_instances=not machines.over_capacity,
     )
     summary: dict[str, Any] = {
         "ok": invariants.ok and not interrupted,
         "interrupted": interrupted,
+        "stopped_at_duration": stopped_at_duration,
         "simulated_seconds": round((now - recorder.start).total_seconds(), 1),
         "jobs": {
             "total": len(jobs),
@@ -197,6 +208,7 @@ def summarise(
             "canceled": by_status["canceled"],
             "unfinished": len(jobs) - sum(by_status[s] for s in ("success", "failed", "skipped", "canceled")),
             "never_ran": never_ran,
+            "unfinished_ids": sorted(j.id for j in jobs if j.status not in TERMINAL),
             "by_pool": {pool: _pool_jobs(recorder.jobs(pool)) for pool in pools},
         },
         "wait_seconds": {
@@ -369,6 +381,14 @@ def summary_table(summary: Mapping[str, Any]) -> RenderableType:
     )
     checks = Text()
     for name, held in summary["invariants"].items():
+        if held is None:
+            unfinished = summary["jobs"]["unfinished"]
+            checks.append(
+                f"- {name.replace('_', ' ')}: not checked, stopped at the --duration limit "
+                f"with {unfinished} jobs unfinished\n",
+                style="yellow",
+            )
+            continue
         checks.append(
             f"{'✓' if held else '✗'} {name.replace('_', ' ')}\n", style="green" if held else "bold red"
         )

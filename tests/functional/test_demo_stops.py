@@ -139,3 +139,34 @@ def test_a_busy_machine_killed_breaks_the_invariant_and_the_demo_exits_1(tmp_pat
     console.print(summary_table(result.summary))
     assert "✗ no busy machine killed" in console.export_text()
     assert_released(threads_before, result)
+
+
+def test_stopping_at_the_duration_limit_reports_the_unfinished_jobs_and_exits_0(tmp_path: Path) -> None:
+    """The user asked the demo to stop early: jobs still waiting are the run's end, not a broken promise."""
+    from typer.testing import CliRunner
+
+    from chalicelib.cli.main import app
+
+    # GIVEN a trace whose first job needs a Windows machine (5 simulated minutes to boot, BOOT_SECONDS) and
+    # whose second pipeline comes at minute 20
+    trace = tmp_path / "trace.csv"
+    trace.write_text(
+        "pipeline_id,created_s,stage,name,tags,duration_s\n1,0,0,build,windows,600\n"
+        "2,1200,0,build,linux docker,60\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    # WHEN the demo is told to stop after 3 simulated minutes, before the Windows job could start
+    args = ["demo", "--trace", str(trace), "--duration", "3m", "--speed", "10000", "--no-drill"]
+    result = CliRunner().invoke(app, [*args, "--spot", "0", "--no-live", "--out", str(out)])
+    # THEN it exits 0 and says what was left unfinished
+    assert result.exit_code == 0, result.output
+    assert "stopped at the --duration limit: 1 jobs unfinished" in result.output
+    assert "1 trace pipelines not created yet; no invariant broke" in result.output
+    assert "an invariant broke" not in result.output
+    # AND the summary records the early stop, with "every job ran" not checked rather than failed
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["stopped_at_duration"] is True and summary["ok"] is True
+    assert summary["invariants"]["every_job_ran"] is None
+    assert summary["jobs"]["unfinished"] == 1 and len(summary["jobs"]["unfinished_ids"]) == 1
+    assert summary["trace_pipelines_not_created"] == 1
