@@ -86,9 +86,9 @@ name = "linux-xl"
 asg = "runner-scaler-linux-xl"
 platform = "linux"
 tags = ["linux", "docker", "xl"]
-capacity_per_instance = 2
+capacity_per_instance = 1
 max_use_count = 4
-max_instances = 3
+max_instances = 6
 instance_types = ["m7i.2xlarge"]
 
   [[pools.policy]]
