@@ -19,7 +19,7 @@ from chalicelib.capacity.hosts import HostPlan, plan_hosts
 from chalicelib.config import Config, Pool
 from chalicelib.drain import DrainState, drain_machine
 from chalicelib.eligibility import Eligibility
-from chalicelib.errors import AwsCallError, GitLabError
+from chalicelib.errors import AwsCallError, GitLabError, LeaseHeldError
 from chalicelib.fleet import Fleet, GroupView, Instance
 from chalicelib.forecast import PipelineState, forecast, with_statuses
 from chalicelib.hosts import HostPoolView, HostPort, apply_host_plan
@@ -29,6 +29,9 @@ from chalicelib.pipelines import Pipelines, active_for_prewarm
 from chalicelib.store import HOLDS_SLOT, TERMINAL, Fault, JobRecord, MachineRecord, Store
 
 logger = logging.getLogger(__name__)
+
+#: A reconcile stops writing this long before its lease ends (clock drift, the write's own duration).
+LEASE_SAFETY_SECONDS = 5.0
 
 #: A pool asks GitLab which of its runners never polled at most once per this many seconds.
 CONTACT_CHECK_SECONDS = 15
@@ -100,6 +103,7 @@ class Reconciler:
         gitlab: str = "",
         timer: Callable[[], float] = time.perf_counter,
         eligibility: Eligibility | None = None,
+        lease_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
         self._store = store
@@ -111,6 +115,8 @@ class Reconciler:
         self._pipelines = pipelines
         self._gitlab = gitlab
         self._timer = timer  # measures, never decides: decisions use `now`
+        self._lease_clock = lease_clock  # seconds, for the lease's deadline only
+        self._lease_deadline = float("inf")
         self._eligibility = eligibility
 
     def reconcile_all(self, now: datetime) -> list[ReconcileResult]:
@@ -155,14 +161,18 @@ class Reconciler:
     ) -> ReconcileResult:
         result = ReconcileResult(pool.name, now)
         started = self._timer()
-        if not self._store.acquire_lease(pool.name, self._owner, now, self._config.scaler.lease_duration):
+        lease = self._config.scaler.lease_duration
+        if not self._store.acquire_lease(pool.name, self._owner, now, lease):
             result.skipped = "another reconcile holds the pool lease"
             return result
+        # Fencing by deadline: once the lease may have expired, another reconcile may hold it and act on a
+        # fresher view, so this one makes no further AWS write (each write checks `_check_lease` first).
+        self._lease_deadline = self._lease_clock() + lease.total_seconds() - LEASE_SAFETY_SECONDS
         try:
             if pipelines is None:
                 pipelines = self._active_pipelines([pool], now) if pool.prewarm else []
             self._reconcile_locked(pool, now, group, hosts, pipelines, result)
-        except (AwsCallError, GitLabError) as exc:
+        except (AwsCallError, GitLabError, LeaseHeldError) as exc:
             # Left for the next tick, which re-reads everything: nothing is half-applied silently.
             result.errors.append(str(exc))
             logger.warning("reconcile failed", extra={"pool": pool.name, "error": str(exc)})
@@ -252,10 +262,12 @@ class Reconciler:
             remaining, current = len(fresh.live_instances()), fresh.desired
         desired = min(remaining + plan.launch, group.max_size)
         if desired != current:
+            self._check_lease()
             self._fleet.set_desired_capacity(pool.asg, desired)
         result.launched = max(0, desired - remaining)
         result.desired_after = desired
         if host_plan is not None and hosts is not None and self._hosts is not None:
+            self._check_lease()
             applied = apply_host_plan(self._hosts, pool, host_plan, hosts)
             result.faults.extend(applied.errors)
         if plan.changes or result.terminated:
@@ -278,6 +290,16 @@ class Reconciler:
                 extra={"pool": pool.name, "jobs": len(skipped), "why": sorted(set(reasons.values()))},
             )
         return len(skipped)
+
+    def _check_lease(self) -> None:
+        """Stop before an AWS write once this reconcile's pool lease may have expired (it outlived its
+        `lease_duration`, less LEASE_SAFETY_SECONDS): a later reconcile may hold the lease by now."""
+        if self._lease_clock() >= self._lease_deadline:
+            held = self._config.scaler.lease_duration.total_seconds()
+            raise LeaseHeldError(
+                f"the pool lease may have expired ({held:.0f} s held): stopped before writing; the next "
+                "reconcile starts afresh"
+            )
 
     def _fall_back(
         self, pool: Pool, group: GroupView, faults: Sequence[Fault], result: ReconcileResult
@@ -443,6 +465,7 @@ class Reconciler:
         """Heal protection: every live instance is protected from scale-in, so only we choose what goes."""
         unprotected = [i.instance_id for i in group.live_instances() if not i.protected]
         if unprotected:
+            self._check_lease()
             self._fleet.protect(group.asg, unprotected)
         return unprotected
 
@@ -465,6 +488,7 @@ class Reconciler:
             runners=self._runners,
             recheck=self._drain_recheck,
             find_runner=self._find_runner if self._runners is not None else None,
+            before_write=self._check_lease,
         )
         window = self._timer() - started
         if outcome.state is DrainState.BUSY:

@@ -4,9 +4,9 @@ deleted outside the scaler, through the same protocol."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from chalice.test import Client
@@ -15,6 +15,8 @@ from app import app
 from chalicelib.aws import AwsClients
 from chalicelib.devtools.fake_gitlab import FakeGitLab
 from chalicelib.errors import GitLabNotFoundError
+from chalicelib.fleet import Fleet, GroupView
+from chalicelib.reconcile import Reconciler
 from chalicelib.store import MachineRecord
 from tests.builders import T0
 from tests.functional.conftest import Stack
@@ -124,3 +126,71 @@ def test_a_machine_whose_runner_was_deleted_outside_the_scaler_is_removed_by_the
     # THEN the machine is removed
     live = [i.instance_id for i in rt.fleet.read_groups(["test-linux"])["test-linux"].live_instances()]
     assert live == []
+
+
+class StallingFleet:
+    """The real fleet behind a reconcile that stalls right after reading its group (a slow GitLab, a long GC
+    pause): `stall` runs then. Its writes are recorded."""
+
+    def __init__(self, fleet: Fleet, stall: Callable[[], None]) -> None:
+        self._fleet = fleet
+        self._stall = stall
+        self.writes: list[str] = []
+
+    def read_groups(self, asgs: Sequence[str]) -> dict[str, GroupView]:
+        groups = self._fleet.read_groups(asgs)
+        self._stall()
+        return groups
+
+    def launch_times(self, instance_ids: Sequence[str]) -> dict[str, datetime]:
+        return self._fleet.launch_times(instance_ids)
+
+    def set_desired_capacity(self, asg: str, desired: int) -> None:
+        self.writes.append(f"set_desired_capacity {desired}")
+        self._fleet.set_desired_capacity(asg, desired)
+
+    def protect(self, asg: str, instance_ids: Sequence[str]) -> None:
+        self.writes.append("protect")
+        self._fleet.protect(asg, instance_ids)
+
+    def terminate(self, instance_id: str) -> bool:
+        self.writes.append(f"terminate {instance_id}")
+        return self._fleet.terminate(instance_id)
+
+    def complete_lifecycle_action(
+        self, asg: str, hook: str, token: str, instance_id: str, result: str
+    ) -> None:
+        self._fleet.complete_lifecycle_action(asg, hook, token, instance_id, result)
+
+    def set_instance_types(self, group: GroupView, types: Sequence[str], on_demand_percentage: int) -> None:
+        self._fleet.set_instance_types(group, types, on_demand_percentage)
+
+    def instance_addresses(self, instance_id: str) -> list[str]:
+        return self._fleet.instance_addresses(instance_id)
+
+
+def test_a_reconcile_that_outlives_its_lease_writes_nothing_after_it(aws: AwsClients) -> None:
+    # GIVEN three pending jobs, and a reconcile ("slow") that stalls 60 s after reading its group, past its
+    # 50 s lease, while a second reconcile ("next") takes the expired lease and applies
+    world = World(aws, make_config())
+    pool = world.config.pools[0]
+    for n in range(3):
+        world.job(n, "pending")
+    seconds = [0.0]
+
+    def stall() -> None:
+        seconds[0] += 60.0
+        world.job(0, "canceled")  # meanwhile one job went away...
+        done = world.reconciler("next").reconcile_pool(pool, T0 + timedelta(seconds=60))
+        assert done.ok and done.desired_after == 2  # ...and the next reconcile launched for the two left
+
+    fleet = StallingFleet(world.fleet, stall)
+    slow = Reconciler(
+        world.config, world.store, fleet, world.runners, owner="slow", lease_clock=lambda: seconds[0]
+    )
+    # WHEN the slow reconcile wakes up with its view of three pending jobs and an empty group
+    result = slow.reconcile_pool(pool, T0)
+    # THEN it stops before its first AWS write: the group keeps the next reconcile's capacity
+    assert fleet.writes == []
+    assert result.errors and "lease" in result.errors[0]
+    assert world.group()["DesiredCapacity"] == 2
