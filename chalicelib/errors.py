@@ -72,6 +72,13 @@ class NotFoundError(RunnerScalerError):
     """
 
 
+class LeaseExpiredError(RunnerScalerError):
+    """A reconcile outlived its pool lease: another may hold it now, so this one stopped before an AWS write.
+
+    The next reconcile re-reads everything; nothing was half-applied.
+    """
+
+
 class RotationError(RunnerScalerError):
     """A Secrets Manager rotation step cannot proceed; the message says which step and why."""
 

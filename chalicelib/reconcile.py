@@ -19,7 +19,7 @@ from chalicelib.capacity.hosts import HostPlan, plan_hosts
 from chalicelib.config import Config, Pool
 from chalicelib.drain import DrainState, drain_machine
 from chalicelib.eligibility import Eligibility
-from chalicelib.errors import AwsCallError, GitLabError, LeaseHeldError
+from chalicelib.errors import AwsCallError, GitLabError, LeaseExpiredError
 from chalicelib.fleet import Fleet, GroupView, Instance
 from chalicelib.forecast import PipelineState, forecast, with_statuses
 from chalicelib.hosts import HostPoolView, HostPort, apply_host_plan
@@ -172,7 +172,7 @@ class Reconciler:
             if pipelines is None:
                 pipelines = self._active_pipelines([pool], now) if pool.prewarm else []
             self._reconcile_locked(pool, now, group, hosts, pipelines, result)
-        except (AwsCallError, GitLabError, LeaseHeldError) as exc:
+        except (AwsCallError, GitLabError, LeaseExpiredError) as exc:
             # Left for the next tick, which re-reads everything: nothing is half-applied silently.
             result.errors.append(str(exc))
             logger.warning("reconcile failed", extra={"pool": pool.name, "error": str(exc)})
@@ -296,7 +296,7 @@ class Reconciler:
         `lease_duration`, less LEASE_SAFETY_SECONDS): a later reconcile may hold the lease by now."""
         if self._lease_clock() >= self._lease_deadline:
             held = self._config.scaler.lease_duration.total_seconds()
-            raise LeaseHeldError(
+            raise LeaseExpiredError(
                 f"the pool lease may have expired ({held:.0f} s held): stopped before writing; the next "
                 "reconcile starts afresh"
             )
