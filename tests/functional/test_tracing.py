@@ -23,7 +23,7 @@ from botocore.client import BaseClient
 
 from chalicelib.aws import AwsClients, fault
 from chalicelib.devtools.fake_gitlab import FakeGitLab
-from chalicelib.errors import AwsCallError, NotFoundError
+from chalicelib.errors import AwsCallError, GitLabNotFoundError
 from chalicelib.gitlab import GitLabClient
 from chalicelib.tracing import Tracing, from_environment
 
@@ -180,7 +180,7 @@ def test_gitlab_calls_are_traced_without_the_token(trace: Trace, fake_gitlab: Fa
             locked=True,
             maintenance_note="managed by runner-scaler",
         )
-        with pytest.raises(NotFoundError):
+        with pytest.raises(GitLabNotFoundError):
             gl.get_runner(created.id + 1000)
 
     # WHEN it creates a runner and asks for one that does not exist
@@ -190,7 +190,7 @@ def test_gitlab_calls_are_traced_without_the_token(trace: Trace, fake_gitlab: Fa
         ("gitlab.runners.create", "ok"),
         ("gitlab.runners.get", "error"),
     ]
-    assert subsegments[1]["annotations"]["error"] == "NotFoundError"
+    assert subsegments[1]["annotations"]["error"] == "HTTP 404"
     # AND neither the API token nor the new runner's token is in the trace
     (runner,) = fake_gitlab.runners.values()
     assert fake_gitlab.token not in trace.raw and runner.token not in trace.raw
