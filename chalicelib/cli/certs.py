@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -84,7 +85,7 @@ def _secrets(endpoint_url: str | None) -> Any:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]{message}[/red]", highlight=False)
+    err.print(message, style="red", markup=False, highlight=False)
     return typer.Exit(code)
 
 
@@ -150,7 +151,7 @@ def regenerate_base_certs(
         policy = _policy_override(secrets, name, overrides)
         outcome = ensure_base_certs(secrets, _names(prefix), _now(), before, policy, secret_name=name)
         base = parse_base_certs(secrets.get_value(name).value)
-        console.print(f"{name}: [bold]{outcome.action}[/bold]", highlight=False)
+        console.print(f"{escape(name)}: [bold]{outcome.action}[/bold]", highlight=False)
         if base is not None:
             console.print(render(base, _now(), shown))
 
@@ -192,7 +193,7 @@ def _regenerate_local(
     action, base = regenerate_local(directory, _now(), before, overrides)
     lost = action == "lost-race"
     note = " (another regenerate-base-certs changed it first; nothing written)" if lost else ""
-    console.print(f"{directory}: [bold]{action}[/bold]{note}", highlight=False)
+    console.print(f"{escape(str(directory))}: [bold]{action}[/bold]{escape(note)}", highlight=False)
     console.print(render(base, _now(), shown))
 
 
@@ -265,7 +266,7 @@ def export(
     def run() -> None:
         base = load_base_certs(secret, local, prefix, endpoint_url).trusted_at(_now())
         for path in certs.export_dir(base, directory):
-            console.print(f"wrote {path} ({oct(path.stat().st_mode & 0o777)})", highlight=False)
+            console.print(f"wrote {path} ({oct(path.stat().st_mode & 0o777)})", markup=False, highlight=False)
 
     _guarded(run)
 
@@ -317,7 +318,7 @@ def issue_server(
             ("ca.pem", base.trust_bundle_pem, 0o644),
         ):
             certs.write_private(out / name, content, mode)
-            console.print(f"wrote {out / name} ({oct(mode)})", highlight=False)
+            console.print(f"wrote {out / name} ({oct(mode)})", markup=False, highlight=False)
         console.print(render_infos([certs.cert_info("server", chain)], now, None))
 
     _guarded(run)

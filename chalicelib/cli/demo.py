@@ -71,9 +71,12 @@ def demo(
     console.print(summary_table(result.summary))
     minutes = result.summary["simulated_seconds"] / 60
     console.print(
-        f"[dim]{minutes:.0f} simulated minutes in {result.wall_seconds:.0f}s wall "
+        f"{minutes:.0f} simulated minutes in {result.wall_seconds:.0f}s wall "
         f"(×{result.summary['effective_speed']:g}); wrote {result.summary_path}, {result.timeline_path}, "
-        f"{result.log_path}[/dim]"
+        f"{result.log_path}",
+        style="dim",
+        markup=False,
+        highlight=False,
     )
     if result.summary["interrupted"]:
         console.print("[yellow]interrupted: the summary covers the run so far[/yellow]")

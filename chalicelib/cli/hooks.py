@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -295,7 +296,7 @@ def _output(data: dict[str, Any], json_out: Path | None, render: Callable[[Conso
     render(CliConsole())
     if json_out is not None:
         json_out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        CliConsole(stderr=True).print(f"wrote {json_out}", highlight=False)
+        CliConsole(stderr=True).print(f"wrote {json_out}", markup=False, highlight=False)
 
 
 def _project_cell(outcome: HookOutcome) -> str:
@@ -324,7 +325,7 @@ _RESULT_STYLE = {
 
 def print_report(console: Console, report: HookReport) -> None:
     """The sync as a table (one row per project) with a one-line summary and the problems."""
-    title = f"webhooks to {report.url}" + (" (dry run: nothing changed)" if report.dry_run else "")
+    title = f"webhooks to {escape(report.url)}" + (" (dry run: nothing changed)" if report.dry_run else "")
     table = Table(title=title)
     for column in ("project", "hook", "action", "result", "detail"):
         table.add_column(column, overflow="fold")
@@ -334,7 +335,7 @@ def print_report(console: Console, report: HookReport) -> None:
         table.add_row(
             Text(_project_cell(outcome)),
             str(outcome.hook_id or "-"),
-            outcome.plan.describe(),
+            Text(outcome.plan.describe()),
             Text(result, style=_RESULT_STYLE[status]),
             Text(_detail(outcome)),
         )
@@ -372,9 +373,9 @@ def health_label(outcome: HookOutcome) -> str:
 def print_health(console: Console, health: HookHealth) -> None:
     """The check as a table (one row per project), a verdict, and the problems."""
     if health.skipped:
-        console.print(f"[yellow]hook check skipped:[/] {health.skipped}")
+        console.print(f"[yellow]hook check skipped:[/] {escape(health.skipped)}")
         return
-    table = Table(title=f"webhooks to {health.url}")
+    table = Table(title=f"webhooks to {escape(health.url)}")
     for column in ("project", "hook", "health", "detail"):
         table.add_column(column, overflow="fold")
     for outcome in health.outcomes:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from chalicelib.cli.certs import certs_app
 from chalicelib.cli.consoles import CliConsole
@@ -23,6 +24,9 @@ from chalicelib.cli.trace import trace_app
 from chalicelib.config import Config, deployment_problems, format_duration, load_config_file
 from chalicelib.errors import ConfigError
 from chalicelib.migrate import migrate as migrate_text
+
+#: What `migrate` reads; its help names them (escaped, as typer renders help as rich markup).
+MIGRATED_SECTIONS = "[runners.machine] or [runners.autoscaler]"
 
 app = typer.Typer(
     name="runner-scaler",
@@ -104,7 +108,9 @@ def resolved(config: Config) -> dict[str, object]:
 @app.command()
 def migrate(
     file: Annotated[
-        Path, typer.Argument(help="gitlab-runner config.toml with [runners.machine] or [runners.autoscaler]")
+        Path,
+        # Typer renders help as rich markup: unescaped, `[runners.machine]` would be read as a style tag.
+        typer.Argument(help=escape(f"gitlab-runner config.toml with {MIGRATED_SECTIONS}")),
     ],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write here instead of stdout")] = None,
     gitlab_url: Annotated[str | None, typer.Option(help="GitLab URL, when config.toml's differs")] = None,
@@ -113,16 +119,16 @@ def migrate(
     try:
         text = migrate_text(file.read_text(encoding="utf-8"), str(file), gitlab_url)
     except OSError as exc:
-        err.print(f"cannot read {file}: {exc.strerror}")
+        err.print(f"cannot read {file}: {exc.strerror}", style="red", markup=False, highlight=False)
         raise typer.Exit(2) from None
     except ConfigError as exc:
-        err.print(str(exc), highlight=False)
+        err.print(str(exc), style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     if out is None:
         sys.stdout.write(text)
     else:
         out.write_text(text, encoding="utf-8")
-        err.print(f"wrote {out}")
+        err.print(f"wrote {out}", markup=False, highlight=False)
 
 
 app.command("status")(status_command)

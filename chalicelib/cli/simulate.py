@@ -70,7 +70,7 @@ def simulate(
     try:
         names = policy_names(policies)
     except ValueError as exc:
-        err.print(f"[red]--policies: {exc}[/red]")
+        err.print(f"--policies: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(2) from None
     cfg, jobs = _inputs(trace, config)
     results = _run(jobs, cfg, names, seed, _options(start))
@@ -81,12 +81,12 @@ def simulate(
     _report_unmatched(jobs, cfg, results)
     if json_out is not None:
         write_json(json_out, metrics_json(results))
-        err.print(f"wrote {json_out}")
+        err.print(f"wrote {json_out}", markup=False, highlight=False)
     if plot is not None:
         from sim.plot import plot_runs
 
         plot_runs(results, plot, f"{trace.name} with {config.name}, seed {seed}")
-        err.print(f"wrote {plot}")
+        err.print(f"wrote {plot}", markup=False, highlight=False)
 
 
 def _inputs(trace: Path, config: Path) -> tuple[Config, list[TraceJob]]:
@@ -96,7 +96,7 @@ def _inputs(trace: Path, config: Path) -> tuple[Config, list[TraceJob]]:
     try:
         return load_config_file(config), read_trace(trace)
     except (ConfigError, TraceError) as exc:
-        err.print(f"[red]{exc}[/red]", markup=True, highlight=False)
+        err.print(str(exc), style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -109,7 +109,12 @@ def _options(start: str | None) -> SimOptions:
     try:
         when = datetime.fromisoformat(start)
     except ValueError:
-        err.print(f'[red]--start: "{start}" is not ISO 8601, e.g. 2026-11-23T00:00:00+01:00[/red]')
+        err.print(
+            f'--start: "{start}" is not ISO 8601, e.g. 2026-11-23T00:00:00+01:00',
+            style="red",
+            markup=False,
+            highlight=False,
+        )
         raise typer.Exit(2) from None
     return SimOptions(start=when if when.tzinfo else when.replace(tzinfo=UTC))
 

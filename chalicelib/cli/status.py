@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from chalicelib.cli.consoles import CliConsole
 from chalicelib.config import load_config_file
@@ -38,7 +39,7 @@ def status(
     try:
         cfg = load_config_file(config)
     except ConfigError as exc:
-        console.print(str(exc), highlight=False)
+        err.print(str(exc), style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     environ = {**os.environ, ENV_PREFIX: prefix}
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
@@ -97,7 +98,7 @@ def render(rows: list[PoolStatus]) -> Table:
         table.add_column(column, justify="left" if column in {"pool", "platform", "faults"} else "right")
     for r in rows:
         table.add_row(
-            r.pool,
+            Text(r.pool),
             r.platform,
             str(r.desired),
             str(r.max_instances),
@@ -108,6 +109,6 @@ def render(rows: list[PoolStatus]) -> Table:
             str(r.draining),
             str(r.pending_jobs),
             str(r.running_jobs),
-            "; ".join(r.faults) or "-",
+            Text("; ".join(r.faults) or "-"),
         )
     return table

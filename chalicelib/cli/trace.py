@@ -189,20 +189,21 @@ def export(
     try:
         trace = jobs_to_trace(_with_progress(finished_jobs(client, project, start)), start, end)
     except GitLabError as exc:
-        err.print(f"[red]{exc}[/red]", highlight=False)
+        err.print(str(exc), style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except (requests.ConnectionError, requests.Timeout) as exc:
         err.print(_unreachable(url, exc, timeout), style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except (gitlab.exceptions.GitlabError, requests.RequestException) as exc:
         # One line that says what to check, never a traceback carrying request headers.
-        err.print(f"[red]{_gitlab_failure(exc, project)}[/red]", highlight=False)
+        err.print(_gitlab_failure(exc, project), style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     write_trace(out, trace.rows)
     pipelines = len({r.pipeline_id for r in trace.rows})
     err.print(
         f"wrote {out}: {len(trace.rows)} jobs of {pipelines} pipelines"
         + (f" ({trace.never_started} jobs that never started left out)" if trace.never_started else ""),
+        markup=False,
         highlight=False,
     )
     if trace.origin is not None:
@@ -211,7 +212,7 @@ def export(
             f"second 0 is {origin}: replay with `runner-scaler simulate --start {origin}`", highlight=False
         )
     if not trace.rows:
-        err.print(f"[yellow]no finished job of project {project} in that window[/yellow]")
+        err.print(f"no finished job of project {project} in that window", style="yellow", markup=False)
 
 
 def _gitlab_url(config: Path | None, gitlab_url: str | None) -> str:
