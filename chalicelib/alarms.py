@@ -30,6 +30,8 @@ from chalicelib.store import Fault, Store
 logger = logging.getLogger(__name__)
 
 FAULT_BACKOFF = timedelta(minutes=30)
+#: Fault kinds `record_launch_failure` and the launch alarms write (read by `capacity.fallback`).
+CAPACITY_FAULTS = ("instance_type", "spot", "zone", "launch")
 REDRIVE_LIMIT = 100
 _RECONCILE_METRICS = frozenset({"ApproximateAgeOfOldestMessage", "LongPendingJobs", "PendingJobs"})
 _LAUNCH_METRICS = frozenset({"TriggeredRules", "LaunchFailures", "GroupPendingInstances"})
@@ -69,7 +71,9 @@ def react(rt: Runtime, alarm: AlarmNotification, owner: str) -> AlarmOutcome:
     if alarm.new_state_value is AlarmState.OK:
         if metric in _LAUNCH_METRICS:
             for pool in pools:
-                rt.store.clear_faults(pool.name)
+                # Only the capacity faults this alarm is about: a pool's "prepare" fault (machines cannot be
+                # prepared) has its own backoff, and clearing it early would restart the relaunch loop.
+                rt.store.clear_faults(pool.name, CAPACITY_FAULTS)
             outcome.action = "faults cleared"
             _reconcile(rt, pools, owner)
         return outcome

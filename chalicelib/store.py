@@ -143,7 +143,9 @@ class Store(Protocol):
         """The pool's faults that have not expired."""
         ...
 
-    def clear_faults(self, pool: str) -> None: ...
+    def clear_faults(self, pool: str, kinds: Iterable[str] | None = None) -> None:
+        """Delete the pool's faults (only those of `kinds` when given)."""
+        ...
 
     def suspect(self, key: str, now: datetime) -> datetime:
         """Note a suspicion (an orphan seen); returns when it was FIRST noted, so two observations a set
@@ -406,8 +408,11 @@ class DynamoStore(DynamoTable):
             out.append(Fault(pool, kind, detail, until, str(item.get("reason", ""))))
         return out
 
-    def clear_faults(self, pool: str) -> None:
+    def clear_faults(self, pool: str, kinds: Iterable[str] | None = None) -> None:
+        wanted = None if kinds is None else set(kinds)
         for fault in self._all_faults(pool):
+            if wanted is not None and fault.kind not in wanted:
+                continue
             self._aws.call(
                 "dynamodb",
                 "delete_item",
@@ -796,9 +801,10 @@ class MemoryStore:
         with self._lock:
             return [f for (p, _, _), f in self._faults.items() if p == pool and f.until > now]
 
-    def clear_faults(self, pool: str) -> None:
+    def clear_faults(self, pool: str, kinds: Iterable[str] | None = None) -> None:
+        wanted = None if kinds is None else set(kinds)
         with self._lock:
-            for key in [k for k in self._faults if k[0] == pool]:
+            for key in [k for k in self._faults if k[0] == pool and (wanted is None or k[1] in wanted)]:
                 del self._faults[key]
 
     def suspect(self, key: str, now: datetime) -> datetime:

@@ -125,3 +125,22 @@ def test_reconcile_metrics_have_names_and_low_cardinality_dimensions(
     assert linux["PendingJobs"] == [1.0] and linux["platform"] == "linux"
     dimension_sets = linux["_aws"]["CloudWatchMetrics"][0]["Dimensions"]
     assert all(set(d) <= {"pool", "platform", "service"} for d in dimension_sets)
+
+
+def test_the_launch_alarms_ok_leaves_a_prepare_fault_in_place(stack: Stack, client: Client) -> None:
+    """A pool whose machines cannot be prepared keeps its launch pause until its own backoff passes: the
+    launch-failure alarm's OK is about capacity, and clearing that fault would restart the relaunch loop."""
+    from datetime import timedelta
+
+    from chalicelib.lifecycle import PREPARE_FAULT
+    from chalicelib.store import Fault
+
+    # GIVEN a capacity fault and a prepare fault on the linux pool
+    now = stack.runtime.now()
+    stack.runtime.store.put_fault(Fault("linux", "spot", "", now + timedelta(minutes=30), "no Spot"))
+    stack.runtime.store.put_fault(Fault("linux", PREPARE_FAULT, "", now + timedelta(minutes=30), "no certs"))
+    # WHEN the launch-failure alarm goes back to OK
+    sns = client.events.generate_sns_event(message=alarm_message("TriggeredRules", "OK"))
+    assert client.lambda_.invoke("alarms", sns).payload["action"] == "faults cleared"
+    # THEN only the capacity fault is gone
+    assert [f.kind for f in stack.runtime.store.faults("linux", stack.runtime.now())] == [PREPARE_FAULT]
