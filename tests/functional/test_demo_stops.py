@@ -164,6 +164,8 @@ def test_stopping_at_the_duration_limit_reports_the_unfinished_jobs_and_exits_0(
     assert "stopped at the --duration limit: 1 jobs unfinished" in result.output
     assert "1 trace pipelines not created yet; no invariant broke" in result.output
     assert "an invariant broke" not in result.output
+    # AND the summary table, printed to a pipe (not a terminal), keeps whole pool names and headers
+    assert "linux-xl" in result.output and "machine-min" in result.output and "…" not in result.output
     # AND the summary records the early stop, with "every job ran" not checked rather than failed
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["stopped_at_duration"] is True and summary["ok"] is True
