@@ -2,7 +2,8 @@
 content, so tables keep whole pool and machine names instead of cutting them at 80 columns ("linux-…").
 
 Text a user, a file or an error wrote is printed with `markup=False` or `rich.markup.escape`, never as markup:
-rich would swallow `[pools.hosts]` as a style tag. May import rich only.
+rich would swallow `[pools.hosts]` as a style tag (rich docs, "Console Markup": a tag is `[` + a style name;
+escape with a backslash or `rich.markup.escape`). May import rich only.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ PIPED_WIDTH = 1000
 class CliConsole(Console):
     """A `Console` that stops wrapping and truncating at 80 columns when its file is not a terminal.
 
-    rich falls back to 80 columns when it cannot ask a terminal; `COLUMNS`, when set, still wins.
+    rich falls back to 80 columns when it cannot ask a terminal, and reads `COLUMNS` first (rich
+    `rich/console.py`, `Console.size`); `COLUMNS`, when set, still wins here too.
     """
 
     @property

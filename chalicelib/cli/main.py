@@ -25,7 +25,8 @@ from chalicelib.config import Config, deployment_problems, format_duration, load
 from chalicelib.errors import ConfigError
 from chalicelib.migrate import migrate as migrate_text
 
-#: What `migrate` reads; its help names them (escaped, as typer renders help as rich markup).
+#: What `migrate` reads; its help names them, escaped: typer renders help as rich markup when rich is
+#: installed (typer `typer/core.py` DEFAULT_MARKUP_MODE "rich"; `typer/rich_utils.py` `Text.from_markup`).
 MIGRATED_SECTIONS = "[runners.machine] or [runners.autoscaler]"
 
 app = typer.Typer(
