@@ -6,10 +6,10 @@ translated). Holds no policy: the reconciler decides, this module does exactly w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from chalicelib.aws import AwsClients
 from chalicelib.errors import AwsCallError
@@ -61,6 +61,8 @@ class GroupView:
     instance_types: tuple[str, ...] = ()  # mixed-instances overrides, in priority order
     on_demand_percentage: int | None = None  # None: not a mixed-instances group
     launch_template: dict[str, str] | None = None
+    #: The mixed-instances group's InstancesDistribution exactly as read (None: not a mixed-instances group).
+    instances_distribution: Mapping[str, Any] | None = None
 
     def live_instances(self) -> tuple[Instance, ...]:
         return tuple(i for i in self.instances if i.live)
@@ -104,8 +106,9 @@ class Fleet(Protocol):
         """Let a launching/terminating instance go on (CONTINUE) or fail it (ABANDON)."""
         ...
 
-    def set_instance_types(self, group: GroupView, types: Sequence[str], on_demand_percentage: int) -> None:
-        """Reorder the group's instance types (first = preferred) and its Spot/on-demand split."""
+    def set_instance_types(self, group: GroupView, types: Sequence[str]) -> None:
+        """Reorder a mixed-instances group's instance types (first = preferred); its Spot/on-demand split
+        (base, percentage, strategies) stays exactly as it is."""
         ...
 
     def instance_addresses(self, instance_id: str) -> list[str]:
@@ -200,13 +203,22 @@ class AsgFleet:
             raise
         return True
 
-    def set_instance_types(self, group: GroupView, types: Sequence[str], on_demand_percentage: int) -> None:
-        if group.launch_template is None:
+    def set_instance_types(self, group: GroupView, types: Sequence[str]) -> None:
+        """UpdateAutoScalingGroup: the same launch template and distribution, only the overrides reordered.
+
+        Only a group that already has a mixed-instances policy: turning a plain launch-template group into
+        one "may replace existing instances to match the new purchasing options", and so may changing the
+        split (UpdateAutoScalingGroup API reference). The distribution read from the group is sent back
+        unchanged, so `on_demand_base` and `on_demand_percentage` stay the operator's. "Existing instances
+        continue to run with the configuration that they were originally launched with" (same page): a new
+        order steers only the next launches.
+        """
+        if group.launch_template is None or group.instances_distribution is None:
             raise AwsCallError(
                 "autoscaling",
                 "update_auto_scaling_group",
-                "NoLaunchTemplate",
-                f"group {group.asg} has no launch template to override",
+                "NotMixedInstances",
+                f"group {group.asg} has no mixed-instances policy whose types could be reordered",
                 retryable=False,
             )
         self._aws.call(
@@ -218,11 +230,7 @@ class AsgFleet:
                     "LaunchTemplateSpecification": group.launch_template,
                     "Overrides": [{"InstanceType": t} for t in types],
                 },
-                "InstancesDistribution": {
-                    "OnDemandAllocationStrategy": "prioritized",
-                    "OnDemandPercentageAboveBaseCapacity": on_demand_percentage,
-                    "SpotAllocationStrategy": "capacity-optimized-prioritized",
-                },
+                "InstancesDistribution": dict(group.instances_distribution),
             },
         )
 
@@ -271,13 +279,13 @@ def _group_view(group: dict[str, object]) -> GroupView:
     mixed = group.get("MixedInstancesPolicy")
     types: tuple[str, ...] = ()
     on_demand: int | None = None
+    distribution: dict[str, Any] | None = None
     template = group.get("LaunchTemplate")
     if isinstance(mixed, dict):
         spec = mixed.get("LaunchTemplate", {})
         types = tuple(str(o["InstanceType"]) for o in spec.get("Overrides", []) if o.get("InstanceType"))
-        on_demand = int(
-            mixed.get("InstancesDistribution", {}).get("OnDemandPercentageAboveBaseCapacity", 100)
-        )
+        distribution = dict(mixed.get("InstancesDistribution", {}))
+        on_demand = int(distribution.get("OnDemandPercentageAboveBaseCapacity", 100))
         template = spec.get("LaunchTemplateSpecification", template)
     return GroupView(
         asg=str(group["AutoScalingGroupName"]),
@@ -288,6 +296,7 @@ def _group_view(group: dict[str, object]) -> GroupView:
         instance_types=types,
         on_demand_percentage=on_demand,
         launch_template=_template_spec(template),
+        instances_distribution=distribution,
     )
 
 

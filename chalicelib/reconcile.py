@@ -13,8 +13,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
+from chalicelib import metrics
 from chalicelib.capacity import Demand, Machine, MachineState, PoolPlan, plan_pool
-from chalicelib.capacity.fallback import preferred_types
+from chalicelib.capacity.fallback import can_fall_back, preferred_types
 from chalicelib.capacity.hosts import HostPlan, plan_hosts
 from chalicelib.config import Config, Pool
 from chalicelib.drain import DrainState, drain_machine
@@ -304,16 +305,26 @@ class Reconciler:
     def _fall_back(
         self, pool: Pool, group: GroupView, faults: Sequence[Fault], result: ReconcileResult
     ) -> None:
-        """Steer launches away from instance types (or Spot) that recently failed for lack of capacity."""
-        if not pool.instance_types or group.launch_template is None:
+        """Steer launches away from instance types that recently failed for lack of capacity.
+
+        Only reorders the types of a group that already has a mixed-instances policy (see
+        `AsgFleet.set_instance_types` for why nothing else is rewritten); host pools never. A failing
+        fallback is a pool fault (logged, `FallbackFailed` metric), never the end of the reconcile: the
+        launches, protection and drains below matter more than the order of the types.
+        """
+        if not can_fall_back(pool) or group.launch_template is None or group.instances_distribution is None:
             return
-        if not faults and group.on_demand_percentage is None:
-            return  # never touched: leave the group as infra/ made it
-        types, on_demand = preferred_types(pool, [(f.kind, f.detail) for f in faults])
-        if (group.instance_types, group.on_demand_percentage) == (types, on_demand):
+        types = preferred_types(pool, [(f.kind, f.detail) for f in faults])
+        if group.instance_types == types:
             return
-        self._fleet.set_instance_types(group, types, on_demand)
-        result.fallback = f"instance types {', '.join(types)}; {on_demand}% on-demand"
+        try:
+            self._fleet.set_instance_types(group, types)
+        except AwsCallError as exc:
+            result.fallback = f"failed: {exc.code}"
+            logger.error("instance type fallback failed", extra={"pool": pool.name, "error": str(exc)})
+            metrics.emit({"FallbackFailed": 1}, {"pool": pool.name, "platform": pool.platform.value})
+            return
+        result.fallback = f"instance types {', '.join(types)}"
         logger.warning("instance types reordered", extra={"pool": pool.name, "fallback": result.fallback})
 
     def _find_runner(self, record: MachineRecord) -> int | None:

@@ -230,7 +230,22 @@ class FakeAws:
             "MinSize": 0,
             "MaxSize": group.max_size,
             "Instances": list(group.instances.values()),
-            "LaunchTemplate": {"LaunchTemplateName": f"{group.name}-lt", "Version": "$Latest"},
+            # A Spot group as infra/ makes one (a mixed-instances policy), so the fallback's fault read runs.
+            "MixedInstancesPolicy": {
+                "LaunchTemplate": {
+                    "LaunchTemplateSpecification": {
+                        "LaunchTemplateName": f"{group.name}-lt",
+                        "Version": "$Latest",
+                    },
+                    "Overrides": [{"InstanceType": "m7i.large"}, {"InstanceType": "m6i.large"}],
+                },
+                "InstancesDistribution": {
+                    "OnDemandBaseCapacity": 0,
+                    "OnDemandPercentageAboveBaseCapacity": 0,
+                    "OnDemandAllocationStrategy": "prioritized",
+                    "SpotAllocationStrategy": "price-capacity-optimized",
+                },
+            },
         }
 
     def _describe_instances(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -632,6 +647,7 @@ def bench_config(shape: Shape) -> Config:
             max_instances=shape.machines * 3 // 2 + 10,
             max_use_count=MAX_USE_COUNT,
             instance_types=("m7i.large", "m6i.large"),
+            spot=True,
             policy=(Policy(idle_count=max(1, shape.machines // 50), idle_time=timedelta(minutes=10)),),
         )
         for i in range(shape.pools)

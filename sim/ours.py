@@ -199,7 +199,7 @@ class SimAsg:
         """The simulated group has no lifecycle hooks to hold instances: only the call is counted."""
         self._calls["autoscaling"] += 1
 
-    def set_instance_types(self, group: GroupView, types: Sequence[str], on_demand_percentage: int) -> None:
+    def set_instance_types(self, group: GroupView, types: Sequence[str]) -> None:
         """Launch failures are not simulated, so no fallback is ever asked for; counted if it is."""
         self._calls["autoscaling"] += 1
 

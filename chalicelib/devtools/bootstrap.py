@@ -64,11 +64,31 @@ def create_pool_group(aws: AwsClients, pool: Pool, names: Names, subnet_id: str)
             "MetadataOptions": {"HttpTokens": "required"},
         },
     )
+    spec = {"LaunchTemplateName": template, "Version": "$Latest"}
+    # A Spot pool gets the mixed-instances policy infra/stacks/pools.py gives it (all Spot, types in order).
+    launch: dict[str, object] = (
+        {
+            "MixedInstancesPolicy": {
+                "LaunchTemplate": {
+                    "LaunchTemplateSpecification": spec,
+                    "Overrides": [{"InstanceType": t} for t in pool.instance_types],
+                },
+                "InstancesDistribution": {
+                    "OnDemandBaseCapacity": 0,
+                    "OnDemandPercentageAboveBaseCapacity": 0,
+                    "OnDemandAllocationStrategy": "prioritized",
+                    "SpotAllocationStrategy": "price-capacity-optimized",
+                },
+            }
+        }
+        if pool.spot and not pool.hosts and pool.instance_types
+        else {"LaunchTemplate": spec}
+    )
     aws.call(
         "autoscaling",
         "create_auto_scaling_group",
         AutoScalingGroupName=pool.asg,
-        LaunchTemplate={"LaunchTemplateName": template, "Version": "$Latest"},
+        **launch,
         MinSize=0,
         MaxSize=pool.max_instances,
         DesiredCapacity=0,
