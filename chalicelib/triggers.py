@@ -221,10 +221,16 @@ def process_dirty_batch(rt: Runtime, event: dict[str, Any], owner: str) -> dict[
             raise RuntimeError(f"reconcile of {pool.name} failed: {result.errors[0]}")
 
     processor = SqsFifoPartialProcessor()
-    # A batch whose every reconcile failed is reported item by item, not as a Lambda error: the failures
-    # already show in the ReconcileErrors metric, and SQS retries the items either way.
-    processor.raise_on_entire_batch_failure = False
-    response = process_partial_response(event=event, record_handler=handle, processor=processor)
-    metrics.emit_reconcile(rt.config, done.values(), rt.aws.total_calls - calls_before)
-    _emit_long_pending(rt, long_pending, done.values())
+    # A batch whose every reconcile failed is a Lambda error (powertools raises BatchProcessingError). The
+    # `chalice deploy` path's event source mapping has no ReportBatchItemFailures (Chalice 1.34 cannot set
+    # it), and Lambda deletes every message of a batch the function returned from without error ("Handling
+    # errors for an SQS event source in Lambda"): only an error leaves the message on the queue, to be
+    # retried after its visibility timeout and dead-lettered after maxReceiveCount receives. `pool_dirty`
+    # takes batches of one, so "every" is "the one"; infra/ also reports item failures for larger batches.
+    processor.raise_on_entire_batch_failure = True
+    try:
+        response = process_partial_response(event=event, record_handler=handle, processor=processor)
+    finally:
+        metrics.emit_reconcile(rt.config, done.values(), rt.aws.total_calls - calls_before)
+        _emit_long_pending(rt, long_pending, done.values())
     return dict(response)

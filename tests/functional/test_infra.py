@@ -388,6 +388,9 @@ def test_dirty_queue_source_is_bound_to_the_stack_queue(real: Synth) -> None:
     (event,) = props["Events"].values()
     assert event["Properties"]["Queue"] == {"Fn::GetAtt": [queue, "Arn"]}
     assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    # One message per invocation: a failed reconcile fails its invocation (and only its own message), so
+    # SQS retries it and dead-letters it after maxReceiveCount (tests/functional/test_dirty_retry.py).
+    assert event["Properties"]["BatchSize"] == 1
 
 
 def one_handler(found: list[str], what: str) -> str:
