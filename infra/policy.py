@@ -2,9 +2,11 @@
 
 One list of grants feeds both deploy paths: the CDK stack (ARNs carry CloudFormation tokens) and the
 `.chalice/policy-<stage>.json` files that `chalice deploy` uses (region and account left as `*`, names exact).
-Every grant says where its need comes from: a call in chalicelib (CODE), the Lambda service acting with the
-function's role (SERVICE), or a handler DESIGN.md names and the code does not call yet (PLANNED).
-`tests/functional/test_infra_policy.py` checks the CODE grants against the `.call(` / `.paginate(` sites.
+Every grant says where its need comes from: a call in chalicelib (CODE), an action AWS authorizes as part of
+such a call (DEPENDENCY, listed with its source in `infra/authorization.py`), the Lambda service acting with
+the function's role (SERVICE), or a handler DESIGN.md names and the code does not call yet (PLANNED).
+`tests/functional/test_infra_policy.py` checks the CODE grants against the `.call(` / `.paginate(` sites, and
+`tests/functional/test_authorization.py` checks every call's dependencies.
 
 Imports chalicelib's config and resource names and the standard library only (no CDK). From the repo root:
 
@@ -22,6 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from chalicelib.capacity.fallback import can_fall_back
 from chalicelib.config import Config, Pool, load_config_file
 from chalicelib.resources import (
     ENV_PREFIX,
@@ -62,6 +65,7 @@ SECRET_SUFFIX = "-??????"
 
 class Origin(StrEnum):
     CODE = "code"  # chalicelib calls it through AwsClients.call / paginate
+    DEPENDENCY = "dependency"  # AWS authorizes it as part of a CODE call (infra/authorization.py)
     SERVICE = "service"  # the Lambda service calls it with the function's role (event source, logs)
     PLANNED = "planned"  # a handler in DESIGN.md needs it; the code does not call it yet
 
@@ -102,6 +106,14 @@ class Scope:
     log_groups: tuple[str, ...] = ()
     #: chalice deploy lets Lambda create its log groups; CDK creates them (with retention) itself.
     create_log_groups: bool = False
+    #: Pool name -> ARN of its launch template (CDK knows them). Without it (chalice deploy), any launch
+    #: template that carries this deployment's tag.
+    launch_templates: Mapping[str, str] = field(default_factory=dict)
+    #: Pool name -> ARN of its machines' role (CDK). Without it (chalice deploy), roles under the IAM path
+    #: `/<prefix>/`, the path infra/ gives them.
+    machine_roles: Mapping[str, str] = field(default_factory=dict)
+    #: ARN of the rotation function; "" (chalice deploy): `<app>-<stage>-rotate_base_certs` by name.
+    rotation_function: str = ""
 
     def arn(self, service: str, resource: str, *, regional: bool = True) -> str:
         region, account = (self.region, self.account) if regional else ("", "")
@@ -118,6 +130,21 @@ class Scope:
     def asg_arn(self, asg: str) -> str:
         # autoScalingGroup:<uuid>:autoScalingGroupName/<name>; the uuid is unknown until the group exists.
         return self.arn("autoscaling", f"autoScalingGroup:*:autoScalingGroupName/{asg}")
+
+    @property
+    def retuned_pools(self) -> tuple[Pool, ...]:
+        """Pools whose group the instance-type fallback may update (never a host pool)."""
+        return tuple(p for p in self.config.pools if can_fall_back(p))
+
+    def launch_template_arns(self, pools: Sequence[Pool]) -> tuple[str, ...]:
+        if self.launch_templates:
+            return tuple(self.launch_templates[p.name] for p in pools)
+        return (self.arn("ec2", "launch-template/*"),)
+
+    def machine_role_arns(self, pools: Sequence[Pool]) -> tuple[str, ...]:
+        if self.machine_roles:
+            return tuple(self.machine_roles[p.name] for p in pools)
+        return (f"arn:{self.partition}:iam::{self.account}:role{machine_role_path(self.prefix)}*",)
 
     def secret_arn(self, name: str) -> str:
         return self.arn("secretsmanager", f"secret:{name}{SECRET_SUFFIX}")
@@ -231,16 +258,6 @@ def lambda_grants(scope: Scope) -> list[Grant]:
             conditions=deployment_tag,
         ),
         Grant(
-            "RetuneGroups",
-            ("autoscaling:UpdateAutoScalingGroup",),
-            asgs,
-            "Spot fallback: reorder instance types and the on-demand share (fleet.set_instance_types). "
-            "Auto Scaling also checks the caller may launch the group's launch template (ec2:RunInstances, "
-            "iam:PassRole of the machine role): to be verified in an account, not granted blind",
-            Origin.PLANNED,
-            conditions=deployment_tag,
-        ),
-        Grant(
             "MachineSecrets",
             (
                 "secretsmanager:CreateSecret",
@@ -255,15 +272,30 @@ def lambda_grants(scope: Scope) -> list[Grant]:
         Grant(
             "RotateBaseCerts",
             (
+                "secretsmanager:CreateSecret",
+                "secretsmanager:TagResource",
                 "secretsmanager:DescribeSecret",
                 "secretsmanager:PutSecretValue",
                 "secretsmanager:UpdateSecretVersionStage",
                 "secretsmanager:RotateSecret",
             ),
             (scope.secret_arn(names.base_certs_secret),),
-            "rotation: the four Secrets Manager rotation steps of the fleet's Docker TLS CA (rotation.py)",
+            "rotation: the four Secrets Manager rotation steps of the fleet's Docker TLS CA, and the tick "
+            "creates the (tagged) secret when it is missing (rotation.py)",
+        ),
+        Grant(
+            "InvokeRotation",
+            ("lambda:InvokeFunction",),
+            (
+                scope.rotation_function
+                or scope.arn("lambda", f"function:{scope.names.prefix}-rotate_base_certs"),
+            ),
+            "RotateSecret needs lambda:InvokeFunction on the secret's rotation function (Secrets Manager "
+            'user guide, "Permissions for rotation"; RotateSecret API reference)',
+            Origin.DEPENDENCY,
         ),
     ]
+    grants += _retune_grants(scope)
     grants += _host_grants(scope)
     grants += _log_grants(scope)
     grants.append(
@@ -278,6 +310,84 @@ def lambda_grants(scope: Scope) -> list[Grant]:
         )
     )
     return grants
+
+
+def rotation_function_name(prefix: str) -> str:
+    """The rotation function's fixed name in the CDK stack: the role's lambda:InvokeFunction grant
+    (RotateSecret needs it) names it without referring to the function, which would make the role and the
+    function depend on each other."""
+    return f"{prefix}-rotate_base_certs"
+
+
+def machine_role_path(prefix: str) -> str:
+    """The IAM path of the pools' machine roles: lets the chalice deploy policy name them without ids."""
+    return f"/{prefix}/"
+
+
+def _retune_grants(scope: Scope) -> list[Grant]:
+    """The instance-type fallback (fleet.set_instance_types) and what AWS checks behind it.
+
+    UpdateAutoScalingGroup on a group with a launch template is also authorized against the template's
+    contents: the caller must be allowed ec2:RunInstances with it, iam:PassRole of its instance profile's
+    role, and ec2:CreateTags for its tag specifications (Auto Scaling user guide, "Control Amazon EC2 launch
+    template usage in Auto Scaling groups"; infra/authorization.py).
+    """
+    pools = scope.retuned_pools
+    if not pools:
+        return []
+    deployment_tag = {"StringEquals": {f"autoscaling:ResourceTag/{TAG_DEPLOYMENT}": scope.prefix}}
+    templates = scope.launch_template_arns(pools)
+    template_scope: dict[str, Mapping[str, Any]] = (
+        {}
+        if scope.launch_templates
+        else {"StringEquals": {f"aws:ResourceTag/{TAG_DEPLOYMENT}": scope.prefix}}
+    )
+    launched = tuple(scope.arn("ec2", f"{kind}/*") for kind in ("instance", "volume", "network-interface"))
+    used = tuple(scope.arn("ec2", f"{kind}/*") for kind in ("subnet", "security-group"))
+    image = (f"arn:{scope.partition}:ec2:{scope.region}::image/*",)
+    return [
+        Grant(
+            "RetuneGroups",
+            ("autoscaling:UpdateAutoScalingGroup",),
+            tuple(scope.asg_arn(p.asg) for p in pools),
+            "instance-type fallback: reorder a Spot group's instance types (fleet.set_instance_types); "
+            "host pools never",
+            conditions=deployment_tag,
+        ),
+        Grant(
+            "LaunchPoolTemplates",
+            ("ec2:RunInstances",),
+            templates,
+            "UpdateAutoScalingGroup checks the caller may launch the group's template: these templates only",
+            Origin.DEPENDENCY,
+            conditions=template_scope,
+        ),
+        Grant(
+            "LaunchFromPoolTemplates",
+            ("ec2:RunInstances",),
+            launched + used + image,
+            "the instances, volumes and interfaces a launch creates and the subnets, security groups and "
+            "images it uses, only through the pools' templates. AWS forces `*` ids: they are not known yet",
+            Origin.DEPENDENCY,
+            conditions={"ArnLike": {"ec2:LaunchTemplate": list(templates)}},
+        ),
+        Grant(
+            "PassMachineRoles",
+            ("iam:PassRole",),
+            scope.machine_role_arns(pools),
+            "the template's instance profile role, and only to EC2",
+            Origin.DEPENDENCY,
+            conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+        ),
+        Grant(
+            "TagLaunchedMachines",
+            ("ec2:CreateTags",),
+            tuple(scope.arn("ec2", f"{kind}/*") for kind in ("instance", "volume")),
+            "the template's tag specifications tag instances and volumes, only as part of RunInstances",
+            Origin.DEPENDENCY,
+            conditions={"StringEquals": {"ec2:CreateAction": "RunInstances"}},
+        ),
+    ]
 
 
 def _host_grants(scope: Scope) -> list[Grant]:
@@ -437,7 +547,10 @@ def chalice_policy(stage: str, config: Config, chalice_config: Path = CHALICE_CO
     names = Names(chalice_stage_prefix(stage, chalice_config))
     # chalice deploy names functions <app>-<stage>-<handler>; Lambda creates /aws/lambda/<function> itself.
     logs = (f"arn:aws:logs:*:*:log-group:/aws/lambda/{app_name}-{stage}-*",)
-    scope = Scope(names=names, config=config, log_groups=logs, create_log_groups=True)
+    rotation = f"arn:aws:lambda:*:*:function:{app_name}-{stage}-rotate_base_certs"
+    scope = Scope(
+        names=names, config=config, log_groups=logs, create_log_groups=True, rotation_function=rotation
+    )
     return policy_document(lambda_grants(scope))
 
 

@@ -8,6 +8,7 @@ to this stack's queue, topic, rules and rotation schedule (see `wiring.plan_wiri
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -25,7 +26,7 @@ from constructs import Construct
 
 from chalicelib.resources import ALARM_TOPIC_SUFFIX, ENV_CONFIG_PARAM, ENV_PREFIX, ENV_QUEUE_URL, ENV_TABLE
 from infra.package import package
-from infra.policy import Scope, functions_vpc_grants, lambda_grants, policy_document
+from infra.policy import Scope, functions_vpc_grants, lambda_grants, policy_document, rotation_function_name
 from infra.settings import ROOT, Settings
 from infra.stacks.wiring import RuleTarget, check_names, plan_wiring
 
@@ -97,13 +98,8 @@ class App(Construct):
             )
             for logical in self.wiring.functions
         }
-        scoped = Scope(
-            names=grant_scope.names,
-            config=grant_scope.config,
-            partition=grant_scope.partition,
-            region=grant_scope.region,
-            account=grant_scope.account,
-            log_groups=tuple(g.attr_arn for g in self.log_groups.values()),
+        scoped = dataclasses.replace(
+            grant_scope, log_groups=tuple(g.attr_arn for g in self.log_groups.values())
         )
         self.role = iam.CfnRole(
             self,
@@ -249,6 +245,9 @@ class App(Construct):
         logical = self.wiring.rotation_function
         if logical is None:
             return None
+        self.chalice.get_resource(logical).add_property_override(
+            "FunctionName", rotation_function_name(self.settings.prefix)
+        )
         arn = self.function_arn(logical)
         permission = lambda_.CfnPermission(
             self,

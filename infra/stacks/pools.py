@@ -21,7 +21,7 @@ from constructs import Construct
 from chalicelib.config import HostManagement, Platform, Pool
 from chalicelib.resources import TAG_DEPLOYMENT, TAG_MANAGED, TAG_POOL
 from chalicelib.userdata import render
-from infra.policy import Scope, machine_grants, policy_document
+from infra.policy import Scope, machine_grants, machine_role_path, policy_document
 from infra.settings import Settings
 
 LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
@@ -54,11 +54,18 @@ class Pools(Construct):
         )
         self.groups: dict[str, autoscaling.CfnAutoScalingGroup] = {}
         self.host_groups: dict[str, HostGroup] = {}
+        #: Pool name -> its launch template's ARN / its machine role's ARN (the scaler's fallback grants).
+        self.launch_templates: dict[str, str] = {}
+        self.machine_roles: dict[str, str] = {}
         for pool in settings.config.pools:
             machines = PoolGroup(
                 self, f"Pool-{pool.name}", settings, grant_scope, pool, self.security_group.attr_group_id
             )
             self.groups[pool.name] = machines.group
+            self.launch_templates[pool.name] = grant_scope.arn(
+                "ec2", f"launch-template/{machines.template.ref}"
+            )
+            self.machine_roles[pool.name] = machines.role.attr_arn
             if machines.host_group is not None:
                 self.host_groups[pool.name] = machines.host_group
         cdk.Tags.of(self).add(TAG_DEPLOYMENT, settings.prefix)
@@ -81,6 +88,8 @@ class PoolGroup(Construct):
             self,
             "MachineRole",
             assume_role_policy_document=_trust("ec2.amazonaws.com"),
+            # The path lets the chalice deploy policy scope iam:PassRole to these roles (infra/policy.py).
+            path=machine_role_path(settings.prefix),
             description=f"runner-scaler machine of pool {pool.name}: its own secret, its pool's cache prefix",
             policies=[
                 iam.CfnRole.PolicyProperty(
@@ -90,8 +99,8 @@ class PoolGroup(Construct):
         )
         profile = iam.CfnInstanceProfile(self, "InstanceProfile", roles=[self.role.ref])
         self.host_group = _host_group(self, settings, pool) if pool.hosts else None
-        template = _launch_template(self, settings, pool, profile, security_group_id, self.host_group)
-        self.group = _auto_scaling_group(self, settings, pool, template)
+        self.template = _launch_template(self, settings, pool, profile, security_group_id, self.host_group)
+        self.group = _auto_scaling_group(self, settings, pool, self.template)
         _suspend_az_rebalance(self, grant_scope, pool, self.group)
 
 

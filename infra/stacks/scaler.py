@@ -6,11 +6,13 @@ names; the alarms need the app's tick function. Imports CDK, infra's constructs 
 
 from __future__ import annotations
 
+import dataclasses
+
 import aws_cdk as cdk
 from constructs import Construct
 
 from chalicelib.resources import TAG_DEPLOYMENT
-from infra.policy import Scope
+from infra.policy import Scope, rotation_function_name
 from infra.settings import Settings
 from infra.stacks.chalice_app import App
 from infra.stacks.monitoring import Monitoring, alarm_topic
@@ -42,6 +44,14 @@ class ScalerStack(cdk.Stack):
         )
         self.state = State(self, "State", settings)
         self.pools = Pools(self, "Pools", settings, grant_scope)
+        grant_scope = dataclasses.replace(
+            grant_scope,
+            launch_templates=self.pools.launch_templates,
+            machine_roles=self.pools.machine_roles,
+            rotation_function=grant_scope.arn(
+                "lambda", f"function:{rotation_function_name(settings.prefix)}"
+            ),
+        )
         queue = self.state.queue
         topic = alarm_topic(self, settings)
         self.app = App(

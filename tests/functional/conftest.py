@@ -20,6 +20,7 @@ from chalicelib.gitlab import GitLabClient
 from chalicelib.resources import Names
 from chalicelib.runtime import Runtime, install
 from tests.gitlab_fixtures import T0, Clock, WebhookReceiver
+from tests.iam import ACCOUNT, ADMIN_POLICY
 
 
 @pytest.fixture
@@ -161,3 +162,97 @@ def fake(clock: Clock) -> Iterator[FakeGitLab]:
 def receiver() -> Iterator[WebhookReceiver]:
     with WebhookReceiver() as endpoint:
         yield endpoint
+
+
+@dataclass
+class IamStack:
+    """A `Stack` whose app runs as an IAM user carrying exactly one deploy path's rendered policy.
+
+    `stack.aws` is an administrator (set-up and assertions); the installed runtime signs as the app.
+    `authorizer` saw every check of the app's calls (tests/iam.py).
+    """
+
+    stack: Stack
+    path: str
+    policy: dict[str, Any]
+    authorizer: Any
+    rotation_function: str
+    gitlab: FakeGitLab
+
+
+def _rendered_policy(path: str, config: Config, pools: Any, tmp_path: Path) -> tuple[dict[str, Any], str]:
+    """(policy, rotation function name) as each deploy path renders them for the prefix "test"."""
+    from infra.policy import Scope, chalice_policy, lambda_grants, policy_document, rotation_function_name
+    from tests.iam import ACCOUNT, CHALICE_APP, CHALICE_STAGE, REGION
+
+    if path == "chalice":
+        chalice_config = tmp_path / "config.json"
+        stage = {"environment_variables": {"RUNNER_SCALER_PREFIX": "test"}}
+        chalice_config.write_text(json.dumps({"app_name": CHALICE_APP, "stages": {CHALICE_STAGE: stage}}))
+        return chalice_policy(
+            CHALICE_STAGE, config, chalice_config
+        ), f"{CHALICE_APP}-{CHALICE_STAGE}-rotate_base_certs"
+    function = rotation_function_name("test")
+    scope = Scope(
+        names=Names("test"),
+        config=config,
+        region=REGION,
+        account=ACCOUNT,
+        log_groups=(f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/test/Tick",),
+        launch_templates=pools.launch_templates,
+        machine_roles=pools.machine_roles,
+        rotation_function=f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function}",
+    )
+    return policy_document(lambda_grants(scope)), function
+
+
+@pytest.fixture(params=["chalice", "cdk"])
+def iam_stack(
+    aws_credentials: None, request: pytest.FixtureRequest, tmp_path: Path, fake_gitlab: FakeGitLab
+) -> Iterator[IamStack]:
+    """The test AWS enforcing IAM (moto's enforcement + tests/iam.py's resources, conditions, dependencies)
+    on the app, under the policy `chalice deploy` attaches or the one the CDK stack renders.
+
+    Resources are made as an administrator before enforcement starts, as a deployment makes them. A test
+    may drop grants first with `request.node` marker `without_grants(sid, ...)`.
+    """
+    from moto.core import enable_iam_authentication
+
+    from tests.functional.certs_fixtures import STUB_LAMBDA, create_rotation_function
+    from tests.iam import REGION, Authorizer, dress_pools, moto_policy, user_session
+
+    dropped = set()
+    for marker in request.node.iter_markers("without_grants"):
+        dropped.update(marker.args)
+    with mock_aws(config=STUB_LAMBDA):  # type: ignore[arg-type]
+        bootstrap_aws = AwsClients(region=REGION, sleep=lambda _s: None)
+        config = load_config_file(FIXTURES / "scaler.toml")
+        names = Names("test")
+        local = bootstrap(bootstrap_aws, config, names, WEBHOOK_TOKENS)
+        pools = dress_pools(bootstrap_aws, config, names.prefix)
+        policy, function = _rendered_policy(request.param, config, pools, tmp_path)
+        policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] not in dropped]
+        function_arn = create_rotation_function(bootstrap_aws, function)
+        admin = AwsClients(
+            user_session(bootstrap_aws, "admin", ADMIN_POLICY), region=REGION, sleep=lambda _s: None
+        )
+        app_session = user_session(bootstrap_aws, "scaler", moto_policy(policy))
+        authorizer = Authorizer(policy, admin, ACCOUNT, REGION)
+        authorizer.register(app_session)
+        clock = [datetime(2026, 11, 23, 12, 0, tzinfo=UTC)]
+        gitlab = GitLabClient(fake_gitlab.url, fake_gitlab.token, max_retries=1, obey_rate_limit=False)
+        config = config.model_copy(
+            update={"gitlab": config.gitlab.model_copy(update={"url": fake_gitlab.url})}
+        )
+        rt = Runtime(
+            {"RUNNER_SCALER_PREFIX": "test", "RUNNER_SCALER_QUEUE_URL": local.queue_url},
+            aws=AwsClients(app_session, region=REGION, sleep=lambda _s: None),
+            config=config,
+            gitlab=gitlab,
+            clock=lambda: clock[0],
+        )
+        install(rt)
+        with enable_iam_authentication():
+            stack = Stack(admin, config, rt, local, clock)
+            yield IamStack(stack, request.param, policy, authorizer, function_arn, fake_gitlab)
+        install(None)

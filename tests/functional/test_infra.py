@@ -641,3 +641,32 @@ def test_pool_dirty_timeout_fits_the_queue_visibility_timeout(real: Synth) -> No
     _, queue = real.one("AWS::SQS::Queue", QueueName=NAMES.queue)
     function = real.raw["Resources"]["PoolDirty"]["Properties"]
     assert int(queue["Properties"]["VisibilityTimeout"]) >= 6 * int(function["Timeout"])
+
+
+def test_the_fallback_and_rotation_dependencies_are_granted_on_the_stacks_own_resources(real: Synth) -> None:
+    """UpdateAutoScalingGroup is also authorized against the launch template (ec2:RunInstances,
+    iam:PassRole, ec2:CreateTags), RotateSecret against the rotation function (lambda:InvokeFunction):
+    infra/authorization.py. The CDK role names the stack's own templates, machine roles and rotation
+    function, not a pattern."""
+    by_sid = {s["Sid"]: s for s in lambda_role_statements(real)}
+    templates = real.resources("AWS::EC2::LaunchTemplate")
+    linux_template = next(
+        k for k, v in templates.items() if v["Properties"]["LaunchTemplateName"].endswith("-linux")
+    )
+    assert linux_template in json.dumps(by_sid["LaunchPoolTemplates"]["Resource"])
+    assert linux_template in json.dumps(by_sid["LaunchFromPoolTemplates"]["Condition"]["ArnLike"])
+    roles = [k for k, v in real.resources("AWS::IAM::Role").items() if k.startswith("PoolsPoollinux")]
+    assert by_sid["PassMachineRoles"]["Resource"] == {"Fn::GetAtt": [roles[0], "Arn"]}
+    assert by_sid["PassMachineRoles"]["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}
+    }
+    assert real.raw["Resources"][roles[0]]["Properties"]["Path"] == f"/{PREFIX}/"
+    assert by_sid["TagLaunchedMachines"]["Condition"] == {
+        "StringEquals": {"ec2:CreateAction": "RunInstances"}
+    }
+    # host pools never fall back, so their groups are not granted UpdateAutoScalingGroup
+    retuned = json.dumps(by_sid["RetuneGroups"]["Resource"])
+    assert "runner-scaler-linux" in retuned and "macos" not in retuned and "windows" not in retuned
+    rotation = real.raw["Resources"]["RotateBaseCerts"]["Properties"]
+    assert rotation["FunctionName"] == f"{PREFIX}-rotate_base_certs"
+    assert f"function:{PREFIX}-rotate_base_certs" in json.dumps(by_sid["InvokeRotation"]["Resource"])
