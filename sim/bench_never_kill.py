@@ -4,7 +4,8 @@ many seeded worlds, `bench/never_kill.json`.
 Each seed is one bursty world (sim.bursty: machines removed after 1 min idle, hooks lagging assignment by
 up to 60 s). It runs with drain-then-terminate on, with the test-only switch that skips the re-check before
 termination (the baseline of every ratio: the kills the protocol prevents), and with half the launch
-lifecycle events lost. Imports the bursty world, ours and the world.
+lifecycle events lost, and with the store's per-pool reads 30 s stale (DynamoDB's index is eventually
+consistent). Imports the bursty world, ours and the world.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ VARIANTS = (
     Variant(BASELINE, replace(LAGGY, drain_recheck=False), protocol=False),
     Variant("protocol on", LAGGY, protocol=True),
     Variant("protocol on, lifecycle_loss=0.5", replace(LAGGY, lifecycle_loss=0.5), protocol=True),
+    Variant("protocol on, stale index 30 s", replace(LAGGY, stale_index_s=30.0), protocol=True),
 )
 
 Row = dict[str, object]

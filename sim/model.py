@@ -31,6 +31,8 @@ class SimOptions:
     `lifecycle_loss` is the share of launch lifecycle events that never reach the app. `pipeline_hooks`:
     "transitions" sends a Pipeline Hook when the pipeline's status changes, as GitLab does; "every_job" is a
     what-if that sends one on every job status change (fresher pipeline state than GitLab gives).
+    `stale_index_s` makes the store's per-pool reads (the DynamoDB index in production, eventually
+    consistent) answer with the state as it was at least that many seconds ago (sim.ours.StaleIndexStore).
     """
 
     webhook_delay_s: float = 1.0
@@ -49,6 +51,7 @@ class SimOptions:
     lifecycle_loss: float = 0.0
     drain_recheck: bool = True
     pipeline_hooks: str = "transitions"
+    stale_index_s: float = 0.0
 
 
 #: Boot to runner-ready, seconds, as (low, high, mode) of a triangular law: Linux about 1 min, Windows

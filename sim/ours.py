@@ -80,6 +80,46 @@ class IndexedMemoryStore(MemoryStore):
             self._active.setdefault(stored.pool, {})[key] = None
 
 
+class StaleIndexStore(IndexedMemoryStore):
+    """`IndexedMemoryStore` whose per-pool reads lag, as DynamoDB's global secondary index may ("All reads
+    from GSIs and streams are eventually consistent": DynamoDB developer guide, "DynamoDB read consistency").
+
+    `machines(pool)` and `pool_jobs(pool)` answer with a snapshot taken at least `lag_s` simulated seconds
+    ago (the latest such; none before the first read). Key reads and conditional writes stay exact, as in
+    DynamoDB. tests/stale_index.py is the same mode for the moto-backed tests.
+    """
+
+    def __init__(self, clock: Callable[[], float], lag_s: float) -> None:
+        super().__init__()
+        self._clock = clock
+        self._lag_s = lag_s
+        self._machine_snaps: list[tuple[float, dict[str, MachineRecord]]] = []
+        self._job_snaps: dict[str, list[tuple[float, list[JobRecord]]]] = {}
+
+    def machines(self, pool: str) -> list[MachineRecord]:
+        now = self._clock()
+        self._machine_snaps.append((now, dict(self.machine_records)))
+        seen = _as_of(self._machine_snaps, now - self._lag_s) or {}
+        return [m for m in seen.values() if m.pool == pool]
+
+    def pool_jobs(self, pool: str) -> list[JobRecord]:
+        now = self._clock()
+        snaps = self._job_snaps.setdefault(pool, [])
+        snaps.append((now, super().pool_jobs(pool)))
+        return list(_as_of(snaps, now - self._lag_s) or [])
+
+
+def _as_of(snapshots: list[tuple[float, Any]], when: float) -> Any:
+    """The latest snapshot taken at or before `when`; older ones are dropped (None if there is none)."""
+    latest = None
+    keep = 0
+    for index, (taken, value) in enumerate(snapshots):
+        if taken <= when:
+            latest, keep = value, index
+    del snapshots[:keep]
+    return latest
+
+
 class CountingStore:
     """`MemoryStore` behind a counter: in production every Store call is one DynamoDB call."""
 
@@ -380,7 +420,10 @@ class Ours:
         self._world = world
         self._config = self._configure(world.config)
         self._host = urlsplit(self._config.gitlab.url).netloc
-        self._store = cast(Store, CountingStore(IndexedMemoryStore(), self.calls))
+        memory = IndexedMemoryStore()
+        if world.options.stale_index_s > 0:
+            memory = StaleIndexStore(lambda: world.loop.now, world.options.stale_index_s)
+        self._store = cast(Store, CountingStore(memory, self.calls))
         self._api = SimGitLabApi(world.gitlab, self.calls, lambda: list(world.fleet.machines.values()))
         self._tags = TagResolver(self._api, monotonic=lambda: world.loop.now)
         self._queue = SimDirtyQueue(world, self.calls, self._reconcile_pool)

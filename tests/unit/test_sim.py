@@ -170,6 +170,15 @@ class TestNeverKillBusy:
         # THEN the drain finds the runner in GitLab and re-checks it all the same
         assert result.metrics["busy_killed"] == 0
 
+    @settings(max_examples=15, deadline=None, derandomize=True)
+    @given(seed=st.integers(min_value=0, max_value=10**6))
+    def test_a_stale_index_never_gets_a_busy_machine_killed(self, seed: int) -> None:
+        # GIVEN the store's per-pool reads (DynamoDB's eventually consistent index) 30 s behind its writes
+        options = SimOptions(**{**LAGGY.__dict__, "stale_index_s": 30.0})
+        result = World(reuse_config(), bursty(seed), seed=seed, options=options).run(Ours())
+        # THEN every removal still rests on the drain's own consistent write and GitLab's re-check
+        assert result.metrics["busy_killed"] == 0
+
     def test_without_the_recheck_before_termination_busy_machines_die(self) -> None:
         # GIVEN the same worlds, with the test-only switch that skips the drain's re-check
         unsafe = SimOptions(**{**LAGGY.__dict__, "drain_recheck": False})
