@@ -474,6 +474,11 @@ class ScalerConfig(_Model):
     cert_key_algorithm: CertKeyAlgorithm | None = None
     orphan_confirm_after: Duration = timedelta(minutes=2)
     lease_duration: Duration = timedelta(seconds=50)
+    #: How long after pausing a runner the drain waits before its GitLab re-check (two-phase: the machine is
+    #: terminated by a later reconcile). GitLab's `/jobs/request` checks `active?` once and then assigns, and
+    #: Workhorse holds a runner's request up to `-apiCiLongPollingDuration` (50 s as GitLab's docs set it),
+    #: so a job may land that long after the pause; 0 re-checks at once (one reconcile, as before).
+    drain_window: Duration = timedelta(0)
     #: Up to this many pools the tick reconciles them itself; above, it queues one "pool dirty" message per
     #: pool, so each reconcile runs in its own invocation and one invocation's CPU never grows with the fleet.
     tick_inline_pools: Int = Field(10, ge=0)

@@ -319,7 +319,9 @@ class Lifecycle:
             ]
             runner_id = found[0].id if found else None
         if runner_id is not None:
-            if record is not None and record.drain_reason == "spot" and pool.retry_interrupted_jobs:
+            if pool.retry_interrupted_jobs:
+                # On every termination path, not only Spot: a job GitLab still shows running on a machine
+                # that is going cannot finish (a job that slipped in past a drain, a manual termination).
                 outcome.retried_jobs = self._rescue_jobs(runner_id, now)
             self.gitlab.delete_runner(runner_id)
             outcome.runner_id = runner_id

@@ -500,6 +500,7 @@ class Reconciler:
             recheck=self._drain_recheck,
             find_runner=self._find_runner if self._runners is not None else None,
             before_write=self._check_lease,
+            window=self._config.scaler.drain_window,
         )
         window = self._timer() - started
         if outcome.state is DrainState.BUSY:

@@ -13,7 +13,7 @@ from chalice.test import Client
 
 from app import app
 from chalicelib.aws import AwsClients
-from chalicelib.devtools.fake_gitlab import FakeGitLab
+from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.errors import GitLabNotFoundError
 from chalicelib.fleet import Fleet, GroupView
 from chalicelib.reconcile import Reconciler
@@ -194,3 +194,37 @@ def test_a_reconcile_that_outlives_its_lease_writes_nothing_after_it(aws: AwsCli
     assert fleet.writes == []
     assert result.errors and "lease" in result.errors[0]
     assert world.group()["DesiredCapacity"] == 2
+
+
+def test_with_a_drain_window_a_job_assigned_after_the_pause_cancels_the_removal(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab
+) -> None:
+    # GIVEN a machine whose runner came up and has sat idle past idle_time, a job waiting in GitLab, and a
+    # drain window of 60 s (GitLab's /jobs/request checks `active?` once, then assigns: lib/api/ci/runner.rb,
+    # app/services/ci/register_job_service.rb)
+    scaler = gitlab_stack.config.scaler.model_copy(update={"drain_window": timedelta(seconds=60)})
+    config = gitlab_stack.config.model_copy(update={"scaler": scaler})
+    rt = gitlab_stack.runtime
+    rt.fleet.set_desired_capacity("test-linux", 1)
+    (instance,) = [i.instance_id for i in rt.fleet.read_groups(["test-linux"])["test-linux"].instances]
+    runner, _ = fake_gitlab.register_runner(
+        description=f"runner-scaler/linux/{instance}", tag_list=("linux",)
+    )
+    rt.store.put_machine(MachineRecord(instance, "linux", rt.now(), runner_id=runner))
+    fake_gitlab.runner_contact(runner)
+    pool = config.pool("linux")
+    reconciler = Reconciler(config, rt.store, rt.fleet, rt.gitlab, owner="test")
+    reconciler.reconcile_pool(pool, rt.now())  # seen in service, contacted: ready, idle from now
+    project = fake_gitlab.create_project("group/app")
+    (job_id,) = fake_gitlab.create_pipeline(project, [JobSpec("build", tags=("linux",))]).job_ids
+    request = fake_gitlab.begin_job_request(runner)  # the runner's request passes the active? check...
+    assert request is not None
+    # WHEN the reconcile removes the idle machine: it pauses the runner, and waits out the window
+    first = reconciler.reconcile_pool(pool, gitlab_stack.advance(minutes=11))
+    assert first.terminated == [] and fake_gitlab.runners[runner].paused
+    assert fake_gitlab.complete_job_request(request) == job_id  # ...and GitLab assigns the job all the same
+    second = reconciler.reconcile_pool(pool, gitlab_stack.advance(seconds=61))
+    # THEN the re-check after the window finds the job: the machine stays and its runner takes jobs again
+    assert second.terminated == [] and second.drain_cancelled == [instance]
+    live = [i.instance_id for i in rt.fleet.read_groups(["test-linux"])["test-linux"].live_instances()]
+    assert live == [instance] and not fake_gitlab.runners[runner].paused

@@ -501,3 +501,22 @@ def test_a_rebalance_recommendation_replaces_an_idle_machine_and_leaves_a_busy_o
     assert result.terminated == [idle]
     live = [i.instance_id for i in rt.fleet.read_groups(["test-linux"])["test-linux"].live_instances()]
     assert live == [busy]
+
+
+def test_a_job_running_on_any_machine_that_terminates_is_cancelled_and_retried(
+    world: Any, fake_gitlab: FakeGitLab
+) -> None:
+    # GIVEN a machine (not Spot-interrupted) running a job: terminated by hand, or after a job slipped in
+    stack, _fleet, client = world
+    instance = launched_instance(stack)
+    invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))
+    (runner,) = fake_gitlab.runners.values()
+    project = fake_gitlab.create_project("group/app")
+    (job_id,) = fake_gitlab.create_pipeline(project, [JobSpec("build", tags=("linux",))]).job_ids
+    assert fake_gitlab.request_job(runner.id) == job_id
+    # WHEN the instance terminates
+    out = invoke(client, lifecycle_event("aws_lifecycle_terminate.json", instance))
+    # THEN the job, which can no longer finish, is cancelled and retried once
+    assert out["retried_jobs"] == [job_id]
+    assert fake_gitlab.jobs[job_id].status == "canceled"
+    assert len([j for j in fake_gitlab.jobs.values() if j.name == "build"]) == 2
