@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python -m sim.bench_never_kill
 	$(BIN)/python -m sim.bench_webhooks
 	$(BIN)/python -m sim.bench_reconcile
+	$(BIN)/python -m sim.bench_cpu_share
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

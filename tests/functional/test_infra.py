@@ -382,6 +382,41 @@ def test_every_function_is_actively_traced_and_may_send_its_segments(real: Synth
     assert {"xray:PutTraceSegments", "xray:PutTelemetryRecords"} <= granted
 
 
+#: Each function's memory as the CPU-share benchmark chose it (sim/bench_cpu_share.py: Lambda's CPU is
+#: memory/1769 of a vCPU, Lambda developer guide "Configure Lambda function memory").
+CHOSEN_MEMORY_MB = {
+    name: chosen["memory_mb"]
+    for name, chosen in json.loads((ROOT / "bench" / "cpu_share.json").read_text(encoding="utf-8"))[
+        "chosen_memory_mb"
+    ].items()
+}
+#: SAM handler -> Chalice function name: the API handler is Chalice's `api_handler` (app.app).
+HANDLER_NAMES = {"app.app": "api_handler"}
+
+
+def test_chalice_config_gives_every_function_its_measured_memory_in_every_stage() -> None:
+    # GIVEN the `chalice deploy` path's config (per-function `lambda_memory_size`, Chalice config docs)
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text(encoding="utf-8"))
+    for stage, settings in config["stages"].items():
+        functions = settings["lambda_functions"]
+        # THEN every function has the memory the benchmark chose, none left at Lambda's 128 MB by default
+        got = {name: functions.get(name, {}).get("lambda_memory_size") for name in CHOSEN_MEMORY_MB}
+        assert got == CHOSEN_MEMORY_MB, stage
+
+
+def test_every_function_in_the_stack_gets_its_measured_memory(real: Synth) -> None:
+    # GIVEN the CDK path, packaged from the same .chalice config
+    functions = real.resources("AWS::Serverless::Function")
+    got = {
+        HANDLER_NAMES.get(f["Properties"]["Handler"], f["Properties"]["Handler"].removeprefix("app.")): f[
+            "Properties"
+        ].get("MemorySize")
+        for f in functions.values()
+    }
+    # THEN every function the stack deploys has the memory the benchmark chose for it
+    assert got == CHOSEN_MEMORY_MB
+
+
 def test_dirty_queue_source_is_bound_to_the_stack_queue(real: Synth) -> None:
     queue, _ = real.one("AWS::SQS::Queue", QueueName=NAMES.queue)
     props = real.raw["Resources"]["PoolDirty"]["Properties"]
