@@ -27,9 +27,12 @@ class CliConsole(Console):
     @property
     def size(self) -> ConsoleDimensions:
         size = super().size
-        if self.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        if self.is_terminal:
             return size
-        return ConsoleDimensions(PIPED_WIDTH, size.height)
+        # COLUMNS is read now, not when the console was built: a module-level console outlives the environment
+        # it was imported in (a test runner's isolated env, a parent shell's width).
+        columns = os.environ.get("COLUMNS", "")
+        return ConsoleDimensions(int(columns) if columns.isdigit() else PIPED_WIDTH, size.height)
 
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:

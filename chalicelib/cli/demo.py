@@ -81,7 +81,9 @@ def demo(
     if result.summary["interrupted"]:
         console.print("[yellow]interrupted: the summary covers the run so far[/yellow]")
     elif result.summary["stopped_at_duration"]:
-        console.print(_unfinished(result.summary), style="yellow", markup=False, highlight=False)
+        console.print(
+            _unfinished(result.summary), style="yellow", markup=False, highlight=False, soft_wrap=True
+        )
     elif not result.ok:
         console.print("[bold red]an invariant broke: see the summary above[/bold red]")
     raise typer.Exit(result.exit_code)
