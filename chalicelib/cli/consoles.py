@@ -27,7 +27,7 @@ class CliConsole(Console):
     @property
     def size(self) -> ConsoleDimensions:
         size = super().size
-        if self.is_terminal:
+        if self._writes_to_a_tty():
             return size
         # COLUMNS is read now, not when the console was built: a module-level console outlives the environment
         # it was imported in (a test runner's isolated env, a parent shell's width).
@@ -37,3 +37,12 @@ class CliConsole(Console):
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
         Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+    def _writes_to_a_tty(self) -> bool:
+        """Whether the file itself is a terminal: rich's `is_terminal` also says yes when FORCE_COLOR or
+        TTY_COMPATIBLE is set (rich `Console.is_terminal`): a request for colour, not for an 80-column cut."""
+        isatty = getattr(self.file, "isatty", None)
+        try:
+            return bool(isatty is not None and isatty())
+        except ValueError:  # a closed file
+            return False

@@ -158,7 +158,9 @@ def test_stopping_at_the_duration_limit_reports_the_unfinished_jobs_and_exits_0(
     out = tmp_path / "out"
     # WHEN the demo is told to stop after 3 simulated minutes, before the Windows job could start
     args = ["demo", "--trace", str(trace), "--duration", "3m", "--speed", "10000", "--no-drill"]
-    result = CliRunner().invoke(app, [*args, "--spot", "0", "--no-live", "--out", str(out)])
+    # (piped, whatever the surrounding shell or CI sets: no width, no forced terminal)
+    piped = {"COLUMNS": None, "FORCE_COLOR": None, "TTY_COMPATIBLE": None}
+    result = CliRunner().invoke(app, [*args, "--spot", "0", "--no-live", "--out", str(out)], env=piped)
     # THEN it exits 0 and says what was left unfinished
     assert result.exit_code == 0, result.output
     assert "stopped at the --duration limit: 1 jobs unfinished" in result.output
