@@ -4,7 +4,7 @@ One list of grants feeds both deploy paths: the CDK stack (ARNs carry CloudForma
 `.chalice/policy-<stage>.json` files that `chalice deploy` uses (region and account left as `*`, names exact).
 Every grant says where its need comes from: a call in chalicelib (CODE), an action AWS authorizes as part of
 such a call (DEPENDENCY, listed with its source in `infra/authorization.py`), the Lambda service acting with
-the function's role (SERVICE), or a handler DESIGN.md names and the code does not call yet (PLANNED).
+the function's role (SERVICE), or a handler the architecture plans and the code does not call yet (PLANNED).
 `tests/functional/test_infra_policy.py` checks the CODE grants against the `.call(` / `.paginate(` sites, and
 `tests/functional/test_authorization.py` checks every call's dependencies.
 
@@ -67,7 +67,7 @@ class Origin(StrEnum):
     CODE = "code"  # chalicelib calls it through AwsClients.call / paginate
     DEPENDENCY = "dependency"  # AWS authorizes it as part of a CODE call (infra/authorization.py)
     SERVICE = "service"  # the Lambda service calls it with the function's role (event source, logs)
-    PLANNED = "planned"  # a handler in DESIGN.md needs it; the code does not call it yet
+    PLANNED = "planned"  # a planned handler needs it; the code does not call it yet
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ START = datetime(2026, 11, 23, 0, 0, tzinfo=ZoneInfo("Europe/Paris"))
 
 @dataclass(frozen=True)
 class SimOptions:
-    """The world's knobs (seconds). Defaults are the published or measured figures named in DESIGN.md.
+    """The world's knobs (seconds). Defaults are published figures (cited where set) or measured ones.
 
     `busy_lag_*`: how long after GitLab hands a job to a runner the scaler hears of it (the `running`
     webhook and the runner's busy flag): exponential with this mean, capped. `drain_recheck` is a test-only
@@ -55,7 +55,8 @@ class SimOptions:
 
 
 #: Boot to runner-ready, seconds, as (low, high, mode) of a triangular law: Linux about 1 min, Windows
-#: about 5 min, macOS 6-20 min with a slow tail up to 40 min (DESIGN.md, "Numbers the simulator starts from").
+#: about 5 min, macOS 6-20 min (github-aws-runners' terraform-aws-github-runner docs, "macOS Runners"), with a
+#: slow tail up to 40 min as operators report.
 BOOT_TIMES = {
     Platform.LINUX: (40.0, 120.0, 60.0),
     Platform.WINDOWS: (180.0, 480.0, 300.0),

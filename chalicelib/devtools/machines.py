@@ -29,7 +29,8 @@ from chalicelib.resources import Names
 
 logger = logging.getLogger(__name__)
 
-#: Boot to ready, seconds, by platform (DESIGN.md: Linux ~1 min, Windows ~5 min, macOS 6-20 min).
+#: Boot to ready, seconds, by platform: Linux ~1 min, Windows ~5 min, macOS 6-20 min (github-aws-runners'
+#: terraform-aws-github-runner docs, "macOS Runners").
 BOOT_SECONDS: Mapping[Platform, float] = {
     Platform.LINUX: 60.0,
     Platform.WINDOWS: 300.0,
