@@ -10,6 +10,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -23,10 +24,13 @@ from chalicelib.forecast import DurationEstimate, PipelineState
 from chalicelib.heal import heal
 from chalicelib.hosts import HostPoolView, ReleaseResult
 from chalicelib.jobs import JobEvent, TagResolver, ingest_job
+from chalicelib.lifecycle import Lifecycle, LifecycleAction
 from chalicelib.pipelines import MemoryPipelines, observe_job_duration, pool_resolver, record_pipeline_hook
 from chalicelib.reconcile import Reconciler
-from chalicelib.resources import DIRTY_WINDOW_SECONDS
+from chalicelib.resources import DIRTY_WINDOW_SECONDS, Names
 from chalicelib.store import JobRecord, MachineRecord, MemoryStore, Store, rank
+from chalicelib.sweep import sweep
+from chalicelib.triggers import CERT_CHECK_INTERVAL_SECONDS, SWEEP_INTERVAL_SECONDS
 from sim.gitlab import SimGitLab, description
 from sim.hosts import NoHostPlanner, SimHost
 from sim.model import HookEvent, JobInfo, PipelineHookEvent, ProjectInfo, RunnerListing, SimMachine
@@ -38,6 +42,9 @@ SQS_DEDUP_WINDOW_S = 300.0
 SIM_REF = "main"
 #: GitLab's X-Gitlab-Event for a Pipeline Hook, with which the simulated deliveries are parsed.
 PIPELINE_HEADERS = webhook_headers("Pipeline Hook")
+#: Lifecycle transitions of the Auto Scaling hooks' events ("Amazon EC2 Auto Scaling lifecycle hooks").
+LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
+TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
 
 
 class IndexedMemoryStore(MemoryStore):
@@ -298,6 +305,56 @@ class SimGitLabApi:
         self._calls["gitlab"] += 1
         return self._gitlab.pipeline_jobs(pipeline_id)
 
+    # -- the lifecycle's RunnerAdmin calls (chalicelib.lifecycle) ------------------------------------------
+    def create_runner(self, **settings: Any) -> SimpleNamespace:
+        """`POST /user/runners`: the simulated machine's runner already has its id (the world gave it one at
+        launch); the call is what is counted."""
+        self._calls["gitlab"] += 1
+        instance_id = str(settings["description"]).rsplit("/", 1)[-1]
+        machine = next((m for m in self._machines() if m.instance_id == instance_id), None)
+        return SimpleNamespace(id=machine.runner_id if machine else 0, token="sim-runner-token")
+
+    def delete_runner(self, runner_id: int) -> bool:
+        self._calls["gitlab"] += 1
+        return True
+
+    def retry_job(self, project_id: int, job_id: int) -> None:
+        """Interrupted jobs are retried by the simulated GitLab itself (SimGitLab.unregister)."""
+        self._calls["gitlab"] += 1
+
+    def cancel_job(self, project_id: int, job_id: int) -> None:
+        self._calls["gitlab"] += 1
+
+
+class CountingSecrets:
+    """`chalicelib.lifecycle.MachineSecrets` with AwsSecrets' call counts (CreateSecret for a new machine's
+    secret, DeleteSecret, DescribeSecret); nothing is stored: no simulated machine reads its secret."""
+
+    def __init__(self, calls: Counter[str]) -> None:
+        self._calls = calls
+
+    def put_machine_secret(self, name: str, value: str, tags: dict[str, str]) -> None:
+        self._calls["secretsmanager"] += 1
+
+    def delete_machine_secret(self, name: str) -> None:
+        self._calls["secretsmanager"] += 1
+
+    def machine_secret_exists(self, name: str) -> bool:
+        self._calls["secretsmanager"] += 1
+        return False
+
+
+class CountingTls:
+    """`chalicelib.lifecycle.TlsIssuer` with ServerCertIssuer's call count: one GetSecretValue of the fleet's
+    base certificates per issued server certificate (chalicelib.rotation); no certificate is built."""
+
+    def __init__(self, calls: Counter[str]) -> None:
+        self._calls = calls
+
+    def issue(self, hosts: list[str], now: datetime) -> tuple[str, str, str]:
+        self._calls["secretsmanager"] += 1
+        return "", "", ""
+
 
 class SimDirtyQueue:
     """The "pool dirty" FIFO queue: `DirtyQueue`'s deduplication window and delay, then the SQS Lambda."""
@@ -401,11 +458,8 @@ class SimHostPort:
 
 
 class Ours:
-    """runner-scaler: webhook -> job store -> dirty queue -> reconcile, and the one-minute tick.
-
-    The machine lifecycle (runner created at launch, deleted at termination) is re-enacted here with the
-    call counts of `chalicelib.lifecycle` until the sim drives that use case itself.
-    """
+    """runner-scaler: webhook -> job store -> dirty queue -> reconcile, and the one-minute tick; the machine
+    lifecycle (runner and secret at launch, clean-up at the end) through `chalicelib.lifecycle` itself."""
 
     name = "ours"
 
@@ -430,10 +484,23 @@ class Ours:
         self._lifecycle_rng = world.rng("lifecycle")
         self._prewarm = any(p.prewarm for p in self._config.pools)
         self._pipelines = CountingPipelines(MemoryPipelines(), self.calls)
+        fleet = self._fleet = SimAsg(world, self.calls)
+        self._secrets = CountingSecrets(self.calls)
+        self._lifecycle = Lifecycle(
+            config=self._config,
+            names=Names("sim"),
+            store=self._store,
+            fleet=fleet,
+            gitlab=self._api,
+            secrets=self._secrets,
+            tls=CountingTls(self.calls),
+            dirty=self._queue,
+        )
+        self._exiting: set[str] = set()
         self._reconciler = Reconciler(
             self._config,
             self._store,
-            SimAsg(world, self.calls),
+            fleet,
             self._api,
             hosts=SimHostPort(world, self.calls),
             owner="sim",
@@ -552,42 +619,67 @@ class Ours:
         self._reconciler.reconcile_pool(self._config.pool(pool), self._world.now_dt())
 
     def _tick(self) -> None:
+        """`chalicelib.triggers.run_tick` with its pools reconciled inline: heal, the periodic steps, then
+        every pool."""
         now = self._world.now_dt()
         heal(self._config, self._store, self._api, self._queue, now, gitlab_host=self._host)
+        self._periodic(now)
         self._reconciler.reconcile_all(now)
 
+    def _periodic(self, now: datetime) -> None:
+        """The tick's once-per-interval steps (`triggers._once_per`, one conditional write each per tick):
+        the orphan sweep every SWEEP_INTERVAL_SECONDS, run for real, and the base-certificate check every
+        CERT_CHECK_INTERVAL_SECONDS, counted as its one read of the certificates' secret (nothing to rotate
+        in a day). The hook health check runs only with a `webhook_url`, which the scenarios do not set."""
+        stamp = int(now.timestamp())
+        if self._store.first_seen(f"sweep#{stamp // SWEEP_INTERVAL_SECONDS}", now):
+            groups = self._fleet.read_groups([p.asg for p in self._config.pools])
+            sweep(self._config, Names("sim"), self._store, self._fleet, self._api, self._secrets, groups, now)
+        if self._store.first_seen(f"certs#{stamp // CERT_CHECK_INTERVAL_SECONDS}", now):
+            self.calls["secretsmanager"] += 1
+
     def _launched(self, machine: SimMachine) -> None:
-        """Lifecycle launch: create the runner, store its secret, record the machine, complete the action.
+        """The launch hook's event: `Lifecycle.launch` as `handle_machine_event` runs it.
 
         With `lifecycle_loss` the launch event never reaches the app: the reconciler adopts the instance
         without knowing its runner, and must ask GitLab for it before draining.
         """
         if self._lifecycle_rng.random() < self._world.options.lifecycle_loss:
             return
-        self.calls["gitlab"] += 1
-        self.calls["secretsmanager"] += 1
-        self.calls["autoscaling"] += 1
-        record = MachineRecord(
-            instance_id=machine.instance_id,
-            pool=machine.pool.name,
-            launched_at=self._world.dt(machine.launched_at),
-            runner_id=machine.runner_id,
-            host_id=machine.host_id,
-        )
-        self._store.put_machine(record)
+        action = LifecycleAction(machine.pool.asg, "launch", "sim", machine.instance_id, LAUNCHING)
+        self._lifecycle.launch(action, self._world.now_dt())
 
     def _runner_exited(self, machine: SimMachine) -> None:
-        """`run-single` has exited after `max_use_count` jobs: the machine's user data (chalicelib/templates)
-        shuts it down, EC2 terminates it (instance-initiated shutdown behaviour), and the scaler, on EC2's
-        shutting-down event, takes it out of its group with a decrement (`Lifecycle.shut_down`). Seconds,
-        modelled as at once, like the rest of the machine lifecycle here."""
-        self._world.fleet.terminate(machine.instance_id)
+        """`run-single` has exited after `max_use_count` jobs: the machine's user data (infra/templates)
+        shuts it down, and EC2's shutting-down event reaches the app: `handle_machine_event`'s
+        `_without_hook` (the record read, `Lifecycle.shut_down`'s decrement, then the clean-up). The
+        decrement ends the machine in its group, which runs the terminate hook (`_ended`)."""
+        self._exiting.add(machine.instance_id)
+        self._state_event(machine, "shutting-down")
 
     def _ended(self, machine: SimMachine) -> None:
-        """Lifecycle terminate: look for a job to rescue, delete the runner and the secret, complete."""
-        self.calls["gitlab"] += 2
-        self.calls["secretsmanager"] += 1
-        self.calls["autoscaling"] += 1
+        """The machine left its group: the terminate hook's event (`Lifecycle.terminate` with its token),
+        EC2's shutting-down event unless the machine shut itself down (that event came first), and EC2's
+        terminated event. Each is a separate Lambda invocation in production; all are counted."""
+        now = self._world.now_dt()
+        action = LifecycleAction(machine.pool.asg, "terminate", "sim", machine.instance_id, TERMINATING)
+        self._lifecycle.terminate(action, now)
+        if machine.instance_id not in self._exiting:
+            self._state_event(machine, "shutting-down")
+        self._exiting.discard(machine.instance_id)
+        self._state_event(machine, "terminated")
+
+    def _state_event(self, machine: SimMachine, state: str) -> None:
+        """`chalicelib.lifecycle._without_hook`: an EC2 state change of one of our instances."""
+        now = self._world.now_dt()
+        record = self._store.get_machine(machine.instance_id)
+        if record is None:
+            return
+        pool = self._config.pool(record.pool)
+        if state == "shutting-down":
+            self._lifecycle.shut_down(pool, machine.instance_id)
+        action = LifecycleAction(pool.asg, "", "", machine.instance_id, "ec2:terminated")
+        self._lifecycle.terminate(action, now)
 
 
 class OursPrewarm(Ours):
