@@ -27,6 +27,12 @@ logger = logging.getLogger(__name__)
 RUNNER_DESCRIPTION = re.compile(r"^runner-scaler/(?P<pool>[a-z0-9][a-z0-9-]*)/(?P<instance>i-[0-9a-f]+)$")
 
 
+#: The only job statuses whose news cannot wait for the next tick: a job that now wants a machine. Any other
+#: change (running, finished, canceled) leaves demand as it was or lowers it, and scale-in waits `idle_time`
+#: anyway, so the one-minute tick takes it in: a "pool dirty" message (and a reconcile) per job, not per hook.
+DEMAND_RISES = frozenset({"pending"})
+
+
 def runner_description(pool: str, instance_id: str) -> str:
     return f"runner-scaler/{pool}/{instance_id}"
 
@@ -125,7 +131,7 @@ def ingest_job(
     tags: TagResolver,
     now: datetime,
 ) -> Ingested:
-    """Record one job event (forward-only) and, when it changed the pool's picture, mark the pool dirty."""
+    """Record one job event (forward-only); when it made a job pending, mark its pool dirty (DEMAND_RISES)."""
     pool, machine_id, job_tags = _route(event, config, tags)
     record = JobRecord(
         gitlab=event.gitlab,
@@ -148,7 +154,7 @@ def ingest_job(
         applied = store.reopen_skipped(record, now)  # rare: a retry upstream reopened a skipped job
         if not applied and job_tags:
             store.fill_tags(record)  # rare: it was first seen running on our runner, stored without tags
-    if applied and pool:
+    if applied and pool and event.status in DEMAND_RISES:
         dirty.mark_dirty(pool, f"job {event.job_id} {event.status}", now)
     if not pool:
         logger.warning("job matches no pool", extra={"job_id": event.job_id, "tags": list(job_tags)})

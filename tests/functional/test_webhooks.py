@@ -333,6 +333,26 @@ def test_a_burst_of_120_job_events_marks_the_pool_dirty_a_handful_of_times(
     assert set(queued) == {"linux"} and 1 <= len(queued) <= 6 // DIRTY_WINDOW_SECONDS + 1
 
 
+def test_only_a_job_going_pending_marks_its_pool_dirty(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    # GIVEN a linux job that went pending (its pool marked dirty) and whose message was handled
+    p = Pipeline(gitlab_stack, fake_gitlab, ("linux",))
+    job_id = p.job_ids[0]
+    assert post(client, p.hook(job_id, "pending")).status_code == 202
+    assert gitlab_stack.queued_pools() == ["linux"]
+    # WHEN it runs on our runner, then succeeds, each hook in a later dirty window
+    for status in ("running", "success"):
+        gitlab_stack.advance(seconds=DIRTY_WINDOW_SECONDS + 1)
+        body = p.hook(job_id, status, runner_id=7, tags=["linux"])
+        body["runner"]["description"] = "runner-scaler/linux/i-00000000000000007"
+        answer = post(client, body)
+        assert answer.status_code == 202 and json.loads(answer.body)["changed"]
+    # THEN both are recorded, and neither asks for a reconcile: demand did not rise (the tick takes them in)
+    assert job(gitlab_stack, job_id).status == "success"
+    assert gitlab_stack.queued_pools() == []
+
+
 def test_a_status_new_to_us_is_recorded_not_refused(
     gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
 ) -> None:
