@@ -4,7 +4,8 @@ Launch: create the machine's GitLab runner, issue its Docker server certificate,
 own secret, record the machine, complete the lifecycle action. A permanent failure is cleaned up, ends the
 machine with a decrement and faults the pool (no relaunch loop); a transient one is cleaned up and left
 open for Lambda's retry.
-Terminate: rescue an interrupted job, delete the runner and the secret, forget the machine.
+Terminate: rescue an interrupted job, delete the runner and the secret, retire the record (kept a while, off
+the index, so the other events of the same end find the work done).
 Spot warning: pause the runner, mark the machine draining, and reconcile so a replacement launches.
 Every step is idempotent: the same event delivered twice creates one runner. A launch that completes also
 measures scale-up latency (`scale_up_seconds`), emitted by the entry point. No boto3 here.
@@ -291,6 +292,12 @@ class Lifecycle:
         outcome = LifecycleOutcome(action.instance_id)
         pool = self.pool_of(action.asg)
         record = self.store.get_machine(action.instance_id)
+        if record is not None and record.retired_at is not None:
+            # Another event of this machine's end (EC2's shutting-down, or the terminate hook) cleaned up.
+            outcome.pool, outcome.runner_id = record.pool, record.runner_id
+            outcome.notes.append("already cleaned up")
+            self._complete(action, CONTINUE)
+            return outcome
         if pool is not None:
             outcome.pool = pool.name
             try:
@@ -326,8 +333,11 @@ class Lifecycle:
             self.gitlab.delete_runner(runner_id)
             outcome.runner_id = runner_id
         self.secrets.delete_machine_secret(self.names.machine_secret(instance_id))
-        self.store.delete_machine(instance_id)
-        self.dirty.mark_dirty(pool.name, f"machine {instance_id} terminated", now)
+        # Retired, not deleted: the other events of this end find it done. No reconcile is asked for: the
+        # scaler removed it (that reconcile counted it), or it ended itself after its jobs (demand is
+        # unchanged), or it was interrupted (its jobs' retries come back pending, which asks); the tick
+        # counts what is left.
+        self.store.retire_machine(record or MachineRecord(instance_id, pool.name, now), now)
 
     def _rescue_jobs(self, runner_id: int, now: datetime) -> list[int]:
         """Retry, once per job, the jobs an interrupted machine was running (GitLab would fail them)."""
@@ -545,6 +555,8 @@ def _without_hook(
     record = rt.store.get_machine(instance_id)
     if record is None:
         return LifecycleOutcome(instance_id, notes=["unknown machine"])
+    if record.retired_at is not None:
+        return LifecycleOutcome(instance_id, notes=["already cleaned up"])
     pool = rt.config.pool(record.pool)
     notes = use_case.shut_down(pool, instance_id) if state == "shutting-down" else []
     outcome = use_case.terminate(LifecycleAction(pool.asg, "", "", instance_id, "ec2:terminated"), now)

@@ -24,6 +24,9 @@ HOLDS_SLOT = frozenset({"running", "canceling"})
 TERMINAL = frozenset({"success", "failed", "canceled", "skipped"})
 
 JOB_TTL = timedelta(days=7)
+#: How long a retired machine's record outlives it: well past the last event of its end (the terminate
+#: hook's heartbeat timeout, EventBridge's retries of an event for up to 24 hours).
+MACHINE_TOMBSTONE_TTL = timedelta(days=2)
 EVENT_TTL = timedelta(days=2)
 PROJECT_MEMORY = timedelta(days=14)
 
@@ -96,6 +99,9 @@ class MachineRecord:
     prepared_at: datetime | None = None
     #: When the drain paused its runner in GitLab: the job check waits out GitLab's assignment window.
     paused_at: datetime | None = None
+    #: When the lifecycle cleaned up after it (runner and secret deleted): a later event for the same
+    #: instance (the terminate hook after EC2's shutting-down event, or the reverse) has nothing left to do.
+    retired_at: datetime | None = None
 
     @property
     def jobs_started(self) -> int:
@@ -194,6 +200,11 @@ class Store(Protocol):
     def machines(self, pool: str) -> list[MachineRecord]: ...
 
     def delete_machine(self, instance_id: str) -> None: ...
+
+    def retire_machine(self, machine: MachineRecord, now: datetime) -> None:
+        """Mark the machine cleaned up, off the pool index, kept until MACHINE_TOMBSTONE_TTL so that the other
+        events of its end (each instance has two or three) find it done instead of cleaning up again."""
+        ...
 
     def machine_job_started(self, instance_id: str, job_id: int, now: datetime) -> bool:
         """Count a job on its machine once (idempotent); False when the machine is unknown."""
@@ -502,6 +513,7 @@ class DynamoStore(DynamoTable):
             "job_ids": set(machine.job_ids) or None,
             "running": set(machine.running) or None,
             "paused_at": _iso(machine.paused_at),
+            "retired_at": _iso(machine.retired_at),
         }
         item.update({k: v for k, v in optional.items() if v is not None})
         return item
@@ -564,6 +576,28 @@ class DynamoStore(DynamoTable):
             "delete_item",
             TableName=self._table,
             Key=self._dump({TABLE_PK: f"MACHINE#{instance_id}", TABLE_SK: "MACHINE"}),
+        )
+
+    def retire_machine(self, machine: MachineRecord, now: datetime) -> None:
+        # One UpdateItem: a record that was never written (a lost launch event) becomes a tombstone too.
+        self._aws.call(
+            "dynamodb",
+            "update_item",
+            TableName=self._table,
+            Key=self._dump({TABLE_PK: f"MACHINE#{machine.instance_id}", TABLE_SK: "MACHINE"}),
+            UpdateExpression=(
+                f"SET retired_at = :now, {TABLE_TTL_ATTRIBUTE} = :ttl, #pool = if_not_exists(#pool, :pool), "
+                f"launched_at = if_not_exists(launched_at, :launched) REMOVE {GSI_POOL_PK}, {GSI_POOL_SK}"
+            ),
+            ExpressionAttributeValues=self._dump(
+                {
+                    ":now": _iso(now),
+                    ":ttl": _epoch(now + MACHINE_TOMBSTONE_TTL),
+                    ":pool": machine.pool,
+                    ":launched": _iso(machine.launched_at),
+                }
+            ),
+            ExpressionAttributeNames={"#pool": "pool"},
         )
 
     def machine_job_started(self, instance_id: str, job_id: int, now: datetime) -> bool:
@@ -659,6 +693,7 @@ class DynamoStore(DynamoTable):
             drain_reason=str(item.get("drain_reason", "")),
             host_id=item.get("host_id"),
             paused_at=_dt(item.get("paused_at")),
+            retired_at=_dt(item.get("retired_at")),
         )
 
     # -- leases ---------------------------------------------------------------------------------------
@@ -859,11 +894,16 @@ class MemoryStore:
 
     def machines(self, pool: str) -> list[MachineRecord]:
         with self._lock:
-            return [m for m in self.machine_records.values() if m.pool == pool]
+            return [m for m in self.machine_records.values() if m.pool == pool and m.retired_at is None]
 
     def delete_machine(self, instance_id: str) -> None:
         with self._lock:
             self.machine_records.pop(instance_id, None)
+
+    def retire_machine(self, machine: MachineRecord, now: datetime) -> None:
+        with self._lock:
+            stored = self.machine_records.get(machine.instance_id, machine)
+            self.machine_records[machine.instance_id] = replace(stored, retired_at=now)
 
     def machine_job_started(self, instance_id: str, job_id: int, now: datetime) -> bool:
         with self._lock:

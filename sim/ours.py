@@ -107,7 +107,7 @@ class StaleIndexStore(IndexedMemoryStore):
         now = self._clock()
         self._machine_snaps.append((now, dict(self.machine_records)))
         seen = _as_of(self._machine_snaps, now - self._lag_s) or {}
-        return [m for m in seen.values() if m.pool == pool]
+        return [m for m in seen.values() if m.pool == pool and m.retired_at is None]
 
     def pool_jobs(self, pool: str) -> list[JobRecord]:
         now = self._clock()
@@ -673,7 +673,7 @@ class Ours:
         """`chalicelib.lifecycle._without_hook`: an EC2 state change of one of our instances."""
         now = self._world.now_dt()
         record = self._store.get_machine(machine.instance_id)
-        if record is None:
+        if record is None or record.retired_at is not None:
             return
         pool = self._config.pool(record.pool)
         if state == "shutting-down":

@@ -197,7 +197,7 @@ def test_terminate_deletes_the_runner_and_the_secret(world: Any, fake_gitlab: Fa
     invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))
     invoke(client, lifecycle_event("aws_lifecycle_terminate.json", instance))
     assert fake_gitlab.runners == {}
-    assert stack.runtime.store.get_machine(instance) is None
+    assert_retired(stack, instance)
     with pytest.raises(Exception, match="ResourceNotFound"):
         machine_secret(stack, instance)
     assert fleet.completed[-1] == (instance, "CONTINUE")
@@ -370,6 +370,13 @@ def test_a_duplicate_or_abandoned_launch_reports_no_scale_up(
 # -- a machine leaves by shutting itself down (issue 19: no right a job could use to end another machine) ----
 
 
+def assert_retired(stack: Any, instance_id: str) -> None:
+    """Cleaned up: the record is kept as retired, and the pool's machines no longer list it."""
+    record = stack.runtime.store.get_machine(instance_id)
+    assert record is not None and record.retired_at is not None
+    assert instance_id not in {m.instance_id for m in stack.runtime.store.machines(record.pool)}
+
+
 def state_change(instance_id: str, state: str) -> dict[str, Any]:
     event = json.loads((FIXTURES / "aws_instance_state_change.json").read_text())
     event["detail"].update({"instance-id": instance_id, "state": state})
@@ -447,8 +454,29 @@ def test_a_machine_that_shuts_itself_down_leaves_its_group_with_a_decrement(
     assert out["notes"][0] == "shut itself down: left its group with a decrement"
     # AND its runner and record are gone; the other machine is untouched
     assert [r.description for r in fake_gitlab.runners.values()] == [f"runner-scaler/linux/{stays}"]
-    assert stack.runtime.store.get_machine(gone) is None
+    assert_retired(stack, gone)
     assert stack.runtime.store.get_machine(stays) is not None
+
+
+def test_the_other_events_of_a_machine_s_end_find_it_cleaned_up(
+    world: Any, fake_gitlab: FakeGitLab
+) -> None:
+    # GIVEN a prepared machine that shut itself down, cleaned up on EC2's shutting-down event
+    stack, fleet, client = world
+    instance = launched_instance(stack)
+    invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))
+    invoke(client, state_change(instance, "shutting-down"))
+    gitlab_before, aws_before = sum(fake_gitlab.requests.values()), dict(stack.aws.calls)
+    # WHEN the group's terminate hook runs for it, then EC2 reports it terminated (separate events)
+    hook = invoke(client, lifecycle_event("aws_lifecycle_terminate.json", instance))
+    invoke(client, state_change(instance, "terminated"))
+    # THEN neither cleans up again: no GitLab request (no runner looked up by name), no secret deleted twice,
+    # and the hook's action is completed so the instance is not held for its heartbeat timeout
+    assert hook["notes"] == ["already cleaned up"]
+    assert sum(fake_gitlab.requests.values()) == gitlab_before
+    made = {k: v - aws_before.get(k, 0) for k, v in stack.aws.calls.items() if v != aws_before.get(k, 0)}
+    assert not any(k.startswith("secretsmanager.") for k in made)
+    assert fleet.completed[-1] == (instance, "CONTINUE")
 
 
 def test_a_machine_the_scaler_already_removed_is_not_decremented_twice(
@@ -466,7 +494,7 @@ def test_a_machine_the_scaler_already_removed_is_not_decremented_twice(
     # THEN the group keeps the one machine the scaler wants, and the record is cleaned up
     assert stack.runtime.fleet.read_groups(["test-linux"])["test-linux"].desired == 1
     assert out["notes"][0].startswith("not decremented")
-    assert stack.runtime.store.get_machine(gone) is None
+    assert_retired(stack, gone)
 
 
 def test_a_rebalance_recommendation_replaces_an_idle_machine_and_leaves_a_busy_one_alone(

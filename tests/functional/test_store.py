@@ -167,6 +167,16 @@ def test_machines_are_listed_per_pool(store: Store) -> None:
     assert store.machines("linux") == []
 
 
+def test_a_retired_machine_is_kept_off_its_pool_and_marked_done(store: Store) -> None:
+    store.put_machine(MachineRecord("i-1", "linux", T0, runner_id=42))
+    store.retire_machine(MachineRecord("i-1", "linux", T0), T0 + timedelta(minutes=3))
+    store.retire_machine(MachineRecord("i-lost", "linux", T0), T0 + timedelta(minutes=3))  # never recorded
+    assert store.machines("linux") == []
+    kept, lost = store.get_machine("i-1"), store.get_machine("i-lost")
+    assert kept is not None and (kept.runner_id, kept.retired_at) == (42, T0 + timedelta(minutes=3))
+    assert lost is not None and lost.retired_at == T0 + timedelta(minutes=3) and lost.pool == "linux"
+
+
 def test_lease_excludes_a_second_owner_until_expiry(store: Store) -> None:
     assert store.acquire_lease("linux", "a", T0, timedelta(seconds=50))
     assert not store.acquire_lease("linux", "b", T0 + timedelta(seconds=10), timedelta(seconds=50))
