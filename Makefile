@@ -18,7 +18,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy chalicelib --exclude chalicelib/cli --exclude chalicelib/devtools
+	$(BIN)/mypy chalicelib toolkit sim infra app.py
 	$(BIN)/pytest -n 2 --dist loadfile
 
 lint: $(STAMP)

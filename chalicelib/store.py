@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from chalicelib.aws import AwsClients
 from chalicelib.dynamo import CONDITION_FAILED, DynamoTable
 from chalicelib.errors import AwsCallError
 from chalicelib.events.gitlab import status_rank
@@ -975,24 +974,6 @@ class MemoryStore:
             held = self._leases.get(pool)
             if held is not None and held[0] == owner:
                 del self._leases[pool]
-
-
-def ensure_table(aws: AwsClients, table: str) -> None:
-    """Create the table (local bootstrap and tests; infra/ creates it in AWS) and turn TTL on."""
-    from chalicelib.resources import table_definition
-
-    try:
-        aws.call("dynamodb", "create_table", **table_definition(table))
-    except AwsCallError as exc:
-        if exc.code != "ResourceInUseException":
-            raise
-        return
-    aws.call(
-        "dynamodb",
-        "update_time_to_live",
-        TableName=table,
-        TimeToLiveSpecification={"Enabled": True, "AttributeName": TABLE_TTL_ATTRIBUTE},
-    )
 
 
 def all_pools_of(records: Iterable[MachineRecord]) -> set[str]:

@@ -34,7 +34,7 @@ from chalicelib.resources import (
     TAG_POOL,
     Names,
 )
-from chalicelib.userdata import cache_prefix
+from infra.userdata import cache_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 CHALICE_CONFIG = ROOT / ".chalice" / "config.json"
@@ -55,10 +55,6 @@ NO_PERMISSION = {("sts", "get_caller_identity"): "GetCallerIdentity needs no per
 CONFIG_GATED = {
     ("license-manager", "get_license_configuration"): "only for host pools naming a license_configuration",
 }
-#: Functions inside chalicelib that only the local bootstrap / demo runs (infra/ creates those resources).
-LOCAL_ONLY = {("chalicelib/store.py", "ensure_table")}
-#: chalicelib folders that never run in the Lambda: the operator CLI (operator's credentials) and dev tools.
-NOT_DEPLOYED = ("chalicelib/cli/", "chalicelib/devtools/")
 #: Secrets Manager appends "-" and six random characters to every secret ARN.
 SECRET_SUFFIX = "-??????"
 

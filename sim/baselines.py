@@ -71,7 +71,7 @@ class MachineKnobs:
 
 
 def machine_knobs(policy: Policy) -> MachineKnobs:
-    """Our policy in docker+machine's words (the inverse of `chalicelib.migrate`)."""
+    """Our policy in docker+machine's words (the inverse of `toolkit.migrate`)."""
     idle_time = policy.idle_time.total_seconds()
     if policy.scale_factor > 0:
         return MachineKnobs(

@@ -284,9 +284,9 @@ def child_work(deliveries: int, reconciles: int) -> dict[str, Any]:
     from copy import deepcopy
 
     logging.disable(logging.CRITICAL)
-    from chalicelib.devtools.replay import load, replay
     from sim import bench_reconcile as br
     from sim.bench_webhooks import deliveries as make_deliveries
+    from toolkit.devtools.replay import load, replay
 
     window = QuotaWindows()
     result: dict[str, Any] = {}

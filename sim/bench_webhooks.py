@@ -14,8 +14,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from chalicelib.devtools.replay import Delivery, load, replay
-from chalicelib.events.samples import job_hook_payload, webhook_headers
+from toolkit.devtools.replay import Delivery, load, replay
+from toolkit.samples import job_hook_payload, webhook_headers
 
 OUT = Path(__file__).resolve().parents[1] / "bench" / "webhooks.json"
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -50,7 +50,7 @@ def deliveries(count: int) -> list[Delivery]:
 def baseline_ms(samples: int) -> list[float]:
     from chalice.test import Client
 
-    from chalicelib.devtools.local_app import load_app
+    from toolkit.devtools.local_app import load_app
 
     with Client(load_app()) as client:
         times = []

@@ -18,7 +18,6 @@ from chalicelib.capacity.hosts import Host, HostState, IdleMark, LicenseRoom
 from chalicelib.config import Config, Pool
 from chalicelib.errors import GitLabError, GitLabNotFoundError
 from chalicelib.events.gitlab import PipelineHook, event_identity, parse_gitlab_event
-from chalicelib.events.samples import BuildSample, pipeline_hook_payload, webhook_headers
 from chalicelib.fleet import GroupView, Instance
 from chalicelib.forecast import DurationEstimate, PipelineState
 from chalicelib.heal import heal
@@ -35,6 +34,7 @@ from sim.gitlab import SimGitLab, description
 from sim.hosts import NoHostPlanner, SimHost
 from sim.model import HookEvent, JobInfo, PipelineHookEvent, ProjectInfo, RunnerListing, SimMachine
 from sim.world import World
+from toolkit.samples import BuildSample, pipeline_hook_payload, webhook_headers
 
 #: SQS FIFO drops a message whose deduplication id was seen in the last five minutes (SQS developer guide).
 SQS_DEDUP_WINDOW_S = 300.0

@@ -14,13 +14,13 @@ from typing import Generic, Protocol, TypeVar
 
 from chalicelib.capacity.routing import pool_for_tags
 from chalicelib.config import Config, Pool
-from chalicelib.devtools.accounting import job_wait_s, machine_seconds, percentile
 from sim.events import EventLoop
 from sim.fleet import Ledger, SimFleet
 from sim.gitlab import SimGitLab
 from sim.hosts import SimHosts
 from sim.model import HookEvent, PipelineHookEvent, SimJob, SimOptions, at, with_policy_cache
 from sim.traces import TraceJob
+from toolkit.devtools.accounting import job_wait_s, machine_seconds, percentile
 
 #: The metrics of a run, exactly these keys, in this order (the JSON the CLI and the bench write).
 METRIC_KEYS = (

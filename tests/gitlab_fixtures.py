@@ -1,6 +1,6 @@
 """Helpers for tests that meet GitLab: a webhook receiver, a settable clock, and TLS material for HTTPS.
 
-Used with `chalicelib.devtools.fake_gitlab.FakeGitLab`; stdlib plus `cryptography` (a pinned dependency).
+Used with `toolkit.devtools.fake_gitlab.FakeGitLab`; stdlib plus `cryptography` (a pinned dependency).
 """
 
 from __future__ import annotations

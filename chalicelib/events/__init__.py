@@ -1,6 +1,7 @@
 """Inbound events as pydantic models: GitLab webhook deliveries and the AWS events the app subscribes to.
 
-Pure models and parsers (pydantic and the standard library); `samples` builds payloads for fakes and tests.
+Pure models and parsers (pydantic and the standard library). Payloads for fakes and tests are built in
+toolkit.samples.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Machine images: one EC2 Image Builder pipeline per platform, baking what the boot scripts expect.
 
-The boot scripts (chalicelib/templates) install nothing; these pipelines make the AMIs they run on. Each
+The boot scripts (infra/templates) install nothing; these pipelines make the AMIs they run on. Each
 platform gets its component (infra/images/<platform>.yml, an AWSTOE document whose validate phase checks every
 command its boot script uses), a recipe on the operator's parent image, an infrastructure configuration
 (instance profile, subnet, and dedicated-host placement for macOS) and a pipeline started on demand.
@@ -163,7 +163,7 @@ def _pipeline(
         platform=COMPONENT_PLATFORM[platform],
         version=settings.version,
         data=component_document(platform),
-        description=f"what chalicelib/templates boot script of {platform} expects on the AMI",
+        description=f"what infra/templates boot script of {platform} expects on the AMI",
     )
     recipe = imagebuilder.CfnImageRecipe(
         scope,

@@ -20,9 +20,9 @@ from constructs import Construct
 
 from chalicelib.config import HostManagement, Platform, Pool
 from chalicelib.resources import TAG_DEPLOYMENT, TAG_MANAGED, TAG_POOL
-from chalicelib.userdata import render
 from infra.policy import Scope, machine_grants, machine_role_path, policy_document
 from infra.settings import Settings
+from infra.userdata import render
 
 LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
 TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"

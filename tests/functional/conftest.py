@@ -14,13 +14,13 @@ from moto import mock_aws
 
 from chalicelib.aws import AwsClients
 from chalicelib.config import Config, load_config_file
-from chalicelib.devtools.bootstrap import LocalStack, bootstrap
-from chalicelib.devtools.fake_gitlab import FakeGitLab
 from chalicelib.gitlab import GitLabClient
 from chalicelib.resources import Names
 from chalicelib.runtime import Runtime, install
 from tests.gitlab_fixtures import T0, Clock, WebhookReceiver
 from tests.iam import ACCOUNT, ADMIN_POLICY
+from toolkit.devtools.bootstrap import LocalStack, bootstrap
+from toolkit.devtools.fake_gitlab import FakeGitLab
 
 
 @pytest.fixture

@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from chalicelib.cli.main import app
 from chalicelib.config import load_config_file
-from chalicelib.userdata import render
 from infra.app import build
 from infra.package import package
 from infra.settings import SettingsError, load_settings
 from infra.stacks.chalice_app import ENV_CONFIG_SHA, config_digest
+from infra.userdata import render
 from tests.functional.test_infra import CONTEXT, ROOT, Synth, statements
+from toolkit.cli.main import app
 
 DIND = ROOT / "examples" / "gitlab-runner-docker-machine-dind.toml"
 PREFIX = "runner-scaler-dev"

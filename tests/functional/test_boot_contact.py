@@ -22,12 +22,12 @@ from chalice.test import Client
 
 from app import app
 from chalicelib.config import Policy
-from chalicelib.devtools.fake_gitlab import FakeGitLab
 from chalicelib.rotation import ensure_base_certs_for
 from chalicelib.runtime import Runtime, install
 from chalicelib.store import JobRecord
 from tests.functional.conftest import FIXTURES, Stack, describe_group
 from tests.functional.test_lifecycle import TOKEN, RecordingFleet
+from toolkit.devtools.fake_gitlab import FakeGitLab
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from chalicelib import certs
 from chalicelib.certs import BaseCerts
-from chalicelib.cli.certs import certs_app
 from chalicelib.secrets import AwsSecrets
 from tests.functional.certs_fixtures import aws_clients
+from toolkit.cli.certs import certs_app
 
 runner = CliRunner()
 

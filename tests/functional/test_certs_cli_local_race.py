@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from chalicelib import certs
-from chalicelib.cli.certs import lock_directory, regenerate_local
 from tests.builders import race
+from toolkit.cli.certs import lock_directory, regenerate_local
 
 NOW = datetime(2026, 5, 4, 10, 0, tzinfo=UTC)
 FORCE = timedelta(days=36500)  # what --force passes

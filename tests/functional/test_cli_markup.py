@@ -14,7 +14,7 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from chalicelib.cli.main import app
+from toolkit.cli.main import app
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -10,10 +10,10 @@ import pytest
 from chalice.test import Client
 
 from app import app
-from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from tests.functional.conftest import Stack
 from tests.functional.test_heal import tick
 from tests.functional.test_webhooks import post
+from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
 
 
 def pool_metrics(out: str, pool: str) -> dict[str, object]:

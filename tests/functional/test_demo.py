@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from chalicelib.config import parse_config
-from chalicelib.devtools.demo import (
+from chalicelib.errors import ConfigError
+from sim.traces import TraceError, parse_trace, read_trace
+from toolkit.devtools.demo import (
     DEMO_CONFIG,
     AcceleratedClock,
     Demo,
@@ -25,10 +27,8 @@ from chalicelib.devtools.demo import (
     check_routable,
     load_demo_config,
 )
-from chalicelib.devtools.demo_report import SUMMARY_KEYS
-from chalicelib.devtools.local_app import discover, load_app
-from chalicelib.errors import ConfigError
-from sim.traces import TraceError, parse_trace, read_trace
+from toolkit.devtools.demo_report import SUMMARY_KEYS
+from toolkit.devtools.local_app import discover, load_app
 
 # Three pools, two stages, an untagged job, a Windows machine that boots for five minutes.
 TINY_TRACE = """pipeline_id,created_s,stage,name,tags,duration_s

@@ -8,7 +8,7 @@ from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 
-from chalicelib.devtools.demo import AcceleratedClock, platform_quiet
+from toolkit.devtools.demo import AcceleratedClock, platform_quiet
 
 
 def test_a_reconcile_failed_line_in_demo_log_carries_the_pool_and_the_error(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from chalicelib.devtools.demo import Demo, DemoOptions, DemoResult, DemoWorld
-from chalicelib.devtools.demo_report import summary_table
+from toolkit.devtools.demo import Demo, DemoOptions, DemoResult, DemoWorld
+from toolkit.devtools.demo_report import summary_table
 
 # Two Linux jobs that run ten minutes each: long enough to catch a machine busy.
 TRACE = """pipeline_id,created_s,stage,name,tags,duration_s
@@ -145,7 +145,7 @@ def test_stopping_at_the_duration_limit_reports_the_unfinished_jobs_and_exits_0(
     """The user asked the demo to stop early: jobs still waiting are the run's end, not a broken promise."""
     from typer.testing import CliRunner
 
-    from chalicelib.cli.main import app
+    from toolkit.cli.main import app
 
     # GIVEN a trace whose first job needs a Windows machine (5 simulated minutes to boot, BOOT_SECONDS) and
     # whose second pipeline comes at minute 20

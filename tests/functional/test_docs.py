@@ -26,11 +26,11 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from chalicelib.cli.main import app
-from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from sim.bench_prewarm import markdown_table
 from sim.traces import TraceJob, read_trace
 from tests.gitlab_fixtures import T0, Clock
+from toolkit.cli.main import app
+from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "infra" / "README.md"]

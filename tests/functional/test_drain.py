@@ -13,7 +13,6 @@ from chalice.test import Client
 
 from app import app
 from chalicelib.aws import AwsClients
-from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.errors import GitLabNotFoundError
 from chalicelib.fleet import Fleet, GroupView
 from chalicelib.reconcile import Reconciler
@@ -21,6 +20,7 @@ from chalicelib.store import MachineRecord
 from tests.builders import T0
 from tests.functional.conftest import Stack
 from tests.functional.test_reconcile import FakeRunners, World, make_config
+from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
 
 
 class DeletedRunners(FakeRunners):

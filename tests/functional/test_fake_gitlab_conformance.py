@@ -13,18 +13,18 @@ from datetime import datetime, timedelta
 import gitlab
 import pytest
 
-from chalicelib.devtools.fake_gitlab import (
+from chalicelib.errors import GitLabError, GitLabNotFoundError
+from chalicelib.gitlab import GitLabClient
+from tests.functional.conftest import Stack
+from tests.gitlab_fixtures import Clock, WebhookReceiver
+from toolkit.devtools.fake_gitlab import (
     HOOK_STATUSES,
     ONLINE_CONTACT_TIMEOUT,
     STALE_TIMEOUT,
     FakeGitLab,
     JobSpec,
 )
-from chalicelib.devtools.machines import SimulatedMachines
-from chalicelib.errors import GitLabError, GitLabNotFoundError
-from chalicelib.gitlab import GitLabClient
-from tests.functional.conftest import Stack
-from tests.gitlab_fixtures import Clock, WebhookReceiver
+from toolkit.devtools.machines import SimulatedMachines
 
 
 def job_statuses(receiver: WebhookReceiver, job_id: int) -> list[str]:

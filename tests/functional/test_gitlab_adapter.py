@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.errors import GitLabError, GitLabNotFoundError
 from chalicelib.gitlab import GitLabApi, GitLabClient, counting, gitlab_client, parse_time
 from tests.gitlab_fixtures import T0, Clock, WebhookReceiver, make_tls_material
+from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
 
 PREFIX = "runner-scaler/linux/"
 

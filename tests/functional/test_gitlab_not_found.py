@@ -14,12 +14,12 @@ import pytest
 from chalice.test import Client
 
 from app import app
-from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.errors import GitLabError, GitLabNotFoundError
-from chalicelib.events.samples import BuildSample, job_hook_payload, pipeline_hook_payload, webhook_headers
 from chalicelib.gitlab import GitLabClient
 from chalicelib.store import JobRecord
 from tests.functional.conftest import WEBHOOK_TOKENS, Stack, describe_group
+from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
+from toolkit.samples import BuildSample, job_hook_payload, pipeline_hook_payload, webhook_headers
 
 
 def tick(client: Client) -> dict:  # type: ignore[type-arg]

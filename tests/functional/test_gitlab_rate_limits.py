@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.errors import GitLabError
 from chalicelib.gitlab import DEFAULT_RATE_LIMIT_WAIT, GitLabClient
 from tests.gitlab_fixtures import Clock
+from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
 
 
 def client_on(fake: FakeGitLab, clock: Clock, *, obey: bool, max_retries: int = 2) -> GitLabClient:

@@ -8,11 +8,11 @@ import json
 from chalice.test import Client
 
 from app import app
-from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
-from chalicelib.events.samples import job_hook_payload
 from chalicelib.store import JobRecord
 from tests.functional.conftest import Stack
 from tests.functional.test_webhooks import post
+from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
+from toolkit.samples import job_hook_payload
 
 
 def tick(client: Client) -> dict:  # type: ignore[type-arg]

@@ -18,14 +18,14 @@ from chalice.test import Client
 from typer.testing import CliRunner
 
 from app import app as chalice_app
-from chalicelib.cli.main import app
 from chalicelib.config import Config, config_from_dict
-from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.gitlab import GitLabClient
 from chalicelib.hooks import HookAction, OutcomeStatus, check_hooks, sync_hooks
 from chalicelib.runtime import Runtime, install
 from tests.functional.conftest import Stack
 from tests.gitlab_fixtures import T0, Clock, WebhookReceiver
+from toolkit.cli.main import app
+from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
 
 URL = "https://scaler.example.com/webhooks/gitlab"
 FOREIGN = "https://chat.example.com/hooks/ci"

@@ -21,7 +21,6 @@ from app import app
 from chalicelib.aws import AwsClients
 from chalicelib.capacity.hosts import hosts_config
 from chalicelib.config import Config, Pool, config_from_dict
-from chalicelib.devtools.bootstrap import bootstrap
 from chalicelib.hosts import TAG_HOST_GROUP, TAG_IDLE_SINCE
 from chalicelib.resources import TAG_POOL, Names
 from chalicelib.runtime import Runtime, install
@@ -29,6 +28,7 @@ from chalicelib.store import JobRecord
 from tests.builders import T0
 from tests.functional.conftest import WEBHOOK_TOKENS, describe_group
 from tests.functional.test_hosts_contract import MotoHostWorld
+from toolkit.devtools.bootstrap import bootstrap
 
 GITLAB = "gitlab.example.com"
 MAC: dict[str, Any] = {

@@ -21,13 +21,13 @@ from botocore.exceptions import ClientError
 from chalice.test import Client
 
 from app import app
-from chalicelib.devtools.fake_gitlab import JobSpec
-from chalicelib.events.samples import job_hook_payload, webhook_headers
 from chalicelib.secrets import AWSCURRENT, AwsSecrets
 from chalicelib.store import Fault
 from tests.functional.certs_fixtures import start_rotation
 from tests.functional.conftest import WEBHOOK_TOKENS, IamStack, describe_group
 from tests.functional.test_alarms import alarm_message
+from toolkit.devtools.fake_gitlab import JobSpec
+from toolkit.samples import job_hook_payload, webhook_headers
 
 BASE_CERTS = "test/docker-base-certs"
 #: Days until fresh base certificates are due: cert_validity (3 years) minus regenerate_before (30 days).

@@ -121,7 +121,7 @@ def _validate_text(platform: str) -> str:
 
 def test_the_linux_image_is_checked_for_every_command_its_boot_script_runs() -> None:
     # The external commands linux.sh runs (its stand-ins in test_userdata_gitlab_ca, plus python3 and docker)
-    boot = (ROOT / "chalicelib" / "templates" / "linux.sh").read_text(encoding="utf-8")
+    boot = (ROOT / "infra" / "templates" / "linux.sh").read_text(encoding="utf-8")
     checked = _validate_text("linux")
     commands = ("gitlab-runner", "aws", "jq", "curl", "python3", "update-ca-certificates", "systemctl")
     # ...and what keeps jobs off the metadata service and the machine's way out (docs/security.md)
@@ -132,7 +132,7 @@ def test_the_linux_image_is_checked_for_every_command_its_boot_script_runs() -> 
 
 
 def test_the_macos_image_is_checked_for_every_command_its_boot_script_runs() -> None:
-    boot = (ROOT / "chalicelib" / "templates" / "macos.sh").read_text(encoding="utf-8")
+    boot = (ROOT / "infra" / "templates" / "macos.sh").read_text(encoding="utf-8")
     checked = _validate_text("macos")
     for command in ("gitlab-runner", "jq", "aws", "curl", "pfctl", "sysadminctl", "createhomedir", "openssl"):
         assert re.search(rf"(^|[\s($]){re.escape(command)}\b", boot), f"macos.sh no longer runs {command}?"
@@ -140,7 +140,7 @@ def test_the_macos_image_is_checked_for_every_command_its_boot_script_runs() -> 
 
 
 def test_the_windows_image_is_checked_for_what_its_boot_script_uses() -> None:
-    boot = (ROOT / "chalicelib" / "templates" / "windows.ps1").read_text(encoding="utf-8")
+    boot = (ROOT / "infra" / "templates" / "windows.ps1").read_text(encoding="utf-8")
     checked = _validate_text("windows")
     assert "C:\\\\GitLab-Runner\\\\gitlab-runner.exe" in json.dumps(boot) and "gitlab-runner.exe" in checked
     assert "Restart-Service docker" in boot and "Get-Service -Name docker" in checked

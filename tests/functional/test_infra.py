@@ -30,7 +30,6 @@ from chalicelib.resources import (
     Names,
     table_definition,
 )
-from chalicelib.userdata import render
 from infra.app import build
 from infra.metrics import (
     GLOBAL_METRICS,
@@ -42,6 +41,7 @@ from infra.metrics import (
 )
 from infra.package import package
 from infra.policy import iam_action
+from infra.userdata import render
 from tests.functional.test_infra_policy import code_calls, needs_grant
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -26,9 +26,7 @@ from infra.metrics import (
 )
 from infra.policy import (
     CONFIG_GATED,
-    LOCAL_ONLY,
     NO_PERMISSION,
-    NOT_DEPLOYED,
     Origin,
     Scope,
     chalice_policy,
@@ -58,7 +56,7 @@ def code_calls() -> dict[tuple[str, str], str]:
     found: dict[tuple[str, str], str] = {}
     for path in sorted((ROOT / "chalicelib").rglob("*.py")):
         relative = path.relative_to(ROOT).as_posix()
-        if relative == SEAM or relative.startswith(NOT_DEPLOYED):
+        if relative == SEAM:
             continue
         text = path.read_text(encoding="utf-8")
         understood = {m.start() for m in CALL.finditer(text)} | {m.start() for m in WRAPPED.finditer(text)}
@@ -66,8 +64,7 @@ def code_calls() -> dict[tuple[str, str], str]:
             where = f"{relative}:{_enclosing_function(text, match.start())}"
             assert match.start() in understood, f"{where}: pass the service (and operation) as literals"
         for service, operation, function in _literal_calls(text) + _wrapped_calls(text):
-            if (relative, function) not in LOCAL_ONLY:
-                found.setdefault((service, operation), f"{relative}:{function}")
+            found.setdefault((service, operation), f"{relative}:{function}")
     return found
 
 
@@ -99,8 +96,7 @@ def test_the_scan_finds_the_adapters_calls() -> None:
     assert ("autoscaling", "set_desired_capacity") in calls
     assert ("secretsmanager", "get_secret_value") in calls
     assert ("dynamodb", "query") in calls
-    assert ("dynamodb", "create_table") not in calls  # store.ensure_table: local bootstrap only
-    assert not any(where.startswith(NOT_DEPLOYED) for where in calls.values())
+    assert ("dynamodb", "create_table") not in calls  # toolkit's local bootstrap creates it; infra/ in AWS
 
 
 @pytest.mark.parametrize(

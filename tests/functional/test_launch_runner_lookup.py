@@ -11,12 +11,12 @@ import pytest
 from chalice.test import Client
 
 from app import app
-from chalicelib.devtools.fake_gitlab import FakeGitLab
 from chalicelib.rotation import ensure_base_certs_for
 from chalicelib.store import MachineRecord
 from tests.functional.conftest import Stack
 from tests.functional.test_lifecycle import RecordingFleet, invoke, launched_instance, lifecycle_event
 from tests.gitlab_fixtures import T0
+from toolkit.devtools.fake_gitlab import FakeGitLab
 
 
 @pytest.fixture

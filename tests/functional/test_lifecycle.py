@@ -17,16 +17,16 @@ from cryptography import x509
 
 from app import app
 from chalicelib.aws import AwsClients
-from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.errors import RetryLaterError
 from chalicelib.fleet import AsgFleet
 from chalicelib.lifecycle import ABANDON, PREPARE_FAULT, PREPARE_FAULT_BACKOFF_SECONDS
 from chalicelib.rotation import ensure_base_certs_for
-from chalicelib.status import snapshot
 from chalicelib.store import JobRecord
 from tests.functional.conftest import FIXTURES, Stack
 from tests.functional.test_app_reconcile import ec2_state
 from tests.functional.test_webhooks import Pipeline, post
+from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
+from toolkit.status import snapshot
 
 TOKEN = "87654321-4321-4321-4321-21098EXAMPLE"
 

@@ -10,10 +10,10 @@ import pytest
 from chalice.test import Client
 
 from app import app
-from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.store import JobRecord
 from tests.functional.conftest import Stack
 from tests.functional.test_heal import tick
+from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
 
 
 def _pending_jobs(stack: Stack, fake: FakeGitLab, count: int) -> None:

@@ -10,7 +10,6 @@ import pytest
 
 from chalicelib.aws import AwsClients
 from chalicelib.events.gitlab import PipelineHook
-from chalicelib.events.samples import BuildSample, pipeline_hook_payload
 from chalicelib.forecast import DurationEstimate, PipelineState, PlannedJob, duration_keys, forecast, quantile
 from chalicelib.pipelines import (
     PIPELINE_TTL,
@@ -23,8 +22,9 @@ from chalicelib.pipelines import (
     pool_resolver,
     record_pipeline_hook,
 )
-from chalicelib.store import ensure_table
 from tests.builders import T0, pool
+from toolkit.devtools.bootstrap import ensure_table
+from toolkit.samples import BuildSample, pipeline_hook_payload
 
 GITLAB = "gitlab.example.com"
 TABLE = "runner-scaler-test"

@@ -13,9 +13,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from chalice.test import Client
 
 from app import app
-from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.errors import AwsCallError
-from chalicelib.events.samples import BuildSample, job_hook_payload, pipeline_hook_payload
 from chalicelib.forecast import PipelineState, bucket_of, bucket_upper, duration_keys
 from chalicelib.pipelines import MemoryPipelines
 from chalicelib.reconcile import Reconciler
@@ -23,6 +21,8 @@ from chalicelib.runtime import Runtime, install
 from chalicelib.store import JobRecord
 from tests.functional.conftest import Stack
 from tests.functional.test_webhooks import post
+from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
+from toolkit.samples import BuildSample, job_hook_payload, pipeline_hook_payload
 
 COMPILE_S = 600.0
 #: The P80 of learned 600 s durations, read at its log-histogram bucket's upper edge (≈ 709 s).

@@ -15,14 +15,14 @@ import pytest
 
 from chalicelib.aws import AwsClients, fault
 from chalicelib.config import Config, config_from_dict
-from chalicelib.devtools.bootstrap import create_pool_group
 from chalicelib.fleet import AsgFleet, Fleet, GroupView
 from chalicelib.reconcile import Reconciler, ReconcileResult
 from chalicelib.resources import Names
-from chalicelib.store import DynamoStore, JobRecord, ensure_table
+from chalicelib.store import DynamoStore, JobRecord
 from tests.builders import T0
 from tests.functional.conftest import describe_group
 from tests.stale_index import StaleIndexAws
+from toolkit.devtools.bootstrap import create_pool_group, ensure_table
 
 NAMES = Names("test")
 

@@ -8,14 +8,14 @@ from typing import Any
 
 from chalicelib.aws import AwsClients
 from chalicelib.config import config_from_dict
-from chalicelib.devtools.bootstrap import create_pool_group
 from chalicelib.fleet import AsgFleet
 from chalicelib.hosts import MemoryHosts
 from chalicelib.reconcile import Reconciler
 from chalicelib.resources import Names
-from chalicelib.store import DynamoStore, JobRecord, ensure_table
+from chalicelib.store import DynamoStore, JobRecord
 from tests.builders import T0
 from tests.functional.conftest import describe_group
+from toolkit.devtools.bootstrap import create_pool_group, ensure_table
 
 MAC: dict[str, Any] = {
     "name": "macos",

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from chalicelib.cli.main import app
-from chalicelib.events.samples import BuildSample, job_hook_payload, pipeline_hook_payload
+from toolkit.cli.main import app
+from toolkit.samples import BuildSample, job_hook_payload, pipeline_hook_payload
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 KEYS = {"events", "accepted", "duplicates", "ignored", "rejected", "jobs", "unroutable", "pools"}

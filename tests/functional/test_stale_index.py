@@ -12,14 +12,15 @@ import pytest
 from chalice.test import Client
 
 from app import app
-from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.resources import Names
 from chalicelib.rotation import ensure_base_certs_for
-from chalicelib.store import DynamoStore, MachineRecord, ensure_table
+from chalicelib.store import DynamoStore, MachineRecord
 from tests.builders import T0
 from tests.functional.conftest import Stack
 from tests.functional.test_lifecycle import RecordingFleet, invoke, launched_instance, lifecycle_event
 from tests.stale_index import StaleIndexAws
+from toolkit.devtools.bootstrap import ensure_table
+from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
 
 LAG = timedelta(seconds=30)
 

@@ -6,10 +6,10 @@ import json
 
 from typer.testing import CliRunner
 
-from chalicelib.cli.main import app
-from chalicelib.status import snapshot
 from chalicelib.store import JobRecord
 from tests.functional.conftest import FIXTURES, Stack
+from toolkit.cli.main import app
+from toolkit.status import snapshot
 
 
 def test_status_counts_machines_and_jobs_per_pool(stack: Stack) -> None:

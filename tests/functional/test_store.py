@@ -8,8 +8,9 @@ from datetime import timedelta
 import pytest
 
 from chalicelib.aws import AwsClients
-from chalicelib.store import DynamoStore, Fault, JobRecord, MachineRecord, MemoryStore, Store, ensure_table
+from chalicelib.store import DynamoStore, Fault, JobRecord, MachineRecord, MemoryStore, Store
 from tests.builders import T0
+from toolkit.devtools.bootstrap import ensure_table
 
 
 @pytest.fixture(params=["dynamo", "memory"])

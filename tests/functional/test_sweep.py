@@ -6,9 +6,9 @@ from __future__ import annotations
 from chalice.test import Client
 
 from app import app
-from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
 from chalicelib.store import JobRecord, MachineRecord
 from tests.functional.conftest import Stack
+from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
 
 
 def tick(client: Client) -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import chalicelib.cli.trace as trace_cli
-from chalicelib.cli.main import app
-from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
+import toolkit.cli.trace as trace_cli
 from tests.gitlab_fixtures import T0, Clock
+from toolkit.cli.main import app
+from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
 
 runner = CliRunner()
 

@@ -22,10 +22,10 @@ from aws_xray_sdk.core.recorder import AWSXRayRecorder
 from botocore.client import BaseClient
 
 from chalicelib.aws import AwsClients, fault
-from chalicelib.devtools.fake_gitlab import FakeGitLab
 from chalicelib.errors import AwsCallError, GitLabNotFoundError
 from chalicelib.gitlab import GitLabClient
 from chalicelib.tracing import Tracing, from_environment
+from toolkit.devtools.fake_gitlab import FakeGitLab
 
 SECRET = "s3cr3t-value-never-traced"
 LAMBDA_ENV = {"LAMBDA_TASK_ROOT": "/var/task", "AWS_LAMBDA_FUNCTION_NAME": "runner-scaler-dev-tick"}

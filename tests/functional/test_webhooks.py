@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app import app
-from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
-from chalicelib.events.samples import BuildSample, job_hook_payload, pipeline_hook_payload, webhook_headers
 from chalicelib.resources import DIRTY_WINDOW_SECONDS
 from chalicelib.store import JobRecord
 from chalicelib.webhooks import MAX_BODY_BYTES
 from tests.functional.conftest import WEBHOOK_TOKENS, Stack, describe_group
+from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
+from toolkit.samples import BuildSample, job_hook_payload, pipeline_hook_payload, webhook_headers
 
 
 def post(client: Client, body: Any, **headers: str | None) -> Any:

@@ -12,10 +12,10 @@ from chalice.test import Client
 
 from app import app
 from chalicelib.aws import AwsClients, fault
-from chalicelib.devtools.fake_gitlab import FakeGitLab
 from chalicelib.runtime import Runtime, install
 from tests.functional.conftest import Stack
 from tests.functional.test_webhooks import Pipeline, job, post
+from toolkit.devtools.fake_gitlab import FakeGitLab
 
 
 class Outage:

@@ -18,8 +18,8 @@ from chalice.test import Client
 
 from app import app
 from chalicelib.events.gitlab import PipelineHook, parse_gitlab_event
-from chalicelib.events.samples import webhook_headers
 from tests.functional.conftest import WEBHOOK_TOKENS, Stack
+from toolkit.samples import webhook_headers
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

@@ -9,13 +9,13 @@ from functools import partial
 
 import pytest
 
-from chalicelib.devtools.accounting import job_wait_s, machine_seconds, percentile
-from chalicelib.devtools.demo_report import Recorder, pool_machine_seconds, wait_stats
-from chalicelib.devtools.fake_gitlab import FakeGitLab, JobSpec
-from chalicelib.devtools.machines import SimMachine as DemoMachine
 from sim.model import SimMachine
 from sim.world import World
 from tests.unit.test_sim import EXACT, job, make_config
+from toolkit.devtools.accounting import job_wait_s, machine_seconds, percentile
+from toolkit.devtools.demo_report import Recorder, pool_machine_seconds, wait_stats
+from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
+from toolkit.devtools.machines import SimMachine as DemoMachine
 
 START = datetime(2026, 1, 5, 9, tzinfo=UTC)
 END_S = 300.0

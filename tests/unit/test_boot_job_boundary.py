@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.config import Pool, load_config_file
-from chalicelib.userdata import render
+from infra.userdata import render
 
 EXAMPLE = load_config_file(Path(__file__).resolve().parents[2] / "examples" / "config.toml")
 TOKEN = "glrt-secret-token-never-on-argv"

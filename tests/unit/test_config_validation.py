@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from chalicelib.cli.main import app
 from chalicelib.config import deployment_problems, load_config_file, parse_config
 from chalicelib.errors import ConfigError
+from toolkit.cli.main import app
 
 GOOD = """
 [gitlab]

@@ -18,7 +18,7 @@ import pytest
 
 from chalicelib.config import Pool, parse_config
 from chalicelib.errors import ConfigError
-from chalicelib.userdata import render
+from infra.userdata import render
 from tests.unit.test_userdata_gitlab_ca import _SYSTEM_DIRS
 from tests.unit.test_userdata_gitlab_ca import STUBS as BOOT_STUBS
 

@@ -33,7 +33,7 @@ from chalicelib.events.gitlab import (
     parse_gitlab_event,
     status_rank,
 )
-from chalicelib.events.samples import BuildSample, job_hook_payload, pipeline_hook_payload, webhook_headers
+from toolkit.samples import BuildSample, job_hook_payload, pipeline_hook_payload, webhook_headers
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TOKEN = "glpat-3f9c1a7e5b2d4c6a8e0f"

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from chalicelib.cli.main import app
 from chalicelib.config import parse_config
 from chalicelib.errors import ConfigError
-from chalicelib.migrate import migrate
+from toolkit.cli.main import app
+from toolkit.migrate import migrate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -14,7 +14,7 @@ import pytest
 
 from chalicelib.config import parse_config
 from chalicelib.errors import ConfigError
-from chalicelib.migrate import migrate
+from toolkit.migrate import migrate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DIND = EXAMPLES / "gitlab-runner-docker-machine-dind.toml"

@@ -301,7 +301,7 @@ class TestCli:
     def test_simulate_prints_tables_and_writes_json_and_chart(self, tmp_path: Path) -> None:
         import typer
 
-        from chalicelib.cli.simulate import simulate as command
+        from toolkit.cli.simulate import simulate as command
 
         app = typer.Typer()
         app.command("simulate")(command)
@@ -325,7 +325,7 @@ class TestCli:
     def test_simulate_names_a_bad_trace_line(self, tmp_path: Path) -> None:
         import typer
 
-        from chalicelib.cli.simulate import simulate as command
+        from toolkit.cli.simulate import simulate as command
 
         app = typer.Typer()
         app.command("simulate")(command)

@@ -12,11 +12,11 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from chalicelib.cli.simulate import simulate as simulate_command
 from sim.baselines import Oracle
 from sim.simulate import simulate
 from sim.traces import TraceJob, write_trace
 from tests.unit.test_sim import EXACT, job, make_config, run
+from toolkit.cli.simulate import simulate as simulate_command
 
 
 def test_jobs_no_pool_takes_are_counted_apart_and_out_of_the_waits() -> None:

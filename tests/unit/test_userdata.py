@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.config import load_config_file
-from chalicelib.userdata import render
+from infra.userdata import render
 from tests.unit.test_boot_job_boundary import boot, needs_jq
 
 EXAMPLE = load_config_file(Path(__file__).resolve().parents[2] / "examples" / "config.toml")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.config import load_config_file
-from chalicelib.userdata import render
+from infra.userdata import render
 
 EXAMPLE = load_config_file(Path(__file__).resolve().parents[2] / "examples" / "config.toml")
 BUNDLE = "-----BEGIN CERTIFICATE-----\nR0lUTEFC\n-----END CERTIFICATE-----\n" * 2

@@ -16,7 +16,7 @@ import pytest
 
 from chalicelib.config import load_config_file
 from chalicelib.resources import LAUNCH_HOOK_TIMEOUT_SECONDS
-from chalicelib.userdata import SECRET_POLL_SECONDS, render
+from infra.userdata import SECRET_POLL_SECONDS, render
 
 EXAMPLE = load_config_file(Path(__file__).resolve().parents[2] / "examples" / "config.toml")
 #: The secret loop of each template: its number of tries, each followed by a sleep of SECRET_POLL_SECONDS.

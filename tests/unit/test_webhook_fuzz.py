@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chalicelib.config import config_from_dict
-from chalicelib.events.samples import job_hook_payload
 from chalicelib.jobs import TagResolver
 from chalicelib.runtime import Runtime
 from chalicelib.store import MemoryStore
 from chalicelib.webhooks import receive
+from toolkit.samples import job_hook_payload
 
 TOKEN = "fuzz-token"
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -20,10 +20,10 @@ from rich.table import Table
 from rich.text import Text
 
 from chalicelib.config import Config
-from chalicelib.devtools.accounting import job_wait_s, machine_seconds, percentile
-from chalicelib.devtools.fake_gitlab import TERMINAL, FakeGitLab, FakeJob
-from chalicelib.devtools.local_app import Invocations
-from chalicelib.devtools.machines import BusyKill, SimMachine, SimulatedMachines
+from toolkit.devtools.accounting import job_wait_s, machine_seconds, percentile
+from toolkit.devtools.fake_gitlab import TERMINAL, FakeGitLab, FakeJob
+from toolkit.devtools.local_app import Invocations
+from toolkit.devtools.machines import BusyKill, SimMachine, SimulatedMachines
 
 #: Summary keys a reader (and the test) can rely on.
 SUMMARY_KEYS = (

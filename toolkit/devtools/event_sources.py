@@ -3,7 +3,7 @@ source mappings, SNS (CloudWatch alarms) and Secrets Manager rotation.
 
 Each plays its service's part with the event shapes Lambda receives, invoking the REAL handlers through
 `LocalApp`. All of it runs in the demo's one platform thread, as the simulated machines do, so the order of
-events is clear. May import chalicelib and chalicelib.devtools; not imported by the Lambda path.
+events is clear. May import chalicelib and toolkit.devtools; not imported by the Lambda path.
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ from typing import Any
 
 from chalicelib.aws import AwsClients
 from chalicelib.config import Config, Pool
-from chalicelib.devtools.alarms import CloudWatch, StateChange, pool_dimensions
-from chalicelib.devtools.demo_report import clock_text
-from chalicelib.devtools.local_app import (
+from chalicelib.errors import AwsCallError
+from chalicelib.metrics import NAMESPACE
+from chalicelib.resources import Names
+from toolkit.devtools.alarms import CloudWatch, StateChange, pool_dimensions
+from toolkit.devtools.demo_report import clock_text
+from toolkit.devtools.local_app import (
     Handler,
     LocalApp,
     eventbridge_event,
@@ -32,11 +35,8 @@ from chalicelib.devtools.local_app import (
     sns_event,
     sqs_event,
 )
-from chalicelib.devtools.local_aws import ACCOUNT, LocalAws
-from chalicelib.devtools.machines import SimulatedMachines
-from chalicelib.errors import AwsCallError
-from chalicelib.metrics import NAMESPACE
-from chalicelib.resources import Names
+from toolkit.devtools.local_aws import ACCOUNT, LocalAws
+from toolkit.devtools.machines import SimulatedMachines
 
 logger = logging.getLogger(__name__)
 

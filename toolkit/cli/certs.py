@@ -21,10 +21,10 @@ from rich.text import Text
 
 from chalicelib import certs
 from chalicelib.certs import BaseCerts, CertPolicy, KeyAlgorithm
-from chalicelib.cli.consoles import CliConsole
 from chalicelib.config import format_duration, parse_duration
 from chalicelib.errors import RunnerScalerError
 from chalicelib.resources import DEFAULT_PREFIX, ENV_PREFIX, Names
+from toolkit.cli.consoles import CliConsole
 
 console = CliConsole()
 err = CliConsole(stderr=True)

@@ -13,9 +13,9 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from chalicelib.cli.consoles import CliConsole
 from chalicelib.config import Config, load_config_file
 from chalicelib.errors import ConfigError
+from toolkit.cli.consoles import CliConsole
 
 if TYPE_CHECKING:
     from sim.model import SimOptions

@@ -21,11 +21,11 @@ from typing import Protocol
 
 from chalicelib.aws import AwsClients
 from chalicelib.config import Config, Platform, Pool
-from chalicelib.devtools.fake_gitlab import FakeGitLab, FakeJob
 from chalicelib.errors import AwsCallError
 from chalicelib.fleet import LIVE_STATES
 from chalicelib.jobs import runner_description
 from chalicelib.resources import Names
+from toolkit.devtools.fake_gitlab import FakeGitLab, FakeJob
 
 logger = logging.getLogger(__name__)
 

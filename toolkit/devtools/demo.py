@@ -31,9 +31,13 @@ from chalicelib.aws import AwsClients
 from chalicelib.capacity import pool_for_tags
 from chalicelib.capacity.engine import slots_per_new_machine
 from chalicelib.config import Config, Pool, load_config_file, parse_config
-from chalicelib.devtools.alarms import CloudWatch, scaler_alarms
-from chalicelib.devtools.bootstrap import bootstrap
-from chalicelib.devtools.demo_report import (
+from chalicelib.errors import ConfigError
+from chalicelib.resources import ENV_PREFIX, ENV_QUEUE_URL, Names, names_from_env
+from chalicelib.runtime import Runtime
+from sim.traces import TraceError, TraceJob, read_trace
+from toolkit.devtools.alarms import CloudWatch, scaler_alarms
+from toolkit.devtools.bootstrap import bootstrap
+from toolkit.devtools.demo_report import (
     Marker,
     Recorder,
     clock_text,
@@ -42,15 +46,11 @@ from chalicelib.devtools.demo_report import (
     write_timeline,
     write_timeline_csv,
 )
-from chalicelib.devtools.event_sources import EventSources, RotationService, SpotInterruptions
-from chalicelib.devtools.fake_gitlab import TERMINAL, FakeGitLab, FakeJob, JobSpec
-from chalicelib.devtools.local_app import LocalApp, load_app, wait_until_serving
-from chalicelib.devtools.local_aws import LocalAws
-from chalicelib.devtools.machines import SimulatedMachines
-from chalicelib.errors import ConfigError
-from chalicelib.resources import ENV_PREFIX, ENV_QUEUE_URL, Names, names_from_env
-from chalicelib.runtime import Runtime
-from sim.traces import TraceError, TraceJob, read_trace
+from toolkit.devtools.event_sources import EventSources, RotationService, SpotInterruptions
+from toolkit.devtools.fake_gitlab import TERMINAL, FakeGitLab, FakeJob, JobSpec
+from toolkit.devtools.local_app import LocalApp, load_app, wait_until_serving
+from toolkit.devtools.local_aws import LocalAws
+from toolkit.devtools.machines import SimulatedMachines
 
 logger = logging.getLogger(__name__)
 

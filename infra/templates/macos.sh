@@ -1,5 +1,5 @@
 #!/bin/zsh
-# runner-scaler machine boot (EC2 Mac). Rendered per pool by chalicelib/userdata.py; holds no secret.
+# runner-scaler machine boot (EC2 Mac). Rendered per pool by infra/userdata.py; holds no secret.
 # EC2 Mac runs user data through ec2-macos-init; gitlab-runner, jq and the AWS CLI come with the AMI.
 # The runner runs as root; jobs run as JOB_USER, who has no sudo (ec2-user has it, passwordless) and whose
 # packets to the instance metadata service pf drops (docs/security.md).

@@ -22,7 +22,6 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from chalicelib.cli.consoles import CliConsole
 from chalicelib.config import Config, load_config_file
 from chalicelib.errors import ConfigError
 from chalicelib.hooks import (
@@ -35,6 +34,7 @@ from chalicelib.hooks import (
     check_hooks,
     sync_hooks,
 )
+from toolkit.cli.consoles import CliConsole
 
 if TYPE_CHECKING:
     from chalicelib.gitlab import GitLabClient

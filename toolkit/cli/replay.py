@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from chalicelib.cli.consoles import CliConsole
 from chalicelib.errors import ConfigError
+from toolkit.cli.consoles import CliConsole
 
 err = CliConsole(stderr=True)
 
@@ -29,7 +29,7 @@ def replay_command(
     Each line is one delivery as GitLab's webhook "Recent events" view shows it: {"headers": {...}, "body":
     {...}}. Nothing reaches AWS or GitLab. Exit 2 names the file and line of an unreadable input.
     """
-    from chalicelib.devtools.replay import DEFAULT_TOKENS, ReplayInputError, load, read_deliveries, replay
+    from toolkit.devtools.replay import DEFAULT_TOKENS, ReplayInputError, load, read_deliveries, replay
 
     try:
         cfg = load(config)

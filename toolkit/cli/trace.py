@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from chalicelib.cli.consoles import CliConsole
-from chalicelib.cli.hooks import DEFAULT_TOKEN_ENV, read_token
 from chalicelib.config import load_config_file
 from chalicelib.errors import ConfigError, GitLabError
 from sim.traces import TraceJob, write_trace
+from toolkit.cli.consoles import CliConsole
+from toolkit.cli.hooks import DEFAULT_TOKEN_ENV, read_token
 
 if TYPE_CHECKING:
     from chalicelib.gitlab import GitLabClient, JobInfo

@@ -1,6 +1,6 @@
 """User data for pool machines, rendered from config: Linux (bash), Windows (PowerShell), macOS (zsh).
 
-Templates live in `chalicelib/templates/`; they hold no secret (each machine reads its own secret at boot).
+Templates live in `infra/templates/`; they hold no secret (each machine reads its own secret at boot).
 infra/ renders launch templates with this module, so the deployed and tested scripts are the same.
 """
 

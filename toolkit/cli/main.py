@@ -13,17 +13,17 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from chalicelib.cli.certs import certs_app
-from chalicelib.cli.consoles import CliConsole
-from chalicelib.cli.demo import demo as demo_command
-from chalicelib.cli.hooks import hooks_app
-from chalicelib.cli.replay import replay_command
-from chalicelib.cli.simulate import simulate as simulate_command
-from chalicelib.cli.status import status as status_command
-from chalicelib.cli.trace import trace_app
 from chalicelib.config import Config, deployment_problems, format_duration, load_config_file
 from chalicelib.errors import ConfigError
-from chalicelib.migrate import migrate as migrate_text
+from toolkit.cli.certs import certs_app
+from toolkit.cli.consoles import CliConsole
+from toolkit.cli.demo import demo as demo_command
+from toolkit.cli.hooks import hooks_app
+from toolkit.cli.replay import replay_command
+from toolkit.cli.simulate import simulate as simulate_command
+from toolkit.cli.status import status as status_command
+from toolkit.cli.trace import trace_app
+from toolkit.migrate import migrate as migrate_text
 
 #: What `migrate` reads; its help names them, escaped: typer renders help as rich markup when rich is
 #: installed (typer `typer/core.py` DEFAULT_MARKUP_MODE "rich"; `typer/rich_utils.py` `Text.from_markup`).

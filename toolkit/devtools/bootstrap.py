@@ -11,8 +11,15 @@ from dataclasses import dataclass
 
 from chalicelib.aws import AwsClients
 from chalicelib.config import Config, Pool
-from chalicelib.resources import TAG_DEPLOYMENT, TAG_POOL, Names, queue_attributes
-from chalicelib.store import ensure_table
+from chalicelib.errors import AwsCallError
+from chalicelib.resources import (
+    TABLE_TTL_ATTRIBUTE,
+    TAG_DEPLOYMENT,
+    TAG_POOL,
+    Names,
+    queue_attributes,
+    table_definition,
+)
 
 # A placeholder AMI id: moto accepts any id of this shape.
 LOCAL_AMI = "ami-12c6146b"
@@ -111,3 +118,19 @@ def _subnet(aws: AwsClients) -> str:
 
 def _put_secret(aws: AwsClients, name: str, value: str) -> None:
     aws.call("secretsmanager", "create_secret", Name=name, SecretString=value)
+
+
+def ensure_table(aws: AwsClients, table: str) -> None:
+    """Create the table (local bootstrap and tests; infra/ creates it in AWS) and turn TTL on."""
+    try:
+        aws.call("dynamodb", "create_table", **table_definition(table))
+    except AwsCallError as exc:
+        if exc.code != "ResourceInUseException":
+            raise
+        return
+    aws.call(
+        "dynamodb",
+        "update_time_to_live",
+        TableName=table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": TABLE_TTL_ATTRIBUTE},
+    )

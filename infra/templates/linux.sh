@@ -1,5 +1,5 @@
 #!/bin/bash
-# runner-scaler machine boot (Linux). Rendered per pool by chalicelib/userdata.py; never holds a secret:
+# runner-scaler machine boot (Linux). Rendered per pool by infra/userdata.py; never holds a secret:
 # the runner token and TLS material are read once at boot, by root, from this instance's own Secrets Manager
 # secret, which is then deleted. Jobs never see the token nor reach the instance role (docs/security.md).
 set -euo pipefail

@@ -1,6 +1,6 @@
 """`runner-scaler demo`: the whole scaler on this machine, in accelerated time, with nothing to set up.
 
-Parses options and calls `chalicelib.devtools.demo.Demo`; prints the summary; exit 0 when every invariant
+Parses options and calls `toolkit.devtools.demo.Demo`; prints the summary; exit 0 when every invariant
 held (stopping at `--duration` with jobs left breaks none: they are reported), 1 when one broke, 130 after
 Ctrl-C. May import typer, rich and chalicelib.
 """
@@ -12,9 +12,9 @@ from typing import Annotated, Any
 
 import typer
 
-from chalicelib.cli.consoles import CliConsole
 from chalicelib.config import parse_duration
 from chalicelib.errors import ConfigError
+from toolkit.cli.consoles import CliConsole
 
 console = CliConsole()
 
@@ -45,8 +45,8 @@ def demo(
     live: Annotated[bool, typer.Option(help="draw the live view (only when stdout is a terminal)")] = True,
 ) -> None:
     """Play a job trace against the real app on local moto and a fake GitLab; every handler runs for real."""
-    from chalicelib.devtools.demo import DEFAULT_TRACE, Demo, DemoOptions, TraceError
-    from chalicelib.devtools.demo_report import summary_table
+    from toolkit.devtools.demo import DEFAULT_TRACE, Demo, DemoOptions, TraceError
+    from toolkit.devtools.demo_report import summary_table
 
     try:
         limit = parse_duration(duration)

@@ -174,11 +174,11 @@ def replay(
 
     from chalicelib import runtime as runtime_module
     from chalicelib.aws import AwsClients
-    from chalicelib.devtools.bootstrap import bootstrap
-    from chalicelib.devtools.local_app import load_app
     from chalicelib.jobs import TagResolver
     from chalicelib.resources import Names
     from chalicelib.runtime import Runtime
+    from toolkit.devtools.bootstrap import bootstrap
+    from toolkit.devtools.local_app import load_app
 
     report = ReplayReport()
     with _replay_environment(), mock_aws():

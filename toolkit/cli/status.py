@@ -14,12 +14,12 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from chalicelib.cli.consoles import CliConsole
 from chalicelib.config import load_config_file
 from chalicelib.errors import AwsCallError, ConfigError, RunnerScalerError
 from chalicelib.resources import ENV_PREFIX, Names
 from chalicelib.runtime import Runtime
-from chalicelib.status import PoolStatus, snapshot
+from toolkit.cli.consoles import CliConsole
+from toolkit.status import PoolStatus, snapshot
 
 console = CliConsole()
 err = CliConsole(stderr=True)

@@ -37,7 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from chalicelib.events.samples import (
+from toolkit.samples import (
     BuildSample,
     PipelineSample,
     RunnerSample,
@@ -1341,7 +1341,7 @@ class FakeGitLab:
             "custom_headers": [],
         }
 
-    # -- webhook payloads: built by chalicelib.events.samples, the one builder (data_builder shapes) -----
+    # -- webhook payloads: built by toolkit.samples, the one builder (data_builder shapes) -----
 
     def _runner_sample(self, job: FakeJob) -> RunnerSample | None:
         runner = self.runners.get(job.runner_id) if job.runner_id is not None else None

@@ -1,5 +1,5 @@
 <powershell>
-# runner-scaler machine boot (Windows). Rendered per pool by chalicelib/userdata.py; holds no secret.
+# runner-scaler machine boot (Windows). Rendered per pool by infra/userdata.py; holds no secret.
 # gitlab-runner.exe, the AWS Tools for PowerShell (AWS.Tools.SecretsManager) and Docker come with the AMI.
 # The machine secret is read once and deleted; shell jobs run as a standard (non-admin) user whose packets
 # to the instance metadata service the Windows firewall blocks (docs/security.md).
