@@ -289,6 +289,13 @@ class DockerOptions(_Model):
         return "false" if self.services_privileged is False else ""
 
 
+def _warm_pool_size(value: Any) -> Any:
+    """`warm_pool`: "auto", "off" or a whole number of machines, one error line, not pydantic's two."""
+    if value in ("auto", "off") or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise ValueError(f'{value!r} is not a warm pool size: write "auto", "off", or a number of machines: 2')
+
+
 class HostManagement(StrEnum):
     SCALER = "scaler"
     AUTO = "auto"
@@ -369,6 +376,15 @@ class Pool(_Model):
     #: docker+machine's engines did for the runner manager. Nothing in runner-scaler connects there: the
     #: runner runs on the machine and uses the local socket, so it is off unless your own tooling needs it.
     docker_tcp_tls: Bool = False
+    #: An EC2 Auto Scaling warm pool beside the pool's group: stopped (or hibernated) machines that start in
+    #: seconds instead of booting cold. "auto" (the default) lets the scaler size it from the demand forecast
+    #: on every reconcile (chalicelib/capacity/warm.py), and resolves to "off" where AWS allows no warm pool
+    #: (Spot pools, whose group has a mixed instances policy) and on dedicated-host pools; "off" never has
+    #: one; a number is a fixed size (machines).
+    warm_pool: Annotated[Literal["auto", "off"] | int, BeforeValidator(_warm_pool_size)] = "auto"
+    #: Where warm machines wait: "stopped" (only their EBS volumes are billed) or "hibernated" (RAM kept on
+    #: the root volume; the launch template and AMI must meet EC2's hibernation prerequisites).
+    warm_pool_state: Literal["stopped", "hibernated"] = "stopped"
     policy: tuple[Policy, ...] = (Policy(),)
 
     @field_validator("tags")
@@ -403,6 +419,7 @@ class Pool(_Model):
                 "a Windows shell pool cannot use cache_bucket: its runner runs as the jobs' user, who has no "
                 'instance-role credentials; remove cache_bucket, or use executor = "docker-windows"'
             )
+        self._warm_pool_allowed()
         owned = self.docker.machine_owning_options() if self.executor.startswith("docker") else ()
         if owned and self.max_use_count != 1:
             # A job there is root on its machine: what it takes over must end with it (docs/security.md).
@@ -411,6 +428,38 @@ class Pool(_Model):
                 "machine ends with that job"
             )
         return self
+
+    def _warm_pool_allowed(self) -> None:
+        """A warm pool asked for by number where AWS or the pool's kind allows none is an error; "auto" there
+        quietly means "off".
+
+        PutWarmPool "cannot be called on an Auto Scaling group that has a mixed instances policy or a launch
+        template or launch configuration that requests Spot Instances" (Amazon EC2 Auto Scaling API Reference,
+        PutWarmPool; User Guide, "Warm pools for Amazon EC2 Auto Scaling", limitations), and a Spot pool's
+        group is a mixed-instances group (infra/stacks/pools.py). A dedicated-host pool's machines are placed
+        by its host resource group: a stopped one still holds a host slot, so host pools keep none.
+        """
+        if not isinstance(self.warm_pool, int) or self.warm_pool == 0:
+            return
+        if self.spot:
+            raise ValueError(
+                f"warm_pool = {self.warm_pool} on a Spot pool: AWS allows no warm pool on a group with a "
+                'mixed instances policy or Spot ("Warm pools for Amazon EC2 Auto Scaling", limitations); '
+                'set warm_pool = "off" (or "auto", which is off here), or spot = false'
+            )
+        if self.hosts is not None:
+            raise ValueError(
+                f"warm_pool = {self.warm_pool} on a dedicated-host pool: its machines keep host slots even "
+                'when stopped, so host pools have no warm pool; set warm_pool = "off" (or "auto", which '
+                "is off here)"
+            )
+
+    @property
+    def warm_pool_on(self) -> bool:
+        """Whether the pool's group gets a warm pool: "auto" or a number, on an on-demand, non-host pool."""
+        if self.warm_pool == "off" or self.spot or self.hosts is not None:
+            return False
+        return self.warm_pool == "auto" or self.warm_pool > 0
 
     def active_policy(self, now: datetime) -> Policy:
         """gitlab-runner's rule: every policy is checked, the last one whose periods match wins.

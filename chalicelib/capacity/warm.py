@@ -1,0 +1,136 @@
+"""Warm pool sizing: how many stopped machines a pool keeps beside its Auto Scaling group (pure).
+
+A warm pool holds machines that booted once (user data, image pulls) and were stopped; raising the group's
+desired capacity takes them first, and they start in seconds instead of a cold boot (AWS Compute Blog,
+"Scaling your applications faster with EC2 Auto Scaling Warm Pools"). This room decides the size from the
+demand forecast and says what PutWarmPool should hold. Imports config and the capacity engine only: no I/O,
+no clock (`now` is a parameter).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from chalicelib.capacity.engine import slots_per_new_machine
+from chalicelib.config import Platform, Pool
+
+#: Seconds from "desired capacity raised" to a running warm machine, per platform: Linux about 20 s, Windows
+#: under 40 s from stopped (issue #22's figures; AWS publishes "as low as 30 seconds" for a pre-initialized
+#: instance: InfoQ, "AWS Launches EC2 Auto Scaling Warm Pools", on the AWS Compute Blog post above). A warm
+#: machine is capacity that arrives after this, never now. macOS pools run on dedicated hosts: no warm pool.
+WARM_START_S: Mapping[Platform, float] = {Platform.LINUX: 20.0, Platform.WINDOWS: 40.0, Platform.MACOS: 0.0}
+#: How far back job arrivals are read (the store's index holds active jobs and finished ones not yet settled).
+ARRIVAL_WINDOW = timedelta(minutes=30)
+#: How far ahead the schedule is read: a period that opens within it has its idle_count warmed now (a
+#: stopped machine costs only its EBS volumes, so warming early is cheap; refilling late is a cold boot).
+SCHEDULE_LOOKAHEAD = timedelta(minutes=30)
+_STEP = timedelta(minutes=1)
+
+#: PutWarmPool's PoolState for each `warm_pool_state` (Amazon EC2 Auto Scaling API Reference, PutWarmPool:
+#: Stopped | Running | Hibernated; Running is never used, since a running warm machine costs as much as an
+#: idle one).
+POOL_STATES: Mapping[str, str] = {"stopped": "Stopped", "hibernated": "Hibernated"}
+
+
+@dataclass(frozen=True)
+class WarmPoolSettings:
+    """What a group's warm pool holds (as PutWarmPool takes it and DescribeAutoScalingGroups returns it).
+
+    MinSize equal to MaxGroupPreparedCapacity gives the pool an absolute size: with only MinSize set, the
+    pool would also hold "the difference between the group's maximum capacity and its desired capacity"
+    (PutWarmPool, MaxGroupPreparedCapacity), which for a group sized to max_instances is most of it.
+    `reuse_on_scale_in` is always False here: a machine that ran a job never goes back to the pool.
+    """
+
+    min_size: int
+    max_group_prepared_capacity: int | None
+    pool_state: str = "Stopped"
+    reuse_on_scale_in: bool = False
+
+
+@dataclass(frozen=True)
+class WarmPoolSize:
+    """The wanted warm pool of one pool: `machines` (0 keeps an empty pool), or None when it has none."""
+
+    pool: str
+    machines: int | None
+    reason: str
+    state: str = "Stopped"
+
+    @property
+    def settings(self) -> WarmPoolSettings | None:
+        if self.machines is None:
+            return None
+        return WarmPoolSettings(self.machines, self.machines, self.state, reuse_on_scale_in=False)
+
+
+def size_warm_pool(
+    pool: Pool,
+    now: datetime,
+    *,
+    arrivals: Sequence[datetime],
+    prewarm_slots: int,
+    refill_s: float,
+) -> WarmPoolSize:
+    """The warm pool a pool should have now, in machines, capped by `max_instances`.
+
+    "auto" keeps the largest of three demands, in slots, then in machines:
+    - the peak of recent job arrivals within any `refill_s` window of the last ARRIVAL_WINDOW: a warm machine
+      taken is refilled by a cold launch into the pool, which takes `refill_s` (the platform's cold boot), so
+      the pool must absorb one refill time of arrivals;
+    - the schedule: the largest `idle_count` of the policies active from now to SCHEDULE_LOOKAHEAD ahead, so
+      the idle machines a period opens with, and their replacements after they take jobs, start warm;
+    - plus the pipeline forecast's `prewarm_slots` (later stages expected within a boot time).
+    A number is a fixed size; "off", Spot and dedicated-host pools have none (`Pool.warm_pool_on`).
+    """
+    state = POOL_STATES[pool.warm_pool_state]
+    if not pool.warm_pool_on:
+        return WarmPoolSize(pool.name, None, "off", state)
+    if isinstance(pool.warm_pool, int):
+        fixed = min(pool.warm_pool, pool.max_instances)
+        reason = f"fixed {pool.warm_pool} (max_instances {pool.max_instances})"
+        return WarmPoolSize(pool.name, fixed, reason, state)
+    burst = peak_arrivals(arrivals, now, refill_s)
+    scheduled = scheduled_idle(pool, now)
+    slots = max(burst, scheduled) + max(0, prewarm_slots)
+    machines = min(math.ceil(slots / slots_per_new_machine(pool)), pool.max_instances)
+    reason = (
+        f"{burst} arrivals in {refill_s:.0f} s, idle_count {scheduled} ahead, {prewarm_slots} prewarm"
+        f" -> {machines} (max_instances {pool.max_instances})"
+    )
+    return WarmPoolSize(pool.name, machines, reason, state)
+
+
+def peak_arrivals(arrivals: Sequence[datetime], now: datetime, window_s: float) -> int:
+    """The most arrivals within any `window_s`-second window of the last ARRIVAL_WINDOW (none from later)."""
+    since = now - ARRIVAL_WINDOW
+    times = sorted(t for t in arrivals if since <= t <= now)
+    best, start = 0, 0
+    for end, arrived in enumerate(times):
+        while (arrived - times[start]).total_seconds() > window_s:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def scheduled_idle(pool: Pool, now: datetime) -> int:
+    """The largest `idle_count` (slots) of the policies active at any minute from now to the lookahead."""
+    steps = int(SCHEDULE_LOOKAHEAD / _STEP)
+    return max(pool.active_policy(now + i * _STEP).idle_count for i in range(steps + 1))
+
+
+def warm_pool_change(wanted: WarmPoolSize, current: WarmPoolSettings | None) -> WarmPoolSettings | None:
+    """The settings to put, or None when the group already holds them (no call). Deleting is `wanted` None
+    with a current pool: the caller asks `needs_delete`."""
+    settings = wanted.settings
+    if settings is None or settings == current:
+        return None
+    return settings
+
+
+def needs_delete(wanted: WarmPoolSize, current: WarmPoolSettings | None) -> bool:
+    """A group keeps a warm pool the config no longer wants ("off", or the pool became Spot)."""
+    return wanted.settings is None and current is not None

@@ -1,0 +1,184 @@
+"""Warm pool sizing (chalicelib/capacity/warm.py) and the warm_pool config rules, table by table and under
+hypothesis: the size follows demand, never exceeds max_instances, and is zero or absent where AWS allows none.
+
+AWS facts: PutWarmPool "cannot be called on an Auto Scaling group that has a mixed instances policy or a
+launch template or launch configuration that requests Spot Instances" (Amazon EC2 Auto Scaling API Reference,
+PutWarmPool; User Guide, "Warm pools for Amazon EC2 Auto Scaling"); MinSize = MaxGroupPreparedCapacity gives
+an absolute pool size (PutWarmPool, MaxGroupPreparedCapacity).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chalicelib.capacity.warm import (
+    ARRIVAL_WINDOW,
+    WarmPoolSettings,
+    needs_delete,
+    peak_arrivals,
+    size_warm_pool,
+    warm_pool_change,
+)
+from chalicelib.config import parse_config
+from chalicelib.errors import ConfigError
+from tests.builders import T0, pool
+
+REFILL_S = 120.0
+
+
+def test_auto_is_the_default_on_an_on_demand_pool_and_off_where_aws_allows_none() -> None:
+    # GIVEN an on-demand pool, a Spot pool and a host pool, all with the default warm_pool = "auto"
+    on_demand = pool()
+    spot = pool(spot=True)
+    hosts = pool(
+        platform="windows",
+        hosts={"instance_type": "m5.large", "host_resource_group": "hrg", "availability_zones": ["a"]},
+    )
+    # THEN only the on-demand pool has a warm pool
+    assert on_demand.warm_pool == "auto" and on_demand.warm_pool_on
+    assert not spot.warm_pool_on and not hosts.warm_pool_on
+    # AND sizing says "off" (None) for the others, whatever the demand
+    for quiet in (spot, hosts):
+        size = size_warm_pool(quiet, T0, arrivals=[T0] * 5, prewarm_slots=3, refill_s=REFILL_S)
+        assert size.machines is None and size.settings is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("spot = true\nwarm_pool = 2", "warm_pool = 2 on a Spot pool"),
+        ("warm_pool = -1", "pools[0].warm_pool: -1 is not a warm pool size"),
+        ('warm_pool = "always"', "pools[0].warm_pool: 'always' is not a warm pool size"),
+        ('warm_pool_state = "running"', "warm_pool_state"),
+        ('warm_pool = "3"', "warm_pool"),
+    ],
+)
+def test_validate_config_rejects_a_warm_pool_aws_would_refuse(extra: str, expected: str) -> None:
+    # GIVEN a pool asking for a warm pool where none is possible, or in a form that is not a size
+    text = f"""
+[gitlab]
+url = "https://gitlab.example.com"
+[[pools]]
+name = "linux"
+asg = "asg-linux"
+tags = ["linux"]
+max_instances = 5
+{extra}
+"""
+    # WHEN it is parsed THEN the error names the file, the pool and the field
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "scaler.toml")
+    message = str(caught.value)
+    assert "scaler.toml" in message and "pools[0]" in message and expected in message
+
+
+def test_a_host_pool_with_a_fixed_warm_pool_is_an_error_that_says_the_fix() -> None:
+    with pytest.raises(ValueError, match='set warm_pool = "off"'):
+        pool(
+            platform="windows",
+            warm_pool=2,
+            hosts={"instance_type": "m5.large", "host_resource_group": "hrg", "availability_zones": ["a"]},
+        )
+
+
+def test_a_spot_pool_may_say_zero_or_off() -> None:
+    assert not pool(spot=True, warm_pool=0).warm_pool_on
+    assert not pool(spot=True, warm_pool="off").warm_pool_on
+
+
+def test_no_demand_keeps_an_empty_pool_and_a_burst_keeps_one_refill_time_of_arrivals() -> None:
+    # GIVEN an auto pool with no idle_count
+    quiet = size_warm_pool(pool(), T0, arrivals=[], prewarm_slots=0, refill_s=REFILL_S)
+    assert quiet.machines == 0 and quiet.settings == WarmPoolSettings(0, 0, "Stopped", False)
+    # WHEN 4 jobs arrived within one minute, 10 minutes ago, and 1 job just now
+    arrivals = [T0 - timedelta(minutes=10, seconds=s) for s in (0, 10, 20, 50)] + [T0]
+    size = size_warm_pool(pool(), T0, arrivals=arrivals, prewarm_slots=0, refill_s=REFILL_S)
+    # THEN the pool holds the burst (4 within a refill time), not the total (5)
+    assert size.machines == 4
+
+
+def test_arrivals_older_than_the_window_are_forgotten() -> None:
+    old = [T0 - ARRIVAL_WINDOW - timedelta(seconds=s + 1) for s in range(6)]
+    assert size_warm_pool(pool(), T0, arrivals=old, prewarm_slots=0, refill_s=REFILL_S).machines == 0
+
+
+def test_a_period_opening_soon_is_warmed_now() -> None:
+    # GIVEN a policy that keeps 3 idle from 13:00 UTC; it is 12:45 UTC
+    scheduled = pool(
+        policy=[{"idle_count": 0}, {"periods": ["* 13 * * *"], "idle_count": 3}],
+    )
+    now = T0.replace(hour=12, minute=45)
+    # THEN the warm pool already holds those 3 (a stopped machine costs only its EBS volumes)
+    assert size_warm_pool(scheduled, now, arrivals=[], prewarm_slots=0, refill_s=REFILL_S).machines == 3
+    # AND two hours before, nothing
+    early = T0.replace(hour=10)
+    assert size_warm_pool(scheduled, early, arrivals=[], prewarm_slots=0, refill_s=REFILL_S).machines == 0
+
+
+def test_the_pipeline_forecast_adds_to_the_burst() -> None:
+    arrivals = [T0 - timedelta(seconds=5)] * 2
+    size = size_warm_pool(pool(), T0, arrivals=arrivals, prewarm_slots=3, refill_s=REFILL_S)
+    assert size.machines == 5
+
+
+def test_a_fixed_size_is_kept_and_capped_by_max_instances() -> None:
+    assert size_warm_pool(pool(warm_pool=3), T0, arrivals=[], prewarm_slots=0, refill_s=1).machines == 3
+    capped = pool(warm_pool=50, max_instances=4)
+    assert size_warm_pool(capped, T0, arrivals=[T0] * 99, prewarm_slots=9, refill_s=1).machines == 4
+
+
+def test_hibernated_pools_put_hibernated() -> None:
+    hibernated = pool(warm_pool=1, warm_pool_state="hibernated")
+    size = size_warm_pool(hibernated, T0, arrivals=[], prewarm_slots=0, refill_s=1)
+    assert size.settings == WarmPoolSettings(1, 1, "Hibernated", False)
+
+
+def test_put_only_when_the_wanted_settings_differ_from_what_was_read() -> None:
+    wanted = size_warm_pool(pool(warm_pool=2), T0, arrivals=[], prewarm_slots=0, refill_s=1)
+    assert warm_pool_change(wanted, WarmPoolSettings(2, 2, "Stopped", False)) is None
+    assert warm_pool_change(wanted, WarmPoolSettings(1, 1, "Stopped", False)) == WarmPoolSettings(2, 2)
+    # A pool someone set to reuse machines on scale-in is put back to ReuseOnScaleIn = false.
+    assert warm_pool_change(wanted, WarmPoolSettings(2, 2, "Stopped", True)) == WarmPoolSettings(2, 2)
+    assert warm_pool_change(wanted, None) == WarmPoolSettings(2, 2)
+    off = size_warm_pool(pool(warm_pool="off"), T0, arrivals=[], prewarm_slots=0, refill_s=1)
+    assert warm_pool_change(off, WarmPoolSettings(2, 2)) is None
+    assert needs_delete(off, WarmPoolSettings(2, 2)) and not needs_delete(off, None)
+
+
+offsets = st.lists(st.integers(min_value=-3600, max_value=60), max_size=40)
+
+
+@settings(max_examples=150)
+@given(
+    offsets=offsets,
+    prewarm=st.integers(min_value=0, max_value=30),
+    max_instances=st.integers(min_value=1, max_value=20),
+    refill=st.floats(min_value=1.0, max_value=900.0),
+    idle=st.integers(min_value=0, max_value=10),
+)
+def test_size_is_bounded_and_never_puts_reuse(
+    offsets: list[int], prewarm: int, max_instances: int, refill: float, idle: int
+) -> None:
+    subject = pool(max_instances=max_instances, policy=[{"idle_count": idle}])
+    arrivals = [T0 + timedelta(seconds=o) for o in offsets]
+    size = size_warm_pool(subject, T0, arrivals=arrivals, prewarm_slots=prewarm, refill_s=refill)
+    assert size.machines is not None and 0 <= size.machines <= max_instances
+    assert size.settings is not None and size.settings.reuse_on_scale_in is False
+    assert size.settings.min_size == size.settings.max_group_prepared_capacity == size.machines
+    # Never below what the schedule or the forecast alone asks for (within max_instances).
+    assert size.machines >= min(max(idle, prewarm), max_instances)
+
+
+@settings(max_examples=150)
+@given(offsets=offsets, extra=offsets, refill=st.floats(min_value=1.0, max_value=900.0))
+def test_more_arrivals_never_shrink_the_pool(offsets: list[int], extra: list[int], refill: float) -> None:
+    before = [T0 + timedelta(seconds=o) for o in offsets]
+    after = before + [T0 + timedelta(seconds=o) for o in extra]
+    assert peak_arrivals(after, T0, refill) >= peak_arrivals(before, T0, refill)
+    # And the peak is at most the arrivals inside the window.
+    inside = [t for t in after if T0 - ARRIVAL_WINDOW <= t <= T0]
+    assert peak_arrivals(after, T0, refill) <= len(inside)
