@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from chalicelib.aws import AwsClients
+from chalicelib.capacity.warm import WarmPoolSettings
 from chalicelib.errors import AwsCallError
 
 # Lifecycle states in which an instance still belongs to the pool (Terminating* and Detach* do not).
@@ -63,6 +64,11 @@ class GroupView:
     launch_template: dict[str, str] | None = None
     #: The mixed-instances group's InstancesDistribution exactly as read (None: not a mixed-instances group).
     instances_distribution: Mapping[str, Any] | None = None
+    #: The group's warm pool as DescribeAutoScalingGroups reports it (WarmPoolConfiguration); None: it has
+    #: none, or one marked for deletion (Status PendingDelete).
+    warm_pool: WarmPoolSettings | None = None
+    #: Instances in the warm pool now (WarmPoolSize): never part of `instances`, never in service.
+    warm_size: int = 0
 
     def live_instances(self) -> tuple[Instance, ...]:
         return tuple(i for i in self.instances if i.live)
@@ -114,6 +120,15 @@ class Fleet(Protocol):
     def instance_addresses(self, instance_id: str) -> list[str]:
         """Private IP and DNS names: the SANs of the machine's Docker server certificate."""
         ...
+
+
+class WarmPools(Protocol):
+    """A group's warm pool (EC2 Auto Scaling); a port of its own, so a fleet without warm pools (the
+    simulator's) needs none of it."""
+
+    def put_warm_pool(self, asg: str, settings: WarmPoolSettings) -> None: ...
+
+    def delete_warm_pool(self, asg: str) -> None: ...
 
 
 class AsgFleet:
@@ -248,6 +263,44 @@ class AsgFleet:
             InstanceId=instance_id,
         )
 
+    def put_warm_pool(self, asg: str, settings: WarmPoolSettings) -> None:
+        """PutWarmPool "creates or updates a warm pool" (Amazon EC2 Auto Scaling API Reference, PutWarmPool):
+        the same call sizes it. It is refused on a group with a mixed instances policy or Spot (same page):
+        the caller never asks there, and a refusal is an AwsCallError like any other."""
+        self._aws.call(
+            "autoscaling",
+            "put_warm_pool",
+            AutoScalingGroupName=asg,
+            MinSize=settings.min_size,
+            MaxGroupPreparedCapacity=-1
+            if settings.max_group_prepared_capacity is None
+            else settings.max_group_prepared_capacity,
+            PoolState=settings.pool_state,
+            InstanceReusePolicy={"ReuseOnScaleIn": settings.reuse_on_scale_in},
+        )
+
+    def delete_warm_pool(self, asg: str) -> None:
+        """DeleteWarmPool without ForceDelete: Auto Scaling terminates the warm instances itself, after
+        their lifecycle actions complete (API Reference, DeleteWarmPool)."""
+        self._aws.call("autoscaling", "delete_warm_pool", AutoScalingGroupName=asg)
+
+    def describe_warm_pool(self, asg: str) -> tuple[WarmPoolSettings | None, list[Instance]]:
+        """The warm pool and its instances (DescribeWarmPool), for the operator's status and the tests; the
+        reconcile reads the settings from DescribeAutoScalingGroups instead, which it makes anyway."""
+        answer = self._aws.call("autoscaling", "describe_warm_pool", AutoScalingGroupName=asg)
+        instances = [
+            Instance(
+                instance_id=str(i["InstanceId"]),
+                lifecycle_state=str(i["LifecycleState"]),
+                protected=bool(i.get("ProtectedFromScaleIn", False)),
+                healthy=i.get("HealthStatus", "Healthy") == "Healthy",
+                instance_type=str(i.get("InstanceType", "")),
+                availability_zone=str(i.get("AvailabilityZone", "")),
+            )
+            for i in answer.get("Instances", [])
+        ]
+        return _warm_pool_settings(answer.get("WarmPoolConfiguration")), instances
+
     def instance_addresses(self, instance_id: str) -> list[str]:
         reservations = self._aws.call("ec2", "describe_instances", InstanceIds=[instance_id]).get(
             "Reservations", []
@@ -297,6 +350,23 @@ def _group_view(group: dict[str, object]) -> GroupView:
         on_demand_percentage=on_demand,
         launch_template=_template_spec(template),
         instances_distribution=distribution,
+        warm_pool=_warm_pool_settings(group.get("WarmPoolConfiguration")),
+        warm_size=int(str(group.get("WarmPoolSize") or 0)),
+    )
+
+
+def _warm_pool_settings(raw: object) -> WarmPoolSettings | None:
+    """WarmPoolConfiguration (API Reference, WarmPoolConfiguration): MinSize defaults to 0, PoolState to
+    Stopped, and a MaxGroupPreparedCapacity of -1 or none means "the group's maximum size"."""
+    if not isinstance(raw, dict) or raw.get("Status") == "PendingDelete":
+        return None
+    prepared = raw.get("MaxGroupPreparedCapacity")
+    reuse = raw.get("InstanceReusePolicy") or {}
+    return WarmPoolSettings(
+        min_size=int(raw.get("MinSize") or 0),
+        max_group_prepared_capacity=None if prepared in (None, -1) else int(prepared),
+        pool_state=str(raw.get("PoolState") or "Stopped"),
+        reuse_on_scale_in=bool(reuse.get("ReuseOnScaleIn", False)),
     )
 
 

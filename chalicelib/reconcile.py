@@ -17,15 +17,16 @@ from chalicelib import metrics
 from chalicelib.capacity import Demand, Machine, MachineState, PoolPlan, plan_pool
 from chalicelib.capacity.fallback import can_fall_back, preferred_types
 from chalicelib.capacity.hosts import HostPlan, plan_hosts
+from chalicelib.capacity.warm import needs_delete, size_warm_pool, warm_pool_change
 from chalicelib.config import Config, Pool
 from chalicelib.drain import DrainState, drain_machine
 from chalicelib.eligibility import Eligibility
 from chalicelib.errors import AwsCallError, GitLabError, LeaseExpiredError
-from chalicelib.fleet import Fleet, GroupView, Instance
-from chalicelib.forecast import PipelineState, forecast, with_statuses
+from chalicelib.fleet import Fleet, GroupView, Instance, WarmPools
+from chalicelib.forecast import PipelineState, forecast, lead_of, with_statuses
 from chalicelib.hosts import HostPoolView, HostPort, apply_host_plan
 from chalicelib.jobs import runner_description
-from chalicelib.lifecycle import PREPARE_FAULT
+from chalicelib.lifecycle import PREPARE_FAULT, pending_since
 from chalicelib.pipelines import Pipelines, active_for_prewarm
 from chalicelib.store import HOLDS_SLOT, TERMINAL, Fault, JobRecord, MachineRecord, Store
 
@@ -81,6 +82,8 @@ class ReconcileResult:
     seconds: float = 0.0
     #: Per drained machine, wall seconds from the pause to the termination (or to the dropped decision).
     drain_seconds: list[float] = field(default_factory=list)
+    #: What the warm pool step did ("put 3", "deleted", "skipped: ..."); empty when it changed nothing.
+    warm_pool: str = ""
 
     @property
     def ok(self) -> bool:
@@ -105,6 +108,7 @@ class Reconciler:
         timer: Callable[[], float] = time.perf_counter,
         eligibility: Eligibility | None = None,
         lease_clock: Callable[[], float] = time.monotonic,
+        warm_pools: WarmPools | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -119,6 +123,7 @@ class Reconciler:
         self._lease_clock = lease_clock  # seconds, for the lease's deadline only
         self._lease_deadline = float("inf")
         self._eligibility = eligibility
+        self._warm_pools = warm_pools
 
     def reconcile_all(self, now: datetime) -> list[ReconcileResult]:
         """Every pool, with one batched read of all groups (calls grow with pools, not machines)."""
@@ -271,8 +276,55 @@ class Reconciler:
             self._check_lease()
             applied = apply_host_plan(self._hosts, pool, host_plan, hosts)
             result.faults.extend(applied.errors)
+        self._size_warm_pool(pool, group, jobs, demand, now, result)
         if plan.changes or result.terminated:
             logger.info(plan.summary(), extra={"pool": pool.name})
+
+    def _size_warm_pool(
+        self,
+        pool: Pool,
+        group: GroupView,
+        jobs: Sequence[JobRecord],
+        demand: Demand,
+        now: datetime,
+        result: ReconcileResult,
+    ) -> None:
+        """Set the group's warm pool to the size the forecast wants (chalicelib/capacity/warm.py), after the
+        capacity change so that it never delays a scale-up. No call when the group already reports those
+        settings (DescribeAutoScalingGroups' WarmPoolConfiguration, read anyway).
+
+        Never on a mixed-instances group: PutWarmPool "cannot be called on an Auto Scaling group that has a
+        mixed instances policy" (API Reference, PutWarmPool). A failure is a pool fault, like the fallback's:
+        warm machines only shorten waits, and the next reconcile tries again.
+        """
+        if self._warm_pools is None:
+            return
+        arrivals = [t for job in jobs if (t := _arrived_at(job)) is not None]
+        wanted = size_warm_pool(
+            pool, now, arrivals=arrivals, prewarm_slots=demand.prewarm, refill_s=lead_of(pool)
+        )
+        change = warm_pool_change(wanted, group.warm_pool)
+        delete = needs_delete(wanted, group.warm_pool)
+        if change is not None and group.instances_distribution is not None:
+            result.warm_pool = "skipped: the group has a mixed instances policy"
+            logger.warning("no warm pool on a mixed-instances group", extra={"pool": pool.name})
+            return
+        if change is None and not delete:
+            return
+        try:
+            self._check_lease()
+            if change is not None:
+                self._warm_pools.put_warm_pool(pool.asg, change)
+                result.warm_pool = f"put {change.min_size} ({wanted.reason})"
+            else:
+                self._warm_pools.delete_warm_pool(pool.asg)
+                result.warm_pool = "deleted"
+        except AwsCallError as exc:
+            result.warm_pool = f"failed: {exc.code}"
+            result.faults.append(f"warm pool: {exc}")
+            logger.error("warm pool not set", extra={"pool": pool.name, "error": str(exc)})
+            return
+        logger.info("warm pool set", extra={"pool": pool.name, "warm_pool": result.warm_pool})
 
     def _unpickable(self, pool: Pool, pending: Sequence[JobRecord], now: datetime) -> int:
         """How many pending jobs belong to projects our runners never take jobs of (chalicelib.eligibility).
@@ -524,6 +576,12 @@ def _prewarm(pool: Pool, pipelines: Sequence[PipelineState], jobs: Sequence[JobR
     known = {j.job_id: j.status for j in jobs}
     fresh = [with_statuses(p, known) for p in pipelines]
     return forecast(fresh, [pool], now).get(pool.name, 0)
+
+
+def _arrived_at(job: JobRecord) -> datetime | None:
+    """When a job arrived as demand: when it turned pending, else when it started (a running job's pending
+    time was overwritten), else when it was created."""
+    return pending_since(job) or job.started_at or job.created_at
 
 
 def _runner_scope(config: Config) -> dict[str, Any]:

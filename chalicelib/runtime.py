@@ -194,6 +194,7 @@ class Runtime:
             pipelines=prewarm,
             gitlab=self.gitlab_host,
             eligibility=eligibility,
+            warm_pools=self.fleet,
         )
 
     @cached_property

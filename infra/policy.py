@@ -233,6 +233,7 @@ def lambda_grants(scope: Scope) -> list[Grant]:
             (
                 "autoscaling:DescribeAutoScalingGroups",
                 "autoscaling:DescribeAutoScalingInstances",
+                "autoscaling:DescribeWarmPool",
                 "ec2:DescribeInstances",
                 "ec2:DescribeHosts",
             ),
@@ -248,9 +249,12 @@ def lambda_grants(scope: Scope) -> list[Grant]:
                 "autoscaling:SetInstanceProtection",
                 "autoscaling:TerminateInstanceInAutoScalingGroup",
                 "autoscaling:CompleteLifecycleAction",
+                "autoscaling:PutWarmPool",
+                "autoscaling:DeleteWarmPool",
             ),
             asgs,
-            "the pools' groups by name, and only while they carry this deployment's tag",
+            "the pools' groups by name, and only while they carry this deployment's tag; the reconcile sizes "
+            "each group's warm pool (fleet.put_warm_pool / delete_warm_pool)",
             conditions=deployment_tag,
         ),
         Grant(

@@ -1,0 +1,117 @@
+"""Warm pools through the Chalice app on moto: the tick sizes each on-demand pool's warm pool from demand,
+calls PutWarmPool only when what the group reports differs, never puts one on a Spot (mixed-instances) group,
+deletes one the config no longer wants, and always keeps ReuseOnScaleIn false.
+
+AWS: PutWarmPool "creates or updates a warm pool", takes MinSize, MaxGroupPreparedCapacity, PoolState and
+InstanceReusePolicy, and "cannot be called on an Auto Scaling group that has a mixed instances policy or a
+launch template or launch configuration that requests Spot Instances" (Amazon EC2 Auto Scaling API Reference,
+PutWarmPool); DescribeAutoScalingGroups reports WarmPoolConfiguration (API Reference, AutoScalingGroup).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalice.test import Client
+
+from app import app
+from chalicelib.store import JobRecord
+from tests.functional.conftest import Stack
+
+
+def record(stack: Stack, job_id: int, status: str, pool: str) -> None:
+    job = JobRecord("gitlab.example.com", job_id, status, pool=pool)
+    stack.runtime.store.record_job(job, stack.runtime.now())
+
+
+def tick(client: Client) -> dict[str, Any]:
+    event = client.events.generate_cw_event("Scheduled Event", "aws.events", {}, [])
+    payload: dict[str, Any] = client.lambda_.invoke("tick", event).payload
+    return payload
+
+
+def warm_pool(stack: Stack, asg: str) -> dict[str, Any] | None:
+    answer = stack.aws.call("autoscaling", "describe_warm_pool", AutoScalingGroupName=asg)
+    configuration: dict[str, Any] | None = answer.get("WarmPoolConfiguration")
+    return configuration
+
+
+def test_the_tick_sizes_an_on_demand_pools_warm_pool_from_its_arrivals(stack: Stack) -> None:
+    # GIVEN two jobs that just turned pending in the on-demand pool "gpu" (warm_pool defaults to "auto")
+    record(stack, 1, "pending", "gpu")
+    record(stack, 2, "pending", "gpu")
+    # WHEN the tick runs
+    with Client(app) as client:
+        tick(client)
+    # THEN the group has a warm pool of exactly two stopped machines that never take a used machine back
+    assert warm_pool(stack, "test-gpu") == {
+        "MinSize": 2,
+        "MaxGroupPreparedCapacity": 2,
+        "PoolState": "Stopped",
+        "InstanceReusePolicy": {"ReuseOnScaleIn": False},
+    }
+    # AND the Spot pool "linux" (a mixed instances policy: AWS allows no warm pool) has none
+    assert warm_pool(stack, "test-linux") is None
+
+
+def test_put_warm_pool_is_called_only_when_the_size_changes(stack: Stack) -> None:
+    # GIVEN a tick has sized the warm pool for one arrival
+    record(stack, 1, "pending", "gpu")
+    with Client(app) as client:
+        tick(client)
+        assert stack.runtime.aws.calls["autoscaling.PutWarmPool"] == 1
+        # WHEN the next tick sees the same demand THEN it reads the size from the group and calls nothing
+        stack.advance(seconds=60)
+        tick(client)
+        assert stack.runtime.aws.calls["autoscaling.PutWarmPool"] == 1
+        # WHEN a second job arrives THEN the pool grows, with one more call
+        record(stack, 2, "pending", "gpu")
+        tick(client)
+    assert stack.runtime.aws.calls["autoscaling.PutWarmPool"] == 2
+    assert warm_pool(stack, "test-gpu") == {
+        "MinSize": 2,
+        "MaxGroupPreparedCapacity": 2,
+        "PoolState": "Stopped",
+        "InstanceReusePolicy": {"ReuseOnScaleIn": False},
+    }
+
+
+def test_a_warm_pool_someone_set_to_reuse_machines_is_put_back_to_never_reuse(stack: Stack) -> None:
+    # GIVEN an operator turned on ReuseOnScaleIn by hand: a machine that ran a job would go back to the pool
+    stack.aws.call(
+        "autoscaling",
+        "put_warm_pool",
+        AutoScalingGroupName="test-gpu",
+        MinSize=0,
+        MaxGroupPreparedCapacity=0,
+        PoolState="Stopped",
+        InstanceReusePolicy={"ReuseOnScaleIn": True},
+    )
+    # WHEN the tick runs with no demand
+    with Client(app) as client:
+        tick(client)
+    # THEN the scaler puts ReuseOnScaleIn back to false (same size)
+    assert warm_pool(stack, "test-gpu") == {
+        "MinSize": 0,
+        "MaxGroupPreparedCapacity": 0,
+        "PoolState": "Stopped",
+        "InstanceReusePolicy": {"ReuseOnScaleIn": False},
+    }
+
+
+def test_a_pool_turned_off_loses_its_warm_pool(stack: Stack) -> None:
+    # GIVEN the gpu group has a warm pool and the config now says warm_pool = "off"
+    stack.aws.call(
+        "autoscaling", "put_warm_pool", AutoScalingGroupName="test-gpu", MinSize=2, MaxGroupPreparedCapacity=2
+    )
+    pools = tuple(
+        p.model_copy(update={"warm_pool": "off"}) if p.name == "gpu" else p for p in stack.config.pools
+    )
+    stack.config = stack.config.model_copy(update={"pools": pools})
+    stack.runtime.config = stack.config
+    # WHEN the tick runs
+    with Client(app) as client:
+        tick(client)
+    # THEN the warm pool is deleted (Auto Scaling terminates its stopped machines)
+    assert warm_pool(stack, "test-gpu") is None
+    assert stack.runtime.aws.calls["autoscaling.DeleteWarmPool"] == 1
