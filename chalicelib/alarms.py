@@ -2,12 +2,11 @@
 
 Queue-age and long-pending alarms reconcile every pool at once; dead letters are moved back to the queue;
 launch failures record a fault that steers the pool to another instance type (or to on-demand) for a while,
-and the alarm's OK clears it. Imports runtime and use cases; no boto3.
+and the alarm's OK clears it. Imports runtime, adapters' types and use cases; calls AWS only through adapters.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from chalicelib.events.aws import (
     AlarmState,
     LaunchUnsuccessfulEvent,
     parse_alarm_notification,
+    parse_dirty_pool_message,
 )
 from chalicelib.runtime import Runtime
 from chalicelib.store import Fault, Store
@@ -134,23 +134,19 @@ def _reconcile(rt: Runtime, pools: Sequence[Pool], owner: str) -> None:
 
 def _redrive(rt: Runtime) -> int:
     """Move dead-lettered "pool dirty" messages back (bounded); their reconcile is idempotent."""
-    dlq = str(rt.aws.call("sqs", "get_queue_url", QueueName=rt.names.dead_letter_queue)["QueueUrl"])
+    dead_letters = rt.dead_letters
     moved = 0
     while moved < REDRIVE_LIMIT:
-        got = rt.aws.call("sqs", "receive_message", QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-        messages = got.get("Messages", [])
-        if not messages:
+        letters = dead_letters.receive()
+        if not letters:
             break
-        for message in messages:
-            body = str(message["Body"])
+        for letter in letters:
             try:
-                pool = rt.config.pool(str(json.loads(body)["pool"])).name
-            except (ValueError, KeyError, TypeError):
-                logger.error(
-                    "dead letter names no pool; deleted", extra={"message_id": message.get("MessageId")}
-                )
+                pool = rt.config.pool(parse_dirty_pool_message(letter.body).pool).name
+            except (MalformedEventError, KeyError):
+                logger.error("dead letter names no pool; deleted", extra={"message_id": letter.message_id})
             else:
                 rt.queue.mark_dirty(pool, "redriven from the dead-letter queue", rt.now())
-            rt.aws.call("sqs", "delete_message", QueueUrl=dlq, ReceiptHandle=message["ReceiptHandle"])
+            dead_letters.delete(letter)
             moved += 1
     return moved

@@ -1,9 +1,8 @@
 """The one seam every AWS call passes through: lazy clients, counting, retries, error translation, tracing.
 
-Nothing else in chalicelib builds a boto3 client. Most calls come from the adapters (fleet, store, dynamo,
-secrets, hosts, queue), but not all yet: `runtime` calls SSM, SQS and Secrets Manager and `alarms` calls SQS
-through `AwsClients.call` directly. Clients are created on first use (never at import time) so moto and
-Stubber can be set up first.
+Nothing else in chalicelib builds a boto3 client, and only the adapters call through it (fleet, store,
+dynamo, pipelines, secrets, parameters, hosts, queue, metrics...: tests/unit/test_import_rules.py keeps the
+list). Clients are created on first use (never at import time) so moto and Stubber can be set up first.
 """
 
 from __future__ import annotations
@@ -17,6 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 import boto3
+
+# boto3's DynamoDB value (de)serialisers, re-exported for `chalicelib.dynamo`: the SDK is imported here only.
+from boto3.dynamodb.types import DYNAMODB_CONTEXT as DYNAMODB_CONTEXT
+from boto3.dynamodb.types import TypeDeserializer as TypeDeserializer
+from boto3.dynamodb.types import TypeSerializer as TypeSerializer
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
 from botocore.parsers import ResponseParserError

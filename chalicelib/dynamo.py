@@ -10,9 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from boto3.dynamodb.types import DYNAMODB_CONTEXT, TypeDeserializer, TypeSerializer
-
-from chalicelib.aws import AwsClients
+from chalicelib.aws import DYNAMODB_CONTEXT, AwsClients, TypeDeserializer, TypeSerializer
 from chalicelib.errors import AwsCallError
 from chalicelib.resources import TABLE_PK, TABLE_SK
 

@@ -6,14 +6,51 @@ Dimensions stay low-cardinality: pool and platform only. Never a token, never an
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 if TYPE_CHECKING:  # the lifecycle and webhook handlers emit too, without importing the reconciler
+    from chalicelib.capacity.hosts import HostPlan
     from chalicelib.config import Config
-    from chalicelib.reconcile import ReconcileResult
+
+
+class ReconcileFigures(Protocol):
+    """What `emit_reconcile` reads of a reconcile's result (`reconcile.ReconcileResult` has it): an adapter
+    names the figures it publishes instead of importing the use case that produces them."""
+
+    @property
+    def pool(self) -> str: ...
+    @property
+    def skipped(self) -> str: ...
+    @property
+    def desired_after(self) -> int: ...
+    @property
+    def machines(self) -> Mapping[str, int]: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def unpickable(self) -> int: ...
+    @property
+    def running(self) -> int: ...
+    @property
+    def launched(self) -> int: ...
+    @property
+    def terminated(self) -> Sequence[str]: ...
+    @property
+    def drain_cancelled(self) -> Sequence[str]: ...
+    @property
+    def errors(self) -> Sequence[str]: ...
+    @property
+    def faults(self) -> Sequence[str]: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def drain_seconds(self) -> Sequence[float]: ...
+    @property
+    def host_plan(self) -> HostPlan | None: ...
+
 
 NAMESPACE = "RunnerScaler"
 SERVICE = "runner-scaler"
@@ -54,7 +91,7 @@ def emit_scale_up(pool: str, platform: str, seconds: float) -> None:
     emit({"ScaleUpSeconds": seconds}, {"pool": pool, "platform": platform}, MetricUnit.Seconds)
 
 
-def emit_reconcile(config: Config, results: Iterable[ReconcileResult], aws_calls: int) -> None:
+def emit_reconcile(config: Config, results: Iterable[ReconcileFigures], aws_calls: int) -> None:
     """Per pool: desired, machines by state, pending/running jobs, scale-up/in counts, errors, decision
     latency, the longest drain window, hosts."""
     done = [r for r in results if not r.skipped]

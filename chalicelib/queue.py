@@ -1,22 +1,31 @@
 """SQS adapter for the "pool dirty" FIFO queue: the webhook's fast path to a reconcile; the tick's fan-out.
 
 One message group per pool (reconciles of a pool never overlap), one message per pool per short window
-(a burst of 500 job events yields a handful of reconciles). Every call goes through `AwsClients`.
+(a burst of 500 job events yields a handful of reconciles). The only module that calls SQS; every call goes
+through `AwsClients`. The message body is `events.aws.DirtyPoolMessage`, the one model its consumer reads.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from chalicelib.aws import AwsClients
 from chalicelib.errors import AwsCallError
+from chalicelib.events.aws import DIRTY_REASON_MAX_CHARS, DirtyPoolMessage
 from chalicelib.resources import DIRTY_WINDOW_SECONDS
 
 #: SendMessageBatch takes at most this many entries per call (SQS API reference).
 _ENTRIES_PER_BATCH = 10
+#: ReceiveMessage returns at most this many messages per call (SQS API reference, MaxNumberOfMessages).
+_RECEIVE_MAX = 10
+
+
+def queue_url(aws: AwsClients, name: str) -> str:
+    """The URL of the queue called `name` (GetQueueUrl), for a container that was not given it."""
+    return str(aws.call("sqs", "get_queue_url", QueueName=name)["QueueUrl"])
 
 
 class DirtyQueue:
@@ -60,11 +69,43 @@ class DirtyQueue:
 
     def _message(self, pool: str, reason: str, now: datetime, long_pending: int = 0) -> dict[str, Any]:
         window = int(now.timestamp()) // self._window
-        body: dict[str, Any] = {"pool": pool, "reason": reason}
-        if long_pending:
-            body["long_pending"] = long_pending
+        body = DirtyPoolMessage(pool=pool, reason=reason[:DIRTY_REASON_MAX_CHARS], long_pending=long_pending)
         return {
-            "MessageBody": json.dumps(body),
+            "MessageBody": body.to_body(),
             "MessageGroupId": pool,
             "MessageDeduplicationId": f"{pool}-{window}",
         }
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One message received from the dead-letter queue; `receipt` deletes it."""
+
+    body: str
+    receipt: str = field(repr=False)
+    message_id: str = ""
+
+
+class DeadLetterQueue:
+    """The "pool dirty" queue's dead-letter queue, read by the alarm that redrives it."""
+
+    def __init__(self, aws: AwsClients, queue_url: str) -> None:
+        self._aws = aws
+        self._queue_url = queue_url
+
+    def receive(self) -> list[DeadLetter]:
+        """Up to ten messages, without waiting (empty: the queue is drained, or looks so for now)."""
+        got = self._aws.call(
+            "sqs",
+            "receive_message",
+            QueueUrl=self._queue_url,
+            MaxNumberOfMessages=_RECEIVE_MAX,
+            WaitTimeSeconds=0,
+        )
+        return [
+            DeadLetter(str(m["Body"]), str(m["ReceiptHandle"]), str(m.get("MessageId", "")))
+            for m in got.get("Messages", [])
+        ]
+
+    def delete(self, letter: DeadLetter) -> None:
+        self._aws.call("sqs", "delete_message", QueueUrl=self._queue_url, ReceiptHandle=letter.receipt)

@@ -21,8 +21,10 @@ from urllib.parse import urlsplit
 from chalicelib.aws import AwsClients
 from chalicelib.config import Config, load_config
 from chalicelib.fleet import AsgFleet
-from chalicelib.queue import DirtyQueue
+from chalicelib.parameters import read_parameter
+from chalicelib.queue import DeadLetterQueue, DirtyQueue, queue_url
 from chalicelib.resources import ENV_QUEUE_URL, ENV_TABLE, Names, names_from_env
+from chalicelib.secrets import AwsSecrets, SecretCache
 from chalicelib.store import DynamoStore
 from chalicelib.tracing import Tracing, from_environment
 
@@ -31,8 +33,6 @@ if TYPE_CHECKING:
     from chalicelib.jobs import TagResolver
     from chalicelib.pipelines import DynamoPipelines
     from chalicelib.reconcile import Reconciler, RunnerControl
-
-SECRET_CACHE_SECONDS = 60.0
 
 
 def utc_now() -> datetime:
@@ -60,7 +60,6 @@ class Runtime:
         self.clock = clock
         self._monotonic = monotonic
         self.sleep = sleep
-        self._secret_cache: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
 
     def now(self) -> datetime:
@@ -89,9 +88,7 @@ class Runtime:
         return load_config(self.environ, self._read_parameter)
 
     def _read_parameter(self, name: str) -> str:
-        return str(
-            self.aws.call("ssm", "get_parameter", Name=name, WithDecryption=True)["Parameter"]["Value"]
-        )
+        return read_parameter(self.aws, name)
 
     @cached_property
     def gitlab_host(self) -> str:
@@ -115,10 +112,13 @@ class Runtime:
 
     @cached_property
     def queue(self) -> DirtyQueue:
-        url = self.environ.get(ENV_QUEUE_URL) or str(
-            self.aws.call("sqs", "get_queue_url", QueueName=self.names.queue)["QueueUrl"]
-        )
+        url = self.environ.get(ENV_QUEUE_URL) or queue_url(self.aws, self.names.queue)
         return DirtyQueue(self.aws, url)
+
+    @cached_property
+    def dead_letters(self) -> DeadLetterQueue:
+        """The dirty queue's dead-letter queue (the DLQ alarm redrives it)."""
+        return DeadLetterQueue(self.aws, queue_url(self.aws, self.names.dead_letter_queue))
 
     @property
     def gitlab(self) -> Any:
@@ -160,15 +160,14 @@ class Runtime:
         """Whether GitLab can be reached: an injected adapter, or an API-token secret named in config."""
         return self._gitlab is not None or bool(self.config.gitlab.api_token_secret)
 
+    @cached_property
+    def secrets_cache(self) -> SecretCache:
+        """Secrets read once a minute per container (rotation-friendly), through the secrets adapter."""
+        return SecretCache(AwsSecrets(self.aws), clock=self._monotonic)
+
     def secret_text(self, name: str) -> str:
         """A secret's current value, cached per container for a minute (rotation-friendly)."""
-        now = self._monotonic()
-        cached = self._secret_cache.get(name)
-        if cached is not None and now - cached[0] < SECRET_CACHE_SECONDS:
-            return cached[1]
-        value = str(self.aws.call("secretsmanager", "get_secret_value", SecretId=name)["SecretString"])
-        self._secret_cache[name] = (now, value)
-        return value
+        return self.secrets_cache.text(name)
 
     def webhook_tokens(self) -> list[str]:
         """Every accepted X-Gitlab-Token (several, so a token rotates without downtime)."""

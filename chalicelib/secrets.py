@@ -1,7 +1,6 @@
 """Secrets Manager adapter (`AwsSecrets`, through `AwsClients`) and its in-memory twin `MemorySecrets`; plus
-machine secrets and a TTL cache (`SecretCache`). No policy, no value ever logged. Imports chalicelib.aws and
-chalicelib.errors only. Not yet the only caller of the service: `runtime.secret_text` reads secrets with its
-own per-container cache, outside this adapter.
+machine secrets and a TTL cache (`SecretCache`, the container's one cache of secret values). No policy, no
+value ever logged. Imports chalicelib.aws and chalicelib.errors only; the only module calling Secrets Manager.
 """
 
 from __future__ import annotations

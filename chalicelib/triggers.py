@@ -5,7 +5,6 @@ Each reads its event model, reconciles through `Reconciler`, and reports; import
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -14,26 +13,17 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from pydantic import BaseModel, ValidationError
 
 from chalicelib import metrics
 from chalicelib.config import Pool
-from chalicelib.errors import AwsCallError, RunnerScalerError
+from chalicelib.errors import AwsCallError, MalformedEventError, RunnerScalerError
+from chalicelib.events.aws import parse_dirty_pool_message
 from chalicelib.heal import heal
 from chalicelib.jobs import DirtyMarker
 from chalicelib.reconcile import ReconcileResult
 from chalicelib.runtime import Runtime
 
 logger = logging.getLogger(__name__)
-
-
-class DirtyPool(BaseModel):
-    """Body of a "pool dirty" message."""
-
-    pool: str
-    reason: str = ""
-    #: Jobs of the pool pending too long, as the tick's heal counted them (tick fan-out messages only).
-    long_pending: int = 0
 
 
 @dataclass
@@ -200,9 +190,9 @@ def process_dirty_batch(rt: Runtime, event: dict[str, Any], owner: str) -> dict[
 
     def handle(record: SQSRecord) -> None:
         try:
-            message = DirtyPool.model_validate(json.loads(record.body))
+            message = parse_dirty_pool_message(record.body)
             pool = rt.config.pool(message.pool)
-        except (ValueError, ValidationError, KeyError) as exc:
+        except (MalformedEventError, KeyError) as exc:
             logger.error(
                 "dropping malformed dirty message", extra={"message_id": record.message_id, "error": str(exc)}
             )

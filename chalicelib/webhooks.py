@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib import metrics
-from chalicelib.errors import AwsCallError, GitLabError, MalformedEventError
+from chalicelib.errors import AwsCallError, GitLabError, MalformedEventError, NotFoundError
 from chalicelib.events.gitlab import IgnoredEvent, JobHook, PipelineHook, event_identity, parse_gitlab_event
 from chalicelib.jobs import JobEvent, ingest_job
 from chalicelib.pipelines import observe_job_duration, pool_resolver, record_pipeline_hook
@@ -59,7 +59,7 @@ def receive(rt: Runtime, headers: Mapping[str, str], body: bytes | str | None) -
         return _reject(413, "too_large", f"body larger than {MAX_BODY_BYTES} bytes")
     try:
         accepted = rt.webhook_tokens()
-    except AwsCallError as exc:
+    except (AwsCallError, NotFoundError) as exc:
         return _unavailable("webhook tokens unreadable", exc)
     if not token_ok(lowered.get("x-gitlab-token"), accepted):
         return _reject(401, "bad_token", "missing or wrong X-Gitlab-Token")
@@ -98,7 +98,7 @@ def _ignored(event: IgnoredEvent) -> Answer:
     return Answer(202, body, "ignored")
 
 
-def _unavailable(what: str, exc: AwsCallError) -> Answer:
+def _unavailable(what: str, exc: AwsCallError | NotFoundError) -> Answer:
     """503, not 4xx: GitLab does not retry, but a 5xx only pauses the hook a while (a 4xx disables it for
     good). What this delivery carried, the tick finds in GitLab's job lists."""
     logger.error(what, extra={"error": str(exc)})

@@ -326,15 +326,28 @@ def parse_alarm_notification(message: str | bytes | Mapping[str, Any]) -> AlarmN
     return _validate(AlarmNotification, "CloudWatch alarm notification", _json_object(message, "SNS message"))
 
 
+#: The longest `reason` a dirty-pool message carries (the producer cuts longer ones: it is only for logs).
+DIRTY_REASON_MAX_CHARS = 512
+
+
 class DirtyPoolMessage(_Model):
-    """Body of a dirty-pool SQS message: reconcile `pool` now (`reason` is for logs: "job 1977 pending")."""
+    """Body of a dirty-pool SQS message: reconcile `pool` now (`reason` is for logs: "job 1977 pending").
+
+    The one definition of the contract: `queue.DirtyQueue` writes it, `triggers.process_dirty_batch` and the
+    dead-letter redrive read it.
+    """
 
     pool: str = Field(min_length=1, max_length=128)
-    reason: str = Field(default="", max_length=512)
+    reason: str = Field(default="", max_length=DIRTY_REASON_MAX_CHARS)
+    #: Jobs of the pool pending too long, as the tick's heal counted them (tick fan-out messages only).
+    long_pending: int = Field(default=0, ge=0)
 
     def to_body(self) -> str:
         """The compact JSON body the producer sends (the queue's MessageGroupId is the pool)."""
-        return json.dumps({"pool": self.pool, "reason": self.reason}, separators=(",", ":"))
+        body: dict[str, Any] = {"pool": self.pool, "reason": self.reason}
+        if self.long_pending:
+            body["long_pending"] = self.long_pending
+        return json.dumps(body, separators=(",", ":"))
 
 
 def parse_dirty_pool_message(body: str | bytes | Mapping[str, Any]) -> DirtyPoolMessage:

@@ -74,3 +74,26 @@ def test_an_aws_outage_is_a_503_and_the_resend_is_applied(
     assert again.status_code == 202, again.body
     assert job(gitlab_stack, p.job_ids[0]).status == "pending"
     assert gitlab_stack.queued_pools() == ["linux"]
+
+
+def test_a_missing_webhook_token_secret_is_a_503_not_a_500(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    """Secrets Manager answers ResourceNotFoundException, which the secrets adapter turns into NotFoundError:
+    the webhook says the store is unavailable (GitLab retries) rather than failing with a 500."""
+    # GIVEN a pending job's hook, and the webhook-token secret deleted outside the scaler
+    p = Pipeline(gitlab_stack, fake_gitlab, ("linux",))
+    body = p.hook(p.job_ids[0], "pending")
+    name = (
+        gitlab_stack.runtime.config.gitlab.webhook_tokens_secret
+        or gitlab_stack.runtime.names.webhook_tokens_secret
+    )
+    gitlab_stack.aws.call("secretsmanager", "delete_secret", SecretId=name, ForceDeleteWithoutRecovery=True)
+    install(
+        Runtime(dict(gitlab_stack.runtime.environ), aws=gitlab_stack.aws, config=gitlab_stack.runtime.config)
+    )
+    # WHEN GitLab delivers it
+    answer = post(client, body, idempotency_key="k-no-secret")
+    # THEN the answer is a 503 and nothing was recorded
+    assert answer.status_code == 503, answer.body
+    assert job(gitlab_stack, p.job_ids[0]) is None
