@@ -22,7 +22,7 @@ from sim.world import World, ideal_pending
 
 def _pending_for(world: World, pool: Pool) -> int:
     """Pending jobs a runner of `pool` would take (a runner manager learns them within a check interval)."""
-    return sum(1 for j in world.gitlab.pending.values() if runner_takes(j.tags, pool.tags, pool.run_untagged))
+    return world.gitlab.pending_count(lambda tags: runner_takes(tags, pool.tags, pool.run_untagged))
 
 
 def _idle_for(machine: SimMachine, now: float) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -61,6 +62,7 @@ class SimGitLab:
         self.jobs: dict[int, SimJob] = {}
         self.retired: dict[int, SimJob] = {}  # old id of a retried job -> the job
         self.pending: dict[int, SimJob] = {}  # insertion order = GitLab's queue order
+        self._pending_tags: Counter[tuple[str, ...]] = Counter()  # pending jobs by tag set
         self.runners: dict[int, SimMachine] = {}
         self._pipelines: dict[int, list[list[SimJob]]] = {}
         self._stage_left: dict[int, list[int]] = {}
@@ -88,6 +90,7 @@ class SimGitLab:
         job.status = "pending"
         job.pending_at = self._loop.now
         self.pending[job.job_id] = job
+        self._pending_tags[job.tags] += 1
         self._hook(job, "pending", 0.0)
         self._pipeline_changed(job.trace.pipeline_id)
         candidates = [m for m in self.runners.values() if m.takes(job)]
@@ -133,6 +136,11 @@ class SimGitLab:
     def pending_jobs(self) -> list[SimJob]:
         return list(self.pending.values())
 
+    def pending_count(self, takes: Callable[[tuple[str, ...]], bool]) -> int:
+        """Pending jobs whose tags `takes` accepts: counted by tag set, so a queue of thousands costs as
+        much as its few distinct tag sets (a runner manager polls it every few seconds)."""
+        return sum(count for tags, count in self._pending_tags.items() if count and takes(tags))
+
     def busy_visible(self, machine: SimMachine) -> bool:
         """The runner's busy flag as GitLab's API shows it: a job counts once the busy lag has passed."""
         return any(self._loop.now >= job.busy_visible_at for job in machine.running)
@@ -170,6 +178,7 @@ class SimGitLab:
     def _start(self, job: SimJob, machine: SimMachine) -> None:
         now = self._loop.now
         del self.pending[job.job_id]
+        self._pending_tags[job.tags] -= 1
         job.status = "running"
         job.started_at = now
         job.wait_s += now - (job.pending_at if job.pending_at is not None else now)
