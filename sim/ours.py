@@ -47,16 +47,59 @@ LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
 TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
 
 
-class IndexedMemoryStore(MemoryStore):
-    """`MemoryStore` with a per-pool index of active jobs, as DynamoStore has (a sparse GSI).
+class MachineIndex(dict[str, MachineRecord]):
+    """`MemoryStore.machine_records` that also files each record under its pool while it is not retired: the
+    pool's machine index of DynamoStore (retired records leave it). Every write MemoryStore makes goes
+    through `__setitem__`, `setdefault` or `pop`, which keep the index; `by_pool[pool]` lists the pool's
+    records in the dict's own order."""
 
-    The twin scans every job it ever saw on each `pool_jobs`; a day of trace makes that the simulator's
-    bottleneck. Same answers (as a set), found through the index.
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_pool: dict[str, dict[str, MachineRecord]] = {}
+
+    def __setitem__(self, key: str, value: MachineRecord) -> None:
+        old = self.get(key)
+        if old is not None and old.pool != value.pool:
+            self.by_pool.get(old.pool, {}).pop(key, None)
+        super().__setitem__(key, value)
+        if value.retired_at is None:
+            self.by_pool.setdefault(value.pool, {})[key] = value
+        else:
+            self.by_pool.get(value.pool, {}).pop(key, None)
+
+    def setdefault(self, key: str, default: MachineRecord) -> MachineRecord:  # type: ignore[override]
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def pop(self, key: str, *default: Any) -> Any:
+        old = self.get(key)
+        if old is not None:
+            self.by_pool.get(old.pool, {}).pop(key, None)
+        return super().pop(key, *default)
+
+    def __delitem__(self, key: str) -> None:
+        self.pop(key)
+
+
+class IndexedMemoryStore(MemoryStore):
+    """`MemoryStore` with per-pool indexes of active jobs and of machines not retired, as DynamoStore has
+    (a sparse GSI, the pool's machine items).
+
+    The twin scans every job and machine it ever saw on each `pool_jobs` and `machines`; a day of trace
+    makes that the simulator's bottleneck. Same answers, in the same order, found through the indexes.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._active: dict[str, dict[str, None]] = {}
+        self.machine_records = MachineIndex()
+
+    def machines(self, pool: str) -> list[MachineRecord]:
+        with self._lock:
+            records = self.machine_records
+            assert isinstance(records, MachineIndex)
+            return list(records.by_pool.get(pool, {}).values())
 
     def record_job(self, job: JobRecord, now: datetime) -> bool:
         changed = super().record_job(job, now)
@@ -192,6 +235,7 @@ class SimAsg:
     def __init__(self, world: World, calls: Counter[str]) -> None:
         self._world = world
         self._calls = calls
+        self._views: dict[str, Instance] = {}  # the last Instance built per machine, reused while it holds
 
     def read_groups(self, asgs: Sequence[str]) -> dict[str, GroupView]:
         names = list(dict.fromkeys(asgs))
@@ -217,12 +261,14 @@ class SimAsg:
         """InService from its launch on: the group puts an instance in service once its launch hook completes
         ("Amazon EC2 Auto Scaling lifecycle hooks"), and the hook (re-enacted in `Ours._launched`) completes
         within seconds of the launch, long before the machine's runner first polls GitLab (its boot time).
-        So InService says nothing about readiness: the reconciler learns that from GitLab."""
-        return Instance(
-            instance_id=machine.instance_id,
-            lifecycle_state="InService" if machine.alive else "Terminating",
-            protected=machine.protected,
-        )
+        So InService says nothing about readiness: the reconciler learns that from GitLab.
+        An Instance is frozen: the one built last is reused while the machine's state and protection hold."""
+        state = "InService" if machine.alive else "Terminating"
+        view = self._views.get(machine.instance_id)
+        if view is None or view.lifecycle_state != state or view.protected != machine.protected:
+            view = Instance(machine.instance_id, lifecycle_state=state, protected=machine.protected)
+            self._views[machine.instance_id] = view
+        return view
 
     def set_desired_capacity(self, asg: str, desired: int) -> None:
         self._calls["autoscaling"] += 1

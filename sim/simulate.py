@@ -6,8 +6,11 @@ Imports the simulator's world, ours and the baselines; the CLI and the bench cal
 from __future__ import annotations
 
 import json
+import multiprocessing
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
+from queue import Queue
 
 from chalicelib.config import Config
 from sim.baselines import DockerMachine, NaiveHosts, Oracle, StaticFleet, Taskscaler, WebhookScaler
@@ -58,20 +61,94 @@ def simulate(
     seed: int = 0,
     options: SimOptions | None = None,
     progress: PolicyProgress | None = None,
+    workers: int = 1,
 ) -> dict[str, RunResult]:
-    """Each named policy on the same trace and seed, each in its own fresh world."""
-    results: dict[str, RunResult] = {}
-    for name in policies:
-        world = World(config, trace, seed=seed, options=options or SimOptions())
-        report = None if progress is None else _bind(progress, name)
-        results[name] = world.run(ALL_POLICIES[name](), report)
-        if progress is not None:
-            progress(name, 1.0)
-    return results
+    """Each named policy on the same trace and seed, each in its own fresh world.
+
+    With `workers` > 1 the runs go to that many processes; a run depends only on its own world and seed,
+    so the results are the same as in one process (tests/unit/test_sim_figures.py runs both ways).
+    """
+    opts = options or SimOptions()
+    if workers <= 1 or len(policies) <= 1:
+        results: dict[str, RunResult] = {}
+        for name in policies:
+            results[name] = run_policy(trace, config, name, seed, opts, progress)
+            if progress is not None:
+                progress(name, 1.0)
+        return results
+    return _in_processes(trace, config, policies, seed, opts, progress, workers)
+
+
+def run_policy(
+    trace: Sequence[TraceJob],
+    config: Config,
+    name: str,
+    seed: int,
+    options: SimOptions,
+    progress: PolicyProgress | None = None,
+) -> RunResult:
+    """One policy's run in a fresh world."""
+    world = World(config, trace, seed=seed, options=options)
+    report = None if progress is None else _bind(progress, name)
+    return world.run(ALL_POLICIES[name](), report)
 
 
 def _bind(progress: PolicyProgress, name: str) -> Callable[[float], None]:
     return lambda fraction: progress(name, fraction)
+
+
+def _in_processes(
+    trace: Sequence[TraceJob],
+    config: Config,
+    policies: Sequence[str],
+    seed: int,
+    options: SimOptions,
+    progress: PolicyProgress | None,
+    workers: int,
+) -> dict[str, RunResult]:
+    """The runs in `workers` processes, ours' (the longest) first; progress comes back through a queue."""
+    order = sorted(policies, key=lambda n: (n not in _SLOW, list(policies).index(n)))
+    done: dict[str, RunResult] = {}
+    with multiprocessing.Manager() as manager, ProcessPoolExecutor(max_workers=workers) as pool:
+        updates = manager.Queue() if progress is not None else None
+        futures = {
+            pool.submit(_run_reporting, list(trace), config, name, seed, options, updates): name
+            for name in order
+        }
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(updates, progress)
+            for future in finished:
+                done[futures[future]] = future.result()
+                if progress is not None:
+                    progress(futures[future], 1.0)
+    return {name: done[name] for name in policies}
+
+
+#: Policies whose run takes the longest (the real engine on every event): started first.
+_SLOW = frozenset({"ours", "ours-prewarm"})
+
+
+def _run_reporting(
+    trace: list[TraceJob],
+    config: Config,
+    name: str,
+    seed: int,
+    options: SimOptions,
+    updates: Queue[tuple[str, float]] | None,
+) -> RunResult:
+    report = None if updates is None else _queue_progress(updates)
+    return run_policy(trace, config, name, seed, options, report)
+
+
+def _queue_progress(updates: Queue[tuple[str, float]]) -> PolicyProgress:
+    return lambda name, fraction: updates.put((name, fraction))
+
+
+def _drain(updates: Queue[tuple[str, float]] | None, progress: PolicyProgress | None) -> None:
+    while updates is not None and progress is not None and not updates.empty():
+        progress(*updates.get_nowait())
 
 
 def metrics_json(results: dict[str, RunResult]) -> dict[str, dict[str, float | int]]:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from chalicelib.config import Config, config_from_dict
-from chalicelib.store import JobRecord, MemoryStore
+from chalicelib.store import JobRecord, MachineRecord, MemoryStore
 from sim.baselines import Oracle, StaticFleet, WebhookScaler
 from sim.bench import assess, best_baseline
 from sim.bursty import LAGGY, bursty, reuse_config
@@ -250,6 +250,44 @@ class TestIndexedStore:
             assert sorted(j.key for j in indexed.pool_jobs(pool)) == sorted(
                 j.key for j in plain.pool_jobs(pool)
             )
+
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(
+        ops=st.lists(
+            st.tuples(
+                st.sampled_from(("put", "adopt", "runner", "started", "ready", "retire", "delete")),
+                st.integers(1, 6),
+                st.sampled_from(("linux", "mac")),
+            ),
+            max_size=40,
+        )
+    )
+    def test_the_indexed_store_answers_machines_as_memory_store_does(
+        self, ops: list[tuple[str, int, str]]
+    ) -> None:
+        # GIVEN the same machine writes applied to the twin and to the simulator's indexed twin
+        plain, indexed = MemoryStore(), IndexedMemoryStore()
+        now = datetime(2026, 11, 23, tzinfo=UTC)
+        for op, number, pool in ops:
+            record = MachineRecord(f"i-{number}", pool, now, runner_id=number)
+            for store in (plain, indexed):
+                if op == "put":
+                    store.put_machine(record)
+                elif op == "adopt":
+                    store.adopt_machine(record)
+                elif op == "runner":
+                    store.record_runner(record)
+                elif op == "started":
+                    store.machine_job_started(record.instance_id, number, now)
+                elif op == "ready":
+                    store.mark_ready(record.instance_id, now)
+                elif op == "retire":
+                    store.retire_machine(record, now)
+                else:
+                    store.delete_machine(record.instance_id)
+        # THEN every pool's machines are the same records, in the same order
+        for pool in ("linux", "mac"):
+            assert indexed.machines(pool) == plain.machines(pool)
 
 
 class TestDeterminism:

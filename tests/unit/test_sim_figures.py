@@ -23,15 +23,16 @@ MAC_DAY_S = 86_400.0
 
 
 def figures() -> dict[str, Any]:
-    """{world: {policy: {"metrics", "calls"}}} for every policy `simulate` knows, on both worlds."""
+    """{world: {policy: {"metrics", "calls"}}} for every policy `simulate` knows, on both worlds: the first
+    in one process, the second in two (`workers`), so both ways are held to the same figures."""
     mac_trace = [j for j in shipped_trace("macos") if j.created_s < MAC_DAY_S]
     worlds = {
-        "bursty": (bursty(7), reuse_config(), LAGGY, 11),
-        "macos": (mac_trace, load_config_file(SCENARIOS / "macos.toml"), SimOptions(), 3),
+        "bursty": (bursty(7), reuse_config(), LAGGY, 11, 1),
+        "macos": (mac_trace, load_config_file(SCENARIOS / "macos.toml"), SimOptions(), 3, 2),
     }
     out: dict[str, Any] = {}
-    for name, (trace, config, options, seed) in worlds.items():
-        runs = simulate(trace, config, list(ALL_POLICIES), seed=seed, options=options)
+    for name, (trace, config, options, seed, workers) in worlds.items():
+        runs = simulate(trace, config, list(ALL_POLICIES), seed=seed, options=options, workers=workers)
         out[name] = {p: {"metrics": r.metrics, "calls": r.calls_by_service} for p, r in runs.items()}
     return out
 
