@@ -151,9 +151,10 @@ def _drain(updates: Queue[tuple[str, float]] | None, progress: PolicyProgress | 
         progress(*updates.get_nowait())
 
 
-def metrics_json(results: dict[str, RunResult]) -> dict[str, dict[str, float | int]]:
-    """{policy: metrics}, the shape `--json` writes."""
-    return {name: result.metrics for name, result in results.items()}
+def metrics_json(results: dict[str, RunResult]) -> dict[str, dict[str, object]]:
+    """{policy: {metrics..., "pools": {pool: pool metrics}}}, the shape `--json` writes: the run's figures
+    (METRIC_KEYS) and each pool's (POOL_METRIC_KEYS)."""
+    return {name: {**result.metrics, "pools": result.pools} for name, result in results.items()}
 
 
 def write_json(path: Path, data: object) -> None:

@@ -40,6 +40,19 @@ METRIC_KEYS = (
     "api_calls",
 )
 
+#: The figures of one pool within a run (`RunResult.pools`, the "pools" of `simulate --json`).
+POOL_METRIC_KEYS = (
+    "jobs",
+    "wait_p50_s",
+    "wait_p95_s",
+    "wait_p99_s",
+    "wait_max_s",
+    "machine_hours",
+    "cost_usd",
+    "idle_fraction",
+    "paid_idle_host_hours",
+)
+
 Event = TypeVar("Event")
 Progress = Callable[[float], None]
 
@@ -102,6 +115,9 @@ class RunResult:
     #: count against each service's own quotas, the GitLab ones against GitLab's rate limits. The runners' own
     #: job requests are not in it, for any policy.
     calls_by_service: dict[str, int] = field(default_factory=dict)
+    #: The same figures per pool (POOL_METRIC_KEYS): a job counts in the pool its tags route to, a machine
+    #: and a host in their own pool.
+    pools: dict[str, dict[str, float | int]] = field(default_factory=dict)
 
 
 class World:
@@ -186,7 +202,12 @@ class World:
         calls = getattr(policy, "calls", None)
         by_service = {k: int(v) for k, v in sorted(calls.items())} if calls is not None else {}
         return RunResult(
-            policy.name, self.metrics(end, policy.api_calls()), list(self.ledger.timeline), end, by_service
+            policy.name,
+            self.metrics(end, policy.api_calls()),
+            list(self.ledger.timeline),
+            end,
+            by_service,
+            self.pool_metrics(end),
         )
 
     def metrics(self, end: float, api_calls: int) -> dict[str, float | int]:
@@ -227,6 +248,48 @@ class World:
             "api_calls": api_calls,
         }
         return {key: values[key] for key in METRIC_KEYS}
+
+    def pool_metrics(self, end: float) -> dict[str, dict[str, float | int]]:
+        """Each pool's figures (POOL_METRIC_KEYS), charged as in `metrics`: the jobs its runners take (by
+        gitlab-runner's tag rule, unmatched and blocked jobs left out), its machines and its hosts."""
+        left_out = {j.index for j in (*self.unmatched, *self.blocked)}
+        waits: dict[str, list[float]] = {p.name: [] for p in self.config.pools}
+        for job in self.jobs:
+            pool = pool_for_tags(job.trace.tags, self.config.pools)
+            if pool is not None and job.index not in left_out:
+                waits[pool.name].append(job_wait(job, end))
+        machine_s = dict.fromkeys(waits, 0.0)
+        busy_s = dict.fromkeys(waits, 0.0)
+        cost = dict.fromkeys(waits, 0.0)
+        for machine in self.ledger.machines:
+            name = machine.pool.name
+            stop = machine.terminated_at if machine.terminated_at is not None else end
+            machine.close_busy(stop)
+            seconds = machine_seconds(machine.launched_at, machine.terminated_at, end)
+            machine_s[name] += seconds
+            busy_s[name] += machine.busy_s
+            if machine.pool.hosts is None:
+                cost[name] += seconds / 3600 * instance_price(self.config, machine.pool)
+        idle_host_s = dict.fromkeys(waits, 0.0)
+        for host in self.hosts.hosts:
+            cost[host.pool] += host.billed_seconds(end) / 3600 * host_price(self.config, self.pool(host.pool))
+            idle_host_s[host.pool] += host.paid_idle_seconds(end)
+        out: dict[str, dict[str, float | int]] = {}
+        for name, pool_waits in waits.items():
+            pool_waits.sort()
+            used = machine_s[name]
+            out[name] = {
+                "jobs": len(pool_waits),
+                "wait_p50_s": round(percentile(pool_waits, 50), 1),
+                "wait_p95_s": round(percentile(pool_waits, 95), 1),
+                "wait_p99_s": round(percentile(pool_waits, 99), 1),
+                "wait_max_s": round(pool_waits[-1] if pool_waits else 0.0, 1),
+                "machine_hours": round(used / 3600, 2),
+                "cost_usd": round(cost[name], 2),
+                "idle_fraction": round(1 - busy_s[name] / used, 3) if used else 0.0,
+                "paid_idle_host_hours": round(idle_host_s[name] / 3600, 2),
+            }
+        return out
 
     def _job_done(self, job: SimJob, machine: object) -> None:
         self._unfinished -= 1

@@ -23,7 +23,7 @@ from sim.ours import IndexedMemoryStore, Ours
 from sim.plot import pareto_front
 from sim.simulate import POLICIES, metrics_json, policy_names, simulate
 from sim.traces import TraceJob, write_trace
-from sim.world import METRIC_KEYS, ScalingPolicy, World
+from sim.world import METRIC_KEYS, POOL_METRIC_KEYS, ScalingPolicy, World
 
 #: A world without randomness in its plumbing: instant hooks, none lost, no busy lag, 60 s boots.
 EXACT = SimOptions(
@@ -359,6 +359,50 @@ class TestCli:
         assert "policy: ours" in result.output and "all policies" in result.output
         assert set(json.loads(out.read_text())) == {"ours", "oracle"}
         assert chart.read_bytes()[:4] == b"\x89PNG"
+
+    def test_simulate_json_gives_every_policy_figures_per_pool(self, tmp_path: Path) -> None:
+        import typer
+
+        from chalicelib.cli.simulate import simulate as command
+
+        app = typer.Typer()
+        app.command("simulate")(command)
+        app.command("noop")(lambda: None)
+        # GIVEN two pools, Linux jobs and Windows jobs, each pool priced differently
+        trace = [job(p, 30.0 * p, 0, 120.0, "linux") for p in range(1, 7)]
+        trace += [job(p, 30.0 * p, 0, 300.0, "windows") for p in range(7, 10)]
+        trace_path = tmp_path / "trace.csv"
+        write_trace(trace_path, trace)
+        config = tmp_path / "config.toml"
+        config.write_text(
+            '[gitlab]\nurl = "https://gitlab.example.com"\n[prices]\ndefault_instance = 0.1\n'
+            '[prices.instances]\n"m7i.large" = 0.2\n"m6i.xlarge" = 0.5\n'
+            '[[pools]]\nname = "linux"\nasg = "a"\ntags = ["linux"]\nmax_instances = 10\n'
+            'instance_types = ["m7i.large"]\n'
+            '[[pools]]\nname = "win"\nasg = "b"\nplatform = "windows"\ntags = ["windows"]\n'
+            'max_instances = 10\ninstance_types = ["m6i.xlarge"]\n',
+            encoding="utf-8",
+        )
+        out = tmp_path / "out.json"
+        args = ["simulate", "--trace", str(trace_path), "--config", str(config), "--json", str(out)]
+        # WHEN every policy is simulated, in two processes, with --json
+        result = CliRunner().invoke(app, [*args, "--policies", "all", "--workers", "2"])
+        assert result.exit_code == 0, result.output
+        data = json.loads(out.read_text())
+        # THEN each policy has both pools' figures, and they add up to the policy's own
+        assert set(data) == set(POLICIES)
+        for name, figures in data.items():
+            pools = figures["pools"]
+            assert set(pools) == {"linux", "win"}, name
+            assert all(tuple(p) == POOL_METRIC_KEYS for p in pools.values()), name
+            assert (pools["linux"]["jobs"], pools["win"]["jobs"]) == (6, 3), name
+            assert sum(p["cost_usd"] for p in pools.values()) == pytest.approx(figures["cost_usd"], abs=0.02)
+            assert sum(p["machine_hours"] for p in pools.values()) == pytest.approx(
+                figures["machine_hours"], abs=0.02
+            )
+            assert max(p["wait_max_s"] for p in pools.values()) == figures["wait_max_s"], name
+        # AND a Windows machine (slower boot) makes the Windows jobs wait longer than the Linux ones
+        assert data["ours"]["pools"]["win"]["wait_p50_s"] > data["ours"]["pools"]["linux"]["wait_p50_s"]
 
     def test_simulate_names_a_bad_trace_line(self, tmp_path: Path) -> None:
         import typer

@@ -53,7 +53,10 @@ def simulate(
     seed: Annotated[
         int, typer.Option("--seed", help="seed of every random draw (same seed, same results)")
     ] = 0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write {policy: metrics} here")] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help='write {policy: {metrics..., "pools": {pool: metrics}}} here'),
+    ] = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="write the wait-vs-cost and fleet-size chart (PNG)")
     ] = None,
@@ -63,6 +66,9 @@ def simulate(
             "--start", help="wall-clock time of second 0, ISO 8601 (default: a Monday 00:00, Paris)"
         ),
     ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="processes running policies side by side (same results)")
+    ] = 2,
 ) -> None:
     """Simulate the trace under each policy on the same world and seed, then compare wait, cost and safety."""
     from sim.simulate import metrics_json, policy_names, write_json
@@ -73,7 +79,7 @@ def simulate(
         err.print(f"--policies: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(2) from None
     cfg, jobs = _inputs(trace, config)
-    results = _run(jobs, cfg, names, seed, _options(start))
+    results = _run(jobs, cfg, names, seed, _options(start), workers)
     for name, result in results.items():
         console.print(_table(name, result))
     console.print(_comparison(results))
@@ -120,7 +126,7 @@ def _options(start: str | None) -> SimOptions:
 
 
 def _run(
-    jobs: list[TraceJob], cfg: Config, names: list[str], seed: int, options: SimOptions
+    jobs: list[TraceJob], cfg: Config, names: list[str], seed: int, options: SimOptions, workers: int
 ) -> dict[str, RunResult]:
     """Every policy in turn, one progress bar each, advancing with simulated time."""
     from sim.simulate import simulate as run_policies
@@ -132,7 +138,7 @@ def _run(
         def report(name: str, fraction: float) -> None:
             progress.update(tasks[name], completed=fraction)
 
-        return run_policies(jobs, cfg, names, seed=seed, options=options, progress=report)
+        return run_policies(jobs, cfg, names, seed=seed, options=options, progress=report, workers=workers)
 
 
 def _table(name: str, result: RunResult) -> Table:
