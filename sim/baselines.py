@@ -17,6 +17,7 @@ from chalicelib.capacity import pool_for_tags, runner_takes
 from chalicelib.config import Platform, Policy, Pool
 from sim.hosts import NoHostPlanner
 from sim.model import HookEvent, SimMachine, boot_time
+from sim.warm import WarmPoolSpec
 from sim.world import World, ideal_pending
 
 
@@ -64,10 +65,16 @@ class MachineKnobs:
     idle_time_s: float
 
     def target(self, in_use: int) -> int:
-        """Idle machines to keep: IdleCount, or with IdleScaleFactor `in_use * factor` between the bounds."""
+        """Idle machines to keep: IdleCount, or with IdleScaleFactor `in_use * factor` between the bounds.
+
+        As gitlab-runner computes it (`executors/docker/machine/idle_limit_strategy.go`): the factor's target
+        is `int(float64(InUse) * IdleScaleFactor)`, rounded down, and IdleCountMin is at least 1 whenever
+        IdleScaleFactor is set (`idleCountMinFulfilled`), so that a fleet with no job never scales to 0.
+        """
         if self.idle_scale_factor <= 0:
             return self.idle_count
-        return max(self.idle_count_min, min(self.idle_count, math.ceil(in_use * self.idle_scale_factor)))
+        floor = max(1, self.idle_count_min)
+        return max(floor, min(self.idle_count, math.floor(in_use * self.idle_scale_factor)))
 
 
 def machine_knobs(policy: Policy) -> MachineKnobs:
@@ -158,14 +165,31 @@ def taskscaler_idle_slots(policy: Policy, in_use: int) -> int:
     return max(policy.idle_count, scaled)
 
 
-class Taskscaler(_Counted):
-    """gitlab-runner's docker-autoscaler executor (taskscaler + the fleeting AWS plugin on the pool's ASG).
+#: `instance_acquire_timeout` default: 15 min (gitlab-runner `executors/internal/autoscaler/executor.go`).
+INSTANCE_ACQUIRE_TIMEOUT_S = 900.0
+#: Prepare is tried `PreparationRetries` = 3 times (`common/consts.go`, `Build.retryCreateExecutor` in
+#: `common/build.go`); the acquire timeout is no BuildError, so each attempt waits the timeout again.
+PREPARATION_RETRIES = 3
 
-    From docs.gitlab.com/runner/executors/docker_autoscaler.html and the `[runners.autoscaler]` reference: the
-    runner reserves capacity for the jobs it requests (taskscaler MR !60), so pending jobs count as in use;
+
+class Taskscaler(_Counted):
+    """gitlab-runner's docker-autoscaler executor (taskscaler + the fleeting AWS plugin on the pool's ASG), as
+    configured by default: `preemptive_mode` unset.
+
+    From docs.gitlab.com/runner/executors/docker_autoscaler.html and the `[runners.autoscaler]` reference:
     taskscaler keeps `idle_count` idle slots, or `in_use * scale_factor` bounded by `scale_factor_limit`,
     each instance holding `capacity_per_instance` slots and retiring after `max_use_count` jobs; instances
     idle longer than `idle_time` go while above the idle target; `max_instances` bounds the group.
+
+    Preemptive mode (`common/config.go`, `PreemptiveModeEnabled`: unset means on when the period's
+    `idle_count` > 0): the runner reserves capacity before it asks GitLab for a job (`provider.Acquire` in
+    `executors/internal/autoscaler/provider.go` calls `scaler.Reserve`, and a full fleet answers
+    NoFreeExecutorError), so it asks only when an idle slot exists: a pending job is no demand signal, and
+    taskscaler scales on its idle slots alone. Without it (`preemptive_mode = false`, or a period with
+    idle_count 0), the runner takes jobs up to `max_instances * capacity_per_instance`, counts them in use,
+    and each waits for an instance; a job that gets none within `instance_acquire_timeout` (15 min), on
+    each of the 3 preparation attempts, fails (counted in `failed_jobs`; its retry is modelled as the same
+    job waiting on, so the waits include the failed attempts).
     Loop: jobs are requested every check_interval (3 s); the fleeting plugin's Update runs every
     update_interval (1 min), every update_interval_when_expecting (2 s) while instances boot.
     API calls: 2 per Update (DescribeAutoScalingGroups, DescribeInstances), 1 per SetDesiredCapacity,
@@ -176,12 +200,19 @@ class Taskscaler(_Counted):
     check_interval_s = 3.0
     update_interval_s = 60.0
     update_when_expecting_s = 2.0
+    #: `preemptive_mode` as configured: None (unset) follows `PreemptiveModeEnabled`.
+    preemptive_mode: bool | None = None
 
     def start(self, world: World) -> None:
         self._world = world
         self._last_update: dict[str, float] = {}
+        self._acquiring: dict[int, float] = {}  # GitLab job id -> when its current attempt began
         world.gitlab.exit_listeners.append(self._used_up)
         world.loop.every(self.check_interval_s, self._check, start=0.0, keep_going=world.keep_going)
+
+    def preemptive(self, policy: Policy) -> bool:
+        """`AutoscalerPolicyConfig.PreemptiveModeEnabled` for the period's policy."""
+        return policy.idle_count > 0 if self.preemptive_mode is None else self.preemptive_mode
 
     def _used_up(self, machine: SimMachine) -> None:
         self.calls["autoscaling"] += 1
@@ -203,10 +234,14 @@ class Taskscaler(_Counted):
     def _scale(self, pool: Pool) -> None:
         world = self._world
         now = world.loop.now
+        policy = pool.active_policy(world.now_dt())
         machines = world.fleet.live(pool.name)
-        pending = min(_pending_for(world, pool), pool.max_instances * pool.capacity_per_instance)
+        pending = 0
+        if not self.preemptive(policy):
+            pending = min(_pending_for(world, pool), pool.max_instances * pool.capacity_per_instance)
+            self._time_out(pool)
         running = sum(len(m.running) for m in machines)
-        target = taskscaler_idle_slots(pool.active_policy(world.now_dt()), pending + running)
+        target = taskscaler_idle_slots(policy, pending + running)
         per_instance = pool.capacity_per_instance
         if pool.max_use_count > 0:
             per_instance = min(per_instance, pool.max_use_count)
@@ -220,7 +255,7 @@ class Taskscaler(_Counted):
                 world.fleet.launch(pool.name, launch)
             return
         surplus = -need
-        idle_time = pool.active_policy(world.now_dt()).idle_time.total_seconds()
+        idle_time = policy.idle_time.total_seconds()
         idle = sorted((m for m in machines if m.idle), key=lambda m: _idle_for(m, now), reverse=True)
         for machine in idle:
             slots = _slots(machine)
@@ -230,8 +265,63 @@ class Taskscaler(_Counted):
             self.calls["autoscaling"] += 1
             world.fleet.terminate(machine.instance_id)
 
+    def _time_out(self, pool: Pool) -> None:
+        """Jobs the runner took without an instance for them: each attempt past the acquire timeout fails."""
+        world = self._world
+        now = world.loop.now
+        limit = INSTANCE_ACQUIRE_TIMEOUT_S * PREPARATION_RETRIES
+        for job in world.gitlab.pending_for(lambda tags: runner_takes(tags, pool.tags, pool.run_untagged)):
+            began = self._acquiring.setdefault(job.job_id, now)  # taken by the runner at the first check
+            if now - began >= limit:
+                world.ledger.failed_jobs += 1
+                self._acquiring[job.job_id] = now
+
+
+class TaskscalerNonPreemptive(Taskscaler):
+    """Taskscaler with `preemptive_mode = false` on every policy: jobs are taken first, capacity found
+    after (the mode gitlab-runner documents as slower to start jobs; this baseline's model before #22)."""
+
+    name = "taskscaler-nonpreemptive"
+    preemptive_mode = False
+
+
+def warm_pool_size(pool: Pool) -> int:
+    """The fixed warm pool an operator would give the group by hand: the most idle slots any period asks
+    for (idle_count plus scale_factor_limit), in instances, within max_instances; at least one."""
+    slots = max((p.idle_count + p.scale_factor_limit for p in pool.policy), default=0)
+    per_instance = pool.capacity_per_instance
+    if pool.max_use_count > 0:
+        per_instance = min(per_instance, pool.max_use_count)
+    return max(1, min(pool.max_instances, math.ceil(slots / max(1, per_instance))))
+
+
+class TaskscalerWarm(Taskscaler):
+    """Taskscaler (default configuration) on an Auto Scaling group with a fixed warm pool of stopped
+    instances, as an operator can set one up by hand ("Warm pools for Amazon EC2 Auto Scaling": PutWarmPool
+    with MinSize, PoolState Stopped). A launch takes a stopped instance when one is ready (Linux starts in
+    about 20 s, Windows in under 40 s), and the group refills the pool with a cold boot then a stop; a
+    stopped instance costs its root volume only (sim.warm). Taskscaler knows nothing of the pool: it sets
+    the desired capacity as before. Pools on dedicated hosts get none (a stopped Mac scrubs its host).
+    The operator turns preemptive mode off: with launches served in seconds, taking jobs first and
+    launching for them is the stronger setting (a lower wait p95 on every bench scenario than the default).
+    """
+
+    name = "taskscaler-warm"
+    preemptive_mode = False
+
+    def start(self, world: World) -> None:
+        for pool in world.config.pools:
+            if pool.hosts is None:
+                world.fleet.set_warm_pool(pool.name, WarmPoolSpec(warm_pool_size(pool)))
+        super().start(world)
+
 
 # -- philips-labs-style webhook scaler -----------------------------------------------------------------
+
+
+#: `minimum_running_time_in_minutes` defaults by runner OS (modules/runners/scale-down.tf,
+#: `min_runtime_defaults`: windows 15, linux 5, osx 20).
+MINIMUM_RUNNING_TIME_S = {Platform.LINUX: 300.0, Platform.WINDOWS: 900.0, Platform.MACOS: 1200.0}
 
 
 class WebhookScaler(_Counted):
@@ -239,20 +329,22 @@ class WebhookScaler(_Counted):
 
     From modules/runners/README.md and lambdas/.../scale-runners/scale-up.ts and scale-down.ts: each "job
     queued" webhook goes to an SQS queue delayed by `delay_webhook_event` (30 s); the scale-up Lambda checks
-    the job is still queued and, below `runners_maximum_count` (max_instances), creates one instance for it;
-    at the maximum an ephemeral setup raises ScaleError and SQS redelivers the message after its visibility
-    timeout (30 s), any other setup drops it. Scale-down runs on `scale_down_schedule_expression` (every
-    5 min): runners are walked newest first; any runner past `minimum_running_time_in_minutes` (5 Linux,
-    15 Windows: module defaults) counts against the idle_config `idleCount` (our policy's idle_count) and is
-    kept, the others are de-registered and terminated when the runner's busy flag reads false; an instance
-    not registered within `runner_boot_time_in_minutes` (our boot_timeout) is an orphan, terminated on the
-    next run. The busy flag lags job assignment (issues #3573, #3802, #4391), so a runner that just got a
-    job can be killed: modelled with the world's busy lag. Ephemeral runners (max_use_count 1) shut their
-    instance down after their job; the optional pool (`pool_config`) tops idle runners up to idle_count every
-    5 min. No tick reads the queue: a lost webhook means no instance for that job.
-    API calls: per scale-up message 3 (job status, DescribeInstances, CreateFleet); per scale-down run 2
-    (DescribeInstances, list runners), plus 1 per candidate (busy flag) and 2 per removal (de-register,
-    TerminateInstances); per pool top-up 2, plus 1 per instance created.
+    the job is still queued (only for non-ephemeral runners by default: `enable_job_queued_check`,
+    modules/runners/main.tf) and, below `runners_maximum_count` (max_instances), creates one instance for
+    it; at the maximum an ephemeral setup raises ScaleError and SQS redelivers the message after its
+    visibility timeout (30 s), any other setup drops it. Scale-down runs on `scale_down_schedule_expression`
+    (every 5 min): runners are walked newest first; any runner past `minimum_running_time_in_minutes`
+    (5 Linux, 15 Windows, 20 macOS: module defaults) counts against the idle_config `idleCount` (our
+    policy's idle_count) and is kept, the others are de-registered and terminated when the runner's busy
+    flag reads false; an instance not registered within `runner_boot_time_in_minutes` (our boot_timeout) is
+    an orphan, terminated on the next run. The busy flag lags job assignment (issues #3573, #3802, #4391),
+    so a runner that just got a job can be killed: modelled with the world's busy lag. Ephemeral runners
+    (max_use_count 1) shut their instance down after their job; the optional pool (`pool_config`) tops idle
+    runners up to idle_count every 5 min. No tick reads the queue: a lost webhook means no instance for
+    that job.
+    API calls: per scale-up message 3 (the job status only with the job-queued check, DescribeInstances,
+    CreateFleet); per scale-down run 2 (DescribeInstances, list runners), plus 1 per candidate (busy flag)
+    and 2 per removal (de-register, TerminateInstances); per pool top-up 2, plus 1 per instance created.
     """
 
     name = "webhook-scaler"
@@ -281,14 +373,21 @@ class WebhookScaler(_Counted):
             )
 
     def _scale_up(self, job_id: int) -> None:
+        """One delayed "job queued" message. The job-queued check runs only for non-ephemeral runners: the
+        module's `enable_job_queued_check` defaults to `!enable_ephemeral_runners` (modules/runners/main.tf)
+        and scale-up.ts skips the GitHub call when it is off, so an ephemeral pool launches for every
+        message, even for a job another runner already took."""
         world = self._world
-        self.calls["gitlab"] += 1
         job = world.gitlab.jobs.get(job_id)
-        if job is None or job.status != "pending":
+        if job is None:
             return
         pool = pool_for_tags(job.tags, world.config.pools)
         if pool is None:
             return
+        if pool.max_use_count != 1:  # not ephemeral: the job-queued check (a job status call)
+            self.calls["gitlab"] += 1
+            if job.status != "pending":
+                return
         self.calls["ec2"] += 1
         if len(world.fleet.live(pool.name)) + world.fleet.unplaced(pool.name) >= pool.max_instances:
             if pool.max_use_count == 1:  # ephemeral: ScaleError, SQS redelivers after the visibility timeout
@@ -310,7 +409,7 @@ class WebhookScaler(_Counted):
         now = world.loop.now
         self.calls["ec2"] += 1
         self.calls["gitlab"] += 1
-        minimum = (5 if pool.platform is Platform.LINUX else 15) * 60.0
+        minimum = MINIMUM_RUNNING_TIME_S[pool.platform]
         keep = pool.active_policy(world.now_dt()).idle_count
         for machine in sorted(world.fleet.live(pool.name), key=lambda m: -m.launched_at):
             if machine.instance_id in self._orphans:

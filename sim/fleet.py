@@ -15,6 +15,7 @@ from sim.events import EventLoop
 from sim.gitlab import SimGitLab
 from sim.hosts import SimHosts
 from sim.model import SimMachine, boot_time
+from sim.warm import WarmInstance, WarmPool, WarmPoolSpec, warm_start_time
 
 MachineListener = Callable[[SimMachine], None]
 
@@ -28,6 +29,8 @@ class Ledger:
     alive: int = 0
     max_alive: int = 0
     busy_killed: int = 0
+    #: Jobs failed by the scaler's own limits (taskscaler's instance acquire timeout), not by the job.
+    failed_jobs: int = 0
 
     def launched(self, machine: SimMachine, now: float) -> None:
         self.machines.append(machine)
@@ -60,6 +63,7 @@ class SimFleet:
         ledger: Ledger,
         boot_rng: random.Random,
         fixed_boot_s: float | None = None,
+        warm_rng: random.Random | None = None,
     ) -> None:
         self._loop = loop
         self._gitlab = gitlab
@@ -73,6 +77,20 @@ class SimFleet:
         self.machines: dict[str, SimMachine] = {}
         self.launch_listeners: list[MachineListener] = []
         self.end_listeners: list[MachineListener] = []
+        #: Warm pools by pool name (none unless a policy sets one): instances prepared ahead, stopped.
+        self.warm_pools: dict[str, WarmPool] = {}
+        self._warm_rng = warm_rng or random.Random(0)
+
+    def set_warm_pool(self, pool: str, spec: WarmPoolSpec) -> None:
+        """PutWarmPool with a fixed MinSize: `spec.size` instances prepared before the run (already stopped);
+        each one a launch takes is replaced at once by a new instance that boots cold, then stops.
+        Not on a pool on dedicated hosts: a Mac stopped in a warm pool would scrub its host."""
+        group = self.groups[pool]
+        if group.pool.hosts is not None:
+            raise ValueError(f'pool "{pool}" runs on dedicated hosts: no warm pool')
+        now = self._loop.now
+        warm = WarmPool(spec, [WarmInstance(pool, now, now) for _ in range(spec.size)])
+        self.warm_pools[pool] = warm
 
     def live(self, pool: str) -> list[SimMachine]:
         return list(self.groups[pool].live.values())
@@ -144,8 +162,12 @@ class SimFleet:
             host_id = self._hosts.place(pool.name, instance_id)
             if host_id is None:
                 return False
+        warm = self.warm_pools.get(pool.name)
         if group.boot_overrides:
             boot = group.boot_overrides.popleft()
+        elif warm is not None and warm.take(self._loop.now) is not None:
+            boot = warm_start_time(pool.platform, warm.spec.state, self._warm_rng)
+            self._refill(warm, group)
         elif self._fixed_boot_s is not None:
             boot = self._fixed_boot_s
         else:
@@ -159,6 +181,16 @@ class SimFleet:
             listener(machine)
         self._loop.at(now + boot, lambda: self._ready(machine))
         return True
+
+    def _refill(self, warm: WarmPool, group: SimGroup) -> None:
+        """The group launches a replacement into its warm pool: a cold boot (billed running), then a stop."""
+        now = self._loop.now
+        boot = (
+            self._fixed_boot_s
+            if self._fixed_boot_s is not None
+            else boot_time(group.pool.platform, self._warm_rng)
+        )
+        warm.instances.append(WarmInstance(group.pool.name, now, now + boot))
 
     def _ready(self, machine: SimMachine) -> None:
         if not machine.alive:

@@ -136,6 +136,11 @@ class SimGitLab:
     def pending_jobs(self) -> list[SimJob]:
         return list(self.pending.values())
 
+    def pending_for(self, takes: Callable[[tuple[str, ...]], bool]) -> list[SimJob]:
+        """Pending jobs whose tags `takes` accepts, in queue order."""
+        wanted = {tags for tags, count in self._pending_tags.items() if count and takes(tags)}
+        return [job for job in self.pending.values() if job.tags in wanted] if wanted else []
+
     def pending_count(self, takes: Callable[[tuple[str, ...]], bool]) -> int:
         """Pending jobs whose tags `takes` accepts: counted by tag set, so a queue of thousands costs as
         much as its few distinct tag sets (a runner manager polls it every few seconds)."""

@@ -33,6 +33,7 @@ class SimHost:
     zone: str = ""
     occupied: list[tuple[float, float]] = field(default_factory=list)
     occupied_since: float | None = None
+    scrubs: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def live(self) -> bool:
@@ -49,12 +50,18 @@ class SimHost:
         )
 
     def billed_seconds(self, end: float) -> float:
-        held = (self.released_at if self.released_at is not None else end) - self.allocated_at
-        return max(held, self.cfg.min_allocation.total_seconds())
+        """Allocated time, at least the minimum allocation, less its scrubs: "Metering and billing is paused
+        when the Dedicated Host enters the pending state. You are not charged for the duration of the
+        scrubbing workflow" (AWS, "Stop or terminate your Amazon EC2 Mac instance")."""
+        stop = self.released_at if self.released_at is not None else end
+        held = stop - self.allocated_at
+        scrubbing = sum(max(0.0, min(until, stop) - since) for since, until in self.scrubs if since < stop)
+        return max(held, self.cfg.min_allocation.total_seconds()) - scrubbing
 
     def paid_idle_seconds(self, end: float) -> float:
-        """Billed seconds with no instance on the host: allocating, scrubbing, empty, and the rest of the
-        minimum allocation after its last use. Uses count within the host's life (until `end` if live)."""
+        """Billed seconds with no instance on the host: allocating, empty, and the rest of the minimum
+        allocation after its last use (a scrub is not billed). Uses count within the host's life (until
+        `end` if live)."""
         stop = self.released_at if self.released_at is not None else end
         spans = (
             [*self.occupied, (self.occupied_since, stop)]
@@ -195,6 +202,7 @@ class SimHosts:
         scrub = host.cfg.scrub_time.total_seconds()
         if scrub > 0:
             host.scrubbing_until = now + scrub
+            host.scrubs.append((now, now + scrub))
             self._loop.at(now + scrub, lambda: self._room(host))
         else:
             self._room(host)

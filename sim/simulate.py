@@ -13,7 +13,16 @@ from pathlib import Path
 from queue import Queue
 
 from chalicelib.config import Config
-from sim.baselines import DockerMachine, NaiveHosts, Oracle, StaticFleet, Taskscaler, WebhookScaler
+from sim.baselines import (
+    DockerMachine,
+    NaiveHosts,
+    Oracle,
+    StaticFleet,
+    Taskscaler,
+    TaskscalerNonPreemptive,
+    TaskscalerWarm,
+    WebhookScaler,
+)
 from sim.model import SimOptions
 from sim.ours import Ours, OursPrewarm
 from sim.traces import TraceJob
@@ -24,6 +33,8 @@ POLICIES: dict[str, Callable[[], ScalingPolicy]] = {
     "ours": Ours,
     "docker-machine": DockerMachine,
     "taskscaler": Taskscaler,
+    "taskscaler-nonpreemptive": TaskscalerNonPreemptive,
+    "taskscaler-warm": TaskscalerWarm,
     "webhook-scaler": WebhookScaler,
     "static": StaticFleet,
     "oracle": Oracle,

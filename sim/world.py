@@ -20,6 +20,7 @@ from sim.gitlab import SimGitLab
 from sim.hosts import SimHosts
 from sim.model import HookEvent, PipelineHookEvent, SimJob, SimOptions, at, with_policy_cache
 from sim.traces import TraceJob
+from sim.warm import stopped_usd_per_hour
 from toolkit.devtools.accounting import job_wait_s, machine_seconds, percentile
 
 #: The metrics of a run, exactly these keys, in this order (the JSON the CLI and the bench write).
@@ -37,6 +38,7 @@ METRIC_KEYS = (
     "paid_idle_host_hours",
     "max_machines",
     "busy_killed",
+    "failed_jobs",
     "api_calls",
 )
 
@@ -153,6 +155,7 @@ class World:
             self.ledger,
             self.rng("boot"),
             options.boot_s,
+            warm_rng=self.rng("warm"),
         )
         self.jobs = [
             SimJob(index, job, project_id=1 + job.pipeline_id % max(1, options.projects), job_id=0)
@@ -230,6 +233,9 @@ class World:
             h.billed_seconds(end) / 3600 * host_price(self.config, self.pool(h.pool))
             for h in self.hosts.hosts
         )
+        for warm_running_s, warm_cost in self.warm_costs(end).values():
+            machine_s += warm_running_s
+            instance_cost += warm_cost
         paid_idle_host_s = sum(h.paid_idle_seconds(end) for h in self.hosts.hosts)
         values: dict[str, float | int] = {
             "jobs": len(self.jobs),
@@ -245,9 +251,24 @@ class World:
             "paid_idle_host_hours": round(paid_idle_host_s / 3600, 2),
             "max_machines": self.ledger.max_alive,
             "busy_killed": self.ledger.busy_killed,
+            "failed_jobs": self.ledger.failed_jobs,
             "api_calls": api_calls,
         }
         return {key: values[key] for key in METRIC_KEYS}
+
+    def warm_costs(self, end: float) -> dict[str, tuple[float, float]]:
+        """Per pool with a warm pool: (running seconds, USD) of its warm instances. Their first boot is paid
+        as a running instance (and counts in machine hours); stopped, only the root volume is paid."""
+        out: dict[str, tuple[float, float]] = {}
+        for name, warm in self.fleet.warm_pools.items():
+            pool = self.pool(name)
+            running = sum(i.running_seconds(end) for i in warm.instances)
+            stopped = sum(i.stopped_seconds(end) for i in warm.instances)
+            usd = running / 3600 * instance_price(self.config, pool) + stopped / 3600 * stopped_usd_per_hour(
+                pool.platform
+            )
+            out[name] = (running, usd)
+        return out
 
     def pool_metrics(self, end: float) -> dict[str, dict[str, float | int]]:
         """Each pool's figures (POOL_METRIC_KEYS), charged as in `metrics`: the jobs its runners take (by
@@ -270,6 +291,9 @@ class World:
             busy_s[name] += machine.busy_s
             if machine.pool.hosts is None:
                 cost[name] += seconds / 3600 * instance_price(self.config, machine.pool)
+        for name, (warm_running_s, warm_cost) in self.warm_costs(end).items():
+            machine_s[name] += warm_running_s
+            cost[name] += warm_cost
         idle_host_s = dict.fromkeys(waits, 0.0)
         for host in self.hosts.hosts:
             cost[host.pool] += host.billed_seconds(end) / 3600 * host_price(self.config, self.pool(host.pool))

@@ -76,10 +76,12 @@ class TestNaiveHosts:
         a, b = world.hosts.hosts
         assert (a.allocated_at, b.allocated_at) == (102.0, 4002.0)
         assert a.occupied == [(222.0, 882.0), (4002.0, 4122.0)] and b.occupied == []
-        # AND neither reaches its 24 h minimum before the run ends: each is paid 24 h, A used 780 s of it
-        assert all(h.live for h in (a, b))
-        assert result.metrics["paid_idle_host_hours"] == round((2 * DAY_S - 780.0) / 3600, 2)
-        assert result.metrics["cost_usd"] == 48.0
+        # AND neither reaches its 24 h minimum before the run ends: each is paid 24 h, less A's scrubs
+        # (3,000 s, then 538 s until the run's end at 4,660 s: a scrub is not billed), and A used 780 s
+        assert all(h.live for h in (a, b)) and result.run_end_s == 4660.0
+        scrubbed = 3000.0 + (4660.0 - 4122.0)
+        assert result.metrics["paid_idle_host_hours"] == round((2 * DAY_S - 780.0 - scrubbed) / 3600, 2)
+        assert result.metrics["cost_usd"] == round((2 * DAY_S - scrubbed) / 3600, 2)
         assert result.metrics["busy_killed"] == 0
         assert all(j.status == "success" for j in world.jobs)
 
