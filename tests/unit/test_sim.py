@@ -366,7 +366,7 @@ class TestCli:
     def test_simulate_json_gives_every_policy_figures_per_pool(self, tmp_path: Path) -> None:
         import typer
 
-        from chalicelib.cli.simulate import simulate as command
+        from toolkit.cli.simulate import simulate as command
 
         app = typer.Typer()
         app.command("simulate")(command)

@@ -46,8 +46,9 @@ def simulate(
         str,
         typer.Option(
             "--policies",
-            help="all (the six standard policies), or names: ours,docker-machine,taskscaler,webhook-scaler,"
-            "static,oracle; also ours-prewarm (prewarm on) and naive-hosts (a host per machine)",
+            help="all (the standard policies), or names: ours,docker-machine,taskscaler,"
+            "taskscaler-nonpreemptive,taskscaler-warm,webhook-scaler,static,oracle; also ours-prewarm "
+            "(prewarm on) and naive-hosts (a host per machine)",
         ),
     ] = "all",
     seed: Annotated[
