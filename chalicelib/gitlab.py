@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
 
 import gitlab
@@ -22,6 +22,7 @@ import gitlab.exceptions
 import requests
 
 from chalicelib.errors import GitLabError, GitLabNotFoundError
+from chalicelib.events.timestamps import parse_iso
 from chalicelib.tracing import Tracing
 
 logger = logging.getLogger(__name__)
@@ -873,10 +874,7 @@ def parse_time(value: Any) -> datetime | None:
     text = str(value).strip()
     if text.endswith(" UTC"):
         text = text[: -len(" UTC")].replace(" ", "T") + "+00:00"
-    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    return parse_iso(text)
 
 
 def _tags(value: Any) -> tuple[str, ...] | None:

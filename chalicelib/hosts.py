@@ -15,13 +15,14 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from chalicelib.aws import AwsClients
 from chalicelib.capacity.hosts import Host, HostPlan, HostState, IdleMark, LicenseRoom, hosts_config
 from chalicelib.config import HostManagement, HostsConfig, Platform, Pool
 from chalicelib.errors import AwsCallError
+from chalicelib.events.timestamps import as_utc, format_gitlab_iso_seconds, from_epoch, parse_iso
 from chalicelib.resources import TAG_DEPLOYMENT, TAG_MANAGED, TAG_POOL
 
 logger = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ class Ec2Hosts:
             else:
                 by_time.setdefault(mark.since, []).append(mark.host_id)
         for since, host_ids in by_time.items():
-            self._tag(host_ids, TAG_IDLE_SINCE, _iso(since))
+            self._tag(host_ids, TAG_IDLE_SINCE, format_gitlab_iso_seconds(since))
         for chunk in _chunks(cleared, _IDS_PER_CALL):
             self._aws.call("ec2", "delete_tags", Resources=chunk, Tags=[{"Key": TAG_IDLE_SINCE}])
 
@@ -224,7 +225,8 @@ class Ec2Hosts:
         if since is None:
             self._aws.call("resource-groups", "untag", Arn=arn, Keys=[TAG_UNMET_SINCE])
         else:
-            self._aws.call("resource-groups", "tag", Arn=arn, Tags={TAG_UNMET_SINCE: _iso(since)})
+            tags = {TAG_UNMET_SINCE: format_gitlab_iso_seconds(since)}
+            self._aws.call("resource-groups", "tag", Arn=arn, Tags=tags)
 
     def license_room(self, license_configuration: str) -> LicenseRoom:
         """GetLicenseConfiguration: counting type, count, hard limit and what is consumed."""
@@ -375,7 +377,7 @@ class MemoryHosts:
             if mark.since is None:
                 tags.pop(TAG_IDLE_SINCE, None)
             else:
-                tags[TAG_IDLE_SINCE] = _iso(mark.since)
+                tags[TAG_IDLE_SINCE] = format_gitlab_iso_seconds(mark.since)
 
     def mark_unmet(self, pool: Pool, since: datetime | None) -> None:
         self.calls += 1
@@ -623,25 +625,16 @@ def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
 
 def _utc(value: object) -> datetime:
     """AllocationTime as an aware UTC datetime (botocore parses it in the local zone)."""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    return datetime.fromtimestamp(0, UTC)
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return as_utc(value) if isinstance(value, datetime) else from_epoch(0)
 
 
 def _parse_time(value: str | None) -> datetime | None:
     """A tag's ISO time; a value someone edited into nonsense reads as unset (the clock restarts, safely)."""
-    if not value:
-        return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_iso(value)
     except ValueError:
         logger.warning("unreadable time tag, ignored", extra={"value": value})
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _live(host: _MemoryHost) -> bool:

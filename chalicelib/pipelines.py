@@ -25,7 +25,7 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -33,6 +33,8 @@ from chalicelib.capacity.routing import pool_for_tags
 from chalicelib.config import Pool
 from chalicelib.dynamo import DynamoTable
 from chalicelib.events.gitlab import PipelineHook
+from chalicelib.events.timestamps import epoch_seconds as _epoch
+from chalicelib.events.timestamps import from_epoch
 from chalicelib.forecast import (
     MIN_SAMPLES,
     PIPELINE_OVER,
@@ -100,7 +102,7 @@ def _decode_job(data: Sequence[Any]) -> PlannedJob:
         name=str(name),
         status=str(status),
         pool=str(pool),
-        started_at=datetime.fromtimestamp(float(started), UTC) if started is not None else None,
+        started_at=from_epoch(float(started)) if started is not None else None,
         allow_failure=bool(allow_failure),
         stage_name=str(stage_name),
     )
@@ -130,10 +132,6 @@ def decode_pipeline(gitlab: str, pipeline_id: int, item: Mapping[str, Any]) -> P
         estimates={k: decode_estimate(v) for k, v in json.loads(str(item["estimates"])).items()},
         stamp=float(item.get("stamp", 0)),
     )
-
-
-def _epoch(value: datetime) -> int:
-    return int(value.timestamp())
 
 
 # -- DynamoDB ----------------------------------------------------------------------------------------------

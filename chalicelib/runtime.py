@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from chalicelib.aws import AwsClients
 from chalicelib.config import Config, load_config
+from chalicelib.events.timestamps import utc_now
 from chalicelib.fleet import AsgFleet
 from chalicelib.parameters import read_parameter
 from chalicelib.queue import DeadLetterQueue, DirtyQueue, queue_url
@@ -33,10 +34,6 @@ if TYPE_CHECKING:
     from chalicelib.jobs import TagResolver
     from chalicelib.pipelines import DynamoPipelines
     from chalicelib.reconcile import Reconciler, RunnerControl
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Runtime:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from chalicelib.dynamo import CONDITION_FAILED, DynamoTable
 from chalicelib.errors import AwsCallError
 from chalicelib.events.gitlab import status_rank
+from chalicelib.events.timestamps import epoch_seconds as _epoch
+from chalicelib.events.timestamps import format_iso as _iso
+from chalicelib.events.timestamps import parse_iso
 from chalicelib.resources import GSI_POOL, GSI_POOL_PK, GSI_POOL_SK, TABLE_PK, TABLE_SK, TABLE_TTL_ATTRIBUTE
 
 # A job only moves forward (events.status_rank), so a late or duplicate event never undoes a newer one.
@@ -243,16 +246,8 @@ class Store(Protocol):
 _LEASE_FREE = f"attribute_not_exists({TABLE_PK}) OR lease_until < :now OR #owner = :owner"
 
 
-def _epoch(value: datetime) -> int:
-    return int(value.timestamp())
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat() if value else None
-
-
 def _dt(value: Any) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+    return parse_iso(str(value)) if value else None
 
 
 class DynamoStore(DynamoTable):

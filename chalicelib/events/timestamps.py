@@ -1,6 +1,8 @@
-"""Timestamps as GitLab and AWS write them, parsed into aware UTC datetimes.
+"""Timestamps as GitLab and AWS write them, parsed into aware UTC datetimes; and the small time helpers every
+module shares (the wall clock, epoch seconds, ISO 8601 as the store and tags keep it): one definition each.
 
-Imports the standard library and pydantic only.
+Imports the standard library and pydantic only. `utc_now` is the one read of the wall clock in chalicelib; it
+is the default `clock` the wiring hands to use cases, which take `now` as a parameter.
 """
 
 from __future__ import annotations
@@ -88,3 +90,38 @@ OptionalTimestamp = Annotated[
     BeforeValidator(parse_timestamp),
     PlainSerializer(lambda moment: moment.isoformat() if moment else None, return_type=str | None),
 ]
+
+
+def utc_now() -> datetime:
+    """The wall clock as an aware UTC datetime (the wiring's default clock; domain code takes `now`)."""
+    return datetime.now(UTC)
+
+
+def epoch_seconds(moment: datetime) -> int:
+    """Whole Unix seconds: DynamoDB TTL attributes and number-typed times are stored this way."""
+    return int(moment.timestamp())
+
+
+def from_epoch(seconds: float) -> datetime:
+    """Unix seconds back to an aware UTC datetime."""
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is read as UTC (botocore returns some times without a zone)."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def format_iso(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC with its offset ("2026-01-05T10:00:00+00:00"), as the store keeps times."""
+    return moment.astimezone(UTC).isoformat() if moment else None
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    """ISO 8601 ("...Z" or "...+00:00") as an aware UTC datetime; zoneless is read as UTC; empty is None.
+
+    Raises ValueError on text that is not ISO 8601 (callers decide whether that is an error or "unset").
+    """
+    if not text:
+        return None
+    return as_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chalicelib.aws import AwsClients, fault
-from chalicelib.queue import DirtyQueue
+from chalicelib.events.aws import DIRTY_REASON_MAX_CHARS, DirtyPoolMessage, parse_dirty_pool_message
+from chalicelib.queue import DeadLetterQueue, DirtyQueue
 
 NOW = datetime(2026, 11, 23, 12, 0, 1, tzinfo=UTC)
 POOLS = [f"pool-{n:02d}" for n in range(23)]
@@ -88,3 +89,24 @@ def test_pools_sqs_refused_are_named_with_the_reason(aws: AwsClients) -> None:
     # THEN the refused entry and every pool of the failed call are named, each with what went wrong
     assert sorted(failed) == ["pool-03", "pool-10", "pool-11"]
     assert "InternalError" in failed["pool-03"] and "InternalFailure" in failed["pool-10"]
+
+
+def test_what_the_queue_writes_is_what_the_consumer_and_the_redrive_read(aws: AwsClients) -> None:
+    """One contract: `DirtyQueue` writes `DirtyPoolMessage` bodies; the dead-letter reader returns them."""
+    # GIVEN a message with a reason longer than the model keeps, and one counting jobs pending too long
+    url = fifo_queue(aws)
+    queue = DirtyQueue(aws, url)
+    queue.mark_dirty("pool-00", "x" * 2000, NOW)
+    queue.mark_dirty_batch({"pool-01": "tick"}, NOW, {"pool-01": 4})
+    # WHEN the messages are read through the dead-letter adapter (the same ReceiveMessage the redrive uses)
+    letters = DeadLetterQueue(aws, url)
+    received = letters.receive()
+    for letter in received:
+        letters.delete(letter)
+    # THEN each body parses with the consumer's model: the reason cut to its limit, long_pending carried
+    parsed = sorted((parse_dirty_pool_message(letter.body) for letter in received), key=lambda m: m.pool)
+    assert parsed == [
+        DirtyPoolMessage(pool="pool-00", reason="x" * DIRTY_REASON_MAX_CHARS),
+        DirtyPoolMessage(pool="pool-01", reason="tick", long_pending=4),
+    ]
+    assert letters.receive() == []
