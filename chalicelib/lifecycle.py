@@ -7,6 +7,9 @@ open for Lambda's retry.
 Terminate: rescue an interrupted job, delete the runner and the secret, retire the record (kept a while, off
 the index, so the other events of the same end find the work done).
 Spot warning: pause the runner, mark the machine draining, and reconcile so a replacement launches.
+Warm pool: a machine launched into the pool gets nothing (no runner, no secret) and is let go; it gets its
+runner when it leaves the pool for the group, exactly as a plain launch. A machine that ran a job never
+comes back from the pool into service.
 Every step is idempotent: the same event delivered twice creates one runner. A launch that completes also
 measures scale-up latency (`scale_up_seconds`), emitted by the entry point. No boto3 here.
 """
@@ -29,6 +32,7 @@ from chalicelib.resources import TAG_INSTANCE_ARN, TAG_POOL, Names
 from chalicelib.store import Fault, JobRecord, MachineRecord, Store
 
 if TYPE_CHECKING:
+    from chalicelib.events.aws import LifecycleActionEvent
     from chalicelib.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -133,7 +137,11 @@ class Lifecycle:
         return next((p for p in self.config.pools if p.asg == asg), None)
 
     # -- launch ---------------------------------------------------------------------------------------
-    def launch(self, action: LifecycleAction, now: datetime) -> LifecycleOutcome:
+    def launch(
+        self, action: LifecycleAction, now: datetime, *, from_warm_pool: bool = False
+    ) -> LifecycleOutcome:
+        """Prepare a machine coming into service: a fresh launch, or one leaving the warm pool
+        (`from_warm_pool`), which gets its runner and token now, never before."""
         outcome = LifecycleOutcome(action.instance_id)
         pool = self.pool_of(action.asg)
         if pool is None:
@@ -141,6 +149,17 @@ class Lifecycle:
             return outcome
         secret_name = self.names.machine_secret(action.instance_id)
         record = self.store.get_machine(action.instance_id)
+        if from_warm_pool and record is not None and (record.retired_at is not None or record.job_ids):
+            # It ran jobs and went back to the pool (a group whose warm pool reuses machines on scale-in;
+            # the reconcile sets ReuseOnScaleIn false again). ABANDON on launch terminates the instance
+            # ("Amazon EC2 Auto Scaling lifecycle hooks"): a used machine never takes another job.
+            outcome.result = ABANDON
+            outcome.notes.append("ran jobs before it went back to the warm pool: never reused, abandoned")
+            logger.warning(
+                "used machine left the warm pool; abandoned", extra={"instance_id": action.instance_id}
+            )
+            self._complete(action, ABANDON)
+            return outcome
         # Prepared once its secret was stored. The secret alone is no witness: the machine deletes it once
         # read, and preparing again would delete the runner it uses. (A record from before `prepared_at`
         # existed has only the secret to show.)
@@ -286,6 +305,23 @@ class Lifecycle:
             self.secrets.delete_machine_secret(secret_name)
         except AwsCallError as exc:
             outcome.notes.append(f"secret left for the orphan sweep: {exc}")
+
+    def pass_warm(self, action: LifecycleAction, why: str) -> LifecycleOutcome:
+        """A warm-pool transition that needs nothing from us: let it go on (CONTINUE).
+
+        Entering the pool: the machine boots once (its user data pre-initializes it and waits, without a
+        runner, while its target lifecycle state is Warmed:*), then Auto Scaling stops or hibernates it. No
+        runner is created and no secret written: a stopped machine holds no credential. Leaving a warm
+        instance to end (the pool shrank): it never had a runner. Without a completion the instance would
+        wait in Warmed:Pending:Wait until the hook's heartbeat timeout ("Use lifecycle hooks with a warm
+        pool in Auto Scaling group").
+        """
+        outcome = LifecycleOutcome(action.instance_id, notes=[why])
+        if self.pool_of(action.asg) is None:
+            outcome.notes.append(f"group {action.asg} is not a runner-scaler pool; left alone")
+            return outcome
+        self._complete(action, CONTINUE)
+        return outcome
 
     # -- terminate ------------------------------------------------------------------------------------
     def terminate(self, action: LifecycleAction, now: datetime) -> LifecycleOutcome:
@@ -502,8 +538,6 @@ def handle_machine_event(rt: Runtime, raw: dict[str, Any]) -> dict[str, Any]:
     )
     now = rt.now()
     if isinstance(event, LifecycleActionEvent):
-        if event.involves_warm_pool:
-            return {"action": "ignored", "reason": "warm pool transition"}
         detail = event.detail
         action = LifecycleAction(
             asg=detail.auto_scaling_group_name,
@@ -514,7 +548,7 @@ def handle_machine_event(rt: Runtime, raw: dict[str, Any]) -> dict[str, Any]:
             region=event.region,
             account=event.account,
         )
-        outcome = use_case.launch(action, now) if event.is_launch else use_case.terminate(action, now)
+        outcome = _lifecycle_action(use_case, event, action, now)
     elif isinstance(event, SpotInterruptionEvent):
         outcome = use_case.interrupted(event.instance_id, "spot interruption warning", now)
     elif isinstance(event, RebalanceRecommendationEvent):
@@ -528,6 +562,27 @@ def handle_machine_event(rt: Runtime, raw: dict[str, Any]) -> dict[str, Any]:
         return {"action": "ignored"}
     _emit(rt, outcome)
     return {"action": type(event).__name__, **_summary(outcome)}
+
+
+def _lifecycle_action(
+    use_case: Lifecycle, event: LifecycleActionEvent, action: LifecycleAction, now: datetime
+) -> LifecycleOutcome:
+    """Route a lifecycle action by its warm-pool move (chalicelib.events.aws.WarmPoolMove): entering the pool
+    or a warm machine ending needs nothing; leaving it is a launch; going back to it ends the runner."""
+    from chalicelib.events.aws import WarmPoolMove
+
+    move = event.warm_pool_move
+    if move is WarmPoolMove.ENTER:
+        return use_case.pass_warm(action, "entered the warm pool: no runner until it leaves")
+    if move is WarmPoolMove.END:
+        return use_case.pass_warm(action, "a warm machine ended: it never had a runner")
+    if move is WarmPoolMove.RETURN:
+        # Only with ReuseOnScaleIn, which the scaler never sets: its runner and secret go as at a termination,
+        # and its record is retired, so that leaving the pool again abandons it.
+        return use_case.terminate(action, now)
+    if event.is_launch:
+        return use_case.launch(action, now, from_warm_pool=move is WarmPoolMove.LEAVE)
+    return use_case.terminate(action, now)
 
 
 def _emit(rt: Runtime, outcome: LifecycleOutcome) -> None:

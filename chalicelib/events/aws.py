@@ -122,6 +122,37 @@ class LifecycleActionEvent(_EventBridgeEvent):
         """True if the instance enters or leaves a warm pool (a "terminate" into the pool does not end it)."""
         return "WarmPool" in {self.detail.origin, self.detail.destination}
 
+    @property
+    def warm_pool_move(self) -> WarmPoolMove | None:
+        """Which warm-pool transition this action holds, None for a plain launch or termination.
+
+        A launch hook fires when an instance launches into the warm pool (Origin EC2, Destination WarmPool)
+        and again when it leaves it for the group (Origin WarmPool, Destination AutoScalingGroup); a
+        terminate hook fires when a warm instance is terminated (WarmPool to EC2) and when a group instance
+        returns to the pool on scale-in (AutoScalingGroup to WarmPool, only with ReuseOnScaleIn) (Amazon EC2
+        Auto Scaling User Guide, "Use lifecycle hooks with a warm pool in Auto Scaling group" and "Warm pool
+        event types and patterns").
+        """
+        detail = self.detail
+        return _WARM_MOVES.get((detail.lifecycle_transition, detail.origin or "", detail.destination or ""))
+
+
+class WarmPoolMove(StrEnum):
+    """A lifecycle action of a group with a warm pool, by where the instance comes from and goes to."""
+
+    ENTER = "enter"  # launched into the warm pool: it boots once, then Auto Scaling stops it
+    LEAVE = "leave"  # from the warm pool into the group: it starts and must get its runner now
+    END = "end"  # a warm instance is terminated (the pool shrank)
+    RETURN = "return"  # a group instance goes back to the pool on scale-in (ReuseOnScaleIn true)
+
+
+_WARM_MOVES = {
+    (LifecycleTransition.LAUNCHING, "EC2", "WarmPool"): WarmPoolMove.ENTER,
+    (LifecycleTransition.LAUNCHING, "WarmPool", "AutoScalingGroup"): WarmPoolMove.LEAVE,
+    (LifecycleTransition.TERMINATING, "WarmPool", "EC2"): WarmPoolMove.END,
+    (LifecycleTransition.TERMINATING, "AutoScalingGroup", "WarmPool"): WarmPoolMove.RETURN,
+}
+
 
 class InstanceDetail(_Model):
     """`detail` naming one EC2 instance (`instance-id`)."""
