@@ -47,6 +47,9 @@ def render(pool: Pool, prefix: str, *, launch_hook_timeout: int = LAUNCH_HOOK_TI
         "registry_mirrors": _single_quoted(json.dumps(list(pool.docker.registry_mirrors)), pool.platform),
         "docker_tcp_tls": "true" if pool.docker_tcp_tls else "false",
         "cache_path": _safe(cache_prefix(pool)),
+        # A warm-pool machine runs this script at every boot and starts no runner while it is warm.
+        "warm_pool": "true" if pool.warm_pool_on else "false",
+        "persist": "\n<persist>true</persist>" if pool.warm_pool_on else "",
     }
     return Template(text).substitute(values)
 

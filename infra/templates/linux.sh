@@ -16,6 +16,8 @@ SERVICES_PRIVILEGED="${services_privileged_env}"
 REGISTRY_MIRRORS=${registry_mirrors}
 # Docker on tcp://0.0.0.0:2376 with TLS (docker_tcp_tls): off by default, since the runner uses the socket.
 DOCKER_TCP_TLS="${docker_tcp_tls}"
+# The pool has a warm pool (warm_pool): this script must run at every boot, and hold while the machine is warm.
+WARM_POOL="${warm_pool}"
 
 imds() {
   local token
@@ -26,6 +28,26 @@ imds() {
 INSTANCE_ID=$$(imds meta-data/instance-id)
 REGION=$$(imds meta-data/placement/region)
 export AWS_DEFAULT_REGION="$${REGION}"
+
+if [ "$${WARM_POOL}" = "true" ]; then
+  # A warm-pool machine boots once in the pool, is stopped, and is started again when it leaves the pool;
+  # user data runs only at the first boot ("Use lifecycle hooks with a warm pool in Auto Scaling group"). So
+  # this script installs itself in cloud-init's per-boot directory, whose scripts run at every boot
+  # (cloud-init's scripts_per_boot module), and the next start runs it again.
+  PER_BOOT=/var/lib/cloud/scripts/per-boot/runner-scaler.sh
+  if [ "$$0" != "$${PER_BOOT}" ]; then install -D -m 0700 "$$0" "$${PER_BOOT}"; fi
+  # While the group keeps this machine warm, its target lifecycle state is Warmed:Stopped or
+  # Warmed:Hibernated ("Retrieve the target lifecycle state through instance metadata",
+  # autoscaling/target-lifecycle-state). It holds no token then (the scaler writes none until the machine
+  # leaves the pool) and starts no runner: it waits here until it is stopped, or, hibernated, until it is
+  # resumed into service, when the state reads InService.
+  while :; do
+    case "$$(imds meta-data/autoscaling/target-lifecycle-state || true)" in
+      Warmed:*) sleep ${secret_poll} ;;
+      *) break ;;
+    esac
+  done
+fi
 
 # The secret appears once the launch lifecycle hook has run; wait for it rather than fail the boot.
 SECRET_ID="$${PREFIX}/machines/$${INSTANCE_ID}"

@@ -21,6 +21,24 @@ $$Headers = @{ "X-aws-ec2-metadata-token" = $$Token }
 $$InstanceId = Invoke-RestMethod -Headers $$Headers -Uri "http://169.254.169.254/latest/meta-data/instance-id"
 $$Region = Invoke-RestMethod -Headers $$Headers -Uri "http://169.254.169.254/latest/meta-data/placement/region"
 
+if ("${warm_pool}" -eq "true") {
+  # A warm-pool machine boots once in the pool, is stopped, and started again when it leaves it: the
+  # <persist>true</persist> tag below runs this user data at every start ("Run commands on your Windows
+  # instance at launch"). While its target lifecycle state is Warmed:* ("Retrieve the target lifecycle state
+  # through instance metadata") it holds no token and starts no runner: it waits until it is stopped, or,
+  # hibernated, until it is resumed into service. A fresh metadata token each time: one may outlive its TTL.
+  while ($$true) {
+    try {
+      $$Fresh = Invoke-RestMethod -Method Put -Uri "http://169.254.169.254/latest/api/token" `
+        -Headers @{ "X-aws-ec2-metadata-token-ttl-seconds" = "300" }
+      $$Target = Invoke-RestMethod -Headers @{ "X-aws-ec2-metadata-token" = $$Fresh } `
+        -Uri "http://169.254.169.254/latest/meta-data/autoscaling/target-lifecycle-state"
+    } catch { $$Target = "" }
+    if (-not "$$Target".StartsWith("Warmed:")) { break }
+    Start-Sleep -Seconds ${secret_poll}
+  }
+}
+
 $$SecretId = "$$Prefix/machines/$$InstanceId"
 $$Secret = $$null
 foreach ($$attempt in 1..${secret_tries}) {
@@ -145,4 +163,4 @@ $$RunnerToken = $$null
 # must not count as capacity. It shuts itself down (terminate behaviour) and the scaler decrements its
 # group (see linux.sh): the machine holds no right to end an instance.
 Stop-Computer -Force
-</powershell>
+</powershell>${persist}
