@@ -18,6 +18,7 @@ from aws_cdk import aws_resourcegroups as resourcegroups
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from chalicelib.capacity.warm import POOL_STATES
 from chalicelib.config import HostManagement, Platform, Pool
 from chalicelib.resources import TAG_DEPLOYMENT, TAG_MANAGED, TAG_POOL
 from infra.policy import Scope, machine_grants, machine_role_path, policy_document
@@ -101,6 +102,7 @@ class PoolGroup(Construct):
         self.host_group = _host_group(self, settings, pool) if pool.hosts else None
         self.template = _launch_template(self, settings, pool, profile, security_group_id, self.host_group)
         self.group = _auto_scaling_group(self, settings, pool, self.template)
+        self.warm_pool = _warm_pool(self, pool, self.group)
         _suspend_az_rebalance(self, grant_scope, pool, self.group)
 
 
@@ -241,6 +243,35 @@ def _auto_scaling_group(
             for k, v in _machine_tags(settings, pool).items()
         ],
     )
+
+
+def _warm_pool(
+    scope: Construct, pool: Pool, group: autoscaling.CfnAutoScalingGroup
+) -> autoscaling.CfnWarmPool | None:
+    """`AWS::AutoScaling::WarmPool` beside a pool's group when its `warm_pool` is not off (never on a Spot or
+    dedicated-host pool: `Pool.warm_pool_on`).
+
+    The stack creates it empty ("auto") or at its fixed size, stopped or hibernated, and never reusing a
+    machine on scale-in. With "auto" the scaler then sizes it on every reconcile (PutWarmPool), so its
+    MinSize and MaxGroupPreparedCapacity are the scaler's. CloudFormation writes the template's values again
+    only when these properties change in the template; the next reconcile then resizes it (a tick of warm
+    capacity at most, never a busy machine: warm machines run no job).
+    """
+    if not pool.warm_pool_on:
+        return None
+    size = pool.warm_pool if isinstance(pool.warm_pool, int) else 0
+    size = min(size, pool.max_instances)
+    warm = autoscaling.CfnWarmPool(
+        scope,
+        "WarmPool",
+        auto_scaling_group_name=pool.asg,
+        min_size=size,
+        max_group_prepared_capacity=size,
+        pool_state=POOL_STATES[pool.warm_pool_state],
+        instance_reuse_policy=autoscaling.CfnWarmPool.InstanceReusePolicyProperty(reuse_on_scale_in=False),
+    )
+    warm.add_dependency(group)
+    return warm
 
 
 def _spot_policy(
