@@ -18,7 +18,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy chalicelib toolkit sim infra app.py
+	$(BIN)/mypy chalicelib toolkit sim infra app.py tests
 	$(BIN)/pytest -n 2 --dist loadfile
 
 lint: $(STAMP)

@@ -159,7 +159,7 @@ class ProjectRef:
 
 
 class HooksApi(Protocol):
-    """What installing and checking webhooks asks of GitLab (`chalicelib.hooks`); a fake may do just this."""
+    """What installing and checking webhooks needs from GitLab (`chalicelib.hook_sync`): a fake does this."""
 
     def list_project_hooks(self, project_id: int) -> list[HookInfo]: ...
 

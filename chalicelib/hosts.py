@@ -392,9 +392,6 @@ class MemoryHosts:
 
     # AWS's part, for the simulator and tests ------------------------------------------------------------
 
-    def set_license(self, license_configuration: str, room: LicenseRoom) -> None:
-        self._licenses[license_configuration] = room
-
     def place(self, pool: str, instance_id: str, prefer: Sequence[str] = ()) -> str | None:
         """Put a launched machine on a host of its pool's group: a preferred one if it can, else the first.
 
@@ -421,10 +418,6 @@ class MemoryHosts:
                     host.state = HostState.PENDING
                     host.scrubbing_until = now + host.cfg.scrub_time
                 return
-
-    def set_state(self, host_id: str, state: HostState) -> None:
-        """Force a state (under-assessment, permanent-failure) to rehearse AWS's bad days."""
-        self._hosts[host_id].state = state
 
     def host_of(self, instance_id: str) -> str | None:
         return next((h.host_id for h in self._hosts.values() if instance_id in h.instance_ids), None)

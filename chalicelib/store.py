@@ -969,7 +969,3 @@ class MemoryStore:
             held = self._leases.get(pool)
             if held is not None and held[0] == owner:
                 del self._leases[pool]
-
-
-def all_pools_of(records: Iterable[MachineRecord]) -> set[str]:
-    return {r.pool for r in records}

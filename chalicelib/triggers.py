@@ -155,7 +155,7 @@ def _ensure_certs(rt: Runtime) -> None:
 
 def _check_hooks(rt: Runtime) -> None:
     """Every 15 minutes (one container does it): re-enable our project hooks that GitLab auto-disabled."""
-    from chalicelib.hooks import check_hooks, hook_check_key
+    from chalicelib.hook_sync import check_hooks, hook_check_key
 
     now = rt.now()
     if rt.config.gitlab.webhook_url and rt.store.first_seen(hook_check_key(rt.gitlab_host, now), now):

@@ -86,11 +86,6 @@ def status_rank(status: JobStatus | str) -> int:
     return _RANK.get(str(status), UNKNOWN_RANK)
 
 
-def is_known_status(status: str) -> bool:
-    """Whether the scaler knows this status (an unknown one is still accepted, and ranked like `created`)."""
-    return str(status) in _RANK
-
-
 def is_terminal(status: JobStatus | str) -> bool:
     """True once the job is finished (success, failed, canceled, skipped) and frees its slot for good."""
     return status_rank(status) == TERMINAL_RANK

@@ -12,14 +12,16 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import boto3
+from moto.core.config import DefaultConfig
 
 from chalicelib.aws import AwsClients
 from chalicelib.secrets import AwsSecrets, Secrets
 
 #: moto's Lambda stub: RotateSecret finds the function and "invokes" it without Docker (no step runs).
-STUB_LAMBDA = {"lambda": {"use_docker": False}}
+STUB_LAMBDA: DefaultConfig = {"lambda": {"use_docker": False}}
 #: One boto3 session for every test client: service models load once, not per client (seconds per test).
 #: Clients are still created inside each test's mock_aws, so moto intercepts them.
 SESSION = boto3.session.Session()
@@ -150,7 +152,11 @@ def tls_handshake(server: Party, client: Party, directory: Path, host: str = "12
                 client_context.wrap_socket(raw, server_hostname=host) as tls,
             ):
                 assert tls.recv(2) == b"ok"
-                subject = dict(item for rdn in tls.getpeercert()["subject"] for item in rdn)
+                peer = tls.getpeercert()
+                assert peer is not None
+                # ssl.SSLSocket.getpeercert: "subject" is a tuple of RDNs, each a tuple of (name, value) pairs
+                rdns = cast("tuple[tuple[tuple[str, str], ...], ...]", peer["subject"])
+                subject = dict(item for rdn in rdns for item in rdn)
         finally:
             thread.join(5)
     if errors:

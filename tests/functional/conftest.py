@@ -224,7 +224,7 @@ def iam_stack(
     dropped = set()
     for marker in request.node.iter_markers("without_grants"):
         dropped.update(marker.args)
-    with mock_aws(config=STUB_LAMBDA):  # type: ignore[arg-type]
+    with mock_aws(config=STUB_LAMBDA):
         bootstrap_aws = AwsClients(region=REGION, sleep=lambda _s: None)
         config = load_config_file(FIXTURES / "scaler.toml")
         names = Names("test")

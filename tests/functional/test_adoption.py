@@ -95,9 +95,7 @@ def test_the_existing_bucket_is_granted_to_the_machines_never_created(stack: Syn
         for b in stack.resources("AWS::S3::Bucket").values()
         if b["Properties"].get("BucketName") == "acme-ci-cache"
     ] == []
-    granted = [
-        s for _, s in statements(stack.raw) if ":s3:::acme-ci-cache/" in json.dumps(s.get("Resource"))
-    ]
+    granted = [s for _, s in statements(stack.raw) if ":s3:::acme-ci-cache/" in json.dumps(s.get("Resource"))]
     assert granted and all("s3:PutObject" in s["Action"] for s in granted)
 
 

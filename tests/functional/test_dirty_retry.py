@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from chalice.app import SQSEventConfig
 from chalice.test import Client
 
 from app import app
@@ -136,4 +137,4 @@ def test_pool_dirty_takes_one_message_per_invocation() -> None:
     """The chalice path can only fail a whole batch: with batches of one, no other pool's message is
     retried."""
     (source,) = [s for s in app.event_sources if getattr(s, "name", "") == "pool_dirty"]
-    assert source.batch_size == 1
+    assert isinstance(source, SQSEventConfig) and source.batch_size == 1

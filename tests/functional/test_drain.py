@@ -162,8 +162,8 @@ class StallingFleet:
     ) -> None:
         self._fleet.complete_lifecycle_action(asg, hook, token, instance_id, result)
 
-    def set_instance_types(self, group: GroupView, types: Sequence[str], on_demand_percentage: int) -> None:
-        self._fleet.set_instance_types(group, types, on_demand_percentage)
+    def set_instance_types(self, group: GroupView, types: Sequence[str]) -> None:
+        self._fleet.set_instance_types(group, types)
 
     def instance_addresses(self, instance_id: str) -> list[str]:
         return self._fleet.instance_addresses(instance_id)

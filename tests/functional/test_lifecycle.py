@@ -458,9 +458,7 @@ def test_a_machine_that_shuts_itself_down_leaves_its_group_with_a_decrement(
     assert stack.runtime.store.get_machine(stays) is not None
 
 
-def test_the_other_events_of_a_machine_s_end_find_it_cleaned_up(
-    world: Any, fake_gitlab: FakeGitLab
-) -> None:
+def test_the_other_events_of_a_machine_s_end_find_it_cleaned_up(world: Any, fake_gitlab: FakeGitLab) -> None:
     # GIVEN a prepared machine that shut itself down, cleaned up on EC2's shutting-down event
     stack, fleet, client = world
     instance = launched_instance(stack)

@@ -44,7 +44,7 @@ class Deployment:
 @pytest.fixture
 def deployment(aws_credentials: None) -> Iterator[Deployment]:
     """moto (with its Lambda stub) and the app's Runtime pointed at it, with a clock the test moves."""
-    with mock_aws(config=STUB_LAMBDA):  # type: ignore[arg-type]
+    with mock_aws(config=STUB_LAMBDA):
         aws = aws_clients()
         clock = [T0]
         install(Runtime({"RUNNER_SCALER_PREFIX": NAMES.prefix}, aws=aws, clock=lambda: clock[0]))

@@ -50,7 +50,7 @@ STEPS = list(RotationStep)
 @pytest.fixture
 def aws(aws_credentials: None) -> Iterator[AwsClients]:
     """moto with its Lambda stub, so RotateSecret accepts a rotation function (which then runs no step)."""
-    with mock_aws(config=STUB_LAMBDA):  # type: ignore[arg-type]
+    with mock_aws(config=STUB_LAMBDA):
         yield aws_clients()
 
 

@@ -44,7 +44,7 @@ HOST = "127.0.0.1"
 
 @pytest.fixture
 def aws(aws_credentials: None) -> Iterator[AwsClients]:
-    with mock_aws(config=STUB_LAMBDA):  # type: ignore[arg-type]
+    with mock_aws(config=STUB_LAMBDA):
         yield aws_clients()
 
 

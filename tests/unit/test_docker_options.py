@@ -12,6 +12,7 @@ import itertools
 import json
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -129,7 +130,7 @@ def test_docker_options_on_a_shell_pool_are_refused_not_ignored() -> None:
         parse_config(text + '\n  [pools.docker]\n  image = "x"\n', "scaler.toml")
 
 
-def boot_linux(pool: Pool, tmp_path: Path, baked_daemon: dict[str, object]) -> tuple[list[str], str, dict]:
+def boot_linux(pool: Pool, tmp_path: Path, baked_daemon: Mapping[str, object]) -> tuple[list[str], str, dict]:
     """Run the pool's Linux boot script; gitlab-runner's argv, its DOCKER_SERVICES_PRIVILEGED, daemon.json."""
     root, bin_dir = tmp_path / "root", tmp_path / "bin"
     (root / "usr/local/share/ca-certificates").mkdir(parents=True)

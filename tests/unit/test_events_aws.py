@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -288,7 +289,7 @@ def test_sqs_fixture_is_a_real_sqs_event_by_powertools_model() -> None:
 
     event = SqsModel.model_validate(fixture("aws_sqs_dirty_pool"))
 
-    assert parse_dirty_pool_message(event.Records[0].body).pool == "linux-docker"
+    assert parse_dirty_pool_message(str(event.Records[0].body)).pool == "linux-docker"
 
 
 def test_dirty_pool_message_round_trips_and_tolerates_extra_fields() -> None:
@@ -404,11 +405,12 @@ def test_any_eventbridge_mutation_parses_or_is_malformed(
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(value=JSON)
 def test_any_json_value_is_an_event_an_alarm_a_message_or_malformed(value: Any) -> None:
-    for parse, argument in (
+    cases: tuple[tuple[Callable[[Any], object], Any], ...] = (
         (parse_cloudwatch_event, value),
         (parse_alarm_notification, json.dumps(value)),
         (parse_dirty_pool_message, json.dumps(value)),
-    ):
+    )
+    for parse, argument in cases:
         try:
             parse(argument)
         except MalformedEventError as err:

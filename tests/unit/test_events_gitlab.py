@@ -107,7 +107,7 @@ def test_pipeline_hook_doc_sample_parses_every_build() -> None:
         ["build", "test", "deploy"],
     )
     assert attributes.finished_at == datetime(2016, 8, 12, 15, 26, 29, tzinfo=UTC)
-    assert hook.project.id == 1
+    assert hook.project is not None and hook.project.id == 1
     assert [(b.id, b.status) for b in hook.builds] == [
         (380, JobStatus.SKIPPED),
         (377, JobStatus.SUCCESS),

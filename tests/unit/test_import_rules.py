@@ -61,7 +61,7 @@ USE_CASES = frozenset(
         "drain",
         "eligibility",
         "heal",
-        "hooks",
+        "hook_sync",
         "jobs",
         "lifecycle",
         "reconcile",

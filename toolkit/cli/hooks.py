@@ -1,7 +1,7 @@
 """`runner-scaler hooks`: install, repair and check the project webhooks that bring the scaler its job events.
 
 Each command parses options, reads tokens from environment variables or files (never from argv), calls one
-function of `chalicelib.hooks` and prints a rich table or JSON. May import typer, rich and chalicelib;
+function of `chalicelib.hook_sync` and prints a rich table or JSON. May import typer, rich and chalicelib;
 python-gitlab is imported only when a command talks to GitLab.
 """
 
@@ -24,7 +24,7 @@ from rich.text import Text
 
 from chalicelib.config import Config, load_config_file
 from chalicelib.errors import ConfigError
-from chalicelib.hooks import (
+from chalicelib.hook_sync import (
     HookAction,
     HookHealth,
     HookOutcome,

@@ -724,16 +724,6 @@ class FakeGitLab:
         with self._lock:
             return self._job_hook_payload(self._job(job_id))
 
-    def pipeline_hook(self, pipeline_id: int) -> dict[str, Any]:
-        """The Pipeline Hook body GitLab would send for this pipeline as it is now."""
-        with self._lock:
-            return self._pipeline_hook_payload(self._pipeline(pipeline_id))
-
-    def current_jobs(self, pipeline_id: int) -> list[FakeJob]:
-        """A pipeline's jobs, retried ones left out (what `GET .../pipelines/:id/jobs` returns)."""
-        with self._lock:
-            return [replace(j) for j in self.jobs.values() if j.pipeline_id == pipeline_id and not j.retried]
-
     # -- failure injection and counters -----------------------------------------------------------
 
     def inject_failure(

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from chalicelib.errors import GitLabError
 from chalicelib.gitlab import HookInfo, HooksApi, HookTrigger, ProjectRef
-from chalicelib.hooks import (
+from chalicelib.hook_sync import (
     HookAction,
     HookProject,
     HookSpec,

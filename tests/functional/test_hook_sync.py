@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from app import app as chalice_app
 from chalicelib.config import Config, config_from_dict
 from chalicelib.gitlab import GitLabClient
-from chalicelib.hooks import HookAction, OutcomeStatus, check_hooks, sync_hooks
+from chalicelib.hook_sync import HookAction, OutcomeStatus, check_hooks, sync_hooks
 from chalicelib.runtime import Runtime, install
 from tests.functional.conftest import Stack
 from tests.gitlab_fixtures import T0, Clock, WebhookReceiver
