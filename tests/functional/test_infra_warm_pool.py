@@ -79,7 +79,7 @@ def warm_pools(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, 
     )
     Pools(stack, "Pools", settings, scope)
     found = Template.from_stack(stack).find_resources("AWS::AutoScaling::WarmPool")
-    return {r["Properties"]["AutoScalingGroupName"]: r for r in found.values()}
+    return {r["Properties"]["AutoScalingGroupName"]: dict(r) for r in found.values()}
 
 
 def test_only_on_demand_pools_with_a_warm_pool_get_one(warm_pools: dict[str, dict[str, Any]]) -> None:
