@@ -15,14 +15,17 @@ from chalicelib.aws import AwsClients
 from chalicelib.capacity.warm import WarmPoolSettings
 from chalicelib.errors import AwsCallError
 
-# Lifecycle states in which an instance still belongs to the pool (Terminating* and Detach* do not).
+# Lifecycle states in which an instance still belongs to the pool (Terminating* and Detach* do not). No
+# Warmed:* state: a warm-pool instance is not part of the group's desired capacity ("Warm pools for Amazon
+# EC2 Auto Scaling"), never runs a job, and leaves only by Auto Scaling's sizing of the pool; counted here,
+# it would be adopted as a booting machine, removed as "stuck" and terminated with a decrement that takes a
+# machine from the group.
 LIVE_STATES = frozenset(
     {
         "Pending",
         "Pending:Wait",
         "Pending:Proceed",
         "InService",
-        "Warmed:Pending",
         "Standby",
         "EnteringStandby",
     }
