@@ -169,7 +169,8 @@ def test_no_busy_and_no_warm_machine_is_ever_terminated(
     # AND every warm pool put never reuses a machine and stays within max_instances
     for put in fleet.warm_puts:
         assert put.reuse_on_scale_in is False
-        assert put.min_size == put.max_group_prepared_capacity <= max_instances
+        assert put.min_size == put.max_group_prepared_capacity
+        assert put.min_size <= max_instances
     # AND desired capacity never counts warm machines
     assert all(d <= max_instances for d in fleet.desired)
 
