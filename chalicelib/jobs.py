@@ -1,30 +1,50 @@
 """Use case: turn GitLab job events into job state, route each job to a pool, and mark that pool dirty.
 
-Routing follows gitlab-runner's tag rule. A pending job carries no tags in its webhook (`runner` is null and
-the job's own `tag_list` is in no payload), so tags come from the Jobs API, resolved per pipeline in one
-call and cached. Imports adapters' Protocols, config and the capacity routing rule; no boto3.
+Routing follows gitlab-runner's tag rule. A pending job carries no tags in its webhook: the Job hook has the
+job's `runner` (null until a runner takes it) but never the job's own tag list (gitlabhq
+`lib/gitlab/data_builder/build.rb`), so tags come from the Jobs API (`GET /projects/:id/pipelines/:pid/jobs`,
+each job with its `tag_list`). That call is never made inside the webhook: GitLab waits 10 s for a hook's
+answer (GitLab docs "GitLab.com settings", other limits: webhook timeout; `webhook_timeout` on self-managed)
+and a failed delivery counts toward disabling the hook (docs "Webhooks", failing webhooks: four consecutive
+failures). The webhook records a job whose tags are not cached yet as *unrouted* (no pool, on the unrouted
+index) and asks for its resolution; `resolve_unrouted` (the pool_dirty consumer on that ask, and the tick)
+makes one call per pipeline, caches the pipeline's tags in the store (`cached_pipeline_tags`, with a TTL),
+routes the jobs and marks their pools dirty.
+
+A job already on a runner is attributed by the runner's id (the Job hook's `runner.id`), which the store maps
+to our machine at launch; the runner's description is editable by anyone who may edit the runner in GitLab
+(`PUT /runners/:id`), so it is never trusted alone. Imports adapters' Protocols, config and the capacity
+routing rule; no boto3.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from chalicelib.capacity import pool_for_tags
-from chalicelib.config import Config
-from chalicelib.errors import GitLabError
-from chalicelib.store import JobRecord, Store
+from chalicelib.config import Config, Pool
+from chalicelib.errors import AwsCallError, GitLabError, GitLabNotFoundError
+from chalicelib.store import TERMINAL, JobRecord, Store, rank
 
 logger = logging.getLogger(__name__)
 
 #: Runner descriptions the scaler gives its runners: `runner-scaler/<pool>/<instance-id>`.
 RUNNER_DESCRIPTION = re.compile(r"^runner-scaler/(?P<pool>[a-z0-9][a-z0-9-]*)/(?P<instance>i-[0-9a-f]+)$")
+
+#: How long a pipeline's job tags are cached in the store. A job's tags never change (a retry is a new job
+#: with its own id, which misses the cache and is fetched again), so this only bounds the item's life.
+PIPELINE_TAGS_TTL = timedelta(days=1)
+
+#: Pipelines one tick resolves from GitLab (one `GET /projects/:id/pipelines/:pid/jobs` each, 100 jobs a
+#: page); the rest wait for the next tick or their own resolve message. GitLab.com's per-user API limit is
+#: 2,000 authenticated requests a minute (docs "GitLab.com settings").
+MAX_TICK_PIPELINES = 50
 
 
 #: The only job statuses whose news cannot wait for the next tick: a job that now wants a machine. Any other
@@ -47,54 +67,51 @@ class DirtyMarker(Protocol):
     def mark_dirty(self, pool: str, reason: str, now: datetime) -> None: ...
 
 
-class TagResolver:
-    """Job tags from the Jobs API, one `GET /projects/:id/pipelines/:pid/jobs` per pipeline, cached by job id.
+class ResolveAsker(Protocol):
+    """The webhook's way to have a pipeline's tags resolved out of its request (a queue message)."""
 
-    Bounded: entries expire after `ttl` seconds and the cache keeps at most `max_entries` jobs.
-    """
+    def ask_resolve(self, project_id: int, pipeline_id: int, job_id: int, now: datetime) -> None: ...
 
-    def __init__(
-        self,
-        source: PipelineJobsSource | None,
-        *,
-        ttl: float = 3600.0,
-        max_entries: int = 50_000,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._source = source
-        self._ttl = ttl
-        self._max = max_entries
-        self._monotonic = monotonic
-        self._tags: dict[tuple[int, int], tuple[float, tuple[str, ...]]] = {}
-        self._lock = threading.Lock()
-        self.calls = 0
 
-    def remember(self, project_id: int, job_id: int, tags: Sequence[str]) -> None:
-        with self._lock:
-            if len(self._tags) >= self._max:
-                oldest = sorted(self._tags.items(), key=lambda kv: kv[1][0])[: self._max // 10 or 1]
-                for key, _ in oldest:
-                    del self._tags[key]
-            self._tags[(project_id, job_id)] = (self._monotonic(), tuple(tags))
+# -- the per-pipeline tag cache (an item in the store, with a TTL) -----------------------------------------
 
-    def tags(self, project_id: int, pipeline_id: int, job_id: int) -> tuple[str, ...] | None:
-        """The job's tags, or None when GitLab cannot tell us (unreachable, or no such job)."""
-        cached = self._cached(project_id, job_id)
-        if cached is not None:
-            return cached
-        if self._source is None or not pipeline_id:
-            return None
-        self.calls += 1
-        for job in self._source.pipeline_jobs(project_id, pipeline_id):
-            self.remember(project_id, int(job.id), tuple(getattr(job, "tag_list", ()) or ()))
-        return self._cached(project_id, job_id)
 
-    def _cached(self, project_id: int, job_id: int) -> tuple[str, ...] | None:
-        with self._lock:
-            hit = self._tags.get((project_id, job_id))
-        if hit is None or self._monotonic() - hit[0] > self._ttl:
-            return None
-        return hit[1]
+def pipeline_tags_key(gitlab: str, project_id: int, pipeline_id: int) -> str:
+    return f"pipeline-tags#{gitlab}#{int(project_id)}#{int(pipeline_id)}"
+
+
+def cached_pipeline_tags(
+    store: Store, gitlab: str, project_id: int, pipeline_id: int, now: datetime
+) -> dict[int, tuple[str, ...]] | None:
+    """job id -> tags of one pipeline as last fetched, or None when not cached (one store read)."""
+    if not pipeline_id:
+        return None
+    facts = store.get_facts(pipeline_tags_key(gitlab, project_id, pipeline_id), now)
+    if facts is None:
+        return None
+    tags: dict[int, tuple[str, ...]] = {}
+    for job_tags, job_ids in json.loads(str(facts.get("jobs", "[]"))):
+        for job_id in job_ids:
+            tags[int(job_id)] = tuple(job_tags)
+    return tags
+
+
+def cache_pipeline_tags(
+    store: Store,
+    gitlab: str,
+    project_id: int,
+    pipeline_id: int,
+    tags: Mapping[int, Sequence[str]],
+    now: datetime,
+) -> None:
+    """Store a pipeline's job tags, grouped by tag set (a few per pipeline) so that the item stays small."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for job_id, job_tags in sorted(tags.items()):
+        groups.setdefault(tuple(sorted(job_tags)), []).append(int(job_id))
+    encoded = json.dumps([[list(t), ids] for t, ids in groups.items()], separators=(",", ":"))
+    store.put_facts(
+        pipeline_tags_key(gitlab, project_id, pipeline_id), {"jobs": encoded}, now + PIPELINE_TAGS_TTL
+    )
 
 
 @dataclass(frozen=True)
@@ -119,7 +136,10 @@ class JobEvent:
 class Ingested:
     applied: bool
     pool: str
+    #: Its tags are known and no pool takes them.
     unroutable: bool = False
+    #: Its tags are not known yet: stored unrouted, resolved out of the request (`resolve_unrouted`).
+    deferred: bool = False
 
 
 def ingest_job(
@@ -128,11 +148,16 @@ def ingest_job(
     config: Config,
     store: Store,
     dirty: DirtyMarker,
-    tags: TagResolver,
+    resolve: ResolveAsker | None,
     now: datetime,
 ) -> Ingested:
-    """Record one job event (forward-only); when it made a job pending, mark its pool dirty (DEMAND_RISES)."""
-    pool, machine_id, job_tags = _route(event, config, tags)
+    """Record one job event (forward-only); when it made a job pending, mark its pool dirty (DEMAND_RISES).
+
+    Never calls GitLab. A `created` job is recorded as it is (it is no demand yet: no lookup at all); a job on
+    one of our runners goes to that runner's machine and pool; a pending job whose pipeline's tags are cached
+    goes to its pool; any other pending job is stored unrouted and its resolution asked for (`resolve`).
+    """
+    pool, machine_id, job_tags, deferred = _route(event, config, store, now)
     record = JobRecord(
         gitlab=event.gitlab,
         job_id=event.job_id,
@@ -156,25 +181,223 @@ def ingest_job(
             store.fill_tags(record)  # rare: it was first seen running on our runner, stored without tags
     if applied and pool and event.status in DEMAND_RISES:
         dirty.mark_dirty(pool, f"job {event.job_id} {event.status}", now)
-    if not pool:
+    elif applied and deferred and resolve is not None:
+        resolve.ask_resolve(event.project_id, event.pipeline_id or 0, event.job_id, now)
+    elif not pool and job_tags:
         logger.warning("job matches no pool", extra={"job_id": event.job_id, "tags": list(job_tags)})
-        if not job_tags and event.status in {"created", "pending"}:
-            # Maybe GitLab could not tell its tags: the tick's lost-job scan of this project routes it later.
-            store.note_projects(event.gitlab, [event.project_id], now)
-    return Ingested(applied=applied, pool=pool, unroutable=not pool)
+    return Ingested(applied=applied, pool=pool, unroutable=not pool and bool(job_tags), deferred=deferred)
 
 
-def _route(event: JobEvent, config: Config, tags: TagResolver) -> tuple[str, str, tuple[str, ...]]:
-    """(pool, machine id, job tags): our runner's description names both; otherwise the job's tags decide."""
-    match = RUNNER_DESCRIPTION.match(event.runner_description)
-    if match and any(p.name == match["pool"] for p in config.pools):
-        return match["pool"], match["instance"], ()
-    try:
-        job_tags = tags.tags(event.project_id, event.pipeline_id or 0, event.job_id)
-    except GitLabError as exc:
-        logger.warning("cannot resolve job tags", extra={"job_id": event.job_id, "error": str(exc)})
-        job_tags = None
+def _route(
+    event: JobEvent, config: Config, store: Store, now: datetime
+) -> tuple[str, str, tuple[str, ...], bool]:
+    """(pool, machine id, job tags, deferred): our runner's machine names the pool; else cached tags decide
+    for a pending job; else the pool is left to `resolve_unrouted` (deferred) or to what is stored."""
+    if event.runner_id is not None:
+        mine = _our_runner(event, config, store)
+        if mine is not None:
+            return mine[1], mine[0], (), False
+    if event.status != "pending":
+        # created: no demand yet. running/finished on a runner not ours: the stored pool stands (record_job
+        # keeps it); a job never seen before goes on the unrouted index while it holds a slot.
+        return "", "", (), False
+    cached = cached_pipeline_tags(store, event.gitlab, event.project_id, event.pipeline_id or 0, now)
+    job_tags = cached.get(event.job_id) if cached is not None else None
     if job_tags is None:
-        return "", "", ()
+        return "", "", (), True
     pool = pool_for_tags(job_tags, config.pools)
-    return (pool.name if pool else ""), "", job_tags
+    return (pool.name if pool else ""), "", job_tags, False
+
+
+def _our_runner(event: JobEvent, config: Config, store: Store) -> tuple[str, str] | None:
+    """(instance id, pool) when the job's runner is one this deployment created, by its id.
+
+    The store maps each runner id to its machine when the launch handler records the runner. Without that
+    mapping (a machine launched before it existed, or adopted after its launch event was lost) the runner's
+    description names the machine, and is believed only for a machine of ours in that pool whose record
+    holds this runner id or none at all: a look-alike description on anyone else's runner is not ours.
+    """
+    assert event.runner_id is not None
+    pools = {p.name for p in config.pools}
+    mapped = store.runner_machine(event.runner_id)
+    if mapped is not None:
+        return mapped if mapped[1] in pools else None
+    match = RUNNER_DESCRIPTION.match(event.runner_description)
+    if match is None or match["pool"] not in pools:
+        return None
+    record = store.get_machine(match["instance"])
+    if record is None or record.pool != match["pool"] or record.runner_id not in (None, event.runner_id):
+        return None
+    return record.instance_id, record.pool
+
+
+def pipeline_announced(
+    store: Store,
+    resolve: ResolveAsker,
+    pools: Sequence[Pool],
+    *,
+    gitlab: str,
+    project_id: int,
+    pipeline_id: int,
+    waiting: Sequence[int],
+    forecast: bool,
+    now: datetime,
+) -> Callable[[int], str]:
+    """A Pipeline hook: ask for the tags of its jobs to come (`waiting`: created or pending job ids) unless
+    cached, so that their Job hooks find them cached; returns job id -> pool name from the cache ("" when
+    not known yet), for the forecast. One store read when there is something to know, never a GitLab call."""
+    tags: dict[int, tuple[str, ...]] = {}
+    if waiting or forecast:
+        tags = cached_pipeline_tags(store, gitlab, project_id, pipeline_id, now) or {}
+    if any(job_id not in tags for job_id in waiting):
+        resolve.ask_resolve(project_id, pipeline_id, waiting[0], now)
+
+    def pool_of(job_id: int) -> str:
+        pool = pool_for_tags(tags[job_id], pools) if job_id in tags else None
+        return pool.name if pool else ""
+
+    return pool_of
+
+
+# -- resolution out of the request path ---------------------------------------------------------------------
+
+
+@dataclass
+class ResolveReport:
+    routed: list[int] = field(default_factory=list)  # job ids given a pool
+    unroutable: list[int] = field(default_factory=list)  # job ids whose tags match no pool
+    gitlab_calls: int = 0  # pipeline-jobs calls made
+    errors: list[str] = field(default_factory=list)
+
+
+def resolve_unrouted(
+    config: Config,
+    store: Store,
+    source: PipelineJobsSource | None,
+    dirty: DirtyMarker,
+    now: datetime,
+    *,
+    gitlab: str,
+    asked: tuple[int, int, int] | None = None,
+    max_pipelines: int = MAX_TICK_PIPELINES,
+    on_pools: Callable[[int, Mapping[int, str]], None] | None = None,
+) -> ResolveReport:
+    """Route the jobs stored unrouted: their pipelines' tags from the cache, else one GitLab call per pipeline
+    (then cached), each job recorded with its pool at the status it has, and each pool marked dirty.
+
+    `asked` is a webhook's ask, (project id, pipeline id, job id): only that pipeline is fetched from GitLab
+    (other unrouted jobs are routed only from the cache: each has its own ask, or the tick), and the asked
+    job is read by key as well, since the unrouted index may not show it yet (DynamoDB developer guide,
+    "DynamoDB read consistency": reads from a global secondary index are eventually consistent). Without
+    `asked` (the tick), up to `max_pipelines` pipelines are fetched. `on_pools(pipeline id, job id -> pool)`
+    hears of each pipeline fetched, and of the asked one (prewarm fills its stored pipeline's pools).
+    """
+    report = ResolveReport()
+    by_pipeline = _unrouted_by_pipeline(store, gitlab, asked)
+    for (project_id, pipeline_id), group in sorted(by_pipeline.items()):
+        if asked is not None:
+            may_fetch = (project_id, pipeline_id) == (asked[0], asked[1])
+        else:
+            may_fetch = report.gitlab_calls < max_pipelines
+        found = _pipeline_tags(
+            store, source, gitlab, (project_id, pipeline_id), group, now, may_fetch, report
+        )
+        if found is None:
+            continue
+        tags, complete = found
+        if on_pools is not None and (complete or (may_fetch and asked is not None)):
+            on_pools(pipeline_id, _pools_of(tags, config))  # a hook may have stored it before the cache
+        for job in group:
+            if complete or job.job_id in tags:
+                _route_resolved(job, tags, config, store, dirty, now, report)
+    return report
+
+
+def _unrouted_by_pipeline(
+    store: Store, gitlab: str, asked: tuple[int, int, int] | None
+) -> dict[tuple[int, int], list[JobRecord]]:
+    """(project id, pipeline id) -> its unrouted jobs; the asked pipeline is there even with none stored
+    (a Pipeline hook's ask warms the cache for the Job hooks to come)."""
+    jobs = {j.key: j for j in store.unrouted_jobs()}
+    by_pipeline: dict[tuple[int, int], list[JobRecord]] = {}
+    if asked is not None:
+        by_pipeline[(asked[0], asked[1])] = []
+        own = store.get_job(gitlab, asked[2])
+        if (
+            own is not None
+            and not own.pool
+            and rank(own.status) >= rank("pending")
+            and own.status not in TERMINAL
+        ):
+            jobs[own.key] = own
+    for job in jobs.values():
+        by_pipeline.setdefault((job.project_id, job.pipeline_id), []).append(job)
+    return by_pipeline
+
+
+def _pools_of(tags: Mapping[int, tuple[str, ...]], config: Config) -> dict[int, str]:
+    pools = {job_id: pool_for_tags(job_tags, config.pools) for job_id, job_tags in tags.items()}
+    return {job_id: pool.name for job_id, pool in pools.items() if pool is not None}
+
+
+def _pipeline_tags(
+    store: Store,
+    source: PipelineJobsSource | None,
+    gitlab: str,
+    pipeline: tuple[int, int],
+    jobs: Sequence[JobRecord],
+    now: datetime,
+    may_fetch: bool,
+    report: ResolveReport,
+) -> tuple[dict[int, tuple[str, ...]], bool] | None:
+    """(job id -> tags, complete) for one (project, pipeline): from the cache when it knows every job asked
+    about, else from GitLab when allowed (then cached; `complete`: a job it does not list has no tags to
+    find). None when nothing is known."""
+    project_id, pipeline_id = pipeline
+    cached = cached_pipeline_tags(store, gitlab, project_id, pipeline_id, now)
+    if cached is not None and all(j.job_id in cached for j in jobs):
+        return cached, False
+    if not may_fetch or source is None:
+        return (cached, False) if cached is not None else None
+    if not pipeline_id:
+        return {}, True  # an old GitLab's hook without a pipeline id: no pipeline to ask
+    report.gitlab_calls += 1
+    try:
+        listed = source.pipeline_jobs(project_id, pipeline_id)
+    except GitLabNotFoundError:
+        listed = []  # the pipeline is gone: its jobs go nowhere
+    except GitLabError as exc:
+        logger.warning("pipeline tags not resolved", extra={"pipeline_id": pipeline_id, "error": str(exc)})
+        report.errors.append(str(exc))
+        return None
+    fetched = {int(j.id): tuple(getattr(j, "tag_list", ()) or ()) for j in listed}
+    try:
+        cache_pipeline_tags(store, gitlab, project_id, pipeline_id, fetched, now)
+    except AwsCallError as exc:  # routing below still uses them; the next job of the pipeline asks again
+        logger.warning("pipeline tags not cached", extra={"pipeline_id": pipeline_id, "error": str(exc)})
+    return {**(cached or {}), **fetched}, True
+
+
+def _route_resolved(
+    job: JobRecord,
+    tags: Mapping[int, tuple[str, ...]],
+    config: Config,
+    store: Store,
+    dirty: DirtyMarker,
+    now: datetime,
+    report: ResolveReport,
+) -> None:
+    """Give one unrouted job its pool (at the status it is stored with), or take it off the index."""
+    job_tags = tags.get(job.job_id)
+    pool = pool_for_tags(job_tags, config.pools) if job_tags is not None else None
+    if pool is None:
+        # No pool takes its tags, or GitLab does not list it in its pipeline (no pipeline id from an old
+        # GitLab, or a deleted pipeline): the lost-job scan of its project routes it if it is ever pending.
+        if store.no_pool(replace(job, tags=job_tags or ())):
+            report.unroutable.append(job.job_id)
+            store.note_projects(job.gitlab, [job.project_id], now)
+        return
+    if store.record_job(replace(job, pool=pool.name, tags=job_tags or ()), now):
+        report.routed.append(job.job_id)
+        if job.status in DEMAND_RISES:  # a running one found meanwhile waits for the tick, as in ingest_job
+            dirty.mark_dirty(pool.name, f"job {job.job_id} {job.status} (tags resolved)", now)

@@ -245,6 +245,8 @@ class Lifecycle:
         outcome.created_runner = True
         base = record or MachineRecord(instance_id=action.instance_id, pool=pool.name, launched_at=now)
         self.store.record_runner(replace(base, runner_id=int(created.id)))  # merges: never erases adoption
+        # Jobs are attributed to this machine by the runner's id, never by its editable description.
+        self.store.map_runner(int(created.id), action.instance_id, pool.name, now)
         server_cert, server_key, trust = self.tls.issue(
             self.fleet.instance_addresses(action.instance_id), now
         )

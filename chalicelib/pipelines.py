@@ -48,6 +48,8 @@ from chalicelib.forecast import (
 from chalicelib.resources import TABLE_PK, TABLE_SK, TABLE_TTL_ATTRIBUTE
 
 PIPELINE_TTL = timedelta(days=1)
+#: Job statuses the forecast looks at: jobs to come (created) and those whose end starts the next stage.
+_FORECAST = frozenset({"created", "running"})
 DURATION_TTL = timedelta(days=30)
 MAX_JOBS = 300
 MAX_NAME = 120
@@ -70,6 +72,15 @@ class Pipelines(Protocol):
 
     def estimates(self, keys: Iterable[str]) -> dict[str, DurationEstimate]:
         """The known estimates among `keys` (unknown keys are absent)."""
+        ...
+
+    def get(self, gitlab: str, pipeline_id: int) -> PipelineState | None:
+        """One stored pipeline (a key read), or None."""
+        ...
+
+    def rewrite(self, state: PipelineState, now: datetime) -> bool:
+        """Replace the stored pipeline by `state` only if the stored one has the same `stamp` (no delivery
+        came in between); True when written."""
         ...
 
     def observe(self, keys: Iterable[str], duration_s: float, now: datetime) -> None:
@@ -164,6 +175,21 @@ class DynamoPipelines(DynamoTable):
                 out.append(decode_pipeline(gitlab, int(item[TABLE_SK]), item))
         return sorted(out, key=lambda p: p.pipeline_id)
 
+    def get(self, gitlab: str, pipeline_id: int) -> PipelineState | None:
+        item = self._get(f"PIPELINES#{gitlab}", str(pipeline_id))
+        return decode_pipeline(gitlab, pipeline_id, item) if item else None
+
+    def rewrite(self, state: PipelineState, now: datetime) -> bool:
+        key = {TABLE_PK: f"PIPELINES#{state.gitlab}", TABLE_SK: str(state.pipeline_id)}
+        item = {**key, **encode_pipeline(state), TABLE_TTL_ATTRIBUTE: _epoch(now + PIPELINE_TTL)}
+        same = self._dump({":stamp": Decimal(str(round(state.stamp, 3)))})
+        return self._conditional(
+            "put_item",
+            Item=self._dump(item),
+            ConditionExpression="stamp = :stamp",
+            ExpressionAttributeValues=same,
+        )
+
     def estimates(self, keys: Iterable[str]) -> dict[str, DurationEstimate]:
         out: dict[str, DurationEstimate] = {}
         for key in dict.fromkeys(keys):  # GetItem per key: the Lambda role is not granted BatchGetItem
@@ -232,6 +258,20 @@ class MemoryPipelines:
                 if host == gitlab and written + PIPELINE_TTL > now
             ]
 
+    def get(self, gitlab: str, pipeline_id: int) -> PipelineState | None:
+        with self._lock:
+            stored = self._pipelines.get((gitlab, pipeline_id))
+            return stored[0] if stored is not None else None
+
+    def rewrite(self, state: PipelineState, now: datetime) -> bool:
+        key = (state.gitlab, state.pipeline_id)
+        with self._lock:
+            stored = self._pipelines.get(key)
+            if stored is None or stored[0].stamp != round(state.stamp, 3):
+                return False
+            self._pipelines[key] = (decode_pipeline(state.gitlab, state.pipeline_id, _roundtrip(state)), now)
+            return True
+
     def estimates(self, keys: Iterable[str]) -> dict[str, DurationEstimate]:
         with self._lock:
             return {k: self._estimates[k] for k in set(keys) if k in self._estimates}
@@ -241,6 +281,29 @@ class MemoryPipelines:
             for key in dict.fromkeys(keys):
                 updated = observe(self._estimates.get(key, DurationEstimate()), duration_s)
                 self._estimates[key] = decode_estimate(encode_estimate(updated))
+
+
+def fill_pipeline_pools(
+    pipelines: Pipelines, gitlab: str, pipeline_id: int, pools: Mapping[int, str], now: datetime
+) -> bool:
+    """The resolver side (chalicelib.jobs.resolve_unrouted), once a pipeline's tags are known: its stored
+    jobs that had no pool when its hook came (tags not resolved yet) get theirs and their estimates, so the
+    forecast counts them without waiting for another Pipeline hook (GitLab sends one per pipeline status
+    change only, not per stage). True when the stored pipeline changed."""
+    state = pipelines.get(gitlab, pipeline_id)
+    filled = _with_pools(state, pools) if state is not None else None
+    if filled is None:
+        return False
+    return pipelines.rewrite(replace(filled, estimates=_estimates_for(pipelines, filled)), now)
+
+
+def _with_pools(state: PipelineState, pools: Mapping[int, str]) -> PipelineState | None:
+    """The state with its pool-less jobs given their pool from `pools`; None when none of them gets one."""
+    jobs = tuple(
+        replace(j, pool=pools.get(j.job_id, "")) if not j.pool and j.status in _FORECAST else j
+        for j in state.jobs
+    )
+    return replace(state, jobs=jobs) if jobs != state.jobs else None
 
 
 def _roundtrip(state: PipelineState) -> dict[str, Any]:
@@ -287,7 +350,7 @@ def pipeline_from_hook(gitlab: str, hook: PipelineHook, pool_of: Callable[[int],
             stage=stages.index(b.stage),
             name=b.name[:MAX_NAME],
             status=str(b.status),
-            pool=pool_of(b.id) if str(b.status) in {"created", "running"} else "",
+            pool=pool_of(b.id) if str(b.status) in _FORECAST else "",
             started_at=b.started_at,
             allow_failure=bool(b.allow_failure),
             stage_name=b.stage[:MAX_NAME],

@@ -1,8 +1,10 @@
 """SQS adapter for the "pool dirty" FIFO queue: the webhook's fast path to a reconcile; the tick's fan-out.
 
 One message group per pool (reconciles of a pool never overlap), one message per pool per short window
-(a burst of 500 job events yields a handful of reconciles). The only module that calls SQS; every call goes
-through `AwsClients`. The message body is `events.aws.DirtyPoolMessage`, the one model its consumer reads.
+(a burst of 500 job events yields a handful of reconciles). The same queue carries the webhook's asks to
+resolve a pipeline's job tags (`ask_resolve`), so no webhook waits on GitLab. The only module that calls SQS;
+every call goes through `AwsClients`. The message bodies are `events.aws.DirtyPoolMessage` and
+`events.aws.ResolveTagsMessage`, the models its consumer reads.
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ from typing import Any
 
 from chalicelib.aws import AwsClients
 from chalicelib.errors import AwsCallError
-from chalicelib.events.aws import DIRTY_REASON_MAX_CHARS, DirtyPoolMessage
+from chalicelib.events.aws import DIRTY_REASON_MAX_CHARS, DirtyPoolMessage, ResolveAsk, ResolveTagsMessage
 from chalicelib.resources import DIRTY_WINDOW_SECONDS
+
+#: Message group of a pipeline's resolve asks: `resolve-<pipeline id>`. A pool named so would share the group
+#: with them, which only makes the two wait for each other (the body tells them apart).
+RESOLVE_GROUP_PREFIX = "resolve-"
 
 #: SendMessageBatch takes at most this many entries per call (SQS API reference).
 _ENTRIES_PER_BATCH = 10
@@ -37,6 +43,22 @@ class DirtyQueue:
     def mark_dirty(self, pool: str, reason: str, now: datetime) -> None:
         """Ask for a reconcile of `pool`; repeated asks within one window collapse into one message."""
         self._aws.call("sqs", "send_message", QueueUrl=self._queue_url, **self._message(pool, reason, now))
+
+    def ask_resolve(self, project_id: int, pipeline_id: int, job_id: int, now: datetime) -> None:
+        """Ask for a pipeline's job tags to be resolved (`chalicelib.jobs.resolve_unrouted`) by the queue's
+        consumer, out of the webhook's request. One message per pipeline per window, in a message group of
+        its own (pipelines resolve in parallel, never in a pool's group); it waits the queue's delay, as a
+        pool's does, so the jobs of its window are stored when it is read."""
+        window = int(now.timestamp()) // self._window
+        ask = ResolveAsk(project_id=project_id, pipeline_id=pipeline_id, job_id=job_id)
+        self._aws.call(
+            "sqs",
+            "send_message",
+            QueueUrl=self._queue_url,
+            MessageBody=ResolveTagsMessage(resolve=ask).to_body(),
+            MessageGroupId=f"{RESOLVE_GROUP_PREFIX}{pipeline_id}",
+            MessageDeduplicationId=f"{RESOLVE_GROUP_PREFIX}{project_id}-{pipeline_id}-{window}",
+        )
 
     def mark_dirty_batch(
         self, reasons: Mapping[str, str], now: datetime, long_pending: Mapping[str, int] | None = None

@@ -31,7 +31,6 @@ from chalicelib.tracing import Tracing, from_environment
 
 if TYPE_CHECKING:
     from chalicelib.hosts import Ec2Hosts
-    from chalicelib.jobs import TagResolver
     from chalicelib.pipelines import DynamoPipelines
     from chalicelib.reconcile import Reconciler, RunnerControl
 
@@ -145,13 +144,6 @@ class Runtime:
         path = Path(tempfile.gettempdir()) / "runner-scaler-gitlab-ca.pem"
         path.write_text(self.secret_text(name), encoding="utf-8")
         return str(path)
-
-    @cached_property
-    def tags(self) -> TagResolver:
-        """Job tags per container, resolved per pipeline through GitLab (one call) and cached."""
-        from chalicelib.jobs import TagResolver
-
-        return TagResolver(self.gitlab if self.has_gitlab() else None, monotonic=self._monotonic)
 
     def has_gitlab(self) -> bool:
         """Whether GitLab can be reached: an injected adapter, or an API-token secret named in config."""

@@ -31,6 +31,13 @@ JOB_TTL = timedelta(days=7)
 MACHINE_TOMBSTONE_TTL = timedelta(days=2)
 EVENT_TTL = timedelta(days=2)
 PROJECT_MEMORY = timedelta(days=14)
+#: How long a runner id stays mapped to its machine: longer than any machine lives (a runner id is never
+#: reused by GitLab, so a mapping outliving its machine is harmless).
+RUNNER_MEMORY = timedelta(days=90)
+
+#: Index key of jobs waiting for their pool (`chalicelib.jobs.resolve_unrouted` reads it): a job stored
+#: without a pool is pending or running but its tags were not known when its hook came.
+UNROUTED_INDEX = "JOBS#UNROUTED"
 
 
 def rank(status: str) -> int:
@@ -39,6 +46,11 @@ def rank(status: str) -> int:
         return status_rank(status)
     except ValueError:
         return 0
+
+
+def _unrouted(job: JobRecord) -> bool:
+    """A job without a pool that still wants or holds a slot: `chalicelib.jobs.resolve_unrouted` routes it."""
+    return not job.pool and rank("pending") <= rank(job.status) and job.status not in TERMINAL
 
 
 @dataclass(frozen=True)
@@ -114,7 +126,10 @@ class Store(Protocol):
     """What use cases need from state; implemented by DynamoStore and MemoryStore."""
 
     def record_job(self, job: JobRecord, now: datetime) -> bool:
-        """Write the job if its status ranks above the stored one; True when it changed anything."""
+        """Write the job if its status ranks above the stored one; True when it changed anything.
+
+        A job written without a pool keeps the pool it was stored with; one that has none is put on the
+        unrouted index while pending or running."""
         ...
 
     def reopen_skipped(self, job: JobRecord, now: datetime) -> bool:
@@ -128,6 +143,25 @@ class Store(Protocol):
         ...
 
     def get_job(self, gitlab: str, job_id: int) -> JobRecord | None: ...
+
+    def unrouted_jobs(self) -> list[JobRecord]:
+        """Jobs stored without a pool while pending or running (their tags unknown when their hook came),
+        until routed (`record_job` with a pool) or found to match no pool (`no_pool`). An index read."""
+        ...
+
+    def no_pool(self, job: JobRecord) -> bool:
+        """The job's tags are known and match no pool: keep them, and take it off the unrouted index (only
+        if it is still there, so a route written meanwhile stands)."""
+        ...
+
+    def map_runner(self, runner_id: int, instance_id: str, pool: str, now: datetime) -> None:
+        """Remember which machine a runner of ours runs on, so a job is attributed by its runner's id (the
+        description is editable by anyone in GitLab's UI)."""
+        ...
+
+    def runner_machine(self, runner_id: int) -> tuple[str, str] | None:
+        """(instance id, pool) of one of our runners, or None when this runner is not known as ours."""
+        ...
 
     def pool_jobs(self, pool: str) -> list[JobRecord]:
         """The pool's pending and running jobs, plus finished ones the reconciler has not settled yet."""
@@ -274,7 +308,7 @@ class DynamoStore(DynamoTable):
             f"{TABLE_TTL_ATTRIBUTE} = :ttl",
             "project_id = :project",
             "pipeline_id = :pipeline",
-            "#pool = :pool",
+            "#pool = :pool" if job.pool else "#pool = if_not_exists(#pool, :pool)",
             "tags = :tags" if job.tags else "tags = if_not_exists(tags, :tags)",
             "#name = :name",
             "stage = :stage",
@@ -288,6 +322,13 @@ class DynamoStore(DynamoTable):
             values[":gpk"] = f"POOL#{job.pool}#JOBS"
             values[":gsk"] = job.key
             sets += [f"{GSI_POOL_PK} = :gpk", f"{GSI_POOL_SK} = :gsk"]
+        elif _unrouted(job):  # a pool index entry stored before stands (its pool is kept too)
+            values[":gpk"] = UNROUTED_INDEX
+            values[":gsk"] = job.key
+            sets += [
+                f"{GSI_POOL_PK} = if_not_exists({GSI_POOL_PK}, :gpk)",
+                f"{GSI_POOL_SK} = if_not_exists({GSI_POOL_SK}, :gsk)",
+            ]
         expression = "SET " + ", ".join(sets)
         condition = f"attribute_not_exists({TABLE_PK}) OR #rank < :rank"
         if job.pool:  # a job first recorded without a pool (GitLab unreachable) gets one at the same rank
@@ -334,6 +375,32 @@ class DynamoStore(DynamoTable):
 
     def pool_jobs(self, pool: str) -> list[JobRecord]:
         return [self._job(item) for item in self._query_pool(f"POOL#{pool}#JOBS")]
+
+    def unrouted_jobs(self) -> list[JobRecord]:
+        return [self._job(item) for item in self._query_pool(UNROUTED_INDEX)]
+
+    def no_pool(self, job: JobRecord) -> bool:
+        return self._conditional_update(
+            {TABLE_PK: job.key, TABLE_SK: "JOB"},
+            f"SET tags = :tags REMOVE {GSI_POOL_PK}, {GSI_POOL_SK}",
+            f"{GSI_POOL_PK} = :unrouted",
+            {":tags": list(job.tags), ":unrouted": UNROUTED_INDEX},
+        )
+
+    def map_runner(self, runner_id: int, instance_id: str, pool: str, now: datetime) -> None:
+        item = {
+            TABLE_PK: f"RUNNER#{int(runner_id)}",
+            TABLE_SK: "RUNNER",
+            "instance_id": instance_id,
+            "pool": pool,
+            TABLE_TTL_ATTRIBUTE: _epoch(now + RUNNER_MEMORY),
+        }
+        self._aws.call("dynamodb", "put_item", TableName=self._table, Item=self._dump(item))
+
+    def runner_machine(self, runner_id: int) -> tuple[str, str] | None:
+        # Eventually consistent is enough: the mapping is written at launch, minutes before a job can run.
+        item = self._get(f"RUNNER#{int(runner_id)}", "RUNNER", consistent=False)
+        return (str(item["instance_id"]), str(item["pool"])) if item else None
 
     def settle_job(self, job: JobRecord) -> None:
         self._aws.call(
@@ -755,6 +822,8 @@ class MemoryStore:
         self._facts: dict[str, tuple[dict[str, Any], datetime]] = {}
         self._suspects: dict[str, datetime] = {}
         self._faults: dict[tuple[str, str, str], Fault] = {}
+        self._unrouted: set[str] = set()
+        self._runners: dict[int, tuple[str, str]] = {}
 
     def record_job(self, job: JobRecord, now: datetime) -> bool:
         with self._lock:
@@ -766,6 +835,7 @@ class MemoryStore:
                 return False
             merged = replace(
                 job,
+                pool=job.pool or (old.pool if old else ""),
                 runner_id=job.runner_id if job.runner_id is not None else (old.runner_id if old else None),
                 machine_id=job.machine_id or (old.machine_id if old else ""),
                 tags=job.tags or (old.tags if old else ()),
@@ -774,6 +844,10 @@ class MemoryStore:
                 updated_at=now,
             )
             self.jobs[job.key] = merged
+            if merged.pool:
+                self._unrouted.discard(job.key)
+            elif _unrouted(merged):
+                self._unrouted.add(job.key)
             return True
 
     def reopen_skipped(self, job: JobRecord, now: datetime) -> bool:
@@ -797,6 +871,27 @@ class MemoryStore:
 
     def get_job(self, gitlab: str, job_id: int) -> JobRecord | None:
         return self.jobs.get(f"JOB#{gitlab}#{job_id}")
+
+    def unrouted_jobs(self) -> list[JobRecord]:
+        with self._lock:
+            return [self.jobs[key] for key in sorted(self._unrouted)]
+
+    def no_pool(self, job: JobRecord) -> bool:
+        with self._lock:
+            old = self.jobs.get(job.key)
+            if old is None or job.key not in self._unrouted:
+                return False
+            self._unrouted.discard(job.key)
+            self.jobs[job.key] = replace(old, tags=job.tags)
+            return True
+
+    def map_runner(self, runner_id: int, instance_id: str, pool: str, now: datetime) -> None:
+        with self._lock:
+            self._runners[int(runner_id)] = (instance_id, pool)
+
+    def runner_machine(self, runner_id: int) -> tuple[str, str] | None:
+        with self._lock:
+            return self._runners.get(int(runner_id))
 
     def pool_jobs(self, pool: str) -> list[JobRecord]:
         with self._lock:

@@ -17,7 +17,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from chalicelib import metrics
 from chalicelib.config import Pool
 from chalicelib.errors import AwsCallError, MalformedEventError, RunnerScalerError
-from chalicelib.events.aws import parse_dirty_pool_message
+from chalicelib.events.aws import DirtyPoolMessage, ResolveAsk, ResolveTagsMessage, parse_queue_message
 from chalicelib.heal import heal
 from chalicelib.jobs import DirtyMarker
 from chalicelib.reconcile import ReconcileResult
@@ -51,6 +51,7 @@ def run_tick(rt: Runtime, owner: str) -> TickReport:
     long_pending: dict[str, int] = {}
     if rt.has_gitlab():
         dirty: DirtyMarker = held if fan_out else rt.queue
+        _resolve(rt, dirty, None)
         report = heal(rt.config, rt.store, rt.gitlab, dirty, rt.now(), gitlab_host=rt.gitlab_host)
         long_pending = report.long_pending
         if report.discovered:
@@ -72,6 +73,36 @@ def run_tick(rt: Runtime, owner: str) -> TickReport:
         if result.faults:
             logger.warning("pool faults", extra={"pool": result.pool, "faults": result.faults})
     return tick
+
+
+def _resolve(rt: Runtime, dirty: DirtyMarker, asked: ResolveAsk | None) -> None:
+    """Route the jobs stored without a pool (chalicelib.jobs.resolve_unrouted): on a webhook's ask, or on
+    the tick for any ask lost, failed or read before its job showed in the index. A GitLab failure leaves
+    them unrouted for the next tick; a store failure raises (the message is retried)."""
+    from chalicelib.jobs import resolve_unrouted
+
+    ask = (asked.project_id, asked.pipeline_id, asked.job_id) if asked is not None else None
+    on_pools = None
+    if any(p.prewarm for p in rt.config.pools):
+        from chalicelib.pipelines import fill_pipeline_pools
+
+        def on_pools(pipeline_id: int, pools: Mapping[int, str]) -> None:
+            fill_pipeline_pools(rt.pipelines, rt.gitlab_host, pipeline_id, pools, rt.now())
+
+    report = resolve_unrouted(
+        rt.config,
+        rt.store,
+        rt.gitlab if rt.has_gitlab() else None,
+        dirty,
+        rt.now(),
+        gitlab=rt.gitlab_host,
+        asked=ask,
+        on_pools=on_pools,
+    )
+    if report.unroutable:
+        metrics.emit_count("UnroutableJobs", len(report.unroutable))
+    if report.errors:
+        logger.warning("tags not resolved", extra={"errors": report.errors[:5]})
 
 
 class _HeldMarks:
@@ -190,13 +221,17 @@ def process_dirty_batch(rt: Runtime, event: dict[str, Any], owner: str) -> dict[
 
     def handle(record: SQSRecord) -> None:
         try:
-            message = parse_dirty_pool_message(record.body)
-            pool = rt.config.pool(message.pool)
+            message = parse_queue_message(record.body)
+            pool = rt.config.pool(message.pool) if isinstance(message, DirtyPoolMessage) else None
         except (MalformedEventError, KeyError) as exc:
             logger.error(
                 "dropping malformed dirty message", extra={"message_id": record.message_id, "error": str(exc)}
             )
             return
+        if isinstance(message, ResolveTagsMessage):  # a webhook's ask (chalicelib.queue.ask_resolve)
+            _resolve(rt, rt.queue, message.resolve)
+            return
+        assert isinstance(message, DirtyPoolMessage) and pool is not None
         if message.long_pending:
             long_pending[pool.name] = max(long_pending.get(pool.name, 0), message.long_pending)
         if pool.name in done:

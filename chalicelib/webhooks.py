@@ -1,10 +1,12 @@
 """Use case behind `POST /webhooks/gitlab`: trust, size, parse, de-duplicate, record, mark dirty, answer.
 
 Strict about trust (constant-time token check), lenient about what it does not need (unknown events are
-accepted and ignored: a 4xx makes GitLab disable the hook after 4 failures). At most three AWS calls on
-the hot path: the event key, the job's conditional write, the dirty-pool message. With prewarm on in some
-pool, a Pipeline Hook adds the pipeline's state (estimate reads and one put) and a successful job its
-duration (a read and a write per estimate key).
+accepted and ignored: a 4xx makes GitLab disable the hook after 4 failures). Never calls GitLab: a job whose
+tags are not cached yet is stored unrouted and resolved by the queue's consumer (chalicelib.jobs). At most
+four AWS calls on the hot path: the event key, the pipeline's cached tags (pending jobs only) or the runner's
+machine (jobs on a runner), the job's conditional write, and the dirty-pool message or the resolve ask.
+With prewarm on in some pool, a Pipeline Hook adds the pipeline's state (estimate reads and one put) and a
+successful job its duration (a read and a write per estimate key).
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib import metrics
-from chalicelib.errors import AwsCallError, GitLabError, MalformedEventError, NotFoundError
+from chalicelib.errors import AwsCallError, MalformedEventError, NotFoundError
 from chalicelib.events.gitlab import IgnoredEvent, JobHook, PipelineHook, event_identity, parse_gitlab_event
-from chalicelib.jobs import JobEvent, ingest_job
-from chalicelib.pipelines import observe_job_duration, pool_resolver, record_pipeline_hook
+from chalicelib.jobs import JobEvent, ingest_job, pipeline_announced
+from chalicelib.pipelines import observe_job_duration, record_pipeline_hook
 from chalicelib.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -114,11 +116,13 @@ def _apply(rt: Runtime, event: JobHook | PipelineHook) -> Answer:
         config=rt.config,
         store=rt.store,
         dirty=rt.queue,
-        tags=rt.tags,
+        resolve=rt.queue,
         now=rt.now(),
     )
     if result.unroutable:
         metrics.emit_count("UnroutableJobs", 1)
+    elif not result.pool:
+        pass  # not ours, or not routed yet: no wait to report under a pool, no duration to learn
     elif result.applied and event.build_status == "running" and event.build_queued_duration is not None:
         platform = rt.config.pool(result.pool).platform.value
         metrics.emit_job_wait(result.pool, platform, event.build_queued_duration)
@@ -130,41 +134,35 @@ def _apply(rt: Runtime, event: JobHook | PipelineHook) -> Answer:
         "pool": result.pool or None,
         "changed": result.applied,
     }
+    if result.deferred:
+        body["routing"] = "deferred"  # its tags are resolved out of this request
     return Answer(202, body, "accepted")
 
 
 def _apply_pipeline(rt: Runtime, event: PipelineHook, gitlab: str) -> Answer:
-    """Prefetch the tags of the jobs to come; with prewarm on, keep the pipeline's state for the forecast."""
+    """Have the tags of the jobs to come resolved (out of this request) unless cached; with prewarm on,
+    keep the pipeline's state for the forecast, its jobs routed by the cached tags (a job not resolved yet
+    is forecast from a later hook)."""
     pipeline_id = event.object_attributes.id
-    waiting = [b for b in event.builds if b.status in {"created", "pending"}]
-    if waiting:
-        # One pipeline-jobs call resolves the tags of every job to come; their Job Hooks hit the cache.
-        try:
-            rt.tags.tags(event.project_id, pipeline_id, waiting[0].id)
-        except GitLabError as exc:
-            logger.warning("tags not prefetched", extra={"pipeline_id": pipeline_id, "error": str(exc)})
+    pool_of = pipeline_announced(
+        rt.store,
+        rt.queue,
+        rt.config.pools,
+        gitlab=gitlab,
+        project_id=event.project_id,
+        pipeline_id=pipeline_id,
+        waiting=[b.id for b in event.builds if b.status in {"created", "pending"}],
+        forecast=_prewarm_on(rt),
+        now=rt.now(),
+    )
     if _prewarm_on(rt):
-        route = pool_resolver(_TolerantTags(rt), rt.config.pools, event.project_id, pipeline_id)
-        record_pipeline_hook(rt.pipelines, gitlab, event, route, rt.now())
+        record_pipeline_hook(rt.pipelines, gitlab, event, pool_of, rt.now())
     return Answer(202, {"status": "accepted", "pipeline": pipeline_id}, "accepted")
 
 
 def _prewarm_on(rt: Runtime) -> bool:
     """Pipeline state and durations cost calls on every hook: only kept when some pool prewarms."""
     return any(p.prewarm for p in rt.config.pools)
-
-
-class _TolerantTags:
-    """Tags for the forecast: a GitLab outage leaves a job unrouted (never forecast), not the hook failed."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self._rt = rt
-
-    def tags(self, project_id: int, pipeline_id: int, job_id: int) -> tuple[str, ...] | None:
-        try:
-            return self._rt.tags.tags(project_id, pipeline_id, job_id)
-        except GitLabError:
-            return None
 
 
 def _learn_duration(rt: Runtime, hook: JobHook, gitlab: str, pool: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, cast
@@ -16,15 +16,20 @@ from urllib.parse import urlsplit
 
 from chalicelib.capacity.hosts import Host, HostState, IdleMark, LicenseRoom
 from chalicelib.config import Config, Pool
-from chalicelib.errors import GitLabError, GitLabNotFoundError
+from chalicelib.errors import GitLabNotFoundError
 from chalicelib.events.gitlab import PipelineHook, event_identity, parse_gitlab_event
 from chalicelib.fleet import GroupView, Instance
 from chalicelib.forecast import DurationEstimate, PipelineState
 from chalicelib.heal import heal
 from chalicelib.hosts import HostPoolView, ReleaseResult
-from chalicelib.jobs import JobEvent, TagResolver, ingest_job
+from chalicelib.jobs import JobEvent, ingest_job, pipeline_announced, resolve_unrouted
 from chalicelib.lifecycle import Lifecycle, LifecycleAction
-from chalicelib.pipelines import MemoryPipelines, observe_job_duration, pool_resolver, record_pipeline_hook
+from chalicelib.pipelines import (
+    MemoryPipelines,
+    fill_pipeline_pools,
+    observe_job_duration,
+    record_pipeline_hook,
+)
 from chalicelib.reconcile import Reconciler
 from chalicelib.resources import DIRTY_WINDOW_SECONDS, Names
 from chalicelib.store import JobRecord, MachineRecord, MemoryStore, Store, rank
@@ -158,6 +163,13 @@ class StaleIndexStore(IndexedMemoryStore):
         snaps.append((now, super().pool_jobs(pool)))
         return list(_as_of(snaps, now - self._lag_s) or [])
 
+    def unrouted_jobs(self) -> list[JobRecord]:
+        """The unrouted index lags as the pool index does (the same GSI in DynamoStore)."""
+        now = self._clock()
+        snaps = self._job_snaps.setdefault(" unrouted", [])  # no pool has this name
+        snaps.append((now, super().unrouted_jobs()))
+        return list(_as_of(snaps, now - self._lag_s) or [])
+
 
 def _as_of(snapshots: list[tuple[float, Any]], when: float) -> Any:
     """The latest snapshot taken at or before `when`; older ones are dropped (None if there is none)."""
@@ -205,6 +217,14 @@ class CountingPipelines:
         self._calls["dynamodb"] += 1
         return self._inner.active(gitlab, now)
 
+    def get(self, gitlab: str, pipeline_id: int) -> PipelineState | None:
+        self._calls["dynamodb"] += 1
+        return self._inner.get(gitlab, pipeline_id)
+
+    def rewrite(self, state: PipelineState, now: datetime) -> bool:
+        self._calls["dynamodb"] += 1
+        return self._inner.rewrite(state, now)
+
     def estimates(self, keys: Iterable[str]) -> dict[str, DurationEstimate]:
         wanted = list(dict.fromkeys(keys))
         self._calls["dynamodb"] += len(wanted)
@@ -214,19 +234,6 @@ class CountingPipelines:
         wanted = list(dict.fromkeys(keys))
         self._calls["dynamodb"] += 2 * len(wanted)
         self._inner.observe(wanted, duration_s, now)
-
-
-class TolerantTags:
-    """The webhook's tags for the forecast: a GitLab error leaves a job unrouted (never forecast)."""
-
-    def __init__(self, tags: TagResolver) -> None:
-        self._tags = tags
-
-    def tags(self, project_id: int, pipeline_id: int, job_id: int) -> tuple[str, ...] | None:
-        try:
-            return self._tags.tags(project_id, pipeline_id, job_id)
-        except GitLabError:
-            return None
 
 
 class SimAsg:
@@ -403,18 +410,34 @@ class CountingTls:
 
 
 class SimDirtyQueue:
-    """The "pool dirty" FIFO queue: `DirtyQueue`'s deduplication window and delay, then the SQS Lambda."""
+    """The "pool dirty" FIFO queue: `DirtyQueue`'s deduplication window and delay, then the SQS Lambda, for
+    both kinds of message: a pool's reconcile, and a webhook's ask to resolve a pipeline's tags."""
 
-    def __init__(self, world: World, calls: Counter[str], deliver: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        world: World,
+        calls: Counter[str],
+        deliver: Callable[[str], None],
+        resolve: Callable[[tuple[int, int, int]], None],
+    ) -> None:
         self._world = world
         self._calls = calls
         self._deliver = deliver
+        self._resolve = resolve
         self._rng = world.rng("sqs")
         self._seen: dict[str, float] = {}
 
     def mark_dirty(self, pool: str, reason: str, now: datetime) -> None:
+        self._send(f"{pool}-{int(now.timestamp()) // DIRTY_WINDOW_SECONDS}", lambda: self._deliver(pool))
+
+    def ask_resolve(self, project_id: int, pipeline_id: int, job_id: int, now: datetime) -> None:
+        """`DirtyQueue.ask_resolve`: one message per pipeline per window, after the queue's delay."""
+        window = int(now.timestamp()) // DIRTY_WINDOW_SECONDS
+        asked = (project_id, pipeline_id, job_id)
+        self._send(f"resolve-{project_id}-{pipeline_id}-{window}", lambda: self._resolve(asked))
+
+    def _send(self, dedup_id: str, deliver: Callable[[], None]) -> None:
         self._calls["sqs"] += 1
-        dedup_id = f"{pool}-{int(now.timestamp()) // DIRTY_WINDOW_SECONDS}"
         loop_now = self._world.loop.now
         seen = self._seen.get(dedup_id)
         if seen is not None and loop_now - seen < SQS_DEDUP_WINDOW_S:
@@ -423,7 +446,7 @@ class SimDirtyQueue:
         if len(self._seen) > 4096:
             self._seen = {k: t for k, t in self._seen.items() if loop_now - t < SQS_DEDUP_WINDOW_S}
         delay = DIRTY_WINDOW_SECONDS + self._rng.uniform(0.0, self._world.options.sqs_latency_s)
-        self._world.loop.after(delay, lambda: self._deliver(pool))
+        self._world.loop.after(delay, deliver)
 
 
 class SimHostPort:
@@ -525,8 +548,7 @@ class Ours:
             memory = StaleIndexStore(lambda: world.loop.now, world.options.stale_index_s)
         self._store = cast(Store, CountingStore(memory, self.calls))
         self._api = SimGitLabApi(world.gitlab, self.calls, lambda: list(world.fleet.machines.values()))
-        self._tags = TagResolver(self._api, monotonic=lambda: world.loop.now)
-        self._queue = SimDirtyQueue(world, self.calls, self._reconcile_pool)
+        self._queue = SimDirtyQueue(world, self.calls, self._reconcile_pool, self._resolve)
         self._lifecycle_rng = world.rng("lifecycle")
         self._prewarm = any(p.prewarm for p in self._config.pools)
         self._pipelines = CountingPipelines(MemoryPipelines(), self.calls)
@@ -596,7 +618,7 @@ class Ours:
             config=self._config,
             store=self._store,
             dirty=self._queue,
-            tags=self._tags,
+            resolve=self._queue,
             now=now,
         )
         if result.applied and event.status == "success" and self._prewarm:
@@ -620,17 +642,23 @@ class Ours:
 
     def _on_pipeline_hook(self, event: PipelineHookEvent) -> None:
         """`POST /webhooks/gitlab` with a Pipeline Hook: parsed from GitLab's JSON, deduplicated by its
-        identity, the tags of the jobs to come prefetched, then `record_pipeline_hook` as the webhook does."""
+        identity, the tags of the jobs to come asked for unless cached (`jobs.pipeline_announced`), then
+        `record_pipeline_hook` as the webhook does."""
         now = self._world.now_dt()
         hook = parse_gitlab_event(PIPELINE_HEADERS, self._pipeline_payload(event))
         assert isinstance(hook, PipelineHook)
         if not self._store.first_seen(event_identity(PIPELINE_HEADERS, hook), now):
             return
-        waiting = [b for b in hook.builds if b.status in {"created", "pending"}]
-        if waiting:
-            self._tags.tags(event.project_id, event.pipeline_id, waiting[0].id)
-        route = pool_resolver(
-            TolerantTags(self._tags), self._config.pools, event.project_id, event.pipeline_id
+        route = pipeline_announced(
+            self._store,
+            self._queue,
+            self._config.pools,
+            gitlab=self._host,
+            project_id=event.project_id,
+            pipeline_id=event.pipeline_id,
+            waiting=[b.id for b in hook.builds if b.status in {"created", "pending"}],
+            forecast=True,
+            now=now,
         )
         record_pipeline_hook(self._pipelines, self._host, hook, route, now)
 
@@ -664,10 +692,30 @@ class Ours:
     def _reconcile_pool(self, pool: str) -> None:
         self._reconciler.reconcile_pool(self._config.pool(pool), self._world.now_dt())
 
+    def _resolve(self, asked: tuple[int, int, int] | None) -> None:
+        """`triggers._resolve`: the queue's consumer on a resolve ask (one pipeline-jobs call at most), or
+        the tick (`asked` None); with prewarm on, a resolved pipeline's stored jobs get their pools."""
+        now = self._world.now_dt()
+
+        def on_pools(pipeline_id: int, pools: Mapping[int, str]) -> None:
+            fill_pipeline_pools(self._pipelines, self._host, pipeline_id, pools, now)
+
+        resolve_unrouted(
+            self._config,
+            self._store,
+            self._api,
+            self._queue,
+            now,
+            gitlab=self._host,
+            asked=asked,
+            on_pools=on_pools if self._prewarm else None,
+        )
+
     def _tick(self) -> None:
         """`chalicelib.triggers.run_tick` with its pools reconciled inline: heal, the periodic steps, then
         every pool."""
         now = self._world.now_dt()
+        self._resolve(None)
         heal(self._config, self._store, self._api, self._queue, now, gitlab_host=self._host)
         self._periodic(now)
         self._reconciler.reconcile_all(now)

@@ -386,6 +386,34 @@ def parse_dirty_pool_message(body: str | bytes | Mapping[str, Any]) -> DirtyPool
     return _validate(DirtyPoolMessage, "dirty-pool message", _json_object(body, "SQS body"))
 
 
+class ResolveAsk(_Model):
+    """The pipeline whose job tags a webhook asks to be resolved out of its request, and the job that asked
+    (`chalicelib.jobs.resolve_unrouted`)."""
+
+    project_id: int
+    pipeline_id: int = Field(ge=0)
+    job_id: int
+
+
+class ResolveTagsMessage(_Model):
+    """Body of a resolve ask on the dirty-pool queue: `{"resolve": {...}}`. `queue.DirtyQueue.ask_resolve`
+    writes it, `triggers.process_dirty_batch` reads it. A dead-lettered one is dropped by the redrive (it
+    names no pool): the tick resolves whatever is still unrouted."""
+
+    resolve: ResolveAsk
+
+    def to_body(self) -> str:
+        return json.dumps({"resolve": self.resolve.model_dump()}, separators=(",", ":"))
+
+
+def parse_queue_message(body: str | bytes | Mapping[str, Any]) -> DirtyPoolMessage | ResolveTagsMessage:
+    """Either message the dirty-pool queue carries; MalformedEventError if it is neither."""
+    data = _json_object(body, "SQS body")
+    if "resolve" in data:
+        return _validate(ResolveTagsMessage, "resolve ask", data)
+    return _validate(DirtyPoolMessage, "dirty-pool message", data)
+
+
 def _json_object(text: str | bytes | Mapping[str, Any], what: str) -> Mapping[str, Any]:
     if isinstance(text, Mapping):
         return text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,8 @@ class Stack:
     runtime: Runtime
     local: LocalStack
     clock: list[datetime]
+    #: Pool messages drained by `resolve_asks`, handed out first by the next `queued_messages`.
+    held: list[str] = field(default_factory=list)
 
     def advance(self, **delta: float) -> datetime:
         self.clock[0] += timedelta(**delta)
@@ -73,11 +75,35 @@ class Stack:
         return int(describe_group(self.aws, asg)["DesiredCapacity"])
 
     def queued_pools(self) -> list[str]:
-        """Drain the dirty queue (as Lambda would) and return the pools it named."""
-        return [json.loads(body)["pool"] for body in self.queued_messages()]
+        """Drain the dirty queue (as Lambda would) and return the pools it named (resolve asks left out)."""
+        bodies = [json.loads(body) for body in self.queued_messages()]
+        return [body["pool"] for body in bodies if "pool" in body]
+
+    def resolve_asks(self) -> int:
+        """Deliver the queue's resolve asks (webhooks' asks for a pipeline's tags) to the `pool_dirty`
+        Lambda, as SQS would; pool messages are held for `queued_messages`. Returns the asks delivered."""
+        from chalice.test import Client
+
+        from app import app
+
+        asks: list[str] = []
+        for body in self._drain():
+            (asks if "resolve" in json.loads(body) else self.held).append(body)
+        if asks:
+            with Client(app) as client:
+                for body in asks:  # batch size 1, as deployed
+                    event = client.events.generate_sqs_event(
+                        message_bodies=[body], queue_name="test-dirty.fifo"
+                    )
+                    client.lambda_.invoke("pool_dirty", event)
+        return len(asks)
 
     def queued_messages(self) -> list[str]:
         """Drain the dirty queue (as Lambda would) and return the bodies of its messages."""
+        out, self.held = self.held, []
+        return out + self._drain()
+
+    def _drain(self) -> list[str]:
         out: list[str] = []
         while True:
             got = self.aws.call(

@@ -75,8 +75,10 @@ def test_enforcement_is_on_for_every_caller(iam_stack: IamStack) -> None:
 def test_a_webhook_then_its_dirty_message_scale_the_pool(iam_stack: IamStack) -> None:
     stack = iam_stack.stack
     with Client(app) as client:
-        # WHEN GitLab reports a pending job, and Lambda hands the pool's dirty message to pool_dirty
+        # WHEN GitLab reports a pending job, pool_dirty resolves its tags on the webhook's ask (GitLab, then
+        # the tag cache and the job in DynamoDB), and Lambda hands the pool's dirty message to pool_dirty
         assert pending_hook(client, iam_stack).status_code == 202
+        assert stack.resolve_asks() == 1
         (pool,) = stack.queued_pools()
         assert client.lambda_.invoke("pool_dirty", sqs_event(client, pool)).payload == {
             "batchItemFailures": []
@@ -84,7 +86,7 @@ def test_a_webhook_then_its_dirty_message_scale_the_pool(iam_stack: IamStack) ->
     # THEN the pool scaled, and no call of the app was refused
     assert stack.desired("test-linux") == 1
     assert iam_stack.authorizer.denied == []
-    assert {"dynamodb:PutItem", "sqs:SendMessage", "autoscaling:SetDesiredCapacity"} <= {
+    assert {"dynamodb:PutItem", "dynamodb:Query", "sqs:SendMessage", "autoscaling:SetDesiredCapacity"} <= {
         c.action for c in iam_stack.authorizer.checked
     }
 
@@ -184,6 +186,7 @@ def test_without_pass_role_the_fallback_fails_as_a_pool_fault_and_the_reconcile_
     rt.store.put_fault(Fault("linux", "instance_type", "m7i.large", rt.now() + timedelta(minutes=30), "x"))
     with Client(app) as client:
         assert pending_hook(client, iam_stack).status_code == 202
+        stack.resolve_asks()
         stack.queued_pools()
         assert client.lambda_.invoke("pool_dirty", sqs_event(client, "linux")).payload == {
             "batchItemFailures": []

@@ -299,6 +299,7 @@ def test_each_new_machine_reports_how_long_its_job_waited_for_it(
     # GIVEN two linux jobs gone pending at 12:00:00 and 12:00:30, announced by GitLab's webhooks
     p = Pipeline(stack, fake_gitlab, ("linux",), ("linux",))
     post(client, p.hook(p.job_ids[0], "pending"))
+    stack.resolve_asks()  # the first one's pipeline tags, resolved by pool_dirty on the webhook's ask
     stack.advance(seconds=30)
     post(client, p.hook(p.job_ids[1], "pending"))
     # AND the dirty-pool reconcile asking the group for two machines

@@ -4,6 +4,7 @@ plus the webhook and reconciler entry points end to end."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,6 +18,7 @@ from chalicelib.pipelines import (
     MemoryPipelines,
     Pipelines,
     active_for_prewarm,
+    fill_pipeline_pools,
     observe_job_duration,
     pipeline_from_hook,
     pool_resolver,
@@ -96,6 +98,23 @@ def test_pipelines_expire_after_a_day(pipelines: Pipelines) -> None:
     pipelines.record(state(), T0)
     assert pipelines.active(GITLAB, T0 + PIPELINE_TTL - timedelta(seconds=1))
     assert pipelines.active(GITLAB, T0 + PIPELINE_TTL + timedelta(seconds=1)) == []
+
+
+def test_a_pipeline_stored_before_its_tags_were_known_gets_its_pools(pipelines: Pipelines) -> None:
+    # GIVEN a pipeline stored while its jobs' tags were not resolved yet (no pools)
+    unrouted = state()
+    unrouted = replace(unrouted, jobs=tuple(replace(j, pool="") for j in unrouted.jobs))
+    pipelines.record(unrouted, T0)
+    # WHEN the resolver learns their pools
+    assert fill_pipeline_pools(pipelines, GITLAB, 1, {1: "windows", 2: "windows"}, T0)
+    # THEN the stored jobs to come have them; a second fill changes nothing
+    (stored,) = pipelines.active(GITLAB, T0)
+    assert [(j.job_id, j.pool) for j in stored.jobs] == [(1, "windows"), (2, "windows")]
+    assert not fill_pipeline_pools(pipelines, GITLAB, 1, {1: "windows", 2: "windows"}, T0)
+    # AND a pipeline a newer delivery replaced meanwhile is left as that delivery wrote it
+    newer = replace(unrouted, pipeline_id=2, stamp=200.0)
+    pipelines.record(newer, T0)
+    assert not pipelines.rewrite(replace(newer, stamp=150.0), T0)
 
 
 def test_durations_are_learned_per_key(pipelines: Pipelines) -> None:

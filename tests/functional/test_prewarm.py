@@ -86,7 +86,9 @@ def _estimate_count(stack: Stack, key: str) -> int:
 
 
 def _learn_compile_durations(stack: Stack, fake: FakeGitLab, client: Client, project: int) -> None:
-    """Three earlier pipelines whose compile job took COMPILE_S: their success hooks teach the estimate."""
+    """Three earlier pipelines whose compile job took COMPILE_S on our runner 5: their success hooks teach
+    the estimate."""
+    stack.runtime.store.map_runner(5, "i-0555555555555555f", "linux", stack.runtime.now())  # as launched
     for _ in range(3):
         pipeline, jobs = _build_then_test(fake, project)
         started = stack.runtime.now() - timedelta(seconds=COMPILE_S)
@@ -127,6 +129,8 @@ def _warm_the_test_stage(stack: Stack, fake: FakeGitLab, client: Client) -> Warm
     started: datetime = stack.runtime.now()
     hook = _pipeline_running_compile(stack, project, pipeline, jobs)
     assert post(client, hook, event="Pipeline Hook").status_code == 202
+    # (its jobs' tags were not cached: the hook asked for them, and pool_dirty fills the stored pipeline)
+    assert stack.resolve_asks() == 1
     body = _job_hook(stack, project, pipeline, jobs[0], "running", started_at=started, runner_id=5)
     assert post(client, body).status_code == 202
 

@@ -197,6 +197,48 @@ def test_a_job_recorded_without_a_pool_gets_one_later_at_the_same_status(store: 
     assert not store.record_job(job("pending", pool="linux"), T0)  # and only once
 
 
+def test_a_job_without_a_pool_is_on_the_unrouted_index_until_routed_or_found_to_match_none(
+    store: Store,
+) -> None:
+    # GIVEN a created job (no demand: not unrouted) and two pending jobs whose tags are not known yet
+    assert store.record_job(job("created", 1, pool=""), T0)
+    assert store.record_job(job("pending", 2, pool=""), T0)
+    assert store.record_job(job("pending", 3, pool=""), T0)
+    assert sorted(j.job_id for j in store.unrouted_jobs()) == [2, 3]
+    # WHEN one is routed at the same status, and the other's tags match no pool
+    assert store.record_job(job("pending", 2, pool="linux", tags=("linux",)), T0)
+    assert store.no_pool(job("pending", 3, pool="", tags=("windows",)))
+    # THEN neither is unrouted any more; the second keeps its tags, and is taken off only once
+    assert store.unrouted_jobs() == []
+    assert [j.job_id for j in store.pool_jobs("linux")] == [2]
+    stored = store.get_job("gitlab.example.com", 3)
+    assert stored is not None and (stored.pool, stored.tags) == ("", ("windows",))
+    assert not store.no_pool(job("pending", 3, pool="", tags=("windows",)))
+    # AND a job routed meanwhile is not taken off its pool by a late `no_pool`
+    assert not store.no_pool(job("pending", 2, pool="", tags=()))
+    assert [j.job_id for j in store.pool_jobs("linux")] == [2]
+
+
+def test_a_later_event_without_a_pool_keeps_the_stored_pool(store: Store) -> None:
+    # GIVEN a pending job routed to linux
+    assert store.record_job(job("pending", pool="linux"), T0)
+    # WHEN it runs on a runner that is not ours (the webhook knows no pool for it)
+    assert store.record_job(job("running", pool="", runner_id=77), T0)
+    # THEN it stays in its pool, running, and is not unrouted
+    assert [(j.status, j.pool) for j in store.pool_jobs("linux")] == [("running", "linux")]
+    assert store.unrouted_jobs() == []
+    # AND a job first seen running with no pool known is unrouted until resolved
+    assert store.record_job(job("running", 9, pool=""), T0)
+    assert [j.job_id for j in store.unrouted_jobs()] == [9]
+
+
+def test_a_runner_id_maps_to_its_machine(store: Store) -> None:
+    assert store.runner_machine(41) is None
+    store.map_runner(41, "i-0aaaaaaaaaaaaaaa0", "linux", T0)
+    assert store.runner_machine(41) == ("i-0aaaaaaaaaaaaaaa0", "linux")
+    assert store.runner_machine(42) is None
+
+
 def test_recent_projects_are_remembered_for_a_while(store: Store) -> None:
     store.note_projects("gitlab.example.com", [3, 1, 3], T0)
     store.note_projects("gitlab.example.com", [2], T0 + timedelta(days=5))

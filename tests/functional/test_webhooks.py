@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from app import app
 from chalicelib.resources import DIRTY_WINDOW_SECONDS
-from chalicelib.store import JobRecord
+from chalicelib.store import JobRecord, MachineRecord
 from chalicelib.webhooks import MAX_BODY_BYTES
 from tests.functional.conftest import WEBHOOK_TOKENS, Stack, describe_group
 from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
@@ -65,15 +65,38 @@ def job(stack: Stack, job_id: int) -> Any:
     return stack.runtime.store.get_job(stack.runtime.gitlab_host, job_id)
 
 
+def our_machine(stack: Stack, instance_id: str, runner_id: int, pool: str = "linux") -> None:
+    """What the launch handler stores for a machine of ours: its record with its runner, and the runner's
+    id mapped to it (chalicelib.lifecycle `_prepare`)."""
+    now = stack.runtime.now()
+    stack.runtime.store.record_runner(MachineRecord(instance_id, pool, now, runner_id=runner_id))
+    stack.runtime.store.map_runner(runner_id, instance_id, pool, now)
+
+
+PIPELINE_JOBS = "/projects/:project/pipelines/:pipeline_id/jobs"
+
+
 def test_pending_job_is_recorded_routed_and_its_pool_marked_dirty(
     gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
 ) -> None:
+    # GIVEN a pending job whose pipeline's tags nobody has asked GitLab for yet
     p = Pipeline(gitlab_stack, fake_gitlab, ("docker",))
+    # WHEN its hook arrives
     response = post(client, p.hook(p.job_ids[0], "pending"), idempotency_key="k-1")
+    # THEN the route answers without asking GitLab anything: the job is stored unrouted
     assert response.status_code == 202
-    assert json.loads(response.body)["pool"] == "linux"
+    assert json.loads(response.body)["pool"] is None and json.loads(response.body)["routing"] == "deferred"
+    assert fake_gitlab.request_count("GET", PIPELINE_JOBS) == 0
+    stored = job(gitlab_stack, p.job_ids[0])
+    assert (stored.status, stored.pool) == ("pending", "")
+    assert [j.job_id for j in gitlab_stack.runtime.store.unrouted_jobs()] == [p.job_ids[0]]
+    # AND WHEN the queue delivers its resolve ask to pool_dirty
+    assert gitlab_stack.resolve_asks() == 1
+    # THEN one pipeline-jobs call routed it to its pool, which is marked dirty, and the tags are cached
+    assert fake_gitlab.request_count("GET", PIPELINE_JOBS) == 1
     stored = job(gitlab_stack, p.job_ids[0])
     assert (stored.status, stored.pool, stored.tags) == ("pending", "linux", ("docker",))
+    assert gitlab_stack.runtime.store.unrouted_jobs() == []
     assert gitlab_stack.queued_pools() == ["linux"]
 
 
@@ -145,12 +168,49 @@ def test_late_pending_never_overwrites_running(
 def test_job_run_by_our_runner_is_credited_to_its_machine(
     gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
 ) -> None:
+    our_machine(gitlab_stack, "i-0123456789abcdef0", 9)
     p = Pipeline(gitlab_stack, fake_gitlab)
     body = p.hook(p.job_ids[0], "running", runner_id=9, tags=["linux"])
     body["runner"]["description"] = "runner-scaler/linux/i-0123456789abcdef0"
     assert post(client, body).status_code == 202
     stored = job(gitlab_stack, p.job_ids[0])
     assert (stored.pool, stored.machine_id, stored.runner_id) == ("linux", "i-0123456789abcdef0", 9)
+    assert fake_gitlab.request_count("GET", PIPELINE_JOBS) == 0
+
+
+def test_a_job_on_our_runner_whose_description_was_edited_is_still_credited_to_its_machine(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    # GIVEN our machine's runner 9, whose description someone edited in GitLab's UI
+    our_machine(gitlab_stack, "i-0123456789abcdef0", 9)
+    p = Pipeline(gitlab_stack, fake_gitlab)
+    body = p.hook(p.job_ids[0], "running", runner_id=9, tags=["linux"])
+    body["runner"]["description"] = "build box (do not touch)"
+    # WHEN a job starts on it
+    assert post(client, body).status_code == 202
+    # THEN the job is credited to the machine by the runner's id
+    stored = job(gitlab_stack, p.job_ids[0])
+    assert (stored.pool, stored.machine_id, stored.runner_id) == ("linux", "i-0123456789abcdef0", 9)
+
+
+def test_a_foreign_runner_with_a_look_alike_description_is_not_taken_for_ours(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    # GIVEN our machine with runner 9, and someone else's runner 77 described as if it ran on that machine
+    our_machine(gitlab_stack, "i-0123456789abcdef0", 9)
+    p = Pipeline(gitlab_stack, fake_gitlab, ("linux",), ("linux",))
+    body = p.hook(p.job_ids[0], "running", runner_id=77, tags=["linux"])
+    body["runner"]["description"] = "runner-scaler/linux/i-0123456789abcdef0"
+    # AND another foreign runner named after an instance we never had
+    other = p.hook(p.job_ids[1], "running", runner_id=78, tags=["linux"])
+    other["runner"]["description"] = "runner-scaler/linux/i-0fffffffffffffff0"
+    # WHEN jobs start on them
+    assert post(client, body).status_code == 202 and post(client, other).status_code == 202
+    # THEN neither job is credited to a machine of ours, nor routed to a pool by the description
+    for job_id in p.job_ids:
+        stored = job(gitlab_stack, job_id)
+        assert (stored.machine_id, stored.runner_id in (77, 78)) == ("", True)
+        assert stored.pool == ""
 
 
 def test_job_that_matches_no_pool_is_recorded_as_unroutable(
@@ -159,7 +219,10 @@ def test_job_that_matches_no_pool_is_recorded_as_unroutable(
     p = Pipeline(gitlab_stack, fake_gitlab, ("windows",))
     response = post(client, p.hook(p.job_ids[0], "pending"))
     assert response.status_code == 202 and json.loads(response.body)["pool"] is None
-    assert job(gitlab_stack, p.job_ids[0]).pool == ""
+    assert gitlab_stack.resolve_asks() == 1
+    stored = job(gitlab_stack, p.job_ids[0])
+    assert (stored.pool, stored.tags) == ("", ("windows",))
+    assert gitlab_stack.runtime.store.unrouted_jobs() == []  # resolved: no pool takes it, never asked again
     assert gitlab_stack.queued_pools() == []
 
 
@@ -171,10 +234,14 @@ def test_a_pipeline_of_40_jobs_costs_one_tag_lookup(
     pipeline = pipeline_hook_payload(
         p.pipeline_id, "pending", project_id=p.project, builds=builds, now=gitlab_stack.runtime.now()
     )
+    # WHEN the Pipeline hook comes (it asks for the tags, out of its request), then the 40 Job hooks
     assert post(client, pipeline, event="Pipeline Hook").status_code == 202
-    for j in p.job_ids:
-        assert post(client, p.hook(j, "pending")).status_code == 202
-    assert fake_gitlab.request_count("GET", "/projects/:project/pipelines/:pipeline_id/jobs") == 1
+    assert fake_gitlab.request_count("GET", PIPELINE_JOBS) == 0
+    assert gitlab_stack.resolve_asks() == 1
+    answers = [json.loads(post(client, p.hook(j, "pending")).body) for j in p.job_ids]
+    # THEN one pipeline-jobs call in all, and every job was routed in its own request from the cached tags
+    assert fake_gitlab.request_count("GET", PIPELINE_JOBS) == 1
+    assert {a["pool"] for a in answers} == {"linux"} and not any("routing" in a for a in answers)
     assert {job(gitlab_stack, j).pool for j in p.job_ids} == {"linux"}
 
 
@@ -183,6 +250,7 @@ def test_webhook_to_machine_end_to_end(gitlab_stack: Stack, fake_gitlab: FakeGit
     p = Pipeline(gitlab_stack, fake_gitlab, ("linux",), ("linux",))
     for j in p.job_ids:
         post(client, p.hook(j, "pending"))
+    gitlab_stack.resolve_asks()  # their tags resolved by pool_dirty on the webhook's ask
     # WHEN the dirty-pool message reaches its handler
     bodies = [json.dumps({"pool": pool}) for pool in gitlab_stack.queued_pools()]
     event = client.events.generate_sqs_event(message_bodies=bodies, queue_name="test-dirty.fifo")
@@ -193,19 +261,31 @@ def test_webhook_to_machine_end_to_end(gitlab_stack: Stack, fake_gitlab: FakeGit
     assert len(instances) == 2 and all(i["ProtectedFromScaleIn"] for i in instances)
 
 
-def test_hot_path_makes_at_most_three_aws_calls(
+def test_hot_path_makes_at_most_four_aws_calls_and_no_gitlab_call(
     gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
 ) -> None:
-    p = Pipeline(gitlab_stack, fake_gitlab)
-    post(client, p.hook(p.job_ids[0], "created"))  # warms the token cache, the queue URL and the tag cache
-    before = gitlab_stack.runtime.aws.total_calls
-    post(client, p.hook(p.job_ids[0], "pending"))
-    assert gitlab_stack.runtime.aws.total_calls - before <= 3
+    # GIVEN a warm container (token cache, queue URL)
+    p = Pipeline(gitlab_stack, fake_gitlab, ("linux",), ("linux",))
+    post(client, p.hook(p.job_ids[0], "created"))
+    gitlab_before = sum(fake_gitlab.requests.values())
+    # WHEN a pending hook comes with its pipeline's tags not cached, then one with them cached
+    calls = []
+    for job_id in p.job_ids:
+        before = gitlab_stack.runtime.aws.total_calls
+        post(client, p.hook(job_id, "pending"))
+        calls.append(gitlab_stack.runtime.aws.total_calls - before)
+        gitlab_stack.resolve_asks()
+    # THEN each made four AWS calls (event key, cached tags, job write, resolve ask or dirty message), and
+    # the webhook asked GitLab nothing (the one pipeline-jobs call was pool_dirty's)
+    assert calls == [4, 4]
+    assert sum(fake_gitlab.requests.values()) - gitlab_before == 1
+    assert fake_gitlab.request_count("GET", PIPELINE_JOBS) == 1
 
 
 def test_a_started_job_reports_how_long_it_waited(
     gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    our_machine(gitlab_stack, "i-0123456789abcdef0", 9)
     p = Pipeline(gitlab_stack, fake_gitlab)
     body = p.hook(p.job_ids[0], "running", runner_id=9, tags=["linux"])
     body["runner"]["description"] = "runner-scaler/linux/i-0123456789abcdef0"
@@ -224,7 +304,10 @@ MACHINES = ("i-0aaaaaaaaaaaaaaa0", "i-0bbbbbbbbbbbbbbb1", "i-0ccccccccccccccc2")
 
 def lifecycle_hooks(stack: Stack, fake: FakeGitLab) -> list[tuple[str, dict[str, Any]]]:
     """A fresh pipeline of three jobs, and the Job hooks of each one's life: pending, running, then
-    success (jobs 0 and 2) or failed (job 1), each on its own machine; with an idempotency key apiece."""
+    success (jobs 0 and 2) or failed (job 1), each on its own machine of ours; with an idempotency key
+    apiece."""
+    for index, machine in enumerate(MACHINES):
+        our_machine(stack, machine, 40 + index)
     p = Pipeline(stack, fake, ("linux",), ("linux",), ("linux",))
     created, started = stack.runtime.now(), stack.runtime.now() + timedelta(minutes=1)
     hooks = []
@@ -257,8 +340,7 @@ def lifecycle_hooks(stack: Stack, fake: FakeGitLab) -> list[tuple[str, dict[str,
 def stored_by_index(stack: Stack, hooks: list[tuple[str, dict[str, Any]]]) -> list[JobRecord]:
     """The stored record of each job, with the ids GitLab gave this pipeline taken out.
 
-    Tags are compared too: a job first seen running on our runner is stored without them, and its late
-    pending hook fills them in (tested alone below).
+    Tags are compared too: none is known to these hooks (their pipeline's tags are never resolved here).
     """
     job_ids = sorted({body["build_id"] for _key, body in hooks})
     return [replace(job(stack, j), job_id=0, pipeline_id=0, project_id=0) for j in job_ids]
@@ -300,8 +382,11 @@ def test_any_order_and_duplication_of_job_hooks_stores_the_same_jobs(
 def test_a_pending_hook_arriving_after_running_still_leaves_the_job_tags(
     gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
 ) -> None:
-    # GIVEN a job whose running hook (on our runner) arrives before its pending hook
+    # GIVEN a pipeline whose tags are cached (another of its jobs was resolved)
     hooks = lifecycle_hooks(gitlab_stack, fake_gitlab)
+    post(client, hooks[6][1], idempotency_key=hooks[6][0])
+    assert gitlab_stack.resolve_asks() == 1
+    # WHEN a job's running hook (on our runner) arrives before its pending hook
     (pending, pending_body), (running, running_body) = hooks[0], hooks[1]
     post(client, running_body, idempotency_key=running)
     post(client, pending_body, idempotency_key=pending)
@@ -313,7 +398,13 @@ def test_a_burst_of_120_job_events_marks_the_pool_dirty_a_handful_of_times(
     gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
 ) -> None:
     # GIVEN a pipeline of 60 linux jobs (120 events keep the test quick; the window, not the count, matters)
+    # whose tags are cached, and 60 machines of ours
     p = Pipeline(gitlab_stack, fake_gitlab, *[("linux",)] * 60)
+    for n in range(60):
+        gitlab_stack.runtime.store.map_runner(n, f"i-{n:017x}", "linux", gitlab_stack.runtime.now())
+    post(client, p.hook(p.job_ids[0], "created"))
+    gitlab_stack.runtime.queue.ask_resolve(p.project, p.pipeline_id, p.job_ids[0], gitlab_stack.runtime.now())
+    assert gitlab_stack.resolve_asks() == 1
     # WHEN each goes pending, then running on our runner: 120 events over 6 seconds
     changed = 0
     for status in ("pending", "running"):
@@ -337,9 +428,11 @@ def test_only_a_job_going_pending_marks_its_pool_dirty(
     gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
 ) -> None:
     # GIVEN a linux job that went pending (its pool marked dirty) and whose message was handled
+    our_machine(gitlab_stack, "i-00000000000000007", 7)
     p = Pipeline(gitlab_stack, fake_gitlab, ("linux",))
     job_id = p.job_ids[0]
     assert post(client, p.hook(job_id, "pending")).status_code == 202
+    assert gitlab_stack.resolve_asks() == 1
     assert gitlab_stack.queued_pools() == ["linux"]
     # WHEN it runs on our runner, then succeeds, each hook in a later dirty window
     for status in ("running", "success"):

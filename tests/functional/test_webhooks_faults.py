@@ -73,6 +73,8 @@ def test_an_aws_outage_is_a_503_and_the_resend_is_applied(
     # THEN it is applied, not dropped as a duplicate
     assert again.status_code == 202, again.body
     assert job(gitlab_stack, p.job_ids[0]).status == "pending"
+    install(gitlab_stack.runtime)  # pool_dirty runs in a container of its own
+    assert gitlab_stack.resolve_asks() == 1
     assert gitlab_stack.queued_pools() == ["linux"]
 
 

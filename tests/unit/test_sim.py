@@ -72,13 +72,15 @@ class TestAccounting:
         # WHEN our scaler runs it
         world = World(config, [job(1, 100.0, 0, 300.0)], seed=0, options=EXACT)
         result = world.run(Ours())
-        # THEN the pending webhook marks the pool dirty, SQS delivers 2 s later (DelaySeconds), one machine
-        # launches at 102 s, is ready at 162 s (the job waited 62 s), the job ends at 462 s and the used-up
-        # machine terminates itself as run-single exits (its user data), not at the next reconcile
+        # THEN the pending webhook stores the job unrouted (its tags are not cached) and asks for them; SQS
+        # delivers the ask 2 s later (DelaySeconds), its consumer resolves the pipeline's tags and marks the
+        # pool dirty; SQS delivers that 2 s later: one machine launches at 104 s, is ready at 164 s (the job
+        # waited 64 s), the job ends at 464 s and the used-up machine terminates itself as run-single exits
+        # (its user data), not at the next reconcile
         (machine,) = world.ledger.machines
-        assert (machine.launched_at, machine.ready_at, machine.terminated_at) == (102.0, 162.0, 462.0)
-        assert world.jobs[0].wait_s == 62.0
-        assert result.metrics["wait_max_s"] == 62.0
+        assert (machine.launched_at, machine.ready_at, machine.terminated_at) == (104.0, 164.0, 464.0)
+        assert world.jobs[0].wait_s == 64.0
+        assert result.metrics["wait_max_s"] == 64.0
         assert result.metrics["max_machines"] == 1
         assert result.metrics["idle_fraction"] == round(1 - 300 / 360, 3)
         assert result.metrics["cost_usd"] == round(360 / 3600 * 0.36, 2)

@@ -10,7 +10,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chalicelib.config import config_from_dict
-from chalicelib.jobs import TagResolver
 from chalicelib.runtime import Runtime
 from chalicelib.store import MemoryStore
 from chalicelib.webhooks import receive
@@ -34,6 +33,9 @@ class Recorder:
     def mark_dirty(self, pool: str, reason: str, now: datetime) -> None:
         self.marked.append(pool)
 
+    def ask_resolve(self, project_id: int, pipeline_id: int, job_id: int, now: datetime) -> None:
+        self.marked.append(f"resolve {pipeline_id}")
+
 
 class FuzzRuntime(Runtime):
     def webhook_tokens(self) -> list[str]:
@@ -43,7 +45,7 @@ class FuzzRuntime(Runtime):
 def runtime() -> FuzzRuntime:
     rt = FuzzRuntime({}, config=CONFIG, clock=lambda: NOW)
     rt.__dict__.update(
-        store=MemoryStore(), queue=Recorder(), tags=TagResolver(None), gitlab_host="gitlab.example.com"
+        store=MemoryStore(), queue=Recorder(), gitlab_host="gitlab.example.com"
     )
     return rt
 

@@ -174,7 +174,6 @@ def replay(
 
     from chalicelib import runtime as runtime_module
     from chalicelib.aws import AwsClients
-    from chalicelib.jobs import TagResolver
     from chalicelib.resources import Names
     from chalicelib.runtime import Runtime
     from toolkit.devtools.bootstrap import bootstrap
@@ -189,13 +188,12 @@ def replay(
             aws=aws,
             config=config,
         )
-        rt.__dict__["tags"] = TagResolver(RecordedTags(deliveries))  # offline: no GitLab to ask
         runtime_module.install(rt)
         try:
             with Client(load_app()) as client:
                 for delivery in deliveries:
                     _post(client, rt, delivery, report)
-                _reconcile_dirty(rt, local.queue_url, report)
+                _reconcile_dirty(rt, local.queue_url, report, RecordedTags(deliveries))
         finally:
             runtime_module.install(None)
     return report
@@ -213,7 +211,10 @@ def _post(client: Any, rt: Any, delivery: Delivery, report: ReplayReport) -> Non
         report.ignored += 1
     elif response.status_code == 202:
         report.accepted += 1
-        report.unroutable += int(body.get("job") is not None and body.get("pool") is None)
+        routed_later = body.get("routing") == "deferred"  # counted once its tags are resolved
+        report.unroutable += int(
+            body.get("job") is not None and body.get("pool") is None and not routed_later
+        )
     elif response.status_code == 200:
         report.duplicates += 1
     else:
@@ -221,7 +222,12 @@ def _post(client: Any, rt: Any, delivery: Delivery, report: ReplayReport) -> Non
         report.rejected[reason] += 1
 
 
-def _reconcile_dirty(rt: Any, queue_url: str, report: ReplayReport) -> None:
+def _reconcile_dirty(rt: Any, queue_url: str, report: ReplayReport, tags: RecordedTags) -> None:
+    """Consume the queue as pool_dirty does: resolve asks first (the recorded tags stand in for GitLab's
+    pipeline-jobs call), which may mark more pools dirty; then reconcile each dirty pool once."""
+    from chalicelib.events.aws import ResolveTagsMessage, parse_queue_message
+    from chalicelib.jobs import resolve_unrouted
+
     pools: set[str] = set()
     while True:
         got = rt.aws.call("sqs", "receive_message", QueueUrl=queue_url, MaxNumberOfMessages=10)
@@ -229,7 +235,16 @@ def _reconcile_dirty(rt: Any, queue_url: str, report: ReplayReport) -> None:
         if not messages:
             break
         for message in messages:
-            pools.add(json.loads(message["Body"])["pool"])
+            body = parse_queue_message(message["Body"])
+            if isinstance(body, ResolveTagsMessage):
+                ask = body.resolve
+                asked = (ask.project_id, ask.pipeline_id, ask.job_id)
+                resolved = resolve_unrouted(
+                    rt.config, rt.store, tags, rt.queue, rt.now(), gitlab=rt.gitlab_host, asked=asked
+                )
+                report.unroutable += len(resolved.unroutable)
+            else:
+                pools.add(body.pool)
             rt.aws.call("sqs", "delete_message", QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
     reconciler = rt.reconciler("replay")
     results = {p: reconciler.reconcile_pool(rt.config.pool(p), rt.now()) for p in sorted(pools)}
