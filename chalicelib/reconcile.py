@@ -17,7 +17,13 @@ from chalicelib import metrics
 from chalicelib.capacity import Demand, Machine, MachineState, PoolPlan, plan_pool
 from chalicelib.capacity.fallback import can_fall_back, preferred_types
 from chalicelib.capacity.hosts import HostPlan, plan_hosts
-from chalicelib.capacity.warm import needs_delete, size_warm_pool, warm_pool_change
+from chalicelib.capacity.warm import (
+    needs_delete,
+    prewarm_to_launch,
+    size_warm_pool,
+    warm_lead_s,
+    warm_pool_change,
+)
 from chalicelib.config import Config, Pool
 from chalicelib.drain import DrainState, drain_machine
 from chalicelib.eligibility import Eligibility
@@ -223,10 +229,12 @@ class Reconciler:
         )
         pending = [j for j in jobs if j.status == "pending"]
         result.unpickable = self._unpickable(pool, pending, now)
+        warm_ready = group.warm_size if group.warm_pool is not None else 0
+        prewarm_now, prewarm_cold = _prewarm(pool, pipelines, jobs, now, warm_ready)
         demand = Demand(
             pending=len(pending) - result.unpickable + rescued,
             running=sum(1 for j in jobs if j.status in HOLDS_SLOT),
-            prewarm=_prewarm(pool, pipelines, jobs, now),
+            prewarm=prewarm_now,
         )
         result.pending, result.running = demand.pending, demand.running
         for machine in machines:
@@ -276,7 +284,7 @@ class Reconciler:
             self._check_lease()
             applied = apply_host_plan(self._hosts, pool, host_plan, hosts)
             result.faults.extend(applied.errors)
-        self._size_warm_pool(pool, group, jobs, demand, now, result)
+        self._size_warm_pool(pool, group, jobs, prewarm_cold, now, result)
         if plan.changes or result.terminated:
             logger.info(plan.summary(), extra={"pool": pool.name})
 
@@ -285,7 +293,7 @@ class Reconciler:
         pool: Pool,
         group: GroupView,
         jobs: Sequence[JobRecord],
-        demand: Demand,
+        prewarm_cold: int,
         now: datetime,
         result: ReconcileResult,
     ) -> None:
@@ -301,7 +309,7 @@ class Reconciler:
             return
         arrivals = [t for job in jobs if (t := _arrived_at(job)) is not None]
         wanted = size_warm_pool(
-            pool, now, arrivals=arrivals, prewarm_slots=demand.prewarm, refill_s=lead_of(pool)
+            pool, now, arrivals=arrivals, prewarm_slots=prewarm_cold, refill_s=lead_of(pool)
         )
         change = warm_pool_change(wanted, group.warm_pool)
         delete = needs_delete(wanted, group.warm_pool)
@@ -567,15 +575,29 @@ class Reconciler:
             result.already_gone.append(record.instance_id)
 
 
-def _prewarm(pool: Pool, pipelines: Sequence[PipelineState], jobs: Sequence[JobRecord], now: datetime) -> int:
-    """The pool's prewarm slots. A stored pipeline is only as fresh as its last Pipeline Hook, and GitLab
-    sends none when a later stage starts: jobs this pool already knows as pending or running are counted
-    by their own status, never a second time as jobs to come."""
+def _prewarm(
+    pool: Pool,
+    pipelines: Sequence[PipelineState],
+    jobs: Sequence[JobRecord],
+    now: datetime,
+    warm_ready: int = 0,
+) -> tuple[int, int]:
+    """The pool's prewarm slots: (to launch now, expected within a cold boot). A stored pipeline is only as
+    fresh as its last Pipeline Hook, and GitLab sends none when a later stage starts: jobs this pool already
+    knows as pending or running are counted by their own status, never a second time as jobs to come.
+
+    With `warm_ready` machines in the warm pool, a slot they cover is launched one warm lead ahead instead
+    of a cold boot ahead (chalicelib/capacity/warm.py, `prewarm_to_launch`); the warm pool itself is sized
+    for the cold-boot forecast, so that it holds them in time."""
     if not pool.prewarm or not pipelines:
-        return 0
+        return 0, 0
     known = {j.job_id: j.status for j in jobs}
     fresh = [with_statuses(p, known) for p in pipelines]
-    return forecast(fresh, [pool], now).get(pool.name, 0)
+    cold = forecast(fresh, [pool], now).get(pool.name, 0)
+    if warm_ready <= 0 or cold == 0:
+        return cold, cold
+    warm = forecast(fresh, [pool], now, leads={pool.name: warm_lead_s(pool)}).get(pool.name, 0)
+    return prewarm_to_launch(pool, cold_slots=cold, warm_slots=warm, warm_ready=warm_ready), cold
 
 
 def _arrived_at(job: JobRecord) -> datetime | None:

@@ -134,3 +134,29 @@ def warm_pool_change(wanted: WarmPoolSize, current: WarmPoolSettings | None) -> 
 def needs_delete(wanted: WarmPoolSize, current: WarmPoolSettings | None) -> bool:
     """A group keeps a warm pool the config no longer wants ("off", or the pool became Spot)."""
     return wanted.settings is None and current is not None
+
+
+#: Seconds between two reconciles of a pool at worst (the tick runs every minute): a forecast window shorter
+#: than that may open and close between two looks.
+RECONCILE_INTERVAL_S = 60.0
+
+
+def warm_lead_s(pool: Pool) -> float:
+    """How far ahead (seconds) a machine taken from the warm pool must be asked for: it arrives after its
+    warm-start time, not now, and the next look at the pool may be one reconcile interval away."""
+    return WARM_START_S[pool.platform] + RECONCILE_INTERVAL_S
+
+
+def prewarm_to_launch(pool: Pool, *, cold_slots: int, warm_slots: int, warm_ready: int) -> int:
+    """Prewarm slots to launch now, given the pipeline forecast at the cold lead (`cold_slots`: later-stage
+    jobs expected within a cold boot) and at the warm lead (`warm_slots`), and `warm_ready` machines waiting
+    in the warm pool.
+
+    Auto Scaling takes warm machines first whenever the desired capacity rises, so when the warm pool holds
+    a machine for every slot expected within a cold boot, each can be asked for one warm lead ahead, and
+    only the slots expected within it launch now: fewer machines idle while a stage finishes. Otherwise
+    every slot expected within a cold boot launches now, as without a warm pool (never later than that).
+    """
+    if warm_ready * slots_per_new_machine(pool) >= cold_slots:
+        return min(warm_slots, cold_slots)
+    return cold_slots

@@ -20,12 +20,17 @@ from chalicelib.capacity.warm import (
     WarmPoolSettings,
     needs_delete,
     peak_arrivals,
+    prewarm_to_launch,
     size_warm_pool,
+    warm_lead_s,
     warm_pool_change,
 )
 from chalicelib.config import parse_config
 from chalicelib.errors import ConfigError
+from chalicelib.forecast import quantile
+from chalicelib.reconcile import _prewarm
 from tests.builders import T0, pool
+from tests.unit.test_forecast import WINDOWS, learned, windows_three_stages
 
 REFILL_S = 120.0
 
@@ -182,3 +187,42 @@ def test_more_arrivals_never_shrink_the_pool(offsets: list[int], extra: list[int
     # And the peak is at most the arrivals inside the window.
     inside = [t for t in after if T0 - ARRIVAL_WINDOW <= t <= T0]
     assert peak_arrivals(after, T0, refill) <= len(inside)
+
+
+# -- warm machines arrive after their warm-start time, not now ----------------------------------------------
+
+
+def test_slots_the_warm_pool_covers_launch_one_warm_lead_ahead_not_a_cold_boot_ahead() -> None:
+    # GIVEN a Windows pipeline whose running stage is predicted to end 200 s from now, two jobs behind it
+    windows = WINDOWS.model_copy(update={"max_instances": 10})
+    q = quantile(learned(*[600.0] * 5), 0.8)
+    assert q is not None
+    state = windows_three_stages(T0 - timedelta(seconds=q - 200))
+    # WHEN no warm machine waits THEN both launch now, a cold boot (420 s) ahead, as without a warm pool
+    assert _prewarm(windows, [state], [], T0, warm_ready=0) == (2, 2)
+    # WHEN the warm pool holds two THEN none launches yet: they start in about 40 s once asked for, and the
+    # warm pool stays sized for both (the cold-boot forecast)
+    assert warm_lead_s(windows) == 100.0
+    assert _prewarm(windows, [state], [], T0, warm_ready=2) == (0, 2)
+    # WHEN it holds only one THEN both launch now (never later than without a warm pool)
+    assert _prewarm(windows, [state], [], T0, warm_ready=1) == (2, 2)
+    # AND once the stage's end is within the warm lead, both launch (taken from the warm pool)
+    assert _prewarm(windows, [state], [], T0 + timedelta(seconds=150), warm_ready=2) == (2, 2)
+
+
+@settings(max_examples=150)
+@given(
+    cold=st.integers(0, 12),
+    warm=st.integers(0, 12),
+    ready=st.integers(0, 12),
+)
+def test_prewarm_with_warm_machines_is_never_more_and_never_later_than_needed(
+    cold: int, warm: int, ready: int
+) -> None:
+    subject = pool()
+    warm = min(warm, cold)  # a window inside another never holds more
+    now = prewarm_to_launch(subject, cold_slots=cold, warm_slots=warm, warm_ready=ready)
+    assert warm <= now <= cold
+    assert prewarm_to_launch(subject, cold_slots=cold, warm_slots=warm, warm_ready=0) == cold
+    if ready < cold:  # the warm pool cannot cover them all: as without one
+        assert now == cold
