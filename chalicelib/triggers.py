@@ -6,10 +6,10 @@ Each reads its event model, reconciles through `Reconciler`, and reports; import
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -24,6 +24,7 @@ from chalicelib.reconcile import ReconcileResult
 from chalicelib.runtime import Runtime
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -51,16 +52,11 @@ def run_tick(rt: Runtime, owner: str) -> TickReport:
     long_pending: dict[str, int] = {}
     if rt.has_gitlab():
         dirty: DirtyMarker = held if fan_out else rt.queue
-        _resolve(rt, dirty, None)
-        report = heal(rt.config, rt.store, rt.gitlab, dirty, rt.now(), gitlab_host=rt.gitlab_host)
-        long_pending = report.long_pending
-        if report.discovered:
-            metrics.emit_count("LostJobsFound", len(report.discovered))
-        if report.errors:
-            logger.warning("heal errors", extra={"errors": report.errors[:5]})
-        _check_hooks(rt)
-        _sweep(rt)
-    _ensure_certs(rt)
+        _isolated("resolve", lambda: _resolve(rt, dirty, None))
+        long_pending = _isolated("heal", lambda: _heal(rt, dirty)) or {}
+        _isolated("hook check", lambda: _check_hooks(rt))
+        _isolated("sweep", lambda: _sweep(rt))
+    _isolated("certs", lambda: _ensure_certs(rt))
     if fan_out:
         tick = _fan_out(rt, held.reasons, long_pending)
     else:
@@ -73,6 +69,32 @@ def run_tick(rt: Runtime, owner: str) -> TickReport:
         if result.faults:
             logger.warning("pool faults", extra={"pool": result.pool, "faults": result.faults})
     return tick
+
+
+def _isolated(step: str, run: Callable[[], _T]) -> _T | None:
+    """Run one repair step of the tick so that its failure stops neither the other steps nor the reconcile.
+
+    Resolving unrouted jobs, heal, the hook check, the sweep and the certificate check are each retried by
+    a later tick; the
+    reconcile, which puts machines under waiting jobs, must not wait for them. The failure is logged with
+    its step and counted (TickStepFailed, dimension `step`), never swallowed silently.
+    """
+    try:
+        return run()
+    except Exception as exc:  # any failure of a repair step, a bug included: logged and counted below
+        logger.exception("tick step failed", extra={"step": step, "error": str(exc)})
+        metrics.emit({"TickStepFailed": 1}, {"step": step})
+        return None
+
+
+def _heal(rt: Runtime, dirty: DirtyMarker) -> dict[str, int]:
+    """Repair the job store from GitLab; returns the jobs pending too long, per pool."""
+    report = heal(rt.config, rt.store, rt.gitlab, dirty, rt.now(), gitlab_host=rt.gitlab_host)
+    if report.discovered:
+        metrics.emit_count("LostJobsFound", len(report.discovered))
+    if report.errors:
+        logger.warning("heal errors", extra={"errors": report.errors[:5]})
+    return report.long_pending
 
 
 def _resolve(rt: Runtime, dirty: DirtyMarker, asked: ResolveAsk | None) -> None:
