@@ -75,9 +75,8 @@ def _isolated(step: str, run: Callable[[], _T]) -> _T | None:
     """Run one repair step of the tick so that its failure stops neither the other steps nor the reconcile.
 
     Resolving unrouted jobs, heal, the hook check, the sweep and the certificate check are each retried by
-    a later tick; the
-    reconcile, which puts machines under waiting jobs, must not wait for them. The failure is logged with
-    its step and counted (TickStepFailed, dimension `step`), never swallowed silently.
+    a later tick; the reconcile, which puts machines under waiting jobs, must not wait for them. The failure
+    is logged with its step and counted (TickStepFailed, dimension `step`), never swallowed silently.
     """
     try:
         return run()

@@ -106,7 +106,6 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
         "runtime",
         "eligibility",
     ): "wiring builds the reconciler and its collaborators until app.py wires (#20.2)",
-    ("runtime", "jobs"): "wiring builds the tag resolver (a use-case helper) until app.py wires (#20.2)",
     ("runtime", "reconcile"): "wiring builds the reconciler until app.py does the wiring (#20.2)",
 }
 
