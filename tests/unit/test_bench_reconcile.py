@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from chalicelib.store import DynamoStore
-from sim.bench_reconcile import T0, TABLE, Bench, Shape, Tick, layout, run
+from sim.bench_reconcile import TABLE, Bench, Shape, Tick, layout, run
+from sim.fake_aws import T0
 
 SMALL = Shape("3x100", 3, 100)  # every kind of MIX at least once per pool
 
