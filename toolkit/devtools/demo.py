@@ -4,15 +4,16 @@ moto serves AWS on 127.0.0.1; a fake GitLab sends real webhooks (real headers, r
 app served by chalice.local; the demo plays the AWS services that invoke the app's other handlers (EventBridge
 schedules and rules, SQS, SNS alarms, Secrets Manager rotation, EC2 Spot) and simulated machines run a job
 trace. It also stages an incident (throttled Auto Scaling reads) and a Spot interruption. Every handler in
-app.py runs its production code path; only the clock is faster. May import chalicelib and sim; never
-imported by app.py.
+app.py runs its production code path; only the clock is faster. This module builds and plays the demo; its
+parts live beside it: the clock (demo_clock), the trace player (demo_trace), the log capture (demo_logs), the
+staged incident (demo_drills) and the report (demo_report). May import chalicelib and sim; never imported by
+app.py.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 import uuid
 from collections import Counter, deque
@@ -28,7 +29,6 @@ from rich.live import Live
 
 from chalicelib import runtime
 from chalicelib.aws import AwsClients
-from chalicelib.capacity import pool_for_tags
 from chalicelib.capacity.engine import slots_per_new_machine
 from chalicelib.config import Config, Pool, load_config_file, parse_config
 from chalicelib.errors import ConfigError
@@ -37,6 +37,9 @@ from chalicelib.runtime import Runtime
 from sim.traces import TraceError, TraceJob, read_trace
 from toolkit.devtools.alarms import CloudWatch, scaler_alarms
 from toolkit.devtools.bootstrap import bootstrap
+from toolkit.devtools.demo_clock import AcceleratedClock
+from toolkit.devtools.demo_drills import DRILL_DURATION, Drill
+from toolkit.devtools.demo_logs import platform_quiet
 from toolkit.devtools.demo_report import (
     Marker,
     Recorder,
@@ -46,11 +49,28 @@ from toolkit.devtools.demo_report import (
     write_timeline,
     write_timeline_csv,
 )
+from toolkit.devtools.demo_trace import TracePlayer, check_routable
 from toolkit.devtools.event_sources import EventSources, RotationService, SpotInterruptions
-from toolkit.devtools.fake_gitlab import TERMINAL, FakeGitLab, FakeJob, JobSpec
+from toolkit.devtools.fake_gitlab import TERMINAL, FakeGitLab
 from toolkit.devtools.local_app import LocalApp, load_app, wait_until_serving
 from toolkit.devtools.local_aws import LocalAws
 from toolkit.devtools.machines import SimulatedMachines
+
+__all__ = [
+    "DEFAULT_TRACE",
+    "DEMO_CONFIG",
+    "AcceleratedClock",
+    "Demo",
+    "DemoOptions",
+    "DemoResult",
+    "DemoWorld",
+    "Drill",
+    "TraceError",
+    "TracePlayer",
+    "check_routable",
+    "load_demo_config",
+    "platform_quiet",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +132,9 @@ instance_types = ["m6i.xlarge"]
   idle_time = "4m"
 """
 
-#: Stage names for the trace's stage numbers (GitLab runs stages in this order).
-STAGE_NAMES = ("build", "test", "package", "deploy")
 #: Wall seconds a step waits for the webhooks it caused: GitLab delivers within about a second, so they land
 #: in the same simulated step, before the next reconcile.
 WEBHOOK_WAIT = 10.0
-#: How long the staged incident throttles the app's Auto Scaling reads (long enough for 3-of-5 alarms).
-DRILL_DURATION = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -162,59 +178,6 @@ class DemoResult:
         return 0 if self.ok else 1
 
 
-class AcceleratedClock:
-    """Simulated UTC time; `advance()` adds the wall time since the last step × `speed`, at most `max_step`.
-
-    Time stands still between two advances, so all the platform does in one step happens at one instant (as
-    webhooks delivered within a second do on GitLab). The cap keeps a busy host from skipping events: the demo
-    then runs slower than asked instead of jumping ahead; `effective_speed` tells by how much.
-    """
-
-    def __init__(
-        self,
-        start: datetime,
-        speed: float,
-        *,
-        max_step: float = 10.0,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if speed <= 0:
-            raise ValueError(f"speed must be above 0 (simulated seconds per wall second), not {speed}")
-        self.origin = start
-        self.speed = speed
-        self.max_step = max_step
-        self._monotonic = monotonic
-        self._elapsed = 0.0
-        self._wall_start: float | None = None
-        self._wall_last = 0.0
-
-    def start(self) -> None:
-        self._wall_start = self._wall_last = self._monotonic()
-
-    def advance(self) -> datetime:
-        """Move simulated time forward by the wall time since the last step (bounded); the new now."""
-        wall = self._monotonic()
-        if self._wall_start is None:
-            self._wall_start = wall
-        self._elapsed += min(self.max_step, (wall - self._wall_last) * self.speed)
-        self._wall_last = wall
-        return self.now()
-
-    def elapsed(self) -> float:
-        """Simulated seconds since `start()`."""
-        return self._elapsed
-
-    def now(self) -> datetime:
-        return self.origin + timedelta(seconds=self._elapsed)
-
-    @property
-    def effective_speed(self) -> float:
-        """Simulated seconds per wall second so far (below `speed` when the host could not keep up)."""
-        if self._wall_start is None or self._wall_last <= self._wall_start:
-            return self.speed
-        return self._elapsed / (self._wall_last - self._wall_start)
-
-
 def load_demo_config(path: Path | None) -> Config:
     """The built-in config, or the operator's; refused early if it needs what a local stack cannot serve."""
     config = parse_config(DEMO_CONFIG, "demo config (built in)") if path is None else load_config_file(path)
@@ -229,180 +192,6 @@ def load_demo_config(path: Path | None) -> Config:
             ],
         )
     return config
-
-
-# --------------------------------------------------------------------------------------------------
-# The trace
-
-
-@dataclass(frozen=True)
-class TracePipeline:
-    created_s: float
-    pipeline_id: int
-    jobs: tuple[TraceJob, ...]
-
-
-class TracePlayer:
-    """Creates the trace's pipelines in the fake GitLab when they are due; remembers each job's duration."""
-
-    def __init__(
-        self,
-        jobs: list[TraceJob],
-        config: Config,
-        gitlab: FakeGitLab,
-        project_id: int,
-        recorder: Recorder,
-        source: str,
-    ) -> None:
-        check_routable(jobs, config, source)
-        grouped: dict[int, list[TraceJob]] = {}
-        for job in jobs:
-            grouped.setdefault(job.pipeline_id, []).append(job)
-        self._pending = deque(
-            sorted(
-                (
-                    TracePipeline(js[0].created_s, pid, tuple(sorted(js, key=lambda j: (j.stage, j.name))))
-                    for pid, js in grouped.items()
-                ),
-                key=lambda p: (p.created_s, p.pipeline_id),
-            )
-        )
-        self._config = config
-        self._gitlab = gitlab
-        self._project = project_id
-        self._recorder = recorder
-        self._durations: dict[tuple[int, str], float] = {}
-        self.total_jobs = len(jobs)
-        self.last_created_s = max((j.created_s for j in jobs), default=0.0)
-
-    @property
-    def done(self) -> bool:
-        return not self._pending
-
-    @property
-    def pipelines_left(self) -> int:
-        """Trace pipelines not created in GitLab yet (a run stopped at --duration may leave some)."""
-        return len(self._pending)
-
-    def release(self, elapsed_s: float) -> int:
-        """Create every pipeline due by `elapsed_s` (simulated seconds); returns how many were created."""
-        released = 0
-        while self._pending and self._pending[0].created_s <= elapsed_s:
-            self._create(self._pending.popleft())
-            released += 1
-        return released
-
-    def _create(self, pipeline: TracePipeline) -> None:
-        specs = [JobSpec(job.name, _stage_name(job.stage), job.tags) for job in pipeline.jobs]
-        ref = self._gitlab.create_pipeline(
-            self._project, specs, name=f"trace pipeline {pipeline.pipeline_id}"
-        )
-        for job, job_id in zip(pipeline.jobs, ref.job_ids, strict=True):
-            self._durations[(ref.id, job.name)] = job.duration_s
-            pool = pool_for_tags(job.tags, self._config.pools)
-            assert pool is not None  # check_routable made sure
-            self._recorder.add_jobs([job_id], pool.name)
-
-    def duration_of(self, job: FakeJob) -> float:
-        """A job's duration in seconds; a retried job keeps its original's (same pipeline, same name)."""
-        return self._durations.get((job.pipeline_id, job.name), 60.0)
-
-
-def _stage_name(stage: int) -> str:
-    return STAGE_NAMES[stage] if stage < len(STAGE_NAMES) else f"stage-{stage}"
-
-
-def check_routable(jobs: list[TraceJob], config: Config, source: str) -> None:
-    """Every job needs a pool, or it would wait forever and the demo would blame the scaler."""
-    unroutable = sorted(
-        {" ".join(job.tags) or "(untagged)" for job in jobs if not pool_for_tags(job.tags, config.pools)}
-    )
-    if unroutable:
-        pools = ", ".join(f"{p.name} [{' '.join(p.tags)}]" for p in config.pools)
-        raise TraceError(
-            f"{source}: jobs tagged {'; '.join(unroutable)} match no pool of the config ({pools}); "
-            "add a pool whose tags include theirs (run_untagged for untagged jobs); or use another trace"
-        )
-
-
-# --------------------------------------------------------------------------------------------------
-# Logs: the live view owns the terminal
-
-
-class _NoteHandler(logging.Handler):
-    """Warnings and errors of the scaler become one-line notes under the live view."""
-
-    _KEYS = ("pool", "instance_id", "job_id", "handler", "reason", "error")
-
-    def __init__(self, notes: deque[str]) -> None:
-        super().__init__(logging.WARNING)
-        self._notes = notes
-
-    def emit(self, record: logging.LogRecord) -> None:
-        extras = " ".join(f"{k}={_first_line(getattr(record, k))}" for k in self._KEYS if hasattr(record, k))
-        self._notes.append(f"{record.levelname.lower()}: {_first_line(record.getMessage())} {extras}"[:160])
-
-
-def _first_line(value: object) -> str:
-    """A note is one line: tracebacks and multi-line errors stay in demo.log."""
-    lines = str(value).strip().splitlines()
-    return lines[0] if lines else ""
-
-
-class _WithContext(logging.Formatter):
-    """demo.log's line: the message, then the record's context (pool, error, ...), so a "reconcile failed"
-    line says which pool and why; a multi-line error keeps its lines (demo.log is where tracebacks go)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extras = " ".join(f"{k}={getattr(record, k)}" for k in _NoteHandler._KEYS if hasattr(record, k))
-        return f"{line} {extras}" if extras else line
-
-
-class _SimTime(logging.Filter):
-    """Stamps each record with the simulated time, which is what the log reader compares with the timeline."""
-
-    def __init__(self, clock: AcceleratedClock) -> None:
-        super().__init__()
-        self._clock = clock
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.sim = clock_text(self._clock.elapsed())
-        return True
-
-
-@contextmanager
-def platform_quiet(notes: deque[str], log_path: Path, clock: AcceleratedClock) -> Iterator[None]:
-    """Keep the terminal for the live view: scaler warnings go to notes, INFO and above to `log_path`,
-    moto's request log is dropped and EMF metrics (printed to stdout by powertools) are switched off."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    root, scaler, werkzeug = (
-        logging.getLogger(),
-        logging.getLogger("chalicelib"),
-        logging.getLogger("werkzeug"),
-    )
-    notes_handler = _NoteHandler(notes)
-    file_handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
-    file_handler.addFilter(_SimTime(clock))
-    file_handler.setFormatter(_WithContext("sim %(sim)s %(levelname)s %(name)s: %(message)s"))
-    saved = (scaler.level, werkzeug.level, os.environ.get("POWERTOOLS_METRICS_DISABLED"))
-    root.addHandler(notes_handler)
-    scaler.addHandler(file_handler)
-    scaler.setLevel(logging.INFO)
-    werkzeug.setLevel(logging.ERROR)
-    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
-    try:
-        yield
-    finally:
-        root.removeHandler(notes_handler)
-        scaler.removeHandler(file_handler)
-        file_handler.close()
-        scaler.setLevel(saved[0])
-        werkzeug.setLevel(saved[1])
-        if saved[2] is None:
-            os.environ.pop("POWERTOOLS_METRICS_DISABLED", None)
-        else:
-            os.environ["POWERTOOLS_METRICS_DISABLED"] = saved[2]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -432,30 +221,6 @@ class DemoWorld:
     notes: deque[str] = field(default_factory=lambda: deque(maxlen=4))
     jobs_done_at: datetime | None = None  # when the last trace job ended
     stopped_at_duration: bool = False  # the --duration limit ended the run before every job finished
-
-
-@dataclass(frozen=True)
-class Drill:
-    """An incident the demo stages: the app's Auto Scaling reads are throttled for a while (simulated s).
-
-    Reconciles fail, the reconcile-error alarms go to ALARM and back to OK through the alarm topic, and the
-    scaler must catch up afterwards without breaking an invariant.
-    """
-
-    start_s: float
-    end_s: float
-    operation: str = "DescribeAutoScalingGroups"
-    code: str = "Throttling"
-
-    def active(self, elapsed_s: float) -> bool:
-        return self.start_s <= elapsed_s < self.end_s
-
-    def describe(self, elapsed_s: float) -> str:
-        state = "ACTIVE" if self.active(elapsed_s) else ("over" if elapsed_s >= self.end_s else "to come")
-        return (
-            f"drill: Auto Scaling {self.operation} → {self.code} from {clock_text(self.start_s)} "
-            f"to {clock_text(self.end_s)} ({state})"
-        )
 
 
 class Demo:
