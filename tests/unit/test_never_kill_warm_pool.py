@@ -216,3 +216,27 @@ def test_the_fleet_never_terminates_a_warm_machine_with_a_decrement() -> None:
         )
         assert AsgFleet(aws).terminate("i-0123456789abcdef0") is False
         stub.assert_no_pending_responses()
+
+
+def test_a_group_given_a_mixed_instances_policy_gets_no_warm_pool() -> None:
+    """PutWarmPool "cannot be called on an Auto Scaling group that has a mixed instances policy" (API
+    Reference, PutWarmPool): an on-demand pool whose group someone else made a mixed-instances group is left
+    without one, and says why, rather than failing every reconcile."""
+    config = make_config(max_instances=4, idle=2, warm="auto")
+    view = GroupView(
+        "asg-linux",
+        0,
+        0,
+        4,
+        instances=(),
+        instance_types=("m7i.large", "m6i.large"),
+        on_demand_percentage=100,
+        launch_template={"LaunchTemplateName": "lt", "Version": "$Latest"},
+        instances_distribution={"OnDemandPercentageAboveBaseCapacity": 100},
+    )
+    fleet = FleetDouble(view, {})
+    result = Reconciler(config, MemoryStore(), fleet, None, warm_pools=fleet).reconcile_pool(
+        config.pools[0], T0
+    )
+    assert fleet.warm_puts == [] and result.warm_pool == "skipped: the group has a mixed instances policy"
+    assert not result.errors and not result.faults
