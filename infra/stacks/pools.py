@@ -153,6 +153,14 @@ def _launch_template(
             )
         ],
         user_data=cdk.Fn.base64(_user_data(settings, pool)),
+        # A hibernated warm pool needs instances launched with hibernation configured (and an encrypted
+        # root volume large enough for the RAM): EC2 User Guide, "Hibernate your Amazon EC2 instance",
+        # prerequisites. Without it, the stop that should hibernate is a plain stop.
+        hibernation_options=(
+            ec2.CfnLaunchTemplate.HibernationOptionsProperty(configured=True)
+            if pool.warm_pool_on and pool.warm_pool_state == "hibernated"
+            else None
+        ),
         tag_specifications=[
             ec2.CfnLaunchTemplate.TagSpecificationProperty(resource_type=kind, tags=tags)
             for kind in ("instance", "volume")

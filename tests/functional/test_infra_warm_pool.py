@@ -68,7 +68,7 @@ spot = true
 
 
 @pytest.fixture(scope="module")
-def warm_pools(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     config = tmp_path_factory.mktemp("warm") / "scaler.toml"
     config.write_text(CONFIG, encoding="utf-8")
     settings = load_settings({**CONTEXT, "config": str(config)})
@@ -78,7 +78,12 @@ def warm_pools(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, 
         names=settings.names, config=settings.config, region=settings.region, account=settings.account
     )
     Pools(stack, "Pools", settings, scope)
-    found = Template.from_stack(stack).find_resources("AWS::AutoScaling::WarmPool")
+    return Template.from_stack(stack)
+
+
+@pytest.fixture(scope="module")
+def warm_pools(template: Template) -> dict[str, dict[str, Any]]:
+    found = template.find_resources("AWS::AutoScaling::WarmPool")
     return {r["Properties"]["AutoScalingGroupName"]: dict(r) for r in found.values()}
 
 
@@ -102,3 +107,15 @@ def test_auto_starts_empty_and_fixed_at_its_size_never_reusing_machines(
     assert fixed["Properties"]["InstanceReusePolicy"] == {"ReuseOnScaleIn": False}
     # The group exists before its warm pool (CloudFormation creates the dependency first).
     assert any("Group" in d for d in auto["DependsOn"])
+
+
+def test_only_a_hibernated_warm_pool_launches_with_hibernation_configured(template: Template) -> None:
+    """EC2 hibernates only an instance launched with hibernation configured ("Hibernate your Amazon EC2
+    instance", prerequisites)."""
+    found = template.find_resources("AWS::EC2::LaunchTemplate")
+    hibernation = {}
+    for resource in found.values():
+        props = resource["Properties"]
+        pool_name = str(props["LaunchTemplateName"]).rsplit("-", 1)[-1]
+        hibernation[pool_name] = props["LaunchTemplateData"].get("HibernationOptions")
+    assert hibernation == {"auto": None, "fixed": {"Configured": True}, "off": None, "spot": None}
