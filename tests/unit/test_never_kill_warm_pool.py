@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from chalicelib.aws import AwsClients
 from chalicelib.capacity.warm import WarmPoolSettings
 from chalicelib.config import Config, config_from_dict
+from chalicelib.errors import AwsCallError
 from chalicelib.fleet import AsgFleet, GroupView, Instance, _group_view
 from chalicelib.reconcile import Reconciler
 from chalicelib.store import JobRecord, MachineRecord, MemoryStore
@@ -240,3 +241,23 @@ def test_a_group_given_a_mixed_instances_policy_gets_no_warm_pool() -> None:
     )
     assert fleet.warm_puts == [] and result.warm_pool == "skipped: the group has a mixed instances policy"
     assert not result.errors and not result.faults
+
+
+class RefusingWarmPools(FleetDouble):
+    def put_warm_pool(self, asg: str, settings: WarmPoolSettings) -> None:
+        raise AwsCallError("autoscaling", "put_warm_pool", "ValidationError", "refused", retryable=False)
+
+
+def test_a_refused_warm_pool_is_a_pool_fault_and_the_scale_up_still_happens() -> None:
+    # GIVEN two pending jobs and a group that refuses PutWarmPool
+    config = make_config(max_instances=4, idle=0, warm=2)
+    store = MemoryStore()
+    for n in range(2):
+        store.record_job(JobRecord("gitlab.example.com", n + 1, "pending", pool="linux"), T0)
+    fleet = RefusingWarmPools(GroupView("asg-linux", 0, 0, 4, instances=()), {})
+    # WHEN the pool reconciles
+    result = Reconciler(config, store, fleet, None, warm_pools=fleet).reconcile_pool(config.pools[0], T0)
+    # THEN the two machines are asked for, and the warm pool failure is a fault, not a failed reconcile
+    assert fleet.desired == [2] and not result.errors
+    assert result.warm_pool == "failed: ValidationError"
+    assert len(result.faults) == 1 and result.faults[0].startswith("warm pool: ")
