@@ -6,8 +6,11 @@ enabled (`builds_for_shared_runner`: `where(projects: { shared_runners_enabled: 
 app/services/ci/queue/builds_table_strategy.rb), a group runner only jobs of projects in its group or a
 subgroup (`builds_for_group_runner`), a project runner only its project's (`builds_for_project_runner`).
 A protected runner (`access_level: ref_protected`) takes only protected refs (Ci::Runner#can_pick?,
-app/models/ci/runner.rb); the scaler creates its runners `not_protected` (POST /user/runners' default), so
-that rule never excludes a job here.
+app/models/ci/runner.rb); the scaler creates its runners `not_protected`, explicitly (chalicelib.gitlab
+`create_runner`), so that rule never excludes a job here. A per-pool `ref_protected` option is not offered:
+the Job hook carries the job's `ref` but no protected flag (gitlabhq lib/gitlab/data_builder/build.rb); only
+the Pipeline hook has `object_attributes.protected_ref` (lib/gitlab/data_builder/pipeline.rb), and pipeline
+events are not required of the hooks.
 
 The project facts come from GitLab once per project (`GET /projects/:id`) and are cached in the store for
 FACTS_TTL, never asked per job. Imports config, the store Protocol and the GitLab adapter's dataclasses.

@@ -501,8 +501,9 @@ class GitLabClient:
 
         Field names follow GitLab's Users API: `runner_type` (instance_type needs an admin token,
         group_type needs `group_id`, project_type needs `project_id`), `tag_list`, `run_untagged`,
-        `locked`, `paused`, `maintenance_note`. The token needs the `create_runner` scope. The call goes
-        through `http_post` rather than `gl.user.runners` because the latter first needs `GET /user`.
+        `locked`, `paused`, `access_level`, `maintenance_note`. The token needs the `create_runner` scope.
+        The call goes through `http_post` rather than `gl.user.runners` because the latter first needs
+        `GET /user`.
         """
         data: dict[str, Any] = {
             "runner_type": runner_type,
@@ -511,6 +512,13 @@ class GitLabClient:
             "run_untagged": run_untagged,
             "locked": locked,
             "paused": paused,
+            # Said, not left to the default (`ci_runners.access_level` defaults to 0, `not_protected`:
+            # gitlabhq db/structure.sql; `POST /user/runners` takes an optional `access_level`:
+            # lib/api/user_runners.rb). A `ref_protected` runner picks only jobs of protected refs
+            # (`Ci::Runner#can_pick?`: `return false if self.ref_protected? && !build.protected?`,
+            # app/models/ci/runner.rb), and demand counts jobs of every ref: so our runners take every ref,
+            # and demand needs no ref filter.
+            "access_level": "not_protected",
         }
         data.update(_runner_scope(runner_type, group_id, project_id))
         if maintenance_note is not None:

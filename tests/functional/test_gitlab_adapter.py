@@ -44,6 +44,29 @@ def linux_runner(gl: GitLabApi, instance_id: str = "i-1", **overrides: object) -
 # -- runners ----------------------------------------------------------------------------------------
 
 
+def test_our_runners_are_not_protected_and_take_jobs_of_unprotected_refs(
+    gl: GitLabClient, fake: FakeGitLab
+) -> None:
+    """Demand counts pending jobs of every ref (no protected flag reaches the Job hook: gitlabhq
+    lib/gitlab/data_builder/build.rb), so our runners must take them all: a `ref_protected` runner takes only
+    protected refs (Ci::Runner#can_pick?, app/models/ci/runner.rb), which the fake imitates."""
+    # GIVEN a runner the scaler created, and a job pending on an unprotected branch
+    created = gl.create_runner(
+        runner_type="instance_type",
+        description=f"{PREFIX}i-0abc",
+        tag_list=["linux"],
+        run_untagged=False,
+        locked=False,
+    )
+    project = fake.create_project("group/app")
+    ref = fake.create_pipeline(project, [JobSpec("build", tags=("linux",))], ref="feature/x")
+    # WHEN the runner asks GitLab for work
+    taken = fake.request_job(created.id)
+    # THEN it is a not_protected runner, and it got the job
+    assert fake.runners[created.id].access_level == "not_protected"
+    assert taken == ref.job_ids[0]
+
+
 def test_created_runner_is_visible_through_get_and_list(gl: GitLabClient, fake: FakeGitLab) -> None:
     # GIVEN a scaler-made runner and a runner someone else made
     created = gl.create_runner(
