@@ -100,6 +100,31 @@ def test_pending_job_is_recorded_routed_and_its_pool_marked_dirty(
     assert gitlab_stack.queued_pools() == ["linux"]
 
 
+def test_a_job_whose_resolve_ask_was_lost_is_routed_by_the_tick_from_the_unrouted_index(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    # GIVEN a pending job stored unrouted whose resolve ask never reached pool_dirty (lost), at a tick whose
+    # lost-job scan another container already ran (chalicelib.heal: once per interval)
+    rt = gitlab_stack.runtime
+    interval = max(60, int(rt.config.gitlab.lost_job_scan_interval.total_seconds()))
+    assert rt.store.first_seen(
+        f"lost-job-scan#{rt.gitlab_host}#{int(rt.now().timestamp()) // interval}", rt.now()
+    )
+    p = Pipeline(gitlab_stack, fake_gitlab, ("docker",))
+    assert post(client, p.hook(p.job_ids[0], "pending")).status_code == 202
+    (lost,) = [json.loads(b) for b in gitlab_stack.queued_messages()]  # drained: never delivered
+    assert lost["resolve"]["job_id"] == p.job_ids[0]
+    # WHEN the tick runs
+    tick = client.events.generate_cw_event("Scheduled Event", "aws.events", {}, [])
+    out = client.lambda_.invoke("tick", tick).payload
+    # THEN it found the job on the unrouted index, resolved its pipeline's tags (one call, no project job
+    # list) and the pool's reconcile asked for a machine
+    assert fake_gitlab.request_count("GET", PIPELINE_JOBS) == 1
+    assert fake_gitlab.request_count("GET", "/projects/:project/jobs") == 0
+    assert job(gitlab_stack, p.job_ids[0]).pool == "linux"
+    assert out["pools"]["linux"]["desired"] == 1
+
+
 def test_wrong_or_missing_token_is_401_and_records_nothing(
     gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
 ) -> None:
