@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import functools
 import math
-import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 from chalicelib.capacity import pool_for_tags, runner_takes
-from chalicelib.config import Platform, Policy, Pool
+from chalicelib.config import HostsConfig, Platform, Policy, Pool
 from sim.hosts import NoHostPlanner
-from sim.model import HookEvent, SimMachine, boot_time
-from sim.warm import WarmPoolSpec
+from sim.model import BOOT_TIMES, HookEvent, SimMachine
+from sim.warm import WARM_START_S, WarmPoolSpec
 from sim.world import World, ideal_pending
+from toolkit.devtools.accounting import percentile
 
 
 def _pending_for(world: World, pool: Pool) -> int:
@@ -541,31 +541,44 @@ class _Launch:
 
 
 class Oracle(_Counted):
-    """Knows every arrival and every boot time: each machine is launched exactly one boot time before its job
-    becomes pending (in the zero-wait schedule) and terminated when the job ends. One machine per job, so
-    with max_use_count > 1 it is a zero-wait schedule rather than the cheapest one; with dedicated hosts it
-    allocates the fewest hosts the schedule needs (interval colouring over [launch, end + scrub)) just in
-    time, and releases each at the end of its last use or of its minimum allocation, whichever is later.
-    It is not bound by max_instances (zero wait may need more machines). Its cost is the lower bound a scaler
-    can approach at zero wait when max_use_count is 1, as in every bench pool. 1 call per launch and per
-    termination.
+    """Knows every arrival: a lower bound on what a scaler can pay, at the least wait the limits allow.
+
+    Each machine is launched one start time before its job becomes pending (in the zero-wait schedule) and
+    terminated when the job ends, one machine per job (every bench pool has max_use_count 1). Its start is
+    the shortest any policy can get: the platform's fastest cold boot, or its warm start where a warm pool
+    is possible (sim.warm), so no policy's machine hours can undercut it. It is not bound by max_instances.
+
+    On dedicated hosts it is bound by `max_hosts`: a clairvoyant planner puts each job on the host slot
+    that frees first (after its scrub) and delays it when none is free, on the fewest hosts whose planned
+    wait p95 stays within the pool's `wait_targets_s` (none: the least wait `max_hosts` allows; `simulate`
+    gives it ours' wait p95 per host pool, so that cost is compared at ours' wait); each host is allocated
+    just in time and released at the end of its last use or of its minimum allocation, whichever is
+    cheaper (a small dynamic programme), a refused release being retried every minute. 1 call per launch,
+    termination, allocation and release.
     """
 
     name = "oracle"
+    release_retry_s = 60.0
+
+    def __init__(self, wait_targets_s: dict[str, float] | None = None) -> None:
+        super().__init__()
+        self.wait_targets_s = dict(wait_targets_s or {})
 
     def start(self, world: World) -> None:
         self._world = world
         world.gitlab.done_listeners.append(self._job_done)
         launches = self._plan(world)
-        for launch in launches:
-            world.loop.at(launch.at_s, functools.partial(self._launch, launch))
         for pool in world.config.pools:
             if pool.hosts is not None:
                 world.hosts.planners[pool.name] = NoHostPlanner()
-                self._plan_hosts(pool, [x for x in launches if x.pool == pool.name])
+                mine = [x for x in launches if x.pool == pool.name]
+                planned, slots = self._fit_hosts(pool, mine)
+                launches = [x for x in launches if x.pool != pool.name] + planned
+                self._plan_hosts(pool, slots)
+        for launch in launches:
+            world.loop.at(launch.at_s, functools.partial(self._launch, launch))
 
     def _plan(self, world: World) -> list[_Launch]:
-        rng = random.Random(f"{world.seed}:oracle-boot")
         pending = ideal_pending(world.trace)
         out: list[_Launch] = []
         for index in sorted(pending, key=lambda i: (pending[i], i)):
@@ -573,10 +586,27 @@ class Oracle(_Counted):
             pool = pool_for_tags(job.tags, world.config.pools)
             if pool is None:
                 continue
-            boot = world.options.boot_s if world.options.boot_s is not None else boot_time(pool.platform, rng)
+            boot = world.options.boot_s if world.options.boot_s is not None else fastest_start(pool)
             start = pending[index]
             out.append(_Launch(max(0.0, start - boot), pool.name, boot, start + job.duration_s))
         return out
+
+    def _fit_hosts(
+        self, pool: Pool, launches: Sequence[_Launch]
+    ) -> tuple[list[_Launch], list[list[tuple[float, float]]]]:
+        """The launches on the fewest host slots (within max_hosts) whose planned wait p95 meets the target:
+        each launch takes the slot that frees first, later if none is free. Returns the (possibly delayed)
+        launches and each slot's uses [launch, end + scrub)."""
+        cfg = pool.hosts
+        assert cfg is not None
+        target = self.wait_targets_s.get(pool.name, 0.0)
+        best: tuple[list[_Launch], list[list[tuple[float, float]]]] = ([], [])
+        for hosts in range(1, max(1, cfg.max_hosts) + 1):
+            planned, slots, waits = _list_schedule(launches, hosts * cfg.slots_per_host, cfg)
+            best = (planned, slots)
+            if percentile(sorted(waits), 95) <= target:
+                break
+        return best
 
     def _launch(self, launch: _Launch) -> None:
         self.calls["autoscaling"] += 1
@@ -587,37 +617,71 @@ class Oracle(_Counted):
             self.calls["autoscaling"] += 1
             self._world.fleet.terminate(machine.instance_id)
 
-    def _plan_hosts(self, pool: Pool, launches: Sequence[_Launch]) -> None:
-        """Hosts just in time: uses packed best-fit (the slot freed last), one allocation per busy stretch."""
+    def _plan_hosts(self, pool: Pool, slots: Sequence[Sequence[tuple[float, float]]]) -> None:
+        """Each host's allocations from its slots' uses, the cheapest cover of them (`_allocations`)."""
         cfg = pool.hosts
-        if cfg is None or not launches:
+        if cfg is None:
             return
-        scrub = cfg.scrub_time.total_seconds()
-        slots: list[list[tuple[float, float]]] = []  # per slot: its uses [launch, end + scrub)
-        for launch in sorted(launches, key=lambda x: x.at_s):
-            free = [i for i, uses in enumerate(slots) if uses[-1][1] <= launch.at_s]
-            if free:
-                slot = max(free, key=lambda i: slots[i][-1][1])
-            else:
-                slot = len(slots)
-                slots.append([])
-            slots[slot].append((launch.at_s, launch.end_s + scrub))
         per_host = cfg.slots_per_host
         for first in range(0, len(slots), per_host):
             uses = sorted(u for slot in slots[first : first + per_host] for u in slot)
+            if not uses:
+                continue
             for start, end in _allocations(uses, self._world.options.host_allocation_s, cfg.min_allocation):
                 self._world.loop.at(start, functools.partial(self._allocate_one, pool))
-                self._world.loop.at(end, functools.partial(self._release_one, pool))
+                self._world.loop.at(end, functools.partial(self._release_later, pool))
+
+    def _release_later(self, pool: Pool) -> None:
+        """A planned release: the end of a host's allocation in the plan."""
+        self._release_one(pool)
 
     def _allocate_one(self, pool: Pool) -> None:
         self.calls["ec2"] += 1
         self._world.hosts.allocate(pool, 1)
 
     def _release_one(self, pool: Pool) -> None:
-        for host in self._world.hosts.of(pool.name):
-            if host.live and not host.instances and self._world.hosts.release(host.host_id):
+        """Release an empty host of the pool; when EC2 refuses every one (a host still scrubbing or in
+        use, the plan's times being off by a boot), try again a minute later."""
+        world = self._world
+        for host in world.hosts.of(pool.name):
+            if host.live and not host.instances and world.hosts.release(host.host_id):
                 self.calls["ec2"] += 1
                 return
+        self.calls["ec2"] += 1
+        if world.keep_going():
+            world.loop.after(self.release_retry_s, functools.partial(self._release_one, pool))
+
+
+def fastest_start(pool: Pool) -> float:
+    """The shortest time any policy's machine of `pool` takes to reach its runner polling: the low end of
+    a cold boot (sim.model.BOOT_TIMES), or of a warm start where a warm pool is possible (not on hosts)."""
+    low = BOOT_TIMES[pool.platform][0]
+    if pool.hosts is None:
+        warm = [w[0] for (platform, _), w in WARM_START_S.items() if platform is pool.platform]
+        low = min([low, *warm])
+    return low
+
+
+def _list_schedule(
+    launches: Sequence[_Launch], slots: int, cfg: HostsConfig
+) -> tuple[list[_Launch], list[list[tuple[float, float]]], list[float]]:
+    """Launches in time order on `slots` host slots, each on the slot free first (a slot frees a scrub
+    after its machine ends): the launches as delayed, each slot's uses, and each job's wait (its delay)."""
+    scrub = cfg.scrub_time.total_seconds()
+    free = [0.0] * slots
+    uses: list[list[tuple[float, float]]] = [[] for _ in range(slots)]
+    planned: list[_Launch] = []
+    waits: list[float] = []
+    for launch in sorted(launches, key=lambda x: x.at_s):
+        slot = min(range(slots), key=lambda i: (free[i], i))
+        at = max(launch.at_s, free[slot])
+        delay = at - launch.at_s
+        end = launch.end_s + delay
+        free[slot] = end + scrub
+        uses[slot].append((at, end + scrub))
+        planned.append(_Launch(at, launch.pool, launch.boot_s, end))
+        waits.append(delay)
+    return planned, uses, waits
 
 
 def _allocations(

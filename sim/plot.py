@@ -15,6 +15,8 @@ _COLOURS = {
     "ours-prewarm": "#ff7f0e",
     "docker-machine": "#7f7f7f",
     "taskscaler": "#1f77b4",
+    "taskscaler-nonpreemptive": "#17becf",
+    "taskscaler-warm": "#bcbd22",
     "webhook-scaler": "#9467bd",
     "static": "#8c564b",
     "oracle": "#2ca02c",

@@ -4,14 +4,19 @@ rounding, and the GitHub runners module's defaults for ephemeral and macOS runne
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import replace
+from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from chalicelib.config import Config, Platform
+from chalicelib.config import Config, Platform, Pool, load_config_file
 from sim.baselines import (
     MINIMUM_RUNNING_TIME_S,
     MachineKnobs,
+    Oracle,
     Taskscaler,
     TaskscalerNonPreemptive,
     TaskscalerWarm,
@@ -19,11 +24,14 @@ from sim.baselines import (
     warm_pool_size,
 )
 from sim.model import SimOptions
-from sim.traces import TraceJob
+from sim.simulate import simulate
+from sim.traces import TraceJob, shipped_trace
 from sim.warm import EBS_USD_PER_GIB_MONTH, HOURS_PER_MONTH, ROOT_VOLUME_GIB, stopped_usd_per_hour
 from sim.world import RunResult, ScalingPolicy, World
 from tests.unit.test_sim import EXACT, job, make_config, run
 
+ROOT = Path(__file__).resolve().parent.parent.parent
+SCENARIO_DIR = ROOT / "sim" / "scenarios"
 ONE_IDLE = [{"idle_count": 1, "idle_time": "30m"}]
 
 
@@ -140,3 +148,73 @@ class TestGitHubRunnersDefaults:
     def test_macos_runners_stay_at_least_20_minutes(self) -> None:
         assert MINIMUM_RUNNING_TIME_S[Platform.MACOS] == 1200.0
         assert MINIMUM_RUNNING_TIME_S[Platform.LINUX] == 300.0
+
+
+class TestOracleOnHosts:
+    HOSTS: ClassVar[dict[str, object]] = {
+        "instance_type": "mac2.metal",
+        "host_resource_group": "hrg",
+        "max_hosts": 1,
+        "scrub_time": "50m",
+        "min_allocation": "1h",
+        "availability_zones": ["eu-west-1a"],
+    }
+
+    def mac(self, **hosts: object) -> Config:
+        return make_config(
+            {"platform": "macos", "tags": ["macos"], "max_instances": 4, "hosts": self.HOSTS | hosts},
+            prices={"hosts": {"mac2.metal": 1.0}},
+        )
+
+    def test_the_oracle_stays_within_max_hosts_and_delays_a_job_that_finds_no_host(self) -> None:
+        # GIVEN two overlapping Mac jobs and at most one host (50 min scrub after each instance)
+        trace = [job(1, 300.0, 0, 600.0, "macos"), job(2, 400.0, 0, 600.0, "macos")]
+        world = World(self.mac(), trace, seed=0, options=EXACT)
+        metrics = world.run(Oracle()).metrics
+        # THEN one host only, and the second job waits for the first's end, the scrub and its own boot
+        # (600 + 3,000 + 60 s, less the 100 s between the two pendings)
+        assert len(world.hosts.hosts) == 1
+        assert metrics["wait_max_s"] == pytest.approx(600.0 + 3000.0 + 60.0 - 100.0, abs=1.0)
+        assert metrics["busy_killed"] == 0
+
+    def test_a_refused_release_is_tried_again_until_ec2_takes_it(self) -> None:
+        # GIVEN an oracle whose only release of its host comes too early: at 600 s, while the host scrubs
+        class EarlyRelease(Oracle):
+            def start(self, world: World) -> None:
+                super().start(world)
+                world.loop.at(600.0, functools.partial(self._release_one, world.config.pools[0]))
+
+            def _release_later(self, pool: Pool) -> None:
+                """The planned releases are left out: only the early one is asked."""
+
+        trace = [job(1, 300.0, 0, 60.0, "macos"), job(2, 9000.0, 0, 60.0, "macos")]
+        world = World(self.mac(max_hosts=2), trace, seed=0, options=EXACT)
+        world.run(EarlyRelease())
+        # THEN EC2 refused it (scrubbing until 3,360 s, 1 h minimum from 120 s), and the retries got it
+        first = world.hosts.hosts[0]
+        assert first.released_at is not None and first.released_at >= first.allocated_at + 3600.0
+        assert first.released_at <= first.allocated_at + 3600.0 + Oracle.release_retry_s
+
+    def test_on_hosts_the_oracle_costs_no_more_than_ours_at_ours_wait(self) -> None:
+        # GIVEN the first day of the shipped macOS trace on the bench's macOS config
+        trace = [j for j in shipped_trace("macos") if j.created_s < 86_400.0]
+        config = load_config_file(SCENARIO_DIR / "macos.toml")
+        # WHEN ours and the oracle run (the oracle held to ours' wait p95 on the host pool)
+        results = simulate(trace, config, ["ours", "oracle"], seed=0)
+        ours, oracle = results["ours"].metrics, results["oracle"].metrics
+        # THEN the oracle is a lower bound on both
+        assert oracle["cost_usd"] <= ours["cost_usd"]
+        assert oracle["wait_p95_s"] <= ours["wait_p95_s"]
+        assert oracle["max_machines"] <= config.pools[0].hosts.max_hosts  # type: ignore[union-attr]
+
+
+def test_the_committed_bench_holds_the_oracle_below_every_policy() -> None:
+    # GIVEN the committed bench results (python -m sim.bench)
+    scenarios = json.loads((ROOT / "bench" / "results.json").read_text(encoding="utf-8"))["scenarios"]
+    # THEN in every scenario the oracle costs no more and waits no longer (p95) than any policy
+    for name, scenario in scenarios.items():
+        policies = scenario["policies"]
+        oracle = policies["oracle"]
+        for policy, m in policies.items():
+            assert oracle["cost_usd"] <= m["cost_usd"], f"{name}: oracle costs more than {policy}"
+            assert oracle["wait_p95_s"] <= m["wait_p95_s"], f"{name}: oracle waits longer than {policy}"
