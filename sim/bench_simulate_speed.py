@@ -45,8 +45,9 @@ def held_out_workday() -> list[TraceJob]:
 
 
 def time_simulate(workers: int, policies: Sequence[str] | None = None) -> dict[str, object]:
-    """Seconds to simulate the held-out workday with `policies` (default: every standard one), and the
-    figures. Runs in whatever revision of `sim` is importable: this script's, or the older one's."""
+    """Seconds to simulate the held-out workday with `policies` (default: every standard one of the
+    revision that runs it, as `simulate --policies all` does), and the figures. Runs in whatever
+    revision of `sim` is importable: this script's, or the older one's."""
     trace, config = held_out_workday(), load_config_file(CONFIG)
     names = list(policies or POLICIES)
     started = time.perf_counter()
@@ -84,12 +85,14 @@ def time_revision(revision: str, workers: int, policies: Sequence[str]) -> dict[
         code = f"import runpy, sys; sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')"
         done = subprocess.run(
             [sys.executable, "-c", code],
-            check=True,
+            check=False,
             capture_output=True,
             text=True,
             env={**os.environ, "PYTHONPATH": str(tree)},
             cwd=tree,
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"revision {revision} failed to simulate:\n{done.stderr}")
         return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -101,11 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--policies", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:  # inside time_revision's child process: time this tree's sim, print the JSON
-        sys.stdout.write(json.dumps(time_simulate(args.workers, args.policies.split(","))) + "\n")
+    if args.child:  # inside time_revision's child process: time this tree's sim ("all": its own policies)
+        names = None if args.policies == "all" else args.policies.split(",")
+        sys.stdout.write(json.dumps(time_simulate(args.workers, names)) + "\n")
         return 0
     policies = list(POLICIES)
-    before = time_revision(args.against, 1, policies)
+    before = time_revision(args.against, 1, ["all"])
     after = time_simulate(args.workers, policies)
     before_metrics, after_metrics = before["metrics"], after["metrics"]
     assert isinstance(before_metrics, dict) and isinstance(after_metrics, dict)
@@ -116,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{HELD_OUT_SEED} ({after['jobs']} jobs)",
         "config": str(CONFIG.relative_to(ROOT)),
         "policies": policies,
+        "policies_before": sorted(before_metrics),
         "against": args.against,
         "before_s": before["seconds"],
         "after_s": after["seconds"],
