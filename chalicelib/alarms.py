@@ -2,7 +2,7 @@
 
 Queue-age and long-pending alarms reconcile every pool at once; dead letters are moved back to the queue;
 launch failures record a fault that steers the pool to another instance type (or to on-demand) for a while,
-and the alarm's OK clears it. Imports runtime, adapters' types and use cases; calls AWS only through adapters.
+and the alarm's OK clears it. Given its `Ports`; imports use cases and ports, never the wiring; no boto3.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from chalicelib import metrics
 from chalicelib.config import Config, Pool
 from chalicelib.errors import MalformedEventError
 from chalicelib.events.aws import (
@@ -24,7 +23,8 @@ from chalicelib.events.aws import (
     parse_alarm_notification,
     parse_dirty_pool_message,
 )
-from chalicelib.runtime import Runtime
+from chalicelib.metrics import Metrics
+from chalicelib.ports import Ports
 from chalicelib.store import Fault, Store
 
 logger = logging.getLogger(__name__)
@@ -50,55 +50,55 @@ class AlarmOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-def handle_alarm_message(rt: Runtime, message: str, owner: str) -> dict[str, Any]:
+def handle_alarm_message(ports: Ports, message: str, owner: str) -> dict[str, Any]:
     """One SNS message: parse the alarm (malformed: logged and dropped, never retried), then act on it."""
     try:
         alarm = parse_alarm_notification(message)
     except MalformedEventError as exc:
         logger.error("dropping malformed alarm message", extra={"reason": exc.reason})
         return {"action": "dropped", "reason": exc.reason}
-    outcome = react(rt, alarm, owner)
+    outcome = react(ports, alarm, owner)
     logger.info(
         "alarm handled", extra={"alarm": outcome.alarm, "state": outcome.state, "action": outcome.action}
     )
     return outcome.__dict__
 
 
-def react(rt: Runtime, alarm: AlarmNotification, owner: str) -> AlarmOutcome:
+def react(ports: Ports, alarm: AlarmNotification, owner: str) -> AlarmOutcome:
     metric = (alarm.trigger.metric_name if alarm.trigger else None) or ""
-    pools = _pools_named(rt.config, alarm)
+    pools = _pools_named(ports.config, alarm)
     outcome = AlarmOutcome(alarm.alarm_name, str(alarm.new_state_value), "none", [p.name for p in pools])
     if alarm.new_state_value is AlarmState.OK:
         if metric in _LAUNCH_METRICS:
             for pool in pools:
                 # Only the capacity faults this alarm is about: a pool's "prepare" fault (machines cannot be
                 # prepared) has its own backoff, and clearing it early would restart the relaunch loop.
-                rt.store.clear_faults(pool.name, CAPACITY_FAULTS)
+                ports.store.clear_faults(pool.name, CAPACITY_FAULTS)
             outcome.action = "faults cleared"
-            _reconcile(rt, pools, owner)
+            _reconcile(ports, pools, owner)
         return outcome
     if alarm.new_state_value is not AlarmState.ALARM:
         return outcome
     if metric in _DLQ_METRICS:
-        outcome.redriven = _redrive(rt)
+        outcome.redriven = _redrive(ports)
         outcome.action = "dead letters redriven"
-        _reconcile(rt, rt.config.pools, owner)
+        _reconcile(ports, ports.config.pools, owner)
     elif metric in _LAUNCH_METRICS:
-        now = rt.now()
+        now = ports.now()
         for pool in pools:
-            rt.store.put_fault(Fault(pool.name, "launch", "", now + FAULT_BACKOFF, alarm.alarm_name))
+            ports.store.put_fault(Fault(pool.name, "launch", "", now + FAULT_BACKOFF, alarm.alarm_name))
         outcome.action = "launch fault recorded"
-        _reconcile(rt, pools, owner)
+        _reconcile(ports, pools, owner)
     elif metric in _RECONCILE_METRICS:
         outcome.action = "reconciled"
-        _reconcile(rt, pools, owner)
+        _reconcile(ports, pools, owner)
     else:
         outcome.notes.append(f"no automatic reaction to {metric or 'this alarm'}; see its runbook")
     return outcome
 
 
 def record_launch_failure(
-    config: Config, store: Store, event: LaunchUnsuccessfulEvent, now: datetime
+    config: Config, store: Store, metrics: Metrics, event: LaunchUnsuccessfulEvent, now: datetime
 ) -> Fault | None:
     """Turn Auto Scaling's "launch unsuccessful" message into a fault the next reconcile steers around."""
     pool = next((p for p in config.pools if p.asg == event.detail.auto_scaling_group_name), None)
@@ -126,15 +126,15 @@ def _pools_named(config: Config, alarm: AlarmNotification) -> list[Pool]:
     return list(config.pools)
 
 
-def _reconcile(rt: Runtime, pools: Sequence[Pool], owner: str) -> None:
-    reconciler = rt.reconciler(owner)
+def _reconcile(ports: Ports, pools: Sequence[Pool], owner: str) -> None:
+    reconciler = ports.reconciler(owner)
     for pool in pools:
-        reconciler.reconcile_pool(pool, rt.now())
+        reconciler.reconcile_pool(pool, ports.now())
 
 
-def _redrive(rt: Runtime) -> int:
+def _redrive(ports: Ports) -> int:
     """Move dead-lettered "pool dirty" messages back (bounded); their reconcile is idempotent."""
-    dead_letters = rt.dead_letters
+    dead_letters = ports.open_dead_letters()
     moved = 0
     while moved < REDRIVE_LIMIT:
         letters = dead_letters.receive()
@@ -142,11 +142,11 @@ def _redrive(rt: Runtime) -> int:
             break
         for letter in letters:
             try:
-                pool = rt.config.pool(parse_dirty_pool_message(letter.body).pool).name
+                pool = ports.config.pool(parse_dirty_pool_message(letter.body).pool).name
             except (MalformedEventError, KeyError):
                 logger.error("dead letter names no pool; deleted", extra={"message_id": letter.message_id})
             else:
-                rt.queue.mark_dirty(pool, "redriven from the dead-letter queue", rt.now())
+                ports.queue.mark_dirty(pool, "redriven from the dead-letter queue", ports.now())
             dead_letters.delete(letter)
             moved += 1
     return moved

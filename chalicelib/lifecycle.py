@@ -33,7 +33,8 @@ from chalicelib.store import Fault, JobRecord, MachineRecord, Store
 
 if TYPE_CHECKING:
     from chalicelib.events.aws import LifecycleActionEvent
-    from chalicelib.runtime import Runtime
+    from chalicelib.gitlab import RunnerType
+    from chalicelib.ports import Ports
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +54,33 @@ _DECREMENTABLE = frozenset({"InService", "Standby"})
 class RunnerAdmin(Protocol):
     """The GitLab calls the lifecycle makes (implemented by chalicelib.gitlab.GitLabClient)."""
 
-    def create_runner(self, **kwargs: Any) -> Any: ...
+    def create_runner(
+        self,
+        *,
+        runner_type: RunnerType,
+        description: str,
+        tag_list: Sequence[str],
+        run_untagged: bool,
+        locked: bool,
+        maintenance_note: str | None = None,
+        group_id: int | None = None,
+        project_id: int | None = None,
+        paused: bool = False,
+    ) -> Any: ...
 
     def delete_runner(self, runner_id: int) -> bool: ...
 
     def pause_runner(self, runner_id: int, paused: bool = True) -> None: ...
 
-    def list_runners(self, description_prefix: str, **kwargs: Any) -> list[Any]: ...
+    def list_runners(
+        self,
+        description_prefix: str,
+        *,
+        runner_type: RunnerType | None = None,
+        group_id: int | None = None,
+        project_id: int | None = None,
+        status: str | None = None,
+    ) -> list[Any]: ...
 
     def runner_jobs(self, runner_id: int, status: str = "running") -> list[Any]: ...
 
@@ -499,10 +520,10 @@ def _in_service(record: MachineRecord) -> Machine:
     )
 
 
-# -- entry point for the EventBridge handler (the only code here that touches the runtime) ----------------
+# -- entry point for the EventBridge handler (the only code here that touches the ports) ----------------
 
 
-def handle_machine_event(rt: Runtime, raw: dict[str, Any]) -> dict[str, Any]:
+def handle_machine_event(ports: Ports, raw: dict[str, Any]) -> dict[str, Any]:
     """Parse an EventBridge event and run its use case; malformed or foreign events are logged and dropped."""
     from chalicelib.alarms import record_launch_failure
     from chalicelib.events.aws import (
@@ -514,7 +535,6 @@ def handle_machine_event(rt: Runtime, raw: dict[str, Any]) -> dict[str, Any]:
         parse_cloudwatch_event,
     )
     from chalicelib.rotation import ServerCertIssuer
-    from chalicelib.secrets import AwsSecrets
 
     try:
         event = parse_cloudwatch_event(raw)
@@ -522,23 +542,23 @@ def handle_machine_event(rt: Runtime, raw: dict[str, Any]) -> dict[str, Any]:
         logger.error("dropping malformed machine event", extra={"reason": exc.reason})
         return {"action": "dropped", "reason": exc.reason}
     if isinstance(event, LaunchUnsuccessfulEvent):
-        fault = record_launch_failure(rt.config, rt.store, event, rt.now())
+        fault = record_launch_failure(ports.config, ports.store, ports.metrics, event, ports.now())
         return {"action": "LaunchUnsuccessfulEvent", "fault": fault.kind if fault else None}
-    secrets = AwsSecrets(rt.aws)
+    secrets = ports.secrets
     use_case = Lifecycle(
-        config=rt.config,
-        names=rt.names,
-        store=rt.store,
-        fleet=rt.fleet,
-        gitlab=rt.gitlab,
+        config=ports.config,
+        names=ports.names,
+        store=ports.store,
+        fleet=ports.fleet,
+        gitlab=ports.gitlab,
         secrets=secrets,
-        tls=ServerCertIssuer(secrets, rt.names.base_certs_secret),
-        dirty=rt.queue,
-        gitlab_ca_bundle=rt.secret_text(rt.config.gitlab.ca_bundle_secret)
-        if rt.config.gitlab.ca_bundle_secret
+        tls=ServerCertIssuer(secrets, ports.names.base_certs_secret),
+        dirty=ports.queue,
+        gitlab_ca_bundle=ports.secret_text(ports.config.gitlab.ca_bundle_secret)
+        if ports.config.gitlab.ca_bundle_secret
         else "",
     )
-    now = rt.now()
+    now = ports.now()
     if isinstance(event, LifecycleActionEvent):
         detail = event.detail
         action = LifecycleAction(
@@ -559,62 +579,41 @@ def handle_machine_event(rt: Runtime, raw: dict[str, Any]) -> dict[str, Any]:
         "shutting-down",
         "terminated",
     }:
-        outcome = _without_hook(use_case, rt, event.instance_id, event.detail.state, now)
+        outcome = _without_hook(use_case, ports, event.instance_id, event.detail.state, now)
     else:
         return {"action": "ignored"}
-    _emit(rt, outcome)
+    _emit(ports, outcome)
     return {"action": type(event).__name__, **_summary(outcome)}
 
 
-def _lifecycle_action(
-    use_case: Lifecycle, event: LifecycleActionEvent, action: LifecycleAction, now: datetime
-) -> LifecycleOutcome:
-    """Route a lifecycle action by its warm-pool move (chalicelib.events.aws.WarmPoolMove): entering the pool
-    or a warm machine ending needs nothing; leaving it is a launch; going back to it ends the runner."""
-    from chalicelib.events.aws import WarmPoolMove
-
-    move = event.warm_pool_move
-    if move is WarmPoolMove.ENTER:
-        return use_case.pass_warm(action, "entered the warm pool: no runner until it leaves")
-    if move is WarmPoolMove.END:
-        return use_case.pass_warm(action, "a warm machine ended: it never had a runner")
-    if move is WarmPoolMove.RETURN:
-        # Only with ReuseOnScaleIn, which the scaler never sets: its runner and secret go as at a termination,
-        # and its record is retired, so that leaving the pool again abandons it.
-        return use_case.terminate(action, now)
-    if event.is_launch:
-        return use_case.launch(action, now, from_warm_pool=move is WarmPoolMove.LEAVE)
-    return use_case.terminate(action, now)
-
-
-def _emit(rt: Runtime, outcome: LifecycleOutcome) -> None:
+    from chalicelib.events.aws import LifecycleActionEvent
+def _emit(ports: Ports, outcome: LifecycleOutcome) -> None:
     """Scale-up latency of a machine that came into service; jobs retried after a Spot interruption."""
-    from chalicelib import metrics
-
+    metrics = ports.metrics
     if outcome.pool_fault and outcome.pool:
-        pool = rt.config.pool(outcome.pool)
+        pool = ports.config.pool(outcome.pool)
         metrics.emit({"PoolFaults": 1}, {"pool": pool.name, "platform": pool.platform.value})
     if outcome.scale_up_seconds is not None:
-        pool = rt.config.pool(outcome.pool)
+        pool = ports.config.pool(outcome.pool)
         metrics.emit_scale_up(pool.name, pool.platform.value, outcome.scale_up_seconds)
     if outcome.retried_jobs and outcome.pool:
-        pool = rt.config.pool(outcome.pool)
+        pool = ports.config.pool(outcome.pool)
         dimensions = {"pool": pool.name, "platform": pool.platform.value}
         metrics.emit({"JobsRetried": len(outcome.retried_jobs)}, dimensions)
 
 
 def _without_hook(
-    use_case: Lifecycle, rt: Runtime, instance_id: str, state: str, now: datetime
+    use_case: Lifecycle, ports: Ports, instance_id: str, state: str, now: datetime
 ) -> LifecycleOutcome:
     """An instance ends without our terminate hook (it shut itself down, the hook timed out, someone
     terminated it): a machine shutting down leaves its group with a decrement; then everything is cleaned
     up."""
-    record = rt.store.get_machine(instance_id)
+    record = ports.store.get_machine(instance_id)
     if record is None:
         return LifecycleOutcome(instance_id, notes=["unknown machine"])
     if record.retired_at is not None:
         return LifecycleOutcome(instance_id, notes=["already cleaned up"])
-    pool = rt.config.pool(record.pool)
+    pool = ports.config.pool(record.pool)
     notes = use_case.shut_down(pool, instance_id) if state == "shutting-down" else []
     outcome = use_case.terminate(LifecycleAction(pool.asg, "", "", instance_id, "ec2:terminated"), now)
     outcome.notes[:0] = notes

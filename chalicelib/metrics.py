@@ -122,3 +122,43 @@ def emit_reconcile(config: Config, results: Iterable[ReconcileFigures], aws_call
 def emit_count(name: str, value: float, pool: str | None = None) -> None:
     """One counter (e.g. UnroutableJobs, WebhookRejected), optionally per pool."""
     emit({name: value}, {"pool": pool} if pool else None)
+
+
+class Metrics(Protocol):
+    """The metrics port use cases emit through (EmfMetrics in Lambda; a recorder in a test or the sim)."""
+
+    def emit(
+        self, values: Mapping[str, float], dimensions: Mapping[str, str] | None = None, unit: MetricUnit = ...
+    ) -> None: ...
+
+    def emit_count(self, name: str, value: float, pool: str | None = None) -> None: ...
+
+    def emit_job_wait(self, pool: str, platform: str, queued_seconds: float) -> None: ...
+
+    def emit_scale_up(self, pool: str, platform: str, seconds: float) -> None: ...
+
+    def emit_reconcile(self, config: Config, results: Iterable[ReconcileFigures], aws_calls: int) -> None: ...
+
+
+class EmfMetrics:
+    """`Metrics` as EMF log lines: the functions above, as the port the wiring hands to use cases."""
+
+    def emit(
+        self,
+        values: Mapping[str, float],
+        dimensions: Mapping[str, str] | None = None,
+        unit: MetricUnit = MetricUnit.Count,
+    ) -> None:
+        emit(values, dimensions, unit)
+
+    def emit_count(self, name: str, value: float, pool: str | None = None) -> None:
+        emit_count(name, value, pool)
+
+    def emit_job_wait(self, pool: str, platform: str, queued_seconds: float) -> None:
+        emit_job_wait(pool, platform, queued_seconds)
+
+    def emit_scale_up(self, pool: str, platform: str, seconds: float) -> None:
+        emit_scale_up(pool, platform, seconds)
+
+    def emit_reconcile(self, config: Config, results: Iterable[ReconcileFigures], aws_calls: int) -> None:
+        emit_reconcile(config, results, aws_calls)

@@ -1,7 +1,8 @@
 """Use case: rotate the fleet's base certs by Secrets Manager's four-step protocol, keep them fresh.
 
 Reads and writes through the `Secrets` port (chalicelib.secrets), makes certificates with the pure
-chalicelib.certs; imports pydantic, runtime (only in the entry points) and no boto3. Never logs key material.
+chalicelib.certs; imports pydantic, its `CertPorts` (only in the entry points) and no boto3. Never logs key
+material.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from chalicelib.errors import (
     SecretConflictError,
 )
 from chalicelib.resources import TAG_DEPLOYMENT, TAG_MANAGED, Names
-from chalicelib.secrets import AWSCURRENT, AWSPENDING, AwsSecrets, SecretDescription, Secrets, SecretVersion
+from chalicelib.secrets import AWSCURRENT, AWSPENDING, SecretDescription, Secrets, SecretVersion
 
 if TYPE_CHECKING:
-    from chalicelib.runtime import Runtime
+    from chalicelib.ports import CertPorts
 
 logger = logging.getLogger(__name__)
 
@@ -440,26 +441,26 @@ class ServerCertIssuer:
         return cert_pem, key_pem, base.trust_bundle_pem
 
 
-# -- entry points for handlers (the only code here that touches the runtime) -------------------------------
+# -- entry points for handlers (the only code here that touches the ports) -------------------------------
 
 
-def validity_for(rt: Runtime) -> timedelta | None:
+def validity_for(ports: CertPorts) -> timedelta | None:
     """Config's `scaler.cert_validity`, or None (keep the current material's) when config is not readable.
 
     The rotation Lambda needs no pool config; it only borrows this knob (and `key_algorithm_for`'s) so the
     CA lives as long as infra's rotation schedule assumes.
     """
     try:
-        return rt.config.scaler.cert_validity
+        return ports.config.scaler.cert_validity
     except (ConfigError, AwsCallError) as exc:
         logger.warning("config not readable; keeping certificate validity", extra={"error": str(exc)[:200]})
         return None
 
 
-def key_algorithm_for(rt: Runtime) -> KeyAlgorithm | None:
+def key_algorithm_for(ports: CertPorts) -> KeyAlgorithm | None:
     """Config's `scaler.cert_key_algorithm`, or None (keep the current key type) when unset or unreadable."""
     try:
-        chosen = rt.config.scaler.cert_key_algorithm
+        chosen = ports.config.scaler.cert_key_algorithm
     except (ConfigError, AwsCallError) as exc:
         logger.warning("config not readable; keeping the key type", extra={"error": str(exc)[:200]})
         return None
@@ -467,26 +468,26 @@ def key_algorithm_for(rt: Runtime) -> KeyAlgorithm | None:
 
 
 @functools.lru_cache(maxsize=8)
-def rotation_for(rt: Runtime) -> BaseCertsRotation:
-    """One rotation use case per container (per Runtime): adapters built on first use, never at import."""
+def rotation_for(ports: CertPorts) -> BaseCertsRotation:
+    """One rotation use case per container (per set of ports, which the wiring builds once)."""
     return BaseCertsRotation(
-        AwsSecrets(rt.aws), validity=validity_for(rt), key_algorithm=key_algorithm_for(rt)
+        ports.secrets, validity=validity_for(ports), key_algorithm=key_algorithm_for(ports)
     )
 
 
-def run_rotation_event(rt: Runtime, raw_event: Any) -> dict[str, str]:
+def run_rotation_event(ports: CertPorts, raw_event: Any) -> dict[str, str]:
     """The rotation Lambda: parse Secrets Manager's event, run its step, report what happened."""
     event = RotationEvent.parse(raw_event)
-    return rotation_for(rt).handle(event, rt.now()).to_dict()
+    return rotation_for(ports).handle(event, ports.now()).to_dict()
 
 
-def ensure_base_certs_for(rt: Runtime) -> EnsureOutcome:
+def ensure_base_certs_for(ports: CertPorts) -> EnsureOutcome:
     """The tick's call: `ensure_base_certs` with this deployment's names, config and clock."""
-    scaler = rt.config.scaler
+    scaler = ports.config.scaler
     return ensure_base_certs(
-        AwsSecrets(rt.aws),
-        rt.names,
-        rt.now(),
+        ports.secrets,
+        ports.names,
+        ports.now(),
         scaler.regenerate_before,
         validity=scaler.cert_validity,
         key_algorithm=KeyAlgorithm(scaler.cert_key_algorithm) if scaler.cert_key_algorithm else None,

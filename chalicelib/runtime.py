@@ -1,7 +1,9 @@
-"""The adapters of one Lambda container, built lazily on first use and reused by every invocation.
+"""The wiring: the adapters of one Lambda container, built lazily on first use and reused by every invocation.
 
-The only place that reads the environment (handler set-up, never domain code). Tests and the local demo
-install their own Runtime (moto endpoint, fake GitLab, fixed clock) with `install()`.
+Only app.py (and the toolkit's local app, and test fixtures) calls it: it hands each use case its `Ports`
+(chalicelib.ports) and no use case imports it back. The only place that reads the environment (handler
+set-up, never domain code). Tests and the local demo install their own Runtime (moto endpoint, fake GitLab,
+fixed clock) with `install()`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from chalicelib.aws import AwsClients
 from chalicelib.config import Config, load_config
 from chalicelib.events.timestamps import utc_now
 from chalicelib.fleet import AsgFleet
+from chalicelib.metrics import EmfMetrics
 from chalicelib.parameters import read_parameter
+from chalicelib.ports import CertPorts, Ports
 from chalicelib.queue import DeadLetterQueue, DirtyQueue, queue_url
 from chalicelib.resources import ENV_QUEUE_URL, ENV_TABLE, Names, names_from_env
 from chalicelib.secrets import AwsSecrets, SecretCache
@@ -107,6 +111,47 @@ class Runtime:
         return AsgFleet(self.aws)
 
     @cached_property
+    def secrets(self) -> AwsSecrets:
+        """The Secrets Manager adapter, built once per container (no use case builds its own)."""
+        return AwsSecrets(self.aws)
+
+    @cached_property
+    def cert_ports(self) -> CertPorts:
+        """What the rotation Lambda and the tick's certificate check are given."""
+        return CertPorts(
+            names=self.names, secrets=self.secrets, clock=self.now, load_config=lambda: self.config
+        )
+
+    @cached_property
+    def ports(self) -> Ports:
+        """What the webhook, tick, pool-dirty, machine-event and alarm use cases are given.
+
+        Providers read this Runtime's attributes when called, so costly adapters are still built on first
+        use, once per container, and an attribute a test or the replay replaced is the one handed out.
+        """
+        return Ports(
+            names=self.names,
+            store=self.store,
+            fleet=self.fleet,
+            secrets=self.secrets,
+            metrics=EmfMetrics(),
+            clock=self.now,
+            sleep=lambda seconds: self.sleep(seconds),
+            certs=self.cert_ports,
+            load_config=lambda: self.config,
+            open_queue=lambda: self.queue,
+            open_dead_letters=lambda: self.dead_letters,
+            open_gitlab=lambda: self.gitlab,
+            gitlab_configured=self.has_gitlab,
+            open_pipelines=lambda: self.pipelines,
+            read_gitlab_host=lambda: self.gitlab_host,
+            secret_text=self.secret_text,
+            webhook_tokens=self.webhook_tokens,
+            reconciler=self.reconciler,
+            aws_calls=lambda: self.aws.total_calls,
+        )
+
+    @cached_property
     def queue(self) -> DirtyQueue:
         url = self.environ.get(ENV_QUEUE_URL) or queue_url(self.aws, self.names.queue)
         return DirtyQueue(self.aws, url)
@@ -152,7 +197,7 @@ class Runtime:
     @cached_property
     def secrets_cache(self) -> SecretCache:
         """Secrets read once a minute per container (rotation-friendly), through the secrets adapter."""
-        return SecretCache(AwsSecrets(self.aws), clock=self._monotonic)
+        return SecretCache(self.secrets, clock=self._monotonic)
 
     def secret_text(self, name: str) -> str:
         """A secret's current value, cached per container for a minute (rotation-friendly)."""

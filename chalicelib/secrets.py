@@ -95,6 +95,14 @@ class Secrets(Protocol):
 
     def delete(self, secret_id: str, *, force: bool = True) -> None: ...
 
+    def put_machine_secret(self, name: str, value: str, tags: dict[str, str]) -> None:
+        """A machine's own secret (`<prefix>/machines/<instance-id>`), created or overwritten."""
+        ...
+
+    def delete_machine_secret(self, name: str) -> None: ...
+
+    def machine_secret_exists(self, name: str) -> bool: ...
+
 
 def _tag_list(tags: Mapping[str, str] | None) -> list[dict[str, str]]:
     return [{"Key": k, "Value": v} for k, v in (tags or {}).items()]

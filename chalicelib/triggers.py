@@ -1,6 +1,7 @@
 """Use cases behind the reconcile triggers: the one-minute tick and the "pool dirty" queue.
 
-Each reads its event model, reconciles through `Reconciler`, and reports; imports runtime and use cases.
+Each reads its event model, reconciles through `Reconciler`, and reports; given its `Ports`, imports use
+cases and ports, never the wiring.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from typing import Any, TypeVar
 from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from chalicelib import metrics
 from chalicelib.config import Pool
 from chalicelib.errors import AwsCallError, MalformedEventError, RunnerScalerError
 from chalicelib.events.aws import DirtyPoolMessage, ResolveAsk, ResolveTagsMessage, parse_queue_message
 from chalicelib.heal import heal
 from chalicelib.jobs import DirtyMarker
+from chalicelib.ports import Ports
 from chalicelib.reconcile import ReconcileResult
-from chalicelib.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -37,32 +37,32 @@ class TickReport:
     unqueued: dict[str, str] = field(default_factory=dict)
 
 
-def run_tick(rt: Runtime, owner: str) -> TickReport:
+def run_tick(ports: Ports, owner: str) -> TickReport:
     """Repair the job store from GitLab, then reconcile every pool: heals what lost or late events left.
 
     Up to `scaler.tick_inline_pools` pools are reconciled here; above that, each pool gets one "pool
     dirty" message and its own `pool_dirty` invocation, so the tick's CPU grows with pools only by the
     messages it sends, never with their machines.
     """
-    calls_before = rt.aws.total_calls
-    fan_out = len(rt.config.pools) > rt.config.scaler.tick_inline_pools
+    calls_before = ports.aws_calls()
+    fan_out = len(ports.config.pools) > ports.config.scaler.tick_inline_pools
     # Fanning out, every pool gets a message anyway: heal's asks ride in it rather than in a message of
     # their own, which would take the window's deduplication id and drop the tick's.
     held = _HeldMarks()
     long_pending: dict[str, int] = {}
-    if rt.has_gitlab():
-        dirty: DirtyMarker = held if fan_out else rt.queue
-        _isolated("resolve", lambda: _resolve(rt, dirty, None))
-        long_pending = _isolated("heal", lambda: _heal(rt, dirty)) or {}
-        _isolated("hook check", lambda: _check_hooks(rt))
-        _isolated("sweep", lambda: _sweep(rt))
-    _isolated("certs", lambda: _ensure_certs(rt))
+    if ports.has_gitlab():
+        dirty: DirtyMarker = held if fan_out else ports.queue
+        _isolated(ports, "resolve", lambda: _resolve(ports, dirty, None))
+        long_pending = _isolated(ports, "heal", lambda: _heal(ports, dirty)) or {}
+        _isolated(ports, "hook check", lambda: _check_hooks(ports))
+        _isolated(ports, "sweep", lambda: _sweep(ports))
+    _isolated(ports, "certs", lambda: _ensure_certs(ports))
     if fan_out:
-        tick = _fan_out(rt, held.reasons, long_pending)
+        tick = _fan_out(ports, held.reasons, long_pending)
     else:
-        tick = TickReport(results=rt.reconciler(owner).reconcile_all(rt.now()))
-    metrics.emit_reconcile(rt.config, tick.results, rt.aws.total_calls - calls_before)
-    _emit_long_pending(rt, long_pending, tick.results)
+        tick = TickReport(results=ports.reconciler(owner).reconcile_all(ports.now()))
+    ports.metrics.emit_reconcile(ports.config, tick.results, ports.aws_calls() - calls_before)
+    _emit_long_pending(ports, long_pending, tick.results)
     for result in tick.results:
         if result.errors:
             logger.warning("reconcile errors", extra={"pool": result.pool, "errors": result.errors})
@@ -71,7 +71,7 @@ def run_tick(rt: Runtime, owner: str) -> TickReport:
     return tick
 
 
-def _isolated(step: str, run: Callable[[], _T]) -> _T | None:
+def _isolated(ports: Ports, step: str, run: Callable[[], _T]) -> _T | None:
     """Run one repair step of the tick so that its failure stops neither the other steps nor the reconcile.
 
     Resolving unrouted jobs, heal, the hook check, the sweep and the certificate check are each retried by
@@ -82,21 +82,21 @@ def _isolated(step: str, run: Callable[[], _T]) -> _T | None:
         return run()
     except Exception as exc:  # any failure of a repair step, a bug included: logged and counted below
         logger.exception("tick step failed", extra={"step": step, "error": str(exc)})
-        metrics.emit({"TickStepFailed": 1}, {"step": step})
+        ports.metrics.emit({"TickStepFailed": 1}, {"step": step})
         return None
 
 
-def _heal(rt: Runtime, dirty: DirtyMarker) -> dict[str, int]:
+def _heal(ports: Ports, dirty: DirtyMarker) -> dict[str, int]:
     """Repair the job store from GitLab; returns the jobs pending too long, per pool."""
-    report = heal(rt.config, rt.store, rt.gitlab, dirty, rt.now(), gitlab_host=rt.gitlab_host)
+    report = heal(ports.config, ports.store, ports.gitlab, dirty, ports.now(), gitlab_host=ports.gitlab_host)
     if report.discovered:
-        metrics.emit_count("LostJobsFound", len(report.discovered))
+        ports.metrics.emit_count("LostJobsFound", len(report.discovered))
     if report.errors:
         logger.warning("heal errors", extra={"errors": report.errors[:5]})
     return report.long_pending
 
 
-def _resolve(rt: Runtime, dirty: DirtyMarker, asked: ResolveAsk | None) -> None:
+def _resolve(ports: Ports, dirty: DirtyMarker, asked: ResolveAsk | None) -> None:
     """Route the jobs stored without a pool (chalicelib.jobs.resolve_unrouted): on a webhook's ask, or on
     the tick for any ask lost, failed or read before its job showed in the index. A GitLab failure leaves
     them unrouted for the next tick; a store failure raises (the message is retried)."""
@@ -104,24 +104,24 @@ def _resolve(rt: Runtime, dirty: DirtyMarker, asked: ResolveAsk | None) -> None:
 
     ask = (asked.project_id, asked.pipeline_id, asked.job_id) if asked is not None else None
     on_pools = None
-    if any(p.prewarm for p in rt.config.pools):
+    if any(p.prewarm for p in ports.config.pools):
         from chalicelib.pipelines import fill_pipeline_pools
 
         def on_pools(pipeline_id: int, pools: Mapping[int, str]) -> None:
-            fill_pipeline_pools(rt.pipelines, rt.gitlab_host, pipeline_id, pools, rt.now())
+            fill_pipeline_pools(ports.pipelines, ports.gitlab_host, pipeline_id, pools, ports.now())
 
     report = resolve_unrouted(
-        rt.config,
-        rt.store,
-        rt.gitlab if rt.has_gitlab() else None,
+        ports.config,
+        ports.store,
+        ports.gitlab if ports.has_gitlab() else None,
         dirty,
-        rt.now(),
-        gitlab=rt.gitlab_host,
+        ports.now(),
+        gitlab=ports.gitlab_host,
         asked=ask,
         on_pools=on_pools,
     )
     if report.unroutable:
-        metrics.emit_count("UnroutableJobs", len(report.unroutable))
+        ports.metrics.emit_count("UnroutableJobs", len(report.unroutable))
     if report.errors:
         logger.warning("tags not resolved", extra={"errors": report.errors[:5]})
 
@@ -136,82 +136,87 @@ class _HeldMarks:
         self.reasons.setdefault(pool, reason)
 
 
-def _fan_out(rt: Runtime, held: Mapping[str, str], long_pending: Mapping[str, int]) -> TickReport:
+def _fan_out(ports: Ports, held: Mapping[str, str], long_pending: Mapping[str, int]) -> TickReport:
     """One "pool dirty" message per pool; a pool the queue refused counts as a reconcile error."""
-    pools = [p.name for p in rt.config.pools]
+    pools = [p.name for p in ports.config.pools]
     reasons = {name: held.get(name, "tick") for name in pools}
-    unqueued = rt.queue.mark_dirty_batch(reasons, rt.now(), long_pending)
+    unqueued = ports.queue.mark_dirty_batch(reasons, ports.now(), long_pending)
     for name, error in unqueued.items():
         logger.warning("pool not queued for its reconcile", extra={"pool": name, "error": error})
-        metrics.emit({"ReconcileErrors": 1}, {"pool": name, "platform": rt.config.pool(name).platform.value})
+        ports.metrics.emit(
+            {"ReconcileErrors": 1}, {"pool": name, "platform": ports.config.pool(name).platform.value}
+        )
     return TickReport(queued=[p for p in pools if p not in unqueued], unqueued=unqueued)
 
 
 def _emit_long_pending(
-    rt: Runtime, long_pending: Mapping[str, int], results: Iterable[ReconcileResult]
+    ports: Ports, long_pending: Mapping[str, int], results: Iterable[ReconcileResult]
 ) -> None:
     """Jobs pending past `stale_job_after` in a pool that had room (below `max_instances`, or an idle
     machine): nothing explains the wait, so it is alarm-worthy. At the cap the wait is the cap's (Desired)."""
     by_pool = {r.pool: r for r in results}
     for name, count in long_pending.items():
-        pool, result = rt.config.pool(name), by_pool.get(name)
+        pool, result = ports.config.pool(name), by_pool.get(name)
         if result is None or result.skipped:
             continue
         if result.desired_after < pool.max_instances or result.machines.get("idle", 0) > 0:
-            metrics.emit({"LongPendingJobs": count}, {"pool": name, "platform": pool.platform.value})
+            ports.metrics.emit({"LongPendingJobs": count}, {"pool": name, "platform": pool.platform.value})
 
 
 SWEEP_INTERVAL_SECONDS = 300
 CERT_CHECK_INTERVAL_SECONDS = 900
 
 
-def _once_per(rt: Runtime, what: str, seconds: int) -> bool:
+def _once_per(ports: Ports, what: str, seconds: int) -> bool:
     """True for one caller per interval across all containers (a conditional write in the store)."""
-    now = rt.now()
-    return rt.store.first_seen(f"{what}#{int(now.timestamp()) // seconds}", now)
+    now = ports.now()
+    return ports.store.first_seen(f"{what}#{int(now.timestamp()) // seconds}", now)
 
 
-def _sweep(rt: Runtime) -> None:
+def _sweep(ports: Ports) -> None:
     """Every 5 minutes: delete runners of vanished instances, replace machines that never came up."""
-    if not _once_per(rt, "sweep", SWEEP_INTERVAL_SECONDS):
+    if not _once_per(ports, "sweep", SWEEP_INTERVAL_SECONDS):
         return
-    from chalicelib.secrets import AwsSecrets
     from chalicelib.sweep import sweep
 
     try:
-        groups = rt.fleet.read_groups([p.asg for p in rt.config.pools])
+        groups = ports.fleet.read_groups([p.asg for p in ports.config.pools])
     except AwsCallError as exc:
         logger.warning("sweep skipped: cannot read the groups", extra={"error": str(exc)})
         return  # the next window retries; the reconcile below still runs
-    report = sweep(rt.config, rt.names, rt.store, rt.fleet, rt.gitlab, AwsSecrets(rt.aws), groups, rt.now())
+    report = sweep(
+        ports.config, ports.names, ports.store, ports.fleet, ports.gitlab, ports.secrets, groups, ports.now()
+    )
     if report.deleted_runners or report.terminated:
-        metrics.emit_count("OrphansRemoved", len(report.deleted_runners) + len(report.terminated))
+        ports.metrics.emit_count("OrphansRemoved", len(report.deleted_runners) + len(report.terminated))
     if report.errors:
         logger.warning("sweep errors", extra={"errors": report.errors[:5]})
 
 
-def _ensure_certs(rt: Runtime) -> None:
+def _ensure_certs(ports: Ports) -> None:
     """Every 15 minutes: create the base certificates, or rotate them once inside regenerate_before."""
-    if not _once_per(rt, "certs", CERT_CHECK_INTERVAL_SECONDS):
+    if not _once_per(ports, "certs", CERT_CHECK_INTERVAL_SECONDS):
         return
     from chalicelib.rotation import ensure_base_certs_for
 
     try:
-        outcome = ensure_base_certs_for(rt)
+        outcome = ensure_base_certs_for(ports.certs)
     except RunnerScalerError as exc:
         logger.error("base certificate check failed", extra={"error": str(exc)})
-        metrics.emit_count("CertificateCheckFailed", 1)
+        ports.metrics.emit_count("CertificateCheckFailed", 1)
         return
     logger.info("base certificates", extra={"action": outcome.action, "secret": outcome.secret})
 
 
-def _check_hooks(rt: Runtime) -> None:
+def _check_hooks(ports: Ports) -> None:
     """Every 15 minutes (one container does it): re-enable our project hooks that GitLab auto-disabled."""
     from chalicelib.hook_sync import check_hooks, hook_check_key
 
-    now = rt.now()
-    if rt.config.gitlab.webhook_url and rt.store.first_seen(hook_check_key(rt.gitlab_host, now), now):
-        health = check_hooks(rt.gitlab, rt.config, None, now)
+    now = ports.now()
+    if ports.config.gitlab.webhook_url and ports.store.first_seen(
+        hook_check_key(ports.gitlab_host, now), now
+    ):
+        health = check_hooks(ports.gitlab, ports.config, None, now)
         logger.info("webhook health", extra={"health": health.as_dict()})
 
 
@@ -221,16 +226,16 @@ LEASE_RETRIES = 4
 LEASE_WAIT_SECONDS = 0.5
 
 
-def _reconcile_past_lease(rt: Runtime, pool: Pool, owner: str) -> ReconcileResult:
+def _reconcile_past_lease(ports: Ports, pool: Pool, owner: str) -> ReconcileResult:
     for attempt in range(LEASE_RETRIES):
-        result = rt.reconciler(owner).reconcile_pool(pool, rt.now())
+        result = ports.reconciler(owner).reconcile_pool(pool, ports.now())
         if not result.skipped or attempt == LEASE_RETRIES - 1:
             break
-        rt.sleep(LEASE_WAIT_SECONDS)
+        ports.sleep(LEASE_WAIT_SECONDS)
     return result
 
 
-def process_dirty_batch(rt: Runtime, event: dict[str, Any], owner: str) -> dict[str, Any]:
+def process_dirty_batch(ports: Ports, event: dict[str, Any], owner: str) -> dict[str, Any]:
     """Reconcile each pool named in a batch once; a failed apply is reported as a batch item failure.
 
     A malformed message is logged and dropped (a retry would never fix it). A pool whose lease is held is
@@ -238,26 +243,26 @@ def process_dirty_batch(rt: Runtime, event: dict[str, Any], owner: str) -> dict[
     """
     done: dict[str, ReconcileResult] = {}
     long_pending: dict[str, int] = {}
-    calls_before = rt.aws.total_calls
+    calls_before = ports.aws_calls()
 
     def handle(record: SQSRecord) -> None:
         try:
             message = parse_queue_message(record.body)
-            pool = rt.config.pool(message.pool) if isinstance(message, DirtyPoolMessage) else None
+            pool = ports.config.pool(message.pool) if isinstance(message, DirtyPoolMessage) else None
         except (MalformedEventError, KeyError) as exc:
             logger.error(
                 "dropping malformed dirty message", extra={"message_id": record.message_id, "error": str(exc)}
             )
             return
         if isinstance(message, ResolveTagsMessage):  # a webhook's ask (chalicelib.queue.ask_resolve)
-            _resolve(rt, rt.queue, message.resolve)
+            _resolve(ports, ports.queue, message.resolve)
             return
         assert isinstance(message, DirtyPoolMessage) and pool is not None
         if message.long_pending:
             long_pending[pool.name] = max(long_pending.get(pool.name, 0), message.long_pending)
         if pool.name in done:
             return
-        result = _reconcile_past_lease(rt, pool, owner)
+        result = _reconcile_past_lease(ports, pool, owner)
         done[pool.name] = result
         if result.faults:
             logger.warning("pool faults", extra={"pool": pool.name, "faults": result.faults})
@@ -277,6 +282,6 @@ def process_dirty_batch(rt: Runtime, event: dict[str, Any], owner: str) -> dict[
     try:
         response = process_partial_response(event=event, record_handler=handle, processor=processor)
     finally:
-        metrics.emit_reconcile(rt.config, done.values(), rt.aws.total_calls - calls_before)
-        _emit_long_pending(rt, long_pending, done.values())
+        ports.metrics.emit_reconcile(ports.config, done.values(), ports.aws_calls() - calls_before)
+        _emit_long_pending(ports, long_pending, done.values())
     return dict(response)

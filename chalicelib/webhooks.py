@@ -17,12 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib import metrics
 from chalicelib.errors import AwsCallError, MalformedEventError, NotFoundError
 from chalicelib.events.gitlab import IgnoredEvent, JobHook, PipelineHook, event_identity, parse_gitlab_event
 from chalicelib.jobs import JobEvent, ingest_job, pipeline_announced
 from chalicelib.pipelines import observe_job_duration, record_pipeline_hook
-from chalicelib.runtime import Runtime
+from chalicelib.ports import Ports
 
 logger = logging.getLogger(__name__)
 
@@ -53,48 +52,48 @@ def token_ok(presented: str | None, accepted: list[str]) -> bool:
     return matched
 
 
-def receive(rt: Runtime, headers: Mapping[str, str], body: bytes | str | None) -> Answer:
+def receive(ports: Ports, headers: Mapping[str, str], body: bytes | str | None) -> Answer:
     """Handle one delivery; the token is checked before anything is parsed or stored."""
     raw = body.encode() if isinstance(body, str) else (body or b"")
     lowered = {k.lower(): v for k, v in headers.items()}
     if len(raw) > MAX_BODY_BYTES:
-        return _reject(413, "too_large", f"body larger than {MAX_BODY_BYTES} bytes")
+        return _reject(ports, 413, "too_large", f"body larger than {MAX_BODY_BYTES} bytes")
     try:
-        accepted = rt.webhook_tokens()
+        accepted = ports.webhook_tokens()
     except (AwsCallError, NotFoundError) as exc:
         return _unavailable("webhook tokens unreadable", exc)
     if not token_ok(lowered.get("x-gitlab-token"), accepted):
-        return _reject(401, "bad_token", "missing or wrong X-Gitlab-Token")
+        return _reject(ports, 401, "bad_token", "missing or wrong X-Gitlab-Token")
     try:
         event = parse_gitlab_event(lowered, raw)
     except MalformedEventError as exc:
-        return _reject(400, "malformed", exc.reason)
+        return _reject(ports, 400, "malformed", exc.reason)
     if isinstance(event, IgnoredEvent):
-        return _ignored(event)
+        return _ignored(ports, event)
     key = event_identity(lowered, event)
     try:
-        if not rt.store.first_seen(key, rt.now()):
+        if not ports.store.first_seen(key, ports.now()):
             return Answer(200, {"status": "duplicate"}, "duplicate")
     except AwsCallError as exc:
         return _unavailable("event key not written", exc)
     try:
-        return _apply(rt, event)
+        return _apply(ports, event)
     except AwsCallError as exc:
         # Nothing half-applied survives: the job write is idempotent and the tick re-reads GitLab.
         try:
-            rt.store.forget_event(key)
+            ports.store.forget_event(key)
         except AwsCallError as forget:
             # The key expires with its TTL; until then a manual resend counts as a duplicate: the tick heals.
             logger.warning("event key kept", extra={"error": str(forget)})
         return _unavailable("webhook not recorded", exc)
 
 
-def _ignored(event: IgnoredEvent) -> Answer:
+def _ignored(ports: Ports, event: IgnoredEvent) -> Answer:
     """202: a kind we do not act on, or a Job/Pipeline hook lacking what we need (`reason`, counted in the
     WebhookIgnored metric). Never a 4xx: four of those in a row disable the hook in GitLab."""
     body = {"status": "ignored", "event": event.kind}
     if event.reason:
-        metrics.emit_count("WebhookIgnored", 1)
+        ports.metrics.emit_count("WebhookIgnored", 1)
         logger.warning("webhook ignored", extra={"event": event.kind, "reason": event.reason})
         body["reason"] = event.reason
     return Answer(202, body, "ignored")
@@ -107,27 +106,27 @@ def _unavailable(what: str, exc: AwsCallError | NotFoundError) -> Answer:
     return Answer(503, {"error": "state store unavailable, retry"}, "unavailable")
 
 
-def _apply(rt: Runtime, event: JobHook | PipelineHook) -> Answer:
-    gitlab = rt.gitlab_host  # one GitLab per deployment; X-Gitlab-Instance may spell it differently
+def _apply(ports: Ports, event: JobHook | PipelineHook) -> Answer:
+    gitlab = ports.gitlab_host  # one GitLab per deployment; X-Gitlab-Instance may spell it differently
     if isinstance(event, PipelineHook):
-        return _apply_pipeline(rt, event, gitlab)
+        return _apply_pipeline(ports, event, gitlab)
     result = ingest_job(
         job_event(event, gitlab),
-        config=rt.config,
-        store=rt.store,
-        dirty=rt.queue,
-        resolve=rt.queue,
-        now=rt.now(),
+        config=ports.config,
+        store=ports.store,
+        dirty=ports.queue,
+        resolve=ports.queue,
+        now=ports.now(),
     )
     if result.unroutable:
-        metrics.emit_count("UnroutableJobs", 1)
+        ports.metrics.emit_count("UnroutableJobs", 1)
     elif not result.pool:
         pass  # not ours, or not routed yet: no wait to report under a pool, no duration to learn
     elif result.applied and event.build_status == "running" and event.build_queued_duration is not None:
-        platform = rt.config.pool(result.pool).platform.value
-        metrics.emit_job_wait(result.pool, platform, event.build_queued_duration)
-    elif result.applied and event.build_status == "success" and _prewarm_on(rt):
-        _learn_duration(rt, event, gitlab, result.pool)
+        platform = ports.config.pool(result.pool).platform.value
+        ports.metrics.emit_job_wait(result.pool, platform, event.build_queued_duration)
+    elif result.applied and event.build_status == "success" and _prewarm_on(ports):
+        _learn_duration(ports, event, gitlab, result.pool)
     body = {
         "status": "accepted",
         "job": event.build_id,
@@ -139,33 +138,33 @@ def _apply(rt: Runtime, event: JobHook | PipelineHook) -> Answer:
     return Answer(202, body, "accepted")
 
 
-def _apply_pipeline(rt: Runtime, event: PipelineHook, gitlab: str) -> Answer:
+def _apply_pipeline(ports: Ports, event: PipelineHook, gitlab: str) -> Answer:
     """Have the tags of the jobs to come resolved (out of this request) unless cached; with prewarm on,
     keep the pipeline's state for the forecast, its jobs routed by the cached tags (a job not resolved yet
     is forecast from a later hook)."""
     pipeline_id = event.object_attributes.id
     pool_of = pipeline_announced(
-        rt.store,
-        rt.queue,
-        rt.config.pools,
+        ports.store,
+        ports.queue,
+        ports.config.pools,
         gitlab=gitlab,
         project_id=event.project_id,
         pipeline_id=pipeline_id,
         waiting=[b.id for b in event.builds if b.status in {"created", "pending"}],
-        forecast=_prewarm_on(rt),
-        now=rt.now(),
+        forecast=_prewarm_on(ports),
+        now=ports.now(),
     )
-    if _prewarm_on(rt):
-        record_pipeline_hook(rt.pipelines, gitlab, event, pool_of, rt.now())
+    if _prewarm_on(ports):
+        record_pipeline_hook(ports.pipelines, gitlab, event, pool_of, ports.now())
     return Answer(202, {"status": "accepted", "pipeline": pipeline_id}, "accepted")
 
 
-def _prewarm_on(rt: Runtime) -> bool:
+def _prewarm_on(ports: Ports) -> bool:
     """Pipeline state and durations cost calls on every hook: only kept when some pool prewarms."""
-    return any(p.prewarm for p in rt.config.pools)
+    return any(p.prewarm for p in ports.config.pools)
 
 
-def _learn_duration(rt: Runtime, hook: JobHook, gitlab: str, pool: str) -> None:
+def _learn_duration(ports: Ports, hook: JobHook, gitlab: str, pool: str) -> None:
     """Best effort: a lost observation only makes one estimate a sample poorer; the job itself is recorded."""
     duration = hook.build_duration
     if duration is None and hook.build_started_at and hook.build_finished_at:
@@ -174,7 +173,7 @@ def _learn_duration(rt: Runtime, hook: JobHook, gitlab: str, pool: str) -> None:
         return
     try:
         observe_job_duration(
-            rt.pipelines,
+            ports.pipelines,
             gitlab,
             project_id=hook.project_id,
             ref=hook.ref or "",
@@ -182,7 +181,7 @@ def _learn_duration(rt: Runtime, hook: JobHook, gitlab: str, pool: str) -> None:
             name=hook.build_name or "",
             pool=pool,
             duration_s=duration,
-            now=rt.now(),
+            now=ports.now(),
         )
     except AwsCallError as exc:
         logger.warning("job duration not learned", extra={"job_id": hook.build_id, "error": str(exc)})
@@ -207,7 +206,7 @@ def job_event(hook: JobHook, gitlab: str) -> JobEvent:
     )
 
 
-def _reject(status: int, outcome: str, reason: str) -> Answer:
-    metrics.emit_count("WebhookRejected", 1)
+def _reject(ports: Ports, status: int, outcome: str, reason: str) -> Answer:
+    ports.metrics.emit_count("WebhookRejected", 1)
     logger.warning("webhook rejected", extra={"reason": outcome})
     return Answer(status, {"error": reason}, outcome)

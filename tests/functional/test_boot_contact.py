@@ -32,7 +32,7 @@ from toolkit.devtools.fake_gitlab import FakeGitLab
 
 @pytest.fixture
 def world(gitlab_stack: Stack) -> Iterator[tuple[Stack, Client]]:
-    ensure_base_certs_for(gitlab_stack.runtime)
+    ensure_base_certs_for(gitlab_stack.runtime.cert_ports)
     with Client(app) as client:
         yield gitlab_stack, client
 

@@ -51,7 +51,7 @@ def world(gitlab_stack: Stack, gitlab_ca: str) -> Iterator[tuple[Stack, Client]]
     install(rt)
     gitlab_stack.runtime = rt
     gitlab_stack.config = rt.config
-    ensure_base_certs_for(rt)
+    ensure_base_certs_for(rt.cert_ports)
     with Client(app) as client:
         yield gitlab_stack, client
 
@@ -76,7 +76,7 @@ def test_launch_puts_the_gitlab_ca_bundle_in_the_machine_secret(world: Any, gitl
 def test_without_a_ca_bundle_secret_machines_get_an_empty_field(gitlab_stack: Stack) -> None:
     # GIVEN no ca_bundle_secret (GitLab signed by a public CA)
     gitlab_stack.runtime.__dict__["fleet"] = RecordingFleet(gitlab_stack.aws)
-    ensure_base_certs_for(gitlab_stack.runtime)
+    ensure_base_certs_for(gitlab_stack.runtime.cert_ports)
     instance = launched_instance(gitlab_stack)
     with Client(app) as client:
         invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))

@@ -23,7 +23,7 @@ from toolkit.devtools.fake_gitlab import FakeGitLab
 def launch(gitlab_stack: Stack) -> Iterator[tuple[Stack, RecordingFleet, Client]]:
     fleet = RecordingFleet(gitlab_stack.aws)
     gitlab_stack.runtime.__dict__["fleet"] = fleet
-    ensure_base_certs_for(gitlab_stack.runtime)
+    ensure_base_certs_for(gitlab_stack.runtime.cert_ports)
     with Client(app) as client:
         yield gitlab_stack, fleet, client
 

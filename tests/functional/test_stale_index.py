@@ -38,7 +38,7 @@ def stale(gitlab_stack: Stack) -> Iterator[tuple[Stack, Client]]:
     aws.clock = lambda: gitlab_stack.clock[0]
     aws.lag = LAG
     gitlab_stack.runtime.__dict__["fleet"] = RecordingFleet(aws)
-    ensure_base_certs_for(gitlab_stack.runtime)
+    ensure_base_certs_for(gitlab_stack.runtime.cert_ports)
     with Client(app) as client:
         yield gitlab_stack, client
 

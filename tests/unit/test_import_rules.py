@@ -64,6 +64,7 @@ USE_CASES = frozenset(
         "hook_sync",
         "jobs",
         "lifecycle",
+        "ports",
         "reconcile",
         "rotation",
         "sweep",
@@ -71,7 +72,8 @@ USE_CASES = frozenset(
         "webhooks",
     }
 )
-#: Wiring: builds the adapters of one container from the environment (only the handler should call it).
+#: Wiring: the composition root. Builds the adapters and use cases of one container from the environment and
+#: hands each use case its ports; only the handler calls it (and the toolkit's local app, and test fixtures).
 WIRING = frozenset({"runtime"})
 PACKAGE_INIT = frozenset({""})
 LAYERS = {"model": MODELS, "core": CORE, "adapter": ADAPTERS, "use case": USE_CASES, "wiring": WIRING}
@@ -82,32 +84,9 @@ NOT_IN_LAMBDA = ("toolkit", "sim", "infra", "typer", "rich", "moto", "hypothesis
 SDK = ("boto3", "botocore")
 SEAM = "aws"
 
-#: Known breaks, each with why it is allowed for now: (importer, imported) -> reason.
-#: Use cases reach `runtime` for their adapters: issue #20 item 2 (explicit ports) replaces that with ports.
-EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("alarms", "runtime"): "use case takes the Runtime service locator until it gets explicit ports (#20.2)",
-    (
-        "lifecycle",
-        "runtime",
-    ): "use case takes the Runtime service locator until it gets explicit ports (#20.2)",
-    (
-        "rotation",
-        "runtime",
-    ): "use case takes the Runtime service locator until it gets explicit ports (#20.2)",
-    (
-        "triggers",
-        "runtime",
-    ): "use case takes the Runtime service locator until it gets explicit ports (#20.2)",
-    (
-        "webhooks",
-        "runtime",
-    ): "use case takes the Runtime service locator until it gets explicit ports (#20.2)",
-    (
-        "runtime",
-        "eligibility",
-    ): "wiring builds the reconciler and its collaborators until app.py wires (#20.2)",
-    ("runtime", "reconcile"): "wiring builds the reconciler until app.py does the wiring (#20.2)",
-}
+#: Known breaks, each with why it is allowed for now: (importer, imported) -> reason. None left: the use
+#: cases take explicit ports (chalicelib.ports) since #20 item 2, and no longer reach the wiring.
+EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)
@@ -245,9 +224,10 @@ def test_adapters_import_no_use_case_and_no_wiring() -> None:
     assert breaks({"adapter": {"use case", "wiring"}}) == []
 
 
-def test_use_cases_import_no_wiring_except_the_listed_ones() -> None:
-    """`runtime` is wiring that only the handler should call; the listed use cases still reach it."""
-    assert breaks({"use case": {"wiring"}, "wiring": {"use case"}}) == []
+def test_no_module_imports_the_wiring() -> None:
+    """`runtime` is the wiring that only the handler calls: use cases get their ports instead, so no module
+    of chalicelib imports it, lazily or not (it may import them all: it builds them)."""
+    assert breaks({layer: {"wiring"} for layer in LAYERS}) == []
 
 
 def test_no_module_imports_the_handler_or_what_lambda_never_runs() -> None:
@@ -287,6 +267,7 @@ def test_every_listed_exception_is_still_needed() -> None:
         ("jobs.py", "def f(aws):\n    aws.call('sqs', 'send_message')\n"),
         ("webhooks.py", "import app\n"),
         ("heal.py", "from toolkit.devtools import demo\n"),
+        ("triggers.py", "def f():\n    from chalicelib.runtime import current\n"),
     ],
 )
 def test_the_rules_catch_a_planted_break(source: str, text: str, tmp_path: Path) -> None:
@@ -297,7 +278,14 @@ def test_the_rules_catch_a_planted_break(source: str, text: str, tmp_path: Path)
     (root / source).write_text(text, encoding="utf-8")
     # WHEN the checks read that package
     reported = (
-        breaks({"core": {"adapter", "use case", "wiring"}, "adapter": {"use case", "wiring"}}, root)
+        breaks(
+            {
+                "core": {"adapter", "use case", "wiring"},
+                "adapter": {"use case", "wiring"},
+                "use case": {"wiring"},
+            },
+            root,
+        )
         + sdk_imports(root)
         + aws_calls_outside_adapters(root)
         + [i.imported for i in all_imports(root) if i.imported.split(".")[0] in NOT_IN_LAMBDA]

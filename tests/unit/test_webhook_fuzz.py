@@ -99,7 +99,7 @@ def test_fuzzed_deliveries_never_5xx_and_rejections_change_nothing(hdrs: dict[st
     store = RT.store
     assert isinstance(store, MemoryStore)
     before = (len(store.jobs), len(RT.queue.marked))  # type: ignore[attr-defined]
-    answer = receive(RT, hdrs, body)
+    answer = receive(RT.ports, hdrs, body)
     assert answer.status < 500
     if answer.status >= 400 or answer.outcome in {"ignored", "duplicate"}:
         assert (len(store.jobs), len(RT.queue.marked)) == before  # type: ignore[attr-defined]
