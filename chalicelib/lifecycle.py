@@ -586,7 +586,27 @@ def handle_machine_event(ports: Ports, raw: dict[str, Any]) -> dict[str, Any]:
     return {"action": type(event).__name__, **_summary(outcome)}
 
 
-    from chalicelib.events.aws import LifecycleActionEvent
+def _lifecycle_action(
+    use_case: Lifecycle, event: LifecycleActionEvent, action: LifecycleAction, now: datetime
+) -> LifecycleOutcome:
+    """Route a lifecycle action by its warm-pool move (chalicelib.events.aws.WarmPoolMove): entering the pool
+    or a warm machine ending needs nothing; leaving it is a launch; going back to it ends the runner."""
+    from chalicelib.events.aws import WarmPoolMove
+
+    move = event.warm_pool_move
+    if move is WarmPoolMove.ENTER:
+        return use_case.pass_warm(action, "entered the warm pool: no runner until it leaves")
+    if move is WarmPoolMove.END:
+        return use_case.pass_warm(action, "a warm machine ended: it never had a runner")
+    if move is WarmPoolMove.RETURN:
+        # Only with ReuseOnScaleIn, which the scaler never sets: its runner and secret go as at a termination,
+        # and its record is retired, so that leaving the pool again abandons it.
+        return use_case.terminate(action, now)
+    if event.is_launch:
+        return use_case.launch(action, now, from_warm_pool=move is WarmPoolMove.LEAVE)
+    return use_case.terminate(action, now)
+
+
 def _emit(ports: Ports, outcome: LifecycleOutcome) -> None:
     """Scale-up latency of a machine that came into service; jobs retried after a Spot interruption."""
     metrics = ports.metrics

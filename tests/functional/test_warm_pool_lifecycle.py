@@ -36,7 +36,7 @@ ASG = "test-gpu"  # the fixture config's on-demand pool: warm_pool = "auto"
 def world(gitlab_stack: Stack) -> Iterator[tuple[Stack, RecordingFleet, Client]]:
     fleet = RecordingFleet(gitlab_stack.aws)
     gitlab_stack.runtime.__dict__["fleet"] = fleet
-    ensure_base_certs_for(gitlab_stack.runtime)
+    ensure_base_certs_for(gitlab_stack.runtime.cert_ports)
     with Client(app) as client:
         yield gitlab_stack, fleet, client
 

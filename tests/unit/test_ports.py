@@ -17,8 +17,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from chalicelib.alarms import FAULT_BACKOFF, handle_alarm_message
 from chalicelib.config import Config, config_from_dict
 from chalicelib.fleet import Fleet
+from chalicelib.metrics import ReconcileFigures
 from chalicelib.ports import CertPorts, Ports
-from chalicelib.reconcile import Reconciler, ReconcileResult
+from chalicelib.reconcile import Reconciler
 from chalicelib.resources import Names
 from chalicelib.runtime import Runtime
 from chalicelib.secrets import MemorySecrets
@@ -58,7 +59,7 @@ class RecordedMetrics:
     def emit_scale_up(self, pool: str, platform: str, seconds: float) -> None:
         self.counts.append(("ScaleUpSeconds", seconds, pool))
 
-    def emit_reconcile(self, config: Config, results: Iterable[ReconcileResult], aws_calls: int) -> None:
+    def emit_reconcile(self, config: Config, results: Iterable[ReconcileFigures], aws_calls: int) -> None:
         self.counts.append(("AwsCalls", aws_calls, None))
 
 
@@ -84,7 +85,6 @@ def hand_built_ports(store: MemoryStore, metrics: RecordedMetrics, reconciler: R
         open_dead_letters=unreachable("the dead-letter queue"),
         open_gitlab=unreachable("the GitLab client"),
         gitlab_configured=lambda: False,
-        open_tags=unreachable("the tag resolver"),
         open_pipelines=unreachable("the pipeline store"),
         read_gitlab_host=lambda: "gitlab.example.com",
         secret_text=lambda name: json.dumps({"tokens": ["hook-token"]}),
