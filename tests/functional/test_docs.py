@@ -276,14 +276,14 @@ def test_what_the_readme_says_about_the_committed_bench_still_holds() -> None:
     stale = "bench/results.json changed: update the README's simulator section"
     standard = ("linux-workday", "burst", "multi-pool", "windows", "macos-hosts")
     # THEN the goal is met nowhere; against the non-preemptive taskscaler, cost is within 3 % and wait p95
-    # no shorter (40 % longer in burst, about 10 % in macos-hosts, at most 3 % elsewhere)
+    # no shorter (48 % longer in burst, about 10 % in macos-hosts, at most 4 % elsewhere)
     for name in standard:
         policies = scenarios[name]["policies"]
         ours, strong = policies["ours"], policies["taskscaler-nonpreemptive"]
         assert not scenarios[name]["assessment"]["goal_met"], f"{name}: {stale}"
         assert abs(ours["cost_usd"] / strong["cost_usd"] - 1) <= 0.03, f"{name}: {stale}"
         ratio = ours["wait_p95_s"] / strong["wait_p95_s"]
-        low, high = {"burst": (1.35, 1.45), "macos-hosts": (1.05, 1.15)}.get(name, (1.0, 1.03))
+        low, high = {"burst": (1.45, 1.5), "macos-hosts": (1.05, 1.15)}.get(name, (1.0, 1.04))
         assert low <= ratio <= high, f"{name}: {stale}"
         # AND ours never kills a busy machine
         assert ours["busy_killed"] == 0, f"{name}: {stale}"
