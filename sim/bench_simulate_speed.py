@@ -96,6 +96,11 @@ def time_revision(revision: str, workers: int, policies: Sequence[str]) -> dict[
         return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def _differ(before: dict[str, object], after: dict[str, object]) -> bool:
+    """A figure both revisions report differs (a key only one has, e.g. a new metric, is no change)."""
+    return any(before[key] != after[key] for key in before.keys() & after.keys())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim.bench_simulate_speed", description=__doc__)
     parser.add_argument("--against", default=AGAINST, help=f"git revision to time against ({AGAINST})")
@@ -114,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     before_metrics, after_metrics = before["metrics"], after["metrics"]
     assert isinstance(before_metrics, dict) and isinstance(after_metrics, dict)
     shared = [p for p in policies if p in before_metrics]
-    changed = [p for p in shared if before_metrics[p] != after_metrics[p]]
+    changed = [p for p in shared if _differ(before_metrics[p], after_metrics[p])]
     document = {
         "trace": f"held-out workday: linux_workday's shape at {HELD_OUT_PIPELINES} pipelines, seed "
         f"{HELD_OUT_SEED} ({after['jobs']} jobs)",
