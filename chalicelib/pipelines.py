@@ -288,8 +288,9 @@ def fill_pipeline_pools(
 ) -> bool:
     """The resolver side (chalicelib.jobs.resolve_unrouted), once a pipeline's tags are known: its stored
     jobs that had no pool when its hook came (tags not resolved yet) get theirs and their estimates, so the
-    forecast counts them without waiting for another Pipeline hook (GitLab sends one per pipeline status
-    change only, not per stage). True when the stored pipeline changed."""
+    forecast counts them without waiting for another Pipeline hook: GitLab sends one per change of the
+    pipeline's status only, not per stage (gitlabhq app/models/ci/pipeline.rb: `after_transition` enqueues
+    PipelineHooksWorker unless the transition is a loopback). True when the stored pipeline changed."""
     state = pipelines.get(gitlab, pipeline_id)
     filled = _with_pools(state, pools) if state is not None else None
     if filled is None:
@@ -316,7 +317,8 @@ def _roundtrip(state: PipelineState) -> dict[str, Any]:
 
 
 class TagSource(Protocol):
-    """`chalicelib.jobs.TagResolver`'s read: a job's tags, None when GitLab could not tell."""
+    """A job's tags by (project, pipeline, job), None when not known (tests and tools; the webhook reads the
+    per-pipeline cache, `chalicelib.jobs.cached_pipeline_tags`)."""
 
     def tags(self, project_id: int, pipeline_id: int, job_id: int) -> tuple[str, ...] | None: ...
 

@@ -138,7 +138,7 @@ def _hook(
 
 
 class Tags:
-    """A TagResolver stand-in: tags per job id, and who was asked."""
+    """A `TagSource` stand-in: tags per job id, and who was asked."""
 
     def __init__(self, tags: dict[int, tuple[str, ...]]) -> None:
         self._tags = tags
