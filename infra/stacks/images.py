@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_imagebuilder as imagebuilder
 from constructs import Construct
@@ -51,6 +52,24 @@ class PlatformImage:
     instance_types: tuple[str, ...]
     #: macOS builds on a dedicated host: a host resource group's ARN (EC2 Mac needs `tenancy = host`).
     host_resource_group_arn: str = ""
+    #: Windows only, opt-in: EC2 Fast Launch on each new AMI (None: off, as before).
+    fast_launch: FastLaunch | None = None
+
+
+@dataclass(frozen=True)
+class FastLaunch:
+    """EC2 Fast Launch for the Windows AMI: pre-provisioned snapshots shorten a cold Windows boot.
+
+    Each snapshot costs EBS snapshot storage, and EC2 launches billed instances to make them (and to replenish
+    them as launches use them), so it is off unless context `images.windows.fast_launch` asks for it
+    (docs/windows-macos.md, "Windows Fast Launch").
+    """
+
+    #: Pre-provisioned snapshots kept ready: about one per Windows launch expected in a burst.
+    snapshots: int
+    #: Instances EC2 may launch at once to make snapshots; EnableFastLaunch takes 6 or more (EC2 API
+    #: Reference, "EnableFastLaunch": MaxParallelLaunches).
+    max_parallel_launches: int = 6
 
 
 @dataclass(frozen=True)
@@ -109,7 +128,25 @@ def _platform(platform: str, raw: Any) -> PlatformImage:
             "host resource group with a mac host (the macOS pool's one works)"
         )
     types = tuple(str(t) for t in raw.get("instance_types") or DEFAULT_INSTANCE_TYPES[platform])
-    return PlatformImage(platform, parent, parameters, types, group_arn)
+    return PlatformImage(platform, parent, parameters, types, group_arn, _fast_launch(platform, raw))
+
+
+def _fast_launch(platform: str, raw: Mapping[str, Any]) -> FastLaunch | None:
+    """Context `images.windows.fast_launch`: {"snapshots": 10, "max_parallel_launches": 6}; absent: off."""
+    if "fast_launch" not in raw:
+        return None
+    where = f"context images.{platform}.fast_launch"
+    if platform != "windows":
+        raise ImagesSettingsError(f"{where}: EC2 Fast Launch exists for Windows AMIs only")
+    value = raw["fast_launch"]
+    if not isinstance(value, Mapping):
+        raise ImagesSettingsError(f'{where} must be an object, e.g. {{"snapshots": 10}}')
+    snapshots, parallel = value.get("snapshots"), value.get("max_parallel_launches", 6)
+    if not isinstance(snapshots, int) or isinstance(snapshots, bool) or snapshots < 1:
+        raise ImagesSettingsError(f"{where}.snapshots: how many pre-provisioned snapshots to keep, 1 or more")
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 6:
+        raise ImagesSettingsError(f"{where}.max_parallel_launches: 6 or more (EnableFastLaunch's minimum)")
+    return FastLaunch(snapshots, parallel)
 
 
 class ImagesStack(cdk.Stack):
@@ -203,16 +240,74 @@ def _pipeline(
             else None
         ),
     )
+    distribution = (
+        _fast_launch_distribution(scope, settings, image, image.fast_launch) if image.fast_launch else None
+    )
     return imagebuilder.CfnImagePipeline(
         scope,
         f"Pipeline-{platform}",
         name=name,
         image_recipe_arn=recipe.attr_arn,
         infrastructure_configuration_arn=infrastructure.attr_arn,
+        distribution_configuration_arn=distribution.attr_arn if distribution else None,
         # No schedule: started on demand (`aws imagebuilder start-image-pipeline-execution`), since a new AMI
         # is a deploy decision (its id goes into context `amis`).
         status="ENABLED",
         image_tests_configuration=imagebuilder.CfnImagePipeline.ImageTestsConfigurationProperty(
             image_tests_enabled=True, timeout_minutes=60
         ),
+    )
+
+
+def _fast_launch_distribution(
+    scope: Construct, settings: ImagesSettings, image: PlatformImage, fast: FastLaunch
+) -> imagebuilder.CfnDistributionConfiguration:
+    """The Windows AMI's distribution with EC2 Fast Launch enabled in this account and region.
+
+    Properties: CloudFormation Template Reference, "AWS::ImageBuilder::DistributionConfiguration
+    FastLaunchConfiguration" (AccountId, Enabled, LaunchTemplate, MaxParallelLaunches, SnapshotConfiguration
+    .TargetResourceCount). The pre-provisioning instances launch from the template below, in the build subnet:
+    without one EC2 uses the default VPC, which a runner account may not have (EC2 Windows Guide, "Configure
+    EC2 Fast Launch settings for your Windows Server AMI").
+    """
+    name = f"{settings.prefix}-{image.platform}"
+    template = ec2.CfnLaunchTemplate(
+        scope,
+        f"FastLaunchTemplate-{image.platform}",
+        launch_template_name=f"{name}-fast-launch",
+        launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(
+            instance_type=image.instance_types[0],
+            network_interfaces=[
+                ec2.CfnLaunchTemplate.NetworkInterfaceProperty(
+                    device_index=0,
+                    subnet_id=settings.subnet_id,
+                    groups=list(settings.security_group_ids) or None,
+                )
+            ],
+            metadata_options=ec2.CfnLaunchTemplate.MetadataOptionsProperty(http_tokens="required"),
+        ),
+    )
+    fast_launch = imagebuilder.CfnDistributionConfiguration.FastLaunchConfigurationProperty(
+        account_id=cdk.Aws.ACCOUNT_ID,
+        enabled=True,
+        max_parallel_launches=fast.max_parallel_launches,
+        snapshot_configuration=imagebuilder.CfnDistributionConfiguration.FastLaunchSnapshotConfigurationProperty(
+            target_resource_count=fast.snapshots
+        ),
+        launch_template=imagebuilder.CfnDistributionConfiguration.FastLaunchLaunchTemplateSpecificationProperty(
+            launch_template_id=template.ref, launch_template_version=template.attr_latest_version_number
+        ),
+    )
+    return imagebuilder.CfnDistributionConfiguration(
+        scope,
+        f"Distribution-{image.platform}",
+        name=name,
+        description=f"{image.platform} AMI in this region, with EC2 Fast Launch (images.windows.fast_launch)",
+        distributions=[
+            imagebuilder.CfnDistributionConfiguration.DistributionProperty(
+                region=cdk.Aws.REGION,
+                ami_distribution_configuration={"Name": f"{name}-{{{{ imagebuilder:buildDate }}}}"},
+                fast_launch_configurations=[fast_launch],
+            )
+        ],
     )

@@ -35,6 +35,7 @@ IMAGES: dict[str, Any] = {
         "gitlab_runner_url": "https://mirror.internal/gitlab-runner.exe",
         "docker_zip_url": "https://mirror.internal/docker.zip",
         "powershell_msi_url": "https://mirror.internal/pwsh.msi",
+        "fast_launch": {"snapshots": 8, "max_parallel_launches": 6},
     },
     "macos": {
         "parent_image": "ami-0a1b2c3d4e5f60333",
@@ -104,6 +105,38 @@ def test_macos_builds_on_a_dedicated_host(template: tuple[Path, dict[str, Any]])
     assert all(i["InstanceMetadataOptions"] == {"HttpTokens": "required"} for i in infra.values())
 
 
+def test_windows_fast_launch_is_enabled_on_the_distribution_when_asked(
+    template: tuple[Path, dict[str, Any]],
+) -> None:
+    """GIVEN context images.windows.fast_launch, WHEN the stack synthesizes, THEN the Windows pipeline
+    distributes its AMI with EC2 Fast Launch: pre-provisioned snapshots, launched from a template in the build
+    subnet. Property names: CloudFormation Template Reference, "AWS::ImageBuilder::DistributionConfiguration
+    FastLaunchConfiguration"; Linux and macOS pipelines keep Image Builder's default distribution."""
+    _, raw = template
+    [distribution] = of_type(raw, "AWS::ImageBuilder::DistributionConfiguration")
+    [target] = distribution["Distributions"]
+    [fast] = target["FastLaunchConfigurations"]
+    assert fast["Enabled"] is True
+    assert fast["SnapshotConfiguration"] == {"TargetResourceCount": 8}
+    assert fast["MaxParallelLaunches"] == 6
+    assert fast["AccountId"] == {"Ref": "AWS::AccountId"} and target["Region"] == {"Ref": "AWS::Region"}
+    template_id = fast["LaunchTemplate"]["LaunchTemplateId"]["Ref"]
+    launch = raw["Resources"][template_id]["Properties"]["LaunchTemplateData"]
+    assert launch["NetworkInterfaces"][0]["SubnetId"] == IMAGES["subnet"]
+    assert launch["InstanceType"] == "m7i.xlarge"
+    assert launch["MetadataOptions"] == {"HttpTokens": "required"}
+    pipelines = {p["Name"]: p for p in of_type(raw, "AWS::ImageBuilder::ImagePipeline")}
+    assert "DistributionConfigurationArn" in pipelines[f"{PREFIX}-windows"]
+    assert "DistributionConfigurationArn" not in pipelines[f"{PREFIX}-linux"]
+    assert "DistributionConfigurationArn" not in pipelines[f"{PREFIX}-macos"]
+
+
+def test_without_fast_launch_no_distribution_is_made() -> None:
+    windows = {k: v for k, v in IMAGES["windows"].items() if k != "fast_launch"}
+    settings = images_settings({**IMAGES, "windows": windows}, PREFIX)
+    assert all(p.fast_launch is None for p in settings.platforms)
+
+
 @pytest.mark.parametrize("platform", ["linux", "windows", "macos"])
 def test_each_component_is_awstoe_yaml_whose_parameters_the_recipe_fills(platform: str) -> None:
     document = yaml.safe_load(component_document(platform))
@@ -158,6 +191,12 @@ def test_the_windows_image_is_checked_for_what_its_boot_script_uses() -> None:
         ({"linux": {"parent_image": "ami-0a1b2c3d4e5f60111"}}, "images.linux.gitlab_runner_url"),
         ({"macos": {**IMAGES["macos"], "host_resource_group_arn": ""}}, "dedicated hosts"),
         ({"version": "1"}, "images.version"),
+        ({"windows": {**IMAGES["windows"], "fast_launch": {"snapshots": 0}}}, "fast_launch.snapshots"),
+        (
+            {"windows": {**IMAGES["windows"], "fast_launch": {"snapshots": 4, "max_parallel_launches": 2}}},
+            "6 or more",
+        ),
+        ({"linux": {**IMAGES["linux"], "fast_launch": {"snapshots": 4}}}, "Windows AMIs only"),
     ],
 )
 def test_a_bad_images_context_names_its_key(change: dict[str, Any], expected: str) -> None:
