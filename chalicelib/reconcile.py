@@ -1,14 +1,19 @@
-"""Use case: reconcile ONE pool. Read state through adapters, ask the pure engine, drain, then apply.
+"""Use case: reconcile ONE pool. Read one snapshot, build a plan (a pure, frozen value), then apply it.
 
-Only one reconcile of a pool runs at a time (a conditional-write lease in the store), so two never act on a
-stale view of each other. Imports adapters' Protocols, the engine and config; no boto3.
+The plan (`ReconcilePlan`, from the pure `plan_reconcile`) decides the desired capacity, the machines to
+protect, the instance-type fallback and every removal with its reason: the engine's scale-in, and every
+draining machine with no job, whoever marked it (a rebalance hint, the sweep's stuck and runner-gone
+machines). The apply runs each removal through the one drain protocol (chalicelib.drain). `dry_run` reads,
+plans and returns the plan without a write (as `apply_hooks` and `apply_host_plan` do). Only one reconcile
+of a pool applies at a time (a conditional-write lease in the store), so two never act on a stale view of
+each other. Imports adapters' Protocols, the engine and config; no boto3.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -55,6 +60,140 @@ class RunnerControl(Protocol):
     def list_runners(self, description_prefix: str, **scope: Any) -> Sequence[Any]: ...
 
 
+@dataclass(frozen=True)
+class Removal:
+    """A machine the plan removes, and why: idle / used-up (the engine), stuck / runner-gone (the sweep),
+    rebalance / drain (a drain someone else started)."""
+
+    instance_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    """What one reconcile read of a pool, once: the group, the machine records (repaired against the group:
+    adopted, vanished ones left out, jobs credited, contact learned), the jobs and faults, the hosts."""
+
+    pool: Pool
+    now: datetime
+    group: GroupView
+    records: Mapping[str, MachineRecord]
+    jobs: tuple[JobRecord, ...]
+    faults: tuple[Fault, ...]
+    #: Pending jobs no runner of ours can take (chalicelib.eligibility): not demand.
+    unpickable: int = 0
+    #: Prewarm slots to launch now, and those expected within a cold boot (the warm pool's size).
+    prewarm: int = 0
+    prewarm_cold: int = 0
+    hosts: HostPoolView | None = None
+    #: A dedicated-host pool's host plan: made while reading, as its license room is read only when the plan
+    #: needs it (an allocation). None for other pools.
+    host_plan: HostPlan | None = None
+
+
+@dataclass(frozen=True)
+class ReconcilePlan:
+    """What a reconcile of one pool will do, decided from one snapshot: `Reconciler` applies it, or returns
+    it untouched in a dry run."""
+
+    pool: str
+    desired_before: int
+    #: Live machines in the snapshot, and the group's MaxSize.
+    live: int
+    max_size: int
+    #: Machines to add (the engine's launch, within host room and halts).
+    launch: int
+    #: Live machines not yet protected from scale-in: the scaler, never the ASG, chooses what goes.
+    protect: tuple[str, ...]
+    removals: tuple[Removal, ...]
+    #: The instance types to set on the group, preferred first (None: leave them as they are).
+    instance_types: tuple[str, ...] | None
+    demand: Demand
+    machines: tuple[Machine, ...]
+    pool_plan: PoolPlan
+    host_plan: HostPlan | None = None
+
+    @property
+    def desired(self) -> int:
+        """The group's desired capacity once every removal has terminated (a drain's GitLab re-check may still
+        keep a machine: the apply then counts it)."""
+        return min(self.live - len(self.removals) + self.launch, self.max_size)
+
+
+def plan_reconcile(snapshot: PoolSnapshot) -> ReconcilePlan:
+    """The decision of one reconcile: pure (no I/O; the only time is `snapshot.now`)."""
+    pool, group, records = snapshot.pool, snapshot.group, snapshot.records
+    live = group.live_instances()
+    machines = tuple(_machine(i, records[i.instance_id]) for i in live)
+    demand = _demand(snapshot)
+    halted = next(
+        (f"pool fault until {f.until:%H:%M}Z" for f in snapshot.faults if f.kind == PREPARE_FAULT), ""
+    )
+    host_plan = snapshot.host_plan
+    pool_plan = plan_pool(
+        pool,
+        demand,
+        machines,
+        snapshot.now,
+        launchable=host_plan.launchable if host_plan else None,
+        halted=halted,
+    )
+    removals = [Removal(r.instance_id, r.reason.value) for r in pool_plan.removals]
+    # Any draining machine with no job is removed, whoever started its drain (a scale-in, a rebalance
+    # hint, the sweep): a drained machine nothing removes would count against max_instances forever. A
+    # Spot-interrupted one is left to EC2, which ends it within two minutes of the warning.
+    removals += [
+        Removal(m.instance_id, records[m.instance_id].drain_reason or "drain")
+        for m in machines
+        if m.state is MachineState.DRAINING
+        and records[m.instance_id].drain_reason != "spot"
+        and not records[m.instance_id].running
+    ]
+    return ReconcilePlan(
+        pool=pool.name,
+        desired_before=group.desired,
+        live=len(live),
+        max_size=group.max_size,
+        launch=pool_plan.launch,
+        protect=tuple(i.instance_id for i in live if not i.protected),
+        removals=tuple(removals),
+        instance_types=_fallback_types(pool, group, snapshot.faults),
+        demand=demand,
+        machines=machines,
+        pool_plan=pool_plan,
+        host_plan=host_plan,
+    )
+
+
+def _demand(snapshot: PoolSnapshot) -> Demand:
+    """Slots wanted: pending jobs our runners can take, running ones, prewarm, and the jobs of an interrupted
+    (Spot) machine that will be retried (their replacement starts booting now)."""
+    pool = snapshot.pool
+    rescued = sum(
+        len(r.running)
+        for r in snapshot.records.values()
+        if r.drain_reason == "spot" and pool.retry_interrupted_jobs
+    )
+    pending = sum(1 for j in snapshot.jobs if j.status == "pending")
+    return Demand(
+        pending=pending - snapshot.unpickable + rescued,
+        running=sum(1 for j in snapshot.jobs if j.status in HOLDS_SLOT),
+        prewarm=snapshot.prewarm,
+    )
+
+
+def _fallback_types(pool: Pool, group: GroupView, faults: Sequence[Fault]) -> tuple[str, ...] | None:
+    """Steer launches away from instance types that recently failed for lack of capacity.
+
+    Only reorders the types of a group that already has a mixed-instances policy (see
+    `AsgFleet.set_instance_types` for why nothing else is rewritten); host pools never.
+    """
+    if not can_fall_back(pool) or group.launch_template is None or group.instances_distribution is None:
+        return None
+    types = preferred_types(pool, [(f.kind, f.detail) for f in faults if f.kind != PREPARE_FAULT])
+    return None if tuple(group.instance_types) == tuple(types) else tuple(types)
+
+
 @dataclass
 class ReconcileResult:
     """What one reconcile saw and did, for logs, metrics, the CLI and the demo."""
@@ -63,6 +202,10 @@ class ReconcileResult:
     now: datetime
     plan: PoolPlan | None = None
     host_plan: HostPlan | None = None
+    #: The whole decision this reconcile applied (or, in a dry run, would apply).
+    planned: ReconcilePlan | None = None
+    #: Read and planned only: no write was made (`planned` says what would have been done).
+    dry_run: bool = False
     fallback: str = ""
     launched: int = 0
     terminated: list[str] = field(default_factory=list)
@@ -131,7 +274,7 @@ class Reconciler:
         self._eligibility = eligibility
         self._warm_pools = warm_pools
 
-    def reconcile_all(self, now: datetime) -> list[ReconcileResult]:
+    def reconcile_all(self, now: datetime, *, dry_run: bool = False) -> list[ReconcileResult]:
         """Every pool, with one batched read of all groups (calls grow with pools, not machines)."""
         try:
             groups = self._fleet.read_groups([p.asg for p in self._config.pools])
@@ -140,7 +283,9 @@ class Reconciler:
             return [ReconcileResult(p.name, now, errors=[str(exc)]) for p in self._config.pools]
         pipelines = self._active_pipelines(self._config.pools, now)
         return [
-            self.reconcile_pool(pool, now, groups.get(pool.asg), views.get(pool.name), pipelines)
+            self.reconcile_pool(
+                pool, now, groups.get(pool.asg), views.get(pool.name), pipelines, dry_run=dry_run
+            )
             for pool in self._config.pools
         ]
 
@@ -170,9 +315,22 @@ class Reconciler:
         group: GroupView | None = None,
         hosts: HostPoolView | None = None,
         pipelines: Sequence[PipelineState] | None = None,
+        *,
+        dry_run: bool = False,
     ) -> ReconcileResult:
-        result = ReconcileResult(pool.name, now)
+        """Read the pool, plan, apply. `dry_run`: read and plan only; the result's `planned` is the plan, and
+        nothing is written (no lease either: a dry run acts on nothing)."""
+        result = ReconcileResult(pool.name, now, dry_run=dry_run)
         started = self._timer()
+        if dry_run:
+            try:
+                if pipelines is None:
+                    pipelines = self._active_pipelines([pool], now) if pool.prewarm else []
+                self._reconcile_locked(pool, now, group, hosts, pipelines, result)
+            except (AwsCallError, GitLabError) as exc:
+                result.errors.append(str(exc))
+            result.seconds = self._timer() - started
+            return result
         lease = self._config.scaler.lease_duration
         if not self._store.acquire_lease(pool.name, self._owner, now, lease):
             result.skipped = "another reconcile holds the pool lease"
@@ -202,91 +360,100 @@ class Reconciler:
         pipelines: Sequence[PipelineState],
         result: ReconcileResult,
     ) -> None:
+        """Read one snapshot, plan, then apply the plan (a dry run stops after the plan)."""
+        snapshot = self._read(pool, now, group, hosts, pipelines, result, write=not result.dry_run)
+        if snapshot is None:
+            return
+        plan = plan_reconcile(snapshot)
+        result.planned, result.plan, result.host_plan = plan, plan.pool_plan, plan.host_plan
+        result.pending, result.running = plan.demand.pending, plan.demand.running
+        for machine in plan.machines:
+            result.machines[machine.state.value] = result.machines.get(machine.state.value, 0) + 1
+        if result.dry_run:
+            result.protected = list(plan.protect)
+            result.desired_after = plan.desired
+            result.launched = max(0, plan.desired - (plan.live - len(plan.removals)))
+            return
+        self._apply(snapshot, plan, result)
+
+    def _read(
+        self,
+        pool: Pool,
+        now: datetime,
+        group: GroupView | None,
+        hosts: HostPoolView | None,
+        pipelines: Sequence[PipelineState],
+        result: ReconcileResult,
+        *,
+        write: bool,
+    ) -> PoolSnapshot | None:
+        """The pool's snapshot: one read of each source. The machine records are repaired against the group
+        on the way (adopted, vanished ones dropped, jobs credited, contact learned); with `write` False (a
+        dry run) those repairs stay in this snapshot and nothing is written."""
         if group is None:
             group = self._fleet.read_groups([pool.asg]).get(pool.asg)
         if group is None:
             result.errors.append(f'Auto Scaling group "{pool.asg}" of pool "{pool.name}" does not exist')
-            return
+            return None
         result.desired_before = group.desired
-        faults = self._store.faults(pool.name, now)
-        self._fall_back(pool, group, [f for f in faults if f.kind != PREPARE_FAULT], result)
-        halted = next((f"pool fault until {f.until:%H:%M}Z" for f in faults if f.kind == PREPARE_FAULT), "")
+        faults = tuple(self._store.faults(pool.name, now))
         records = {m.instance_id: m for m in self._store.machines(pool.name)}
-        jobs = self._store.pool_jobs(pool.name)
+        jobs = tuple(self._store.pool_jobs(pool.name))
         live = group.live_instances()
-        self._adopt(pool, live, records, now)
-        self._forget_vanished(live, records)
-        self._settle_jobs(jobs, records, now)
-        self._learn_contact(pool, live, records, now)
-        machines = [_machine(i, records[i.instance_id]) for i in live]
-        result.protected = self._protect(group)
-
-        # Jobs on an interrupted (Spot) machine will be retried: their replacement starts booting now.
-        rescued = sum(
-            len(r.running)
-            for r in records.values()
-            if r.drain_reason == "spot" and pool.retry_interrupted_jobs
-        )
-        pending = [j for j in jobs if j.status == "pending"]
-        result.unpickable = self._unpickable(pool, pending, now)
+        self._adopt(pool, live, records, now, write=write)
+        self._forget_vanished(live, records, write=write)
+        self._settle_jobs(jobs, records, now, write=write)
+        self._learn_contact(pool, live, records, now, write=write)
+        result.unpickable = self._unpickable(pool, [j for j in jobs if j.status == "pending"], now)
         warm_ready = group.warm_size if group.warm_pool is not None else 0
         prewarm_now, prewarm_cold = _prewarm(pool, pipelines, jobs, now, warm_ready)
-        demand = Demand(
-            pending=len(pending) - result.unpickable + rescued,
-            running=sum(1 for j in jobs if j.status in HOLDS_SLOT),
-            prewarm=prewarm_now,
-        )
-        result.pending, result.running = demand.pending, demand.running
-        for machine in machines:
-            result.machines[machine.state.value] = result.machines.get(machine.state.value, 0) + 1
         if pool.hosts is not None and self._hosts is not None and hosts is None:
             hosts = self._read_hosts([pool]).get(pool.name, HostPoolView(pool.name))
-        host_plan = self._plan_hosts(pool, demand, machines, hosts, now)
-        plan = plan_pool(
+        snapshot = PoolSnapshot(
             pool,
-            demand,
-            machines,
             now,
-            launchable=host_plan.launchable if host_plan else None,
-            halted=halted,
+            group,
+            records,
+            jobs,
+            faults,
+            unpickable=result.unpickable,
+            prewarm=prewarm_now,
+            prewarm_cold=prewarm_cold,
+            hosts=hosts,
         )
-        result.plan = plan
-        result.host_plan = host_plan
+        machines = [_machine(i, records[i.instance_id]) for i in live]
+        host_plan = self._plan_hosts(pool, _demand(snapshot), machines, hosts, now)
+        return replace(snapshot, host_plan=host_plan) if host_plan is not None else snapshot
 
-        removals = [(r.instance_id, r.reason.value) for r in plan.removals]
-        # Any draining machine with no job is removed, whoever started its drain (a scale-in, a rebalance
-        # hint, a sweep): a drained machine nothing removes would count against max_instances forever. A
-        # Spot-interrupted one is left to EC2, which ends it within two minutes of the warning.
-        removals += [
-            (m.instance_id, records[m.instance_id].drain_reason or "drain")
-            for m in machines
-            if m.state is MachineState.DRAINING
-            and records[m.instance_id].drain_reason != "spot"
-            and not records[m.instance_id].running
-        ]
-        for instance_id, reason in removals:
-            self._drain_and_terminate(records[instance_id], reason, now, result)
+    def _apply(self, snapshot: PoolSnapshot, plan: ReconcilePlan, result: ReconcileResult) -> None:
+        """Carry the plan out: fallback, protection, each removal through the drain protocol, the capacity,
+        the hosts, the warm pool. Stops at the first failed write (the next reconcile re-reads)."""
+        pool, group, records, now = snapshot.pool, snapshot.group, snapshot.records, snapshot.now
+        self._fall_back(pool, group, plan.instance_types, result)
+        result.protected = self._protect(group.asg, plan.protect)
+        for removal in plan.removals:
+            self._drain_and_terminate(records[removal.instance_id], removal.reason, now, result)
 
-        remaining = len(live) - len(result.terminated)
+        remaining = plan.live - len(result.terminated)
         current = group.desired - len(result.terminated)
         if result.already_gone:
             # A machine ended itself (with its own decrement) since the group was read: count from a fresh
             # read rather than decrement for it a second time.
             fresh = self._fleet.read_groups([pool.asg]).get(pool.asg) or group
             remaining, current = len(fresh.live_instances()), fresh.desired
-        desired = min(remaining + plan.launch, group.max_size)
+        desired = min(remaining + plan.launch, plan.max_size)
         if desired != current:
             self._check_lease()
             self._fleet.set_desired_capacity(pool.asg, desired)
         result.launched = max(0, desired - remaining)
         result.desired_after = desired
-        if host_plan is not None and hosts is not None and self._hosts is not None:
+        if plan.host_plan is not None and snapshot.hosts is not None and self._hosts is not None:
             self._check_lease()
-            applied = apply_host_plan(self._hosts, pool, host_plan, hosts)
+            applied = apply_host_plan(self._hosts, pool, plan.host_plan, snapshot.hosts)
             result.faults.extend(applied.errors)
-        self._size_warm_pool(pool, group, jobs, prewarm_cold, now, result)
-        if plan.changes or result.terminated:
-            logger.info(plan.summary(), extra={"pool": pool.name})
+        self._size_warm_pool(pool, group, snapshot.jobs, snapshot.prewarm_cold, now, result)
+        if plan.pool_plan.changes or result.terminated:
+            logger.info(plan.pool_plan.summary(), extra={"pool": pool.name})
 
     def _size_warm_pool(
         self,
@@ -363,19 +530,12 @@ class Reconciler:
             )
 
     def _fall_back(
-        self, pool: Pool, group: GroupView, faults: Sequence[Fault], result: ReconcileResult
+        self, pool: Pool, group: GroupView, types: Sequence[str] | None, result: ReconcileResult
     ) -> None:
-        """Steer launches away from instance types that recently failed for lack of capacity.
-
-        Only reorders the types of a group that already has a mixed-instances policy (see
-        `AsgFleet.set_instance_types` for why nothing else is rewritten); host pools never. A failing
-        fallback is a pool fault (logged, `FallbackFailed` metric), never the end of the reconcile: the
-        launches, protection and drains below matter more than the order of the types.
-        """
-        if not can_fall_back(pool) or group.launch_template is None or group.instances_distribution is None:
-            return
-        types = preferred_types(pool, [(f.kind, f.detail) for f in faults])
-        if group.instance_types == types:
+        """Set the instance types the plan prefers (`_fallback_types`). A failing fallback is a pool fault
+        (logged, `FallbackFailed` metric), never the end of the reconcile: the launches, protection and
+        drains below matter more than the order of the types."""
+        if types is None:
             return
         try:
             self._fleet.set_instance_types(group, types)
@@ -424,7 +584,12 @@ class Reconciler:
         return host_plan
 
     def _settle_jobs(
-        self, jobs: Sequence[JobRecord], records: dict[str, MachineRecord], now: datetime
+        self,
+        jobs: Sequence[JobRecord],
+        records: dict[str, MachineRecord],
+        now: datetime,
+        *,
+        write: bool = True,
     ) -> None:
         """Credit machines with the jobs they started and finished, then take finished jobs off the index.
 
@@ -433,7 +598,8 @@ class Reconciler:
         for job in jobs:
             record = records.get(job.machine_id) if job.machine_id else None
             if job.status in HOLDS_SLOT and record is not None and job.job_id not in record.job_ids:
-                self._store.machine_job_started(record.instance_id, job.job_id, now)
+                if write:
+                    self._store.machine_job_started(record.instance_id, job.job_id, now)
                 records[record.instance_id] = replace(
                     record,
                     job_ids=record.job_ids | {job.job_id},
@@ -442,17 +608,25 @@ class Reconciler:
                 )
             elif job.status in TERMINAL:
                 if record is not None:
-                    self._store.machine_job_finished(record.instance_id, job.job_id, now)
+                    if write:
+                        self._store.machine_job_finished(record.instance_id, job.job_id, now)
                     records[record.instance_id] = replace(
                         record,
                         job_ids=record.job_ids | {job.job_id},
                         running=record.running - {job.job_id},
                         last_busy_at=job.finished_at or now,
                     )
-                self._store.settle_job(job)
+                if write:
+                    self._store.settle_job(job)
 
     def _adopt(
-        self, pool: Pool, live: Sequence[Instance], records: dict[str, MachineRecord], now: datetime
+        self,
+        pool: Pool,
+        live: Sequence[Instance],
+        records: dict[str, MachineRecord],
+        now: datetime,
+        *,
+        write: bool = True,
     ) -> None:
         """Give every live instance a record (its launch event may be late or lost) to credit jobs to.
 
@@ -469,10 +643,16 @@ class Reconciler:
             )
             # The index may be stale (eventually consistent): a record missing from it may exist. Adoption
             # creates one only where none exists, and otherwise takes the stored one.
-            records[instance_id] = self._store.adopt_machine(record)
+            records[instance_id] = self._store.adopt_machine(record) if write else record
 
     def _learn_contact(
-        self, pool: Pool, live: Sequence[Instance], records: dict[str, MachineRecord], now: datetime
+        self,
+        pool: Pool,
+        live: Sequence[Instance],
+        records: dict[str, MachineRecord],
+        now: datetime,
+        *,
+        write: bool = True,
     ) -> None:
         """Mark ready the in-service machines whose runner has contacted GitLab since the last look.
 
@@ -501,7 +681,7 @@ class Reconciler:
             contacted = awaiting
         else:
             window = int(now.timestamp()) // CONTACT_CHECK_SECONDS
-            if not self._store.first_seen(f"contact#{pool.name}#{window}", now):
+            if write and not self._store.first_seen(f"contact#{pool.name}#{window}", now):
                 return
             try:
                 listed = self._runners.list_runners(
@@ -520,25 +700,27 @@ class Reconciler:
                 if r.runner_id not in ids and runner_description(r.pool, r.instance_id) not in names
             ]
         for record in contacted:
-            self._store.mark_ready(record.instance_id, now)
+            if write:
+                self._store.mark_ready(record.instance_id, now)
             records[record.instance_id] = replace(record, ready_at=now)
 
-    def _forget_vanished(self, live: Sequence[Instance], records: dict[str, MachineRecord]) -> None:
+    def _forget_vanished(
+        self, live: Sequence[Instance], records: dict[str, MachineRecord], *, write: bool = True
+    ) -> None:
         """Records of instances gone from the group leave this reconcile's view. One with a runner stays
         stored: it is how the sweep knows the runner is this deployment's to delete (chalicelib.sweep)."""
         live_ids = {i.instance_id for i in live}
         for instance_id in [i for i in records if i not in live_ids]:
-            if records[instance_id].runner_id is None:
+            if write and records[instance_id].runner_id is None:
                 self._store.delete_machine(instance_id)
             del records[instance_id]
 
-    def _protect(self, group: GroupView) -> list[str]:
+    def _protect(self, asg: str, instance_ids: Sequence[str]) -> list[str]:
         """Heal protection: every live instance is protected from scale-in, so only we choose what goes."""
-        unprotected = [i.instance_id for i in group.live_instances() if not i.protected]
-        if unprotected:
+        if instance_ids:
             self._check_lease()
-            self._fleet.protect(group.asg, unprotected)
-        return unprotected
+            self._fleet.protect(asg, list(instance_ids))
+        return list(instance_ids)
 
     def _drain_and_terminate(
         self, record: MachineRecord, reason: str, now: datetime, result: ReconcileResult

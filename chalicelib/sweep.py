@@ -4,9 +4,12 @@ Runners are known by the id stored with their machine, never by their descriptio
 deployments on one GitLab name theirs alike): only runners this deployment recorded are ever deleted.
 - A recorded runner whose instance is gone is deleted with its machine secret and record.
 - A live machine in service past `boot_timeout` whose runner never reached GitLab (none recorded, or GitLab's
-  `never_contacted`) is removed through the drain protocol.
+  `never_contacted`) is marked for removal ("stuck").
 - A live machine whose runner GitLab no longer has (deleted outside the scaler, or by GitLab's stale-runner
-  cleanup) is removed through the drain protocol: its `run-single` would otherwise ask for jobs forever.
+  cleanup) is marked for removal ("runner-gone"): its `run-single` would otherwise ask for jobs forever.
+The sweep terminates no machine itself: it marks it draining with its reason (only if its record shows no
+job), and the pool's reconcile plans that removal with the others and runs it through the one drain protocol
+(chalicelib.drain: pause, re-check in GitLab, terminate).
 Nothing is acted on from one read: a suspicion must be seen again `orphan_confirm_after` later, and the record
 is read again consistently before anything is removed (the pool index may be stale). No boto3 here.
 """
@@ -20,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from chalicelib.config import Config, Pool
-from chalicelib.drain import drain_machine, runner_gone
+from chalicelib.drain import runner_gone
 from chalicelib.errors import AwsCallError, GitLabError
 from chalicelib.fleet import Fleet, GroupView, Instance
 from chalicelib.lifecycle import MachineSecrets, RunnerAdmin
@@ -34,7 +37,8 @@ logger = logging.getLogger(__name__)
 class SweepReport:
     suspected: list[str] = field(default_factory=list)
     deleted_runners: list[int] = field(default_factory=list)
-    terminated: list[str] = field(default_factory=list)
+    #: Machines marked for removal (draining, with the reason): the pool's reconcile plans and drains them.
+    marked: list[str] = field(default_factory=list)
     #: Jobs GitLab still shows running on a runner whose machine is gone: they cannot finish.
     stranded_jobs: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -69,8 +73,8 @@ def sweep(
     groups: Mapping[str, GroupView],
     now: datetime,
 ) -> SweepReport:
-    """Delete this deployment's runners of vanished instances; remove machines whose runner never came up or
-    is gone from GitLab."""
+    """Delete this deployment's runners of vanished instances; mark for removal the machines whose runner
+    never came up or is gone from GitLab."""
     report = SweepReport()
     live = {i.instance_id for g in groups.values() for i in g.live_instances()}
     try:
@@ -160,7 +164,7 @@ def _sweep_machine(
     if fresh is None or fresh.job_ids or fresh.runner_id != record.runner_id:
         run.store.clear_suspect(key)
         return
-    if _drain(run, instance.instance_id, "stuck"):
+    if _mark_for_removal(run, instance.instance_id, "stuck"):
         run.store.clear_suspect(key)
 
 
@@ -168,7 +172,7 @@ def _sweep_runner_gone(run: _Sweep, instance_id: str, runner_id: int) -> None:
     """GitLab's listing lacks the machine's runner. It may have been deleted (then `run-single` loops on
     403s, logging "Runner is not healthy!" and sleeping, forever: gitlab-runner `commands/single.go`,
     `processBuild`; `common.NotHealthyCheckInterval` is 300 s), or the listing missed it: GitLab says
-    which, by a 404 on the runner itself, before the drain removes the machine."""
+    which, by a 404 on the runner itself, before the machine is marked for removal."""
     key = f"runner-gone#{runner_id}"
     if not run.seen_twice(key, instance_id):
         return
@@ -178,24 +182,26 @@ def _sweep_runner_gone(run: _Sweep, instance_id: str, runner_id: int) -> None:
         if not runner_gone(exc):
             run.report.errors.append(str(exc))
             return
-        if _drain(run, instance_id, "runner-gone"):
+        if _mark_for_removal(run, instance_id, "runner-gone"):
             run.store.clear_suspect(key)
         return
     run.store.clear_suspect(key)  # it exists: the listing missed it
 
 
-def _drain(run: _Sweep, instance_id: str, reason: str) -> bool:
-    """The drain protocol (chalicelib.drain); True when the machine is on its way out."""
+def _mark_for_removal(run: _Sweep, instance_id: str, reason: str) -> bool:
+    """Step 1 of the drain protocol (chalicelib.drain): mark the machine draining with `reason`, only if its
+    record shows no job. The pool's reconcile plans every draining machine's removal and drains it (pause,
+    re-check in GitLab, terminate): one terminate path. True when the machine is marked."""
     try:
-        outcome = drain_machine(
-            instance_id, reason, run.now, store=run.store, fleet=run.fleet, runners=run.gitlab
-        )
-    except (GitLabError, AwsCallError) as exc:
+        record = run.store.start_draining(instance_id, reason, run.now)
+    except AwsCallError as exc:
         run.report.errors.append(str(exc))
         return False
-    if outcome.ended:
-        run.report.terminated.append(instance_id)
-    return outcome.ended
+    if record is None:
+        return False  # a job landed on it since the index was read: it can serve, so it stays
+    run.report.marked.append(instance_id)
+    logger.warning("machine marked for removal", extra={"instance_id": instance_id, "reason": reason})
+    return True
 
 
 def _scope(config: Config) -> dict[str, Any]:

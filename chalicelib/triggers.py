@@ -174,7 +174,8 @@ def _once_per(ports: Ports, what: str, seconds: int) -> bool:
 
 
 def _sweep(ports: Ports) -> None:
-    """Every 5 minutes: delete runners of vanished instances, replace machines that never came up."""
+    """Every 5 minutes: delete runners of vanished instances; mark for removal machines that never came up or
+    whose runner is gone (the reconcile below plans and drains them)."""
     if not _once_per(ports, "sweep", SWEEP_INTERVAL_SECONDS):
         return
     from chalicelib.sweep import sweep
@@ -187,8 +188,8 @@ def _sweep(ports: Ports) -> None:
     report = sweep(
         ports.config, ports.names, ports.store, ports.fleet, ports.gitlab, ports.secrets, groups, ports.now()
     )
-    if report.deleted_runners or report.terminated:
-        ports.metrics.emit_count("OrphansRemoved", len(report.deleted_runners) + len(report.terminated))
+    if report.deleted_runners or report.marked:
+        ports.metrics.emit_count("OrphansRemoved", len(report.deleted_runners) + len(report.marked))
     if report.errors:
         logger.warning("sweep errors", extra={"errors": report.errors[:5]})
 
