@@ -24,7 +24,6 @@ from chalicelib.aws import AwsClients
 from chalicelib.config import Config, load_config
 from chalicelib.events.timestamps import utc_now
 from chalicelib.fleet import AsgFleet
-from chalicelib.metrics import EmfMetrics
 from chalicelib.parameters import read_parameter
 from chalicelib.ports import CertPorts, Ports
 from chalicelib.queue import DeadLetterQueue, DirtyQueue, queue_url
@@ -129,6 +128,8 @@ class Runtime:
         Providers read this Runtime's attributes when called, so costly adapters are still built on first
         use, once per container, and an attribute a test or the replay replaced is the one handed out.
         """
+        from chalicelib.metrics import EmfMetrics  # powertools' metrics: not on `import app`'s path
+
         return Ports(
             names=self.names,
             store=self.store,
