@@ -241,6 +241,22 @@ class Ec2Hosts:
             hard_limit=bool(got.get("LicenseCountHardLimit", False)),
         )
 
+    def replace_root_volume(self, instance_id: str) -> str:
+        """Restore a Mac instance's root volume to its launch state, on the same host; returns the task id.
+
+        CreateReplaceRootVolumeTask without SnapshotId or ImageId restores the volume the instance launched
+        with; the instance keeps running on its host, so the host is neither released nor scrubbed (EC2 API
+        Reference, "CreateReplaceRootVolumeTask"; EC2 User Guide, "Replace a root volume").
+        DeleteReplacedRootVolume: the old root, with the finished job's files, is deleted once the task
+        completes rather than kept (and billed) for someone to delete. moto has no such call: tested with
+        Stubber (tests/functional/test_hosts_stubbed.py). `chalicelib.capacity.hosts.after_run_single`
+        decides when; nothing calls this yet on a used-up Mac (docs/windows-macos.md, "Host reuse").
+        """
+        got = self._aws.call(
+            "ec2", "create_replace_root_volume_task", InstanceId=instance_id, DeleteReplacedRootVolume=True
+        )
+        return str(got["ReplaceRootVolumeTask"]["ReplaceRootVolumeTaskId"])
+
     def _describe(self, **params: Any) -> list[dict[str, Any]]:
         return self._aws.paginate("ec2", "describe_hosts", "Hosts", **params)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.capacity.fallback import can_fall_back
-from chalicelib.config import Config, Pool, load_config_file
+from chalicelib.config import Config, Platform, Pool, load_config_file
 from chalicelib.resources import (
     ENV_PREFIX,
     TAG_DEPLOYMENT,
@@ -446,6 +446,21 @@ def _host_grants(scope: Scope) -> list[Grant]:
             "the pools' host resource groups by name",
         ),
     ]
+    mac_pools = sorted(p.name for p in pools if p.platform is Platform.MACOS)
+    if mac_pools:
+        # Host reuse (chalicelib.hosts.Ec2Hosts.replace_root_volume): only instances of our macOS pools,
+        # tagged by their group at launch; the task itself is a new resource (EC2 API Reference,
+        # "CreateReplaceRootVolumeTask"). The exact resource list of the action was not checked against the
+        # Service Authorization Reference: a refusal shows as an AwsCallError naming the action.
+        grants.append(
+            Grant(
+                "ReplaceMacRootVolume",
+                ("ec2:CreateReplaceRootVolumeTask",),
+                (scope.arn("ec2", "instance/*"), scope.arn("ec2", "replace-root-volume-task/*")),
+                "restore a used Mac's root volume on its host instead of a terminate and a host scrub",
+                conditions={"StringEqualsIfExists": {f"aws:ResourceTag/{TAG_POOL}": mac_pools}},
+            )
+        )
     licenses = tuple(
         sorted({p.hosts.license_configuration for p in pools if p.hosts and p.hosts.license_configuration})
     )

@@ -510,3 +510,26 @@ def _metrics(
         idle_host_hours=sum((now - h.idle_since) / hour for h in idle if h.idle_since and h.idle_since < now),
         committed_idle_hours=sum(max(timedelta(0), h.paid_until(cfg) - now) / hour for h in idle),
     )
+
+
+class AfterRunSingle(StrEnum):
+    """What becomes of a Mac machine once its `run-single` exits (docs/windows-macos.md, "Host reuse")."""
+
+    REPLACE_ROOT_VOLUME = "replace-root-volume"
+    TERMINATE = "terminate"
+
+
+def after_run_single(pool: Pool, host: Host, demand: int, now: datetime) -> AfterRunSingle:
+    """Reuse a Mac's host by restoring the instance's root volume, or terminate the machine as before.
+
+    Replacing the root volume keeps the instance on its host, so no scrub follows (EC2 User Guide, "Replace a
+    root volume"), while terminating a Mac sends its host into a scrub of about 50 minutes or more. That pays
+    only while the host is paid for anyway (inside its minimum allocation) and a job waits for the pool;
+    otherwise terminating lets the host go idle and be released on time. Only macOS: other host pools hold
+    several machines per host and scrub nothing.
+    """
+    if pool.platform is not Platform.MACOS or pool.hosts is None:
+        return AfterRunSingle.TERMINATE
+    if demand <= 0 or now >= host.paid_until(hosts_config(pool)):
+        return AfterRunSingle.TERMINATE
+    return AfterRunSingle.REPLACE_ROOT_VOLUME

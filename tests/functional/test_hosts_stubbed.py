@@ -216,3 +216,36 @@ class TestDescribe:
         (host,) = view["windows"].hosts
         assert (host.instance_ids, host.free_slots, host.sockets, host.cores) == (("i-1",), 3, 2, 64)
         assert host.in_group and host.idle_since is None  # a mangled tag reads as "no clock yet"
+
+
+class TestReplaceRootVolume:
+    def test_restores_the_launch_state_and_deletes_the_old_root(
+        self, aws: AwsClients, stub: dict[str, Stubber]
+    ) -> None:
+        """GIVEN a used Mac instance, WHEN its root volume is replaced, THEN EC2 gets exactly InstanceId and
+        DeleteReplacedRootVolume=True: no SnapshotId nor ImageId, so the volume is restored to its launch
+        state (EC2 API Reference, "CreateReplaceRootVolumeTask"; moto has no such call)."""
+        stub["ec2"].add_response(
+            "create_replace_root_volume_task",
+            {
+                "ReplaceRootVolumeTask": {
+                    "ReplaceRootVolumeTaskId": "replacevol-0123456789abcdef0",
+                    "InstanceId": "i-0123456789abcdef0",
+                    "TaskState": "pending",
+                    "DeleteReplacedRootVolume": True,
+                }
+            },
+            {"InstanceId": "i-0123456789abcdef0", "DeleteReplacedRootVolume": True},
+        )
+        task = Ec2Hosts(aws).replace_root_volume("i-0123456789abcdef0")
+        assert task == "replacevol-0123456789abcdef0"
+
+    def test_a_refusal_surfaces_as_an_aws_call_error(self, aws: AwsClients, stub: dict[str, Stubber]) -> None:
+        stub["ec2"].add_client_error(
+            "create_replace_root_volume_task",
+            service_error_code="IncorrectInstanceState",
+            service_message="The instance is not running.",
+            expected_params={"InstanceId": "i-0123456789abcdef0", "DeleteReplacedRootVolume": True},
+        )
+        with pytest.raises(AwsCallError):
+            Ec2Hosts(aws).replace_root_volume("i-0123456789abcdef0")
