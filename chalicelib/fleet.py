@@ -291,17 +291,7 @@ class AsgFleet:
         """The warm pool and its instances (DescribeWarmPool), for the operator's status and the tests; the
         reconcile reads the settings from DescribeAutoScalingGroups instead, which it makes anyway."""
         answer = self._aws.call("autoscaling", "describe_warm_pool", AutoScalingGroupName=asg)
-        instances = [
-            Instance(
-                instance_id=str(i["InstanceId"]),
-                lifecycle_state=str(i["LifecycleState"]),
-                protected=bool(i.get("ProtectedFromScaleIn", False)),
-                healthy=i.get("HealthStatus", "Healthy") == "Healthy",
-                instance_type=str(i.get("InstanceType", "")),
-                availability_zone=str(i.get("AvailabilityZone", "")),
-            )
-            for i in answer.get("Instances", [])
-        ]
+        instances = [_instance(i) for i in answer.get("Instances", [])]
         return _warm_pool_settings(answer.get("WarmPoolConfiguration")), instances
 
     def instance_addresses(self, instance_id: str) -> list[str]:
@@ -318,20 +308,22 @@ class AsgFleet:
         return out
 
 
+def _instance(raw: Mapping[str, Any]) -> Instance:
+    """One instance as DescribeAutoScalingGroups and DescribeWarmPool list it (one Instance shape in both)."""
+    return Instance(
+        instance_id=str(raw["InstanceId"]),
+        lifecycle_state=str(raw["LifecycleState"]),
+        protected=bool(raw.get("ProtectedFromScaleIn", False)),
+        healthy=raw.get("HealthStatus", "Healthy") == "Healthy",
+        instance_type=str(raw.get("InstanceType", "")),
+        availability_zone=str(raw.get("AvailabilityZone", "")),
+    )
+
+
 def _group_view(group: dict[str, object]) -> GroupView:
     raw_instances = group.get("Instances", [])
     assert isinstance(raw_instances, list)
-    instances = tuple(
-        Instance(
-            instance_id=str(i["InstanceId"]),
-            lifecycle_state=str(i["LifecycleState"]),
-            protected=bool(i.get("ProtectedFromScaleIn", False)),
-            healthy=i.get("HealthStatus", "Healthy") == "Healthy",
-            instance_type=str(i.get("InstanceType", "")),
-            availability_zone=str(i.get("AvailabilityZone", "")),
-        )
-        for i in raw_instances
-    )
+    instances = tuple(_instance(i) for i in raw_instances)
     mixed = group.get("MixedInstancesPolicy")
     types: tuple[str, ...] = ()
     on_demand: int | None = None
