@@ -1,9 +1,9 @@
 """Use case: everything between "the ASG launched an instance" and "the instance is gone".
 
-Launch: create the machine's GitLab runner, issue its Docker server certificate, store both in the machine's
-own secret, record the machine, complete the lifecycle action. A permanent failure is cleaned up, ends the
-machine with a decrement and faults the pool (no relaunch loop); a transient one is cleaned up and left
-open for Lambda's retry.
+Launch: create the machine's GitLab runner, issue its Docker server certificate (pools with docker_tcp_tls),
+store them in the machine's own secret, record the machine, complete the lifecycle action. A permanent
+failure is cleaned up, ends the machine with a decrement and faults the pool (no relaunch loop); a transient
+one is cleaned up and left open for Lambda's retry.
 Terminate: rescue an interrupted job, delete the runner and the secret, retire the record (kept a while, off
 the index, so the other events of the same end find the work done).
 Spot warning: pause the runner, mark the machine draining, and reconcile so a replacement launches.
@@ -268,21 +268,22 @@ class Lifecycle:
         self.store.record_runner(replace(base, runner_id=int(created.id)))  # merges: never erases adoption
         # Jobs are attributed to this machine by the runner's id, never by its editable description.
         self.store.map_runner(int(created.id), action.instance_id, pool.name, now)
-        server_cert, server_key, trust = self.tls.issue(
-            self.fleet.instance_addresses(action.instance_id), now
-        )
-        payload = {
+        payload: dict[str, Any] = {
             "pool": pool.name,
             "runner_id": int(created.id),
             "runner_token": created.token,
             "gitlab_url": settings.url,
             "executor": pool.executor,
             "max_builds": pool.max_use_count,
-            "server_cert": server_cert,
-            "server_key": server_key,
-            "ca_bundle": trust,
             "gitlab_ca_bundle": self.gitlab_ca_bundle,
         }
+        if pool.docker_tcp_tls:
+            # Only a pool that opened Docker's TLS listener reads these (the boot scripts' docker_tcp_tls
+            # branch); issuing them costs an EC2 read of the addresses and a read of the fleet CA.
+            server_cert, server_key, trust = self.tls.issue(
+                self.fleet.instance_addresses(action.instance_id), now
+            )
+            payload.update(server_cert=server_cert, server_key=server_key, ca_bundle=trust)
         self.secrets.put_machine_secret(
             self.names.machine_secret(action.instance_id),
             json.dumps(payload),
@@ -347,10 +348,14 @@ class Lifecycle:
         return outcome
 
     # -- terminate ------------------------------------------------------------------------------------
-    def terminate(self, action: LifecycleAction, now: datetime) -> LifecycleOutcome:
+    def terminate(
+        self, action: LifecycleAction, now: datetime, *, record: MachineRecord | None = None
+    ) -> LifecycleOutcome:
+        """Clean up after a machine; `record`: its record, when the caller has just read it (saves a read)."""
         outcome = LifecycleOutcome(action.instance_id)
         pool = self.pool_of(action.asg)
-        record = self.store.get_machine(action.instance_id)
+        if record is None:
+            record = self.store.get_machine(action.instance_id)
         if record is not None and record.retired_at is not None:
             # Another event of this machine's end (EC2's shutting-down, or the terminate hook) cleaned up.
             outcome.pool, outcome.runner_id = record.pool, record.runner_id
@@ -635,7 +640,8 @@ def _without_hook(
         return LifecycleOutcome(instance_id, notes=["already cleaned up"])
     pool = ports.config.pool(record.pool)
     notes = use_case.shut_down(pool, instance_id) if state == "shutting-down" else []
-    outcome = use_case.terminate(LifecycleAction(pool.asg, "", "", instance_id, "ec2:terminated"), now)
+    action = LifecycleAction(pool.asg, "", "", instance_id, "ec2:terminated")
+    outcome = use_case.terminate(action, now, record=record)
     outcome.notes[:0] = notes
     return outcome
 

@@ -50,6 +50,8 @@ PIPELINE_HEADERS = webhook_headers("Pipeline Hook")
 #: Lifecycle transitions of the Auto Scaling hooks' events ("Amazon EC2 Auto Scaling lifecycle hooks").
 LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
 TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
+#: Seconds from the call that ends a machine to the events of its end reaching the app (modelled).
+END_EVENT_DELAY_S = 1.0
 
 
 class MachineIndex(dict[str, MachineRecord]):
@@ -754,13 +756,17 @@ class Ours:
     def _ended(self, machine: SimMachine) -> None:
         """The machine left its group: the terminate hook's event (`Lifecycle.terminate` with its token),
         EC2's shutting-down event unless the machine shut itself down (that event came first), and EC2's
-        terminated event. Each is a separate Lambda invocation in production; all are counted."""
-        now = self._world.now_dt()
-        action = LifecycleAction(machine.pool.asg, "terminate", "sim", machine.instance_id, TERMINATING)
-        self._lifecycle.terminate(action, now)
-        if machine.instance_id not in self._exiting:
-            self._state_event(machine, "shutting-down")
+        terminated event. Each is a separate Lambda invocation in production, delivered after the call that
+        caused it returned: modelled END_EVENT_DELAY_S later."""
+        exiting = machine.instance_id in self._exiting
         self._exiting.discard(machine.instance_id)
+        self._world.loop.after(END_EVENT_DELAY_S, lambda: self._end_events(machine, exiting))
+
+    def _end_events(self, machine: SimMachine, exiting: bool) -> None:
+        action = LifecycleAction(machine.pool.asg, "terminate", "sim", machine.instance_id, TERMINATING)
+        self._lifecycle.terminate(action, self._world.now_dt())
+        if not exiting:
+            self._state_event(machine, "shutting-down")
         self._state_event(machine, "terminated")
 
     def _state_event(self, machine: SimMachine, state: str) -> None:
@@ -773,7 +779,7 @@ class Ours:
         if state == "shutting-down":
             self._lifecycle.shut_down(pool, machine.instance_id)
         action = LifecycleAction(pool.asg, "", "", machine.instance_id, "ec2:terminated")
-        self._lifecycle.terminate(action, now)
+        self._lifecycle.terminate(action, now, record=record)
 
 
 class OursPrewarm(Ours):

@@ -40,10 +40,12 @@ def gitlab_ca(gitlab_stack: Stack) -> str:
 @pytest.fixture
 def world(gitlab_stack: Stack, gitlab_ca: str) -> Iterator[tuple[Stack, Client]]:
     settings = gitlab_stack.config.gitlab.model_copy(update={"ca_bundle_secret": CA_SECRET})
+    # docker_tcp_tls on: the machines also get the fleet's Docker TLS bundle, which must stay separate
+    pools = tuple(p.model_copy(update={"docker_tcp_tls": True}) for p in gitlab_stack.config.pools)
     rt = Runtime(
         dict(gitlab_stack.runtime.environ),
         aws=gitlab_stack.aws,
-        config=gitlab_stack.config.model_copy(update={"gitlab": settings}),
+        config=gitlab_stack.config.model_copy(update={"gitlab": settings, "pools": pools}),
         gitlab=gitlab_stack.runtime.gitlab,
         clock=gitlab_stack.runtime.clock,
     )

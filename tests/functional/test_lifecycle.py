@@ -76,15 +76,25 @@ def machine_secret(stack: Stack, instance_id: str) -> dict[str, Any]:
     return json.loads(value["SecretString"])  # type: ignore[no-any-return]
 
 
+def with_docker_tls(stack: Stack) -> None:
+    """The linux pool opens Docker's TLS listener (docker_tcp_tls): its machines get a server certificate."""
+    pools = tuple(
+        p.model_copy(update={"docker_tcp_tls": True}) if p.name == "linux" else p for p in stack.config.pools
+    )
+    stack.config = stack.config.model_copy(update={"pools": pools})
+    stack.runtime.__dict__["config"] = stack.config
+
+
 def test_launch_creates_the_runner_and_the_machine_secret(world: Any, fake_gitlab: FakeGitLab) -> None:
     stack, fleet, client = world
+    with_docker_tls(stack)
     instance = launched_instance(stack)
     out = invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))
     # THEN one runner, with the pool's tags and the description the scaler routes by
     (runner,) = fake_gitlab.runners.values()
     assert runner.description == f"runner-scaler/linux/{instance}"
     assert set(runner.tag_list) == {"linux", "docker"} and runner.run_untagged
-    # AND the machine's secret holds its token and a server certificate signed by the fleet CA
+    # AND the machine's secret holds its token and (docker_tcp_tls) a server certificate from the fleet CA
     secret = machine_secret(stack, instance)
     assert secret["runner_token"] == runner.token and secret["runner_id"] == runner.id
     leaf = x509.load_pem_x509_certificate(secret["server_cert"].encode())
@@ -100,6 +110,29 @@ def test_launch_creates_the_runner_and_the_machine_secret(world: Any, fake_gitla
     # AND the machine is recorded, and the lifecycle action completed with CONTINUE
     assert stack.runtime.store.get_machine(instance).runner_id == runner.id
     assert fleet.completed == [(instance, "CONTINUE")] and out["result"] == "CONTINUE"
+
+
+def test_without_docker_tls_a_launch_issues_no_certificate(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab
+) -> None:
+    # GIVEN the linux pool as shipped (Docker on its local socket only: docker_tcp_tls off), and no fleet
+    # base certificates yet: issuing a server certificate would fail the launch
+    stack = gitlab_stack
+    fleet = RecordingFleet(stack.aws)
+    stack.runtime.__dict__["fleet"] = fleet
+    instance = launched_instance(stack)
+    before = dict(stack.aws.calls)
+    # WHEN its machine launches
+    with Client(app) as client:
+        out = invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))
+    # THEN it goes into service with its runner token and no Docker TLS material nothing would use
+    (runner,) = fake_gitlab.runners.values()
+    assert out["result"] == "CONTINUE" and fleet.completed == [(instance, "CONTINUE")]
+    secret = machine_secret(stack, instance)
+    assert secret["runner_token"] == runner.token
+    assert not {"server_cert", "server_key", "ca_bundle"} & set(secret)
+    # AND no call was spent on one: the instance's addresses were not read
+    assert stack.aws.calls["ec2.DescribeInstances"] == before.get("ec2.DescribeInstances", 0)
 
 
 def test_a_duplicate_launch_event_creates_one_runner(world: Any, fake_gitlab: FakeGitLab) -> None:
@@ -134,6 +167,7 @@ def test_a_launch_without_base_certs_ends_the_machine_and_stops_launches_into_th
     the reconciler reads, and launches wait for the fault's backoff."""
     # GIVEN a pending job, the machine launched for it, and no base certificates yet (never created)
     stack = gitlab_stack
+    with_docker_tls(stack)  # a pool whose machines need a server certificate
     fleet = RecordingFleet(stack.aws)
     stack.runtime.__dict__["fleet"] = fleet
     rt = stack.runtime
