@@ -101,8 +101,9 @@ class Fleet(Protocol):
         """Protect from scale-in: the scaler, never the ASG, chooses what to terminate."""
         ...
 
-    def terminate(self, instance_id: str) -> bool:
-        """Terminate one machine and decrement the group's desired capacity, once.
+    def terminate(self, instance_id: str, states: frozenset[str] = LIVE_STATES) -> bool:
+        """Terminate one machine and decrement the group's desired capacity, once, if its lifecycle state is
+        one of `states`.
 
         False when the machine was already leaving (it ended itself, or another reconcile ended it): nothing
         was decremented, and the caller re-reads the group before it sets a capacity.
@@ -194,7 +195,7 @@ class AsgFleet:
                 ProtectedFromScaleIn=True,
             )
 
-    def terminate(self, instance_id: str) -> bool:
+    def terminate(self, instance_id: str, states: frozenset[str] = LIVE_STATES) -> bool:
         """A machine ends itself (its user data calls this same API with a decrement once run-single exits),
         so the scaler's own call may meet one already leaving. Calling again would decrement twice, so the
         instance is read first (DescribeAutoScalingInstances: its group and lifecycle state), and the call is
@@ -206,7 +207,7 @@ class AsgFleet:
         found = self._aws.call(
             "autoscaling", "describe_auto_scaling_instances", InstanceIds=[instance_id]
         ).get("AutoScalingInstances", [])
-        if not found or found[0].get("LifecycleState") not in LIVE_STATES:
+        if not found or found[0].get("LifecycleState") not in states:
             return False
         try:
             self._aws.call(

@@ -426,16 +426,14 @@ class Lifecycle:
         removes it with a decrement while it is still InService or Standby. Never a machine that is already
         Terminating (a scaler removal: it was decremented then) or gone. Notes say what was done.
         """
-        group = self.fleet.read_groups([pool.asg]).get(pool.asg)
-        member = next((i for i in group.instances if i.instance_id == instance_id), None) if group else None
-        if member is None or member.lifecycle_state not in _DECREMENTABLE:
-            state = member.lifecycle_state if member else "gone"
-            return [f"not decremented: {state} in its group"]
         try:
-            self.fleet.terminate(instance_id)
+            # One read of the instance (DescribeAutoScalingInstances, inside `terminate`), not of its group.
+            removed = self.fleet.terminate(instance_id, _DECREMENTABLE)
         except AwsCallError as exc:
             # It changed state meanwhile; the next reconcile counts what is really there.
             return [f"not decremented: {exc}"]
+        if not removed:
+            return ["not decremented: not InService or Standby in its group (or gone)"]
         return ["shut itself down: left its group with a decrement"]
 
     # -- spot -----------------------------------------------------------------------------------------

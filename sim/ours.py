@@ -18,7 +18,7 @@ from chalicelib.capacity.hosts import Host, HostState, IdleMark, LicenseRoom
 from chalicelib.config import Config, Pool
 from chalicelib.errors import GitLabNotFoundError
 from chalicelib.events.gitlab import PipelineHook, event_identity, parse_gitlab_event
-from chalicelib.fleet import GroupView, Instance
+from chalicelib.fleet import LIVE_STATES, GroupView, Instance, WarmPoolView
 from chalicelib.forecast import DurationEstimate, PipelineState
 from chalicelib.heal import heal
 from chalicelib.hosts import HostPoolView, ReleaseResult
@@ -290,9 +290,14 @@ class SimAsg:
             if machine is not None:
                 machine.protected = True
 
-    def terminate(self, instance_id: str) -> bool:
-        """AsgFleet's read of the instance, then its termination only while it is live (never twice)."""
-        self._calls["autoscaling"] += 2  # DescribeAutoScalingInstances, TerminateInstanceInAutoScalingGroup
+    def terminate(self, instance_id: str, states: frozenset[str] = LIVE_STATES) -> bool:
+        """AsgFleet's read of the instance, then its termination only in `states` (never twice). A simulated
+        machine is InService from its launch to its end."""
+        self._calls["autoscaling"] += 1  # DescribeAutoScalingInstances
+        machine = self._world.fleet.machines.get(instance_id)
+        if machine is None or not machine.alive or "InService" not in states:
+            return False
+        self._calls["autoscaling"] += 1  # TerminateInstanceInAutoScalingGroup
         return self._world.fleet.terminate(instance_id, decrement=True)
 
     def complete_lifecycle_action(

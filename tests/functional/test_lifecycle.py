@@ -481,7 +481,10 @@ def test_a_machine_that_shuts_itself_down_leaves_its_group_with_a_decrement(
     for instance in (gone, stays):
         invoke(client, lifecycle_event("aws_lifecycle_launch.json", instance))
     # WHEN one runs `shutdown` after its runner exits, and EC2 reports it shutting down
+    groups_read = stack.aws.calls["autoscaling.DescribeAutoScalingGroups"]
     out = invoke(client, state_change(gone, "shutting-down"))
+    # (the instance's own state decides, one DescribeAutoScalingInstances: the group is not read)
+    assert stack.aws.calls["autoscaling.DescribeAutoScalingGroups"] == groups_read
     # THEN the scaler took it out of its group with a decrement (so the group does not replace it)
     after = stack.runtime.fleet.read_groups(["test-linux"])["test-linux"]
     assert after.desired == 1
