@@ -64,9 +64,13 @@ def heal(
     gitlab_host: str,
     max_lookups: int = 50,
     max_scan_lists: int = MAX_SCAN_LISTS,
+    scan_claimed: bool | None = None,
 ) -> HealReport:
     """Refresh stale jobs (at most `max_lookups` job lookups), then, once per scan interval across all
-    containers, discover lost ones (at most `max_scan_lists` project job lists: see MAX_SCAN_LISTS)."""
+    containers, discover lost ones (at most `max_scan_lists` project job lists: see MAX_SCAN_LISTS).
+
+    `scan_claimed`: whether the caller already claimed this scan window (the tick claims all its periodic
+    steps in one write, `Store.claim_windows`); None claims it here."""
     report = HealReport()
     projects: set[int] = set()
     lookups = 0
@@ -83,11 +87,17 @@ def heal(
             report.long_pending[pool.name] = len(waiting)
     if projects:
         store.note_projects(gitlab_host, projects, now)
-    interval = max(60, int(config.gitlab.lost_job_scan_interval.total_seconds()))
-    scan = int(now.timestamp()) // interval
-    if store.first_seen(f"lost-job-scan#{gitlab_host}#{scan}", now):
+    scan = scan_window(config, now)
+    if scan_claimed is None:
+        scan_claimed = store.first_seen(f"lost-job-scan#{gitlab_host}#{scan}", now)
+    if scan_claimed:
         _discover(config, store, gitlab, dirty, now, gitlab_host, report, turn=(scan, max_scan_lists))
     return report
+
+
+def scan_window(config: Config, now: datetime) -> int:
+    """The number of the lost-job scan window `now` falls in (`lost_job_scan_interval`, at least a minute)."""
+    return int(now.timestamp()) // max(60, int(config.gitlab.lost_job_scan_interval.total_seconds()))
 
 
 def _share(projects: Sequence[int], scan: int, budget: int) -> list[int]:

@@ -7,7 +7,7 @@ simulator and unit tests. Both satisfy `Store` and pass the same contract tests.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -177,6 +177,11 @@ class Store(Protocol):
 
     def forget_event(self, key: str) -> None:
         """Undo `first_seen` when the event could not be applied, so a resend is not taken for a duplicate."""
+        ...
+
+    def claim_windows(self, windows: Mapping[str, int], now: datetime) -> set[str]:
+        """Claim periodic steps for their current window (step name -> window number): the names this caller
+        is the first to claim in that window, across all containers. One write for every step of a tick."""
         ...
 
     def put_fault(self, fault: Fault) -> None: ...
@@ -449,6 +454,27 @@ class DynamoStore(DynamoTable):
             TableName=self._table,
             Key=self._dump({TABLE_PK: f"EVENT#{key}", TABLE_SK: "EVENT"}),
         )
+
+    def claim_windows(self, windows: Mapping[str, int], now: datetime) -> set[str]:
+        # One UpdateItem sets every step's window and returns the item as it was before (ReturnValues
+        # ALL_OLD: "all of the attributes of the item, as they appeared before the UpdateItem operation",
+        # DynamoDB API reference, UpdateItem). Writes to one item are serialised, so of two ticks in the same
+        # window only the first sees an older window: the step is its.
+        if not windows:
+            return set()
+        steps = list(windows)
+        result = self._aws.call(
+            "dynamodb",
+            "update_item",
+            TableName=self._table,
+            Key=self._dump({TABLE_PK: "TICK", TABLE_SK: "WINDOWS"}),
+            UpdateExpression="SET " + ", ".join(f"#s{i} = :w{i}" for i in range(len(steps))),
+            ExpressionAttributeNames={f"#s{i}": step for i, step in enumerate(steps)},
+            ExpressionAttributeValues=self._dump({f":w{i}": windows[step] for i, step in enumerate(steps)}),
+            ReturnValues="ALL_OLD",
+        )
+        before = self._load(result.get("Attributes", {}))
+        return {step for step in steps if before.get(step) != windows[step]}
 
     # -- faults ---------------------------------------------------------------------------------------
     def put_fault(self, fault: Fault) -> None:
@@ -817,6 +843,7 @@ class MemoryStore:
         self._settled: set[str] = set()
         self.machine_records: dict[str, MachineRecord] = {}
         self._events: dict[str, datetime] = {}
+        self._windows: dict[str, int] = {}
         self._leases: dict[str, tuple[str, datetime]] = {}
         self._projects: dict[tuple[str, int], datetime] = {}
         self._facts: dict[str, tuple[dict[str, Any], datetime]] = {}
@@ -916,6 +943,12 @@ class MemoryStore:
     def forget_event(self, key: str) -> None:
         with self._lock:
             self._events.pop(key, None)
+
+    def claim_windows(self, windows: Mapping[str, int], now: datetime) -> set[str]:
+        with self._lock:
+            claimed = {step for step, window in windows.items() if self._windows.get(step) != window}
+            self._windows.update(windows)
+            return claimed
 
     def put_fault(self, fault: Fault) -> None:
         with self._lock:

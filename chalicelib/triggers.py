@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from chalicelib.config import Pool
+from chalicelib.config import Config, Pool
 from chalicelib.errors import AwsCallError, MalformedEventError, RunnerScalerError
 from chalicelib.events.aws import DirtyPoolMessage, ResolveAsk, ResolveTagsMessage, parse_queue_message
-from chalicelib.heal import heal
+from chalicelib.heal import heal, scan_window
 from chalicelib.jobs import DirtyMarker
 from chalicelib.ports import Ports
 from chalicelib.reconcile import ReconcileResult
@@ -50,13 +50,19 @@ def run_tick(ports: Ports, owner: str) -> TickReport:
     # their own, which would take the window's deduplication id and drop the tick's.
     held = _HeldMarks()
     long_pending: dict[str, int] = {}
+    # A failed claim runs no periodic step this tick (the next tick claims again); the reconcile still runs.
+    windows = tick_windows(ports.config, ports.now())
+    claimed = _isolated(ports, "claim", lambda: ports.store.claim_windows(windows, ports.now())) or set()
     if ports.has_gitlab():
         dirty: DirtyMarker = held if fan_out else ports.queue
         _isolated(ports, "resolve", lambda: _resolve(ports, dirty, None))
-        long_pending = _isolated(ports, "heal", lambda: _heal(ports, dirty)) or {}
-        _isolated(ports, "hook check", lambda: _check_hooks(ports))
-        _isolated(ports, "sweep", lambda: _sweep(ports))
-    _isolated(ports, "certs", lambda: _ensure_certs(ports))
+        long_pending = _isolated(ports, "heal", lambda: _heal(ports, dirty, LOST_JOB_SCAN in claimed)) or {}
+        if HOOK_CHECK in claimed:
+            _isolated(ports, "hook check", lambda: _check_hooks(ports))
+        if SWEEP in claimed:
+            _isolated(ports, "sweep", lambda: _sweep(ports))
+    if CERT_CHECK in claimed:
+        _isolated(ports, "certs", lambda: _ensure_certs(ports))
     if fan_out:
         tick = _fan_out(ports, held.reasons, long_pending)
     else:
@@ -86,9 +92,18 @@ def _isolated(ports: Ports, step: str, run: Callable[[], _T]) -> _T | None:
         return None
 
 
-def _heal(ports: Ports, dirty: DirtyMarker) -> dict[str, int]:
-    """Repair the job store from GitLab; returns the jobs pending too long, per pool."""
-    report = heal(ports.config, ports.store, ports.gitlab, dirty, ports.now(), gitlab_host=ports.gitlab_host)
+def _heal(ports: Ports, dirty: DirtyMarker, scan_claimed: bool) -> dict[str, int]:
+    """Repair the job store from GitLab; returns the jobs pending too long, per pool. `scan_claimed`: this
+    tick claimed the lost-job scan's window."""
+    report = heal(
+        ports.config,
+        ports.store,
+        ports.gitlab,
+        dirty,
+        ports.now(),
+        gitlab_host=ports.gitlab_host,
+        scan_claimed=scan_claimed,
+    )
     if report.discovered:
         ports.metrics.emit_count("LostJobsFound", len(report.discovered))
     if report.errors:
@@ -167,17 +182,32 @@ SWEEP_INTERVAL_SECONDS = 300
 CERT_CHECK_INTERVAL_SECONDS = 900
 
 
-def _once_per(ports: Ports, what: str, seconds: int) -> bool:
-    """True for one caller per interval across all containers (a conditional write in the store)."""
-    now = ports.now()
-    return ports.store.first_seen(f"{what}#{int(now.timestamp()) // seconds}", now)
+#: The tick's periodic steps, each run by one container per window (`tick_windows`).
+LOST_JOB_SCAN = "lost-job-scan"
+SWEEP = "sweep"
+CERT_CHECK = "certs"
+HOOK_CHECK = "hook-check"
+
+
+def tick_windows(config: Config, now: datetime) -> dict[str, int]:
+    """Each periodic step's window number at `now`: the tick claims them all in one store write
+    (`Store.claim_windows`) and runs the steps it claimed, so each runs once per window across containers."""
+    from chalicelib.hook_sync import HOOK_CHECK_INTERVAL
+
+    stamp = int(now.timestamp())
+    windows = {
+        LOST_JOB_SCAN: scan_window(config, now),
+        SWEEP: stamp // SWEEP_INTERVAL_SECONDS,
+        CERT_CHECK: stamp // CERT_CHECK_INTERVAL_SECONDS,
+    }
+    if config.gitlab.webhook_url:
+        windows[HOOK_CHECK] = stamp // max(60, int(HOOK_CHECK_INTERVAL.total_seconds()))
+    return windows
 
 
 def _sweep(ports: Ports) -> None:
     """Every 5 minutes: delete runners of vanished instances; mark for removal machines that never came up or
     whose runner is gone (the reconcile below plans and drains them)."""
-    if not _once_per(ports, "sweep", SWEEP_INTERVAL_SECONDS):
-        return
     from chalicelib.sweep import sweep
 
     try:
@@ -196,8 +226,6 @@ def _sweep(ports: Ports) -> None:
 
 def _ensure_certs(ports: Ports) -> None:
     """Every 15 minutes: create the base certificates, or rotate them once inside regenerate_before."""
-    if not _once_per(ports, "certs", CERT_CHECK_INTERVAL_SECONDS):
-        return
     from chalicelib.rotation import ensure_base_certs_for
 
     try:
@@ -211,14 +239,10 @@ def _ensure_certs(ports: Ports) -> None:
 
 def _check_hooks(ports: Ports) -> None:
     """Every 15 minutes (one container does it): re-enable our project hooks that GitLab auto-disabled."""
-    from chalicelib.hook_sync import check_hooks, hook_check_key
+    from chalicelib.hook_sync import check_hooks
 
-    now = ports.now()
-    if ports.config.gitlab.webhook_url and ports.store.first_seen(
-        hook_check_key(ports.gitlab_host, now), now
-    ):
-        health = check_hooks(ports.gitlab, ports.config, None, now)
-        logger.info("webhook health", extra={"health": health.as_dict()})
+    health = check_hooks(ports.gitlab, ports.config, None, ports.now())
+    logger.info("webhook health", extra={"health": health.as_dict()})
 
 
 #: A reconcile holds its pool's lease for well under a second (bench/reconcile.json): wait that out a few

@@ -18,7 +18,7 @@ from chalicelib.capacity.hosts import Host, HostState, IdleMark, LicenseRoom
 from chalicelib.config import Config, Pool
 from chalicelib.errors import GitLabNotFoundError
 from chalicelib.events.gitlab import PipelineHook, event_identity, parse_gitlab_event
-from chalicelib.fleet import LIVE_STATES, GroupView, Instance, WarmPoolView
+from chalicelib.fleet import LIVE_STATES, GroupView, Instance
 from chalicelib.forecast import DurationEstimate, PipelineState
 from chalicelib.heal import heal
 from chalicelib.hosts import HostPoolView, ReleaseResult
@@ -34,7 +34,7 @@ from chalicelib.reconcile import Reconciler
 from chalicelib.resources import DIRTY_WINDOW_SECONDS, Names
 from chalicelib.store import JobRecord, MachineRecord, MemoryStore, Store, rank
 from chalicelib.sweep import sweep
-from chalicelib.triggers import CERT_CHECK_INTERVAL_SECONDS, SWEEP_INTERVAL_SECONDS
+from chalicelib.triggers import CERT_CHECK, LOST_JOB_SCAN, SWEEP, tick_windows
 from sim.gitlab import SimGitLab, description
 from sim.hosts import NoHostPlanner, SimHost
 from sim.model import HookEvent, JobInfo, PipelineHookEvent, ProjectInfo, RunnerListing, SimMachine
@@ -719,25 +719,28 @@ class Ours:
         )
 
     def _tick(self) -> None:
-        """`chalicelib.triggers.run_tick` with its pools reconciled inline: heal, the periodic steps, then
-        every pool."""
+        """`chalicelib.triggers.run_tick` with its pools reconciled inline: the periodic steps claimed in one
+        write, the unrouted jobs' tags, heal, the orphan sweep (run for real) and the base-certificate check
+        when claimed (counted as its one read of the certificates' secret: nothing to rotate in a day), then
+        every pool. The hook health check runs only with a `webhook_url`, which the scenarios do not set."""
         now = self._world.now_dt()
+        claimed = self._store.claim_windows(tick_windows(self._config, now), now)
         self._resolve(None)
-        heal(self._config, self._store, self._api, self._queue, now, gitlab_host=self._host)
-        self._periodic(now)
-        self._reconciler.reconcile_all(now)
-
-    def _periodic(self, now: datetime) -> None:
-        """The tick's once-per-interval steps (`triggers._once_per`, one conditional write each per tick):
-        the orphan sweep every SWEEP_INTERVAL_SECONDS, run for real, and the base-certificate check every
-        CERT_CHECK_INTERVAL_SECONDS, counted as its one read of the certificates' secret (nothing to rotate
-        in a day). The hook health check runs only with a `webhook_url`, which the scenarios do not set."""
-        stamp = int(now.timestamp())
-        if self._store.first_seen(f"sweep#{stamp // SWEEP_INTERVAL_SECONDS}", now):
+        heal(
+            self._config,
+            self._store,
+            self._api,
+            self._queue,
+            now,
+            gitlab_host=self._host,
+            scan_claimed=LOST_JOB_SCAN in claimed,
+        )
+        if SWEEP in claimed:
             groups = self._fleet.read_groups([p.asg for p in self._config.pools])
             sweep(self._config, Names("sim"), self._store, self._fleet, self._api, self._secrets, groups, now)
-        if self._store.first_seen(f"certs#{stamp // CERT_CHECK_INTERVAL_SECONDS}", now):
+        if CERT_CHECK in claimed:
             self.calls["secretsmanager"] += 1
+        self._reconciler.reconcile_all(now)
 
     def _launched(self, machine: SimMachine) -> None:
         """The launch hook's event: `Lifecycle.launch` as `handle_machine_event` runs it.

@@ -178,6 +178,16 @@ def test_a_retired_machine_is_kept_off_its_pool_and_marked_done(store: Store) ->
     assert lost is not None and lost.retired_at == T0 + timedelta(minutes=3) and lost.pool == "linux"
 
 
+def test_periodic_steps_are_claimed_once_per_window_in_one_write(store: Store) -> None:
+    # GIVEN a tick that claims three steps for their windows
+    assert store.claim_windows({"sweep": 10, "certs": 3, "scan": 40}, T0) == {"sweep", "certs", "scan"}
+    # WHEN another container's tick claims the same windows, THEN it gets none of them
+    assert store.claim_windows({"sweep": 10, "certs": 3, "scan": 40}, T0) == set()
+    # WHEN only the scan's window has moved on, THEN only the scan is claimed
+    assert store.claim_windows({"sweep": 10, "certs": 3, "scan": 41}, T0) == {"scan"}
+    assert store.claim_windows({}, T0) == set()
+
+
 def test_lease_excludes_a_second_owner_until_expiry(store: Store) -> None:
     assert store.acquire_lease("linux", "a", T0, timedelta(seconds=50))
     assert not store.acquire_lease("linux", "b", T0 + timedelta(seconds=10), timedelta(seconds=50))
