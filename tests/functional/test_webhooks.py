@@ -14,8 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app import app
+from chalicelib.heal import scan_window
 from chalicelib.resources import DIRTY_WINDOW_SECONDS
 from chalicelib.store import JobRecord, MachineRecord
+from chalicelib.triggers import LOST_JOB_SCAN
 from chalicelib.webhooks import MAX_BODY_BYTES
 from tests.functional.conftest import WEBHOOK_TOKENS, Stack, describe_group
 from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
@@ -104,12 +106,10 @@ def test_a_job_whose_resolve_ask_was_lost_is_routed_by_the_tick_from_the_unroute
     gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
 ) -> None:
     # GIVEN a pending job stored unrouted whose resolve ask never reached pool_dirty (lost), at a tick whose
-    # lost-job scan another container already ran (chalicelib.heal: once per interval)
+    # lost-job scan another container already ran (chalicelib.triggers: one tick per window claims it)
     rt = gitlab_stack.runtime
-    interval = max(60, int(rt.config.gitlab.lost_job_scan_interval.total_seconds()))
-    assert rt.store.first_seen(
-        f"lost-job-scan#{rt.gitlab_host}#{int(rt.now().timestamp()) // interval}", rt.now()
-    )
+    window = {LOST_JOB_SCAN: scan_window(rt.config, rt.now())}
+    assert rt.store.claim_windows(window, rt.now()) == {LOST_JOB_SCAN}
     p = Pipeline(gitlab_stack, fake_gitlab, ("docker",))
     assert post(client, p.hook(p.job_ids[0], "pending")).status_code == 202
     (lost,) = [json.loads(b) for b in gitlab_stack.queued_messages()]  # drained: never delivered
