@@ -14,7 +14,7 @@ from chalice.test import Client
 from app import app
 from chalicelib.aws import AwsClients
 from chalicelib.errors import GitLabNotFoundError
-from chalicelib.fleet import Fleet, GroupView
+from chalicelib.fleet import LIVE_STATES, Fleet, GroupView
 from chalicelib.reconcile import Reconciler
 from chalicelib.store import MachineRecord
 from tests.builders import T0
@@ -153,9 +153,9 @@ class StallingFleet:
         self.writes.append("protect")
         self._fleet.protect(asg, instance_ids)
 
-    def terminate(self, instance_id: str) -> bool:
+    def terminate(self, instance_id: str, states: frozenset[str] = LIVE_STATES) -> bool:
         self.writes.append(f"terminate {instance_id}")
-        return self._fleet.terminate(instance_id)
+        return self._fleet.terminate(instance_id, states)
 
     def complete_lifecycle_action(
         self, asg: str, hook: str, token: str, instance_id: str, result: str

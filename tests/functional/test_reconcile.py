@@ -15,7 +15,7 @@ import pytest
 
 from chalicelib.aws import AwsClients, fault
 from chalicelib.config import Config, config_from_dict
-from chalicelib.fleet import AsgFleet, Fleet, GroupView
+from chalicelib.fleet import LIVE_STATES, AsgFleet, Fleet, GroupView
 from chalicelib.reconcile import Reconciler, ReconcileResult
 from chalicelib.resources import Names
 from chalicelib.store import DynamoStore, JobRecord
@@ -228,8 +228,8 @@ class GatedFleet:
     def protect(self, asg: str, instance_ids: Sequence[str]) -> None:
         self._fleet.protect(asg, instance_ids)
 
-    def terminate(self, instance_id: str) -> bool:
-        return self._fleet.terminate(instance_id)
+    def terminate(self, instance_id: str, states: frozenset[str] = LIVE_STATES) -> bool:
+        return self._fleet.terminate(instance_id, states)
 
     def complete_lifecycle_action(
         self, asg: str, hook: str, token: str, instance_id: str, result: str

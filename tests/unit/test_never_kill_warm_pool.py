@@ -25,7 +25,7 @@ from chalicelib.aws import AwsClients
 from chalicelib.capacity.warm import WarmPoolSettings
 from chalicelib.config import Config, config_from_dict
 from chalicelib.errors import AwsCallError
-from chalicelib.fleet import AsgFleet, GroupView, Instance, _group_view
+from chalicelib.fleet import LIVE_STATES, AsgFleet, GroupView, Instance, _group_view
 from chalicelib.reconcile import Reconciler
 from chalicelib.store import JobRecord, MachineRecord, MemoryStore
 from tests.builders import T0
@@ -62,7 +62,7 @@ class FleetDouble:
     def protect(self, asg: str, instance_ids: Sequence[str]) -> None:
         self.protected.extend(instance_ids)
 
-    def terminate(self, instance_id: str) -> bool:
+    def terminate(self, instance_id: str, states: frozenset[str] = LIVE_STATES) -> bool:
         self.terminated.append(instance_id)
         return True
 
