@@ -21,7 +21,7 @@ PACKAGE = ROOT / "chalicelib"
 MODELS = frozenset(
     {"config", "errors", "events", "events.aws", "events.gitlab", "events.timestamps", "resources"}
 )
-#: The pure core: data in, decision out, `now` a parameter (STYLE.md "The house").
+#: The pure core: data in, decision out, `now` a parameter.
 CORE = frozenset(
     {
         "capacity",
