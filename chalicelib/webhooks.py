@@ -120,13 +120,8 @@ def _apply(ports: Ports, event: JobHook | PipelineHook) -> Answer:
     )
     if result.unroutable:
         ports.metrics.emit_count("UnroutableJobs", 1)
-    elif not result.pool:
-        pass  # not ours, or not routed yet: no wait to report under a pool, no duration to learn
-    elif result.applied and event.build_status == "running" and event.build_queued_duration is not None:
-        platform = ports.config.pool(result.pool).platform.value
-        ports.metrics.emit_job_wait(result.pool, platform, event.build_queued_duration)
-    elif result.applied and event.build_status == "success" and _prewarm_on(ports):
-        _learn_duration(ports, event, gitlab, result.pool)
+    elif result.pool and result.applied:
+        _observe(ports, event, gitlab, result.pool)
     body = {
         "status": "accepted",
         "job": event.build_id,
@@ -136,6 +131,16 @@ def _apply(ports: Ports, event: JobHook | PipelineHook) -> Answer:
     if result.deferred:
         body["routing"] = "deferred"  # its tags are resolved out of this request
     return Answer(202, body, "accepted")
+
+
+def _observe(ports: Ports, event: JobHook, gitlab: str, pool: str) -> None:
+    """What a routed job's new status tells: its queue wait once running, its duration once successful.
+    A job not ours, or not routed yet, has neither under a pool."""
+    if event.build_status == "running" and event.build_queued_duration is not None:
+        platform = ports.config.pool(pool).platform.value
+        ports.metrics.emit_job_wait(pool, platform, event.build_queued_duration)
+    elif event.build_status == "success" and _prewarm_on(ports):
+        _learn_duration(ports, event, gitlab, pool)
 
 
 def _apply_pipeline(ports: Ports, event: PipelineHook, gitlab: str) -> Answer:
