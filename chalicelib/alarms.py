@@ -79,7 +79,7 @@ def react(ports: Ports, alarm: AlarmNotification, owner: str) -> AlarmOutcome:
         return outcome
     if alarm.new_state_value is not AlarmState.ALARM:
         return outcome
-    if metric in _DLQ_METRICS:
+    if metric in _DLQ_METRICS and _queue_named(alarm) in (None, ports.names.dead_letter_queue):
         outcome.redriven = _redrive(ports)
         outcome.action = "dead letters redriven"
         _reconcile(ports, ports.config.pools, owner)
@@ -124,6 +124,14 @@ def _pools_named(config: Config, alarm: AlarmNotification) -> list[Pool]:
     if "AutoScalingGroupName" in dimensions:
         return [p for p in config.pools if p.asg == dimensions["AutoScalingGroupName"]]
     return list(config.pools)
+
+
+def _queue_named(alarm: AlarmNotification) -> str | None:
+    """The queue an SQS alarm watches (its `QueueName` dimension). The failed-events queue's depth alarm
+    uses the same metric as the dead-letter queue's, and its letters are Lambda invocation records, not
+    "pool dirty" messages: only the latter are redriven."""
+    dimensions = {d.name: d.value for d in (alarm.trigger.dimensions if alarm.trigger else [])}
+    return dimensions.get("QueueName")
 
 
 def _reconcile(ports: Ports, pools: Sequence[Pool], owner: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 # Environment variables the deployed app reads (set by infra/ and .chalice/config.json).
 ENV_TABLE = "RUNNER_SCALER_TABLE"
@@ -43,6 +44,12 @@ QUEUE_VISIBILITY_TIMEOUT_SECONDS = 6 * DIRTY_FUNCTION_TIMEOUT_SECONDS
 #: Seconds the launch lifecycle hook holds a new instance in Pending:Wait for the scaler (its heartbeat
 #: timeout, infra/'s default); the boot script waits at least this long for its secret.
 LAUNCH_HOOK_TIMEOUT_SECONDS = 600
+
+#: The tick's repair steps, each run guarded and counted as `TickStepFailed` with this `step` dimension.
+#: infra/ alarms on each: a CloudWatch alarm watches one exact dimension set ("Alarms on metrics",
+#: Amazon CloudWatch User Guide), so the set of values must be known at synth.
+TickStep = Literal["claim", "resolve", "heal", "hook check", "sweep", "certs"]
+TICK_STEPS: tuple[TickStep, ...] = get_args(TickStep)
 
 # Tags on EC2 / ASG / secrets (state kept on the resource under named constants).
 TAG_POOL = "runner-scaler:pool"

@@ -22,6 +22,7 @@ from chalicelib.heal import heal, scan_window
 from chalicelib.jobs import DirtyMarker
 from chalicelib.ports import Ports
 from chalicelib.reconcile import ReconcileResult
+from chalicelib.resources import TickStep
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -77,7 +78,7 @@ def run_tick(ports: Ports, owner: str) -> TickReport:
     return tick
 
 
-def _isolated(ports: Ports, step: str, run: Callable[[], _T]) -> _T | None:
+def _isolated(ports: Ports, step: TickStep, run: Callable[[], _T]) -> _T | None:
     """Run one repair step of the tick so that its failure stops neither the other steps nor the reconcile.
 
     Resolving unrouted jobs, heal, the hook check, the sweep and the certificate check are each retried by

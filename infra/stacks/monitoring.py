@@ -17,8 +17,10 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from chalicelib.config import Pool
+from chalicelib.hook_sync import HOOK_CHECK_INTERVAL
 from chalicelib.metrics import NAMESPACE
-from chalicelib.resources import ALARM_TOPIC_SUFFIX
+from chalicelib.resources import ALARM_TOPIC_SUFFIX, TICK_STEPS, TickStep
+from chalicelib.triggers import CERT_CHECK_INTERVAL_SECONDS, SWEEP_INTERVAL_SECONDS
 from infra.metrics import (
     GLOBAL_METRICS,
     JOB_METRICS,
@@ -53,6 +55,7 @@ class Monitoring(Construct):
         topic: sns.Topic,
         queue_name: str,
         dead_letter_queue_name: str,
+        failed_events_queue_name: str,
         tick_function: str | None,
         machine_events_function: str | None = None,
     ) -> None:
@@ -90,6 +93,24 @@ class Monitoring(Construct):
                 "A pool-dirty message failed 5 times and was dead-lettered. Read it (it names the pool), "
                 "find the matching error in the PoolDirty logs, fix the cause, then delete the message: "
                 "the tick has reconciled the pool since, so redriving is not needed."
+            ),
+        )
+        self._alarm(
+            "FailedEvents",
+            f"{prefix}-failed-events-depth",
+            namespace="AWS/SQS",
+            metric="ApproximateNumberOfMessagesVisible",
+            dimensions={"QueueName": failed_events_queue_name},
+            statistic="Maximum",
+            threshold=1,
+            periods=(1, 1),
+            runbook=(
+                "An asynchronous invocation (a lifecycle hook, Spot or EC2 event, alarm, rotation or the "
+                "schedule) failed all of Lambda's retries and its event was kept in this queue. Each message "
+                "is Lambda's invocation record: `requestContext.functionArn` names the function, "
+                "`responsePayload` the error, `requestPayload` the event. A launch hook's action has timed "
+                "out by now (the machine was abandoned); a lost EC2 event is healed by the tick. Fix the "
+                "cause in that function's log group, then delete the messages."
             ),
         )
         self._alarm(
@@ -163,6 +184,27 @@ class Monitoring(Construct):
                     "excludes the project. `runner-scaler status` shows the pool's machines."
                 ),
             )
+        for step in TICK_STEPS:
+            runs = _tick_step_runs_per_hour(step)
+            self._alarm(
+                f"TickStepFailed-{step.replace(' ', '-')}",
+                f"{prefix}-tick-{step.replace(' ', '-')}-failed",
+                namespace=NAMESPACE,
+                metric="TickStepFailed",
+                dimensions={"step": step},
+                statistic="Sum",
+                threshold=max(2, runs // 2),
+                periods=(1, 1),
+                period_seconds=3600,
+                runbook=(
+                    f"The tick's {step!r} step failed in at least half of its {runs} runs of the last hour. "
+                    "The tick still reconciled every pool, but what this step repairs is not repaired "
+                    "(claim: every periodic step; resolve: jobs without a pool; heal: lost or late job "
+                    "webhooks; hook check: disabled project hooks; sweep: stuck machines and runners "
+                    "deleted outside the scaler; certs: Docker TLS rotation). Search the Tick log for "
+                    f'"tick step failed" with step "{step}": the error and its traceback are there.'
+                ),
+            )
         if tick_function:
             self._function_errors(
                 "TickErrors",
@@ -234,6 +276,16 @@ class Monitoring(Construct):
             ok_actions=[self.topic.topic_arn],
         )
         self.alarms.append(alarm)
+
+
+def _tick_step_runs_per_hour(step: TickStep) -> int:
+    """How often a tick step runs: the tick runs every minute, the windowed steps once per window."""
+    seconds = {
+        "sweep": SWEEP_INTERVAL_SECONDS,
+        "certs": CERT_CHECK_INTERVAL_SECONDS,
+        "hook check": int(HOOK_CHECK_INTERVAL.total_seconds()),
+    }.get(step, 60)
+    return 3600 // seconds
 
 
 def alarm_topic(scope: Construct, settings: Settings) -> sns.Topic:

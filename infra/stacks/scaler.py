@@ -76,6 +76,7 @@ class ScalerStack(cdk.Stack):
             topic=topic,
             queue_name=settings.names.queue,
             dead_letter_queue_name=settings.names.dead_letter_queue,
+            failed_events_queue_name=settings.names.failed_events_queue,
             tick_function=self.app.function_name(tick) if tick else None,
             machine_events_function=self.app.function_name(machines) if machines else None,
         )

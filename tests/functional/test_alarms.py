@@ -115,6 +115,38 @@ def test_dead_letters_are_redriven(stack: Stack, client: Client) -> None:
     assert stack.queued_pools() == ["gpu"]
 
 
+def test_the_failed_events_queue_alarm_redrives_no_dead_letter(stack: Stack, client: Client) -> None:
+    """The failed-events queue alarms on the same SQS metric as the dead-letter queue; its messages are
+    Lambda invocation records a human reads, so the alarm moves nothing and says so."""
+    # GIVEN a dead-lettered "pool dirty" message
+    stack.aws.call(
+        "sqs",
+        "send_message",
+        QueueUrl=stack.local.dead_letter_url,
+        MessageBody=json.dumps({"pool": "gpu"}),
+        MessageGroupId="gpu",
+        MessageDeduplicationId="dead-1",
+    )
+    # WHEN the failed-events queue's depth alarm fires
+    message = alarm_message(
+        "ApproximateNumberOfMessagesVisible",
+        dimensions={"QueueName": stack.runtime.names.failed_events_queue},
+    )
+    out = client.lambda_.invoke("alarms", client.events.generate_sns_event(message=message)).payload
+    # THEN nothing is redriven and the answer points at the runbook
+    assert out["action"] == "none" and out["redriven"] == 0
+    assert stack.queued_pools() == []
+    # AND the dead-letter queue's own alarm still redrives it
+    message = alarm_message(
+        "ApproximateNumberOfMessagesVisible", dimensions={"QueueName": stack.runtime.names.dead_letter_queue}
+    )
+    assert (
+        client.lambda_.invoke("alarms", client.events.generate_sns_event(message=message)).payload["redriven"]
+        == 1
+    )
+    assert stack.queued_pools() == ["gpu"]
+
+
 def test_malformed_alarm_is_dropped_not_retried(stack: Stack, client: Client) -> None:
     out = client.lambda_.invoke("alarms", client.events.generate_sns_event(message="{not json")).payload
     assert out["action"] == "dropped"

@@ -27,6 +27,7 @@ from chalicelib.resources import (
     TABLE_TTL_ATTRIBUTE,
     TAG_DEPLOYMENT,
     TAG_INSTANCE_ARN,
+    TICK_STEPS,
     Names,
     table_definition,
 )
@@ -512,6 +513,25 @@ def test_alarms_carry_runbooks_and_publish_to_the_app_topic(real: Synth) -> None
         props = alarm["Properties"]
         assert props["AlarmDescription"].startswith("RUNBOOK: ") and len(props["AlarmDescription"]) > 80
         assert props["AlarmActions"] == [{"Ref": topic}]
+
+
+def test_every_tick_step_and_the_failed_events_queue_have_an_alarm(real: Synth) -> None:
+    """A repair step that keeps failing, or an asynchronous event Lambda gave up on, reaches a human."""
+    alarms = {
+        a["Properties"]["AlarmName"]: a["Properties"]
+        for a in real.resources("AWS::CloudWatch::Alarm").values()
+    }
+    steps = {
+        next(d["Value"] for d in props["Dimensions"] if d["Name"] == "step"): props
+        for props in alarms.values()
+        if props["MetricName"] == "TickStepFailed"
+    }
+    assert set(steps) == set(TICK_STEPS)
+    assert all(p["Namespace"] == "RunnerScaler" and len(p["Dimensions"]) == 1 for p in steps.values())
+    # a step that runs every minute alarms on half its runs in an hour, one run every 15 minutes on two
+    assert steps["heal"]["Threshold"] == 30 and steps["certs"]["Threshold"] == 2
+    failed = alarms[f"{PREFIX}-failed-events-depth"]
+    assert failed["Dimensions"] == [{"Name": "QueueName", "Value": f"{PREFIX}-failed-events"}]
 
 
 def test_the_tick_and_machine_event_functions_have_error_alarms(real: Synth) -> None:
