@@ -288,13 +288,6 @@ class AsgFleet:
         their lifecycle actions complete (API Reference, DeleteWarmPool)."""
         self._aws.call("autoscaling", "delete_warm_pool", AutoScalingGroupName=asg)
 
-    def describe_warm_pool(self, asg: str) -> tuple[WarmPoolSettings | None, list[Instance]]:
-        """The warm pool and its instances (DescribeWarmPool), for the operator's status and the tests; the
-        reconcile reads the settings from DescribeAutoScalingGroups instead, which it makes anyway."""
-        answer = self._aws.call("autoscaling", "describe_warm_pool", AutoScalingGroupName=asg)
-        instances = [_instance(i) for i in answer.get("Instances", [])]
-        return _warm_pool_settings(answer.get("WarmPoolConfiguration")), instances
-
     def instance_addresses(self, instance_id: str) -> list[str]:
         reservations = self._aws.call("ec2", "describe_instances", InstanceIds=[instance_id]).get(
             "Reservations", []
@@ -310,7 +303,7 @@ class AsgFleet:
 
 
 def _instance(raw: Mapping[str, Any]) -> Instance:
-    """One instance as DescribeAutoScalingGroups and DescribeWarmPool list it (one Instance shape in both)."""
+    """One instance as DescribeAutoScalingGroups lists it (DescribeWarmPool lists warm ones alike)."""
     return Instance(
         instance_id=str(raw["InstanceId"]),
         lifecycle_state=str(raw["LifecycleState"]),

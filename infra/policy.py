@@ -233,7 +233,6 @@ def lambda_grants(scope: Scope) -> list[Grant]:
             (
                 "autoscaling:DescribeAutoScalingGroups",
                 "autoscaling:DescribeAutoScalingInstances",
-                "autoscaling:DescribeWarmPool",
                 "ec2:DescribeInstances",
                 "ec2:DescribeHosts",
             ),

@@ -28,6 +28,10 @@ class PoolStatus:
     pending_jobs: int
     running_jobs: int
     faults: tuple[str, ...] = field(default=())
+    #: Machines in the group's warm pool now (stopped or hibernated, outside desired capacity), and the size
+    #: the scaler last set (None: the group has no warm pool). Both from DescribeAutoScalingGroups.
+    warm: int = 0
+    warm_target: int | None = None
     #: The pool's Auto Scaling group does not exist (not deployed, or `asg` misspelt).
     group_missing: bool = False
 
@@ -74,6 +78,8 @@ def snapshot(config: Config, store: Store, fleet: Fleet, now: datetime) -> list[
                 running_jobs=sum(1 for j in jobs if j.status in HOLDS_SLOT),
                 faults=tuple(faults),
                 group_missing=group is None,
+                warm=group.warm_size if group else 0,
+                warm_target=group.warm_pool.min_size if group and group.warm_pool else None,
                 **counts,
             )
         )

@@ -17,6 +17,7 @@ from chalice.test import Client
 from app import app
 from chalicelib.store import JobRecord
 from tests.functional.conftest import Stack
+from toolkit.status import snapshot
 
 
 def record(stack: Stack, job_id: int, status: str, pool: str) -> None:
@@ -115,3 +116,24 @@ def test_a_pool_turned_off_loses_its_warm_pool(stack: Stack) -> None:
     # THEN the warm pool is deleted (Auto Scaling terminates its stopped machines)
     assert warm_pool(stack, "test-gpu") is None
     assert stack.runtime.aws.calls["autoscaling.DeleteWarmPool"] == 1
+
+
+def test_status_shows_the_warm_pool_the_tick_set_without_an_extra_call(stack: Stack) -> None:
+    """The operator sees each pool's warm pool (now/target) from the DescribeAutoScalingGroups answer the
+    status already reads: no DescribeWarmPool, which the scaler's role is not granted."""
+    # GIVEN the tick sized gpu's warm pool for two arrivals
+    record(stack, 1, "pending", "gpu")
+    record(stack, 2, "pending", "gpu")
+    with Client(app) as client:
+        tick(client)
+    calls_before = sum(stack.runtime.aws.calls.values())
+    # WHEN the operator reads the status
+    rows = {
+        r.pool: r
+        for r in snapshot(stack.config, stack.runtime.store, stack.runtime.fleet, stack.runtime.now())
+    }
+    # THEN gpu shows its target of two (moto starts no warm instance) and the Spot pool shows none
+    assert (rows["gpu"].warm, rows["gpu"].warm_target) == (0, 2)
+    assert rows["linux"].warm_target is None
+    assert stack.runtime.aws.calls["autoscaling.DescribeWarmPool"] == 0
+    assert sum(stack.runtime.aws.calls.values()) > calls_before  # it did read the groups

@@ -33,7 +33,8 @@ def status(
     endpoint_url: Annotated[str | None, typer.Option(help="AWS endpoint, e.g. a local moto server")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
-    """Each pool: desired, in service, idle, busy, booting, draining, pending and running jobs, faults."""
+    """Each pool: desired, in service, idle, busy, booting, draining, warm (now/target), pending and running
+    jobs, faults."""
     from chalicelib.aws import AwsClients
 
     try:
@@ -91,6 +92,7 @@ def render(rows: list[PoolStatus]) -> Table:
         "idle",
         "busy",
         "draining",
+        "warm",
         "pending",
         "running",
         "faults",
@@ -107,6 +109,7 @@ def render(rows: list[PoolStatus]) -> Table:
             str(r.idle),
             str(r.busy),
             str(r.draining),
+            "-" if r.warm_target is None else f"{r.warm}/{r.warm_target}",
             str(r.pending_jobs),
             str(r.running_jobs),
             Text("; ".join(r.faults) or "-"),
