@@ -424,12 +424,6 @@ def checked_slice(
     return rotated[:budget], len(projects) - budget
 
 
-def hook_check_key(gitlab_host: str, now: datetime, interval: timedelta = HOOK_CHECK_INTERVAL) -> str:
-    """The event key that lets one container per interval run the check (`store.first_seen(key, now)`)."""
-    slot = int(now.timestamp()) // max(60, int(interval.total_seconds()))
-    return f"hook-check#{gitlab_host}#{slot}"
-
-
 # --------------------------------------------------------------------------------------------------
 # Reading GitLab
 

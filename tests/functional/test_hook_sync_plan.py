@@ -24,7 +24,6 @@ from chalicelib.hook_sync import (
     OutcomeStatus,
     apply_hooks,
     checked_slice,
-    hook_check_key,
     plan_hooks,
     plan_project,
     same_endpoint,
@@ -245,11 +244,6 @@ def test_checked_slice_rotates_through_every_project() -> None:
         seen.update(p.id for p in chosen)
     assert seen == {1, 2, 3, 4, 5}
     assert checked_slice(projects, T0, interval, 0) == (tuple(projects), 0)
-
-
-def test_hook_check_key_changes_once_per_interval() -> None:
-    keys = {hook_check_key("gitlab.example.com", T0 + timedelta(minutes=m)) for m in range(0, 60)}
-    assert len(keys) == 4 and all(k.startswith("hook-check#gitlab.example.com#") for k in keys)
 
 
 # -- the invariant ---------------------------------------------------------------------------------
