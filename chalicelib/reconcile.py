@@ -475,8 +475,9 @@ class Reconciler:
         if self._warm_pools is None:
             return
         arrivals = [t for job in jobs if (t := _arrived_at(job)) is not None]
+        held = group.warm_pool.min_size if group.warm_pool is not None else 0
         wanted = size_warm_pool(
-            pool, now, arrivals=arrivals, prewarm_slots=prewarm_cold, refill_s=lead_of(pool)
+            pool, now, arrivals=arrivals, prewarm_slots=prewarm_cold, refill_s=lead_of(pool), held=held
         )
         change = warm_pool_change(wanted, group.warm_pool)
         delete = needs_delete(wanted, group.warm_pool)

@@ -299,8 +299,9 @@ class TaskscalerWarm(Taskscaler):
     """Taskscaler (default configuration) on an Auto Scaling group with a fixed warm pool of stopped
     instances, as an operator can set one up by hand ("Warm pools for Amazon EC2 Auto Scaling": PutWarmPool
     with MinSize, PoolState Stopped). A launch takes a stopped instance when one is ready (Linux starts in
-    about 20 s, Windows in under 40 s), and the group refills the pool with a cold boot then a stop; a
-    stopped instance costs its root volume only (sim.warm). Taskscaler knows nothing of the pool: it sets
+    about 20 s, Windows in under 40 s, then taskscaler connects over SSH: `sim.warm.Readiness.SSH`), and the
+    group refills the pool with a cold boot then a stop; a stopped instance costs its root volume only
+    (sim.warm, the one warm-pool model ours uses too). Taskscaler knows nothing of the pool: it sets
     the desired capacity as before. Pools on dedicated hosts get none (a stopped Mac scrubs its host).
     The operator turns preemptive mode off: with launches served in seconds, taking jobs first and
     launching for them is the stronger setting (a lower wait p95 on every bench scenario than the default).
@@ -312,7 +313,7 @@ class TaskscalerWarm(Taskscaler):
     def start(self, world: World) -> None:
         for pool in world.config.pools:
             if pool.hosts is None:
-                world.fleet.set_warm_pool(pool.name, WarmPoolSpec(warm_pool_size(pool)))
+                world.fleet.set_warm_pool(pool.name, WarmPoolSpec(warm_pool_size(pool)), prepared=True)
         super().start(world)
 
 

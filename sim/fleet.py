@@ -18,6 +18,10 @@ from sim.model import SimMachine, boot_time
 from sim.warm import WarmInstance, WarmPool, WarmPoolSpec, warm_start_time
 
 MachineListener = Callable[[SimMachine], None]
+#: Hears a warm-pool move of one instance: (pool, instance id, "enter" | "end"). Entering the pool and a
+#: warm instance ending fire the group's lifecycle hooks ("Use lifecycle hooks with a warm pool in Auto
+#: Scaling group"); leaving it for the group is a launch (`launch_listeners`, `SimMachine.from_warm`).
+WarmListener = Callable[[str, str, str], None]
 
 
 @dataclass
@@ -64,6 +68,7 @@ class SimFleet:
         boot_rng: random.Random,
         fixed_boot_s: float | None = None,
         warm_rng: random.Random | None = None,
+        warm_start_scale: float = 1.0,
     ) -> None:
         self._loop = loop
         self._gitlab = gitlab
@@ -79,18 +84,50 @@ class SimFleet:
         self.end_listeners: list[MachineListener] = []
         #: Warm pools by pool name (none unless a policy sets one): instances prepared ahead, stopped.
         self.warm_pools: dict[str, WarmPool] = {}
+        #: Every warm pool a group ever had, deleted ones included (the ledger of their costs).
+        self.warm_history: list[WarmPool] = []
+        self.warm_listeners: list[WarmListener] = []
         self._warm_rng = warm_rng or random.Random(0)
+        self._warm_start_scale = warm_start_scale
 
-    def set_warm_pool(self, pool: str, spec: WarmPoolSpec) -> None:
-        """PutWarmPool with a fixed MinSize: `spec.size` instances prepared before the run (already stopped);
-        each one a launch takes is replaced at once by a new instance that boots cold, then stops.
+    def set_warm_pool(self, pool: str, spec: WarmPoolSpec, *, prepared: bool = False) -> None:
+        """PutWarmPool: the group keeps `spec.size` instances in its warm pool. Missing ones launch now and
+        boot cold (the warm-pool entry hook's pre-initialization), then stop; surplus ones end, those still
+        booting first. `prepared`: the instances were made before the run and are stopped already (an
+        operator's pool set up by hand). Each instance a launch takes is replaced at once the same way.
         Not on a pool on dedicated hosts: a Mac stopped in a warm pool would scrub its host."""
         group = self.groups[pool]
         if group.pool.hosts is not None:
             raise ValueError(f'pool "{pool}" runs on dedicated hosts: no warm pool')
         now = self._loop.now
-        warm = WarmPool(spec, [WarmInstance(pool, now, now) for _ in range(spec.size)])
-        self.warm_pools[pool] = warm
+        warm = self.warm_pools.get(pool)
+        if warm is None:
+            warm = self.warm_pools[pool] = WarmPool(spec)
+            self.warm_history.append(warm)
+            if prepared:
+                warm.instances.extend(
+                    WarmInstance(pool, now, now, instance_id=self._instance_id()) for _ in range(spec.size)
+                )
+        warm.spec = spec
+        for instance in warm.shrink(now):
+            self._warm_moved(instance, "end")
+        self._top_up(warm, group)
+
+    def delete_warm_pool(self, pool: str) -> None:
+        """DeleteWarmPool: every instance still in the pool ends (its costs stay in the ledger)."""
+        warm = self.warm_pools.pop(pool, None)
+        if warm is None:
+            return
+        warm.spec = WarmPoolSpec(0, warm.spec.state, warm.spec.readiness)
+        for instance in warm.shrink(self._loop.now):
+            self._warm_moved(instance, "end")
+
+    def _instance_id(self) -> str:
+        return f"i-{next(self._ids):017x}"
+
+    def _warm_moved(self, instance: WarmInstance, move: str) -> None:
+        for listener in self.warm_listeners:
+            listener(instance.pool, instance.instance_id, move)
 
     def live(self, pool: str) -> list[SimMachine]:
         return list(self.groups[pool].live.values())
@@ -163,17 +200,28 @@ class SimFleet:
             if host_id is None:
                 return False
         warm = self.warm_pools.get(pool.name)
+        taken = None
         if group.boot_overrides:
             boot = group.boot_overrides.popleft()
-        elif warm is not None and warm.take(self._loop.now) is not None:
-            boot = warm_start_time(pool.platform, warm.spec.state, self._warm_rng)
-            self._refill(warm, group)
+        elif warm is not None and (taken := warm.take(self._loop.now)) is not None:
+            # The same instance leaves the pool: started, then made ready by its scaler's own path.
+            instance_id = taken.instance_id or instance_id
+            boot = warm_start_time(
+                pool.platform,
+                warm.spec.state,
+                warm.spec.readiness,
+                self._warm_rng,
+                scale=self._warm_start_scale,
+            )
+            self._top_up(warm, group)
         elif self._fixed_boot_s is not None:
             boot = self._fixed_boot_s
         else:
             boot = boot_time(pool.platform, self._boot_rng)
         now = self._loop.now
-        machine = SimMachine(instance_id, pool, number, now, boot, host_id=host_id)
+        machine = SimMachine(
+            instance_id, pool, number, now, boot, host_id=host_id, from_warm=taken is not None
+        )
         group.live[instance_id] = machine
         self.machines[instance_id] = machine
         self._ledger.launched(machine, now)
@@ -182,15 +230,20 @@ class SimFleet:
         self._loop.at(now + boot, lambda: self._ready(machine))
         return True
 
-    def _refill(self, warm: WarmPool, group: SimGroup) -> None:
-        """The group launches a replacement into its warm pool: a cold boot (billed running), then a stop."""
+    def _top_up(self, warm: WarmPool, group: SimGroup) -> None:
+        """The group launches into its warm pool until it holds its size: each one boots cold (billed
+        running) and runs the entry hook, then stops. A machine that left the pool never comes back
+        (ReuseOnScaleIn false: the scaler never sets it)."""
         now = self._loop.now
-        boot = (
-            self._fixed_boot_s
-            if self._fixed_boot_s is not None
-            else boot_time(group.pool.platform, self._warm_rng)
-        )
-        warm.instances.append(WarmInstance(group.pool.name, now, now + boot))
+        while warm.waiting() < warm.spec.size:
+            boot = (
+                self._fixed_boot_s
+                if self._fixed_boot_s is not None
+                else boot_time(group.pool.platform, self._warm_rng)
+            )
+            instance = WarmInstance(group.pool.name, now, now + boot, instance_id=self._instance_id())
+            warm.instances.append(instance)
+            self._warm_moved(instance, "enter")
 
     def _ready(self, machine: SimMachine) -> None:
         if not machine.alive:

@@ -33,6 +33,8 @@ class SimOptions:
     what-if that sends one on every job status change (fresher pipeline state than GitLab gives).
     `stale_index_s` makes the store's per-pool reads (the DynamoDB index in production, eventually
     consistent) answer with the state as it was at least that many seconds ago (sim.ours.StaleIndexStore).
+    `warm_start_scale` stretches every start from the warm pool (sim.warm.WARM_START_S): AWS publishes no
+    figure for it, so the bench shows how the results move with it.
     """
 
     webhook_delay_s: float = 1.0
@@ -52,6 +54,7 @@ class SimOptions:
     drain_recheck: bool = True
     pipeline_hooks: str = "transitions"
     stale_index_s: float = 0.0
+    warm_start_scale: float = 1.0
 
 
 #: Boot to runner-ready, seconds, as (low, high, mode) of a triangular law: Linux about 1 min, Windows
@@ -125,6 +128,8 @@ class SimMachine:
     last_busy_at: float | None = None
     busy_since: float | None = None
     busy_s: float = 0.0
+    #: It left the group's warm pool (started from stopped) rather than launching cold.
+    from_warm: bool = False
 
     @property
     def alive(self) -> bool:

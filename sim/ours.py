@@ -15,6 +15,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from chalicelib.capacity.hosts import Host, HostState, IdleMark, LicenseRoom
+from chalicelib.capacity.warm import WarmPoolSettings
 from chalicelib.config import Config, Pool
 from chalicelib.errors import GitLabNotFoundError
 from chalicelib.events.gitlab import PipelineHook, event_identity, parse_gitlab_event
@@ -38,6 +39,7 @@ from chalicelib.triggers import CERT_CHECK, LOST_JOB_SCAN, SWEEP, tick_windows
 from sim.gitlab import SimGitLab, description
 from sim.hosts import NoHostPlanner, SimHost
 from sim.model import HookEvent, JobInfo, PipelineHookEvent, ProjectInfo, RunnerListing, SimMachine
+from sim.warm import POOL_STATES, Readiness, WarmPoolSpec
 from sim.world import World
 from toolkit.samples import BuildSample, pipeline_hook_payload, webhook_headers
 
@@ -239,12 +241,13 @@ class CountingPipelines:
 
 
 class SimAsg:
-    """`chalicelib.fleet.Fleet` over the simulated groups, with AsgFleet's call counts."""
+    """`chalicelib.fleet.Fleet` and `WarmPools` over the simulated groups, with AsgFleet's call counts."""
 
     def __init__(self, world: World, calls: Counter[str]) -> None:
         self._world = world
         self._calls = calls
         self._views: dict[str, Instance] = {}  # the last Instance built per machine, reused while it holds
+        self._warm: dict[str, WarmPoolSettings] = {}  # each group's WarmPoolConfiguration, as put
 
     def read_groups(self, asgs: Sequence[str]) -> dict[str, GroupView]:
         names = list(dict.fromkeys(asgs))
@@ -257,8 +260,34 @@ class SimAsg:
                 continue
             group = fleet.groups[pool]
             instances = tuple(self._instance(m) for m in group.live.values())
-            views[asg] = GroupView(asg, group.desired, 0, group.pool.max_instances, instances)
+            warm = fleet.warm_pools.get(pool)
+            views[asg] = GroupView(
+                asg,
+                group.desired,
+                0,
+                group.pool.max_instances,
+                instances,
+                warm_pool=self._warm.get(asg),
+                warm_size=warm.waiting() if warm is not None else 0,
+            )
         return views
+
+    def put_warm_pool(self, asg: str, settings: WarmPoolSettings) -> None:
+        """PutWarmPool: the group's warm pool holds max(MinSize, MaxGroupPreparedCapacity - desired)
+        instances ("Warm pools for Amazon EC2 Auto Scaling", warm pool size); the scaler always puts
+        MinSize = MaxGroupPreparedCapacity (chalicelib.capacity.warm), an absolute size, the only form
+        simulated. Its machines become ready by our path (the secret, Docker, run-single's first poll)."""
+        self._calls["autoscaling"] += 1
+        if settings.max_group_prepared_capacity != settings.min_size or settings.reuse_on_scale_in:
+            raise ValueError(f"only an absolute warm pool without reuse is simulated, not {settings}")
+        spec = WarmPoolSpec(settings.min_size, POOL_STATES[settings.pool_state], Readiness.SECRET)
+        self._world.fleet.set_warm_pool(self._world.fleet.pool_of_asg[asg], spec)
+        self._warm[asg] = settings
+
+    def delete_warm_pool(self, asg: str) -> None:
+        self._calls["autoscaling"] += 1
+        self._world.fleet.delete_warm_pool(self._world.fleet.pool_of_asg[asg])
+        self._warm.pop(asg, None)
 
     def launch_times(self, instance_ids: Sequence[str]) -> dict[str, datetime]:
         ids = list(dict.fromkeys(instance_ids))
@@ -545,6 +574,11 @@ class Ours:
     def api_calls(self) -> int:
         return sum(self.calls.values())
 
+    @property
+    def store(self) -> Store:
+        """The scaler's store (jobs, machine records) as the run left it: what the lifecycle recorded."""
+        return self._store
+
     def start(self, world: World) -> None:
         _quiet_library_logs()
         self._world = world
@@ -582,6 +616,7 @@ class Ours:
             drain_recheck=world.options.drain_recheck,
             pipelines=self._pipelines,
             gitlab=self._host,
+            warm_pools=fleet,
         )
         for pool in self._config.pools:
             if pool.hosts is not None:
@@ -590,6 +625,7 @@ class Ours:
         if self._prewarm:  # the project hook sends Pipeline events only when prewarm needs them
             world.pipeline_bus.subscribe(self._on_pipeline_hook)
         world.fleet.launch_listeners.append(self._launched)
+        world.fleet.warm_listeners.append(self._warm_moved)
         world.fleet.end_listeners.append(self._ended)
         world.gitlab.exit_listeners.append(self._runner_exited)
         world.loop.every(world.options.tick_s, self._tick, start=0.0, keep_going=world.keep_going)
@@ -751,7 +787,14 @@ class Ours:
         if self._lifecycle_rng.random() < self._world.options.lifecycle_loss:
             return
         action = LifecycleAction(machine.pool.asg, "launch", "sim", machine.instance_id, LAUNCHING)
-        self._lifecycle.launch(action, self._world.now_dt())
+        self._lifecycle.launch(action, self._world.now_dt(), from_warm_pool=machine.from_warm)
+
+    def _warm_moved(self, pool: str, instance_id: str, move: str) -> None:
+        """A warm instance entered the pool, or ended in it: `chalicelib.lifecycle._lifecycle_action`'s
+        ENTER and END moves, which only let it go on (no runner, no secret: `Lifecycle.pass_warm`)."""
+        transition = LAUNCHING if move == "enter" else TERMINATING
+        action = LifecycleAction(self._config.pool(pool).asg, move, "sim", instance_id, transition)
+        self._lifecycle.pass_warm(action, f"warm pool {move}")
 
     def _runner_exited(self, machine: SimMachine) -> None:
         """`run-single` has exited after `max_use_count` jobs: the machine's user data (infra/templates)

@@ -1,8 +1,9 @@
 """Warm capacity in the simulated world: the states a machine can wait in before it is needed, how long it
-takes to start from each, and what each costs. An Auto Scaling warm pool (a fixed one here, as the
-`taskscaler-warm` peer has it; a scaler that sizes it can reuse the same model) keeps instances in one state.
+takes to start from each, what each costs, and the path from "started" to "runner polling" each scaler
+pays. One model serves every group with an Auto Scaling warm pool: the fixed one the `taskscaler-warm` peer
+is given by hand, and the one our reconcile sizes (PutWarmPool through `sim.ours.SimAsg`).
 
-Imports config and the model's boot times.
+Imports config and nothing else of the simulator.
 """
 
 from __future__ import annotations
@@ -29,10 +30,17 @@ class WarmState(Enum):
     HIBERNATED = "hibernated"
 
 
-#: Seconds from "leave the warm pool" to the runner polling GitLab, as (low, high) of a uniform law: Linux
-#: starts from stopped in about 20 s (a hibernated one resumes about as fast), Windows in under 40 s (issue
-#: #22's figures, "Warm pools for Amazon EC2 Auto Scaling"). A Mac cannot wait in a warm pool: stopping a
-#: Mac instance scrubs its host ("Stop or terminate your Amazon EC2 Mac instance"), so nothing is warm.
+#: PutWarmPool's PoolState (Amazon EC2 Auto Scaling API Reference) for each state a group can be put in.
+POOL_STATES = {"Stopped": WarmState.STOPPED, "Hibernated": WarmState.HIBERNATED}
+
+#: Seconds from "the instance leaves the warm pool" to its operating system up (sshd, dockerd, per-boot
+#: scripts running), as (low, high) of a uniform law: Linux about 20 s (a hibernated one resumes about as
+#: fast), Windows in under 40 s. These are issue #22's figures: AWS publishes none for a start from stopped
+#: ("Start a hibernated Amazon EC2 instance" says only that reaching running "can take a few minutes"; the
+#: warm-pool launch, InfoQ "AWS Launches EC2 Auto Scaling Warm Pools", 2021: instances "can be launched to
+#: serve traffic in as low as 30 seconds"). `SimOptions.warm_start_scale` stretches them, for the
+#: sensitivity the bench reports. A Mac cannot wait in a warm pool: stopping a Mac instance scrubs its host
+#: ("Stop or terminate your Amazon EC2 Mac instance"), so nothing is warm.
 WARM_START_S: dict[tuple[Platform, WarmState], tuple[float, float]] = {
     (Platform.LINUX, WarmState.STOPPED): (15.0, 25.0),
     (Platform.LINUX, WarmState.HIBERNATED): (15.0, 25.0),
@@ -41,10 +49,56 @@ WARM_START_S: dict[tuple[Platform, WarmState], tuple[float, float]] = {
 }
 
 
-def warm_start_time(platform: Platform, state: WarmState, rng: random.Random) -> float:
-    """One start (s) from `state` to a runner polling; a KeyError for a platform that cannot be warm."""
+class Readiness(Enum):
+    """What stands between a started machine and a job running on it, per scaler.
+
+    SSH: taskscaler (the fleeting plugin) sees the instance running on its next Update, every
+    `update_interval_when_expecting` (2 s) while instances start, and connects over SSH to the dockerd the
+    OS started (gitlab-runner docs, "Docker Autoscaler executor"; fleeting's connector): the job was taken
+    before, so it runs at once.
+    SECRET: ours. The machine's boot script (infra/templates) runs again on this boot (cloud-init's
+    per-boot scripts; the Windows task at startup), reads the secret the launch hook wrote when the instance
+    left the pool (the hook's Lambda ran while the OS started, so the first read finds it; a hibernated
+    machine first notices it left the pool on its next poll of its target lifecycle state, every
+    SECRET_POLL_SECONDS), deletes it, merges daemon.json and restarts Docker, then starts run-single, whose
+    first job request is the runner's first poll.
+    """
+
+    SSH = "ssh"
+    SECRET = "secret"
+
+
+#: The boot script's poll of the target lifecycle state (infra/userdata.py SECRET_POLL_SECONDS).
+SECRET_POLL_S = 5.0
+#: Seconds after the OS is up until the runner can take a job, as (low, high) of a uniform law, per path
+#: and platform. SSH: one fleeting Update interval (0-2 s) and a connection (about 1 s). SECRET: two
+#: Secrets Manager calls and the IMDS reads (about 1 s), `systemctl restart docker` on Linux (a few
+#: seconds) or `Restart-Service docker` on Windows (slower), run-single's start and first request.
+READY_AFTER_START_S: dict[tuple[Readiness, Platform], tuple[float, float]] = {
+    (Readiness.SSH, Platform.LINUX): (1.0, 3.0),
+    (Readiness.SSH, Platform.WINDOWS): (1.0, 3.0),
+    (Readiness.SECRET, Platform.LINUX): (3.0, 8.0),
+    (Readiness.SECRET, Platform.WINDOWS): (6.0, 15.0),
+}
+
+
+def warm_start_time(
+    platform: Platform,
+    state: WarmState,
+    readiness: Readiness,
+    rng: random.Random,
+    *,
+    scale: float = 1.0,
+) -> float:
+    """One start (s) from `state` to a runner that can take a job; a KeyError for a platform that cannot
+    be warm. `scale` stretches the start from stopped (not the scaler's own path)."""
     low, high = WARM_START_S[(platform, state)]
-    return rng.uniform(low, high)
+    start = rng.uniform(low, high) * scale
+    ready_low, ready_high = READY_AFTER_START_S[(readiness, platform)]
+    ready = rng.uniform(ready_low, ready_high)
+    if readiness is Readiness.SECRET and state is WarmState.HIBERNATED:
+        ready += rng.uniform(0.0, SECRET_POLL_S)  # resumed inside its Warmed:* poll loop
+    return start + ready
 
 
 def stopped_usd_per_hour(platform: Platform) -> float:
@@ -54,21 +108,26 @@ def stopped_usd_per_hour(platform: Platform) -> float:
 
 @dataclass(frozen=True)
 class WarmPoolSpec:
-    """A warm pool of `size` instances waiting in `state` (PutWarmPool's MinSize, PoolState)."""
+    """A warm pool of `size` instances waiting in `state` (PutWarmPool's MinSize, PoolState), whose machines
+    become ready by `readiness` when they leave it."""
 
     size: int
     state: WarmState = WarmState.STOPPED
+    readiness: Readiness = Readiness.SSH
 
 
 @dataclass(eq=False)
 class WarmInstance:
-    """One instance of a warm pool: launched at `created_at`, booted cold (billed as running) until
-    `warm_at`, then stopped (only EBS billed) until it leaves at `left_at` (None: still in the pool)."""
+    """One instance of a warm pool: launched at `created_at`, booted cold (billed as running, the warm-pool
+    entry hook's pre-initialization included) until `warm_at`, then stopped (only EBS billed) until it left
+    at `left_at` (None: still in the pool), into service or terminated (`ended`) when the pool shrank."""
 
     pool: str
     created_at: float
     warm_at: float
     left_at: float | None = None
+    instance_id: str = ""
+    ended: bool = False
 
     def ready(self, now: float) -> bool:
         return self.left_at is None and now >= self.warm_at
@@ -104,3 +163,16 @@ class WarmPool:
     def waiting(self) -> int:
         """Instances in the pool: stopped or still on their first boot."""
         return sum(1 for i in self.instances if i.left_at is None)
+
+    def shrink(self, now: float) -> list[WarmInstance]:
+        """Terminate instances beyond the spec's size, those still booting first (the newest first):
+        Auto Scaling ends surplus warm instances when the pool's size falls. Returns the ended ones."""
+        waiting = [i for i in self.instances if i.left_at is None]
+        surplus = len(waiting) - self.spec.size
+        if surplus <= 0:
+            return []
+        order = sorted(waiting, key=lambda i: (i.ready(now), -i.created_at))
+        ended = order[:surplus]
+        for instance in ended:
+            instance.left_at, instance.ended = now, True
+        return ended

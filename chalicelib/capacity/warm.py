@@ -28,6 +28,9 @@ ARRIVAL_WINDOW = timedelta(minutes=30)
 #: stopped machine costs only its EBS volumes, so warming early is cheap; refilling late is a cold boot).
 SCHEDULE_LOOKAHEAD = timedelta(minutes=30)
 _STEP = timedelta(minutes=1)
+#: Machines an auto pool that held a warm pool keeps through a quiet spell: one stopped machine costs only
+#: its EBS volumes (about 0.08 USD a day for 30 GiB of gp3), and lets a quiet spell's first job start warm.
+QUIET_FLOOR = 1
 
 #: PutWarmPool's PoolState for each `warm_pool_state` (Amazon EC2 Auto Scaling API Reference, PutWarmPool:
 #: Stopped | Running | Hibernated; Running is never used, since a running warm machine costs as much as an
@@ -74,6 +77,7 @@ def size_warm_pool(
     arrivals: Sequence[datetime],
     prewarm_slots: int,
     refill_s: float,
+    held: int = 0,
 ) -> WarmPoolSize:
     """The warm pool a pool should have now, in machines, capped by `max_instances`.
 
@@ -84,6 +88,15 @@ def size_warm_pool(
     - the schedule: the largest `idle_count` of the policies active from now to SCHEDULE_LOOKAHEAD ahead, so
       the idle machines a period opens with, and their replacements after they take jobs, start warm;
     - plus the pipeline forecast's `prewarm_slots` (later stages expected within a boot time).
+    While the pool is busy (a job arrived within ARRIVAL_WINDOW, or a scheduled idle_count is on), it never
+    shrinks below `held`, the size the group holds now: the peak a burst set stays for the next one. A
+    machine let go costs a cold boot at the instance price when it is needed again, while keeping it
+    stopped costs only its EBS volumes ("Warm pools for Amazon EC2 Auto Scaling": stopped instances pay only
+    for their volumes): one minute of an m7i.large pays half an hour of a 30 GiB gp3 volume, five minutes of
+    an m6i.xlarge about six hours of a 50 GiB one. Demand alone cannot carry that memory: the job index
+    forgets a job once it is settled, so `arrivals` hold only the jobs active now. Once the pool is quiet,
+    the size falls to the demand, but never below QUIET_FLOOR while it held any: the first job of a quiet
+    spell (a night's, a weekend's) then starts warm too, for the EBS volume of one stopped machine.
     A number is a fixed size; "off", Spot and dedicated-host pools have none (`Pool.warm_pool_on`).
     """
     state = POOL_STATES[pool.warm_pool_state]
@@ -96,10 +109,14 @@ def size_warm_pool(
     burst = peak_arrivals(arrivals, now, refill_s)
     scheduled = scheduled_idle(pool, now)
     slots = max(burst, scheduled) + max(0, prewarm_slots)
-    machines = min(math.ceil(slots / slots_per_new_machine(pool)), pool.max_instances)
+    wanted = math.ceil(slots / slots_per_new_machine(pool))
+    busy = scheduled > 0 or any(now - ARRIVAL_WINDOW <= t <= now for t in arrivals)
+    kept = max(0, held) if busy else min(max(0, held), QUIET_FLOOR)
+    machines = min(max(wanted, kept), pool.max_instances)
     reason = (
         f"{burst} arrivals in {refill_s:.0f} s, idle_count {scheduled} ahead, {prewarm_slots} prewarm"
-        f" -> {machines} (max_instances {pool.max_instances})"
+        + (f", {kept} held while busy" if kept > wanted else "")
+        + f" -> {machines} (max_instances {pool.max_instances})"
     )
     return WarmPoolSize(pool.name, machines, reason, state)
 

@@ -137,3 +137,36 @@ def test_status_shows_the_warm_pool_the_tick_set_without_an_extra_call(stack: St
     assert rows["linux"].warm_target is None
     assert stack.runtime.aws.calls["autoscaling.DescribeWarmPool"] == 0
     assert sum(stack.runtime.aws.calls.values()) > calls_before  # it did read the groups
+
+
+def test_a_busy_pool_keeps_its_warm_pool_through_a_lull_and_a_quiet_one_keeps_one(stack: Stack) -> None:
+    # GIVEN the gpu group's warm pool holds 2 (the last burst's, its max_instances) and one job still runs
+    stack.aws.call(
+        "autoscaling",
+        "put_warm_pool",
+        AutoScalingGroupName="test-gpu",
+        MinSize=2,
+        MaxGroupPreparedCapacity=2,
+        InstanceReusePolicy={"ReuseOnScaleIn": False},
+    )
+    now = stack.runtime.now()
+    running = JobRecord("gitlab.example.com", 1, "running", pool="gpu", created_at=now, started_at=now)
+    stack.runtime.store.record_job(running, now)
+    puts = stack.runtime.aws.calls["autoscaling.PutWarmPool"]  # the setup's own
+    with Client(app) as client:
+        # WHEN the tick runs THEN the pool is busy: it keeps the 2, not the 1 its one job asks for (a refill
+        # would cost a cold boot, a stopped machine costs only its EBS volumes), with no call
+        tick(client)
+        assert warm_pool(stack, "test-gpu")["MinSize"] == 2  # type: ignore[index]
+        assert stack.runtime.aws.calls["autoscaling.PutWarmPool"] == puts
+        # WHEN the job ends and the pool goes quiet THEN the pool keeps one stopped machine for the next job
+        record(stack, 1, "success", "gpu")
+        for _ in range(3):
+            stack.advance(seconds=60)
+            tick(client)
+    assert warm_pool(stack, "test-gpu") == {
+        "MinSize": 1,
+        "MaxGroupPreparedCapacity": 1,
+        "PoolState": "Stopped",
+        "InstanceReusePolicy": {"ReuseOnScaleIn": False},
+    }

@@ -38,6 +38,8 @@ EXACT = SimOptions(
 
 
 def make_config(*pools: dict[str, Any], **top: Any) -> Config:
+    """A one-pool config (or the given pools) for hand-checked runs: warm pools off unless a test asks for
+    one (`"warm_pool": "auto"`), so that every launch is the cold boot the expected figures count."""
     base: dict[str, Any] = {
         "name": "linux",
         "asg": "asg-linux",
@@ -45,6 +47,7 @@ def make_config(*pools: dict[str, Any], **top: Any) -> Config:
         "max_instances": 5,
         "max_use_count": 1,
         "policy": [{"idle_count": 0, "idle_time": "5m"}],
+        "warm_pool": "off",
     }
     data: dict[str, Any] = {
         "gitlab": {"url": "https://gitlab.example.com"},

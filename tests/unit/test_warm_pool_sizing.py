@@ -226,3 +226,51 @@ def test_prewarm_with_warm_machines_is_never_more_and_never_later_than_needed(
     assert prewarm_to_launch(subject, cold_slots=cold, warm_slots=warm, warm_ready=0) == cold
     if ready < cold:  # the warm pool cannot cover them all: as without one
         assert now == cold
+
+
+# -- a busy pool keeps its size; a quiet one keeps one stopped machine ---------------------------------------
+
+
+def test_a_busy_pool_keeps_the_size_it_holds_and_a_quiet_one_falls_to_one() -> None:
+    # GIVEN the group holds 6 warm machines (the last burst's size)
+    one_now = [T0 - timedelta(seconds=5)]
+    # WHEN a job arrived within the window THEN the pool keeps its 6, not the 1 the job asks for
+    busy = size_warm_pool(pool(), T0, arrivals=one_now, prewarm_slots=0, refill_s=REFILL_S, held=6)
+    assert busy.machines == 6 and "6 held while busy" in busy.reason
+    # AND a scheduled idle_count keeps it busy without any job
+    scheduled = pool(policy=[{"idle_count": 1}])
+    assert (
+        size_warm_pool(scheduled, T0, arrivals=[], prewarm_slots=0, refill_s=REFILL_S, held=6).machines == 6
+    )
+    # WHEN no job arrived within the window THEN it keeps one stopped machine (and none it never held)
+    assert size_warm_pool(pool(), T0, arrivals=[], prewarm_slots=0, refill_s=REFILL_S, held=6).machines == 1
+    assert size_warm_pool(pool(), T0, arrivals=[], prewarm_slots=0, refill_s=REFILL_S, held=0).machines == 0
+    # AND the held size never passes max_instances
+    capped = pool(max_instances=3)
+    assert size_warm_pool(capped, T0, arrivals=one_now, prewarm_slots=0, refill_s=1, held=9).machines == 3
+
+
+@settings(max_examples=150)
+@given(
+    offsets=offsets,
+    prewarm=st.integers(min_value=0, max_value=30),
+    max_instances=st.integers(min_value=1, max_value=20),
+    held=st.integers(min_value=0, max_value=30),
+    idle=st.integers(min_value=0, max_value=3),
+)
+def test_holding_only_ever_keeps_machines_and_stays_within_bounds(
+    offsets: list[int], prewarm: int, max_instances: int, held: int, idle: int
+) -> None:
+    subject = pool(max_instances=max_instances, policy=[{"idle_count": idle}])
+    arrivals = [T0 + timedelta(seconds=o) for o in offsets]
+    fresh = size_warm_pool(subject, T0, arrivals=arrivals, prewarm_slots=prewarm, refill_s=REFILL_S)
+    kept = size_warm_pool(subject, T0, arrivals=arrivals, prewarm_slots=prewarm, refill_s=REFILL_S, held=held)
+    assert fresh.machines is not None and kept.machines is not None
+    # Never below what demand alone asks, never above max_instances, never above what was held or asked
+    assert fresh.machines <= kept.machines <= max_instances
+    assert kept.machines <= max(fresh.machines, held)
+    busy = idle > 0 or any(T0 - ARRIVAL_WINDOW <= t <= T0 for t in arrivals)
+    if busy:
+        assert kept.machines == min(max(fresh.machines, held), max_instances)
+    else:
+        assert kept.machines <= max(fresh.machines, 1)
