@@ -192,7 +192,17 @@ def translate(service: str, operation: str, exc: ClientError) -> AwsCallError:
     code = str(error.get("Code", "Unknown"))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     retryable = code in RETRYABLE_CODES or status >= 500
-    return AwsCallError(service, operation, code, str(error.get("Message", "")), retryable=retryable)
+    # A DynamoDB write with ReturnValuesOnConditionCheckFailure ALL_OLD gets the item it found beside the
+    # error ("Item" of ConditionalCheckFailedException: DynamoDB API reference, UpdateItem).
+    item = exc.response.get("Item")
+    return AwsCallError(
+        service,
+        operation,
+        code,
+        str(error.get("Message", "")),
+        retryable=retryable,
+        item=item if isinstance(item, dict) else None,
+    )
 
 
 def _pagination_tokens(service: str, operation: str) -> tuple[str, str]:

@@ -5,6 +5,8 @@ Imports nothing from the project; every other module may import it.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RunnerScalerError(Exception):
     """Base of every error this project raises on purpose."""
@@ -21,13 +23,26 @@ class ConfigError(RunnerScalerError):
 
 
 class AwsCallError(RunnerScalerError):
-    """An AWS call failed after retries; `retryable` says whether the next tick may simply try again."""
+    """An AWS call failed after retries; `retryable` says whether the next tick may simply try again.
 
-    def __init__(self, service: str, operation: str, code: str, message: str, *, retryable: bool) -> None:
+    `item`: the item a DynamoDB write found when its condition failed, when the write asked for it
+    (ReturnValuesOnConditionCheckFailure ALL_OLD), in DynamoDB JSON; None otherwise."""
+
+    def __init__(
+        self,
+        service: str,
+        operation: str,
+        code: str,
+        message: str,
+        *,
+        retryable: bool,
+        item: dict[str, Any] | None = None,
+    ) -> None:
         self.service = service
         self.operation = operation
         self.code = code
         self.retryable = retryable
+        self.item = item
         super().__init__(f"{service}.{operation} failed: {code}: {message}")
 
 

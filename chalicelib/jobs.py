@@ -140,6 +140,8 @@ class Ingested:
     unroutable: bool = False
     #: Its tags are not known yet: stored unrouted, resolved out of the request (`resolve_unrouted`).
     deferred: bool = False
+    #: Nothing was written: this delivery was applied before, or the job is stored with this very status.
+    duplicate: bool = False
 
 
 def ingest_job(
@@ -150,12 +152,17 @@ def ingest_job(
     dirty: DirtyMarker,
     resolve: ResolveAsker | None,
     now: datetime,
+    event_key: str = "",
 ) -> Ingested:
     """Record one job event (forward-only); when it made a job pending, mark its pool dirty (DEMAND_RISES).
 
     Never calls GitLab. A `created` job is recorded as it is (it is no demand yet: no lookup at all); a job on
     one of our runners goes to that runner's machine and pool; a pending job whose pipeline's tags are cached
     goes to its pool; any other pending job is stored unrouted and its resolution asked for (`resolve`).
+
+    The job's one write is the de-duplication: `event_key` (the webhook's `event_identity`) is marked on the
+    job item, so the same delivery again changes nothing and marks nothing dirty (`Ingested.duplicate`), even
+    where its status alone could not tell: a resent hook from before a skip never reopens the skipped job.
     """
     pool, machine_id, job_tags, deferred = _route(event, config, store, now)
     record = JobRecord(
@@ -174,18 +181,30 @@ def ingest_job(
         started_at=event.started_at,
         finished_at=event.finished_at,
     )
-    applied = store.record_job(record, now)
-    if not applied and event.status in {"created", "pending"}:
-        applied = store.reopen_skipped(record, now)  # rare: a retry upstream reopened a skipped job
-        if not applied and job_tags:
-            store.fill_tags(record)  # rare: it was first seen running on our runner, stored without tags
+    written = store.write_job(record, now, event_key=event_key)
+    applied, stored, filled = written.applied, written.stored, False
+    reopens = event.status in {"created", "pending"}
+    if not applied and not written.duplicate and stored is not None and reopens:
+        if stored.status == "skipped":  # rare: a retry upstream reopened a skipped job
+            applied = store.reopen_skipped(record, now, event_key=event_key)
+        elif job_tags and not stored.tags:
+            filled = store.fill_tags(record)  # rare: first seen running on our runner, stored without tags
     if applied and pool and event.status in DEMAND_RISES:
         dirty.mark_dirty(pool, f"job {event.job_id} {event.status}", now)
     elif applied and deferred and resolve is not None:
         resolve.ask_resolve(event.project_id, event.pipeline_id or 0, event.job_id, now)
-    elif not pool and job_tags:
+    elif not pool and job_tags and not written.duplicate:
         logger.warning("job matches no pool", extra={"job_id": event.job_id, "tags": list(job_tags)})
-    return Ingested(applied=applied, pool=pool, unroutable=not pool and bool(job_tags), deferred=deferred)
+    duplicate = written.duplicate or (
+        not applied and not filled and stored is not None and stored.status == event.status
+    )
+    return Ingested(
+        applied=applied,
+        pool=pool,
+        unroutable=not pool and bool(job_tags),
+        deferred=deferred,
+        duplicate=duplicate,
+    )
 
 
 def _route(

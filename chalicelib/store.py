@@ -6,6 +6,7 @@ simulator and unit tests. Both satisfy `Store` and pass the same contract tests.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -82,6 +83,24 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class JobWrite:
+    """What one job write did: `applied`, or else the job as it was stored (`stored`, None when there was
+    none), read with the refused write itself, so that the caller needs no second read to tell a duplicate
+    from an older event or a skipped job to reopen."""
+
+    applied: bool
+    stored: JobRecord | None = None
+    #: Refused because the delivery carrying this very event (its `event_key`) was applied to the job before.
+    duplicate: bool = False
+
+
+def event_mark(event_key: str) -> str:
+    """What a job item keeps of each delivery applied to it: 16 hex digits of the key's SHA-256 (a job hears
+    of a handful of deliveries, so a collision within one job is negligible), not the key itself."""
+    return hashlib.sha256(event_key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
 class Fault:
     """Something a pool should avoid for a while: `kind` "instance_type" (detail: the type), "spot",
     "zone" (detail: the zone), or "launch" (unknown cause); it expires at `until`."""
@@ -132,9 +151,18 @@ class Store(Protocol):
         unrouted index while pending or running."""
         ...
 
-    def reopen_skipped(self, job: JobRecord, now: datetime) -> bool:
+    def write_job(self, job: JobRecord, now: datetime, *, event_key: str = "") -> JobWrite:
+        """`record_job` for the delivery `event_key` (a webhook's `event_identity`), in the same one write:
+        refused as a duplicate when that delivery was applied to the job before, and telling what was stored
+        when refused. The job item keeps a mark of each delivery applied (`event_mark`), so a Job Hook needs
+        no de-duplication item of its own, even where its rank alone could not tell (a skipped job reopened,
+        then the old `skipped` hook resent)."""
+        ...
+
+    def reopen_skipped(self, job: JobRecord, now: datetime, *, event_key: str = "") -> bool:
         """GitLab moves a `skipped` job back to created/pending (same id) when an earlier job is retried:
-        the one backward move allowed, and only from `skipped`."""
+        the one backward move allowed, and only from `skipped`; never by a delivery applied before
+        (`event_key`: a resent hook from before the skip)."""
         ...
 
     def fill_tags(self, job: JobRecord) -> bool:
@@ -283,6 +311,16 @@ class Store(Protocol):
 
 
 _LEASE_FREE = f"attribute_not_exists({TABLE_PK}) OR lease_until < :now OR #owner = :owner"
+#: The job item's string set of `event_mark`s: the deliveries applied to it.
+EVENT_MARKS = "event_marks"
+
+
+def _marked(expression: str, condition: str, values: dict[str, Any], mark: str) -> tuple[str, str]:
+    """A job write made by one delivery: refused if that delivery was applied before (its mark is in the
+    set; `contains` on a missing set is false), else adding the mark with the write."""
+    values[":mark"] = mark
+    values[":marks"] = {mark}
+    return f"{expression} ADD {EVENT_MARKS} :marks", f"({condition}) AND NOT contains({EVENT_MARKS}, :mark)"
 
 
 def _dt(value: Any) -> datetime | None:
@@ -294,6 +332,9 @@ class DynamoStore(DynamoTable):
 
     # -- jobs -----------------------------------------------------------------------------------------
     def record_job(self, job: JobRecord, now: datetime) -> bool:
+        return self.write_job(job, now).applied
+
+    def write_job(self, job: JobRecord, now: datetime, *, event_key: str = "") -> JobWrite:
         values: dict[str, Any] = {
             ":status": job.status,
             ":rank": rank(job.status),
@@ -339,15 +380,38 @@ class DynamoStore(DynamoTable):
         if job.pool:  # a job first recorded without a pool (GitLab unreachable) gets one at the same rank
             condition += " OR (#rank = :rank AND #pool = :nopool)"
             values[":nopool"] = ""
-        return self._conditional_update(
-            {TABLE_PK: job.key, TABLE_SK: "JOB"},
-            expression,
-            condition,
-            values,
-            {"#status": "status", "#rank": "rank", "#pool": "pool", "#name": "name"},
-        )
+        mark = event_mark(event_key) if event_key else ""
+        if mark:
+            expression, condition = _marked(expression, condition, values, mark)
+        try:
+            self._aws.call(
+                "dynamodb",
+                "update_item",
+                TableName=self._table,
+                Key=self._dump({TABLE_PK: job.key, TABLE_SK: "JOB"}),
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeValues=self._dump(values),
+                ExpressionAttributeNames={
+                    "#status": "status",
+                    "#rank": "rank",
+                    "#pool": "pool",
+                    "#name": "name",
+                },
+                # The refused write returns the item it found ("ReturnValuesOnConditionCheckFailure": DynamoDB
+                # API reference, UpdateItem): a duplicate is told from a skipped job without another read.
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except AwsCallError as exc:
+            if exc.code != CONDITION_FAILED:
+                raise
+            if not exc.item:
+                return JobWrite(False)
+            stored = self._load(exc.item)
+            return JobWrite(False, self._job(stored), bool(mark) and mark in stored.get(EVENT_MARKS, ()))
+        return JobWrite(True)
 
-    def reopen_skipped(self, job: JobRecord, now: datetime) -> bool:
+    def reopen_skipped(self, job: JobRecord, now: datetime, *, event_key: str = "") -> bool:
         values: dict[str, Any] = {
             ":status": job.status,
             ":rank": rank(job.status),
@@ -358,10 +422,13 @@ class DynamoStore(DynamoTable):
         if job.pool:
             values.update({":gpk": f"POOL#{job.pool}#JOBS", ":gsk": job.key, ":pool": job.pool})
             sets += [f"{GSI_POOL_PK} = :gpk", f"{GSI_POOL_SK} = :gsk", "#pool = :pool"]
+        expression, condition = "SET " + ", ".join(sets) + " REMOVE finished_at", "#status = :skipped"
+        if event_key:
+            expression, condition = _marked(expression, condition, values, event_mark(event_key))
         return self._conditional_update(
             {TABLE_PK: job.key, TABLE_SK: "JOB"},
-            "SET " + ", ".join(sets) + " REMOVE finished_at",
-            "#status = :skipped",
+            expression,
+            condition,
             values,
             {"#status": "status", "#rank": "rank", **({"#pool": "pool"} if job.pool else {})},
         )
@@ -851,6 +918,7 @@ class MemoryStore:
         self._faults: dict[tuple[str, str, str], Fault] = {}
         self._unrouted: set[str] = set()
         self._runners: dict[int, tuple[str, str]] = {}
+        self._marks: dict[str, set[str]] = {}  # job key -> event marks (DynamoStore's EVENT_MARKS)
 
     def record_job(self, job: JobRecord, now: datetime) -> bool:
         with self._lock:
@@ -877,11 +945,25 @@ class MemoryStore:
                 self._unrouted.add(job.key)
             return True
 
-    def reopen_skipped(self, job: JobRecord, now: datetime) -> bool:
+    def write_job(self, job: JobRecord, now: datetime, *, event_key: str = "") -> JobWrite:
+        # Through `record_job`, so that a subclass keeping indexes (the simulator's) sees every job write.
+        mark = event_mark(event_key) if event_key else ""
+        if mark and mark in self._marks.get(job.key, ()):
+            return JobWrite(False, self.jobs.get(job.key), duplicate=True)
+        if self.record_job(job, now):
+            if mark:
+                self._marks.setdefault(job.key, set()).add(mark)
+            return JobWrite(True)
+        return JobWrite(False, self.jobs.get(job.key))
+
+    def reopen_skipped(self, job: JobRecord, now: datetime, *, event_key: str = "") -> bool:
+        mark = event_mark(event_key) if event_key else ""
         with self._lock:
             old = self.jobs.get(job.key)
-            if old is None or old.status != "skipped":
+            if old is None or old.status != "skipped" or mark in self._marks.get(job.key, ()):
                 return False
+            if mark:
+                self._marks.setdefault(job.key, set()).add(mark)
             self.jobs[job.key] = replace(
                 old, status=job.status, pool=job.pool or old.pool, finished_at=None, updated_at=now
             )

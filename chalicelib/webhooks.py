@@ -3,8 +3,10 @@
 Strict about trust (constant-time token check), lenient about what it does not need (unknown events are
 accepted and ignored: a 4xx makes GitLab disable the hook after 4 failures). Never calls GitLab: a job whose
 tags are not cached yet is stored unrouted and resolved by the queue's consumer (chalicelib.jobs). At most
-four AWS calls on the hot path: the event key, the pipeline's cached tags (pending jobs only) or the runner's
-machine (jobs on a runner), the job's conditional write, and the dirty-pool message or the resolve ask.
+three AWS calls on a Job Hook's hot path: the pipeline's cached tags (pending jobs only) or the runner's
+machine (jobs on a runner), the job's conditional write, and the dirty-pool message or the resolve ask. That
+write is also the de-duplication: it marks the delivery's key on the job item and refuses a key marked before
+(chalicelib.store `write_job`). A Pipeline Hook, which writes no job, still writes its key first.
 With prewarm on in some pool, a Pipeline Hook adds the pipeline's state (estimate reads and one put) and a
 successful job its duration (a read and a write per estimate key).
 """
@@ -71,21 +73,36 @@ def receive(ports: Ports, headers: Mapping[str, str], body: bytes | str | None) 
     if isinstance(event, IgnoredEvent):
         return _ignored(ports, event)
     key = event_identity(lowered, event)
+    if isinstance(event, JobHook):
+        # No key item: the job's own write refuses a delivery applied before (Store.write_job).
+        try:
+            return _apply_job(ports, event, key)
+        except AwsCallError as exc:  # nothing half-applied: the job write is idempotent, the tick re-reads
+            return _unavailable("webhook not recorded", exc)
+    return _receive_pipeline(ports, event, key)
+
+
+def _receive_pipeline(ports: Ports, event: PipelineHook, key: str) -> Answer:
+    """A Pipeline Hook writes no job to de-duplicate it: its key is written first (`first_seen`), and
+    forgotten when the delivery could not be applied, so that its resend is."""
     try:
         if not ports.store.first_seen(key, ports.now()):
-            return Answer(200, {"status": "duplicate"}, "duplicate")
+            return _duplicate()
     except AwsCallError as exc:
         return _unavailable("event key not written", exc)
     try:
-        return _apply(ports, event)
+        return _apply_pipeline(ports, event, ports.gitlab_host)
     except AwsCallError as exc:
-        # Nothing half-applied survives: the job write is idempotent and the tick re-reads GitLab.
         try:
             ports.store.forget_event(key)
         except AwsCallError as forget:
             # The key expires with its TTL; until then a manual resend counts as a duplicate: the tick heals.
             logger.warning("event key kept", extra={"error": str(forget)})
         return _unavailable("webhook not recorded", exc)
+
+
+def _duplicate() -> Answer:
+    return Answer(200, {"status": "duplicate"}, "duplicate")
 
 
 def _ignored(ports: Ports, event: IgnoredEvent) -> Answer:
@@ -106,10 +123,8 @@ def _unavailable(what: str, exc: AwsCallError | NotFoundError) -> Answer:
     return Answer(503, {"error": "state store unavailable, retry"}, "unavailable")
 
 
-def _apply(ports: Ports, event: JobHook | PipelineHook) -> Answer:
+def _apply_job(ports: Ports, event: JobHook, key: str) -> Answer:
     gitlab = ports.gitlab_host  # one GitLab per deployment; X-Gitlab-Instance may spell it differently
-    if isinstance(event, PipelineHook):
-        return _apply_pipeline(ports, event, gitlab)
     result = ingest_job(
         job_event(event, gitlab),
         config=ports.config,
@@ -117,7 +132,10 @@ def _apply(ports: Ports, event: JobHook | PipelineHook) -> Answer:
         dirty=ports.queue,
         resolve=ports.queue,
         now=ports.now(),
+        event_key=key,
     )
+    if result.duplicate:
+        return _duplicate()
     if result.unroutable:
         ports.metrics.emit_count("UnroutableJobs", 1)
     elif result.pool and result.applied:

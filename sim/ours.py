@@ -116,8 +116,8 @@ class IndexedMemoryStore(MemoryStore):
             self._reindex(job.key)
         return changed
 
-    def reopen_skipped(self, job: JobRecord, now: datetime) -> bool:
-        reopened = super().reopen_skipped(job, now)
+    def reopen_skipped(self, job: JobRecord, now: datetime, *, event_key: str = "") -> bool:
+        reopened = super().reopen_skipped(job, now, event_key=event_key)
         if reopened:
             self._reindex(job.key)
         return reopened
@@ -635,10 +635,9 @@ class Ours:
         return config
 
     def _on_hook(self, event: HookEvent) -> None:
-        """`POST /webhooks/gitlab`: drop a duplicate by its identity, then record the job and mark dirty."""
-        now = self._world.now_dt()
-        if self._store.first_seen(f"{self._host}|job|{event.job_id}|{event.status}", now):
-            self._record(event, now)
+        """`POST /webhooks/gitlab`: record the job (its write drops a duplicate by the delivery's identity)
+        and mark dirty."""
+        self._record(event, self._world.now_dt())
 
     def _record(self, event: HookEvent, now: datetime) -> None:
         dt = self._world.dt
@@ -663,6 +662,7 @@ class Ours:
             dirty=self._queue,
             resolve=self._queue,
             now=now,
+            event_key=f"{self._host}|job|{event.job_id}|{event.status}",
         )
         if result.applied and event.status == "success" and self._prewarm:
             self._learn_duration(event, result.pool, now)

@@ -268,6 +268,31 @@ def test_only_a_skipped_job_can_be_reopened(store: Store) -> None:
     assert store.get_job("gitlab.example.com", 2).status == "success"  # type: ignore[union-attr]
 
 
+def test_a_job_write_refuses_a_delivery_applied_before_and_tells_what_is_stored(store: Store) -> None:
+    # GIVEN a job written pending by delivery "k1"
+    assert store.write_job(job("pending", 1), T0, event_key="k1").applied
+    # WHEN "k1" comes again, and a late "created" no delivery applied before
+    again = store.write_job(job("pending", 1), T0, event_key="k1")
+    late = store.write_job(job("created", 1), T0, event_key="k0")
+    # THEN both are refused with the stored job in hand; only the first is a duplicate delivery
+    assert (again.applied, again.duplicate, again.stored and again.stored.status) == (False, True, "pending")
+    assert (late.applied, late.duplicate, late.stored and late.stored.status) == (False, False, "pending")
+    assert store.write_job(job("running", 1), T0, event_key="k2").applied
+
+
+def test_a_skipped_job_reopened_is_never_skipped_again_by_the_same_delivery(store: Store) -> None:
+    # GIVEN a job that went pending ("k1"), was skipped ("k2"), then reopened by GitLab ("k3")
+    store.write_job(job("pending", 1), T0, event_key="k1")
+    store.write_job(job("skipped", 1), T0, event_key="k2")
+    assert not store.reopen_skipped(job("pending", 1), T0, event_key="k1")  # its old hook again: no
+    assert store.reopen_skipped(job("pending", 1), T0, event_key="k3")
+    # WHEN the skip's delivery comes again
+    resent = store.write_job(job("skipped", 1), T0, event_key="k2")
+    # THEN it is refused as a duplicate, though `skipped` ranks above `pending`
+    assert (resent.applied, resent.duplicate) == (False, True)
+    assert store.get_job("gitlab.example.com", 1).status == "pending"  # type: ignore[union-attr]
+
+
 def test_a_suspicion_remembers_when_it_was_first_seen(store: Store) -> None:
     assert store.suspect("runner#1", T0) == T0
     assert store.suspect("runner#1", T0 + timedelta(minutes=3)) == T0

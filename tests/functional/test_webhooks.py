@@ -286,7 +286,7 @@ def test_webhook_to_machine_end_to_end(gitlab_stack: Stack, fake_gitlab: FakeGit
     assert len(instances) == 2 and all(i["ProtectedFromScaleIn"] for i in instances)
 
 
-def test_hot_path_makes_at_most_four_aws_calls_and_no_gitlab_call(
+def test_hot_path_makes_at_most_three_aws_calls_and_no_gitlab_call(
     gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
 ) -> None:
     # GIVEN a warm container (token cache, queue URL)
@@ -300,11 +300,14 @@ def test_hot_path_makes_at_most_four_aws_calls_and_no_gitlab_call(
         post(client, p.hook(job_id, "pending"))
         calls.append(gitlab_stack.runtime.aws.total_calls - before)
         gitlab_stack.resolve_asks()
-    # THEN each made four AWS calls (event key, cached tags, job write, resolve ask or dirty message), and
-    # the webhook asked GitLab nothing (the one pipeline-jobs call was pool_dirty's)
-    assert calls == [4, 4]
+    # THEN each made three AWS calls (cached tags, job write, resolve ask or dirty message): the job write is
+    # the de-duplication, so no event key item is written; and the webhook asked GitLab nothing (the one
+    # pipeline-jobs call was pool_dirty's)
+    assert calls == [3, 3]
     assert sum(fake_gitlab.requests.values()) - gitlab_before == 1
     assert fake_gitlab.request_count("GET", PIPELINE_JOBS) == 1
+    items = gitlab_stack.aws.paginate("dynamodb", "scan", "Items", TableName=gitlab_stack.runtime.names.table)
+    assert not [i for i in items if str(i["pk"]["S"]).startswith("EVENT#")]
 
 
 def test_a_started_job_reports_how_long_it_waited(
@@ -402,6 +405,48 @@ def test_any_order_and_duplication_of_job_hooks_stores_the_same_jobs(
         assert stored_by_index(gitlab_stack, hooks) == expected
 
     arrive_shuffled()
+
+
+@pytest.mark.parametrize("keyed", [True, False], ids=["idempotency-key", "identity-hash"])
+def test_resent_hooks_around_a_skip_change_nothing(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client, keyed: bool
+) -> None:
+    """GitLab skips a pending job when an earlier one fails, and reopens it (same id) when that one is
+    retried (`Ci::ResetSkippedJobsService`). No event key item is written for a Job Hook: the job's own write
+    refuses a delivery it applied before, so neither resend here moves the job."""
+    p = Pipeline(gitlab_stack, fake_gitlab)
+    j = p.job_ids[0]
+    key = {"pending": "k-pending", "skipped": "k-skipped", "reopened": "k-reopened"}
+    pending_body = p.hook(j, "pending")
+    skipped_body = p.hook(j, "skipped")
+
+    def deliver(body: dict[str, Any], name: str) -> Any:
+        return post(client, body, idempotency_key=key[name] if keyed else None)
+
+    # GIVEN a job that went pending, then was skipped
+    assert deliver(pending_body, "pending").status_code == 202
+    assert deliver(skipped_body, "skipped").status_code == 202
+    gitlab_stack.resolve_asks()
+    gitlab_stack.queued_pools()
+    # WHEN its pending hook is resent
+    answer = deliver(pending_body, "pending")
+    # THEN it is a duplicate: the job stays skipped and no pool is marked dirty
+    assert answer.status_code == 200 and json.loads(answer.body)["status"] == "duplicate"
+    assert job(gitlab_stack, j).status == "skipped"
+    assert gitlab_stack.resolve_asks() == 0 and gitlab_stack.queued_pools() == []
+    if not keyed:
+        # Without Idempotency-Key a real reopening's pending hook hashes as the first one did: it is taken for
+        # a resend, and the tick's lost-job scan reopens the job from GitLab's own list (chalicelib.heal).
+        return
+    # WHEN GitLab really reopens it (a new delivery), then the skip's hook is resent
+    assert deliver(p.hook(j, "pending"), "reopened").status_code == 202
+    assert job(gitlab_stack, j).status == "pending"
+    answer = deliver(skipped_body, "skipped")
+    # THEN the reopened job stays pending: `skipped` ranks higher, but that delivery was applied before
+    assert answer.status_code == 200 and json.loads(answer.body)["status"] == "duplicate"
+    assert job(gitlab_stack, j).status == "pending"
+    items = gitlab_stack.aws.paginate("dynamodb", "scan", "Items", TableName=gitlab_stack.runtime.names.table)
+    assert not [i for i in items if str(i["pk"]["S"]).startswith("EVENT#")]
 
 
 def test_a_pending_hook_arriving_after_running_still_leaves_the_job_tags(

@@ -1,5 +1,5 @@
 """`POST /webhooks/gitlab` when AWS fails past every retry: a 503 with a reason, never a 500, nothing
-half-written, and a later delivery of the same event is applied (the event key was not kept)."""
+half-written, and a later delivery of the same event is applied (no mark of it was kept on the job)."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ def client() -> Iterator[Client]:
 
 @pytest.mark.parametrize(
     "operation",
-    ["secretsmanager.GetSecretValue", "dynamodb.PutItem", "dynamodb.UpdateItem"],
-    ids=["token-secret", "event-key", "job-write"],
+    ["secretsmanager.GetSecretValue", "dynamodb.GetItem", "dynamodb.UpdateItem"],
+    ids=["token-secret", "tag-cache-read", "job-write"],
 )
 def test_an_aws_outage_is_a_503_and_the_resend_is_applied(
     gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client, operation: str
