@@ -24,16 +24,24 @@ from chalicelib.aws import AwsClients
 from chalicelib.config import Config, load_config
 from chalicelib.events.timestamps import utc_now
 from chalicelib.fleet import AsgFleet
-from chalicelib.parameters import read_parameter
+from chalicelib.parameters import ConfigWatch, read_parameter
 from chalicelib.ports import CertPorts, Ports
 from chalicelib.queue import DeadLetterQueue, DirtyQueue, queue_url
-from chalicelib.resources import ENV_QUEUE_URL, ENV_TABLE, Names, names_from_env
+from chalicelib.resources import (
+    ENV_CONFIG_FILE,
+    ENV_CONFIG_PARAM,
+    ENV_QUEUE_URL,
+    ENV_TABLE,
+    Names,
+    names_from_env,
+)
 from chalicelib.secrets import AwsSecrets, SecretCache
 from chalicelib.store import DynamoStore
 from chalicelib.tracing import Tracing, from_environment
 
 if TYPE_CHECKING:
     from chalicelib.hosts import Ec2Hosts
+    from chalicelib.metrics import Metrics
     from chalicelib.pipelines import DynamoPipelines
     from chalicelib.reconcile import Reconciler, RunnerControl
 
@@ -48,6 +56,7 @@ class Runtime:
         aws: AwsClients | None = None,
         config: Config | None = None,
         gitlab: RunnerControl | Any | None = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -56,6 +65,9 @@ class Runtime:
         self._aws = aws
         self._config = config
         self._gitlab = gitlab
+        #: Whether this Runtime built the GitLab adapter from config (then a new config may rebuild it).
+        self._gitlab_from_config = False
+        self._metrics = metrics
         self.clock = clock
         self._monotonic = monotonic
         self.sleep = sleep
@@ -80,11 +92,48 @@ class Runtime:
             tracing=self.tracing,
         )
 
-    @cached_property
+    @property
     def config(self) -> Config:
+        """The config: the one installed, else the file (read once), else the SSM parameter, whose version
+        is checked at most once a minute so a hand edit reaches this warm container (`config_watch`)."""
         if self._config is not None:
             return self._config
+        watch = self.config_watch
+        return watch.current() if watch is not None else self._file_config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        """Install `config` for the following invocations (tests, the replay): no parameter is read then."""
+        self._config = config
+
+    @cached_property
+    def config_watch(self) -> ConfigWatch | None:
+        """The SSM parameter's watch, when the config lives in a parameter (RUNNER_SCALER_CONFIG_PARAM and no
+        RUNNER_SCALER_CONFIG file); its clock is this container's monotonic one."""
+        name = self.environ.get(ENV_CONFIG_PARAM)
+        if self.environ.get(ENV_CONFIG_FILE) or not name:
+            return None
+        return ConfigWatch(
+            self.aws,
+            name,
+            clock=self._monotonic,
+            metrics=lambda: self.metrics,
+            on_change=self._config_changed,
+        )
+
+    @cached_property
+    def _file_config(self) -> Config:
         return load_config(self.environ, self._read_parameter)
+
+    def _config_changed(self, old: Config, new: Config) -> None:
+        """Forget what this container derived from the old config: the GitLab adapter and host (when the
+        `[gitlab]` table changed and the adapter was built here) and the dedicated-hosts adapter."""
+        if old.gitlab != new.gitlab:
+            with self._lock:
+                if self._gitlab_from_config:
+                    self._gitlab, self._gitlab_from_config = None, False
+            self.__dict__.pop("gitlab_host", None)
+        self.__dict__.pop("hosts", None)
 
     def _read_parameter(self, name: str) -> str:
         return read_parameter(self.aws, name)
@@ -122,20 +171,27 @@ class Runtime:
         )
 
     @cached_property
+    def metrics(self) -> Metrics:
+        """The metrics port: the one installed, else EMF log lines (CloudWatch reads them from the logs)."""
+        if self._metrics is not None:
+            return self._metrics
+        from chalicelib.metrics import EmfMetrics  # powertools' metrics: not on `import app`'s path
+
+        return EmfMetrics()
+
+    @cached_property
     def ports(self) -> Ports:
         """What the webhook, tick, pool-dirty, machine-event and alarm use cases are given.
 
         Providers read this Runtime's attributes when called, so costly adapters are still built on first
         use, once per container, and an attribute a test or the replay replaced is the one handed out.
         """
-        from chalicelib.metrics import EmfMetrics  # powertools' metrics: not on `import app`'s path
-
         return Ports(
             names=self.names,
             store=self.store,
             fleet=self.fleet,
             secrets=self.secrets,
-            metrics=EmfMetrics(),
+            metrics=self.metrics,
             clock=self.now,
             sleep=lambda seconds: self.sleep(seconds),
             certs=self.cert_ports,
@@ -180,6 +236,7 @@ class Runtime:
                     obey_rate_limit=False,
                     tracing=self.tracing,
                 )
+                self._gitlab_from_config = True
             return self._gitlab
 
     def _ca_bundle_path(self) -> str | None:

@@ -21,10 +21,12 @@ from botocore.exceptions import ClientError
 from chalice.test import Client
 
 from app import app
+from chalicelib.errors import AwsCallError
+from chalicelib.runtime import Runtime
 from chalicelib.secrets import AWSCURRENT, AwsSecrets
 from chalicelib.store import Fault
 from tests.functional.certs_fixtures import start_rotation
-from tests.functional.conftest import WEBHOOK_TOKENS, IamStack, describe_group
+from tests.functional.conftest import FIXTURES, WEBHOOK_TOKENS, IamStack, describe_group
 from tests.functional.test_alarms import alarm_message
 from toolkit.devtools.fake_gitlab import JobSpec
 from toolkit.samples import job_hook_payload, webhook_headers
@@ -217,3 +219,43 @@ def test_without_the_table_grant_the_webhook_fails(iam_stack: IamStack) -> None:
         response = pending_hook(client, iam_stack)
     assert response.status_code >= 500
     assert "dynamodb:PutItem" in denied_actions(iam_stack) or "dynamodb:GetItem" in denied_actions(iam_stack)
+
+
+def parameter_runtime(iam: IamStack) -> Runtime:
+    """The deployed wiring: the app's own credentials, the config in the parameter only, its monotonic clock
+    following the test's."""
+    stack = iam.stack
+    return Runtime(
+        {**stack.runtime.environ, "RUNNER_SCALER_CONFIG_PARAM": "/test/config"},
+        aws=stack.runtime.aws,
+        clock=stack.runtime.clock,
+        monotonic=lambda: stack.clock[0].timestamp(),
+    )
+
+
+def put_config(iam: IamStack, text: str) -> None:
+    """The operator's `aws ssm put-parameter --overwrite` (an administrator, not the app)."""
+    iam.stack.aws.call("ssm", "put_parameter", Name="/test/config", Value=text, Type="String", Overwrite=True)
+
+
+def test_the_config_parameter_is_read_and_its_new_version_taken_under_the_policy(iam_stack: IamStack) -> None:
+    """The version check is GetParameter on the one parameter (chalicelib/parameters.py): the grant both
+    deploy paths already carry, no DescribeParameters on `*`."""
+    text = (FIXTURES / "scaler.toml").read_text(encoding="utf-8")
+    put_config(iam_stack, text)
+    rt = parameter_runtime(iam_stack)
+    assert rt.config.pool("linux").max_instances == 5
+    # WHEN the operator lowers max_instances by hand, and a minute passes
+    put_config(iam_stack, text.replace("max_instances = 5", "max_instances = 2", 1))
+    iam_stack.stack.advance(seconds=61)
+    # THEN the app's next read takes version 2, and every call it made was allowed
+    assert rt.config.pool("linux").max_instances == 2
+    assert denied_actions(iam_stack) == set()
+
+
+@pytest.mark.without_grants("ConfigParameter")
+def test_without_the_config_parameter_grant_a_cold_container_cannot_start(iam_stack: IamStack) -> None:
+    put_config(iam_stack, (FIXTURES / "scaler.toml").read_text(encoding="utf-8"))
+    with pytest.raises(AwsCallError, match="AccessDenied"):
+        _ = parameter_runtime(iam_stack).config
+    assert denied_actions(iam_stack) == {"ssm:GetParameter"}

@@ -82,7 +82,7 @@ def with_docker_tls(stack: Stack) -> None:
         p.model_copy(update={"docker_tcp_tls": True}) if p.name == "linux" else p for p in stack.config.pools
     )
     stack.config = stack.config.model_copy(update={"pools": pools})
-    stack.runtime.__dict__["config"] = stack.config
+    stack.runtime.config = stack.config
 
 
 def test_launch_creates_the_runner_and_the_machine_secret(world: Any, fake_gitlab: FakeGitLab) -> None:
