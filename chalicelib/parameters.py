@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from chalicelib.aws import AwsClients
@@ -22,9 +23,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: How often a container asks whether the config parameter changed (seconds of its monotonic clock). With
-#: the one-minute tick this bounds how long a warm container runs an edited config's old version
-#: (docs/operations.md, "Config changes").
+#: How often a container asks whether the config parameter changed (seconds). Every invocation that reads
+#: the config therefore runs a version that was current at most this long before (docs/operations.md,
+#: "Config changes").
 CONFIG_CHECK_SECONDS = 60.0
 
 
@@ -59,7 +60,10 @@ def read_parameter(aws: AwsClients, name: str) -> str:
 
 class ConfigWatch:
     """The deployed config read from an SSM parameter, checked for a new version at most once per
-    `interval` seconds of `clock` (monotonic, injected so tests never sleep).
+    `interval` seconds of `clock` (injected, so tests never sleep).
+
+    The clock is the wall clock, not a monotonic one: Lambda freezes a container between invocations, and
+    the interval must count that time too. A clock that went back (before the last check) makes a check due.
 
     A new version is parsed and validated before it replaces the config in use. An invalid one is refused:
     the last good config stays in use, an error is logged (the parameter, both versions and the problems by
@@ -74,7 +78,7 @@ class ConfigWatch:
         aws: AwsClients,
         name: str,
         *,
-        clock: Callable[[], float],
+        clock: Callable[[], datetime],
         metrics: Callable[[], Metrics],
         interval: float = CONFIG_CHECK_SECONDS,
         on_change: Callable[[Config, Config], None] = lambda _old, _new: None,
@@ -88,7 +92,7 @@ class ConfigWatch:
         self._lock = threading.Lock()
         self._config: Config | None = None
         self._version = 0
-        self._checked = 0.0
+        self._checked: datetime | None = None
 
     @property
     def version(self) -> int:
@@ -105,7 +109,8 @@ class ConfigWatch:
                 self._version, self._checked = first.version, now
                 return self._config
             in_use = self._config
-            if now - self._checked < self._interval:
+            elapsed = (now - self._checked).total_seconds() if self._checked else self._interval
+            if 0 <= elapsed < self._interval:
                 return in_use
             self._checked = now
             fresh = self._check(in_use)

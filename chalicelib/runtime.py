@@ -109,14 +109,14 @@ class Runtime:
     @cached_property
     def config_watch(self) -> ConfigWatch | None:
         """The SSM parameter's watch, when the config lives in a parameter (RUNNER_SCALER_CONFIG_PARAM and no
-        RUNNER_SCALER_CONFIG file); its clock is this container's monotonic one."""
+        RUNNER_SCALER_CONFIG file), on this Runtime's clock."""
         name = self.environ.get(ENV_CONFIG_PARAM)
         if self.environ.get(ENV_CONFIG_FILE) or not name:
             return None
         return ConfigWatch(
             self.aws,
             name,
-            clock=self._monotonic,
+            clock=self.now,
             metrics=lambda: self.metrics,
             on_change=self._config_changed,
         )

@@ -1,7 +1,7 @@
 """A hand edit of the config parameter reaches a warm container within a bound, through the Chalice app.
 
-The container reads the SSM parameter once, then asks for its version at most once a minute (by its
-monotonic clock, here tied to the test's clock) when a handler reads the config: a valid new version
+The container reads the SSM parameter once, then asks for its version at most once a minute (by the
+wiring's clock, the test's here) when a handler reads the config: a valid new version
 replaces the config in use; an invalid one is refused, the last good config stays, and `ConfigRejected`
 is emitted. GetParameter answers the value with its `Version` (AWS Systems Manager API Reference,
 "GetParameter"), and `put-parameter --overwrite` makes a new version (AWS CLI reference, "put-parameter").
@@ -38,8 +38,8 @@ def put_config(stack: Stack, text: str) -> int:
 
 
 def parameter_runtime(stack: Stack, aws: AwsClients) -> Runtime:
-    """The deployed wiring: the config lives in the parameter only (no file, none installed), and the
-    container's monotonic clock follows the test's clock."""
+    """The deployed wiring: the config lives in the parameter only (no file, none installed), on the
+    test's clock."""
     return Runtime(
         {
             "RUNNER_SCALER_PREFIX": "test",
@@ -48,7 +48,6 @@ def parameter_runtime(stack: Stack, aws: AwsClients) -> Runtime:
         },
         aws=aws,
         clock=lambda: stack.clock[0],
-        monotonic=lambda: stack.clock[0].timestamp(),
     )
 
 
@@ -199,3 +198,14 @@ def test_the_first_read_of_an_invalid_parameter_fails_the_invocation(stack: Stac
     with pytest.raises(ConfigError, match=r"ssm:/test/config"):
         _ = runtime.config
 
+
+
+def test_a_clock_that_went_back_makes_the_check_due(stack: Stack) -> None:
+    """The interval is measured on the wall clock (Lambda freezes containers between invocations, and the
+    interval must count that time); a step back must not hold the old version for as long as the step."""
+    put_config(stack, V1)
+    runtime = parameter_runtime(stack, stack.aws)
+    assert runtime.config.pool("linux").max_instances == 5
+    put_config(stack, V2_MAX_2)
+    stack.advance(seconds=-5)
+    assert runtime.config.pool("linux").max_instances == 2

@@ -222,14 +222,12 @@ def test_without_the_table_grant_the_webhook_fails(iam_stack: IamStack) -> None:
 
 
 def parameter_runtime(iam: IamStack) -> Runtime:
-    """The deployed wiring: the app's own credentials, the config in the parameter only, its monotonic clock
-    following the test's."""
+    """The deployed wiring: the app's own credentials, the config in the parameter only, the test's clock."""
     stack = iam.stack
     return Runtime(
         {**stack.runtime.environ, "RUNNER_SCALER_CONFIG_PARAM": "/test/config"},
         aws=stack.runtime.aws,
         clock=stack.runtime.clock,
-        monotonic=lambda: stack.clock[0].timestamp(),
     )
 
 
