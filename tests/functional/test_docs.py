@@ -269,6 +269,30 @@ def test_every_relative_link_resolves() -> None:
     assert broken == [], "\n".join(broken)
 
 
+def test_the_quota_sums_use_the_traffic_table_they_cite() -> None:
+    """operations.md turns the traffic table's per-job calls into "how far before the first limit": when the
+    table is re-measured, the per-job figures and the GitLab.com bound must follow it."""
+    # GIVEN operations.md's traffic table (ours) and the trace's job count it was measured on
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    jobs = int(re.search(r"\(([\d,]+) jobs, seed", text).group(1).replace(",", ""))  # type: ignore[union-attr]
+    row = re.search(r"^\| ours \| (.+) \|$", text, re.MULTILINE).group(1).split(" | ")  # type: ignore[union-attr]
+    dynamodb, autoscaling, _ec2, gitlab, secrets, sqs = (int(c.replace(",", "")) for c in row[:6])
+    # WHEN the quota section's per-job figures are read
+    said = re.search(
+        r"makes ([\d.]+) DynamoDB requests, ([\d.]+) Auto Scaling calls, ([\d.]+) GitLab calls, ([\d.]+) "
+        r"Secrets\s+Manager calls and ([\d.]+) SQS messages",
+        text,
+    )
+    assert said is not None, "the quota section's per-job sentence is gone"
+    # THEN each is the table's count over the jobs, to the digits written
+    for written, count in zip(said.groups(), (dynamodb, autoscaling, gitlab, secrets, sqs), strict=True):
+        digits = len(written.partition(".")[2])
+        assert float(written) == round(count / jobs, digits), (written, count, jobs)
+    # AND the GitLab.com bound (2,000 requests a minute per user) is computed from the GitLab figure
+    bound = int(2000 * 60 / float(said.group(3)) // 100 * 100)
+    assert f"about {bound:,} jobs an hour" in text
+
+
 def test_what_the_readme_says_about_the_committed_bench_still_holds() -> None:
     # GIVEN the committed bench results, which the README's simulator section sums up
     scenarios = json.loads((ROOT / "bench" / "results.json").read_text(encoding="utf-8"))["scenarios"]
