@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from chalicelib import metrics
 from chalicelib.capacity import Demand, Machine, MachineState, PoolPlan, plan_pool
+from chalicelib.capacity.engine import slots_per_new_machine
 from chalicelib.capacity.fallback import can_fall_back, preferred_types
 from chalicelib.capacity.hosts import HostPlan, plan_hosts
 from chalicelib.capacity.warm import (
@@ -175,10 +176,13 @@ def _demand(snapshot: PoolSnapshot) -> Demand:
         if r.drain_reason == "spot" and pool.retry_interrupted_jobs
     )
     pending = sum(1 for j in snapshot.jobs if j.status == "pending")
+    group = snapshot.group
+    warm = group.warm_size * slots_per_new_machine(pool) if group.warm_pool is not None else 0
     return Demand(
         pending=pending - snapshot.unpickable + rescued,
         running=sum(1 for j in snapshot.jobs if j.status in HOLDS_SLOT),
         prewarm=snapshot.prewarm,
+        warm=warm,
     )
 
 

@@ -25,6 +25,19 @@ def idle_target(policy: Policy, in_use: int) -> int:
     return max(policy.idle_count, scaled)
 
 
+def idle_in_group(policy: Policy, target: int, warm: int) -> int:
+    """The idle slots to keep in the group itself, of an idle `target`, with `warm` slots in its warm pool.
+
+    `idle_count` stays in the group: the operator's floor of runners ready now. The scale-factor headroom
+    above it exists to absorb growth while new machines start, and the warm pool does that job: a warm
+    machine is a slot that arrives after its warm-start time, as a booting one arrives after its boot (and
+    a booting machine already counts toward the target, here and in taskscaler). Pending jobs are never
+    covered by warm slots: they get launches, which take warm machines first.
+    """
+    floor = min(target, policy.idle_count)
+    return max(floor, target - max(0, warm))
+
+
 def machine_free_slots(pool: Pool, machine: Machine) -> int:
     """Slots a machine can still take: free capacity, bounded by the jobs left before `max_use_count`."""
     if machine.state is MachineState.DRAINING:
@@ -64,7 +77,8 @@ def plan_pool(
 
     free = sum(machine_free_slots(pool, m) for m in kept)
     target = idle_target(policy, demand.in_use)
-    need = demand.pending + target + demand.prewarm - free
+    idle_now = idle_in_group(policy, target, demand.warm)
+    need = demand.pending + idle_now + demand.prewarm - free
 
     launch = 0
     capped: list[str] = []
@@ -74,6 +88,7 @@ def plan_pool(
             launch, capped = 0, [*capped, halted]
         reasons.append(
             f"launch {launch}: {demand.pending} pending + {target} idle target"
+            + (f" - {target - idle_now} warm" if target > idle_now else "")
             + (f" + {demand.prewarm} prewarm" if demand.prewarm else "")
             + f" > {free} free slots"
             + (f" (capped by {', '.join(capped)})" if capped else "")

@@ -49,6 +49,10 @@ class Demand:
     pending: int = 0
     running: int = 0
     prewarm: int = 0
+    #: Slots waiting in the group's warm pool. They arrive after the warm-start time, not now: they count
+    #: toward the idle target, as a booting machine's slots do, never toward pending jobs (a pending job
+    #: takes one by a launch).
+    warm: int = 0
 
     @property
     def in_use(self) -> int:

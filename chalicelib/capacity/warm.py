@@ -115,7 +115,7 @@ def size_warm_pool(
     machines = min(max(wanted, kept), pool.max_instances)
     reason = (
         f"{burst} arrivals in {refill_s:.0f} s, idle_count {scheduled} ahead, {prewarm_slots} prewarm"
-        + (f", {kept} held while busy" if kept > wanted else "")
+        + (f", {kept} kept {'while busy' if busy else 'while quiet'}" if kept > wanted else "")
         + f" -> {machines} (max_instances {pool.max_instances})"
     )
     return WarmPoolSize(pool.name, machines, reason, state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -54,6 +55,18 @@ class TestScaleUp:
     def test_idle_count_keeps_warm_machines(self) -> None:
         p = pool(policy=[{"idle_count": 2}])
         assert plan_pool(p, Demand(), [], T0).launch == 2
+
+    def test_warm_slots_cover_the_scale_factor_headroom_never_idle_count_nor_pending_jobs(self) -> None:
+        # GIVEN idle_count 1 and a scale factor that asks 4 idle slots for 8 jobs in use
+        p = pool(max_instances=50, policy=[{"idle_count": 1, "scale_factor": 0.5, "scale_factor_limit": 4}])
+        busy = [machine(f"i-{n}", "busy", running_jobs=1, jobs_started=1) for n in range(8)]
+        # WHEN the warm pool holds nothing THEN the 4 idle slots launch
+        assert plan_pool(p, Demand(running=8), busy, T0).launch == 4
+        # WHEN it holds 10 (they start in seconds) THEN only idle_count's 1 runs idle in the group
+        covered = plan_pool(p, Demand(running=8, warm=10), busy, T0)
+        assert covered.launch == 1 and "3 warm" in covered.summary()
+        # AND pending jobs still launch one machine each (a launch takes a warm machine first)
+        assert plan_pool(p, Demand(pending=3, running=8, warm=10), busy, T0).launch == 4
 
     def test_capped_by_max_instances(self) -> None:
         plan = plan_pool(pool(max_instances=4), Demand(pending=10), [machine("i-1", "busy")], T0)
@@ -165,7 +178,13 @@ pools_st = st.builds(
     st.integers(0, 5),
     st.floats(0, 1),
 )
-demands = st.builds(Demand, pending=st.integers(0, 30), running=st.integers(0, 30), prewarm=st.integers(0, 3))
+demands = st.builds(
+    Demand,
+    pending=st.integers(0, 30),
+    running=st.integers(0, 30),
+    prewarm=st.integers(0, 3),
+    warm=st.integers(0, 10),
+)
 
 
 @settings(max_examples=500)
@@ -189,5 +208,27 @@ def test_never_removes_a_machine_with_a_job(p, demand, machines) -> None:  # typ
 @given(pools_st, demands, fleets(), st.integers(1, 20))
 def test_desired_is_monotone_in_pending_jobs(p, demand, machines, more) -> None:  # type: ignore[no-untyped-def]
     low = plan_pool(p, demand, machines, T0)
-    high = plan_pool(p, Demand(demand.pending + more, demand.running, demand.prewarm), machines, T0)
+    high = plan_pool(p, replace(demand, pending=demand.pending + more), machines, T0)
     assert high.desired >= low.desired
+
+
+@settings(max_examples=300)
+@given(pools_st, demands, fleets(), st.integers(0, 20))
+def test_more_warm_slots_never_launch_more_and_never_drop_idle_count_or_pending(  # type: ignore[no-untyped-def]
+    p, demand, machines, more
+) -> None:
+    cold = plan_pool(p, replace(demand, warm=0), machines, T0)
+    warm = plan_pool(p, replace(demand, warm=demand.warm + more), machines, T0)
+    base = plan_pool(p, demand, machines, T0)
+    assert warm.desired <= base.desired <= cold.desired
+    # What the warm pool may replace is only the scale-factor headroom above idle_count: the group still
+    # asks for every pending job and for idle_count (within max_instances and growth).
+    floor = replace(demand, warm=10**6)
+    policy = p.active_policy(T0)
+    unwarmed = plan_pool(
+        p.model_copy(update={"policy": (policy.model_copy(update={"scale_factor": 0.0}),)}),
+        replace(demand, warm=0),
+        machines,
+        T0,
+    )
+    assert plan_pool(p, floor, machines, T0).desired >= unwarmed.desired

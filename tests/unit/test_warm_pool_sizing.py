@@ -236,7 +236,7 @@ def test_a_busy_pool_keeps_the_size_it_holds_and_a_quiet_one_falls_to_one() -> N
     one_now = [T0 - timedelta(seconds=5)]
     # WHEN a job arrived within the window THEN the pool keeps its 6, not the 1 the job asks for
     busy = size_warm_pool(pool(), T0, arrivals=one_now, prewarm_slots=0, refill_s=REFILL_S, held=6)
-    assert busy.machines == 6 and "6 held while busy" in busy.reason
+    assert busy.machines == 6 and "6 kept while busy" in busy.reason
     # AND a scheduled idle_count keeps it busy without any job
     scheduled = pool(policy=[{"idle_count": 1}])
     assert (
