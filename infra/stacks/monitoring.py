@@ -184,6 +184,24 @@ class Monitoring(Construct):
                     "excludes the project. `runner-scaler status` shows the pool's machines."
                 ),
             )
+        self._alarm(
+            "ConfigRejected",
+            f"{prefix}-config-rejected",
+            namespace=NAMESPACE,
+            metric="ConfigRejected",
+            dimensions=settings.metric_dimensions(),
+            statistic="Sum",
+            threshold=1,
+            periods=(1, 1),
+            period_seconds=300,
+            runbook=(
+                f"The config parameter /{prefix}/config holds a version that does not validate: every "
+                "warm function keeps the last good config and says so once a minute (`config rejected` "
+                "in its log names both versions and the problems by field). A cold container cannot start "
+                "until it is fixed. Run `runner-scaler validate-config` on the file and put it again, or "
+                "roll back to the previous version (docs/operations.md, Config changes)."
+            ),
+        )
         for step in TICK_STEPS:
             runs = _tick_step_runs_per_hour(step)
             self._alarm(

@@ -534,6 +534,22 @@ def test_every_tick_step_and_the_failed_events_queue_have_an_alarm(real: Synth) 
     assert failed["Dimensions"] == [{"Name": "QueueName", "Value": f"{PREFIX}-failed-events"}]
 
 
+def test_a_rejected_config_version_has_an_alarm_on_the_metric_the_app_emits(real: Synth) -> None:
+    """ConfigRejected (chalicelib/parameters.py) is emitted with no dimension of its own: the alarm watches it
+    under the only dimension EMF adds, Powertools' `service`, as the per-pool alarms do."""
+    env = real.raw["Resources"]["Tick"]["Properties"]["Environment"]["Variables"]
+    real.template.has_resource_properties(
+        "AWS::CloudWatch::Alarm",
+        {
+            "AlarmName": f"{PREFIX}-config-rejected",
+            "Namespace": "RunnerScaler",
+            "MetricName": "ConfigRejected",
+            "Dimensions": [{"Name": "service", "Value": env["POWERTOOLS_SERVICE_NAME"]}],
+            "Threshold": 1,
+        },
+    )
+
+
 def test_the_tick_and_machine_event_functions_have_error_alarms(real: Synth) -> None:
     alarms = real.resources("AWS::CloudWatch::Alarm").values()
     lambda_alarms = {
