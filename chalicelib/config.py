@@ -513,6 +513,17 @@ class GitLabConfig(_Model):
 CertKeyAlgorithm = Literal["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
 
 
+#: The drain's default wait between pausing a runner and asking GitLab what it runs. GitLab's
+#: `POST /jobs/request` checks `active?` once, then `Ci::RegisterJobService` assigns a job without checking
+#: again (gitlabhq `lib/api/ci/runner.rb`, `app/services/ci/register_job_service.rb`), so a request in flight
+#: at the pause can still be given a job. With long polling on, Workhorse holds a runner's request until its
+#: queue changes or `-apiCiLongPollingDuration` passes (GitLab docs, "Long polling": 50 s, the figure
+#: GitLab.com runs; the flag's own default is 50 ns, i.e. off), and gitlab-runner gives up on the request far
+#: later than that (gitlab-runner `network/client.go`: ResponseHeaderTimeout 10 min; `common/consts.go`:
+#: DefaultNetworkClientTimeout 60 min). 60 s covers the 50 s poll with 10 s for Rails to assign.
+DRAIN_WINDOW = timedelta(seconds=60)
+
+
 class ScalerConfig(_Model):
     """Scaler-wide knobs."""
 
@@ -524,10 +535,10 @@ class ScalerConfig(_Model):
     orphan_confirm_after: Duration = timedelta(minutes=2)
     lease_duration: Duration = timedelta(seconds=50)
     #: How long after pausing a runner the drain waits before its GitLab re-check (two-phase: the machine is
-    #: terminated by a later reconcile). GitLab's `/jobs/request` checks `active?` once and then assigns, and
-    #: Workhorse holds a runner's request up to `-apiCiLongPollingDuration` (50 s as GitLab's docs set it),
-    #: so a job may land that long after the pause; 0 re-checks at once (one reconcile, as before).
-    drain_window: Duration = timedelta(0)
+    #: terminated by a later reconcile). See DRAIN_WINDOW; machines that provably take no job skip the wait
+    #: (chalicelib.drain.takes_no_job). 0 re-checks at once, in the reconcile that paused: a job assigned
+    #: after the pause may then land on a machine being terminated.
+    drain_window: Duration = DRAIN_WINDOW
     #: Up to this many pools the tick reconciles them itself; above, it queues one "pool dirty" message per
     #: pool, so each reconcile runs in its own invocation and one invocation's CPU never grows with the fleet.
     tick_inline_pools: Int = Field(10, ge=0)

@@ -7,8 +7,9 @@
    slipped in cancels the removal (runner unpaused, drain stopped).
 4. Terminate (once: a machine already leaving is not decremented again).
 
-A runner GitLab no longer knows (404) can take no job: the machine is terminated. Imports adapters'
-Protocols and the store; no boto3.
+A runner GitLab no longer knows (404) can take no job: the machine is terminated. So is one with no runner
+at all, and one whose `run-single` has provably exited (`takes_no_job`): neither waits out the window.
+Imports adapters' Protocols and the store; no boto3.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 
 from chalicelib.errors import GitLabError, GitLabNotFoundError
 from chalicelib.fleet import Fleet
-from chalicelib.store import MachineRecord, Store
+from chalicelib.store import TERMINAL, MachineRecord, Store
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,28 @@ def runner_gone(exc: Exception) -> bool:
     return isinstance(exc, GitLabNotFoundError) or (isinstance(exc, GitLabError) and exc.status == 404)
 
 
+def takes_no_job(record: MachineRecord, max_use_count: int, status_of: Callable[[int], str | None]) -> bool:
+    """The machine's `run-single` has exited, so its runner sends no job request that the pause could race.
+
+    `run-single --max-builds N` counts a build once it has run (`postBuild`), and after N stops its loop:
+    "This runner has processed its build limit, so now exiting" (gitlab-runner `commands/single.go`,
+    `checkFinishedConditions`). We count a job when it starts on the machine, which matches, except for a
+    job canceled before the runner's first update: `processBuild` returns on `UpdateAbort` or
+    `CancelRequested` without `postBuild`, so run-single asks for one more job. Hence: the machine has started
+    `max_use_count` jobs, runs none, and each of them is known to have ended other than `canceled`
+    (`status_of(job id)`: its stored status, None when not known). Anything less is not proof: it waits.
+    Not covered: a build run-single failed to set up (`NewBuild` / `ProcessJob` errors, which GitLab later
+    fails as stuck) is not counted by run-single either; nothing in a job's status tells it apart.
+    """
+    if max_use_count <= 0 or record.running or len(record.job_ids) < max_use_count:
+        return False
+    for job_id in record.job_ids:
+        status = status_of(job_id)
+        if status is None or status not in TERMINAL or status == "canceled":
+            return False
+    return True
+
+
 def drain_machine(
     instance_id: str,
     reason: str,
@@ -72,15 +95,18 @@ def drain_machine(
     recheck: bool = True,
     find_runner: Callable[[MachineRecord], int | None] | None = None,
     before_write: Callable[[], None] | None = None,
+    exempt: Callable[[MachineRecord], bool] | None = None,
 ) -> DrainOutcome:
     """One step of the drain of `instance_id`; call again on later reconciles while it is WAITING.
 
     `window` is how long after the pause GitLab may still hand the runner a job it was assigning: GitLab's
     `/jobs/request` (gitlabhq `lib/api/ci/runner.rb`, `app/services/ci/register_job_service.rb`) checks the
     runner is active once and then assigns, and GitLab Workhorse holds a runner's request for up to its
-    long-poll duration (`-apiCiLongPollingDuration`, 50 s as GitLab's docs set it). `recheck=False` is the
-    simulator's test-only switch that skips the GitLab side. `find_runner` looks up a runner the record
-    lacks. `before_write` runs before the AWS write and may raise to stop it (the lease's deadline).
+    long-poll duration (`-apiCiLongPollingDuration`; chalicelib.config.DRAIN_WINDOW). `exempt(record)` says
+    the machine can take no job (`takes_no_job`): it is re-checked at once, in the reconcile that paused it.
+    `recheck=False` is the simulator's test-only switch that skips the GitLab side. `find_runner` looks up a
+    runner the record lacks. `before_write` runs before the AWS write and may raise to stop it (the lease's
+    deadline).
     Raises GitLabError / AwsCallError other than a 404: the drain is left as it is for the next reconcile.
     """
     record = store.start_draining(instance_id, reason, now)
@@ -91,7 +117,7 @@ def drain_machine(
         runner_id = find_runner(record)  # its launch event was late or lost: ask GitLab
     if recheck and runners is not None and runner_id is not None:
         try:
-            verdict = _check_runner(record, runner_id, now, store, runners, window)
+            verdict = _check_runner(record, runner_id, now, store, runners, window, exempt)
         except GitLabError as exc:
             if not runner_gone(exc):
                 raise
@@ -112,14 +138,17 @@ def _check_runner(
     store: Store,
     runners: DrainRunners,
     window: timedelta,
+    exempt: Callable[[MachineRecord], bool] | None,
 ) -> DrainState | None:
-    """Pause (once), wait out the window, then re-check; None when the machine may be terminated."""
+    """Pause (once), wait out the window (unless `exempt`), then re-check; None when the machine may go.
+
+    The pause stays even for an exempt machine: it costs one call and closes the door on any doubt."""
     paused_at = record.paused_at
     if paused_at is None:
         runners.pause_runner(runner_id, True)
         store.mark_paused(record.instance_id, now)
         paused_at = now
-    if now - paused_at < window:
+    if now - paused_at < window and not (exempt is not None and exempt(record)):
         return DrainState.WAITING
     if runners.runner_jobs(runner_id, "running"):
         runners.pause_runner(runner_id, False)

@@ -31,7 +31,7 @@ from chalicelib.capacity.warm import (
     warm_pool_change,
 )
 from chalicelib.config import Config, Pool
-from chalicelib.drain import DrainState, drain_machine
+from chalicelib.drain import DrainState, drain_machine, takes_no_job
 from chalicelib.eligibility import Eligibility
 from chalicelib.errors import AwsCallError, GitLabError, LeaseExpiredError
 from chalicelib.fleet import Fleet, GroupView, Instance, WarmPools
@@ -727,6 +727,16 @@ class Reconciler:
             self._fleet.protect(asg, list(instance_ids))
         return list(instance_ids)
 
+    def _takes_no_job(self, record: MachineRecord) -> bool:
+        """chalicelib.drain.takes_no_job, with its jobs' stored statuses (one read per job it started)."""
+
+        def status_of(job_id: int) -> str | None:
+            job = self._store.get_job(self._gitlab, job_id)
+            return job.status if job is not None else None
+
+        pool = next((p for p in self._config.pools if p.name == record.pool), None)
+        return pool is not None and takes_no_job(record, pool.max_use_count, status_of)
+
     def _drain_and_terminate(
         self, record: MachineRecord, reason: str, now: datetime, result: ReconcileResult
     ) -> None:
@@ -748,6 +758,7 @@ class Reconciler:
             find_runner=self._find_runner if self._runners is not None else None,
             before_write=self._check_lease,
             window=self._config.scaler.drain_window,
+            exempt=self._takes_no_job,
         )
         window = self._timer() - started
         if outcome.state is DrainState.BUSY:

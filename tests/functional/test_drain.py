@@ -16,7 +16,7 @@ from chalicelib.aws import AwsClients
 from chalicelib.errors import GitLabNotFoundError
 from chalicelib.fleet import LIVE_STATES, Fleet, GroupView
 from chalicelib.reconcile import Reconciler
-from chalicelib.store import MachineRecord
+from chalicelib.store import JobRecord, MachineRecord
 from tests.builders import T0
 from tests.functional.conftest import Stack
 from tests.functional.test_reconcile import FakeRunners, World, make_config
@@ -228,3 +228,79 @@ def test_with_a_drain_window_a_job_assigned_after_the_pause_cancels_the_removal(
     assert second.terminated == [] and second.drain_cancelled == [instance]
     live = [i.instance_id for i in rt.fleet.read_groups(["test-linux"])["test-linux"].live_instances()]
     assert live == [instance] and not fake_gitlab.runners[runner].paused
+
+
+def test_through_the_app_a_job_assigned_after_the_pause_keeps_its_machine_by_default(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab
+) -> None:
+    # GIVEN the deployment's default config (no drain_window set), and a machine whose runner came up and
+    # has sat idle past idle_time (10 min)
+    rt = gitlab_stack.runtime
+    assert "drain_window" not in rt.config.scaler.model_fields_set
+    rt.fleet.set_desired_capacity("test-linux", 1)
+    (instance,) = [i.instance_id for i in rt.fleet.read_groups(["test-linux"])["test-linux"].instances]
+    runner, _ = fake_gitlab.register_runner(
+        description=f"runner-scaler/linux/{instance}", tag_list=("linux",)
+    )
+    rt.store.put_machine(MachineRecord(instance, "linux", rt.now(), runner_id=runner))
+    fake_gitlab.runner_contact(runner)
+    with Client(app) as client:
+        tick(client)  # seen in service, contacted: ready, idle from now
+        gitlab_stack.advance(minutes=11)
+        project = fake_gitlab.create_project("group/app")
+        (job_id,) = fake_gitlab.create_pipeline(project, [JobSpec("build", tags=("linux",))]).job_ids
+        # ...and its runner's job request passes GitLab's `active?` check (lib/api/ci/runner.rb) just before
+        request = fake_gitlab.begin_job_request(runner)
+        assert request is not None
+        # WHEN the tick removes the idle machine: it pauses the runner...
+        tick(client)
+        # ...GitLab assigns the job all the same (Ci::RegisterJobService does not check `active?` again:
+        # app/services/ci/register_job_service.rb), and the next tick comes a minute later
+        assert fake_gitlab.runners[runner].paused
+        assert fake_gitlab.complete_job_request(request) == job_id
+        gitlab_stack.advance(seconds=60)
+        tick(client)
+    # THEN the machine was never terminated with the job on it: the re-check after the window found it, the
+    # removal was dropped, and the runner takes jobs again
+    live = [i.instance_id for i in rt.fleet.read_groups(["test-linux"])["test-linux"].live_instances()]
+    assert live == [instance]
+    assert fake_gitlab.jobs[job_id].status == "running" and fake_gitlab.jobs[job_id].runner_id == runner
+    assert not fake_gitlab.runners[runner].paused
+    assert rt.store.get_machine(instance).draining_since is None  # type: ignore[union-attr]
+
+
+def test_a_used_up_machine_goes_without_waiting_unless_a_job_of_it_was_canceled(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab
+) -> None:
+    # GIVEN two machines that started their one job each (max_use_count = 1), runners up, jobs over: one job
+    # succeeded, so `run-single --max-builds 1` counted it and exited (gitlab-runner commands/single.go,
+    # postBuild + checkFinishedConditions); the other was canceled, perhaps before the runner's first update,
+    # in which case run-single did not count it and still asks GitLab for a job
+    rt = gitlab_stack.runtime
+    rt.fleet.set_desired_capacity("test-linux", 2)
+    group = rt.fleet.read_groups(["test-linux"])["test-linux"]
+    done, canceled = sorted(i.instance_id for i in group.instances)
+    runners = {}
+    for job_id, (instance, status) in enumerate(((done, "success"), (canceled, "canceled")), start=1):
+        runner, _ = fake_gitlab.register_runner(
+            description=f"runner-scaler/linux/{instance}", tag_list=("linux",)
+        )
+        fake_gitlab.runner_contact(runner)
+        runners[instance] = runner
+        rt.store.put_machine(
+            MachineRecord(instance, "linux", rt.now(), runner_id=runner, job_ids=frozenset({job_id}))
+        )
+        job = JobRecord(rt.gitlab_host, job_id, status, pool="linux", machine_id=instance)
+        rt.store.record_job(job, rt.now())
+    with Client(app) as client:
+        # WHEN the tick removes both used-up machines
+        tick(client)
+        # THEN the one whose run-single has provably exited is terminated in that tick, its runner paused
+        # first; the other is paused and waits out GitLab's assignment window
+        live = [i.instance_id for i in rt.fleet.read_groups(["test-linux"])["test-linux"].live_instances()]
+        assert live == [canceled]
+        assert fake_gitlab.runners[runners[canceled]].paused
+        # AND once the window has passed with no job on it, the next tick terminates it too
+        gitlab_stack.advance(seconds=60)
+        tick(client)
+    assert list(rt.fleet.read_groups(["test-linux"])["test-linux"].live_instances()) == []

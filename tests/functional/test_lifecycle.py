@@ -560,8 +560,11 @@ def test_a_rebalance_recommendation_replaces_an_idle_machine_and_leaves_a_busy_o
     # THEN the busy machine keeps its job and its runner takes jobs as before
     assert rt.store.get_machine(busy).draining_since is None  # type: ignore[union-attr]
     assert not fake_gitlab.runners[runners[busy]].paused  # type: ignore[index]
-    # AND the next reconcile removes the idle one through the drain protocol: it is not parked forever
-    result = rt.reconciler("test").reconcile_pool(stack.config.pool("linux"), stack.advance(seconds=10))
+    # AND the reconciles remove the idle one through the drain protocol (pause, then re-check once GitLab's
+    # assignment window has passed): it is not parked forever
+    first = rt.reconciler("test").reconcile_pool(stack.config.pool("linux"), stack.advance(seconds=10))
+    assert first.terminated == [] and fake_gitlab.runners[runners[idle]].paused  # type: ignore[index]
+    result = rt.reconciler("test").reconcile_pool(stack.config.pool("linux"), stack.advance(seconds=60))
     assert result.terminated == [idle]
     live = [i.instance_id for i in rt.fleet.read_groups(["test-linux"])["test-linux"].live_instances()]
     assert live == [busy]

@@ -190,7 +190,9 @@ def test_job_landing_during_the_drain_cancels_the_removal(aws: AwsClients) -> No
     world.store.put_machine(replace(record, runner_id=55))
     world.job(1, "canceled")  # the job went away: the machine is idle...
     world.runners.assign_on_pause[55] = 999  # ...but GitLab hands it a job as we pause it
-    result = world.reconciler().reconcile_pool(world.config.pools[0], T0 + timedelta(minutes=30))
+    paused = world.reconciler().reconcile_pool(world.config.pools[0], T0 + timedelta(minutes=30))
+    assert paused.terminated == [] and world.runners.paused[55] is True  # the drain waits out the window
+    result = world.reconciler().reconcile_pool(world.config.pools[0], T0 + timedelta(minutes=31))
     assert result.drain_cancelled == [machine] and result.terminated == []
     assert world.instance_ids() == [machine]
     assert world.runners.paused[55] is False  # unpaused, left to finish
@@ -327,7 +329,8 @@ def test_machine_whose_launch_event_was_lost_is_still_drained_through_gitlab(aws
     world.runners.described[f"runner-scaler/linux/{machine}"] = 77
     world.runners.running[77] = [123]
     world.job(1, "canceled")
-    result = world.reconciler().reconcile_pool(world.config.pools[0], T0 + timedelta(minutes=30))
-    # THEN the drain asks GitLab, finds the job, and keeps the machine
+    world.reconciler().reconcile_pool(world.config.pools[0], T0 + timedelta(minutes=30))  # pauses it
+    result = world.reconciler().reconcile_pool(world.config.pools[0], T0 + timedelta(minutes=31))
+    # THEN the drain asks GitLab once the window has passed, finds the job, and keeps the machine
     assert result.terminated == [] and result.drain_cancelled == [machine]
     assert world.runners.paused[77] is False
