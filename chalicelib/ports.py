@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from chalicelib.gitlab import GitLabApi
     from chalicelib.metrics import Metrics
     from chalicelib.pipelines import Pipelines
-    from chalicelib.queue import DeadLetterQueue, DirtyQueue
+    from chalicelib.queue import DeadLetterQueue, PoolQueue
     from chalicelib.reconcile import Reconciler
     from chalicelib.resources import Names
     from chalicelib.secrets import Secrets
@@ -61,7 +61,7 @@ class Ports:
     sleep: Callable[[float], None]
     certs: CertPorts
     load_config: Callable[[], Config]
-    open_queue: Callable[[], DirtyQueue]
+    open_queue: Callable[[], PoolQueue]
     #: The dirty queue's dead-letter queue (the dead-letter alarm redrives it).
     open_dead_letters: Callable[[], DeadLetterQueue]
     open_gitlab: Callable[[], GitLabApi]
@@ -84,7 +84,7 @@ class Ports:
         return self.load_config()
 
     @property
-    def queue(self) -> DirtyQueue:
+    def queue(self) -> PoolQueue:
         return self.open_queue()
 
     @property

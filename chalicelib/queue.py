@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from chalicelib.aws import AwsClients
 from chalicelib.errors import AwsCallError
@@ -34,7 +34,21 @@ def queue_url(aws: AwsClients, name: str) -> str:
     return str(aws.call("sqs", "get_queue_url", QueueName=name)["QueueUrl"])
 
 
+class PoolQueue(Protocol):
+    """The dirty queue as use cases see it (`DirtyQueue` on SQS; the simulator's queue in sim/)."""
+
+    def mark_dirty(self, pool: str, reason: str, now: datetime) -> None: ...
+
+    def ask_resolve(self, project_id: int, pipeline_id: int, job_id: int, now: datetime) -> None: ...
+
+    def mark_dirty_batch(
+        self, reasons: Mapping[str, str], now: datetime, long_pending: Mapping[str, int] | None = None
+    ) -> dict[str, str]: ...
+
+
 class DirtyQueue:
+    """`PoolQueue` on the SQS FIFO queue."""
+
     def __init__(self, aws: AwsClients, queue_url: str, window_seconds: int = DIRTY_WINDOW_SECONDS) -> None:
         self._aws = aws
         self._queue_url = queue_url

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chalicelib import metrics
 from chalicelib.capacity import Demand, Machine, MachineState, PoolPlan, plan_pool
@@ -42,6 +42,9 @@ from chalicelib.lifecycle import PREPARE_FAULT, pending_since
 from chalicelib.pipelines import Pipelines, active_for_prewarm
 from chalicelib.store import HOLDS_SLOT, TERMINAL, Fault, JobRecord, MachineRecord, Store
 
+if TYPE_CHECKING:  # python-gitlab is imported with the adapter, never on the reconcile's import path
+    from chalicelib.gitlab import RunnerType
+
 logger = logging.getLogger(__name__)
 
 #: A reconcile stops writing this long before its lease ends (clock drift, the write's own duration).
@@ -58,7 +61,15 @@ class RunnerControl(Protocol):
 
     def runner_jobs(self, runner_id: int, status: str = "running") -> Sequence[Any]: ...
 
-    def list_runners(self, description_prefix: str, **scope: Any) -> Sequence[Any]: ...
+    def list_runners(
+        self,
+        description_prefix: str,
+        *,
+        runner_type: RunnerType | None = None,
+        group_id: int | None = None,
+        project_id: int | None = None,
+        status: str | None = None,
+    ) -> Sequence[Any]: ...
 
 
 @dataclass(frozen=True)

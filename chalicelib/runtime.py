@@ -8,7 +8,6 @@ fixed clock) with `install()`.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import threading
@@ -35,7 +34,7 @@ from chalicelib.resources import (
     Names,
     names_from_env,
 )
-from chalicelib.secrets import AwsSecrets, SecretCache
+from chalicelib.secrets import AwsSecrets, SecretCache, parse_token_list
 from chalicelib.store import DynamoStore
 from chalicelib.tracing import Tracing, from_environment
 
@@ -296,19 +295,6 @@ class Runtime:
         from chalicelib.hosts import Ec2Hosts
 
         return Ec2Hosts(self.aws, deployment=self.names.prefix)
-
-
-def parse_token_list(value: str) -> list[str]:
-    """Tokens from a secret: JSON `{"tokens": [...]}`, a JSON list, or one plain token."""
-    try:
-        data = json.loads(value)
-    except json.JSONDecodeError:
-        return [value.strip()] if value.strip() else []
-    if isinstance(data, dict):
-        data = data.get("tokens", [])
-    if isinstance(data, str):
-        data = [data]
-    return [str(t) for t in data if str(t)]
 
 
 _current: Runtime | None = None

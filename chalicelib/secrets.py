@@ -470,6 +470,20 @@ class MemorySecrets:
         return machine_secret_exists(self, name)
 
 
+def parse_token_list(value: str) -> list[str]:
+    """The webhook tokens a secret holds (several, so a token rotates without downtime): JSON
+    `{"tokens": [...]}`, a JSON list, or one plain token."""
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError:
+        return [value.strip()] if value.strip() else []
+    if isinstance(data, dict):
+        data = data.get("tokens", [])
+    if isinstance(data, str):
+        data = [data]
+    return [str(t) for t in data if str(t)]
+
+
 # -- per-container cache -------------------------------------------------------------------------------------
 
 

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib.errors import AwsCallError, MalformedEventError, NotFoundError
-from chalicelib.events.gitlab import IgnoredEvent, JobHook, PipelineHook, event_identity, parse_gitlab_event
+from chalicelib.events.gitlab import (
+    IgnoredEvent,
+    JobHook,
+    PipelineHook,
+    WebhookHeaders,
+    event_identity,
+    parse_gitlab_event,
+)
 from chalicelib.jobs import JobEvent, ingest_job, pipeline_announced
 from chalicelib.pipelines import observe_job_duration, record_pipeline_hook
 from chalicelib.ports import Ports
@@ -67,12 +74,13 @@ def receive(ports: Ports, headers: Mapping[str, str], body: bytes | str | None) 
     if not token_ok(lowered.get("x-gitlab-token"), accepted):
         return _reject(ports, 401, "bad_token", "missing or wrong X-Gitlab-Token")
     try:
-        event = parse_gitlab_event(lowered, raw)
+        delivery = WebhookHeaders.from_mapping(lowered)  # read once, for the parse and the identity
+        event = parse_gitlab_event(delivery, raw)
     except MalformedEventError as exc:
         return _reject(ports, 400, "malformed", exc.reason)
     if isinstance(event, IgnoredEvent):
         return _ignored(ports, event)
-    key = event_identity(lowered, event)
+    key = event_identity(delivery, event)
     if isinstance(event, JobHook):
         # No key item: the job's own write refuses a delivery applied before (Store.write_job).
         try:

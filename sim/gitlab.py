@@ -1,5 +1,6 @@
 """Simulated GitLab: stages release jobs, pending jobs go to free runners of matching tags, hooks are sent;
-REST answers are truthful at the call, only hooks and the busy flag lag. Imports the model and the loop.
+REST answers are truthful at the call, only hooks and the busy flag lag. Imports the model, the loop and
+chalicelib.gitlab's JobInfo (what the REST adapter returns).
 
 Pipeline Hooks follow GitLab: one each time the pipeline's status changes (Ci::Pipeline's state machine runs
 PipelineHooksWorker after every transition that is not a loopback), the status being the composite of its
@@ -15,10 +16,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from chalicelib.gitlab import JobInfo
 from sim.events import EventLoop
 from sim.model import (
     HookEvent,
-    JobInfo,
     PipelineBuildState,
     PipelineHookEvent,
     ProjectInfo,

@@ -232,38 +232,8 @@ class PipelineHookEvent:
 
 
 @dataclass(frozen=True)
-class JobInfo:
-    """A job as GitLab's REST API answers (the attributes chalicelib's adapters read)."""
-
-    id: int
-    status: str
-    project_id: int
-    pipeline_id: int
-    name: str
-    stage: str
-    tag_list: tuple[str, ...]
-    created_at: datetime | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    runner_id: int | None = None
-
-
-@dataclass(frozen=True)
 class ProjectInfo:
     id: int
-
-
-@dataclass(frozen=True)
-class RunnerListing:
-    """A runner as GitLab's list endpoint reports it (the fields the reconciler reads).
-
-    `status` is `never_contacted` until the runner first polls, then `online` (gitlabhq
-    `app/models/ci/runner.rb`, `Ci::Runner#status`; stale and offline never happen within a simulated run).
-    """
-
-    id: int
-    description: str
-    status: str = "online"
 
 
 class CachedPool(Pool):

@@ -1,54 +1,73 @@
-"""Our scaler simulated: the real Reconciler, heal and ingest_job through in-memory fakes of their adapter
-Protocols, each counting the calls the real adapter makes. With prewarm on, Pipeline Hooks and successful Job
-Hooks go through chalicelib.pipelines as the webhook sends them. Imports chalicelib's use cases and the sim.
+"""Our scaler simulated: the production entry use cases (the webhook route's `webhooks.receive`, the tick's
+`triggers.run_tick`, the dirty queue's `triggers.process_dirty_batch`, the machine lifecycle) given `Ports`
+built from in-memory adapters of their Protocols, each counting the calls the real adapter makes. Hooks reach
+the route as GitLab's JSON bodies and headers (toolkit.samples). Imports chalicelib's entry use cases, its
+adapter types and the sim (tests/unit/test_sim_production_path.py holds it to that).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from types import SimpleNamespace
 from typing import Any, cast
 from urllib.parse import urlsplit
+
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
 from chalicelib.capacity.hosts import Host, HostState, IdleMark, LicenseRoom
 from chalicelib.capacity.warm import WarmPoolSettings
 from chalicelib.config import Config, Pool
 from chalicelib.errors import GitLabNotFoundError
-from chalicelib.events.gitlab import PipelineHook, event_identity, parse_gitlab_event
+from chalicelib.events.aws import DIRTY_REASON_MAX_CHARS, DirtyPoolMessage, ResolveAsk, ResolveTagsMessage
 from chalicelib.fleet import LIVE_STATES, GroupView, Instance
 from chalicelib.forecast import DurationEstimate, PipelineState
-from chalicelib.heal import heal
-from chalicelib.hosts import HostPoolView, ReleaseResult
-from chalicelib.jobs import JobEvent, ingest_job, pipeline_announced, resolve_unrouted
-from chalicelib.lifecycle import Lifecycle, LifecycleAction
-from chalicelib.pipelines import (
-    MemoryPipelines,
-    fill_pipeline_pools,
-    observe_job_duration,
-    record_pipeline_hook,
+from chalicelib.gitlab import (
+    CreatedRunner,
+    HookInfo,
+    HookTrigger,
+    JobInfo,
+    ProjectRef,
+    RunnerInfo,
+    RunnerType,
 )
+from chalicelib.hosts import HostPoolView, ReleaseResult
+from chalicelib.lifecycle import Lifecycle, LifecycleAction
+from chalicelib.pipelines import MemoryPipelines
+from chalicelib.ports import CertPorts, Ports
+from chalicelib.queue import RESOLVE_GROUP_PREFIX, DeadLetterQueue
 from chalicelib.reconcile import Reconciler
 from chalicelib.resources import DIRTY_WINDOW_SECONDS, Names
+from chalicelib.secrets import SecretCache, parse_token_list
 from chalicelib.store import JobRecord, MachineRecord, MemoryStore, Store, rank
-from chalicelib.sweep import sweep
-from chalicelib.triggers import CERT_CHECK, LOST_JOB_SCAN, SWEEP, tick_windows
+from chalicelib.triggers import process_dirty_batch, run_tick
+from chalicelib.webhooks import receive
 from sim.gitlab import SimGitLab, description
 from sim.hosts import NoHostPlanner, SimHost
-from sim.model import HookEvent, JobInfo, PipelineHookEvent, ProjectInfo, RunnerListing, SimMachine
+from sim.model import HookEvent, PipelineHookEvent, SimMachine
+from sim.ports import SimMetrics, SimSecrets, sqs_event
 from sim.warm import POOL_STATES, Readiness, WarmPoolSpec
 from sim.world import World
-from toolkit.samples import BuildSample, pipeline_hook_payload, webhook_headers
+from toolkit.samples import (
+    BuildSample,
+    RunnerSample,
+    job_hook_payload,
+    pipeline_hook_payload,
+    webhook_headers,
+)
 
 #: SQS FIFO drops a message whose deduplication id was seen in the last five minutes (SQS developer guide).
 SQS_DEDUP_WINDOW_S = 300.0
 #: The simulated pipelines carry no branch: every one runs on this ref (a duration key part).
 SIM_REF = "main"
-#: GitLab's X-Gitlab-Event for a Pipeline Hook, with which the simulated deliveries are parsed.
-PIPELINE_HEADERS = webhook_headers("Pipeline Hook")
+#: The webhook token the simulated GitLab's hooks carry, and the scaler's tokens secret holds.
+SIM_HOOK_TOKEN = "sim-webhook-token"
+#: The simulated GitLab sends no Idempotency-Key (GitLab 17.4 added it; webhooks docs, "Delivery headers"):
+#: a duplicate is told apart by its content (`chalicelib.events.gitlab.event_identity`).
+SIM_GITLAB_VERSION = "17.3.0"
 #: Lifecycle transitions of the Auto Scaling hooks' events ("Amazon EC2 Auto Scaling lifecycle hooks").
 LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
 TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
@@ -202,6 +221,7 @@ class CountingStore:
             self._calls["dynamodb"] += 1
             return attribute(*args, **kwargs)
 
+        setattr(self, name, counted)  # found on the instance from now on: no lookup, no new wrapper per call
         return counted
 
 
@@ -346,91 +366,172 @@ class SimAsg:
 
 
 class SimGitLabApi:
-    """The GitLab adapter's calls the reconciler, `heal` and the tag resolver make, counted."""
+    """`chalicelib.gitlab.GitLabApi` over the simulated GitLab: the calls the reconciler, `heal`, the tag
+    resolver, the sweep and the lifecycle make, each counted as the one REST request GitLabClient makes.
+    `calls` is the run's counter by service (GitLabClient's counts by endpoint)."""
 
     def __init__(
         self, gitlab: SimGitLab, calls: Counter[str], machines: Callable[[], Sequence[SimMachine]]
     ) -> None:
         self._gitlab = gitlab
-        self._calls = calls
+        self.calls = calls
         self._machines = machines
+        self._hooks: dict[tuple[int, int], HookInfo] = {}
 
-    def list_runners(self, description_prefix: str, **scope: Any) -> list[RunnerListing]:
+    def list_runners(
+        self,
+        description_prefix: str,
+        *,
+        runner_type: RunnerType | None = None,
+        group_id: int | None = None,
+        project_id: int | None = None,
+        status: str | None = None,
+    ) -> list[RunnerInfo]:
         """Runners whose description starts with the prefix: each live machine's (created at its launch),
-        `never_contacted` until the machine has booted and its runner polls; GitLab's `status` filter too."""
-        self._calls["gitlab"] += 1
-        wanted = scope.get("status")
-        listed = (
-            RunnerListing(m.runner_id, description(m), "never_contacted" if m.ready_at is None else "online")
-            for m in self._machines()
-            if description(m).startswith(description_prefix)
+        `never_contacted` until the machine has booted and its runner polls, then `online` (gitlabhq
+        `app/models/ci/runner.rb`, `Ci::Runner#status`; stale and offline never happen within a simulated
+        run); GitLab's `status` filter too. The list endpoint leaves tags and contact time out."""
+        self.calls["gitlab"] += 1
+        listed = (self._runner(m) for m in self._machines() if description(m).startswith(description_prefix))
+        return [r for r in listed if status is None or r.status == status]
+
+    @staticmethod
+    def _runner(machine: SimMachine) -> RunnerInfo:
+        status = "never_contacted" if machine.ready_at is None else "online"
+        return RunnerInfo(
+            machine.runner_id, description(machine), machine.paused, status, None, None, status == "online"
         )
-        return [r for r in listed if wanted is None or r.status == wanted]
+
+    def get_runner(self, runner_id: int) -> RunnerInfo:
+        self.calls["gitlab"] += 1
+        machine = next((m for m in self._machines() if m.runner_id == runner_id), None)
+        if machine is None:
+            raise GitLabNotFoundError("runners.get", f"runner {runner_id}", "404 Not Found")
+        return self._runner(machine)
 
     def pause_runner(self, runner_id: int, paused: bool = True) -> None:
-        self._calls["gitlab"] += 1
+        self.calls["gitlab"] += 1
         self._gitlab.set_paused(runner_id, paused)
 
     def runner_jobs(self, runner_id: int, status: str = "running") -> list[JobInfo]:
-        self._calls["gitlab"] += 1
+        self.calls["gitlab"] += 1
         return [j for j in self._gitlab.runner_jobs(runner_id) if j.status == status]
 
     def get_job(self, project_id: int, job_id: int) -> JobInfo:
-        self._calls["gitlab"] += 1
+        self.calls["gitlab"] += 1
+        return self._job(project_id, job_id, "jobs.get")
+
+    def _job(self, project_id: int, job_id: int, action: str) -> JobInfo:
         info = self._gitlab.job_info(job_id)
         if info is None or info.project_id != project_id:
-            raise GitLabNotFoundError("jobs.get", f"job {job_id} of project {project_id}", "404 Not Found")
+            raise GitLabNotFoundError(action, f"job {job_id} of project {project_id}", "404 Not Found")
         return info
 
     def list_jobs(self, project_id: int, scope: Sequence[str] = ("pending",)) -> list[JobInfo]:
-        self._calls["gitlab"] += 1
+        self.calls["gitlab"] += 1
         return self._gitlab.project_jobs(project_id, scope)
 
-    def group_projects(self, group_id: int, *, include_subgroups: bool = True) -> list[ProjectInfo]:
-        self._calls["gitlab"] += 1
-        return self._gitlab.projects()
+    def group_projects(self, group_id: int, *, include_subgroups: bool = True) -> list[ProjectRef]:
+        self.calls["gitlab"] += 1
+        return [ProjectRef(p.id, f"sim/project-{p.id}") for p in self._gitlab.projects()]
 
-    def pipeline_jobs(self, project_id: int, pipeline_id: int) -> list[JobInfo]:
-        self._calls["gitlab"] += 1
+    def pipeline_jobs(
+        self, project_id: int, pipeline_id: int, *, include_retried: bool = False
+    ) -> list[JobInfo]:
+        self.calls["gitlab"] += 1
         return self._gitlab.pipeline_jobs(pipeline_id)
 
     # -- the lifecycle's RunnerAdmin calls (chalicelib.lifecycle) ------------------------------------------
-    def create_runner(self, **settings: Any) -> SimpleNamespace:
+    def create_runner(
+        self,
+        *,
+        runner_type: RunnerType,
+        description: str,
+        tag_list: Sequence[str],
+        run_untagged: bool,
+        locked: bool,
+        maintenance_note: str | None = None,
+        group_id: int | None = None,
+        project_id: int | None = None,
+        paused: bool = False,
+    ) -> CreatedRunner:
         """`POST /user/runners`: the simulated machine's runner already has its id (the world gave it one at
         launch); the call is what is counted."""
-        self._calls["gitlab"] += 1
-        instance_id = str(settings["description"]).rsplit("/", 1)[-1]
+        self.calls["gitlab"] += 1
+        instance_id = description.rsplit("/", 1)[-1]
         machine = next((m for m in self._machines() if m.instance_id == instance_id), None)
-        return SimpleNamespace(id=machine.runner_id if machine else 0, token="sim-runner-token")
+        return CreatedRunner(machine.runner_id if machine else 0, "sim-runner-token", None)
 
     def delete_runner(self, runner_id: int) -> bool:
-        self._calls["gitlab"] += 1
+        self.calls["gitlab"] += 1
         return True
 
-    def retry_job(self, project_id: int, job_id: int) -> None:
+    def retry_job(self, project_id: int, job_id: int) -> JobInfo:
         """Interrupted jobs are retried by the simulated GitLab itself (SimGitLab.unregister)."""
-        self._calls["gitlab"] += 1
+        self.calls["gitlab"] += 1
+        return self._job(project_id, job_id, "jobs.retry")
 
-    def cancel_job(self, project_id: int, job_id: int) -> None:
-        self._calls["gitlab"] += 1
+    def cancel_job(self, project_id: int, job_id: int) -> JobInfo:
+        self.calls["gitlab"] += 1
+        return self._job(project_id, job_id, "jobs.cancel")
 
+    # -- project hooks (chalicelib.hook_sync): kept as GitLab keeps them; the world delivers hooks anyway --
+    def list_project_hooks(self, project_id: int) -> list[HookInfo]:
+        self.calls["gitlab"] += 1
+        return [h for (project, _), h in self._hooks.items() if project == project_id]
 
-class CountingSecrets:
-    """`chalicelib.lifecycle.MachineSecrets` with AwsSecrets' call counts (CreateSecret for a new machine's
-    secret, DeleteSecret, DescribeSecret); nothing is stored: no simulated machine reads its secret."""
+    def create_project_hook(
+        self,
+        project_id: int,
+        *,
+        url: str,
+        token: str,
+        job_events: bool = True,
+        pipeline_events: bool = True,
+        push_events: bool = False,
+        enable_ssl_verification: bool = True,
+    ) -> HookInfo:
+        hook_id = len(self._hooks) + 1
+        return self.update_project_hook(
+            project_id,
+            hook_id,
+            url=url,
+            token=token,
+            job_events=job_events,
+            pipeline_events=pipeline_events,
+            push_events=push_events,
+            enable_ssl_verification=enable_ssl_verification,
+        )
 
-    def __init__(self, calls: Counter[str]) -> None:
-        self._calls = calls
+    def update_project_hook(
+        self,
+        project_id: int,
+        hook_id: int,
+        *,
+        url: str,
+        token: str,
+        job_events: bool = True,
+        pipeline_events: bool = True,
+        push_events: bool = False,
+        enable_ssl_verification: bool = True,
+    ) -> HookInfo:
+        self.calls["gitlab"] += 1
+        hook = HookInfo(
+            hook_id,
+            project_id,
+            url,
+            job_events,
+            pipeline_events,
+            push_events,
+            enable_ssl_verification,
+            alert_status=None,
+            disabled_until=None,
+        )
+        self._hooks[(project_id, hook_id)] = hook
+        return hook
 
-    def put_machine_secret(self, name: str, value: str, tags: dict[str, str]) -> None:
-        self._calls["secretsmanager"] += 1
-
-    def delete_machine_secret(self, name: str) -> None:
-        self._calls["secretsmanager"] += 1
-
-    def machine_secret_exists(self, name: str) -> bool:
-        self._calls["secretsmanager"] += 1
-        return False
+    def test_project_hook(self, project_id: int, hook_id: int, trigger: HookTrigger = "job_events") -> None:
+        self.calls["gitlab"] += 1
 
 
 class CountingTls:
@@ -446,34 +547,51 @@ class CountingTls:
 
 
 class SimDirtyQueue:
-    """The "pool dirty" FIFO queue: `DirtyQueue`'s deduplication window and delay, then the SQS Lambda, for
-    both kinds of message: a pool's reconcile, and a webhook's ask to resolve a pipeline's tags."""
+    """`chalicelib.queue.PoolQueue` as the "pool dirty" FIFO queue: `DirtyQueue`'s message bodies, group and
+    deduplication ids, SQS FIFO's five-minute deduplication window and the queue's delay, then the SQS
+    Lambda (`consume`, the `pool_dirty` handler's use case) with the message's event."""
 
-    def __init__(
-        self,
-        world: World,
-        calls: Counter[str],
-        deliver: Callable[[str], None],
-        resolve: Callable[[tuple[int, int, int]], None],
-    ) -> None:
+    def __init__(self, world: World, calls: Counter[str], consume: Callable[[dict[str, Any]], None]) -> None:
         self._world = world
         self._calls = calls
-        self._deliver = deliver
-        self._resolve = resolve
+        self._consume = consume
         self._rng = world.rng("sqs")
         self._seen: dict[str, float] = {}
+        self._sent = 0
 
     def mark_dirty(self, pool: str, reason: str, now: datetime) -> None:
-        self._send(f"{pool}-{int(now.timestamp()) // DIRTY_WINDOW_SECONDS}", lambda: self._deliver(pool))
+        self._send(self._dirty(pool, reason, now))
+
+    def mark_dirty_batch(
+        self, reasons: Mapping[str, str], now: datetime, long_pending: Mapping[str, int] | None = None
+    ) -> dict[str, str]:
+        """`DirtyQueue.mark_dirty_batch`: ten messages per SendMessageBatch; the simulated queue takes all."""
+        names = list(reasons)
+        self._calls["sqs"] += math.ceil(len(names) / 10)
+        for pool in names:
+            message = self._dirty(pool, reasons[pool], now, (long_pending or {}).get(pool, 0))
+            self._send(message, counted=False)
+        return {}
 
     def ask_resolve(self, project_id: int, pipeline_id: int, job_id: int, now: datetime) -> None:
         """`DirtyQueue.ask_resolve`: one message per pipeline per window, after the queue's delay."""
         window = int(now.timestamp()) // DIRTY_WINDOW_SECONDS
-        asked = (project_id, pipeline_id, job_id)
-        self._send(f"resolve-{project_id}-{pipeline_id}-{window}", lambda: self._resolve(asked))
+        body = ResolveTagsMessage(
+            resolve=ResolveAsk(project_id=project_id, pipeline_id=pipeline_id, job_id=job_id)
+        ).to_body()
+        group = f"{RESOLVE_GROUP_PREFIX}{pipeline_id}"
+        self._send((body, group, f"{RESOLVE_GROUP_PREFIX}{project_id}-{pipeline_id}-{window}"))
 
-    def _send(self, dedup_id: str, deliver: Callable[[], None]) -> None:
-        self._calls["sqs"] += 1
+    @staticmethod
+    def _dirty(pool: str, reason: str, now: datetime, long_pending: int = 0) -> tuple[str, str, str]:
+        window = int(now.timestamp()) // DIRTY_WINDOW_SECONDS
+        body = DirtyPoolMessage(pool=pool, reason=reason[:DIRTY_REASON_MAX_CHARS], long_pending=long_pending)
+        return body.to_body(), pool, f"{pool}-{window}"
+
+    def _send(self, message: tuple[str, str, str], counted: bool = True) -> None:
+        """One SendMessage (`counted`: not when it is an entry of a counted batch)."""
+        body, group, dedup_id = message
+        self._calls["sqs"] += counted
         loop_now = self._world.loop.now
         seen = self._seen.get(dedup_id)
         if seen is not None and loop_now - seen < SQS_DEDUP_WINDOW_S:
@@ -481,8 +599,10 @@ class SimDirtyQueue:
         self._seen[dedup_id] = loop_now
         if len(self._seen) > 4096:
             self._seen = {k: t for k, t in self._seen.items() if loop_now - t < SQS_DEDUP_WINDOW_S}
+        self._sent += 1
+        event = sqs_event(f"sim-{self._sent}", body, group, dedup_id)
         delay = DIRTY_WINDOW_SECONDS + self._rng.uniform(0.0, self._world.options.sqs_latency_s)
-        self._world.loop.after(delay, deliver)
+        self._world.loop.after(delay, lambda: self._consume(event))
 
 
 class SimHostPort:
@@ -563,13 +683,20 @@ class SimHostPort:
 
 
 class Ours:
-    """runner-scaler: webhook -> job store -> dirty queue -> reconcile, and the one-minute tick; the machine
-    lifecycle (runner and secret at launch, clean-up at the end) through `chalicelib.lifecycle` itself."""
+    """runner-scaler: its webhook route (`chalicelib.webhooks.receive`), the dirty queue's consumer
+    (`triggers.process_dirty_batch`) and the one-minute tick (`triggers.run_tick`), given `Ports` built from
+    the simulated adapters; the machine lifecycle (runner and secret at launch, clean-up at the end) through
+    `chalicelib.lifecycle` itself."""
 
     name = "ours"
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        #: The route's answers by outcome (accepted, duplicate, ignored, bad_token, ...).
+        self.webhook_outcomes: Counter[str] = Counter()
+        self.metrics = SimMetrics()
+        #: The X-Gitlab-Token the simulated GitLab's hooks carry (the one the tokens secret holds).
+        self.hook_token = SIM_HOOK_TOKEN
 
     def api_calls(self) -> int:
         return sum(self.calls.values())
@@ -583,30 +710,33 @@ class Ours:
         _quiet_library_logs()
         self._world = world
         self._config = self._configure(world.config)
-        self._host = urlsplit(self._config.gitlab.url).netloc
         memory = IndexedMemoryStore()
         if world.options.stale_index_s > 0:
             memory = StaleIndexStore(lambda: world.loop.now, world.options.stale_index_s)
         self._store = cast(Store, CountingStore(memory, self.calls))
         self._api = SimGitLabApi(world.gitlab, self.calls, lambda: list(world.fleet.machines.values()))
-        self._queue = SimDirtyQueue(world, self.calls, self._reconcile_pool, self._resolve)
+        self._queue = SimDirtyQueue(world, self.calls, self._consume)
         self._lifecycle_rng = world.rng("lifecycle")
-        self._prewarm = any(p.prewarm for p in self._config.pools)
-        self._pipelines = CountingPipelines(MemoryPipelines(), self.calls)
-        fleet = self._fleet = SimAsg(world, self.calls)
-        self._secrets = CountingSecrets(self.calls)
+        pipelines = CountingPipelines(MemoryPipelines(), self.calls)
+        fleet = SimAsg(world, self.calls)
+        names = Names("sim")
+        secrets = SimSecrets(self.calls)
+        tokens_secret = self._config.gitlab.webhook_tokens_secret or names.webhook_tokens_secret
+        secrets.seed(tokens_secret, json.dumps({"tokens": [SIM_HOOK_TOKEN]}))
+        # A Lambda container's secret cache, on the simulated clock (one read per minute while hooks come).
+        cache = SecretCache(secrets, clock=lambda: world.loop.now)
         self._lifecycle = Lifecycle(
             config=self._config,
-            names=Names("sim"),
+            names=names,
             store=self._store,
             fleet=fleet,
             gitlab=self._api,
-            secrets=self._secrets,
+            secrets=secrets,
             tls=CountingTls(self.calls),
             dirty=self._queue,
         )
         self._exiting: set[str] = set()
-        self._reconciler = Reconciler(
+        reconciler = Reconciler(
             self._config,
             self._store,
             fleet,
@@ -614,15 +744,40 @@ class Ours:
             hosts=SimHostPort(world, self.calls),
             owner="sim",
             drain_recheck=world.options.drain_recheck,
-            pipelines=self._pipelines,
-            gitlab=self._host,
+            pipelines=pipelines,
+            gitlab=urlsplit(self._config.gitlab.url).netloc,
             warm_pools=fleet,
+        )
+        self._ports = Ports(
+            names=names,
+            store=self._store,
+            fleet=fleet,
+            secrets=secrets,
+            metrics=self.metrics,
+            clock=world.now_dt,
+            sleep=_no_sleep,
+            certs=CertPorts(names=names, secrets=secrets, clock=world.now_dt, load_config=self._loaded),
+            load_config=self._loaded,
+            open_queue=lambda: self._queue,
+            open_dead_letters=_no_dead_letters,
+            open_gitlab=lambda: self._api,
+            gitlab_configured=lambda: True,
+            open_pipelines=lambda: pipelines,
+            read_gitlab_host=lambda: urlsplit(self._config.gitlab.url).netloc,
+            secret_text=cache.text,
+            webhook_tokens=lambda: parse_token_list(cache.text(tokens_secret)),
+            reconciler=lambda owner: reconciler,
+            aws_calls=lambda: sum(n for service, n in self.calls.items() if service != "gitlab"),
         )
         for pool in self._config.pools:
             if pool.hosts is not None:
                 world.hosts.planners[pool.name] = NoHostPlanner()  # the reconciler plans our hosts
+        self._job_headers = webhook_headers("Job Hook", token=self.hook_token, version=SIM_GITLAB_VERSION)
+        self._pipeline_headers = webhook_headers(
+            "Pipeline Hook", token=self.hook_token, version=SIM_GITLAB_VERSION
+        )
         world.bus.subscribe(self._on_hook)
-        if self._prewarm:  # the project hook sends Pipeline events only when prewarm needs them
+        if any(p.prewarm for p in self._config.pools):  # the project hook sends Pipeline events only then
             world.pipeline_bus.subscribe(self._on_pipeline_hook)
         world.fleet.launch_listeners.append(self._launched)
         world.fleet.warm_listeners.append(self._warm_moved)
@@ -634,76 +789,43 @@ class Ours:
         """The config this variant runs: the scenario's as it is."""
         return config
 
-    def _on_hook(self, event: HookEvent) -> None:
-        """`POST /webhooks/gitlab`: record the job (its write drops a duplicate by the delivery's identity)
-        and mark dirty."""
-        self._record(event, self._world.now_dt())
+    def _loaded(self) -> Config:
+        return self._config
 
-    def _record(self, event: HookEvent, now: datetime) -> None:
+    def _on_hook(self, event: HookEvent) -> None:
+        """GitLab delivers a Job Hook: the body GitLab writes, to the route's use case."""
+        self._deliver(self._job_headers, self._job_payload(event))
+
+    def _on_pipeline_hook(self, event: PipelineHookEvent) -> None:
+        """GitLab delivers a Pipeline Hook (prewarm on): the body GitLab writes, to the route's use case."""
+        self._deliver(self._pipeline_headers, self._pipeline_payload(event))
+
+    def _deliver(self, headers: Mapping[str, str], payload: dict[str, Any]) -> None:
+        """`POST /webhooks/gitlab`: `chalicelib.webhooks.receive`, the use case behind the route."""
+        answer = receive(self._ports, headers, json.dumps(payload).encode())
+        self.webhook_outcomes[answer.outcome] += 1
+
+    def _job_payload(self, event: HookEvent) -> dict[str, Any]:
+        """The Job Hook's JSON body as GitLab writes it at delivery (lib/gitlab/data_builder/build.rb)."""
         dt = self._world.dt
-        job_event = JobEvent(
-            gitlab=self._host,
-            job_id=event.job_id,
-            status=event.status,
+        runner = None
+        if event.runner_id is not None:
+            runner = RunnerSample(event.runner_id, event.runner_description, tags=())
+        return job_hook_payload(
+            event.job_id,
+            event.status,
             project_id=event.project_id,
             pipeline_id=event.pipeline_id,
-            name=event.name,
             stage=str(event.stage),
-            runner_id=event.runner_id,
-            runner_description=event.runner_description,
+            name=event.name,
+            now=self._world.now_dt(),
+            runner=runner,
             created_at=dt(event.created_s) if event.created_s is not None else None,
             started_at=dt(event.started_s) if event.started_s is not None else None,
             finished_at=dt(event.finished_s) if event.finished_s is not None else None,
-        )
-        result = ingest_job(
-            job_event,
-            config=self._config,
-            store=self._store,
-            dirty=self._queue,
-            resolve=self._queue,
-            now=now,
-            event_key=f"{self._host}|job|{event.job_id}|{event.status}",
-        )
-        if result.applied and event.status == "success" and self._prewarm:
-            self._learn_duration(event, result.pool, now)
-
-    def _learn_duration(self, event: HookEvent, pool: str, now: datetime) -> None:
-        """`webhooks._learn_duration`: a successful job's duration (finished - started) under its keys."""
-        if event.started_s is None or event.finished_s is None:
-            return
-        observe_job_duration(
-            self._pipelines,
-            self._host,
-            project_id=event.project_id,
             ref=SIM_REF,
-            stage=str(event.stage),
-            name=event.name,
-            pool=pool,
-            duration_s=event.finished_s - event.started_s,
-            now=now,
+            instance=self._config.gitlab.url,
         )
-
-    def _on_pipeline_hook(self, event: PipelineHookEvent) -> None:
-        """`POST /webhooks/gitlab` with a Pipeline Hook: parsed from GitLab's JSON, deduplicated by its
-        identity, the tags of the jobs to come asked for unless cached (`jobs.pipeline_announced`), then
-        `record_pipeline_hook` as the webhook does."""
-        now = self._world.now_dt()
-        hook = parse_gitlab_event(PIPELINE_HEADERS, self._pipeline_payload(event))
-        assert isinstance(hook, PipelineHook)
-        if not self._store.first_seen(event_identity(PIPELINE_HEADERS, hook), now):
-            return
-        route = pipeline_announced(
-            self._store,
-            self._queue,
-            self._config.pools,
-            gitlab=self._host,
-            project_id=event.project_id,
-            pipeline_id=event.pipeline_id,
-            waiting=[b.id for b in hook.builds if b.status in {"created", "pending"}],
-            forecast=True,
-            now=now,
-        )
-        record_pipeline_hook(self._pipelines, self._host, hook, route, now)
 
     def _pipeline_payload(self, event: PipelineHookEvent) -> dict[str, Any]:
         """The hook's JSON body as GitLab writes it (second-precision "... UTC" times)."""
@@ -730,53 +852,24 @@ class Ours:
             now=dt(event.at_s),
             created_at=dt(event.created_s),
             ref=SIM_REF,
+            instance=self._config.gitlab.url,
         )
 
-    def _reconcile_pool(self, pool: str) -> None:
-        self._reconciler.reconcile_pool(self._config.pool(pool), self._world.now_dt())
-
-    def _resolve(self, asked: tuple[int, int, int] | None) -> None:
-        """`triggers._resolve`: the queue's consumer on a resolve ask (one pipeline-jobs call at most), or
-        the tick (`asked` None); with prewarm on, a resolved pipeline's stored jobs get their pools."""
-        now = self._world.now_dt()
-
-        def on_pools(pipeline_id: int, pools: Mapping[int, str]) -> None:
-            fill_pipeline_pools(self._pipelines, self._host, pipeline_id, pools, now)
-
-        resolve_unrouted(
-            self._config,
-            self._store,
-            self._api,
-            self._queue,
-            now,
-            gitlab=self._host,
-            asked=asked,
-            on_pools=on_pools if self._prewarm else None,
-        )
+    def _consume(self, event: dict[str, Any]) -> None:
+        """The `pool_dirty` Lambda on one message: `triggers.process_dirty_batch`. A failed reconcile raises
+        there (the message would go back to the queue); the simulated queue does not redeliver, the next
+        tick reconciles the pool."""
+        try:
+            process_dirty_batch(self._ports, event, owner="sim")
+        except BatchProcessingError:
+            self.metrics.emit_count("SimDirtyBatchFailed", 1)
 
     def _tick(self) -> None:
-        """`chalicelib.triggers.run_tick` with its pools reconciled inline: the periodic steps claimed in one
-        write, the unrouted jobs' tags, heal, the orphan sweep (run for real) and the base-certificate check
-        when claimed (counted as its one read of the certificates' secret: nothing to rotate in a day), then
-        every pool. The hook health check runs only with a `webhook_url`, which the scenarios do not set."""
-        now = self._world.now_dt()
-        claimed = self._store.claim_windows(tick_windows(self._config, now), now)
-        self._resolve(None)
-        heal(
-            self._config,
-            self._store,
-            self._api,
-            self._queue,
-            now,
-            gitlab_host=self._host,
-            scan_claimed=LOST_JOB_SCAN in claimed,
-        )
-        if SWEEP in claimed:
-            groups = self._fleet.read_groups([p.asg for p in self._config.pools])
-            sweep(self._config, Names("sim"), self._store, self._fleet, self._api, self._secrets, groups, now)
-        if CERT_CHECK in claimed:
-            self.calls["secretsmanager"] += 1
-        self._reconciler.reconcile_all(now)
+        """The `tick` schedule: `chalicelib.triggers.run_tick` (the periodic steps it claims, the unrouted
+        jobs' tags, heal, the orphan sweep, the base-certificate check, then every pool, inline up to
+        `tick_inline_pools`). The hook health check runs only with a `webhook_url`, which the scenarios do
+        not set."""
+        run_tick(self._ports, owner="sim")
 
     def _launched(self, machine: SimMachine) -> None:
         """The launch hook's event: `Lifecycle.launch` as `handle_machine_event` runs it.
@@ -853,6 +946,15 @@ class OursPrewarm(Ours):
     def _configure(self, config: Config) -> Config:
         pools = tuple(type(p).model_validate(p.model_dump() | self._settings) for p in config.pools)
         return config.model_copy(update={"pools": pools})
+
+
+def _no_sleep(seconds: float) -> None:
+    """The simulated clock moves only between events: a lease is never held while another waits."""
+
+
+def _no_dead_letters() -> DeadLetterQueue:
+    """No alarm is simulated, so nothing redrives the dead-letter queue."""
+    raise NotImplementedError("the simulator raises no CloudWatch alarm: no dead letters are redriven")
 
 
 def _quiet_library_logs() -> None:

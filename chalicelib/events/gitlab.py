@@ -140,12 +140,15 @@ class WebhookHeaders(_Model):
     user_agent: str | None = Field(default=None, max_length=1024)
 
     @classmethod
-    def from_mapping(cls, headers: Mapping[str, str]) -> WebhookHeaders:
-        """Read the headers we know from any mapping, whatever the case or `-`/`_` spelling of the names.
+    def from_mapping(cls, headers: Mapping[str, str] | WebhookHeaders) -> WebhookHeaders:
+        """Read the headers we know from any mapping, whatever the case or `-`/`_` spelling of the names
+        (headers read already are taken as they are).
 
         Raises MalformedEventError (naming the header, never its value) for a value that is not text, is too
         long, or a header given twice with different values.
         """
+        if isinstance(headers, WebhookHeaders):
+            return headers
         fields: dict[str, str] = {}
         for raw_name, raw_value in headers.items():
             field = _HEADER_FIELDS.get(str(raw_name).strip().lower().replace("_", "-"))
@@ -460,8 +463,11 @@ _ACTED_ON = frozenset(_KIND_OF_EVENT.values())
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 
 
-def parse_gitlab_event(headers: Mapping[str, str], body: bytes | str | Mapping[str, Any]) -> ParsedDelivery:
-    """Parse one webhook request into a JobHook, a PipelineHook or an IgnoredEvent.
+def parse_gitlab_event(
+    headers: Mapping[str, str] | WebhookHeaders, body: bytes | str | Mapping[str, Any]
+) -> ParsedDelivery:
+    """Parse one webhook request into a JobHook, a PipelineHook or an IgnoredEvent (`headers` raw, or read
+    once with `WebhookHeaders.from_mapping` by a caller that also asks for the `event_identity`).
 
     Raises MalformedEventError with a one-line reason (never quoting the token) when the body is not a JSON
     object, the X-Gitlab-Event header and `object_kind` disagree about a Job or Pipeline hook, or a Job or
@@ -587,13 +593,18 @@ def _validate(
 def _validate_rounds(
     model: type[_ModelT], what: str, payload: dict[str, Any], identity: tuple[str, ...]
 ) -> _ModelT | IgnoredEvent:
+    try:  # the common case: the hook reads as it is, and no copy of it is made to drop fields from
+        return model.model_validate(payload)
+    except ValidationError as err:
+        errors = err.errors(include_url=False, include_input=False, include_context=False)
     work: Any = _compact(payload)
     dropped: list[str] = []
-    for _ in range(_LENIENT_ROUNDS):
-        try:
-            return model.model_validate(work)
-        except ValidationError as err:
-            errors = err.errors(include_url=False, include_input=False, include_context=False)
+    for round_ in range(_LENIENT_ROUNDS):
+        if round_:
+            try:
+                return model.model_validate(work)
+            except ValidationError as err:
+                errors = err.errors(include_url=False, include_input=False, include_context=False)
         fatal: list[str] = []
         for error in errors:
             where = _clean_loc(error["loc"])
@@ -690,8 +701,7 @@ def event_identity(headers: Mapping[str, str] | WebhookHeaders, event: ParsedDel
     hook) - not of the raw bytes, so a resend serialized differently (key order, timestamp spelling, fields a
     GitLab upgrade added) still matches. `headers` may be the raw mapping (a bad one: MalformedEventError).
     """
-    if not isinstance(headers, WebhookHeaders):
-        headers = WebhookHeaders.from_mapping(headers)
+    headers = WebhookHeaders.from_mapping(headers)
     instance = (headers.x_gitlab_instance or "unknown-instance").strip().rstrip("/").lower()
     if headers.idempotency_key:
         return f"{instance}|idempotency-key|{headers.idempotency_key}"
