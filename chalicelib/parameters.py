@@ -43,11 +43,12 @@ def get_parameter(aws: AwsClients, name: str) -> Parameter:
 
     GetParameter answers `Parameter.Version` with the value (AWS Systems Manager API Reference,
     "GetParameter", response element `Parameter`), so checking for a new version needs no other call and no
-    other permission. DescribeParameters answers the version without the value, but takes
-    `ssm:DescribeParameters` on resource `*`, an action with no resource-level permission (Service
-    Authorization Reference, "Actions, resources, and condition keys for AWS Systems Manager"), where
-    `ssm:GetParameter` is granted on this one parameter's ARN. Both count against Parameter Store's
-    per-account throughput (docs/operations.md, "Quotas"); one call a minute per container is far below it.
+    other permission. DescribeParameters answers the version without the value, but is granted on resource
+    `*`, where `ssm:GetParameter` is granted on this one parameter's ARN (AWS Systems Manager User Guide,
+    "Restricting access to Systems Manager parameters using IAM policies": its restrictive example allows
+    `ssm:DescribeParameters` on `*` and scopes only the Get actions to parameter ARNs). Both count against
+    Parameter Store's per-account throughput (docs/operations.md, "Quotas and rate limits"); one call a minute
+    per container is far below it.
     """
     got = aws.call("ssm", "get_parameter", Name=name, WithDecryption=True)["Parameter"]
     return Parameter(name=name, version=int(got["Version"]), value=str(got["Value"]))
