@@ -25,7 +25,7 @@ from typing import Any
 from chalicelib.config import Config, Pool
 from chalicelib.drain import runner_gone
 from chalicelib.errors import AwsCallError, GitLabError
-from chalicelib.fleet import Fleet, GroupView, Instance
+from chalicelib.fleet import GroupView, Instance
 from chalicelib.lifecycle import MachineSecrets, RunnerAdmin
 from chalicelib.resources import Names
 from chalicelib.store import MachineRecord, Store
@@ -49,7 +49,6 @@ class _Sweep:
     config: Config
     names: Names
     store: Store
-    fleet: Fleet
     gitlab: RunnerAdmin
     secrets: MachineSecrets
     now: datetime
@@ -67,14 +66,14 @@ def sweep(
     config: Config,
     names: Names,
     store: Store,
-    fleet: Fleet,
     gitlab: RunnerAdmin,
     secrets: MachineSecrets,
     groups: Mapping[str, GroupView],
     now: datetime,
 ) -> SweepReport:
     """Delete this deployment's runners of vanished instances; mark for removal the machines whose runner
-    never came up or is gone from GitLab."""
+    never came up or is gone from GitLab. Reads the groups it is given and ends no machine: the reconcile
+    terminates what it marked, so it takes no fleet."""
     report = SweepReport()
     live = {i.instance_id for g in groups.values() for i in g.live_instances()}
     try:
@@ -83,7 +82,7 @@ def sweep(
     except GitLabError as exc:
         report.errors.append(str(exc))
         return report
-    run = _Sweep(config, names, store, fleet, gitlab, secrets, now, report)
+    run = _Sweep(config, names, store, gitlab, secrets, now, report)
     for pool in config.pools:
         group = groups.get(pool.asg)
         if group is None:

@@ -216,9 +216,7 @@ def _sweep(ports: Ports) -> None:
     except AwsCallError as exc:
         logger.warning("sweep skipped: cannot read the groups", extra={"error": str(exc)})
         return  # the next window retries; the reconcile below still runs
-    report = sweep(
-        ports.config, ports.names, ports.store, ports.fleet, ports.gitlab, ports.secrets, groups, ports.now()
-    )
+    report = sweep(ports.config, ports.names, ports.store, ports.gitlab, ports.secrets, groups, ports.now())
     if report.deleted_runners or report.marked:
         ports.metrics.emit_count("OrphansRemoved", len(report.deleted_runners) + len(report.marked))
     if report.errors:
