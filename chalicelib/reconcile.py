@@ -18,7 +18,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from chalicelib import metrics
 from chalicelib.capacity import Demand, Machine, MachineState, PoolPlan, plan_pool
 from chalicelib.capacity.engine import slots_per_new_machine
 from chalicelib.capacity.fallback import can_fall_back, preferred_types
@@ -39,6 +38,7 @@ from chalicelib.forecast import PipelineState, forecast, lead_of, with_statuses
 from chalicelib.hosts import HostPoolView, HostPort, apply_host_plan
 from chalicelib.jobs import runner_description
 from chalicelib.lifecycle import PREPARE_FAULT, pending_since
+from chalicelib.metrics import EmfMetrics, Metrics
 from chalicelib.pipelines import Pipelines, active_for_prewarm
 from chalicelib.store import HOLDS_SLOT, TERMINAL, Fault, JobRecord, MachineRecord, Store
 
@@ -273,6 +273,7 @@ class Reconciler:
         eligibility: Eligibility | None = None,
         lease_clock: Callable[[], float] = time.monotonic,
         warm_pools: WarmPools | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -288,6 +289,8 @@ class Reconciler:
         self._lease_deadline = float("inf")
         self._eligibility = eligibility
         self._warm_pools = warm_pools
+        # The metrics port (the wiring's, as every use case's); EMF lines when none is given (tools, benches).
+        self._metrics: Metrics = metrics or EmfMetrics()
 
     def reconcile_all(self, now: datetime, *, dry_run: bool = False) -> list[ReconcileResult]:
         """Every pool, with one batched read of all groups (calls grow with pools, not machines)."""
@@ -558,7 +561,7 @@ class Reconciler:
         except AwsCallError as exc:
             result.fallback = f"failed: {exc.code}"
             logger.error("instance type fallback failed", extra={"pool": pool.name, "error": str(exc)})
-            metrics.emit({"FallbackFailed": 1}, {"pool": pool.name, "platform": pool.platform.value})
+            self._metrics.emit({"FallbackFailed": 1}, {"pool": pool.name, "platform": pool.platform.value})
             return
         result.fallback = f"instance types {', '.join(types)}"
         logger.warning("instance types reordered", extra={"pool": pool.name, "fallback": result.fallback})

@@ -285,6 +285,7 @@ class Runtime:
             gitlab=self.gitlab_host,
             eligibility=eligibility,
             warm_pools=self.fleet,
+            metrics=self.metrics,
         )
 
     @cached_property

@@ -747,6 +747,7 @@ class Ours:
             pipelines=pipelines,
             gitlab=urlsplit(self._config.gitlab.url).netloc,
             warm_pools=fleet,
+            metrics=self.metrics,
         )
         self._ports = Ports(
             names=names,

@@ -24,6 +24,7 @@ from chalicelib.runtime import Runtime, install
 from chalicelib.store import Fault, JobRecord, MachineRecord
 from tests.builders import pool
 from tests.functional.conftest import Stack, describe_group
+from tests.unit.test_ports import RecordedMetrics
 
 
 def sqs_event(client: Client, name: str) -> dict[str, Any]:
@@ -43,14 +44,18 @@ def denied(stack: Stack) -> Iterator[Stack]:
     """The stack redeployed with a role that may not retune the group (a fresh container)."""
     aws = AwsClients(region="us-east-1", sleep=lambda _s: None, fault_injector=denied_retune)
     stack.runtime = Runtime(
-        dict(stack.runtime.environ), aws=aws, config=stack.config, clock=stack.runtime.clock
+        dict(stack.runtime.environ),
+        aws=aws,
+        config=stack.config,
+        clock=stack.runtime.clock,
+        metrics=RecordedMetrics(),
     )
     install(stack.runtime)
     yield stack
 
 
 def test_a_denied_fallback_is_a_pool_fault_and_the_reconcile_still_launches_protects_and_drains(
-    denied: Stack, capsys: pytest.CaptureFixture[str]
+    denied: Stack,
 ) -> None:
     stack = denied
     rt = stack.runtime
@@ -90,11 +95,12 @@ def test_a_denied_fallback_is_a_pool_fault_and_the_reconcile_still_launches_prot
     assert ids[1] not in live
     assert live[ids[0]]["ProtectedFromScaleIn"] is True
     assert group["DesiredCapacity"] == 2
-    # AND the group kept its order, and the failure shows as a pool fault metric
+    # AND the group kept its order, and the failure shows as a pool fault metric, emitted through the
+    # container's metrics port (the reconciler's as every use case's, not a module-level EMF line)
     overrides = group["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]
     assert [o["InstanceType"] for o in overrides] == ["m7i.large", "m6i.large"]
-    blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"FallbackFailed"' in line]
-    assert [(b["pool"], b["FallbackFailed"]) for b in blobs] == [("linux", [1.0])]
+    assert isinstance(rt.metrics, RecordedMetrics)
+    assert [c for c in rt.metrics.counts if c[0] == "FallbackFailed"] == [("FallbackFailed", 1, "linux")]
 
 
 def test_the_fallback_reorders_types_and_keeps_the_on_demand_base_and_percentage(stack: Stack) -> None:
