@@ -51,7 +51,7 @@ from toolkit.devtools.demo_report import (
 )
 from toolkit.devtools.demo_trace import TracePlayer, check_routable
 from toolkit.devtools.event_sources import EventSources, RotationService, SpotInterruptions
-from toolkit.devtools.fake_gitlab import TERMINAL, FakeGitLab
+from toolkit.devtools.fake_gitlab import DEFAULT_ASSIGNMENT_WINDOW, TERMINAL, FakeGitLab
 from toolkit.devtools.local_app import LocalApp, load_app, wait_until_serving
 from toolkit.devtools.local_aws import LocalAws
 from toolkit.devtools.machines import SimulatedMachines
@@ -300,7 +300,11 @@ class Demo:
         local_aws = stack.enter_context(LocalAws())
         app_aws, platform_aws, machine_aws = local_aws.clients(), local_aws.clients(), local_aws.clients()
         # The delivery sender thread plays GitLab's Sidekiq: webhooks leave asynchronously, as on GitLab.
-        gitlab = stack.enter_context(FakeGitLab(now=clock.now, delivery="async"))
+        # A machine's job request is assigned at a later platform step (toolkit.devtools.machines,
+        # ASSIGN_SECONDS), up to `max_step` after its `active?` check: the fake's assignment window spans a
+        # step, so the demo's coarse time expires no request GitLab would have served.
+        window = timedelta(seconds=options.max_step) + DEFAULT_ASSIGNMENT_WINDOW
+        gitlab = stack.enter_context(FakeGitLab(now=clock.now, delivery="async", assignment_window=window))
         names = names_from_env()  # the prefix app.py was imported with: its SQS handler names our queue
         config = _point_at(config, gitlab.url, names)
         webhook_token = uuid.uuid4().hex

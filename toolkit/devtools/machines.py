@@ -3,8 +3,11 @@
 A machine boots for its platform's boot time, gets its runner (from its own secret, written by the lifecycle
 handler, or by registering one as `runner-scaler/<pool>/<instance-id>` when the app has no lifecycle handler),
 asks the fake GitLab for jobs of its tags, runs each for its duration, reports success, and stops asking once
-it has started `max_use_count` jobs (gitlab-runner `run-single --max-builds`). A machine that disappears while
-running a job is a busy machine killed: the invariant the scaler must never break.
+it has started `max_use_count` jobs (gitlab-runner `run-single --max-builds`). A job request takes two steps,
+as on GitLab: the `active?` check, then the assignment ASSIGN_SECONDS later (at the next platform step at the
+earliest), which a pause in between does not stop; so the scaler's drain meets GitLab's assignment window. A
+machine that disappears while running a job is a busy machine killed: the invariant the scaler must never
+break.
 May import chalicelib (config, resources, jobs naming, devtools); not imported by the Lambda path.
 """
 
@@ -25,7 +28,7 @@ from chalicelib.errors import AwsCallError
 from chalicelib.fleet import LIVE_STATES
 from chalicelib.jobs import runner_description
 from chalicelib.resources import Names
-from toolkit.devtools.fake_gitlab import FakeGitLab, FakeJob
+from toolkit.devtools.fake_gitlab import FakeGitLab, FakeJob, JobRequest
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,14 @@ BOOT_SECONDS: Mapping[Platform, float] = {
     Platform.WINDOWS: 300.0,
     Platform.MACOS: 720.0,
 }
+
+
+#: Seconds from a job request's `active?` check to its assignment: `POST /jobs/request` checks the runner
+#: once (gitlabhq `lib/api/ci/runner.rb`), then `Ci::RegisterJobService` walks the queue and assigns without
+#: checking again (`app/services/ci/register_job_service.rb`): the request's time in Rails, about a second.
+#: The demo's time moves in steps (toolkit.devtools.demo_clock), so an assignment lands at the first step
+#: this long after its check: one step later (4 s at the default speed).
+ASSIGN_SECONDS = 1.0
 
 
 class MachineState(StrEnum):
@@ -67,6 +78,9 @@ class SimMachine:
     running: dict[int, datetime] = field(default_factory=dict)  # job id -> when it ends
     gone_at: datetime | None = None
     reclaimed: bool = False  # EC2 took it back (a Spot interruption), not the scaler
+    #: Its job request in flight (passed `active?`, not assigned yet), and when GitLab assigns it.
+    request: JobRequest | None = None
+    request_due: datetime | None = None
 
     def state(self, now: datetime, max_use_count: int) -> MachineState:
         if self.gone_at is not None:
@@ -121,6 +135,7 @@ class SimulatedMachines:
         gitlab: FakeGitLab,
         *,
         duration_of: Callable[[FakeJob], float],
+        assign_seconds: float = ASSIGN_SECONDS,
         lifecycle: Lifecycle | None = None,
         runner_from_secret: bool = False,
         boot_seconds: Mapping[Platform, float] = BOOT_SECONDS,
@@ -131,6 +146,7 @@ class SimulatedMachines:
         self._aws = aws
         self._gitlab = gitlab
         self._duration_of = duration_of
+        self._assign = timedelta(seconds=assign_seconds)
         self._lifecycle = lifecycle
         self._runner_from_secret = runner_from_secret
         self._boot = boot_seconds
@@ -223,23 +239,29 @@ class SimulatedMachines:
         for job_id, ends_at in list(machine.running.items()):
             if ends_at <= now:
                 self._end_job(machine, job_id, "success")
-        while self._may_take(pool, machine):
-            taken = self._request(machine)
-            if taken is None:
-                break
-            machine.running[taken] = now + timedelta(seconds=self._duration_of(self._gitlab.jobs[taken]))
-            machine.jobs_started += 1
+        if machine.request is not None:
+            if machine.request_due is not None and now < machine.request_due:
+                return  # GitLab is still assigning (one request at a time, as run-single's loop)
+            taken = self._gitlab.complete_job_request(machine.request)
+            machine.request = machine.request_due = None
+            if taken is not None:
+                machine.running[taken] = now + timedelta(seconds=self._duration_of(self._gitlab.jobs[taken]))
+                machine.jobs_started += 1
+        if self._may_take(pool, machine):
+            machine.request = self._begin_request(machine)
+            machine.request_due = now + self._assign if machine.request is not None else None
 
     def _may_take(self, pool: Pool, machine: SimMachine) -> bool:
         if len(machine.running) >= pool.capacity_per_instance:
             return False
         return not pool.max_use_count or machine.jobs_started < pool.max_use_count
 
-    def _request(self, machine: SimMachine) -> int | None:
+    def _begin_request(self, machine: SimMachine) -> JobRequest | None:
+        """The first half of a job request: GitLab's `active?` check (None: paused, or its runner is gone)."""
         assert machine.runner_id is not None
         if machine.runner_id not in self._gitlab.runners:
             return None  # its runner was deleted (the machine is on its way out)
-        return self._gitlab.request_job(machine.runner_id)
+        return self._gitlab.begin_job_request(machine.runner_id)
 
     def _end_job(self, machine: SimMachine, job_id: int, status: str) -> None:
         machine.running.pop(job_id, None)
