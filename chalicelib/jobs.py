@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from chalicelib.capacity import pool_for_tags
 from chalicelib.config import Config, Pool
 from chalicelib.errors import AwsCallError, GitLabError, GitLabNotFoundError
+from chalicelib.forecast import PipelineState
 from chalicelib.store import TERMINAL, JobRecord, Store, rank
 
 logger = logging.getLogger(__name__)
@@ -329,6 +330,48 @@ def resolve_unrouted(
         for job in group:
             if complete or job.job_id in tags:
                 _route_resolved(job, tags, config, store, dirty, now, report)
+    return report
+
+
+#: Stored pipeline jobs prewarm forecasts from, and so needs a pool for (chalicelib.pipelines, `_FORECAST`).
+_FORECAST = frozenset({"created", "running"})
+
+
+def resolve_pipeline_pools(
+    config: Config,
+    store: Store,
+    source: PipelineJobsSource | None,
+    pipelines: Sequence[PipelineState],
+    now: datetime,
+    *,
+    gitlab: str,
+    on_pools: Callable[[int, Mapping[int, str]], None],
+    max_pipelines: int = MAX_TICK_PIPELINES,
+    max_fetches: int = MAX_TICK_PIPELINES,
+) -> ResolveReport:
+    """The tick's repair for prewarm: stored pipelines (Pipeline hooks, chalicelib.pipelines) whose jobs to
+    come still have no pool get their tags and `on_pools(pipeline id, job id -> pool)`.
+
+    Their hook asked for the tags (`ask_resolve`), but a lost, dead-lettered or failed ask leaves them
+    pool-less, and `resolve_unrouted` never sees them: `created` jobs are not stored as jobs, so no
+    unrouted job names the pipeline. GitLab sends the next Pipeline hook only when the pipeline's status
+    changes (gitlabhq `app/models/ci/pipeline.rb`), which may be after the stage prewarm was for. Up to
+    `max_pipelines` such pipelines a tick (one cache read each, oldest first), of which up to `max_fetches`
+    are fetched from GitLab (then cached). A job whose tags match no pool stays pool-less, and costs its
+    pipeline one cache read a tick while it is stored (until the pipeline ends, or a day)."""
+    report = ResolveReport()
+    waiting = [s for s in pipelines if any(not j.pool and j.status in _FORECAST for j in s.jobs)]
+    for state in sorted(waiting, key=lambda s: s.pipeline_id)[:max_pipelines]:
+        asked = [
+            JobRecord(gitlab, j.job_id, j.status, project_id=state.project_id, pipeline_id=state.pipeline_id)
+            for j in state.jobs
+            if not j.pool and j.status in _FORECAST
+        ]
+        may_fetch = report.gitlab_calls < max_fetches
+        pipeline = (state.project_id, state.pipeline_id)
+        found = _pipeline_tags(store, source, gitlab, pipeline, asked, now, may_fetch, report)
+        if found is not None:
+            on_pools(state.pipeline_id, _pools_of(found[0], config))
     return report
 
 

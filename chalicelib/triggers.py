@@ -19,7 +19,7 @@ from chalicelib.config import Config, Pool
 from chalicelib.errors import AwsCallError, MalformedEventError, RunnerScalerError
 from chalicelib.events.aws import DirtyPoolMessage, ResolveAsk, ResolveTagsMessage, parse_queue_message
 from chalicelib.heal import heal, scan_window
-from chalicelib.jobs import DirtyMarker
+from chalicelib.jobs import MAX_TICK_PIPELINES, DirtyMarker
 from chalicelib.ports import Ports
 from chalicelib.reconcile import ReconcileResult
 from chalicelib.resources import TickStep
@@ -136,10 +136,31 @@ def _resolve(ports: Ports, dirty: DirtyMarker, asked: ResolveAsk | None) -> None
         asked=ask,
         on_pools=on_pools,
     )
+    if on_pools is not None and asked is None:
+        _fill_pools(ports, on_pools, MAX_TICK_PIPELINES - report.gitlab_calls)
     if report.unroutable:
         ports.metrics.emit_count("UnroutableJobs", len(report.unroutable))
     if report.errors:
         logger.warning("tags not resolved", extra={"errors": report.errors[:5]})
+
+
+def _fill_pools(ports: Ports, on_pools: Callable[[int, Mapping[int, str]], None], fetches: int) -> None:
+    """The tick's part of prewarm routing (chalicelib.jobs.resolve_pipeline_pools): stored pipelines whose
+    jobs to come still have no pool, within what is left of the tick's GitLab budget."""
+    from chalicelib.jobs import resolve_pipeline_pools
+
+    report = resolve_pipeline_pools(
+        ports.config,
+        ports.store,
+        ports.gitlab if ports.has_gitlab() else None,
+        ports.pipelines.active(ports.gitlab_host, ports.now()),
+        ports.now(),
+        gitlab=ports.gitlab_host,
+        on_pools=on_pools,
+        max_fetches=max(0, fetches),
+    )
+    if report.errors:
+        logger.warning("stored pipelines' tags not resolved", extra={"errors": report.errors[:5]})
 
 
 class _HeldMarks:

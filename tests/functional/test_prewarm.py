@@ -239,3 +239,29 @@ def test_a_failed_forecast_read_costs_prewarm_never_the_reconcile(prewarm_stack:
     # THEN the pending jobs still get their machines and nothing is reported failed
     assert results["linux"].ok and results["linux"].desired_after == 2
     assert prewarm_stack.desired("test-linux") == 2
+
+
+def test_the_tick_gives_pools_to_a_stored_pipeline_whose_resolve_ask_was_lost(
+    prewarm_stack: Stack, fake_gitlab: FakeGitLab
+) -> None:
+    # GIVEN a Pipeline hook for a pipeline whose jobs' tags are not cached yet: its stored jobs to come have
+    # no pool, and the hook asked for the tags to be resolved...
+    stack = prewarm_stack
+    project = fake_gitlab.create_project("group/app")
+    pipeline, jobs = _build_then_test(fake_gitlab, project)
+    host = stack.runtime.gitlab_host
+    with Client(app) as client:
+        hook = _pipeline_running_compile(stack, project, pipeline, jobs)
+        assert post(client, hook, event="Pipeline Hook").status_code == 202
+        stored = stack.runtime.pipelines.get(host, pipeline)
+        assert stored is not None and {j.pool for j in stored.jobs} == {""}
+        # ...but the ask was lost (dead-lettered, or its resolve failed), and no Job hook came since: the
+        # tick's unrouted step has no unrouted job of this pipeline to fetch it for
+        assert [body for body in stack.queued_messages() if "resolve" in body]
+        # WHEN the tick runs
+        _tick(client)
+    # THEN the stored pipeline's jobs to come have their pool, so prewarm can count them
+    stored = stack.runtime.pipelines.get(host, pipeline)
+    assert stored is not None
+    pools = {j.job_id: j.pool for j in stored.jobs if j.status == "created"}
+    assert pools == {jobs[1]: "linux", jobs[2]: "linux"}
