@@ -168,8 +168,11 @@ def taskscaler_idle_slots(policy: Policy, in_use: int) -> int:
 #: `instance_acquire_timeout` default: 15 min (gitlab-runner `executors/internal/autoscaler/executor.go`).
 INSTANCE_ACQUIRE_TIMEOUT_S = 900.0
 #: Prepare is tried `PreparationRetries` = 3 times (`common/consts.go`, `Build.retryCreateExecutor` in
-#: `common/build.go`); the acquire timeout is no BuildError, so each attempt waits the timeout again.
+#: `common/build.go`); the acquire timeout is no BuildError, so each attempt waits the timeout again (a new
+#: `context.WithTimeout` per Prepare: `executors/internal/autoscaler/executor.go`), `PreparationRetryInterval`
+#: (3 s) apart; after the last one the job fails as a runner system failure.
 PREPARATION_RETRIES = 3
+PREPARATION_RETRY_INTERVAL_S = 3.0
 
 
 class Taskscaler(_Counted):
@@ -188,8 +191,8 @@ class Taskscaler(_Counted):
     taskscaler scales on its idle slots alone. Without it (`preemptive_mode = false`, or a period with
     idle_count 0), the runner takes jobs up to `max_instances * capacity_per_instance`, counts them in use,
     and each waits for an instance; a job that gets none within `instance_acquire_timeout` (15 min), on
-    each of the 3 preparation attempts, fails (counted in `failed_jobs`; its retry is modelled as the same
-    job waiting on, so the waits include the failed attempts).
+    each of the 3 preparation attempts, fails: it never runs, its pipeline's later stages are skipped, and
+    neither is in the wait figures (`failed_jobs`, `skipped_jobs`).
     Loop: jobs are requested every check_interval (3 s); the fleeting plugin's Update runs every
     update_interval (1 min), every update_interval_when_expecting (2 s) while instances boot.
     API calls: 2 per Update (DescribeAutoScalingGroups, DescribeInstances), 1 per SetDesiredCapacity,
@@ -266,15 +269,15 @@ class Taskscaler(_Counted):
             world.fleet.terminate(machine.instance_id)
 
     def _time_out(self, pool: Pool) -> None:
-        """Jobs the runner took without an instance for them: each attempt past the acquire timeout fails."""
+        """Jobs the runner took without an instance for them: one that found none within the acquire
+        timeout on each of its preparation attempts fails (`SimGitLab.fail_pending`)."""
         world = self._world
         now = world.loop.now
-        limit = INSTANCE_ACQUIRE_TIMEOUT_S * PREPARATION_RETRIES
+        limit = (INSTANCE_ACQUIRE_TIMEOUT_S + PREPARATION_RETRY_INTERVAL_S) * PREPARATION_RETRIES
         for job in world.gitlab.pending_for(lambda tags: runner_takes(tags, pool.tags, pool.run_untagged)):
             began = self._acquiring.setdefault(job.job_id, now)  # taken by the runner at the first check
             if now - began >= limit:
-                world.ledger.failed_jobs += 1
-                self._acquiring[job.job_id] = now
+                world.gitlab.fail_pending(job)
 
 
 class TaskscalerNonPreemptive(Taskscaler):

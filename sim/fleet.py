@@ -33,8 +33,6 @@ class Ledger:
     alive: int = 0
     max_alive: int = 0
     busy_killed: int = 0
-    #: Jobs failed by the scaler's own limits (taskscaler's instance acquire timeout), not by the job.
-    failed_jobs: int = 0
 
     def launched(self, machine: SimMachine, now: float) -> None:
         self.machines.append(machine)

@@ -32,6 +32,8 @@ from sim.model import (
 Emit = Callable[[HookEvent, float], None]
 EmitPipeline = Callable[[PipelineHookEvent, float], None]
 JobListener = Callable[[SimJob, SimMachine], None]
+#: Hears of jobs that will never run: a job its runner gave up on, and the later stages GitLab skipped.
+GivenUpListener = Callable[[Sequence[SimJob]], None]
 MachineListener = Callable[[SimMachine], None]
 
 FIRST_JOB_ID = 1000
@@ -70,6 +72,7 @@ class SimGitLab:
         self._pipeline_status: dict[int, str] = {}
         self.done_listeners: list[JobListener] = []
         self.exit_listeners: list[MachineListener] = []
+        self.given_up_listeners: list[GivenUpListener] = []
 
     # -- the world's side -------------------------------------------------------------------------------
 
@@ -116,6 +119,29 @@ class SimGitLab:
             self.jobs[job.job_id] = job
             self.make_pending(job)
         return killed
+
+    def fail_pending(self, job: SimJob) -> None:
+        """The runner that took `job` gave up preparing it (taskscaler's acquire timeout on each of its
+        preparation attempts): gitlab-runner reports it failed, a runner system failure
+        (`Build.retryCreateExecutor` in gitlab-runner `common/build.go` returns the last Prepare error after
+        `PreparationRetries`, and `Build.Run` fails the job with it). GitLab retries it only where the job
+        says `retry` (off by default), so it never runs, and the later stages of its pipeline are skipped
+        (a failed job without `allow_failure` stops the pipeline). Its wait is no start's wait: it is
+        counted in `failed_jobs`, never in the wait figures."""
+        if self.pending.pop(job.job_id, None) is None:
+            return
+        self._pending_tags[job.tags] -= 1
+        job.status = "failed"
+        job.finished_at = self._loop.now
+        self._hook(job, "failed", 0.0)
+        groups = self._pipelines[job.trace.pipeline_id]
+        index = next(i for i, g in enumerate(groups) if job in g)
+        skipped = [j for g in groups[index + 1 :] for j in g if j.status == "created"]
+        for later in skipped:
+            later.status = "skipped"
+        self._pipeline_changed(job.trace.pipeline_id)
+        for listener in self.given_up_listeners:
+            listener([job, *skipped])
 
     def runner_available(self, machine: SimMachine) -> None:
         """A runner that can take work picks the oldest pending jobs it matches."""
@@ -293,7 +319,8 @@ class SimGitLab:
 
 def composite_status(statuses: Sequence[str]) -> str:
     """A pipeline's status from its jobs' latest statuses: Gitlab::Ci::Status::Composite for the statuses the
-    simulator has (a killed job is retried at once, so a pipeline never ends failed here)."""
+    simulator has (a killed job is retried at once, so a pipeline ends failed only when a runner gave up on
+    one of its jobs: `fail_pending`, its later stages skipped)."""
     present = set(statuses)
     if present <= {"success"}:
         return "success"

@@ -40,6 +40,7 @@ METRIC_KEYS = (
     "max_machines",
     "busy_killed",
     "failed_jobs",
+    "skipped_jobs",
     "api_calls",
 )
 
@@ -173,6 +174,7 @@ class World:
         self.unmatched, self.blocked = unservable(self.jobs, self.config.pools)
         self._unfinished = len(self.jobs) - len(self.unmatched) - len(self.blocked)
         self.gitlab.done_listeners.append(self._job_done)
+        self.gitlab.given_up_listeners.append(self._given_up)
 
     def rng(self, stream: str) -> random.Random:
         """An independent, seeded random stream per concern, so one concern's draws never shift another's."""
@@ -224,7 +226,7 @@ class World:
         paid-idle while billed with no instance on it (`SimHost.paid_idle_seconds`)."""
         # A job no pool takes waits forever under every policy, and so do its pipeline's later stages: counted
         # apart, never in the wait figures, where they would say nothing about scaling.
-        left_out = {j.index for j in (*self.unmatched, *self.blocked)}
+        left_out = {j.index for j in (*self.unmatched, *self.blocked, *self.never_started())}
         waits = sorted(job_wait(job, end) for job in self.jobs if job.index not in left_out)
         machine_s, busy_s, instance_cost = 0.0, 0.0, 0.0
         for machine in self.ledger.machines:
@@ -258,10 +260,16 @@ class World:
             "paid_idle_host_hours": round(paid_idle_host_s / 3600, 2),
             "max_machines": self.ledger.max_alive,
             "busy_killed": self.ledger.busy_killed,
-            "failed_jobs": self.ledger.failed_jobs,
+            "failed_jobs": sum(1 for j in self.jobs if j.status == "failed"),
+            "skipped_jobs": sum(1 for j in self.jobs if j.status == "skipped"),
             "api_calls": api_calls,
         }
         return {key: values[key] for key in METRIC_KEYS}
+
+    def never_started(self) -> list[SimJob]:
+        """Jobs that failed before they ran (a scaler gave up on them) and the later stages GitLab skipped
+        for them: `failed_jobs` and `skipped_jobs`, never in the wait figures (no start, no wait)."""
+        return [j for j in self.jobs if j.status in {"failed", "skipped"}]
 
     def warm_costs(self, end: float) -> dict[str, tuple[float, float]]:
         """Per pool with a warm pool: (running seconds, USD) of its warm instances. Their first boot is paid
@@ -281,7 +289,7 @@ class World:
     def pool_metrics(self, end: float) -> dict[str, dict[str, float | int]]:
         """Each pool's figures (POOL_METRIC_KEYS), charged as in `metrics`: the jobs its runners take (by
         gitlab-runner's tag rule, unmatched and blocked jobs left out), its machines and its hosts."""
-        left_out = {j.index for j in (*self.unmatched, *self.blocked)}
+        left_out = {j.index for j in (*self.unmatched, *self.blocked, *self.never_started())}
         waits: dict[str, list[float]] = {p.name: [] for p in self.config.pools}
         for job in self.jobs:
             pool = pool_for_tags(job.trace.tags, self.config.pools)
@@ -326,6 +334,9 @@ class World:
 
     def _job_done(self, job: SimJob, machine: object) -> None:
         self._unfinished -= 1
+
+    def _given_up(self, jobs: Sequence[SimJob]) -> None:
+        self._unfinished -= len(jobs)
 
     def _run_end(self) -> float:
         finished = [j.finished_at for j in self.jobs if j.finished_at is not None]

@@ -62,13 +62,23 @@ class TestTaskscalerModes:
         assert preemptive["wait_max_s"] == pytest.approx(300.0, abs=15.0)
         assert taken_first["wait_max_s"] == pytest.approx(60.0, abs=5.0)
 
-    def test_a_job_without_an_instance_for_three_acquire_timeouts_fails(self) -> None:
-        # GIVEN a non-preemptive runner whose machines take 50 min to boot (3 x 15 min = 45 min of attempts)
-        config = make_config({"policy": [{"idle_count": 0, "idle_time": "5m"}]})
+    def test_a_job_without_an_instance_for_three_acquire_timeouts_fails_and_its_pipeline_stops(self) -> None:
+        # GIVEN a non-preemptive runner whose machines take 50 min to boot (3 x 15 min of attempts, 3 s
+        # apart: gitlab-runner common/build.go retryCreateExecutor), a two-stage pipeline, and a job of
+        # another pipeline 50 min later that a booted machine can take
+        config = make_config({"policy": [{"idle_count": 0, "idle_time": "60m"}]})
         slow = replace(EXACT, boot_s=3000.0)
-        metrics = result(TaskscalerNonPreemptive(), [job(1, 0.0, 0, 60.0)], config, slow).metrics
-        # THEN the job failed once (and waited on: its retry), and a 40 min boot fails nothing
-        assert metrics["failed_jobs"] == 1
+        trace = [job(1, 0.0, 0, 60.0), job(1, 0.0, 1, 60.0), job(2, 3000.0, 0, 60.0)]
+        world = World(config, trace, seed=0, options=slow)
+        metrics = world.run(TaskscalerNonPreemptive()).metrics
+        # THEN the first job failed after its three attempts and never ran, its later stage was skipped, and
+        # neither counts in the waits: only the job that started does
+        first, later, other = world.jobs
+        assert (first.status, later.status, other.status) == ("failed", "skipped", "success")
+        assert first.started_at is None and first.finished_at == pytest.approx(3 * 903.0, abs=3.0)
+        assert (metrics["failed_jobs"], metrics["skipped_jobs"]) == (1, 1)
+        assert metrics["wait_max_s"] == other.wait_s
+        # AND a 40 min boot fails nothing
         faster = result(
             TaskscalerNonPreemptive(), [job(1, 0.0, 0, 60.0)], config, replace(EXACT, boot_s=2400.0)
         )
