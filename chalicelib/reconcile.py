@@ -23,6 +23,7 @@ from chalicelib.capacity.engine import slots_per_new_machine
 from chalicelib.capacity.fallback import can_fall_back, preferred_types
 from chalicelib.capacity.hosts import HostPlan, plan_hosts
 from chalicelib.capacity.warm import (
+    WarmPoolSettings,
     needs_delete,
     prewarm_to_launch,
     size_warm_pool,
@@ -82,6 +83,25 @@ class Removal:
 
 
 @dataclass(frozen=True)
+class WarmPoolStep:
+    """The plan's warm-pool decision (chalicelib/capacity/warm.py sizes it): put `put`, or delete the pool,
+    or leave it with the reason it is `skipped`. `reason` is the sizing's own."""
+
+    put: WarmPoolSettings | None = None
+    delete: bool = False
+    reason: str = ""
+    skipped: str = ""
+
+    def describe(self) -> str:
+        """One line for the result, the CLI's plan and the logs ("put 3 (...)", "deleted", "skipped: ...")."""
+        if self.skipped:
+            return f"skipped: {self.skipped}"
+        if self.put is not None:
+            return f"put {self.put.min_size} ({self.reason})"
+        return "deleted"
+
+
+@dataclass(frozen=True)
 class PoolSnapshot:
     """What one reconcile read of a pool, once: the group, the machine records (repaired against the group:
     adopted, vanished ones left out, jobs credited, contact learned), the jobs and faults, the hosts."""
@@ -124,6 +144,8 @@ class ReconcilePlan:
     machines: tuple[Machine, ...]
     pool_plan: PoolPlan
     host_plan: HostPlan | None = None
+    #: The warm pool to put or delete; None when the group already holds what the sizing wants.
+    warm_pool: WarmPoolStep | None = None
 
     @property
     def desired(self) -> int:
@@ -174,7 +196,36 @@ def plan_reconcile(snapshot: PoolSnapshot) -> ReconcilePlan:
         machines=machines,
         pool_plan=pool_plan,
         host_plan=host_plan,
+        warm_pool=_plan_warm_pool(snapshot),
     )
+
+
+def _plan_warm_pool(snapshot: PoolSnapshot) -> WarmPoolStep | None:
+    """The warm pool the forecast wants (chalicelib/capacity/warm.py), as a change to what the group reports
+    (DescribeAutoScalingGroups' WarmPoolConfiguration, read anyway): None when it already holds it.
+
+    Never on a mixed-instances group: PutWarmPool "cannot be called on an Auto Scaling group that has a
+    mixed instances policy" (API Reference, PutWarmPool).
+    """
+    pool, group = snapshot.pool, snapshot.group
+    arrivals = [t for job in snapshot.jobs if (t := _arrived_at(job)) is not None]
+    held = group.warm_pool.min_size if group.warm_pool is not None else 0
+    wanted = size_warm_pool(
+        pool,
+        snapshot.now,
+        arrivals=arrivals,
+        prewarm_slots=snapshot.prewarm_cold,
+        refill_s=lead_of(pool),
+        held=held,
+    )
+    change = warm_pool_change(wanted, group.warm_pool)
+    if change is not None and group.instances_distribution is not None:
+        return WarmPoolStep(reason=wanted.reason, skipped="the group has a mixed instances policy")
+    if change is not None:
+        return WarmPoolStep(put=change, reason=wanted.reason)
+    if needs_delete(wanted, group.warm_pool):
+        return WarmPoolStep(delete=True, reason=wanted.reason)
+    return None
 
 
 def _demand(snapshot: PoolSnapshot) -> Demand:
@@ -388,6 +439,7 @@ class Reconciler:
         for machine in plan.machines:
             result.machines[machine.state.value] = result.machines.get(machine.state.value, 0) + 1
         if result.dry_run:
+            result.warm_pool = plan.warm_pool.describe() if plan.warm_pool is not None else ""
             result.protected = list(plan.protect)
             result.desired_after = plan.desired
             result.launched = max(0, plan.desired - (plan.live - len(plan.removals)))
@@ -469,55 +521,32 @@ class Reconciler:
             self._check_lease()
             applied = apply_host_plan(self._hosts, pool, plan.host_plan, snapshot.hosts)
             result.faults.extend(applied.errors)
-        self._size_warm_pool(pool, group, snapshot.jobs, snapshot.prewarm_cold, now, result)
+        self._apply_warm_pool(pool, plan.warm_pool, result)
         if plan.pool_plan.changes or result.terminated:
             logger.info(plan.pool_plan.summary(), extra={"pool": pool.name})
 
-    def _size_warm_pool(
-        self,
-        pool: Pool,
-        group: GroupView,
-        jobs: Sequence[JobRecord],
-        prewarm_cold: int,
-        now: datetime,
-        result: ReconcileResult,
-    ) -> None:
-        """Set the group's warm pool to the size the forecast wants (chalicelib/capacity/warm.py), after the
-        capacity change so that it never delays a scale-up. No call when the group already reports those
-        settings (DescribeAutoScalingGroups' WarmPoolConfiguration, read anyway).
-
-        Never on a mixed-instances group: PutWarmPool "cannot be called on an Auto Scaling group that has a
-        mixed instances policy" (API Reference, PutWarmPool). A failure is a pool fault, like the fallback's:
-        warm machines only shorten waits, and the next reconcile tries again.
-        """
-        if self._warm_pools is None:
+    def _apply_warm_pool(self, pool: Pool, step: WarmPoolStep | None, result: ReconcileResult) -> None:
+        """Put or delete the warm pool the plan decided, after the capacity change so that it never delays a
+        scale-up. A failure is a pool fault, like the fallback's: warm machines only shorten waits, and the
+        next reconcile tries again."""
+        if step is None or self._warm_pools is None:
             return
-        arrivals = [t for job in jobs if (t := _arrived_at(job)) is not None]
-        held = group.warm_pool.min_size if group.warm_pool is not None else 0
-        wanted = size_warm_pool(
-            pool, now, arrivals=arrivals, prewarm_slots=prewarm_cold, refill_s=lead_of(pool), held=held
-        )
-        change = warm_pool_change(wanted, group.warm_pool)
-        delete = needs_delete(wanted, group.warm_pool)
-        if change is not None and group.instances_distribution is not None:
-            result.warm_pool = "skipped: the group has a mixed instances policy"
-            logger.warning("no warm pool on a mixed-instances group", extra={"pool": pool.name})
-            return
-        if change is None and not delete:
+        if step.skipped:
+            result.warm_pool = step.describe()
+            logger.warning("warm pool not set", extra={"pool": pool.name, "reason": step.skipped})
             return
         try:
             self._check_lease()
-            if change is not None:
-                self._warm_pools.put_warm_pool(pool.asg, change)
-                result.warm_pool = f"put {change.min_size} ({wanted.reason})"
+            if step.put is not None:
+                self._warm_pools.put_warm_pool(pool.asg, step.put)
             else:
                 self._warm_pools.delete_warm_pool(pool.asg)
-                result.warm_pool = "deleted"
         except AwsCallError as exc:
             result.warm_pool = f"failed: {exc.code}"
             result.faults.append(f"warm pool: {exc}")
             logger.error("warm pool not set", extra={"pool": pool.name, "error": str(exc)})
             return
+        result.warm_pool = step.describe()
         logger.info("warm pool set", extra={"pool": pool.name, "warm_pool": result.warm_pool})
 
     def _unpickable(self, pool: Pool, pending: Sequence[JobRecord], now: datetime) -> int:

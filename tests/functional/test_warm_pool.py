@@ -15,6 +15,7 @@ from typing import Any
 from chalice.test import Client
 
 from app import app
+from chalicelib.capacity.warm import WarmPoolSettings
 from chalicelib.store import JobRecord
 from tests.functional.conftest import Stack
 from toolkit.status import snapshot
@@ -167,6 +168,32 @@ def test_a_busy_pool_keeps_its_warm_pool_through_a_lull_and_a_quiet_one_keeps_on
     assert warm_pool(stack, "test-gpu") == {
         "MinSize": 1,
         "MaxGroupPreparedCapacity": 1,
+        "PoolState": "Stopped",
+        "InstanceReusePolicy": {"ReuseOnScaleIn": False},
+    }
+
+
+def test_a_dry_run_shows_the_warm_pool_its_plan_would_put_and_puts_nothing(stack: Stack) -> None:
+    # GIVEN two jobs that just turned pending in the on-demand pool "gpu"
+    record(stack, 1, "pending", "gpu")
+    record(stack, 2, "pending", "gpu")
+    rt = stack.runtime
+    # WHEN the pool is reconciled as a dry run
+    result = rt.reconciler("dry-run").reconcile_pool(stack.config.pool("gpu"), rt.now(), dry_run=True)
+    # THEN the plan carries the warm pool to put (the sizing is decided in the plan, not while applying)...
+    plan = result.planned
+    assert plan is not None and plan.warm_pool is not None
+    assert plan.warm_pool.put == WarmPoolSettings(2, 2, "Stopped", reuse_on_scale_in=False)
+    assert result.warm_pool.startswith("put 2 (")
+    # ...and nothing was put
+    assert rt.aws.calls["autoscaling.PutWarmPool"] == 0
+    assert warm_pool(stack, "test-gpu") is None
+    # WHEN the tick runs THEN it puts what the plan said
+    with Client(app) as client:
+        tick(client)
+    assert warm_pool(stack, "test-gpu") == {
+        "MinSize": 2,
+        "MaxGroupPreparedCapacity": 2,
         "PoolState": "Stopped",
         "InstanceReusePolicy": {"ReuseOnScaleIn": False},
     }
