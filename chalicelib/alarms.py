@@ -1,8 +1,9 @@
 """Use case: react to trouble the scaler can detect: CloudWatch alarms (via SNS) and failed launches.
 
-Queue-age and long-pending alarms reconcile every pool at once; dead letters are moved back to the queue;
-launch failures record a fault that steers the pool to another instance type (or to on-demand) for a while,
-and the alarm's OK clears it. Given its `Ports`; imports use cases and ports, never the wiring; no boto3.
+Queue-age and long-pending alarms reconcile every pool at once; dead letters are moved back to the queue as
+what they were (pool dirty, or resolve ask); launch failures record a fault that steers the pool to another
+instance type (or to on-demand) for a while, and the alarm's OK clears it. Given its `Ports`; imports use
+cases and ports, never the wiring; no boto3.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from chalicelib.events.aws import (
     AlarmNotification,
     AlarmState,
     LaunchUnsuccessfulEvent,
+    ResolveTagsMessage,
     parse_alarm_notification,
-    parse_dirty_pool_message,
+    parse_queue_message,
 )
 from chalicelib.metrics import Metrics
 from chalicelib.ports import Ports
@@ -141,7 +143,8 @@ def _reconcile(ports: Ports, pools: Sequence[Pool], owner: str) -> None:
 
 
 def _redrive(ports: Ports) -> int:
-    """Move dead-lettered "pool dirty" messages back (bounded); their reconcile is idempotent."""
+    """Move dead-lettered messages back (bounded), each as what it was: a "pool dirty" message (its reconcile
+    is idempotent) or a webhook's resolve ask (resolving a pipeline's tags again changes nothing resolved)."""
     dead_letters = ports.open_dead_letters()
     moved = 0
     while moved < REDRIVE_LIMIT:
@@ -150,11 +153,18 @@ def _redrive(ports: Ports) -> int:
             break
         for letter in letters:
             try:
-                pool = ports.config.pool(parse_dirty_pool_message(letter.body).pool).name
+                message = parse_queue_message(letter.body)
+                if isinstance(message, ResolveTagsMessage):
+                    ask = message.resolve
+                    ports.queue.ask_resolve(ask.project_id, ask.pipeline_id, ask.job_id, ports.now())
+                else:
+                    pool = ports.config.pool(message.pool).name
+                    ports.queue.mark_dirty(pool, "redriven from the dead-letter queue", ports.now())
             except (MalformedEventError, KeyError):
-                logger.error("dead letter names no pool; deleted", extra={"message_id": letter.message_id})
-            else:
-                ports.queue.mark_dirty(pool, "redriven from the dead-letter queue", ports.now())
+                logger.error(
+                    "dead letter is neither a pool we have nor a resolve ask; deleted",
+                    extra={"message_id": letter.message_id},
+                )
             dead_letters.delete(letter)
             moved += 1
     return moved

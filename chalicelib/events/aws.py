@@ -397,8 +397,8 @@ class ResolveAsk(_Model):
 
 class ResolveTagsMessage(_Model):
     """Body of a resolve ask on the dirty-pool queue: `{"resolve": {...}}`. `queue.DirtyQueue.ask_resolve`
-    writes it, `triggers.process_dirty_batch` reads it. A dead-lettered one is dropped by the redrive (it
-    names no pool): the tick resolves whatever is still unrouted."""
+    writes it, `triggers.process_dirty_batch` reads it; the dead-letter redrive (`alarms`) sends it again as
+    a resolve ask. The tick resolves whatever is still unrouted anyway."""
 
     resolve: ResolveAsk
 

@@ -184,3 +184,23 @@ def test_the_launch_alarms_ok_leaves_a_prepare_fault_in_place(stack: Stack, clie
     assert client.lambda_.invoke("alarms", sns).payload["action"] == "faults cleared"
     # THEN only the capacity fault is gone
     assert [f.kind for f in stack.runtime.store.faults("linux", stack.runtime.now())] == [PREPARE_FAULT]
+
+
+def test_a_dead_lettered_resolve_ask_is_redriven_as_a_resolve_ask(stack: Stack, client: Client) -> None:
+    # GIVEN a webhook's ask to resolve a pipeline's job tags that failed until SQS dead-lettered it (it names
+    # no pool: its body is {"resolve": {...}}, chalicelib.queue.DirtyQueue.ask_resolve)
+    body = json.dumps({"resolve": {"project_id": 7, "pipeline_id": 70, "job_id": 701}})
+    stack.aws.call(
+        "sqs",
+        "send_message",
+        QueueUrl=stack.local.dead_letter_url,
+        MessageBody=body,
+        MessageGroupId="resolve-70",
+        MessageDeduplicationId="dead-resolve-1",
+    )
+    # WHEN the dead-letter alarm fires
+    sns = client.events.generate_sns_event(message=alarm_message("ApproximateNumberOfMessagesVisible"))
+    out = client.lambda_.invoke("alarms", sns).payload
+    # THEN the ask is back on the queue as a resolve ask for the same pipeline and job, not dropped
+    assert out["redriven"] == 1
+    assert [json.loads(b) for b in stack.queued_messages()] == [json.loads(body)]
