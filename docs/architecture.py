@@ -71,7 +71,7 @@ ROWS: dict[str, tuple[float, str, str]] = {
     "machine_events": (
         21.0,
         "EventBridge rules\nthe pools' lifecycle hooks, failed\nlaunches, Spot warnings, states",
-        "machine_events\nrunner + machine secret,\nSpot drain, launch faults",
+        "machine_events\nrunner + machine secret, Spot\ndrain, launch faults, decrement\non shutdown",
     ),
     "rotate_base_certs": (
         12.0,
@@ -241,8 +241,9 @@ def draw(names: list[str], out: Path) -> None:
                 "reads its own secret (only),",
                 "runs gitlab-runner run-single",
                 "--max-builds max_use_count,",
-                "then terminates itself",
-                "(decrementing its group)",
+                "then powers itself off (EC2",
+                "terminates it; machine_events",
+                "decrements its group)",
             )
         ),
         FLEET,
