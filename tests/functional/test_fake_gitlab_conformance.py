@@ -24,7 +24,7 @@ from toolkit.devtools.fake_gitlab import (
     FakeGitLab,
     JobSpec,
 )
-from toolkit.devtools.machines import SimulatedMachines
+from toolkit.devtools.machines import ASSIGN_SECONDS, SimulatedMachines
 
 
 def job_statuses(receiver: WebhookReceiver, job_id: int) -> list[str]:
@@ -369,8 +369,10 @@ def test_run_single_runs_one_job_at_a_time(stack: Stack, fake: FakeGitLab) -> No
     machines.step(now + timedelta(minutes=3))
     (machine,) = machines.live("linux")
     assert list(machine.running) == [first] and fake.jobs[second].status == "pending"
-    machines.step(now + timedelta(minutes=4, seconds=1))  # the first ended: the second starts
-    assert list(machine.running) == [second] and fake.jobs[first].status == "success"
+    machines.step(now + timedelta(minutes=4, seconds=1))  # the first ended: the next request passes `active?`
+    assert not machine.running and fake.jobs[first].status == "success"
+    machines.step(now + timedelta(minutes=4, seconds=1 + ASSIGN_SECONDS))  # ...and is given the second
+    assert list(machine.running) == [second]
 
 
 def test_run_single_with_a_revoked_token_keeps_running_and_takes_nothing(
