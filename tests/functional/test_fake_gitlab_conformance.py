@@ -14,6 +14,7 @@ import gitlab
 import pytest
 
 from chalicelib.errors import GitLabError, GitLabNotFoundError
+from chalicelib.events.gitlab import JobStatus
 from chalicelib.gitlab import GitLabClient
 from tests.functional.conftest import Stack
 from tests.gitlab_fixtures import Clock, WebhookReceiver
@@ -109,6 +110,38 @@ def test_a_retry_is_a_new_job_with_its_own_create_and_pending_hooks(
         1,
     ]
     assert job_statuses(receiver, test) == ["created"]  # skipped, then created again: neither sends a hook
+
+
+# -- status values: app/models/concerns/ci/has_status.rb ----------------------------------------------
+
+
+def test_job_and_pipeline_statuses_are_gitlabs_and_the_scaler_names_each(
+    fake: FakeGitLab, receiver: WebhookReceiver
+) -> None:
+    """Ci::HasStatus::AVAILABLE_STATUSES (app/models/concerns/ci/has_status.rb; the states of
+    app/models/commit_status.rb and app/models/ci/pipeline.rb): created, waiting_for_resource, preparing,
+    waiting_for_callback, pending, running, canceling, success, failed, canceled, skipped, manual, scheduled.
+    The scaler names each (chalicelib.events.gitlab.JobStatus) and takes any other string as `created`
+    would rank; the fake's hooks carry none but GitLab's."""
+    gitlab_statuses = {
+        "created", "waiting_for_resource", "preparing", "waiting_for_callback", "pending", "running",
+        "canceling", "success", "failed", "canceled", "skipped", "manual", "scheduled",
+    }  # fmt: skip
+    assert {s.value for s in JobStatus} == gitlab_statuses
+    # GIVEN a pipeline that goes through a run, a failure, a skip and a cancel
+    project = hooked_project(fake, receiver)
+    ref = fake.create_pipeline(
+        project, [JobSpec("build", "build", ("linux",)), JobSpec("test", "test"), JobSpec("lint", "build")]
+    )
+    build, _test, lint = ref.job_ids
+    runner, _ = fake.register_runner(tag_list=("linux",), run_untagged=True)
+    assert fake.request_job(runner) == build
+    fake.cancel_job(lint)
+    fake.finish_job(build, "failed")
+    # THEN every status its Job and Pipeline hooks carried is one of GitLab's
+    carried = {r.body["build_status"] for r in receiver.events("Job Hook")}
+    carried |= {r.body["object_attributes"]["status"] for r in receiver.events("Pipeline Hook")}
+    assert carried and carried <= gitlab_statuses
 
 
 # -- payload fields: lib/gitlab/data_builder/build.rb, lib/gitlab/data_builder/pipeline.rb ----------
