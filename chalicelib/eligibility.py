@@ -76,21 +76,22 @@ class Eligibility:
     max_lookups: int = MAX_LOOKUPS
     lookups: int = field(default=0, init=False)
 
-    def unpickable(self, project_ids: Iterable[int], now: datetime) -> dict[int, str]:
-        """project id -> reason, for the given projects whose jobs our runners can never take."""
+    def unpickable(self, project_ids: Iterable[int], now: datetime, *, cache: bool = True) -> dict[int, str]:
+        """project id -> reason, for the given projects whose jobs our runners can never take. `cache` False
+        (a dry run) reads the cached facts but writes none of those it had to ask GitLab for."""
         if self.settings.runner_type == "project_type":
             return {p: "another project" for p in set(project_ids) if p != self.settings.project_id}
         self.lookups = 0
-        group_path = self._group_path(now) if self.settings.runner_type == "group_type" else None
+        group_path = self._group_path(now, cache) if self.settings.runner_type == "group_type" else None
         reasons: dict[int, str] = {}
         for project_id in sorted(set(project_ids)):
-            facts = self._facts(project_id, now)
+            facts = self._facts(project_id, now, cache)
             reason = unpickable_reason(self.settings, facts, group_path) if facts else None
             if reason is not None:
                 reasons[project_id] = reason
         return reasons
 
-    def _facts(self, project_id: int, now: datetime) -> ProjectFacts | None:
+    def _facts(self, project_id: int, now: datetime, cache: bool) -> ProjectFacts | None:
         key = f"project#{self.gitlab_host}#{project_id}"
         cached = self.store.get_facts(key, now)
         if cached is None:
@@ -105,10 +106,11 @@ class Eligibility:
                 )
                 return None
             cached = {"path": info.path_with_namespace, "shared_runners": bool(info.shared_runners_enabled)}
-            self.store.put_facts(key, cached, now + FACTS_TTL)
+            if cache:
+                self.store.put_facts(key, cached, now + FACTS_TTL)
         return ProjectFacts(project_id, str(cached["path"]), bool(cached["shared_runners"]))
 
-    def _group_path(self, now: datetime) -> str | None:
+    def _group_path(self, now: datetime, cache: bool) -> str | None:
         group_id = self.settings.group_id
         if group_id is None:
             return None
@@ -121,5 +123,6 @@ class Eligibility:
                 logger.warning("runner group path unknown", extra={"group_id": group_id, "error": str(exc)})
                 return None
             cached = {"path": path}
-            self.store.put_facts(key, cached, now + FACTS_TTL)
+            if cache:
+                self.store.put_facts(key, cached, now + FACTS_TTL)
         return str(cached["path"]) or None

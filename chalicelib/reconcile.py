@@ -474,7 +474,8 @@ class Reconciler:
         self._forget_vanished(live, records, write=write)
         self._settle_jobs(jobs, records, now, write=write)
         self._learn_contact(pool, live, records, now, write=write)
-        result.unpickable = self._unpickable(pool, [j for j in jobs if j.status == "pending"], now)
+        pending = [j for j in jobs if j.status == "pending"]
+        result.unpickable = self._unpickable(pool, pending, now, cache=write)
         warm_ready = group.warm_size if group.warm_pool is not None else 0
         prewarm_now, prewarm_cold = _prewarm(pool, pipelines, jobs, now, warm_ready)
         if pool.hosts is not None and self._hosts is not None and hosts is None:
@@ -549,13 +550,14 @@ class Reconciler:
         result.warm_pool = step.describe()
         logger.info("warm pool set", extra={"pool": pool.name, "warm_pool": result.warm_pool})
 
-    def _unpickable(self, pool: Pool, pending: Sequence[JobRecord], now: datetime) -> int:
+    def _unpickable(self, pool: Pool, pending: Sequence[JobRecord], now: datetime, *, cache: bool) -> int:
         """How many pending jobs belong to projects our runners never take jobs of (chalicelib.eligibility).
         When project settings cannot be read, every job counts (a spare machine beats a starved job)."""
         if self._eligibility is None or not pending:
             return 0
         try:
-            reasons = self._eligibility.unpickable((j.project_id for j in pending if j.project_id), now)
+            ids = (j.project_id for j in pending if j.project_id)
+            reasons = self._eligibility.unpickable(ids, now, cache=cache)
         except AwsCallError as exc:
             logger.warning("project settings unread; all pending jobs counted", extra={"error": str(exc)})
             return 0

@@ -19,6 +19,7 @@ from toolkit.cli.certs import certs_app
 from toolkit.cli.consoles import CliConsole
 from toolkit.cli.demo import demo as demo_command
 from toolkit.cli.hooks import hooks_app
+from toolkit.cli.plan import plan as plan_command
 from toolkit.cli.replay import replay_command
 from toolkit.cli.simulate import simulate as simulate_command
 from toolkit.cli.status import status as status_command
@@ -133,6 +134,7 @@ def migrate(
 
 
 app.command("status")(status_command)
+app.command("plan")(plan_command)
 app.command("replay")(replay_command)
 app.add_typer(hooks_app, name="hooks")
 app.command("demo")(demo_command)
