@@ -317,6 +317,14 @@ class HostsConfig(_Model):
     allocate_after: Duration = timedelta(minutes=2)
     host_management: HostManagement = HostManagement.SCALER
     availability_zones: tuple[str, ...] = ()
+    #: macOS only: a used Mac whose host is inside its minimum allocation, with a job waiting, gets a fresh
+    #: root volume (CreateReplaceRootVolumeTask) and a new runner instead of a termination and a host scrub
+    #: (docs/windows-macos.md, "Host reuse").
+    reuse_root_volume: Bool = True
+    #: How long a used Mac waits, once `run-single` has exited, for the scaler to replace its root volume
+    #: before it shuts itself down as before (the boot script's tail): a lost scaler never strands an idle
+    #: Mac.
+    reuse_wait: Duration = timedelta(minutes=10)
 
     @property
     def slots_derived(self) -> bool:
@@ -453,6 +461,11 @@ class Pool(_Model):
                 'when stopped, so host pools have no warm pool; set warm_pool = "off" (or "auto", which '
                 "is off here)"
             )
+
+    @property
+    def reuses_root_volume(self) -> bool:
+        """A macOS pool on hosts with `reuse_root_volume` on: its used Macs may be reused (host reuse)."""
+        return self.platform is Platform.MACOS and self.hosts is not None and self.hosts.reuse_root_volume
 
     @property
     def warm_pool_on(self) -> bool:

@@ -5,7 +5,8 @@
 2. Pause its runner in GitLab, and note when.
 3. Once GitLab's assignment window has passed since the pause, ask GitLab what the runner runs: a job that
    slipped in cancels the removal (runner unpaused, drain stopped).
-4. Terminate (once: a machine already leaving is not decremented again).
+4. Terminate (once: a machine already leaving is not decremented again), or, for a used Mac the reconcile
+   reuses, replace its root volume instead (`end`): the same guarantee that no job runs on it comes first.
 
 A runner GitLab no longer knows (404) can take no job: the machine is terminated. So is one with no runner
 at all, and one whose `run-single` has provably exited (`takes_no_job`): neither waits out the window.
@@ -42,6 +43,7 @@ class DrainState(Enum):
     WAITING = "waiting"  # paused; GitLab's assignment window has not passed yet
     CANCELLED = "cancelled"  # a job landed on it: the runner takes jobs again
     BUSY = "busy"  # its record shows a job (or no record): never drained
+    REUSED = "reused"  # drained, then given a fresh root volume instead of a termination (`end`)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ def drain_machine(
     find_runner: Callable[[MachineRecord], int | None] | None = None,
     before_write: Callable[[], None] | None = None,
     exempt: Callable[[MachineRecord], bool] | None = None,
+    end: Callable[[MachineRecord, int | None], DrainState] | None = None,
 ) -> DrainOutcome:
     """One step of the drain of `instance_id`; call again on later reconciles while it is WAITING.
 
@@ -106,7 +109,8 @@ def drain_machine(
     the machine can take no job (`takes_no_job`): it is re-checked at once, in the reconcile that paused it.
     `recheck=False` is the simulator's test-only switch that skips the GitLab side. `find_runner` looks up a
     runner the record lacks. `before_write` runs before the AWS write and may raise to stop it (the lease's
-    deadline).
+    deadline). `end`, when given, ends the drained machine instead of the termination (a used Mac's reuse)
+    and says how.
     Raises GitLabError / AwsCallError other than a 404: the drain is left as it is for the next reconcile.
     """
     record = store.start_draining(instance_id, reason, now)
@@ -128,6 +132,10 @@ def drain_machine(
             return _terminate(record, runner_id, fleet, before_write, gone=True)
         if verdict is not None:
             return DrainOutcome(verdict, runner_id)
+    if end is not None:
+        if before_write is not None:
+            before_write()
+        return DrainOutcome(end(record, runner_id), runner_id)
     return _terminate(record, runner_id, fleet, before_write, gone=False)
 
 

@@ -103,6 +103,14 @@ class HostPort(Protocol):
         """The headroom of a License Manager license configuration (ARN)."""
         ...
 
+    def replace_root_volume(self, instance_id: str, token: str) -> str:
+        """Start restoring a Mac's root volume to its launch state (host reuse); returns the task id."""
+        ...
+
+    def replace_task_states(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """TaskState of each root-volume replacement task; a task AWS no longer lists is left out."""
+        ...
+
 
 class Ec2Hosts:
     """HostPort on EC2 Dedicated Hosts, Resource Groups (host resource groups) and License Manager."""
@@ -241,21 +249,40 @@ class Ec2Hosts:
             hard_limit=bool(got.get("LicenseCountHardLimit", False)),
         )
 
-    def replace_root_volume(self, instance_id: str) -> str:
+    def replace_root_volume(self, instance_id: str, token: str) -> str:
         """Restore a Mac instance's root volume to its launch state, on the same host; returns the task id.
 
         CreateReplaceRootVolumeTask without SnapshotId or ImageId restores the volume the instance launched
-        with; the instance keeps running on its host, so the host is neither released nor scrubbed (EC2 API
-        Reference, "CreateReplaceRootVolumeTask"; EC2 User Guide, "Replace a root volume").
+        with (its AMI's snapshot); the instance keeps running on its host, so the host is neither released nor
+        scrubbed (EC2 API Reference, "CreateReplaceRootVolumeTask"; EC2 User Guide, "Replace the root volume
+        for an Amazon EC2 instance without stopping it"). EC2 Mac instances support it (AWS Compute Blog,
+        "Quick Restoration through Replacing the Root Volumes of Amazon EC2 instances").
         DeleteReplacedRootVolume: the old root, with the finished job's files, is deleted once the task
-        completes rather than kept (and billed) for someone to delete. moto has no such call: tested with
-        Stubber (tests/functional/test_hosts_stubbed.py). `chalicelib.capacity.hosts.after_run_single`
-        decides when; nothing calls this yet on a used-up Mac (docs/windows-macos.md, "Host reuse").
+        completes rather than kept (and billed) for someone to delete. `token` is the ClientToken: the same
+        token for the same reuse, so a retry after a lost answer starts no second task. moto has no such call:
+        tested with Stubber (tests/functional/test_hosts_stubbed.py, test_mac_reuse.py).
         """
         got = self._aws.call(
-            "ec2", "create_replace_root_volume_task", InstanceId=instance_id, DeleteReplacedRootVolume=True
+            "ec2",
+            "create_replace_root_volume_task",
+            InstanceId=instance_id,
+            DeleteReplacedRootVolume=True,
+            ClientToken=token,
         )
         return str(got["ReplaceRootVolumeTask"]["ReplaceRootVolumeTaskId"])
+
+    def replace_task_states(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """TaskState of each root-volume replacement task (DescribeReplaceRootVolumeTasks, up to 50 ids a
+        call: its MaxResults range); a task AWS no longer lists is left out."""
+        states: dict[str, str] = {}
+        ids = list(dict.fromkeys(task_ids))
+        for start in range(0, len(ids), 50):
+            got = self._aws.call(
+                "ec2", "describe_replace_root_volume_tasks", ReplaceRootVolumeTaskIds=ids[start : start + 50]
+            )
+            for task in got.get("ReplaceRootVolumeTasks", ()):
+                states[str(task["ReplaceRootVolumeTaskId"])] = str(task.get("TaskState", ""))
+        return states
 
     def _describe(self, **params: Any) -> list[dict[str, Any]]:
         return self._aws.paginate("ec2", "describe_hosts", "Hosts", **params)
@@ -337,6 +364,9 @@ class MemoryHosts:
         self._unmet: dict[str, datetime] = {}
         self._tokens: dict[str, tuple[str, ...]] = {}
         self._licenses: dict[str, LicenseRoom] = {}
+        #: Root-volume replacement tasks: id -> (instance, TaskState); ClientToken -> id.
+        self.replace_tasks: dict[str, tuple[str, str]] = {}
+        self._replace_tokens: dict[str, str] = {}
         self.calls = 0
 
     def read_pools(self, pools: Sequence[Pool]) -> dict[str, HostPoolView]:
@@ -405,6 +435,23 @@ class MemoryHosts:
     def license_room(self, license_configuration: str) -> LicenseRoom:
         self.calls += 1
         return self._licenses.get(license_configuration, LicenseRoom("Socket", None, 0, False))
+
+    def replace_root_volume(self, instance_id: str, token: str) -> str:
+        self.calls += 1
+        if token not in self._replace_tokens:
+            task_id = f"replacevol-{len(self.replace_tasks) + 1:017x}"
+            self.replace_tasks[task_id] = (instance_id, "pending")
+            self._replace_tokens[token] = task_id
+        return self._replace_tokens[token]
+
+    def replace_task_states(self, task_ids: Sequence[str]) -> dict[str, str]:
+        self.calls += 1
+        return {t: self.replace_tasks[t][1] for t in task_ids if t in self.replace_tasks}
+
+    def set_replace_state(self, task_id: str, state: str) -> None:
+        """AWS's part: the task moves on (`in-progress`, `succeeded`, `failed`...)."""
+        instance_id, _ = self.replace_tasks[task_id]
+        self.replace_tasks[task_id] = (instance_id, state)
 
     # AWS's part, for the simulator and tests ------------------------------------------------------------
 

@@ -120,11 +120,13 @@ class LifecycleAction:
     transition: str  # autoscaling:EC2_INSTANCE_LAUNCHING | autoscaling:EC2_INSTANCE_TERMINATING
     region: str = ""
     account: str = ""
+    #: The instance's ARN when known already (a reused Mac's, kept in its record since its launch).
+    arn: str = ""
 
     @property
     def instance_arn(self) -> str:
         """The ARN IAM sees as `ec2:SourceInstanceARN` on the machine's own requests."""
-        return f"arn:aws:ec2:{self.region}:{self.account}:instance/{self.instance_id}"
+        return self.arn or f"arn:aws:ec2:{self.region}:{self.account}:instance/{self.instance_id}"
 
 
 @dataclass
@@ -265,7 +267,8 @@ class Lifecycle:
         outcome.runner_id = int(created.id)
         outcome.created_runner = True
         base = record or MachineRecord(instance_id=action.instance_id, pool=pool.name, launched_at=now)
-        self.store.record_runner(replace(base, runner_id=int(created.id)))  # merges: never erases adoption
+        # Merges: never erases adoption. The ARN is kept for a reuse's new secret (`prepare_reused`).
+        self.store.record_runner(replace(base, runner_id=int(created.id), instance_arn=action.instance_arn))
         # Jobs are attributed to this machine by the runner's id, never by its editable description.
         self.store.map_runner(int(created.id), action.instance_id, pool.name, now)
         payload: dict[str, Any] = {
@@ -329,6 +332,34 @@ class Lifecycle:
             self.secrets.delete_machine_secret(secret_name)
         except AwsCallError as exc:
             outcome.notes.append(f"secret left for the orphan sweep: {exc}")
+
+    def clear_for_reuse(self, instance_id: str, runner_id: int | None) -> None:
+        """A used Mac is about to get a fresh root volume: its runner (used, paused by the drain) and any
+        secret left of its launch go, as at a termination. A leftover secret would hand the new volume the
+        deleted runner's token; normally the machine deleted it once read. Raises GitLabError / AwsCallError
+        (nothing is replaced then: the next reconcile tries again)."""
+        if runner_id is not None:
+            self.gitlab.delete_runner(runner_id)  # False when already gone: fine
+        self.secrets.delete_machine_secret(self.names.machine_secret(instance_id))
+
+    def prepare_reused(self, pool: Pool, record: MachineRecord, now: datetime) -> LifecycleOutcome:
+        """A reused Mac's root volume is fresh (its replacement task succeeded): a new runner and a new
+        secret, by the launch's own steps (`_prepare`). Called only then, never before: the old volume, which
+        ran a job, never sees the new token. The new volume's user data reads the secret at boot as a new
+        machine's does, and the secret is tagged with the same instance ARN, so the secret policy
+        (`ec2:SourceInstanceARN`, infra/policy.py) lets this instance, and only it, read it.
+
+        A failure is undone (no runner, no secret left) and raised: the record still names the task, so the
+        next reconcile tries again.
+        """
+        action = LifecycleAction(pool.asg, "", "", record.instance_id, "reuse", arn=record.instance_arn)
+        outcome = LifecycleOutcome(record.instance_id, pool=pool.name)
+        try:
+            self._prepare(pool, action, record, now, outcome)
+        except (GitLabError, AwsCallError, NotFoundError):
+            self._undo_launch(outcome, self.names.machine_secret(record.instance_id))
+            raise
+        return outcome
 
     def pass_warm(self, action: LifecycleAction, why: str) -> LifecycleOutcome:
         """A warm-pool transition that needs nothing from us: let it go on (CONTINUE).
@@ -537,7 +568,6 @@ def handle_machine_event(ports: Ports, raw: dict[str, Any]) -> dict[str, Any]:
         SpotInterruptionEvent,
         parse_cloudwatch_event,
     )
-    from chalicelib.rotation import ServerCertIssuer
 
     try:
         event = parse_cloudwatch_event(raw)
@@ -547,20 +577,7 @@ def handle_machine_event(ports: Ports, raw: dict[str, Any]) -> dict[str, Any]:
     if isinstance(event, LaunchUnsuccessfulEvent):
         fault = record_launch_failure(ports.config, ports.store, ports.metrics, event, ports.now())
         return {"action": "LaunchUnsuccessfulEvent", "fault": fault.kind if fault else None}
-    secrets = ports.secrets
-    use_case = Lifecycle(
-        config=ports.config,
-        names=ports.names,
-        store=ports.store,
-        fleet=ports.fleet,
-        gitlab=ports.gitlab,
-        secrets=secrets,
-        tls=ServerCertIssuer(secrets, ports.names.base_certs_secret),
-        dirty=ports.queue,
-        gitlab_ca_bundle=ports.secret_text(ports.config.gitlab.ca_bundle_secret)
-        if ports.config.gitlab.ca_bundle_secret
-        else "",
-    )
+    use_case = machine_lifecycle(ports)
     now = ports.now()
     if isinstance(event, LifecycleActionEvent):
         detail = event.detail
@@ -587,6 +604,27 @@ def handle_machine_event(ports: Ports, raw: dict[str, Any]) -> dict[str, Any]:
         return {"action": "ignored"}
     _emit(ports, outcome)
     return {"action": type(event).__name__, **_summary(outcome)}
+
+
+def machine_lifecycle(ports: Ports) -> Lifecycle:
+    """The lifecycle use case on the ports: the machine-event handler's, and a reconcile's for a reused Mac's
+    new runner and secret (one code path for both)."""
+    from chalicelib.rotation import ServerCertIssuer
+
+    secrets = ports.secrets
+    return Lifecycle(
+        config=ports.config,
+        names=ports.names,
+        store=ports.store,
+        fleet=ports.fleet,
+        gitlab=ports.gitlab,
+        secrets=secrets,
+        tls=ServerCertIssuer(secrets, ports.names.base_certs_secret),
+        dirty=ports.queue,
+        gitlab_ca_bundle=ports.secret_text(ports.config.gitlab.ca_bundle_secret)
+        if ports.config.gitlab.ca_bundle_secret
+        else "",
+    )
 
 
 def _lifecycle_action(

@@ -3,25 +3,34 @@
 The plan (`ReconcilePlan`, from the pure `plan_reconcile`) decides the desired capacity, the machines to
 protect, the instance-type fallback and every removal with its reason: the engine's scale-in, and every
 draining machine with no job, whoever marked it (a rebalance hint, the sweep's stuck and runner-gone
-machines). The apply runs each removal through the one drain protocol (chalicelib.drain). `dry_run` reads,
-plans and returns the plan without a write (as `apply_hooks` and `apply_host_plan` do). Only one reconcile
-of a pool applies at a time (a conditional-write lease in the store), so two never act on a stale view of
-each other. Imports adapters' Protocols, the engine and config; no boto3.
+machines). The apply runs each removal through the one drain protocol (chalicelib.drain). On a macOS pool a
+used-up Mac may be reused instead (`plan_reuse`): drained the same way, its root volume replaced, and its new
+runner and secret delivered once the replacement succeeded (docs/windows-macos.md, "Host reuse"). `dry_run`
+reads, plans and returns the plan without a write (as `apply_hooks` and `apply_host_plan` do). Only one
+reconcile of a pool applies at a time (a conditional-write lease in the store), so two never act on a stale
+view of each other. Imports adapters' Protocols, the engine and config; no boto3.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from chalicelib.capacity import Demand, Machine, MachineState, PoolPlan, plan_pool
+from chalicelib.capacity import Demand, Machine, MachineState, PoolPlan, RemovalReason, plan_pool
 from chalicelib.capacity.engine import slots_per_new_machine
 from chalicelib.capacity.fallback import can_fall_back, preferred_types
-from chalicelib.capacity.hosts import HostPlan, plan_hosts
+from chalicelib.capacity.hosts import (
+    REPLACE_FAILED,
+    REPLACE_SUCCEEDED,
+    HostPlan,
+    plan_hosts,
+    plan_reuse,
+)
 from chalicelib.capacity.warm import (
     WarmPoolSettings,
     needs_delete,
@@ -33,12 +42,12 @@ from chalicelib.capacity.warm import (
 from chalicelib.config import Config, Pool
 from chalicelib.drain import DrainState, drain_machine, takes_no_job
 from chalicelib.eligibility import Eligibility
-from chalicelib.errors import AwsCallError, GitLabError, LeaseExpiredError
+from chalicelib.errors import AwsCallError, GitLabError, LeaseExpiredError, NotFoundError
 from chalicelib.fleet import Fleet, GroupView, Instance, WarmPools
 from chalicelib.forecast import PipelineState, forecast, lead_of, with_statuses
 from chalicelib.hosts import HostPoolView, HostPort, apply_host_plan
 from chalicelib.jobs import runner_description
-from chalicelib.lifecycle import PREPARE_FAULT, pending_since
+from chalicelib.lifecycle import PREPARE_FAULT, LifecycleOutcome, pending_since
 from chalicelib.metrics import EmfMetrics, Metrics
 from chalicelib.pipelines import Pipelines, active_for_prewarm
 from chalicelib.store import HOLDS_SLOT, TERMINAL, Fault, JobRecord, MachineRecord, Store
@@ -53,6 +62,11 @@ LEASE_SAFETY_SECONDS = 5.0
 
 #: A pool asks GitLab which of its runners never polled at most once per this many seconds.
 CONTACT_CHECK_SECONDS = 15
+
+#: The drain reason of a used Mac being drained for reuse (its root volume replaced, not terminated).
+REUSE_REASON = "reuse"
+#: The removal reason of a Mac whose root-volume replacement failed: it is terminated as before.
+REUSE_FAILED_REASON = "reuse-failed"
 
 
 class RunnerControl(Protocol):
@@ -71,6 +85,15 @@ class RunnerControl(Protocol):
         project_id: int | None = None,
         status: str | None = None,
     ) -> Sequence[Any]: ...
+
+
+class ReusePreparer(Protocol):
+    """A reused Mac's old runner and secret cleared, and its new ones made, by the lifecycle's own code
+    (chalicelib.lifecycle.Lifecycle): the same steps as a termination's clean-up and a launch."""
+
+    def clear_for_reuse(self, instance_id: str, runner_id: int | None) -> None: ...
+
+    def prepare_reused(self, pool: Pool, record: MachineRecord, now: datetime) -> LifecycleOutcome: ...
 
 
 @dataclass(frozen=True)
@@ -121,6 +144,10 @@ class PoolSnapshot:
     #: A dedicated-host pool's host plan: made while reading, as its license room is read only when the plan
     #: needs it (an allocation). None for other pools.
     host_plan: HostPlan | None = None
+    #: The TaskState of each reused Mac's root-volume replacement under way, by instance id.
+    replace_states: Mapping[str, str] = field(default_factory=dict)
+    #: The reconciler can reuse Macs (it has the hosts, GitLab and the lifecycle that prepares a machine).
+    can_reuse: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,6 +173,11 @@ class ReconcilePlan:
     host_plan: HostPlan | None = None
     #: The warm pool to put or delete; None when the group already holds what the sizing wants.
     warm_pool: WarmPoolStep | None = None
+    #: Used-up Macs to reuse rather than remove: drained, then their root volume replaced (they stay live, and
+    #: count as booting machines from then on, so they take the place of launches).
+    reuse: tuple[str, ...] = ()
+    #: Reused Macs whose replacement succeeded: they get their new runner and secret now.
+    deliver: tuple[str, ...] = ()
 
     @property
     def desired(self) -> int:
@@ -172,23 +204,41 @@ def plan_reconcile(snapshot: PoolSnapshot) -> ReconcilePlan:
         launchable=host_plan.launchable if host_plan else None,
         halted=halted,
     )
-    removals = [Removal(r.instance_id, r.reason.value) for r in pool_plan.removals]
+    reuse = reusable(snapshot, machines, pool_plan)
+    removals = [
+        Removal(r.instance_id, r.reason.value) for r in pool_plan.removals if r.instance_id not in reuse
+    ]
     # Any draining machine with no job is removed, whoever started its drain (a scale-in, a rebalance
     # hint, the sweep): a drained machine nothing removes would count against max_instances forever. A
-    # Spot-interrupted one is left to EC2, which ends it within two minutes of the warning.
+    # Spot-interrupted one is left to EC2, which ends it within two minutes of the warning. One drained for
+    # a reuse the plan no longer makes (no demand left, its wait nearly over) is removed as used up.
     removals += [
-        Removal(m.instance_id, records[m.instance_id].drain_reason or "drain")
+        Removal(m.instance_id, _drain_reason(records[m.instance_id]))
         for m in machines
         if m.state is MachineState.DRAINING
+        and m.instance_id not in reuse
         and records[m.instance_id].drain_reason != "spot"
         and not records[m.instance_id].running
     ]
+    # A failed replacement: terminated as before (`failed` left the used volume attached, `failed-detached`
+    # none at all).
+    removing = {r.instance_id for r in removals}
+    removals += [
+        Removal(i, REUSE_FAILED_REASON)
+        for i, state in sorted(snapshot.replace_states.items())
+        if state in REPLACE_FAILED and i in records and i not in removing
+    ]
+    deliver = tuple(
+        i
+        for i, state in sorted(snapshot.replace_states.items())
+        if state == REPLACE_SUCCEEDED and i in records and records[i].replace_task is not None
+    )
     return ReconcilePlan(
         pool=pool.name,
         desired_before=group.desired,
         live=len(live),
         max_size=group.max_size,
-        launch=pool_plan.launch,
+        launch=_launch_after_reuse(pool, pool_plan, len(reuse)),
         protect=tuple(i.instance_id for i in live if not i.protected),
         removals=tuple(removals),
         instance_types=_fallback_types(pool, group, snapshot.faults),
@@ -197,6 +247,8 @@ def plan_reconcile(snapshot: PoolSnapshot) -> ReconcilePlan:
         pool_plan=pool_plan,
         host_plan=host_plan,
         warm_pool=_plan_warm_pool(snapshot),
+        reuse=reuse,
+        deliver=deliver,
     )
 
 
@@ -226,6 +278,41 @@ def _plan_warm_pool(snapshot: PoolSnapshot) -> WarmPoolStep | None:
     if needs_delete(wanted, group.warm_pool):
         return WarmPoolStep(delete=True, reason=wanted.reason)
     return None
+
+
+def reusable(snapshot: PoolSnapshot, machines: Sequence[Machine], pool_plan: PoolPlan) -> tuple[str, ...]:
+    """The used-up Macs to reuse (chalicelib.capacity.hosts.plan_reuse): the engine's used-up removals and the
+    machines already draining for a reuse, whose record shows no job and names the instance's ARN (its new
+    secret is tagged with it; a machine launched before the ARN was kept is terminated as before)."""
+    pool, records = snapshot.pool, snapshot.records
+    if not snapshot.can_reuse or not pool.reuses_root_volume or snapshot.hosts is None:
+        return ()
+    used_up = {r.instance_id for r in pool_plan.removals if r.reason is RemovalReason.USED_UP}
+    candidates = [
+        m
+        for m in machines
+        if (
+            m.instance_id in used_up
+            or (m.state is MachineState.DRAINING and records[m.instance_id].drain_reason == REUSE_REASON)
+        )
+        and not records[m.instance_id].running
+        and records[m.instance_id].instance_arn
+    ]
+    return plan_reuse(pool, candidates, snapshot.hosts.hosts, pool_plan.need_slots, snapshot.now)
+
+
+def _launch_after_reuse(pool: Pool, pool_plan: PoolPlan, reused: int) -> int:
+    """The engine's launch less the machines a reuse provides (each reused Mac is a new machine booting)."""
+    if reused == 0:
+        return pool_plan.launch
+    wanted = math.ceil(max(0, pool_plan.need_slots) / slots_per_new_machine(pool))
+    return min(pool_plan.launch, max(0, wanted - reused))
+
+
+def _drain_reason(record: MachineRecord) -> str:
+    if record.drain_reason == REUSE_REASON:
+        return RemovalReason.USED_UP.value
+    return record.drain_reason or "drain"
 
 
 def _demand(snapshot: PoolSnapshot) -> Demand:
@@ -299,6 +386,10 @@ class ReconcileResult:
     drain_seconds: list[float] = field(default_factory=list)
     #: What the warm pool step did ("put 3", "deleted", "skipped: ..."); empty when it changed nothing.
     warm_pool: str = ""
+    #: Used Macs whose root-volume replacement started (reused instead of terminated).
+    reused: list[str] = field(default_factory=list)
+    #: Reused Macs given their new runner and secret (their replacement succeeded).
+    delivered: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -325,6 +416,7 @@ class Reconciler:
         lease_clock: Callable[[], float] = time.monotonic,
         warm_pools: WarmPools | None = None,
         metrics: Metrics | None = None,
+        reuse: Callable[[], ReusePreparer] | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -342,6 +434,8 @@ class Reconciler:
         self._warm_pools = warm_pools
         # The metrics port (the wiring's, as every use case's); EMF lines when none is given (tools, benches).
         self._metrics: Metrics = metrics or EmfMetrics()
+        #: Builds the lifecycle that gives a reused Mac its new runner and secret; None: no Mac is reused.
+        self._reuse = reuse
 
     def reconcile_all(self, now: datetime, *, dry_run: bool = False) -> list[ReconcileResult]:
         """Every pool, with one batched read of all groups (calls grow with pools, not machines)."""
@@ -491,10 +585,26 @@ class Reconciler:
             prewarm=prewarm_now,
             prewarm_cold=prewarm_cold,
             hosts=hosts,
+            replace_states=self._replace_states(pool, records),
+            can_reuse=self._reuse is not None and self._runners is not None and self._hosts is not None,
         )
         machines = [_machine(i, records[i.instance_id]) for i in live]
-        host_plan = self._plan_hosts(pool, _demand(snapshot), machines, hosts, now)
+        host_plan = self._plan_hosts(snapshot, machines)
         return replace(snapshot, host_plan=host_plan) if host_plan is not None else snapshot
+
+    def _replace_states(self, pool: Pool, records: Mapping[str, MachineRecord]) -> dict[str, str]:
+        """The TaskState of the pool's root-volume replacements under way (one DescribeReplaceRootVolumeTasks,
+        only while some Mac is being reused). A failed read waits for the next reconcile: until then the
+        machines stay booting, and boot_timeout bounds how long."""
+        tasks = {r.replace_task: r.instance_id for r in records.values() if r.replace_task}
+        if not tasks or self._hosts is None:
+            return {}
+        try:
+            states = self._hosts.replace_task_states(list(tasks))
+        except AwsCallError as exc:
+            logger.warning("root-volume replacements not read", extra={"pool": pool.name, "error": str(exc)})
+            return {}
+        return {tasks[task]: state for task, state in states.items() if task in tasks}
 
     def _apply(self, snapshot: PoolSnapshot, plan: ReconcilePlan, result: ReconcileResult) -> None:
         """Carry the plan out: fallback, protection, each removal through the drain protocol, the capacity,
@@ -502,8 +612,19 @@ class Reconciler:
         pool, group, records, now = snapshot.pool, snapshot.group, snapshot.records, snapshot.now
         self._fall_back(pool, group, plan.instance_types, result)
         result.protected = self._protect(group.asg, plan.protect)
+        for instance_id in plan.deliver:
+            self._deliver(pool, records[instance_id], now, result)
         for removal in plan.removals:
+            if removal.reason == REUSE_FAILED_REASON:
+                state = snapshot.replace_states.get(removal.instance_id, "")
+                result.faults.append(f"root volume replacement of {removal.instance_id} {state}: terminated")
+                logger.error(
+                    "root volume replacement failed; machine terminated",
+                    extra={"pool": pool.name, "instance_id": removal.instance_id, "state": state},
+                )
             self._drain_and_terminate(records[removal.instance_id], removal.reason, now, result)
+        for instance_id in plan.reuse:
+            self._drain_and_reuse(pool, records[instance_id], now, result)
 
         remaining = plan.live - len(result.terminated)
         current = group.desired - len(result.terminated)
@@ -604,18 +725,14 @@ class Reconciler:
         found = self._runners.list_runners(description, **_runner_scope(self._config))
         return next((int(r.id) for r in found if r.description == description), None)
 
-    def _plan_hosts(
-        self,
-        pool: Pool,
-        demand: Demand,
-        machines: Sequence[Machine],
-        hosts: HostPoolView | None,
-        now: datetime,
-    ) -> HostPlan | None:
-        """Dedicated-host pools: what can launch now, and which hosts to allocate or release."""
+    def _plan_hosts(self, snapshot: PoolSnapshot, machines: Sequence[Machine]) -> HostPlan | None:
+        """Dedicated-host pools: what can launch now, and which hosts to allocate or release. Reused Macs
+        take the place of launches, so they ask for no host."""
+        pool, hosts, now = snapshot.pool, snapshot.hosts, snapshot.now
         if pool.hosts is None or self._hosts is None or hosts is None:
             return None
-        wanted = plan_pool(pool, demand, machines, now).launch  # what the engine wants, before host room
+        engine = plan_pool(pool, _demand(snapshot), machines, now)  # what the engine wants, before host room
+        wanted = _launch_after_reuse(pool, engine, len(reusable(snapshot, machines, engine)))
         slots = hosts.slots_per_host  # what AWS says a host takes; a configured value still wins
         host_plan = plan_hosts(
             pool, hosts.hosts, now, wanted=wanted, unmet_since=hosts.unmet_since, slots_per_host=slots
@@ -724,6 +841,7 @@ class Reconciler:
             if i.in_service
             and records[i.instance_id].ready_at is None
             and records[i.instance_id].draining_since is None
+            and records[i.instance_id].replace_task is None  # a reused Mac has no runner until delivered
         ]
         if not awaiting:
             return
@@ -782,6 +900,106 @@ class Reconciler:
         pool = next((p for p in self._config.pools if p.name == record.pool), None)
         return pool is not None and takes_no_job(record, pool.max_use_count, status_of)
 
+    def _deliver(self, pool: Pool, record: MachineRecord, now: datetime, result: ReconcileResult) -> None:
+        """A reused Mac's replacement succeeded: its new runner and secret, by the launch's own code
+        (`Lifecycle.prepare_reused`), then the record leaves the replacement. The machine stays booting until
+        its new runner contacts GitLab (`_learn_contact`). A failure is a pool fault; the record still names
+        the task, so the next reconcile tries again."""
+        assert self._reuse is not None
+        self._check_lease()
+        try:
+            self._reuse().prepare_reused(pool, record, now)
+            self._store.end_reuse(record.instance_id)
+        except (GitLabError, AwsCallError, NotFoundError) as exc:
+            result.faults.append(f"reused {record.instance_id} not prepared: {exc}")
+            logger.error(
+                "reused machine not prepared", extra={"instance_id": record.instance_id, "error": str(exc)}
+            )
+            return
+        result.delivered.append(record.instance_id)
+        logger.info("reused machine prepared", extra={"pool": pool.name, "instance_id": record.instance_id})
+
+    def _drain_and_reuse(
+        self, pool: Pool, record: MachineRecord, now: datetime, result: ReconcileResult
+    ) -> None:
+        """The drain protocol (chalicelib.drain) up to its last step, then a fresh root volume instead of a
+        termination: so a Mac is reused only once its record and GitLab both show no job on it."""
+        started = self._timer()
+
+        def end(drained: MachineRecord, runner_id: int | None) -> DrainState:
+            return self._replace_root_volume(pool, drained, runner_id, now, result)
+
+        outcome = drain_machine(
+            record.instance_id,
+            REUSE_REASON,
+            now,
+            store=self._store,
+            fleet=self._fleet,
+            runners=self._runners,
+            recheck=self._drain_recheck,
+            find_runner=self._find_runner if self._runners is not None else None,
+            before_write=self._check_lease,
+            window=self._config.scaler.drain_window,
+            exempt=self._takes_no_job,
+            end=end,
+        )
+        self._count_drain(record.instance_id, outcome.state, self._timer() - started, result)
+
+    def _replace_root_volume(
+        self, pool: Pool, record: MachineRecord, runner_id: int | None, now: datetime, result: ReconcileResult
+    ) -> DrainState:
+        """Delete the used runner (and any secret left), start the replacement, and make the record a booting
+        machine again.
+
+        The runner goes first: once the volume is replaced nothing could ever use it, and a refusal here
+        leaves the machine draining for the next reconcile. A refused replacement terminates the machine as
+        before (a pool fault). The ClientToken names the instance and its job count, so a retry of the same
+        reuse starts no second task. No token is written here: the new runner and secret come only once the
+        task succeeded (`_deliver`), so the old volume never sees them.
+        """
+        assert self._hosts is not None and self._reuse is not None
+        self._reuse().clear_for_reuse(record.instance_id, runner_id)
+        token = f"reuse-{record.instance_id}-{len(record.job_ids)}"
+        try:
+            task = self._hosts.replace_root_volume(record.instance_id, token)
+        except AwsCallError as exc:
+            result.faults.append(f"root volume of {record.instance_id} not replaced ({exc.code}): terminated")
+            logger.error(
+                "root volume replacement refused; machine terminated",
+                extra={"pool": pool.name, "instance_id": record.instance_id, "error": str(exc)},
+            )
+            return (
+                DrainState.TERMINATED
+                if self._fleet.terminate(record.instance_id)
+                else DrainState.ALREADY_GONE
+            )
+        if not self._store.start_reuse(record, task, now):
+            # Only a job credited since the drain's own check could refuse it; the volume is being replaced
+            # all the same, and the machine's boot_timeout ends it if it never comes back.
+            logger.error("reuse not recorded", extra={"instance_id": record.instance_id, "task": task})
+        logger.info(
+            "used machine reused: root volume replacement started",
+            extra={"pool": pool.name, "instance_id": record.instance_id, "task": task},
+        )
+        return DrainState.REUSED
+
+    def _count_drain(
+        self, instance_id: str, state: DrainState, window: float, result: ReconcileResult
+    ) -> None:
+        if state is DrainState.BUSY:
+            result.drain_cancelled.append(instance_id)
+        elif state is DrainState.CANCELLED:
+            result.drain_cancelled.append(instance_id)
+            result.drain_seconds.append(window)
+        elif state is DrainState.TERMINATED:
+            result.terminated.append(instance_id)
+            result.drain_seconds.append(window)
+        elif state is DrainState.ALREADY_GONE:
+            result.already_gone.append(instance_id)
+        elif state is DrainState.REUSED:
+            result.reused.append(instance_id)
+            result.drain_seconds.append(window)
+
     def _drain_and_terminate(
         self, record: MachineRecord, reason: str, now: datetime, result: ReconcileResult
     ) -> None:
@@ -805,17 +1023,7 @@ class Reconciler:
             window=self._config.scaler.drain_window,
             exempt=self._takes_no_job,
         )
-        window = self._timer() - started
-        if outcome.state is DrainState.BUSY:
-            result.drain_cancelled.append(record.instance_id)
-        elif outcome.state is DrainState.CANCELLED:
-            result.drain_cancelled.append(record.instance_id)
-            result.drain_seconds.append(window)
-        elif outcome.state is DrainState.TERMINATED:
-            result.terminated.append(record.instance_id)
-            result.drain_seconds.append(window)
-        elif outcome.state is DrainState.ALREADY_GONE:
-            result.already_gone.append(record.instance_id)
+        self._count_drain(record.instance_id, outcome.state, self._timer() - started, result)
 
 
 def _prewarm(

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -274,6 +274,12 @@ class Runtime:
         eligibility = (
             Eligibility(self.config.gitlab, self.store, self.gitlab, self.gitlab_host) if runners else None
         )
+        reuse = None
+        if runners is not None and any(p.reuses_root_volume for p in self.config.pools):
+            from chalicelib.lifecycle import machine_lifecycle
+
+            # Built only when a reused Mac's replacement succeeded: its new runner and secret, as a launch's.
+            reuse = partial(machine_lifecycle, self.ports)
         return Reconciler(
             self.config,
             self.store,
@@ -286,6 +292,7 @@ class Runtime:
             eligibility=eligibility,
             warm_pools=self.fleet,
             metrics=self.metrics,
+            reuse=reuse,
         )
 
     @cached_property

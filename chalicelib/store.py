@@ -135,10 +135,20 @@ class MachineRecord:
     #: When the lifecycle cleaned up after it (runner and secret deleted): a later event for the same
     #: instance (the terminate hook after EC2's shutting-down event, or the reverse) has nothing left to do.
     retired_at: datetime | None = None
+    #: The ARN IAM sees as `ec2:SourceInstanceARN` on the machine's requests, kept from its launch: a reused
+    #: Mac's new secret is tagged with it again (the secret policy reads only the secret so tagged).
+    instance_arn: str = ""
+    #: The root-volume replacement under way (a reused Mac, chalicelib.reconcile): its task id until the new
+    #: runner and secret are delivered, after the task succeeded.
+    replace_task: str | None = None
+    #: Jobs started on earlier root volumes: `job_ids` keeps every job the instance ever started (so a late
+    #: hook is never credited twice); only the jobs since the last replacement count towards max_use_count.
+    reused_jobs: int = 0
 
     @property
     def jobs_started(self) -> int:
-        return len(self.job_ids)
+        """Jobs started on the current root volume (towards `max_use_count`)."""
+        return len(self.job_ids) - self.reused_jobs
 
 
 class Store(Protocol):
@@ -298,6 +308,17 @@ class Store(Protocol):
     def stop_draining(self, instance_id: str) -> None: ...
 
     def mark_ready(self, instance_id: str, now: datetime) -> None: ...
+
+    def start_reuse(self, machine: MachineRecord, task_id: str, now: datetime) -> bool:
+        """A used Mac's root volume is being replaced (task `task_id`): the record becomes a booting machine
+        again (no runner, not ready, not draining, its jobs so far counted as `reused_jobs`, `launched_at` now
+        so boot_timeout counts from here). Only if it still shows no running job and the jobs `machine` read;
+        False otherwise (nothing written)."""
+        ...
+
+    def end_reuse(self, instance_id: str) -> None:
+        """The reused Mac's new runner and secret are delivered: the replacement is over."""
+        ...
 
     def mark_prepared(self, instance_id: str, now: datetime) -> None:
         """Its secret is stored (a targeted update: job counts written meanwhile are kept)."""
@@ -668,6 +689,9 @@ class DynamoStore(DynamoTable):
             "running": set(machine.running) or None,
             "paused_at": _iso(machine.paused_at),
             "retired_at": _iso(machine.retired_at),
+            "instance_arn": machine.instance_arn or None,
+            "replace_task": machine.replace_task,
+            "reused_jobs": machine.reused_jobs or None,
         }
         item.update({k: v for k, v in optional.items() if v is not None})
         return item
@@ -707,6 +731,9 @@ class DynamoStore(DynamoTable):
         if machine.host_id is not None:
             values[":host"] = machine.host_id
             sets.append("host_id = :host")
+        if machine.instance_arn:
+            values[":arn"] = machine.instance_arn
+            sets.append("instance_arn = :arn")
         self._aws.call(
             "dynamodb",
             "update_item",
@@ -821,6 +848,24 @@ class DynamoStore(DynamoTable):
             {":now": _iso(now)},
         )
 
+    def start_reuse(self, machine: MachineRecord, task_id: str, now: datetime) -> bool:
+        return self._conditional_update(
+            {TABLE_PK: f"MACHINE#{machine.instance_id}", TABLE_SK: "MACHINE"},
+            "SET replace_task = :task, reused_jobs = :jobs, launched_at = :now, drain_reason = :empty "
+            "REMOVE runner_id, ready_at, prepared_at, draining_since, paused_at, last_busy_at",
+            f"attribute_exists({TABLE_PK}) AND (attribute_not_exists(running) OR size(running) = :zero) AND "
+            "(attribute_not_exists(job_ids) OR size(job_ids) = :jobs)",
+            {":task": task_id, ":jobs": len(machine.job_ids), ":now": _iso(now), ":empty": "", ":zero": 0},
+        )
+
+    def end_reuse(self, instance_id: str) -> None:
+        self._conditional(
+            "update_item",
+            Key=self._dump({TABLE_PK: f"MACHINE#{instance_id}", TABLE_SK: "MACHINE"}),
+            UpdateExpression="REMOVE replace_task",
+            ConditionExpression=f"attribute_exists({TABLE_PK})",
+        )
+
     def mark_prepared(self, instance_id: str, now: datetime) -> None:
         self._conditional_update(
             {TABLE_PK: f"MACHINE#{instance_id}", TABLE_SK: "MACHINE"},
@@ -848,6 +893,9 @@ class DynamoStore(DynamoTable):
             host_id=item.get("host_id"),
             paused_at=_dt(item.get("paused_at")),
             retired_at=_dt(item.get("retired_at")),
+            instance_arn=str(item.get("instance_arn", "")),
+            replace_task=item.get("replace_task"),
+            reused_jobs=int(item.get("reused_jobs", 0)),
         )
 
     # -- leases ---------------------------------------------------------------------------------------
@@ -1090,7 +1138,10 @@ class MemoryStore:
                 return
             host = machine.host_id if machine.host_id is not None else old.host_id
             self.machine_records[machine.instance_id] = replace(
-                old, runner_id=machine.runner_id, host_id=host
+                old,
+                runner_id=machine.runner_id,
+                host_id=host,
+                instance_arn=machine.instance_arn or old.instance_arn,
             )
 
     def get_machine(self, instance_id: str) -> MachineRecord | None:
@@ -1159,6 +1210,32 @@ class MemoryStore:
             m = self.machine_records.get(instance_id)
             if m is not None and m.ready_at is None:
                 self.machine_records[instance_id] = replace(m, ready_at=now)
+
+    def start_reuse(self, machine: MachineRecord, task_id: str, now: datetime) -> bool:
+        with self._lock:
+            m = self.machine_records.get(machine.instance_id)
+            if m is None or m.running or len(m.job_ids) != len(machine.job_ids):
+                return False
+            self.machine_records[machine.instance_id] = replace(
+                m,
+                replace_task=task_id,
+                reused_jobs=len(m.job_ids),
+                launched_at=now,
+                runner_id=None,
+                ready_at=None,
+                prepared_at=None,
+                draining_since=None,
+                drain_reason="",
+                paused_at=None,
+                last_busy_at=None,
+            )
+            return True
+
+    def end_reuse(self, instance_id: str) -> None:
+        with self._lock:
+            m = self.machine_records.get(instance_id)
+            if m is not None:
+                self.machine_records[instance_id] = replace(m, replace_task=None)
 
     def mark_prepared(self, instance_id: str, now: datetime) -> None:
         with self._lock:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from chalicelib.capacity.engine import slots_per_new_machine
+from chalicelib.capacity.model import Machine
 from chalicelib.config import HostManagement, HostsConfig, Platform, Pool, format_duration
 from chalicelib.errors import ConfigError
 
@@ -528,8 +530,60 @@ def after_run_single(pool: Pool, host: Host, demand: int, now: datetime) -> Afte
     otherwise terminating lets the host go idle and be released on time. Only macOS: other host pools hold
     several machines per host and scrub nothing.
     """
-    if pool.platform is not Platform.MACOS or pool.hosts is None:
+    if not pool.reuses_root_volume or pool.hosts is None:
         return AfterRunSingle.TERMINATE
     if demand <= 0 or now >= host.paid_until(hosts_config(pool)):
         return AfterRunSingle.TERMINATE
     return AfterRunSingle.REPLACE_ROOT_VOLUME
+
+
+#: A used Mac is reused only while this much of its wait (`reuse_wait`) is left: the replacement must start
+#: before the machine's boot script gives up waiting and shuts it down (which would end the task with it).
+REUSE_MARGIN = timedelta(minutes=2)
+
+#: DescribeReplaceRootVolumeTasks' TaskState values (EC2 API Reference, "ReplaceRootVolumeTask"): `succeeded`
+#: "the replacement volume has been successfully attached to the instance and the instance is available";
+#: `failed` keeps the original (used) root volume attached, `failed-detached` leaves none.
+REPLACE_SUCCEEDED = "succeeded"
+REPLACE_FAILED = frozenset({"failed", "failed-detached"})
+
+
+def plan_reuse(
+    pool: Pool,
+    candidates: Sequence[Machine],
+    hosts: Sequence[Host],
+    need_slots: int,
+    now: datetime,
+) -> tuple[str, ...]:
+    """The used-up Macs (`candidates`: no job, `run-single` exited) whose root volume is replaced rather than
+    the machine terminated, per `after_run_single`; each one reused covers `slots_per_new_machine` of the
+    `need_slots` the engine would otherwise launch for.
+
+    A candidate is reused only while its boot script still waits for the scaler: from the end of its last job
+    (`last_busy_at`, when `run-single` exited) for `reuse_wait`, less REUSE_MARGIN. The most recently freed go
+    first (the most wait left). A machine whose host is not in view (not read, or not ours) is terminated.
+    """
+    if not pool.reuses_root_volume or pool.hosts is None or need_slots <= 0:
+        return ()
+    host_of = {i: h for h in hosts for i in h.instance_ids}
+    by_id = {h.host_id: h for h in hosts}
+    per_machine = slots_per_new_machine(pool)
+    left = need_slots
+    chosen: list[str] = []
+    freed = sorted(
+        (m for m in candidates if not m.has_job and m.last_busy_at is not None),
+        key=lambda m: (m.last_busy_at, m.instance_id),
+        reverse=True,
+    )
+    for machine in freed:
+        assert machine.last_busy_at is not None
+        if now >= machine.last_busy_at + pool.hosts.reuse_wait - REUSE_MARGIN:
+            continue  # it is about to shut itself down
+        host = host_of.get(machine.instance_id) or by_id.get(machine.host_id or "")
+        if host is None or after_run_single(pool, host, left, now) is not AfterRunSingle.REPLACE_ROOT_VOLUME:
+            continue
+        chosen.append(machine.instance_id)
+        left -= per_machine
+        if left <= 0:
+            break
+    return tuple(chosen)

@@ -222,9 +222,10 @@ class TestReplaceRootVolume:
     def test_restores_the_launch_state_and_deletes_the_old_root(
         self, aws: AwsClients, stub: dict[str, Stubber]
     ) -> None:
-        """GIVEN a used Mac instance, WHEN its root volume is replaced, THEN EC2 gets exactly InstanceId and
-        DeleteReplacedRootVolume=True: no SnapshotId nor ImageId, so the volume is restored to its launch
-        state (EC2 API Reference, "CreateReplaceRootVolumeTask"; moto has no such call)."""
+        """GIVEN a used Mac instance, WHEN its root volume is replaced, THEN EC2 gets exactly InstanceId,
+        DeleteReplacedRootVolume=True and the reuse's ClientToken: no SnapshotId nor ImageId, so the volume is
+        restored to its launch state (EC2 API Reference, "CreateReplaceRootVolumeTask"; moto has no such
+        call)."""
         stub["ec2"].add_response(
             "create_replace_root_volume_task",
             {
@@ -235,9 +236,13 @@ class TestReplaceRootVolume:
                     "DeleteReplacedRootVolume": True,
                 }
             },
-            {"InstanceId": "i-0123456789abcdef0", "DeleteReplacedRootVolume": True},
+            {
+                "InstanceId": "i-0123456789abcdef0",
+                "DeleteReplacedRootVolume": True,
+                "ClientToken": "reuse-i-0123456789abcdef0-1",
+            },
         )
-        task = Ec2Hosts(aws).replace_root_volume("i-0123456789abcdef0")
+        task = Ec2Hosts(aws).replace_root_volume("i-0123456789abcdef0", "reuse-i-0123456789abcdef0-1")
         assert task == "replacevol-0123456789abcdef0"
 
     def test_a_refusal_surfaces_as_an_aws_call_error(self, aws: AwsClients, stub: dict[str, Stubber]) -> None:
@@ -245,7 +250,27 @@ class TestReplaceRootVolume:
             "create_replace_root_volume_task",
             service_error_code="IncorrectInstanceState",
             service_message="The instance is not running.",
-            expected_params={"InstanceId": "i-0123456789abcdef0", "DeleteReplacedRootVolume": True},
+            expected_params={
+                "InstanceId": "i-0123456789abcdef0",
+                "DeleteReplacedRootVolume": True,
+                "ClientToken": "t",
+            },
         )
         with pytest.raises(AwsCallError):
-            Ec2Hosts(aws).replace_root_volume("i-0123456789abcdef0")
+            Ec2Hosts(aws).replace_root_volume("i-0123456789abcdef0", "t")
+
+    def test_task_states_are_read_by_id(self, aws: AwsClients, stub: dict[str, Stubber]) -> None:
+        """DescribeReplaceRootVolumeTasks by task id; TaskState as the API Reference lists it
+        ("ReplaceRootVolumeTask": pending, in-progress, failing, succeeded, failed, failed-detached)."""
+        stub["ec2"].add_response(
+            "describe_replace_root_volume_tasks",
+            {
+                "ReplaceRootVolumeTasks": [
+                    {"ReplaceRootVolumeTaskId": "replacevol-1", "TaskState": "succeeded"},
+                    {"ReplaceRootVolumeTaskId": "replacevol-2", "TaskState": "failed-detached"},
+                ]
+            },
+            {"ReplaceRootVolumeTaskIds": ["replacevol-1", "replacevol-2", "replacevol-3"]},
+        )
+        states = Ec2Hosts(aws).replace_task_states(["replacevol-1", "replacevol-2", "replacevol-3"])
+        assert states == {"replacevol-1": "succeeded", "replacevol-2": "failed-detached"}
