@@ -28,6 +28,7 @@ from chalicelib.capacity.hosts import (
     REPLACE_FAILED,
     REPLACE_SUCCEEDED,
     HostPlan,
+    ReusePlan,
     plan_hosts,
     plan_reuse,
 )
@@ -204,9 +205,10 @@ def plan_reconcile(snapshot: PoolSnapshot) -> ReconcilePlan:
         launchable=host_plan.launchable if host_plan else None,
         halted=halted,
     )
-    reuse = reusable(snapshot, machines, pool_plan)
+    reuse_plan = reusable(snapshot, machines, pool_plan)
+    reuse, kept = reuse_plan.reuse, {*reuse_plan.reuse, *reuse_plan.hold}
     removals = [
-        Removal(r.instance_id, r.reason.value) for r in pool_plan.removals if r.instance_id not in reuse
+        Removal(r.instance_id, r.reason.value) for r in pool_plan.removals if r.instance_id not in kept
     ]
     # Any draining machine with no job is removed, whoever started its drain (a scale-in, a rebalance
     # hint, the sweep): a drained machine nothing removes would count against max_instances forever. A
@@ -216,7 +218,7 @@ def plan_reconcile(snapshot: PoolSnapshot) -> ReconcilePlan:
         Removal(m.instance_id, _drain_reason(records[m.instance_id]))
         for m in machines
         if m.state is MachineState.DRAINING
-        and m.instance_id not in reuse
+        and m.instance_id not in kept
         and records[m.instance_id].drain_reason != "spot"
         and not records[m.instance_id].running
     ]
@@ -280,13 +282,13 @@ def _plan_warm_pool(snapshot: PoolSnapshot) -> WarmPoolStep | None:
     return None
 
 
-def reusable(snapshot: PoolSnapshot, machines: Sequence[Machine], pool_plan: PoolPlan) -> tuple[str, ...]:
+def reusable(snapshot: PoolSnapshot, machines: Sequence[Machine], pool_plan: PoolPlan) -> ReusePlan:
     """The used-up Macs to reuse (chalicelib.capacity.hosts.plan_reuse): the engine's used-up removals and the
     machines already draining for a reuse, whose record shows no job and names the instance's ARN (its new
     secret is tagged with it; a machine launched before the ARN was kept is terminated as before)."""
     pool, records = snapshot.pool, snapshot.records
     if not snapshot.can_reuse or not pool.reuses_root_volume or snapshot.hosts is None:
-        return ()
+        return ReusePlan()
     used_up = {r.instance_id for r in pool_plan.removals if r.reason is RemovalReason.USED_UP}
     candidates = [
         m
@@ -732,7 +734,7 @@ class Reconciler:
         if pool.hosts is None or self._hosts is None or hosts is None:
             return None
         engine = plan_pool(pool, _demand(snapshot), machines, now)  # what the engine wants, before host room
-        wanted = _launch_after_reuse(pool, engine, len(reusable(snapshot, machines, engine)))
+        wanted = _launch_after_reuse(pool, engine, len(reusable(snapshot, machines, engine).reuse))
         slots = hosts.slots_per_host  # what AWS says a host takes; a configured value still wins
         host_plan = plan_hosts(
             pool, hosts.hosts, now, wanted=wanted, unmet_since=hosts.unmet_since, slots_per_host=slots

@@ -174,6 +174,29 @@ class SimFleet:
         self._converge(group)
         return True
 
+    def replace_root_volume(self, instance_id: str, replace_s: float) -> bool:
+        """CreateReplaceRootVolumeTask on a live machine whose runner has exited: the instance stays in its
+        group and on its host (no scrub, no new host); `replace_s` later its new volume boots as a new
+        machine's does (a boot drawn like a launch's) and its runner polls GitLab. False: nothing to reuse."""
+        machine = self.machines.get(instance_id)
+        if machine is None or not machine.alive or machine.running:
+            return False
+        self._gitlab.unregister(machine)
+        now = self._loop.now
+        machine.reuse(now)
+        boot = (
+            self._fixed_boot_s
+            if self._fixed_boot_s is not None
+            else boot_time(machine.pool.platform, self._boot_rng)
+        )
+        life = machine.reused
+        self._loop.at(now + replace_s + boot, lambda: self._ready_again(machine, life))
+        return True
+
+    def _ready_again(self, machine: SimMachine, life: int) -> None:
+        if machine.reused == life:
+            self._ready(machine)
+
     def fill(self, pool: str) -> None:
         """Try again to reach the desired capacity (a host came free)."""
         self._converge(self.groups[pool])

@@ -55,6 +55,11 @@ class SimOptions:
     pipeline_hooks: str = "transitions"
     stale_index_s: float = 0.0
     warm_start_scale: float = 1.0
+    #: Seconds a Mac's root-volume replacement takes before its new volume starts booting (CreateReplace-
+    #: RootVolumeTask: a volume restored from the AMI's snapshot, the old one detached, the new one attached,
+    #: then a reboot). AWS publishes no figure for Mac: an estimate; `python -m sim.bench_mac_reuse` shows
+    #: how the macOS wait moves with it. The boot that follows is drawn as a launch's.
+    mac_replace_s: float = 300.0
 
 
 #: Boot to runner-ready, seconds, as (low, high, mode) of a triangular law: Linux about 1 min, Windows
@@ -130,6 +135,8 @@ class SimMachine:
     busy_s: float = 0.0
     #: It left the group's warm pool (started from stopped) rather than launching cold.
     from_warm: bool = False
+    #: Root-volume replacements so far (host reuse): each one a new life of the same instance.
+    reused: int = 0
 
     @property
     def alive(self) -> bool:
@@ -179,6 +186,14 @@ class SimMachine:
         if not self.running and self.busy_since is not None:
             self.busy_s += now - self.busy_since
             self.busy_since = None
+
+    def reuse(self, now: float) -> None:
+        """Its root volume was replaced (a reused Mac): a new runner, no job started, not ready until it boots
+        again. Same instance, same host."""
+        self.jobs_started = 0
+        self.ready_at = None
+        self.paused = False
+        self.reused += 1
 
     def close_busy(self, now: float) -> None:
         """Count the busy time still open (at termination or at the end of the run)."""

@@ -21,7 +21,7 @@ from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingErro
 from chalicelib.capacity.hosts import Host, HostState, IdleMark, LicenseRoom
 from chalicelib.capacity.warm import WarmPoolSettings
 from chalicelib.config import Config, Pool
-from chalicelib.errors import GitLabNotFoundError
+from chalicelib.errors import AwsCallError, GitLabNotFoundError
 from chalicelib.events.aws import DIRTY_REASON_MAX_CHARS, DirtyPoolMessage, ResolveAsk, ResolveTagsMessage
 from chalicelib.fleet import LIVE_STATES, GroupView, Instance
 from chalicelib.forecast import DurationEstimate, PipelineState
@@ -615,6 +615,8 @@ class SimHostPort:
         self._idle: dict[str, datetime] = {}
         self._unmet: dict[str, datetime] = {}
         self._tokens: dict[str, tuple[str, ...]] = {}
+        self._replace_tokens: dict[str, str] = {}
+        self._replace_done: dict[str, float] = {}
 
     def read_pools(self, pools: Sequence[Pool]) -> dict[str, HostPoolView]:
         self._calls["ec2"] += 1  # one DescribeHosts, filtered by the pool tag
@@ -680,6 +682,34 @@ class SimHostPort:
     def license_room(self, license_configuration: str) -> LicenseRoom:
         self._calls["license-manager"] += 1
         return LicenseRoom("Socket", None, 0, False)
+
+    def replace_root_volume(self, instance_id: str, token: str) -> str:
+        """CreateReplaceRootVolumeTask: the simulated task succeeds `mac_replace_s` later (one id per
+        ClientToken, as EC2 answers a retried token)."""
+        self._calls["ec2"] += 1
+        if token not in self._replace_tokens:
+            now = self._world.loop.now
+            if not self._world.fleet.replace_root_volume(instance_id, self._world.options.mac_replace_s):
+                raise AwsCallError(
+                    "ec2",
+                    "CreateReplaceRootVolumeTask",
+                    "IncorrectInstanceState",
+                    "not running",
+                    retryable=False,
+                )
+            task = f"replacevol-{len(self._replace_tokens) + 1:017x}"
+            self._replace_tokens[token] = task
+            self._replace_done[task] = now + self._world.options.mac_replace_s
+        return self._replace_tokens[token]
+
+    def replace_task_states(self, task_ids: Sequence[str]) -> dict[str, str]:
+        self._calls["ec2"] += 1  # one DescribeReplaceRootVolumeTasks
+        now = self._world.loop.now
+        return {
+            t: "succeeded" if now >= self._replace_done[t] else "in-progress"
+            for t in task_ids
+            if t in self._replace_done
+        }
 
 
 class Ours:
@@ -748,6 +778,7 @@ class Ours:
             gitlab=urlsplit(self._config.gitlab.url).netloc,
             warm_pools=fleet,
             metrics=self.metrics,
+            reuse=self._reuse_lifecycle if any(p.reuses_root_volume for p in self._config.pools) else None,
         )
         self._ports = Ports(
             names=names,
@@ -890,11 +921,28 @@ class Ours:
         action = LifecycleAction(self._config.pool(pool).asg, move, "sim", instance_id, transition)
         self._lifecycle.pass_warm(action, f"warm pool {move}")
 
+    def _reuse_lifecycle(self) -> Lifecycle:
+        return self._lifecycle
+
     def _runner_exited(self, machine: SimMachine) -> None:
         """`run-single` has exited after `max_use_count` jobs: the machine's user data (infra/templates)
         shuts it down, and EC2's shutting-down event reaches the app: `handle_machine_event`'s
         `_without_hook` (the record read, `Lifecycle.shut_down`'s decrement, then the clean-up). The
-        decrement ends the machine in its group, which runs the terminate hook (`_ended`)."""
+        decrement ends the machine in its group, which runs the terminate hook (`_ended`). A Mac of a pool
+        that reuses hosts first waits `reuse_wait` for the scaler (macos.sh's tail), and shuts down only if
+        it was neither reused nor terminated meanwhile."""
+        hosts = machine.pool.hosts
+        if machine.pool.reuses_root_volume and hosts is not None:
+            life = machine.reused
+            self._world.loop.after(hosts.reuse_wait.total_seconds(), lambda: self._wait_over(machine, life))
+            return
+        self._shut_down(machine)
+
+    def _wait_over(self, machine: SimMachine, life: int) -> None:
+        if machine.alive and machine.reused == life:
+            self._shut_down(machine)
+
+    def _shut_down(self, machine: SimMachine) -> None:
         self._exiting.add(machine.instance_id)
         self._state_event(machine, "shutting-down")
 

@@ -548,13 +548,24 @@ REPLACE_SUCCEEDED = "succeeded"
 REPLACE_FAILED = frozenset({"failed", "failed-detached"})
 
 
+@dataclass(frozen=True)
+class ReusePlan:
+    """Used-up Macs to reuse now, and those to keep waiting: neither reused nor terminated yet."""
+
+    reuse: tuple[str, ...] = ()
+    #: Reusable (host paid for, boot script still waiting) but no job to reuse them for yet: kept until a job
+    #: comes or their wait is nearly over. The host is paid for anyway, so waiting costs nothing, and a Mac
+    #: terminated now would send its host into a scrub just before the next job needs it.
+    hold: tuple[str, ...] = ()
+
+
 def plan_reuse(
     pool: Pool,
     candidates: Sequence[Machine],
     hosts: Sequence[Host],
     need_slots: int,
     now: datetime,
-) -> tuple[str, ...]:
+) -> ReusePlan:
     """The used-up Macs (`candidates`: no job, `run-single` exited) whose root volume is replaced rather than
     the machine terminated, per `after_run_single`; each one reused covers `slots_per_new_machine` of the
     `need_slots` the engine would otherwise launch for.
@@ -562,14 +573,16 @@ def plan_reuse(
     A candidate is reused only while its boot script still waits for the scaler: from the end of its last job
     (`last_busy_at`, when `run-single` exited) for `reuse_wait`, less REUSE_MARGIN. The most recently freed go
     first (the most wait left). A machine whose host is not in view (not read, or not ours) is terminated.
+    One that could be reused but has no job to be reused for is held while it waits (`ReusePlan.hold`).
     """
-    if not pool.reuses_root_volume or pool.hosts is None or need_slots <= 0:
-        return ()
+    if not pool.reuses_root_volume or pool.hosts is None:
+        return ReusePlan()
     host_of = {i: h for h in hosts for i in h.instance_ids}
     by_id = {h.host_id: h for h in hosts}
     per_machine = slots_per_new_machine(pool)
     left = need_slots
     chosen: list[str] = []
+    held: list[str] = []
     freed = sorted(
         (m for m in candidates if not m.has_job and m.last_busy_at is not None),
         key=lambda m: (m.last_busy_at, m.instance_id),
@@ -580,10 +593,11 @@ def plan_reuse(
         if now >= machine.last_busy_at + pool.hosts.reuse_wait - REUSE_MARGIN:
             continue  # it is about to shut itself down
         host = host_of.get(machine.instance_id) or by_id.get(machine.host_id or "")
-        if host is None or after_run_single(pool, host, left, now) is not AfterRunSingle.REPLACE_ROOT_VOLUME:
-            continue
-        chosen.append(machine.instance_id)
-        left -= per_machine
-        if left <= 0:
-            break
-    return tuple(chosen)
+        if host is None or after_run_single(pool, host, 1, now) is not AfterRunSingle.REPLACE_ROOT_VOLUME:
+            continue  # its host's paid window is over: terminated, so the host can go
+        if left > 0:
+            chosen.append(machine.instance_id)
+            left -= per_machine
+        else:
+            held.append(machine.instance_id)
+    return ReusePlan(tuple(chosen), tuple(held))
