@@ -50,6 +50,10 @@ def render(pool: Pool, prefix: str, *, launch_hook_timeout: int = LAUNCH_HOOK_TI
         # A warm-pool machine runs this script at every boot and starts no runner while it is warm.
         "warm_pool": "true" if pool.warm_pool_on else "false",
         "persist": "\n<persist>true</persist>" if pool.warm_pool_on else "",
+        # macOS host reuse: seconds a used Mac waits for its root volume to be replaced before it shuts down.
+        "reuse_wait": str(int(pool.hosts.reuse_wait.total_seconds()))
+        if pool.reuses_root_volume and pool.hosts is not None
+        else "0",
     }
     return Template(text).substitute(values)
 

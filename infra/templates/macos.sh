@@ -11,6 +11,7 @@ EXECUTOR="${executor}"
 MAX_BUILDS="${max_builds}"
 WAIT_TIMEOUT="${wait_timeout}"
 CACHE_BUCKET="${cache_bucket}"
+REUSE_WAIT="${reuse_wait}"
 
 TOKEN=$$(curl -sS -X PUT "http://169.254.169.254/latest/api/token" -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
 INSTANCE_ID=$$(curl -sS -H "X-aws-ec2-metadata-token: $${TOKEN}" http://169.254.169.254/latest/meta-data/instance-id)
@@ -82,4 +83,12 @@ unset RUNNER_TOKEN
 # run-single has exited (jobs done, wait timeout, or an error): an idle machine without a listening runner
 # must not count as capacity. It shuts itself down (terminate behaviour) and the scaler decrements its
 # group (see linux.sh). The host stays allocated; the scaler decides when to release it.
+# Host reuse (docs/windows-macos.md): a Mac that ran a job first waits up to REUSE_WAIT seconds. Meanwhile the
+# scaler may replace its root volume (the instance reboots onto a fresh volume, this script with it) or
+# terminate it; if neither comes (a lost scaler), it shuts down as before, so no paid Mac idles unseen. One that
+# ran no job leaves at once (nothing to reuse, and it must not linger as capacity): a job's source is checked
+# out under the builds directory (gitlab-runner docs/executors/shell.md), so no builds directory, no job.
+if [ "$${REUSE_WAIT}" -gt 0 ] && [ -d "$${JOB_HOME}/builds" ]; then
+  sleep "$${REUSE_WAIT}"
+fi
 shutdown -h now
