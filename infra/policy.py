@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.capacity.fallback import can_fall_back
-from chalicelib.config import Config, Platform, Pool, load_config_file
+from chalicelib.config import Config, Pool, load_config_file
 from chalicelib.resources import (
     ENV_PREFIX,
     TAG_DEPLOYMENT,
@@ -445,21 +445,30 @@ def _host_grants(scope: Scope) -> list[Grant]:
             "the pools' host resource groups by name",
         ),
     ]
-    mac_pools = sorted(p.name for p in pools if p.platform is Platform.MACOS)
+    mac_pools = sorted(p.name for p in pools if p.reuses_root_volume)
     if mac_pools:
         # Host reuse (chalicelib.hosts.Ec2Hosts.replace_root_volume): only instances of our macOS pools,
         # tagged by their group at launch; the task itself is a new resource (EC2 API Reference,
         # "CreateReplaceRootVolumeTask"). The exact resource list of the action was not checked against the
-        # Service Authorization Reference: a refusal shows as an AwsCallError naming the action.
-        grants.append(
+        # Service Authorization Reference: a refusal shows as an AwsCallError naming the action, and the
+        # machine is terminated as before (docs/deploy.md, "What to verify in a first real deployment").
+        grants += [
             Grant(
                 "ReplaceMacRootVolume",
                 ("ec2:CreateReplaceRootVolumeTask",),
                 (scope.arn("ec2", "instance/*"), scope.arn("ec2", "replace-root-volume-task/*")),
                 "restore a used Mac's root volume on its host instead of a terminate and a host scrub",
                 conditions={"StringEqualsIfExists": {f"aws:ResourceTag/{TAG_POOL}": mac_pools}},
-            )
-        )
+            ),
+            Grant(
+                "ReadMacRootVolumeTasks",
+                ("ec2:DescribeReplaceRootVolumeTasks",),
+                ("*",),
+                "AWS forces `*`: EC2's Describe calls support no resource-level permission (Service "
+                "Authorization Reference); the reconcile polls its reused Macs' replacement tasks",
+                conditions=_region_condition(scope),
+            ),
+        ]
     licenses = tuple(
         sorted({p.hosts.license_configuration for p in pools if p.hosts and p.hosts.license_configuration})
     )
