@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from chalicelib.capacity import pool_for_tags, runner_takes
-from chalicelib.config import HostsConfig, Platform, Policy, Pool
+from chalicelib.config import Platform, Policy, Pool
 from sim.hosts import NoHostPlanner
 from sim.model import BOOT_TIMES, HookEvent, SimMachine
 from sim.warm import WARM_START_S, WarmPoolSpec
@@ -557,7 +557,10 @@ class Oracle(_Counted):
     wait p95 stays within the pool's `wait_targets_s` (none: the least wait `max_hosts` allows; `simulate`
     gives it ours' wait p95 per host pool, so that cost is compared at ours' wait); each host is allocated
     just in time and released at the end of its last use or of its minimum allocation, whichever is
-    cheaper (a small dynamic programme), a refused release being retried every minute. 1 call per launch,
+    cheaper (a small dynamic programme), a refused release being retried every minute. On a macOS pool that
+    reuses hosts (`reuse_root_volume`), every used Mac may be reused, whatever the demand or the host's age:
+    its slot frees `mac_replace_s` after its job instead of a scrub later (modelled as a termination whose
+    host is busy, unbilled, only that long), so ours' reuse never beats it. 1 call per launch,
     termination, allocation and release.
     """
 
@@ -606,11 +609,19 @@ class Oracle(_Counted):
         target = self.wait_targets_s.get(pool.name, 0.0)
         best: tuple[list[_Launch], list[list[tuple[float, float]]]] = ([], [])
         for hosts in range(1, max(1, cfg.max_hosts) + 1):
-            planned, slots, waits = _list_schedule(launches, hosts * cfg.slots_per_host, cfg)
+            planned, slots, waits = _list_schedule(launches, hosts * cfg.slots_per_host, self._gap(pool))
             best = (planned, slots)
             if percentile(sorted(waits), 95) <= target:
                 break
         return best
+
+    def _gap(self, pool: Pool) -> float:
+        """Seconds a host slot stays busy after its machine's job: a scrub, or a root-volume replacement."""
+        cfg = pool.hosts
+        assert cfg is not None
+        if pool.reuses_root_volume:
+            return min(self._world.options.mac_replace_s, cfg.scrub_time.total_seconds())
+        return cfg.scrub_time.total_seconds()
 
     def _launch(self, launch: _Launch) -> None:
         self.calls["autoscaling"] += 1
@@ -619,7 +630,9 @@ class Oracle(_Counted):
     def _job_done(self, job: object, machine: SimMachine) -> None:
         if not machine.running and machine.alive:
             self.calls["autoscaling"] += 1
-            self._world.fleet.terminate(machine.instance_id)
+            pool = machine.pool
+            gap = self._gap(pool) if pool.hosts is not None and pool.reuses_root_volume else None
+            self._world.fleet.terminate(machine.instance_id, host_scrub_s=gap)
 
     def _plan_hosts(self, pool: Pool, slots: Sequence[Sequence[tuple[float, float]]]) -> None:
         """Each host's allocations from its slots' uses, the cheapest cover of them (`_allocations`)."""
@@ -667,11 +680,10 @@ def fastest_start(pool: Pool) -> float:
 
 
 def _list_schedule(
-    launches: Sequence[_Launch], slots: int, cfg: HostsConfig
+    launches: Sequence[_Launch], slots: int, scrub: float
 ) -> tuple[list[_Launch], list[list[tuple[float, float]]], list[float]]:
-    """Launches in time order on `slots` host slots, each on the slot free first (a slot frees a scrub
-    after its machine ends): the launches as delayed, each slot's uses, and each job's wait (its delay)."""
-    scrub = cfg.scrub_time.total_seconds()
+    """Launches in time order on `slots` host slots, each on the slot free first (a slot frees `scrub`
+    seconds after its machine ends): the launches as delayed, each slot's uses, and each job's wait."""
     free = [0.0] * slots
     uses: list[list[tuple[float, float]]] = [[] for _ in range(slots)]
     planned: list[_Launch] = []

@@ -151,8 +151,11 @@ class SimFleet:
             group.boot_overrides.extend([boot_s] * count)
         self.set_desired(pool, group.desired + count, bounded=bounded)
 
-    def terminate(self, instance_id: str, *, decrement: bool = True) -> bool:
-        """TerminateInstanceInAutoScalingGroup. A machine running a job dies with it (counted, retried)."""
+    def terminate(
+        self, instance_id: str, *, decrement: bool = True, host_scrub_s: float | None = None
+    ) -> bool:
+        """TerminateInstanceInAutoScalingGroup. A machine running a job dies with it (counted, retried).
+        `host_scrub_s`: how long its host slot stays busy instead of the pool's scrub (the oracle's reuse)."""
         machine = self.machines.get(instance_id)
         if machine is None or not machine.alive:
             return False
@@ -168,7 +171,7 @@ class SimFleet:
         del self.machines[instance_id]
         if decrement:
             group.desired = max(0, group.desired - 1)
-        self._hosts.end(instance_id)
+        self._hosts.end(instance_id, host_scrub_s)
         for listener in self.end_listeners:
             listener(machine)
         self._converge(group)

@@ -192,14 +192,16 @@ class SimHosts:
         self._by_instance[instance_id] = host
         return host.host_id
 
-    def end(self, instance_id: str) -> None:
-        """The instance ended: its slot frees after the host's scrub (EC2 Mac scrubs for about 50 min)."""
+    def end(self, instance_id: str, scrub_s: float | None = None) -> None:
+        """The instance ended: its slot frees after the host's scrub (EC2 Mac scrubs for about 50 min), or
+        after `scrub_s` when given (the oracle's Mac reuse: the slot is busy only while a root volume is
+        replaced, unbilled like a scrub, so the oracle stays a lower bound)."""
         host = self._by_instance.pop(instance_id, None)
         if host is None:
             return
         now = self._loop.now
         host.vacate(instance_id, now)
-        scrub = host.cfg.scrub_time.total_seconds()
+        scrub = host.cfg.scrub_time.total_seconds() if scrub_s is None else scrub_s
         if scrub > 0:
             host.scrubbing_until = now + scrub
             host.scrubs.append((now, now + scrub))

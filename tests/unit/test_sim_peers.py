@@ -177,14 +177,25 @@ class TestOracleOnHosts:
         )
 
     def test_the_oracle_stays_within_max_hosts_and_delays_a_job_that_finds_no_host(self) -> None:
-        # GIVEN two overlapping Mac jobs and at most one host (50 min scrub after each instance)
+        # GIVEN two overlapping Mac jobs and at most one host (50 min scrub after each instance, no reuse)
         trace = [job(1, 300.0, 0, 600.0, "macos"), job(2, 400.0, 0, 600.0, "macos")]
-        world = World(self.mac(), trace, seed=0, options=EXACT)
+        world = World(self.mac(reuse_root_volume=False), trace, seed=0, options=EXACT)
         metrics = world.run(Oracle()).metrics
         # THEN one host only, and the second job waits for the first's end, the scrub and its own boot
         # (600 + 3,000 + 60 s, less the 100 s between the two pendings)
         assert len(world.hosts.hosts) == 1
         assert metrics["wait_max_s"] == pytest.approx(600.0 + 3000.0 + 60.0 - 100.0, abs=1.0)
+        assert metrics["busy_killed"] == 0
+
+    def test_with_host_reuse_the_oracle_waits_for_a_root_volume_not_a_scrub(self) -> None:
+        # GIVEN the same two jobs on one host of a pool that reuses Macs (a replacement takes mac_replace_s)
+        trace = [job(1, 300.0, 0, 600.0, "macos"), job(2, 400.0, 0, 600.0, "macos")]
+        world = World(self.mac(), trace, seed=0, options=EXACT)
+        metrics = world.run(Oracle()).metrics
+        # THEN the second job waits for the first's end, the replacement and its own boot
+        assert len(world.hosts.hosts) == 1
+        replace = EXACT.mac_replace_s
+        assert metrics["wait_max_s"] == pytest.approx(600.0 + replace + 60.0 - 100.0, abs=1.0)
         assert metrics["busy_killed"] == 0
 
     def test_a_refused_release_is_tried_again_until_ec2_takes_it(self) -> None:
