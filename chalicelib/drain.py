@@ -76,7 +76,9 @@ def takes_no_job(record: MachineRecord, max_use_count: int, status_of: Callable[
     Not covered: a build run-single failed to set up (`NewBuild` / `ProcessJob` errors, which GitLab later
     fails as stuck) is not counted by run-single either; nothing in a job's status tells it apart.
     """
-    if max_use_count <= 0 or record.running or len(record.job_ids) < max_use_count:
+    # Jobs started on the current root volume: a reused Mac's earlier jobs (`reused_jobs`) ran under another
+    # runner, and its new one polls until it has run max_use_count of its own.
+    if max_use_count <= 0 or record.running or record.jobs_started < max_use_count:
         return False
     for job_id in record.job_ids:
         status = status_of(job_id)

@@ -19,6 +19,8 @@ from chalicelib.capacity.hosts import (
     after_run_single,
     plan_reuse,
 )
+from chalicelib.drain import takes_no_job
+from chalicelib.store import MachineRecord
 from tests.builders import T0
 from tests.functional.test_hosts_contract import MAC, WINDOWS
 
@@ -107,3 +109,13 @@ def test_reuse_turned_off_reuses_nothing() -> None:
     hosts = MAC.hosts.model_copy(update={"reuse_root_volume": False})  # type: ignore[union-attr]
     off = MAC.model_copy(update={"hosts": hosts})
     assert plan_reuse(off, [used_up("i-a", 1)], hosts_of("i-a"), need_slots=1, now=T0) == ReusePlan()
+
+
+def test_a_reused_mac_that_ran_no_job_on_its_new_volume_still_waits_out_the_drain_window() -> None:
+    # GIVEN a Mac reused after its one job: that job is over, but its new runner polls GitLab for work
+    record = MachineRecord("i-a", "macos", T0, runner_id=8, job_ids=frozenset({1}), reused_jobs=1)
+    # THEN its run-single has not exited: a drain waits out GitLab's assignment window before it re-checks
+    assert not takes_no_job(record, max_use_count=1, status_of=lambda _job: "success")
+    # AND once it ran its own job, it has
+    done = MachineRecord("i-a", "macos", T0, runner_id=8, job_ids=frozenset({1, 2}), reused_jobs=1)
+    assert takes_no_job(done, max_use_count=1, status_of=lambda _job: "success")
