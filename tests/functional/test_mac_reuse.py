@@ -43,7 +43,6 @@ from tests.functional.test_lifecycle import RecordingFleet
 from toolkit.devtools.bootstrap import bootstrap
 from toolkit.devtools.fake_gitlab import FakeGitLab, JobSpec
 
-GITLAB = "gitlab.example.com"
 REPLACE = "CreateReplaceRootVolumeTask"
 DESCRIBE = "DescribeReplaceRootVolumeTasks"
 TASK = "replacevol-0123456789abcdef0"
@@ -84,7 +83,7 @@ class MacWorld:
         self.clock[0] += timedelta(**delta)
 
     def record(self, job_id: int, status: str, machine_id: str = "") -> None:
-        job = JobRecord(GITLAB, job_id, status, pool="macos", machine_id=machine_id)
+        job = JobRecord(self.runtime.gitlab_host, job_id, status, pool="macos", machine_id=machine_id)
         self.runtime.store.record_job(job, self.clock[0])
 
     def tick(self) -> dict[str, Any]:
