@@ -28,8 +28,9 @@ ARRIVAL_WINDOW = timedelta(minutes=30)
 #: stopped machine costs only its EBS volumes, so warming early is cheap; refilling late is a cold boot).
 SCHEDULE_LOOKAHEAD = timedelta(minutes=30)
 _STEP = timedelta(minutes=1)
-#: Machines an auto pool that held a warm pool keeps through a quiet spell: one stopped machine costs only
-#: its EBS volumes (about 0.08 USD a day for 30 GiB of gp3), and lets a quiet spell's first job start warm.
+#: The fewest machines an auto pool that held a warm pool keeps through a quiet spell: one stopped machine
+#: costs only its EBS volumes (about 0.08 USD a day for 30 GiB of gp3), and lets a quiet spell's first job
+#: start warm.
 QUIET_FLOOR = 1
 
 #: PutWarmPool's PoolState for each `warm_pool_state` (Amazon EC2 Auto Scaling API Reference, PutWarmPool:
@@ -95,8 +96,9 @@ def size_warm_pool(
     for their volumes): one minute of an m7i.large pays half an hour of a 30 GiB gp3 volume, five minutes of
     an m6i.xlarge about six hours of a 50 GiB one. Demand alone cannot carry that memory: the job index
     forgets a job once it is settled, so `arrivals` hold only the jobs active now. Once the pool is quiet,
-    the size falls to the demand, but never below QUIET_FLOOR while it held any: the first job of a quiet
-    spell (a night's, a weekend's) then starts warm too, for the EBS volume of one stopped machine.
+    the size falls to the demand, but not below `quiet_floor` (of what it held): the most idle slots the
+    pool's own policies may ask for, so the first jobs of a quiet spell (a night's, a weekend's) start warm
+    too, for the EBS volumes of a few stopped machines.
     A number is a fixed size; "off", Spot and dedicated-host pools have none (`Pool.warm_pool_on`).
     """
     state = POOL_STATES[pool.warm_pool_state]
@@ -111,7 +113,7 @@ def size_warm_pool(
     slots = max(burst, scheduled) + max(0, prewarm_slots)
     wanted = math.ceil(slots / slots_per_new_machine(pool))
     busy = scheduled > 0 or any(now - ARRIVAL_WINDOW <= t <= now for t in arrivals)
-    kept = max(0, held) if busy else min(max(0, held), QUIET_FLOOR)
+    kept = max(0, held) if busy else min(max(0, held), quiet_floor(pool))
     machines = min(max(wanted, kept), pool.max_instances)
     reason = (
         f"{burst} arrivals in {refill_s:.0f} s, idle_count {scheduled} ahead, {prewarm_slots} prewarm"
@@ -119,6 +121,13 @@ def size_warm_pool(
         + f" -> {machines} (max_instances {pool.max_instances})"
     )
     return WarmPoolSize(pool.name, machines, reason, state)
+
+
+def quiet_floor(pool: Pool) -> int:
+    """Machines a quiet pool keeps warm: the most idle slots any of its policies may ask for (idle_count
+    plus scale_factor_limit), in machines, at least QUIET_FLOOR."""
+    slots = max((p.idle_count + p.scale_factor_limit for p in pool.policy), default=0)
+    return max(QUIET_FLOOR, math.ceil(slots / slots_per_new_machine(pool)))
 
 
 def peak_arrivals(arrivals: Sequence[datetime], now: datetime, window_s: float) -> int:

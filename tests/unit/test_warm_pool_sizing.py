@@ -274,3 +274,28 @@ def test_holding_only_ever_keeps_machines_and_stays_within_bounds(
         assert kept.machines == min(max(fresh.machines, held), max_instances)
     else:
         assert kept.machines <= max(fresh.machines, 1)
+
+
+def test_a_quiet_pool_keeps_the_most_idle_slots_its_policies_may_ask_for() -> None:
+    # GIVEN a pool whose working-hours policy keeps 2 idle plus up to 6 by scale factor, at night (its
+    # period is not active, no job): the group held 20 warm machines during the day
+    night = T0.replace(hour=2)
+    subject = pool(
+        max_instances=50,
+        policy=[
+            {"idle_count": 0},
+            {
+                "periods": ["* 8-18 * * mon-fri"],
+                "idle_count": 2,
+                "scale_factor": 0.2,
+                "scale_factor_limit": 6,
+            },
+        ],
+    )
+    size = size_warm_pool(subject, night, arrivals=[], prewarm_slots=0, refill_s=REFILL_S, held=20)
+    # THEN it keeps 8 stopped machines (what its own policies may ask for), not 20, not 1
+    assert size.machines == 8 and "kept while quiet" in size.reason
+    # AND never more than it held
+    assert (
+        size_warm_pool(subject, night, arrivals=[], prewarm_slots=0, refill_s=REFILL_S, held=3).machines == 3
+    )
