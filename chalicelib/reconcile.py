@@ -51,7 +51,7 @@ from chalicelib.jobs import runner_description
 from chalicelib.lifecycle import PREPARE_FAULT, LifecycleOutcome, pending_since
 from chalicelib.metrics import EmfMetrics, Metrics
 from chalicelib.pipelines import Pipelines, active_for_prewarm
-from chalicelib.store import HOLDS_SLOT, TERMINAL, Fault, JobRecord, MachineRecord, Store
+from chalicelib.store import HOLDS_SLOT, TERMINAL, Fault, JobRecord, MachineRecord, PoolLease, Store
 
 if TYPE_CHECKING:  # python-gitlab is imported with the adapter, never on the reconcile's import path
     from chalicelib.gitlab import RunnerType
@@ -432,6 +432,9 @@ class Reconciler:
         self._timer = timer  # measures, never decides: decisions use `now`
         self._lease_clock = lease_clock  # seconds, for the lease's deadline only
         self._lease_deadline = float("inf")
+        #: The lease this reconcile holds (with the pool's faults), and the contact window it checked.
+        self._lease: PoolLease | None = None
+        self._contact_checked: int | None = None
         self._eligibility = eligibility
         self._warm_pools = warm_pools
         # The metrics port (the wiring's, as every use case's); EMF lines when none is given (tools, benches).
@@ -497,9 +500,11 @@ class Reconciler:
             result.seconds = self._timer() - started
             return result
         lease = self._config.scaler.lease_duration
-        if not self._store.acquire_lease(pool.name, self._owner, now, lease):
+        taken = self._store.take_lease(pool.name, self._owner, now, lease)
+        if taken is None:
             result.skipped = "another reconcile holds the pool lease"
             return result
+        self._lease, self._contact_checked = taken, None
         # Fencing by deadline: once the lease may have expired, another reconcile may hold it and act on a
         # fresher view, so this one makes no further AWS write (each write checks `_check_lease` first).
         self._lease_deadline = self._lease_clock() + lease.total_seconds() - LEASE_SAFETY_SECONDS
@@ -512,7 +517,8 @@ class Reconciler:
             result.errors.append(str(exc))
             logger.warning("reconcile failed", extra={"pool": pool.name, "error": str(exc)})
         finally:
-            self._store.release_lease(pool.name, self._owner)
+            self._store.release_lease(pool.name, self._owner, contact_window=self._contact_checked)
+            self._lease = None
             result.seconds = self._timer() - started
         return result
 
@@ -562,7 +568,8 @@ class Reconciler:
             result.errors.append(f'Auto Scaling group "{pool.asg}" of pool "{pool.name}" does not exist')
             return None
         result.desired_before = group.desired
-        faults = tuple(self._store.faults(pool.name, now))
+        # The faults came with the lease (they live on its item); a dry run holds none and reads them.
+        faults = self._lease.faults if self._lease is not None else tuple(self._store.faults(pool.name, now))
         records = {m.instance_id: m for m in self._store.machines(pool.name)}
         jobs = tuple(self._store.pool_jobs(pool.name))
         live = group.live_instances()
@@ -850,9 +857,12 @@ class Reconciler:
         if self._runners is None:
             contacted = awaiting
         else:
+            # The window last checked lives on the lease item: read with the lease, written with its release.
             window = int(now.timestamp()) // CONTACT_CHECK_SECONDS
-            if write and not self._store.first_seen(f"contact#{pool.name}#{window}", now):
-                return
+            if write and self._lease is not None:
+                if self._lease.contact_window == window:
+                    return
+                self._contact_checked = window
             try:
                 listed = self._runners.list_runners(
                     f"runner-scaler/{pool.name}/", status="never_contacted", **_runner_scope(self._config)

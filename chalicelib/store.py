@@ -113,6 +113,15 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class PoolLease:
+    """A pool's lease as taken, with what lives on the lease item and so costs no read of its own: the pool's
+    unexpired faults, and the boot-contact window last checked (`Reconciler._learn_contact`; None: never)."""
+
+    faults: tuple[Fault, ...] = ()
+    contact_window: int | None = None
+
+
+@dataclass(frozen=True)
 class MachineRecord:
     """What the scaler remembers of one instance beyond what the ASG says: its runner and its jobs."""
 
@@ -328,10 +337,43 @@ class Store(Protocol):
         """Take the pool's lease unless another owner holds an unexpired one."""
         ...
 
-    def release_lease(self, pool: str, owner: str) -> None: ...
+    def take_lease(self, pool: str, owner: str, now: datetime, duration: timedelta) -> PoolLease | None:
+        """`acquire_lease`, answering with the pool's faults and last contact window read by the same write
+        (they live on the lease item); None when another owner holds an unexpired lease."""
+        ...
+
+    def release_lease(self, pool: str, owner: str, *, contact_window: int | None = None) -> None:
+        """Give the lease back (only if still ours), recording `contact_window` when given."""
+        ...
 
 
-_LEASE_FREE = f"attribute_not_exists({TABLE_PK}) OR lease_until < :now OR #owner = :owner"
+#: The pool's lease item: its lease (owner, lease_until), its faults and its last boot-contact window.
+LEASE_SK = "LEASE"
+#: A fault is an attribute of the lease item named `fault|<kind>#<detail>`, a map of `until` and `reason`.
+FAULT_PREFIX = "fault|"
+#: Free when nobody holds it (never taken, or given back: no owner), it expired, or it is ours already.
+_LEASE_FREE = "attribute_not_exists(#owner) OR lease_until < :now OR #owner = :owner"
+
+
+def _lease_key(pool: str) -> dict[str, str]:
+    return {TABLE_PK: f"POOL#{pool}", TABLE_SK: LEASE_SK}
+
+
+def _fault_attribute(fault: Fault) -> str:
+    return f"{FAULT_PREFIX}{fault.kind}#{fault.detail}"
+
+
+def _faults_of(pool: str, item: Mapping[str, Any]) -> list[Fault]:
+    """The faults kept on a pool's lease item (plain values), expired ones too."""
+    out = []
+    for name, value in item.items():
+        if not name.startswith(FAULT_PREFIX) or not isinstance(value, Mapping):
+            continue
+        kind, _, detail = name.removeprefix(FAULT_PREFIX).partition("#")
+        until = _dt(value.get("until"))
+        if until is not None:
+            out.append(Fault(pool, kind, detail, until, str(value.get("reason", ""))))
+    return sorted(out, key=lambda f: (f.kind, f.detail))
 #: The job item's string set of `event_mark`s: the deliveries applied to it.
 EVENT_MARKS = "event_marks"
 
@@ -564,47 +606,40 @@ class DynamoStore(DynamoTable):
         before = self._load(result.get("Attributes", {}))
         return {step for step in steps if before.get(step) != windows[step]}
 
-    # -- faults ---------------------------------------------------------------------------------------
+    # -- faults: attributes of the pool's lease item, which every reconcile takes (and so reads) anyway ---
     def put_fault(self, fault: Fault) -> None:
         self._aws.call(
             "dynamodb",
-            "put_item",
+            "update_item",
             TableName=self._table,
-            Item=self._dump(
-                {
-                    TABLE_PK: f"FAULT#{fault.pool}",
-                    TABLE_SK: f"{fault.kind}#{fault.detail}",
-                    "until": _iso(fault.until),
-                    "reason": fault.reason[:500],
-                    TABLE_TTL_ATTRIBUTE: _epoch(fault.until + timedelta(hours=1)),
-                }
+            Key=self._dump(_lease_key(fault.pool)),
+            UpdateExpression="SET #fault = :fault",
+            ExpressionAttributeNames={"#fault": f"{FAULT_PREFIX}{fault.kind}#{fault.detail}"},
+            ExpressionAttributeValues=self._dump(
+                {":fault": {"until": _iso(fault.until), "reason": fault.reason[:500]}}
             ),
         )
 
     def faults(self, pool: str, now: datetime) -> list[Fault]:
-        return [f for f in self._all_faults(pool) if f.until > now]
-
-    def _all_faults(self, pool: str) -> list[Fault]:
-        items = self._query(f"FAULT#{pool}", consistent=True)
-        out = []
-        for item in items:
-            kind, _, detail = str(item[TABLE_SK]).partition("#")
-            until = _dt(item["until"])
-            assert until is not None
-            out.append(Fault(pool, kind, detail, until, str(item.get("reason", ""))))
-        return out
+        item = self._get(f"POOL#{pool}", LEASE_SK) or {}
+        return [f for f in _faults_of(pool, item) if f.until > now]
 
     def clear_faults(self, pool: str, kinds: Iterable[str] | None = None) -> None:
         wanted = None if kinds is None else set(kinds)
-        for fault in self._all_faults(pool):
-            if wanted is not None and fault.kind not in wanted:
-                continue
-            self._aws.call(
-                "dynamodb",
-                "delete_item",
-                TableName=self._table,
-                Key=self._dump({TABLE_PK: f"FAULT#{pool}", TABLE_SK: f"{fault.kind}#{fault.detail}"}),
-            )
+        item = self._get(f"POOL#{pool}", LEASE_SK) or {}
+        names = [
+            _fault_attribute(f) for f in _faults_of(pool, item) if wanted is None or f.kind in wanted
+        ]
+        if not names:
+            return
+        self._aws.call(
+            "dynamodb",
+            "update_item",
+            TableName=self._table,
+            Key=self._dump(_lease_key(pool)),
+            UpdateExpression="REMOVE " + ", ".join(f"#f{i}" for i in range(len(names))),
+            ExpressionAttributeNames={f"#f{i}": name for i, name in enumerate(names)},
+        )
 
     # -- suspicions -----------------------------------------------------------------------------------
     def suspect(self, key: str, now: datetime) -> datetime:
@@ -900,29 +935,51 @@ class DynamoStore(DynamoTable):
 
     # -- leases ---------------------------------------------------------------------------------------
     def acquire_lease(self, pool: str, owner: str, now: datetime, duration: timedelta) -> bool:
-        return self._conditional(
-            "put_item",
-            Item=self._dump(
-                {
-                    TABLE_PK: f"POOL#{pool}",
-                    TABLE_SK: "LEASE",
-                    "owner": owner,
-                    "lease_until": _epoch(now + duration),
-                    TABLE_TTL_ATTRIBUTE: _epoch(now + duration + timedelta(hours=1)),
-                }
-            ),
-            ConditionExpression=_LEASE_FREE,
-            ExpressionAttributeValues=self._dump({":now": _epoch(now), ":owner": owner}),
-            ExpressionAttributeNames={"#owner": "owner"},
+        return self.take_lease(pool, owner, now, duration) is not None
+
+    def take_lease(self, pool: str, owner: str, now: datetime, duration: timedelta) -> PoolLease | None:
+        # An UpdateItem, never a PutItem: the item keeps the pool's faults. ReturnValues ALL_NEW answers
+        # with "all of the attributes of the item, as they appear after the UpdateItem operation" (DynamoDB
+        # API reference, UpdateItem), read strongly with the write: the faults cost no read of their own.
+        # The item lives as long as the pool (one per pool): a TTL left by an older version is removed.
+        try:
+            result = self._aws.call(
+                "dynamodb",
+                "update_item",
+                TableName=self._table,
+                Key=self._dump(_lease_key(pool)),
+                UpdateExpression="SET #owner = :owner, lease_until = :until REMOVE #ttl",
+                ConditionExpression=_LEASE_FREE,
+                ExpressionAttributeNames={"#owner": "owner", "#ttl": TABLE_TTL_ATTRIBUTE},
+                ExpressionAttributeValues=self._dump(
+                    {":owner": owner, ":until": _epoch(now + duration), ":now": _epoch(now)}
+                ),
+                ReturnValues="ALL_NEW",
+            )
+        except AwsCallError as exc:
+            if exc.code == CONDITION_FAILED:
+                return None
+            raise
+        item = self._load(result.get("Attributes", {}))
+        window = item.get("contact_window")
+        return PoolLease(
+            tuple(f for f in _faults_of(pool, item) if f.until > now),
+            int(window) if window is not None else None,
         )
 
-    def release_lease(self, pool: str, owner: str) -> None:
-        # False when the lease is not ours any more (expired and taken): nothing to release then.
+    def release_lease(self, pool: str, owner: str, *, contact_window: int | None = None) -> None:
+        # Nothing happens when the lease is not ours any more (expired and taken): nothing to release then.
+        values: dict[str, Any] = {":owner": owner}
+        update = "REMOVE #owner, lease_until"
+        if contact_window is not None:
+            update += " SET contact_window = :window"
+            values[":window"] = contact_window
         self._conditional(
-            "delete_item",
-            Key=self._dump({TABLE_PK: f"POOL#{pool}", TABLE_SK: "LEASE"}),
+            "update_item",
+            Key=self._dump(_lease_key(pool)),
+            UpdateExpression=update,
             ConditionExpression="#owner = :owner",
-            ExpressionAttributeValues=self._dump({":owner": owner}),
+            ExpressionAttributeValues=self._dump(values),
             ExpressionAttributeNames={"#owner": "owner"},
         )
 
@@ -967,6 +1024,7 @@ class MemoryStore:
         self._unrouted: set[str] = set()
         self._runners: dict[int, tuple[str, str]] = {}
         self._marks: dict[str, set[str]] = {}  # job key -> event marks (DynamoStore's EVENT_MARKS)
+        self._contact_windows: dict[str, int] = {}
 
     def record_job(self, job: JobRecord, now: datetime) -> bool:
         with self._lock:
@@ -1244,15 +1302,23 @@ class MemoryStore:
                 self.machine_records[instance_id] = replace(m, prepared_at=now)
 
     def acquire_lease(self, pool: str, owner: str, now: datetime, duration: timedelta) -> bool:
+        return self.take_lease(pool, owner, now, duration) is not None
+
+    def take_lease(self, pool: str, owner: str, now: datetime, duration: timedelta) -> PoolLease | None:
         with self._lock:
             held = self._leases.get(pool)
             if held is not None and held[0] != owner and held[1] >= now:
-                return False
+                return None
             self._leases[pool] = (owner, now + duration)
-            return True
+            faults = [f for (p, _, _), f in self._faults.items() if p == pool and f.until > now]
+            return PoolLease(
+                tuple(sorted(faults, key=lambda f: (f.kind, f.detail))), self._contact_windows.get(pool)
+            )
 
-    def release_lease(self, pool: str, owner: str) -> None:
+    def release_lease(self, pool: str, owner: str, *, contact_window: int | None = None) -> None:
         with self._lock:
             held = self._leases.get(pool)
             if held is not None and held[0] == owner:
                 del self._leases[pool]
+                if contact_window is not None:
+                    self._contact_windows[pool] = contact_window

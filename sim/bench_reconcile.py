@@ -52,7 +52,8 @@ GITLAB = "gitlab.example.com"
 MAX_USE_COUNT = 10
 _READS = frozenset({"dynamodb.Query", "dynamodb.GetItem"})
 _WRITES = frozenset({"dynamodb.PutItem", "dynamodb.UpdateItem", "dynamodb.DeleteItem"})
-_LEASE_OPS = 2  # per pool and tick: the lease's conditional PutItem and its DeleteItem
+#: Per pool and tick: the lease's two conditional UpdateItems (taken with the pool's faults, given back).
+_LEASE_OPS = 2
 
 #: A realistic pool, as fractions of its machines (the rest are busy). What each costs the tick that first
 #: sees it: "starting"/"finished" credit a job to their machine, "ready_now" is marked ready, "unprotected"

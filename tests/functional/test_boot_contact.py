@@ -162,3 +162,37 @@ def test_a_machine_whose_runner_never_polls_is_removed_after_boot_timeout(
     # THEN it is removed as stuck, and a replacement launches for the idle target
     after = live(stack)
     assert machine not in after and len(after) == 1
+
+
+def test_the_contact_check_is_made_once_per_window_and_writes_no_item_of_its_own(
+    world: tuple[Stack, Client], fake_gitlab: FakeGitLab
+) -> None:
+    """The window last checked lives on the pool's lease item, which every reconcile takes and gives back
+    anyway: read with the lease, written with its release. No key item per window."""
+    stack, client = world
+    redeploy(stack)
+    # GIVEN an in-service machine whose runner never polled, at the start of a contact window
+    record(stack, 1, "pending")
+    dirty(client)
+    (machine,) = live(stack)
+    prepare(stack, client, machine)
+    stack.advance(seconds=15 - int(stack.clock[0].timestamp()) % 15)
+
+    def runner_lists() -> int:
+        listed = ("/runners/all", "/runners", "/groups/:group/runners", "/projects/:project/runners")
+        return sum(fake_gitlab.request_count("GET", route) for route in listed)
+
+    lists, puts = runner_lists(), stack.runtime.aws.calls["dynamodb.PutItem"]
+    # WHEN the pool reconciles three times within that window
+    for _ in range(3):
+        assert dirty(client) == {"batchItemFailures": []}
+        stack.advance(seconds=4)
+    # THEN GitLab was asked for the never-contacted runners once, and no item was written for it
+    assert runner_lists() - lists == 1
+    assert stack.runtime.aws.calls["dynamodb.PutItem"] == puts
+    items = stack.aws.paginate("dynamodb", "scan", "Items", TableName=stack.runtime.names.table)
+    assert not [i for i in items if str(i["pk"]["S"]).startswith("EVENT#contact")]
+    # WHEN the next window comes, THEN it asks again
+    stack.advance(seconds=15)
+    dirty(client)
+    assert runner_lists() - lists == 2

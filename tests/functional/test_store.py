@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from chalicelib.aws import AwsClients
-from chalicelib.store import DynamoStore, Fault, JobRecord, MachineRecord, MemoryStore, Store
+from chalicelib.store import DynamoStore, Fault, JobRecord, MachineRecord, MemoryStore, PoolLease, Store
 from tests.builders import T0
 from toolkit.devtools.bootstrap import ensure_table
 
@@ -308,6 +308,26 @@ def test_faults_expire_and_clear(store: Store) -> None:
     assert store.faults("other", T0) == []
     store.clear_faults("linux")
     assert store.faults("linux", T0) == []
+
+
+def test_a_lease_comes_with_the_pools_faults_and_last_contact_window(store: Store) -> None:
+    # GIVEN a pool with a fault recorded while a reconcile holds its lease, which records a contact window
+    assert store.take_lease("linux", "a", T0, timedelta(seconds=50)) == PoolLease()
+    store.put_fault(Fault("linux", "spot", "", T0 + timedelta(minutes=5), "no capacity"))
+    store.put_fault(Fault("linux", "zone", "eu-west-1a", T0 + timedelta(seconds=30)))
+    store.release_lease("linux", "a", contact_window=7)
+    # WHEN another reconcile takes the lease later
+    taken = store.take_lease("linux", "b", T0 + timedelta(minutes=1), timedelta(seconds=50))
+    # THEN the unexpired fault and the window come with it (both live on the lease item), and only the
+    # owner's release records a window
+    assert taken == PoolLease((Fault("linux", "spot", "", T0 + timedelta(minutes=5), "no capacity"),), 7)
+    store.release_lease("linux", "a", contact_window=9)  # not the owner: no effect
+    assert store.take_lease("linux", "a", T0 + timedelta(minutes=1), timedelta(seconds=50)) is None
+    store.release_lease("linux", "b")
+    store.clear_faults("linux", ["spot"])
+    assert store.take_lease("linux", "a", T0 + timedelta(minutes=2), timedelta(seconds=50)) == PoolLease(
+        (), 7
+    )
 
 
 def test_facts_learned_from_gitlab_are_kept_until_they_expire(store: Store) -> None:

@@ -54,13 +54,14 @@ def test_quiet_pools_shed_idle_machines_and_bursting_pools_grow(scale_tick: tupl
 def test_calls_are_the_real_adapters_counts_by_operation(scale_tick: tuple[Bench, Tick]) -> None:
     bench, tick = scale_tick
     calls = tick.aws_calls
-    # one batched read of the groups, three queries and a lease per pool; launch times only for the
-    # instances without a record (a lost launch event), one read per pool that has any
+    # one batched read of the groups, two queries (machines, jobs) and a lease per pool, the pool's faults
+    # coming with its lease (no query of their own); launch times only for the instances without a record
+    # (a lost launch event), one read per pool that has any
     assert calls["autoscaling.DescribeAutoScalingGroups"] == 1
     assert layout(SMALL.machines).count("orphan") > 0
     assert calls["ec2.DescribeInstances"] == SMALL.pools
-    assert calls["dynamodb.Query"] == 3 * SMALL.pools
-    assert calls["dynamodb.PutItem"] >= SMALL.pools and calls["dynamodb.DeleteItem"] >= SMALL.pools
+    assert calls["dynamodb.Query"] == 2 * SMALL.pools
+    assert calls["dynamodb.UpdateItem"] >= 2 * SMALL.pools  # the lease taken and given back
     assert calls["autoscaling.TerminateInstanceInAutoScalingGroup"] == len(tick.terminated)
     assert calls["autoscaling.SetDesiredCapacity"] == len(bench.seeded.bursting)
     assert calls["autoscaling.SetInstanceProtection"] == SMALL.pools  # each pool has an unprotected one
@@ -81,9 +82,9 @@ def test_converged_fleet_writes_nothing_but_its_leases() -> None:
     assert set(tick.aws_calls) == {
         "autoscaling.DescribeAutoScalingGroups",
         "dynamodb.Query",
-        "dynamodb.PutItem",
-        "dynamodb.DeleteItem",
+        "dynamodb.UpdateItem",
     }
+    assert tick.aws_calls["dynamodb.Query"] == 2 * SMALL.pools
 
 
 def test_fanned_out_minute_decides_as_the_inline_tick_one_pool_per_invocation() -> None:
