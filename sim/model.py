@@ -57,8 +57,8 @@ class SimOptions:
     warm_start_scale: float = 1.0
     #: Seconds a Mac's root-volume replacement takes before its new volume starts booting (CreateReplace-
     #: RootVolumeTask: a volume restored from the AMI's snapshot, the old one detached, the new one attached,
-    #: then a reboot). AWS publishes no figure for Mac: an estimate; `python -m sim.bench_mac_reuse` shows
-    #: how the macOS wait moves with it. The boot that follows is drawn as a launch's.
+    #: then a reboot). AWS publishes no figure for Mac: an estimate. docs/windows-macos.md ("Host reuse")
+    #: gives the macOS wait with 2, 5 and 15 minutes. The boot that follows is drawn as a launch's.
     mac_replace_s: float = 300.0
 
 
