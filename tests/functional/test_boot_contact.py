@@ -133,8 +133,11 @@ def test_the_idle_clock_starts_when_the_runner_first_contacts_gitlab(
         tick(client)
     # THEN it stays (idle 9 of its 10 minutes)...
     assert live(stack) == [machine]
-    # ...and goes once idle_time has passed since the contact
+    # ...and goes once idle_time has passed since the contact: paused at that tick, ended at the next one,
+    # past the two-phase drain's window (`scaler.drain_window`, 60 s by default)
     stack.advance(minutes=2)
+    tick(client)
+    stack.advance(minutes=1)
     tick(client)
     assert live(stack) == []
 
@@ -158,6 +161,8 @@ def test_a_machine_whose_runner_never_polls_is_removed_after_boot_timeout(
     dirty(client)
     assert live(stack) == [machine]
     stack.advance(minutes=2)
+    dirty(client)
+    stack.advance(minutes=1)  # the two-phase drain's window (`scaler.drain_window`, 60 s by default)
     dirty(client)
     # THEN it is removed as stuck, and a replacement launches for the idle target
     after = live(stack)
