@@ -633,6 +633,8 @@ def test_wildcard_resources_are_only_where_aws_forces_them(real: Synth) -> None:
     allowed = {
         "DescribeFleet": "Describe calls have no resource-level permission",
         "Tracing": "X-Ray's PutTraceSegments / PutTelemetryRecords have none either",
+        # macOS root-volume reuse polls its tasks: an EC2 Describe call, with no resource type either
+        "ReadMacRootVolumeTasks": "DescribeReplaceRootVolumeTasks is a Describe call",
     }
     for logical, statement in statements(real.raw):
         if statement["Effect"] == "Allow" and "*" in as_list(statement.get("Resource", [])):
