@@ -299,23 +299,35 @@ def test_what_the_readme_says_about_the_committed_bench_still_holds() -> None:
     assert scenarios
     stale = "bench/results.json changed: update the README's simulator section"
     standard = ("linux-workday", "burst", "multi-pool", "windows", "macos-hosts")
-    # THEN the goal is met nowhere; against the non-preemptive taskscaler, cost is within 3 % and wait p95
-    # no shorter (48 % longer in burst, about 10 % in macos-hosts, at most 4 % elsewhere)
+    # THEN the goal is met nowhere; against the non-preemptive taskscaler, ours waits less (p95 0.16 x on
+    # Windows to 0.79 x in multi-pool) for more cost (1.02 to 1.29 x)
+    said = {  # scenario: (p95 ratio, cost ratio) as the README rounds them
+        "linux-workday": (0.37, 1.15),
+        "burst": (0.63, 1.29),
+        "multi-pool": (0.79, 1.14),
+        "windows": (0.16, 1.07),
+        "macos-hosts": (0.68, 1.02),
+    }
     for name in standard:
         policies = scenarios[name]["policies"]
         ours, strong = policies["ours"], policies["taskscaler-nonpreemptive"]
         assert not scenarios[name]["assessment"]["goal_met"], f"{name}: {stale}"
-        assert abs(ours["cost_usd"] / strong["cost_usd"] - 1) <= 0.03, f"{name}: {stale}"
-        ratio = ours["wait_p95_s"] / strong["wait_p95_s"]
-        low, high = {"burst": (1.45, 1.5), "macos-hosts": (1.05, 1.15)}.get(name, (1.0, 1.04))
-        assert low <= ratio <= high, f"{name}: {stale}"
+        p95, cost = said[name]
+        assert round(ours["wait_p95_s"] / strong["wait_p95_s"], 2) == p95, f"{name}: {stale}"
+        assert round(ours["cost_usd"] / strong["cost_usd"], 2) == cost, f"{name}: {stale}"
         # AND ours never kills a busy machine
         assert ours["busy_killed"] == 0, f"{name}: {stale}"
-    # AND the warm-pool taskscaler waits less than ours on Linux and Windows, for 6 to 10 % more cost
+    # AND ours waits less than the warm-pool taskscaler on Linux and Windows, at 0.99 to 1.20 x its cost,
+    # starting at least 95.9 % of those jobs within 120 s
     for name in ("linux-workday", "burst", "multi-pool", "windows"):
         ours, warm = scenarios[name]["policies"]["ours"], scenarios[name]["policies"]["taskscaler-warm"]
-        assert 0.6 <= warm["wait_p95_s"] / ours["wait_p95_s"] <= 0.95, f"{name}: {stale}"
-        assert 1.06 <= warm["cost_usd"] / ours["cost_usd"] <= 1.10, f"{name}: {stale}"
+        assert 0.25 <= round(ours["wait_p95_s"] / warm["wait_p95_s"], 2) <= 0.84, f"{name}: {stale}"
+        assert 0.99 <= round(ours["cost_usd"] / warm["cost_usd"], 2) <= 1.20, f"{name}: {stale}"
+        assert ours["started_within_120s"] >= 0.959, f"{name}: {stale}"
+    # AND with 4.5 h scrubs ours waits 1.95 x the non-preemptive taskscaler, which fails 43 jobs
+    scrub = scenarios["macos-hosts-scrub-4.5h"]["policies"]
+    ours, strong = scrub["ours"], scrub["taskscaler-nonpreemptive"]
+    assert round(ours["wait_p95_s"] / strong["wait_p95_s"], 2) == 1.95 and strong["failed_jobs"] == 43, stale
     # AND the webhook-driven scaler is the one policy that killed busy machines: 2 in multi-pool
     killed = {(n, p): m["busy_killed"] for n, s in scenarios.items() for p, m in s["policies"].items()}
     assert {k: v for k, v in killed.items() if v} == {("multi-pool", "webhook-scaler"): 2}, stale
