@@ -936,26 +936,11 @@ class Reconciler:
     ) -> None:
         """The drain protocol (chalicelib.drain) up to its last step, then a fresh root volume instead of a
         termination: so a Mac is reused only once its record and GitLab both show no job on it."""
-        started = self._timer()
 
         def end(drained: MachineRecord, runner_id: int | None) -> DrainState:
             return self._replace_root_volume(pool, drained, runner_id, now, result)
 
-        outcome = drain_machine(
-            record.instance_id,
-            REUSE_REASON,
-            now,
-            store=self._store,
-            fleet=self._fleet,
-            runners=self._runners,
-            recheck=self._drain_recheck,
-            find_runner=self._find_runner if self._runners is not None else None,
-            before_write=self._check_lease,
-            window=self._config.scaler.drain_window,
-            exempt=self._takes_no_job,
-            end=end,
-        )
-        self._count_drain(record.instance_id, outcome.state, self._timer() - started, result)
+        self._drain(record, REUSE_REASON, now, result, end=end)
 
     def _replace_root_volume(
         self, pool: Pool, record: MachineRecord, runner_id: int | None, now: datetime, result: ReconcileResult
@@ -1021,6 +1006,19 @@ class Reconciler:
         GitLab's view of "busy" lags job assignment, so a job may land between the decision and the
         termination: the re-check after pausing catches it and the removal is dropped.
         """
+        self._drain(record, reason, now, result)
+
+    def _drain(
+        self,
+        record: MachineRecord,
+        reason: str,
+        now: datetime,
+        result: ReconcileResult,
+        *,
+        end: Callable[[MachineRecord, int | None], DrainState] | None = None,
+    ) -> None:
+        """One step of `drain_machine` with this reconcile's store, fleet, runners, lease fence and window;
+        `end` replaces the termination (a Mac's fresh root volume)."""
         started = self._timer()
         outcome = drain_machine(
             record.instance_id,
@@ -1034,6 +1032,7 @@ class Reconciler:
             before_write=self._check_lease,
             window=self._config.scaler.drain_window,
             exempt=self._takes_no_job,
+            end=end,
         )
         self._count_drain(record.instance_id, outcome.state, self._timer() - started, result)
 
