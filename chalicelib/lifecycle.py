@@ -599,7 +599,7 @@ def handle_machine_event(ports: Ports, raw: dict[str, Any]) -> dict[str, Any]:
         "shutting-down",
         "terminated",
     }:
-        outcome = _without_hook(use_case, ports, event.instance_id, event.detail.state, now)
+        outcome = ended_without_hook(use_case, ports, event.instance_id, event.detail.state, now)
     else:
         return {"action": "ignored"}
     _emit(ports, outcome)
@@ -663,12 +663,12 @@ def _emit(ports: Ports, outcome: LifecycleOutcome) -> None:
         metrics.emit({"JobsRetried": len(outcome.retried_jobs)}, dimensions)
 
 
-def _without_hook(
+def ended_without_hook(
     use_case: Lifecycle, ports: Ports, instance_id: str, state: str, now: datetime
 ) -> LifecycleOutcome:
     """An instance ends without our terminate hook (it shut itself down, the hook timed out, someone
     terminated it): a machine shutting down leaves its group with a decrement; then everything is cleaned
-    up."""
+    up. The machine-event handler's use case for EC2's state changes, which the simulator calls too."""
     record = ports.store.get_machine(instance_id)
     if record is None:
         return LifecycleOutcome(instance_id, notes=["unknown machine"])

@@ -35,7 +35,7 @@ from chalicelib.gitlab import (
     RunnerType,
 )
 from chalicelib.hosts import HostPoolView, ReleaseResult
-from chalicelib.lifecycle import Lifecycle, LifecycleAction
+from chalicelib.lifecycle import Lifecycle, LifecycleAction, ended_without_hook
 from chalicelib.pipelines import MemoryPipelines
 from chalicelib.ports import CertPorts, Ports
 from chalicelib.queue import RESOLVE_GROUP_PREFIX, DeadLetterQueue
@@ -927,7 +927,7 @@ class Ours:
     def _runner_exited(self, machine: SimMachine) -> None:
         """`run-single` has exited after `max_use_count` jobs: the machine's user data (infra/templates)
         shuts it down, and EC2's shutting-down event reaches the app: `handle_machine_event`'s
-        `_without_hook` (the record read, `Lifecycle.shut_down`'s decrement, then the clean-up). The
+        `ended_without_hook` (the record read, `Lifecycle.shut_down`'s decrement, then the clean-up). The
         decrement ends the machine in its group, which runs the terminate hook (`_ended`). A Mac of a pool
         that reuses hosts first waits `reuse_wait` for the scaler (macos.sh's tail), and shuts down only if
         it was neither reused nor terminated meanwhile."""
@@ -963,16 +963,8 @@ class Ours:
         self._state_event(machine, "terminated")
 
     def _state_event(self, machine: SimMachine, state: str) -> None:
-        """`chalicelib.lifecycle._without_hook`: an EC2 state change of one of our instances."""
-        now = self._world.now_dt()
-        record = self._store.get_machine(machine.instance_id)
-        if record is None or record.retired_at is not None:
-            return
-        pool = self._config.pool(record.pool)
-        if state == "shutting-down":
-            self._lifecycle.shut_down(pool, machine.instance_id)
-        action = LifecycleAction(pool.asg, "", "", machine.instance_id, "ec2:terminated")
-        self._lifecycle.terminate(action, now, record=record)
+        """An EC2 state change of one of our instances, as `handle_machine_event` routes it."""
+        ended_without_hook(self._lifecycle, self._ports, machine.instance_id, state, self._world.now_dt())
 
 
 class OursPrewarm(Ours):

@@ -27,6 +27,7 @@ ENTRY_POINTS = frozenset(
         ("triggers", "process_dirty_batch"),
         ("lifecycle", "Lifecycle"),
         ("lifecycle", "LifecycleAction"),
+        ("lifecycle", "ended_without_hook"),
         ("reconcile", "Reconciler"),
         ("ports", "Ports"),
         ("ports", "CertPorts"),
