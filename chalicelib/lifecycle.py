@@ -33,7 +33,7 @@ from chalicelib.store import Fault, JobRecord, MachineRecord, Store
 
 if TYPE_CHECKING:
     from chalicelib.events.aws import LifecycleActionEvent
-    from chalicelib.gitlab import RunnerType
+    from chalicelib.gitlab import GitLabApi
     from chalicelib.ports import Ports
 
 logger = logging.getLogger(__name__)
@@ -49,46 +49,6 @@ PREPARE_FAULT_BACKOFF = timedelta(seconds=PREPARE_FAULT_BACKOFF_SECONDS)
 #: and no removal has decremented it yet. A Terminating machine was removed by the scaler (decremented then);
 #: a warm-pool one takes no TerminateInstanceInAutoScalingGroup (Amazon EC2 Auto Scaling API Reference).
 _DECREMENTABLE = frozenset({"InService", "Standby"})
-
-
-class RunnerAdmin(Protocol):
-    """The GitLab calls the lifecycle makes (implemented by chalicelib.gitlab.GitLabClient)."""
-
-    def create_runner(
-        self,
-        *,
-        runner_type: RunnerType,
-        description: str,
-        tag_list: Sequence[str],
-        run_untagged: bool,
-        locked: bool,
-        maintenance_note: str | None = None,
-        group_id: int | None = None,
-        project_id: int | None = None,
-        paused: bool = False,
-    ) -> Any: ...
-
-    def delete_runner(self, runner_id: int) -> bool: ...
-
-    def pause_runner(self, runner_id: int, paused: bool = True) -> None: ...
-
-    def list_runners(
-        self,
-        description_prefix: str,
-        *,
-        runner_type: RunnerType | None = None,
-        group_id: int | None = None,
-        project_id: int | None = None,
-        status: str | None = None,
-    ) -> list[Any]: ...
-
-    def runner_jobs(self, runner_id: int, status: str = "running") -> list[Any]: ...
-
-    def get_job(self, project_id: int, job_id: int) -> Any: ...
-
-    def retry_job(self, project_id: int, job_id: int) -> Any: ...
-
-    def cancel_job(self, project_id: int, job_id: int) -> Any: ...
 
 
 class MachineSecrets(Protocol):
@@ -150,7 +110,7 @@ class Lifecycle:
     names: Names
     store: Store
     fleet: Fleet
-    gitlab: RunnerAdmin
+    gitlab: GitLabApi
     secrets: MachineSecrets
     tls: TlsIssuer
     dirty: DirtyMarker

@@ -20,15 +20,18 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.config import Config, Pool
 from chalicelib.drain import runner_gone
 from chalicelib.errors import AwsCallError, GitLabError
 from chalicelib.fleet import GroupView, Instance
-from chalicelib.lifecycle import MachineSecrets, RunnerAdmin
+from chalicelib.lifecycle import MachineSecrets
 from chalicelib.resources import Names
 from chalicelib.store import MachineRecord, Store
+
+if TYPE_CHECKING:
+    from chalicelib.gitlab import GitLabApi
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class _Sweep:
     config: Config
     names: Names
     store: Store
-    gitlab: RunnerAdmin
+    gitlab: GitLabApi
     secrets: MachineSecrets
     now: datetime
     report: SweepReport
@@ -66,7 +69,7 @@ def sweep(
     config: Config,
     names: Names,
     store: Store,
-    gitlab: RunnerAdmin,
+    gitlab: GitLabApi,
     secrets: MachineSecrets,
     groups: Mapping[str, GroupView],
     now: datetime,

@@ -441,7 +441,7 @@ class SimGitLabApi:
         self.calls["gitlab"] += 1
         return self._gitlab.pipeline_jobs(pipeline_id)
 
-    # -- the lifecycle's RunnerAdmin calls (chalicelib.lifecycle) ------------------------------------------
+    # -- the lifecycle's runner calls (chalicelib.lifecycle) ------------------------------------------------
     def create_runner(
         self,
         *,
