@@ -209,7 +209,7 @@ class Monitoring(Construct):
                 f"{prefix}-tick-{step.replace(' ', '-')}-failed",
                 namespace=NAMESPACE,
                 metric="TickStepFailed",
-                dimensions={"step": step},
+                dimensions=settings.metric_dimensions(step=step),
                 statistic="Sum",
                 threshold=max(2, runs // 2),
                 periods=(1, 1),

@@ -527,7 +527,12 @@ def test_every_tick_step_and_the_failed_events_queue_have_an_alarm(real: Synth) 
         if props["MetricName"] == "TickStepFailed"
     }
     assert set(steps) == set(TICK_STEPS)
-    assert all(p["Namespace"] == "RunnerScaler" and len(p["Dimensions"]) == 1 for p in steps.values())
+    # under the dimensions EMF gives TickStepFailed: its `step`, plus Powertools' `service`
+    env = real.raw["Resources"]["Tick"]["Properties"]["Environment"]["Variables"]
+    service = env["POWERTOOLS_SERVICE_NAME"]
+    for step, props in steps.items():
+        assert props["Namespace"] == "RunnerScaler"
+        assert props["Dimensions"] == [{"Name": "step", "Value": step}, {"Name": "service", "Value": service}]
     # a step that runs every minute alarms on half its runs in an hour, one run every 15 minutes on two
     assert steps["heal"]["Threshold"] == 30 and steps["certs"]["Threshold"] == 2
     failed = alarms[f"{PREFIX}-failed-events-depth"]
