@@ -442,8 +442,9 @@ class Pool(_Model):
         quietly means "off".
 
         PutWarmPool "cannot be called on an Auto Scaling group that has a mixed instances policy or a launch
-        template or launch configuration that requests Spot Instances" (Amazon EC2 Auto Scaling API Reference,
-        PutWarmPool; User Guide, "Warm pools for Amazon EC2 Auto Scaling", limitations), and a Spot pool's
+        template or launch configuration that requests Spot Instances" (earlier editions of the Amazon EC2
+        Auto Scaling API Reference, PutWarmPool; the current one no longer says so, and the rule is kept until
+        the user guide's limitations are read to allow it: docs/configuration.md), and a Spot pool's
         group is a mixed-instances group (infra/stacks/pools.py). A dedicated-host pool's machines are placed
         by its host resource group: a stopped one still holds a host slot, so host pools keep none.
         """
@@ -529,11 +530,13 @@ CertKeyAlgorithm = Literal["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "
 #: The drain's default wait between pausing a runner and asking GitLab what it runs. GitLab's
 #: `POST /jobs/request` checks `active?` once, then `Ci::RegisterJobService` assigns a job without checking
 #: again (gitlabhq `lib/api/ci/runner.rb`, `app/services/ci/register_job_service.rb`), so a request in flight
-#: at the pause can still be given a job. With long polling on, Workhorse holds a runner's request until its
-#: queue changes or `-apiCiLongPollingDuration` passes (GitLab docs, "Long polling": 50 s, the figure
-#: GitLab.com runs; the flag's own default is 50 ns, i.e. off), and gitlab-runner gives up on the request far
-#: later than that (gitlab-runner `network/client.go`: ResponseHeaderTimeout 10 min; `common/consts.go`:
-#: DefaultNetworkClientTimeout 60 min). 60 s covers the 50 s poll with 10 s for Rails to assign.
+#: at the pause can still be given a job. The long poll does not widen that window: Workhorse holds a
+#: runner's request *before* it reaches Rails and answers 204 itself when the runner's queue key changes
+#: (workhorse `internal/builds/register.go`), and a pause changes it (`Ci::Runners::UpdateRunnerService`
+#: calls `tick_runner_queue`). The window is a request already inside Rails, between `active?` and
+#: `build.run!`: a queue walk of at most 45 builds, read from a replica, so seconds. 60 s is a conservative
+#: bound on it, longer than GitLab.com's 50 s long poll (GitLab docs, "Long polling") and far shorter than
+#: gitlab-runner's own request timeouts (`network/client.go` ResponseHeaderTimeout 10 min).
 DRAIN_WINDOW = timedelta(seconds=60)
 
 

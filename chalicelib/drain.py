@@ -106,8 +106,9 @@ def drain_machine(
 
     `window` is how long after the pause GitLab may still hand the runner a job it was assigning: GitLab's
     `/jobs/request` (gitlabhq `lib/api/ci/runner.rb`, `app/services/ci/register_job_service.rb`) checks the
-    runner is active once and then assigns, and GitLab Workhorse holds a runner's request for up to its
-    long-poll duration (`-apiCiLongPollingDuration`; chalicelib.config.DRAIN_WINDOW). `exempt(record)` says
+    runner is active once and then assigns, so a request already inside Rails at the pause can still get a
+    job (a request Workhorse holds in its long poll gets a 204 when the pause ticks the runner's queue; the
+    bound is chalicelib.config.DRAIN_WINDOW). `exempt(record)` says
     the machine can take no job (`takes_no_job`): it is re-checked at once, in the reconcile that paused it.
     `recheck=False` is the simulator's test-only switch that skips the GitLab side. `find_runner` looks up a
     runner the record lacks. `before_write` runs before the AWS write and may raise to stop it (the lease's

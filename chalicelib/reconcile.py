@@ -259,7 +259,7 @@ def _plan_warm_pool(snapshot: PoolSnapshot) -> WarmPoolStep | None:
     (DescribeAutoScalingGroups' WarmPoolConfiguration, read anyway): None when it already holds it.
 
     Never on a mixed-instances group: PutWarmPool "cannot be called on an Auto Scaling group that has a
-    mixed instances policy" (API Reference, PutWarmPool).
+    mixed instances policy" (earlier editions of the API Reference, PutWarmPool; kept, see config.py).
     """
     pool, group = snapshot.pool, snapshot.group
     arrivals = [t for job in snapshot.jobs if (t := _arrived_at(job)) is not None]

@@ -108,9 +108,9 @@ class Monitoring(Construct):
                 "An asynchronous invocation (a lifecycle hook, Spot or EC2 event, alarm, rotation or the "
                 "schedule) failed all of Lambda's retries and its event was kept in this queue. Each message "
                 "is Lambda's invocation record: `requestContext.functionArn` names the function, "
-                "`responsePayload` the error, `requestPayload` the event. A launch hook's action has timed "
-                "out by now (the machine was abandoned); a lost EC2 event is healed by the tick. Fix the "
-                "cause in that function's log group, then delete the messages."
+                "`responsePayload` the error when the function ran, `requestPayload` the event. A launch "
+                "hook's action has timed out by now (the machine was abandoned); a lost EC2 event is healed "
+                "by the tick. Fix the cause in that function's log group, then delete the messages."
             ),
         )
         self._alarm(

@@ -326,7 +326,7 @@ def test_a_project_hook_is_disabled_on_its_fourth_failure_for_a_minute_then_doub
     fake: FakeGitLab, receiver: WebhookReceiver, clock: Clock
 ) -> None:
     """WebHooks::AutoDisabling: TEMPORARILY_DISABLED_FAILURE_THRESHOLD = 3, so the 4th failure in a row sets
-    `disabled_until` = now + INITIAL_BACKOFF (1 minute) * 2**(failures - 3), capped at MAX_BACKOFF (1 day);
+    `disabled_until` = now + INITIAL_BACKOFF (1 minute) * 2**(failures - 4), capped at MAX_BACKOFF (1 day);
     past PERMANENTLY_DISABLED_FAILURE_THRESHOLD (39) it is `disabled`. Only ProjectHook is auto-disabled
     (ENABLED_HOOK_TYPES)."""
     receiver.status = 500

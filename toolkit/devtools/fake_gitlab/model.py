@@ -33,9 +33,10 @@ HOOK_STATUSES: frozenset[str] = frozenset({"pending", "running", "success", "fai
 #: How long after a runner's `active?` check GitLab may still assign it a job. `POST /jobs/request` checks
 #: `current_runner.active?` once, then Ci::RegisterJobService walks the queue (read from a replica) and
 #: `assign_runner!` runs `build.run!` later (lib/api/ci/runner.rb, app/services/ci/register_job_service.rb);
-#: a pause landing in between does not stop that assignment. Workhorse holds the request meanwhile
-#: (workhorse/internal/builds/register.go long-polls the runner's queue key), so the request a runner has
-#: in flight when it is paused can still come back with a job.
+#: a pause landing in between does not stop that assignment, so a request already inside Rails when its
+#: runner is paused can still come back with a job. (A request Workhorse still holds in its long poll,
+#: before Rails, gets a 204 when the pause ticks the runner's queue key: workhorse
+#: internal/builds/register.go, Ci::Runners::UpdateRunnerService#tick_runner_queue.)
 DEFAULT_ASSIGNMENT_WINDOW = timedelta(seconds=5)
 
 # Runner status rules (Ci::Runner): online if contacted within 2 hours, stale after 7 days.
@@ -99,7 +100,7 @@ class JobSpec:
 @dataclass(frozen=True)
 class JobRequest:
     """A runner's `POST /jobs/request` that passed GitLab's `active?` check at `checked_at` and is still
-    open (Workhorse long-polls it); `complete_job_request` assigns its job, paused runner or not."""
+    being served by Rails; `complete_job_request` assigns its job, paused runner or not."""
 
     runner_id: int
     checked_at: datetime
