@@ -1,7 +1,7 @@
 """runner-scaler's Chalice app: event in -> model -> one call into chalicelib -> response.
 
 No logic and no boto3 here; every handler parses its event, calls one use case with the ports the wiring
-(chalicelib.runtime) built for this container, and shapes the answer.
+(chalicelib.runtime) built for this container, the config read once per invocation, and shapes the answer.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def gitlab_webhook() -> Response:
 
     request = app.current_request
     assert request is not None  # Chalice sets it for every route invocation
-    answer = receive(runtime.current().ports, request.headers, request.raw_body)
+    with runtime.invocation() as wiring:
+        answer = receive(wiring.ports, request.headers, request.raw_body)
     return Response(body=answer.body, status_code=answer.status, headers={"Content-Type": "application/json"})
 
 
@@ -44,7 +45,8 @@ def tick(event: Any) -> dict[str, Any]:
     """Every minute: reconcile every pool (or queue one reconcile per pool); heals what events left behind."""
     from chalicelib.triggers import run_tick
 
-    tick = run_tick(runtime.current().ports, owner=event.context.aws_request_id)
+    with runtime.invocation() as wiring:
+        tick = run_tick(wiring.ports, owner=event.context.aws_request_id)
     pools = {r.pool: {"desired": r.desired_after, "errors": r.errors} for r in tick.results}
     return {"pools": pools, "queued": tick.queued, "unqueued": tick.unqueued}
 
@@ -56,7 +58,8 @@ def pool_dirty(event: Any) -> dict[str, Any]:
     """A pool's jobs changed: reconcile it now (the fast scale-up path); failures go back to the queue."""
     from chalicelib.triggers import process_dirty_batch
 
-    return process_dirty_batch(runtime.current().ports, event.to_dict(), owner=event.context.aws_request_id)
+    with runtime.invocation() as wiring:
+        return process_dirty_batch(wiring.ports, event.to_dict(), owner=event.context.aws_request_id)
 
 
 @app.lambda_function(name="rotate_base_certs")
@@ -64,7 +67,8 @@ def rotate_base_certs(event: dict[str, Any], context: Any) -> dict[str, str]:
     """Secrets Manager rotation of the fleet's Docker TLS CA: one of the four steps per invocation."""
     from chalicelib.rotation import run_rotation_event
 
-    return run_rotation_event(runtime.current().cert_ports, event)
+    with runtime.invocation() as wiring:
+        return run_rotation_event(wiring.cert_ports, event)
 
 
 @app.on_cw_event(
@@ -85,7 +89,8 @@ def machine_events(event: Any) -> dict[str, Any]:
     """ASG lifecycle hooks, Spot warnings and state changes: prepare, drain or clean up one machine."""
     from chalicelib.lifecycle import handle_machine_event
 
-    return handle_machine_event(runtime.current().ports, event.to_dict())
+    with runtime.invocation() as wiring:
+        return handle_machine_event(wiring.ports, event.to_dict())
 
 
 @app.on_sns_message(topic=ALARM_TOPIC, name="alarms")
@@ -93,4 +98,5 @@ def alarms(event: Any) -> dict[str, Any]:
     """CloudWatch alarms: reconcile now, redrive dead letters, or steer launches away from failed capacity."""
     from chalicelib.alarms import handle_alarm_message
 
-    return handle_alarm_message(runtime.current().ports, event.message, owner=event.context.aws_request_id)
+    with runtime.invocation() as wiring:
+        return handle_alarm_message(wiring.ports, event.message, owner=event.context.aws_request_id)

@@ -12,7 +12,8 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from functools import cached_property, partial
 from pathlib import Path
@@ -71,6 +72,8 @@ class Runtime:
         self._monotonic = monotonic
         self.sleep = sleep
         self._lock = threading.Lock()
+        #: The config one invocation reads, per thread: set on its first read inside `invocation()`.
+        self._pinned = threading.local()
 
     def now(self) -> datetime:
         return self.clock()
@@ -97,13 +100,30 @@ class Runtime:
         is checked at most once a minute so a hand edit reaches this warm container (`config_watch`)."""
         if self._config is not None:
             return self._config
+        pinned: Config | None = getattr(self._pinned, "config", None)
+        if pinned is not None:
+            return pinned
         watch = self.config_watch
-        return watch.current() if watch is not None else self._file_config
+        config = watch.current() if watch is not None else self._file_config
+        if getattr(self._pinned, "active", False):
+            self._pinned.config = config
+        return config
 
     @config.setter
     def config(self, config: Config) -> None:
         """Install `config` for the following invocations (tests, the replay): no parameter is read then."""
         self._config = config
+
+    @contextmanager
+    def pinned_config(self) -> Iterator[Runtime]:
+        """One invocation's config: its first read is kept until the invocation ends, so a new parameter
+        version applied meanwhile (`config_watch`) cannot give its steps two configs, such as a fan-out
+        planned for a pool the next step no longer knows. The next invocation reads the new one."""
+        self._pinned.active, self._pinned.config = True, None
+        try:
+            yield self
+        finally:
+            self._pinned.active, self._pinned.config = False, None
 
     @cached_property
     def config_watch(self) -> ConfigWatch | None:
@@ -321,6 +341,13 @@ def current() -> Runtime:
             _current = Runtime()
         logs.sample_debug(os.environ)
         return _current
+
+
+@contextmanager
+def invocation() -> Iterator[Runtime]:
+    """`current()` for one handler invocation, its config read once (`Runtime.pinned_config`)."""
+    with current().pinned_config() as runtime:
+        yield runtime
 
 
 def install(runtime: Runtime | None) -> None:

@@ -19,6 +19,8 @@ from chalice.test import Client
 
 from app import app
 from chalicelib.aws import AwsClients, fault
+from chalicelib.config import Config
+from chalicelib.parameters import CONFIG_CHECK_SECONDS
 from chalicelib.runtime import Runtime, install
 from chalicelib.store import JobRecord
 from tests.functional.conftest import FIXTURES, Stack
@@ -209,3 +211,53 @@ def test_a_clock_that_went_back_makes_the_check_due(stack: Stack) -> None:
     put_config(stack, V2_MAX_2)
     stack.advance(seconds=-5)
     assert runtime.config.pool("linux").max_instances == 2
+
+
+class RecordingRuntime(Runtime):
+    """The deployed wiring, noting the `max_instances` of the linux pool in every config a use case reads,
+    and letting a second pass between reads, as a slow invocation's steps would."""
+
+    def __init__(self, stack: Stack, seen: list[int]) -> None:
+        environ = parameter_runtime(stack, stack.aws).environ
+        super().__init__(environ, aws=stack.aws, clock=lambda: stack.clock[0])
+        self._stack, self._seen = stack, seen
+
+    @property
+    def config(self) -> Config:
+        config = super().config
+        self._seen.append(config.pool("linux").max_instances)
+        self._stack.advance(seconds=1)
+        return config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        raise AssertionError("the deployed wiring installs no config")
+
+
+def test_one_invocation_reads_one_config_even_when_a_version_check_falls_due_in_it(stack: Stack) -> None:
+    # GIVEN a warm container on version 1 (linux max_instances 5) whose config check falls due at the third
+    # config read of the next invocation (every read of this wiring takes a second), and version 2 put by hand
+    assert put_config(stack, V1) == 1
+    seen: list[int] = []
+    stack.runtime = RecordingRuntime(stack, seen)
+    install(stack.runtime)
+    with Client(app) as client:
+        tick(client)  # its first read was the check; it ends len(seen) seconds later
+    stack.advance(seconds=CONFIG_CHECK_SECONDS - len(seen) - 2)
+    put_config(stack, V2_MAX_2)
+    pending_jobs(stack, 4)
+    seen.clear()
+    # WHEN a tick runs
+    with Client(app) as client:
+        tick(client)
+    # THEN every step of it read version 1, and sized the pool by it (4 machines for 4 jobs): the version
+    # check that fell due mid-tick gave its later steps no other config (a tick that planned with one
+    # config and reconciled with another)
+    assert seen and set(seen) == {5}
+    assert stack.desired("test-linux") == 4
+    # AND the next invocation runs version 2 throughout
+    seen.clear()
+    stack.advance(seconds=61)
+    with Client(app) as client:
+        tick(client)
+    assert seen and set(seen) == {2}
