@@ -448,15 +448,22 @@ def _host_grants(scope: Scope) -> list[Grant]:
     mac_pools = sorted(p.name for p in pools if p.reuses_root_volume)
     if mac_pools:
         # Host reuse (chalicelib.hosts.Ec2Hosts.replace_root_volume): only instances of our macOS pools,
-        # tagged by their group at launch; the task itself is a new resource (EC2 API Reference,
-        # "CreateReplaceRootVolumeTask"). The exact resource list of the action was not checked against the
-        # Service Authorization Reference: a refusal shows as an AwsCallError naming the action, and the
-        # machine is terminated as before (docs/deploy.md, "What to verify in a first real deployment").
+        # tagged by their group at launch. The Service Authorization Reference ("Actions, resources, and
+        # condition keys for Amazon EC2", ec2:CreateReplaceRootVolumeTask) requires three resource types:
+        # instance*, replace-root-volume-task* and volume* (the replacement root volume the task creates,
+        # which has no tags yet, so the IfExists condition lets it through). image and snapshot are checked
+        # only when the call names an ImageId or SnapshotId, which the reuse never does; ec2:CreateTags is
+        # a dependency only with TagSpecifications, which it never passes. A refusal still shows as an
+        # AwsCallError naming the action, and the machine is then terminated as before.
         grants += [
             Grant(
                 "ReplaceMacRootVolume",
                 ("ec2:CreateReplaceRootVolumeTask",),
-                (scope.arn("ec2", "instance/*"), scope.arn("ec2", "replace-root-volume-task/*")),
+                (
+                    scope.arn("ec2", "instance/*"),
+                    scope.arn("ec2", "replace-root-volume-task/*"),
+                    scope.arn("ec2", "volume/*"),
+                ),
                 "restore a used Mac's root volume on its host instead of a terminate and a host scrub",
                 conditions={"StringEqualsIfExists": {f"aws:ResourceTag/{TAG_POOL}": mac_pools}},
             ),

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.resources import TAG_DEPLOYMENT, Names, queue_attributes
+from chalicelib.resources import TAG_DEPLOYMENT, TAG_POOL, Names, queue_attributes
 from infra.authorization import DEPENDENCIES, Dependency, dependencies_of
 from infra.policy import CHALICE_CONFIG, Scope, chalice_stage_prefix, lambda_grants, policy_document
 from tests.functional.test_infra_policy import EXAMPLE, code_calls, needs_grant
@@ -122,6 +122,36 @@ def test_the_dependency_grants_are_scoped_to_the_deployments_own_resources(path:
         "lambda:InvokeFunction", f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:anything", region
     )
     assert not allowed(policy, other_function)
+
+
+#: The resource types the Service Authorization Reference marks required (`*`) for
+#: ec2:CreateReplaceRootVolumeTask ("Actions, resources, and condition keys for Amazon EC2"): the
+#: instance, the task the call creates, and the replacement root volume it creates. `image` and `snapshot`
+#: are checked only when the call names an ImageId or SnapshotId, which the reuse never does
+#: (chalicelib/hosts.py).
+REPLACE_ROOT_VOLUME_RESOURCES = ("instance/i-0123456789abcdef0", "replace-root-volume-task/*", "volume/*")
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_a_used_mac_s_root_volume_replacement_is_granted_on_every_resource_aws_checks(path: str) -> None:
+    """IAM authorizes CreateReplaceRootVolumeTask on each required resource type: a grant that misses one is
+    refused in a real account (moto has no such call, so only this check sees it)."""
+    # GIVEN the rendered policy, and a used Mac of the example's macOS pool (tagged with its pool at launch)
+    policy, _ = PATHS[path]()
+    mac = next(p for p in EXAMPLE.pools if p.reuses_root_volume)
+    region = {"aws:RequestedRegion": REGION}
+    tagged = {**region, f"aws:ResourceTag/{TAG_POOL}": mac.name}
+    # WHEN IAM checks the call on the instance, the new task and the new volume (which carry no tag yet)
+    checks = [
+        Check("ec2:CreateReplaceRootVolumeTask", f"arn:aws:ec2:{REGION}:{ACCOUNT}:{kind}", ctx)
+        for kind, ctx in zip(REPLACE_ROOT_VOLUME_RESOURCES, (tagged, region, region), strict=True)
+    ]
+    # THEN every check is allowed
+    assert [c.resource for c in checks if not allowed(policy, c)] == []
+    # AND an instance of another pool is refused
+    other = next(p for p in EXAMPLE.pools if not p.reuses_root_volume)
+    foreign = {**region, f"aws:ResourceTag/{TAG_POOL}": other.name}
+    assert not allowed(policy, Check("ec2:CreateReplaceRootVolumeTask", checks[0].resource, foreign))
 
 
 def test_host_pools_get_no_update_auto_scaling_group() -> None:
