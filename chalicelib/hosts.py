@@ -253,14 +253,18 @@ class Ec2Hosts:
         """Restore a Mac instance's root volume to its launch state, on the same host; returns the task id.
 
         CreateReplaceRootVolumeTask without SnapshotId or ImageId restores the volume the instance launched
-        with (its AMI's snapshot); the instance keeps running on its host, so the host is neither released nor
-        scrubbed (EC2 API Reference, "CreateReplaceRootVolumeTask"; EC2 User Guide, "Replace the root volume
-        for an Amazon EC2 instance without stopping it"). EC2 Mac instances support it (AWS Compute Blog,
-        "Quick Restoration through Replacing the Root Volumes of Amazon EC2 instances").
+        with: "If you want to restore the replacement root volume to the initial launch state, ... omit
+        this parameter" (EC2 API Reference, "CreateReplaceRootVolumeTask", SnapshotId). The task reboots the
+        instance on the same physical host, so the host is neither released nor scrubbed (EC2 User Guide,
+        "Replace the root volume for an Amazon EC2 instance without stopping it"). EC2 Mac bare metal
+        instances support the launch state and a snapshot as the source; the edition of that page we read
+        (2023, "Replace a root volume", considerations) says they do not support an AMI, so none is passed.
         DeleteReplacedRootVolume: the old root, with the finished job's files, is deleted once the task
-        completes rather than kept (and billed) for someone to delete. `token` is the ClientToken: the same
-        token for the same reuse, so a retry after a lost answer starts no second task. moto has no such call:
-        tested with Stubber (tests/functional/test_hosts_stubbed.py, test_mac_reuse.py).
+        completes rather than kept (and billed) for someone to delete. IAM authorizes the call on the
+        instance, the task and the new volume (infra/policy.py, ReplaceMacRootVolume). `token` is the
+        ClientToken: the same token for the same reuse, so a retry after a lost answer starts no second
+        task. moto has no such call: tested with Stubber (tests/functional/test_hosts_stubbed.py,
+        test_mac_reuse.py).
         """
         got = self._aws.call(
             "ec2",
