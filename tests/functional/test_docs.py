@@ -293,6 +293,21 @@ def test_the_quota_sums_use_the_traffic_table_they_cite() -> None:
     assert f"about {bound:,} jobs an hour" in text
 
 
+def test_the_gitlab_plan_bounds_use_the_gitlab_calls_per_job() -> None:
+    """GitLab.com's proposed per-plan limits ("GitLab.com rate limits": 5,000 / 15,000 / 25,000 requests an
+    hour per user) are turned into jobs an hour with the same GitLab calls per job as the 2,000-a-minute
+    bound: when the traffic table is re-measured, these must follow it too."""
+    # GIVEN the GitLab calls per job that operations.md states
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    said = re.search(r"([\d.]+) GitLab calls, [\d.]+ Secrets", text)
+    assert said is not None, "the quota section's per-job sentence is gone"
+    per_job = float(said.group(1))
+    # WHEN each plan's hourly allowance is divided by it, to the nearest ten jobs
+    free, premium, ultimate = (int(round(hourly / per_job, -1)) for hourly in (5_000, 15_000, 25_000))
+    # THEN the doc states those figures
+    assert f"about {free:,}, {premium:,} or {ultimate:,} jobs an hour" in " ".join(text.split())
+
+
 def test_what_the_readme_says_about_the_committed_bench_still_holds() -> None:
     # GIVEN the committed bench results, which the README's simulator section sums up
     scenarios = json.loads((ROOT / "bench" / "results.json").read_text(encoding="utf-8"))["scenarios"]
