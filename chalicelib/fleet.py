@@ -269,8 +269,9 @@ class AsgFleet:
 
     def put_warm_pool(self, asg: str, settings: WarmPoolSettings) -> None:
         """PutWarmPool "creates or updates a warm pool" (Amazon EC2 Auto Scaling API Reference, PutWarmPool):
-        the same call sizes it. It is refused on a group with a mixed instances policy or Spot (same page):
-        the caller never asks there, and a refusal is an AwsCallError like any other."""
+        the same call sizes it. It is refused on a group with a mixed instances policy or Spot (earlier
+        editions of that page; "Warm pools for Amazon EC2 Auto Scaling", Limitations, 2023 edition): the
+        caller never asks there, and a refusal is an AwsCallError like any other."""
         self._aws.call(
             "autoscaling",
             "put_warm_pool",

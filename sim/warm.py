@@ -133,7 +133,13 @@ class WarmInstance:
         return self.left_at is None and now >= self.warm_at
 
     def running_seconds(self, end: float) -> float:
-        """Billed at the instance price: its first (cold) boot, before it stopped."""
+        """Billed at the instance price: its first (cold) boot, before it stopped.
+
+        Not modelled: EC2 bills each start at least 60 s ("Every time you start your instance, Amazon EC2
+        charges a one-minute minimum for instance usage, and thereafter charges per second", EC2 API
+        Reference, StartInstances), both this first boot and the start out of the pool. It adds cost only
+        to a running segment shorter than a minute: a cold boot stopped sooner, or a machine that leaves
+        the pool and ends within a minute."""
         return max(0.0, min(self.warm_at, self._until(end)) - self.created_at)
 
     def stopped_seconds(self, end: float) -> float:

@@ -18,9 +18,10 @@ from chalicelib.capacity.engine import slots_per_new_machine
 from chalicelib.config import Platform, Pool
 
 #: Seconds from "desired capacity raised" to a running warm machine, per platform: Linux about 20 s, Windows
-#: under 40 s from stopped (issue #22's figures; AWS publishes "as low as 30 seconds" for a pre-initialized
-#: instance: InfoQ, "AWS Launches EC2 Auto Scaling Warm Pools", on the AWS Compute Blog post above). A warm
-#: machine is capacity that arrives after this, never now. macOS pools run on dedicated hosts: no warm pool.
+#: under 40 s from stopped. These are issue #22's figures, not AWS's: no AWS page we could read states a start
+#: time from stopped or hibernated (InfoQ, "AWS Launches EC2 Auto Scaling Warm Pools", 2021, writes "as low as
+#: 30 seconds"). A warm machine is capacity that arrives after this, never now. macOS pools run on dedicated
+#: hosts: no warm pool.
 WARM_START_S: Mapping[Platform, float] = {Platform.LINUX: 20.0, Platform.WINDOWS: 40.0, Platform.MACOS: 0.0}
 #: How far back job arrivals are read (the store's index holds active jobs and finished ones not yet settled).
 ARRIVAL_WINDOW = timedelta(minutes=30)
