@@ -33,8 +33,8 @@ class SimOptions:
     what-if that sends one on every job status change (fresher pipeline state than GitLab gives).
     `stale_index_s` makes the store's per-pool reads (the DynamoDB index in production, eventually
     consistent) answer with the state as it was at least that many seconds ago (sim.ours.StaleIndexStore).
-    `warm_start_scale` stretches every start from the warm pool (sim.warm.WARM_START_S): AWS publishes no
-    figure for it, so the bench shows how the results move with it.
+    `warm_start_scale` stretches every start from the warm pool (sim.warm.WARM_START_S): no AWS page we
+    could read gives a figure for it, so the bench shows how the results move with it.
     """
 
     webhook_delay_s: float = 1.0
@@ -64,7 +64,10 @@ class SimOptions:
 
 #: Boot to runner-ready, seconds, as (low, high, mode) of a triangular law: Linux about 1 min, Windows
 #: about 5 min, macOS 6-20 min (github-aws-runners' terraform-aws-github-runner docs, "macOS Runners"), with a
-#: slow tail up to 40 min as operators report.
+#: slow tail up to 40 min as operators report. Linux and Windows are estimates: AWS states no boot time,
+#: except that a Windows launch's own steps (Sysprep, OOBE, reboots) "often take 15 minutes or longer"
+#: without Fast Launch (EC2 Windows Guide, "Configure faster launching for Windows AMIs", 2023 edition),
+#: which is above this law's 8-minute top.
 BOOT_TIMES = {
     Platform.LINUX: (40.0, 120.0, 60.0),
     Platform.WINDOWS: (180.0, 480.0, 300.0),
