@@ -325,6 +325,11 @@ class HostsConfig(_Model):
     #: before it shuts itself down as before (the boot script's tail): a lost scaler never strands an idle
     #: Mac.
     reuse_wait: Duration = timedelta(minutes=10)
+    #: macOS only: every host the pool keeps (inside its minimum allocation, or past it and used within the
+    #: active policy's `idle_time`) holds a booted Mac waiting for a job, and a used Mac on such a host is
+    #: reused at once. The host is billed whether or not an instance runs on it, so a waiting Mac costs
+    #: nothing more, and a job takes it without the 6-20 minute boot (docs/windows-macos.md, "Standby Macs").
+    keep_ready: Bool = True
 
     @property
     def slots_derived(self) -> bool:
@@ -394,6 +399,25 @@ class Pool(_Model):
     #: the root volume; the launch template and AMI must meet EC2's hibernation prerequisites).
     warm_pool_state: Literal["stopped", "hibernated"] = "stopped"
     policy: tuple[Policy, ...] = (Policy(),)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prewarm_standby_macs(cls, data: Any) -> Any:
+        """`prewarm` left unset on a macOS pool that keeps its hosts ready (`keep_ready`) means on: a standby
+        Mac is only ready if its host was there before the job, and the pipeline forecast is what allocates
+        a host a boot ahead of a later stage's jobs (docs/windows-macos.md, "Standby Macs"). Set `prewarm =
+        false` to turn it off; every other pool keeps `false` as its default."""
+        if (
+            not isinstance(data, dict)
+            or "prewarm" in data
+            or data.get("platform") not in ("macos", Platform.MACOS)
+        ):
+            return data
+        hosts = data.get("hosts")
+        keep_ready = (
+            hosts.get("keep_ready", True) if isinstance(hosts, dict) else getattr(hosts, "keep_ready", False)
+        )
+        return {**data, "prewarm": True} if hosts is not None and keep_ready is not False else data
 
     @field_validator("tags")
     @classmethod
@@ -467,6 +491,11 @@ class Pool(_Model):
     def reuses_root_volume(self) -> bool:
         """A macOS pool on hosts with `reuse_root_volume` on: its used Macs may be reused (host reuse)."""
         return self.platform is Platform.MACOS and self.hosts is not None and self.hosts.reuse_root_volume
+
+    @property
+    def keeps_hosts_ready(self) -> bool:
+        """A macOS pool on hosts with `keep_ready` on: each host it keeps holds a booted Mac (standby)."""
+        return self.platform is Platform.MACOS and self.hosts is not None and self.hosts.keep_ready
 
     @property
     def warm_pool_on(self) -> bool:

@@ -29,8 +29,10 @@ from chalicelib.capacity.hosts import (
     REPLACE_SUCCEEDED,
     HostPlan,
     ReusePlan,
+    Standby,
     plan_hosts,
     plan_reuse,
+    plan_standby,
 )
 from chalicelib.capacity.warm import (
     WarmPoolSettings,
@@ -68,6 +70,8 @@ CONTACT_CHECK_SECONDS = 15
 REUSE_REASON = "reuse"
 #: The removal reason of a Mac whose root-volume replacement failed: it is terminated as before.
 REUSE_FAILED_REASON = "reuse-failed"
+#: The removal reason of a standby Mac ended so that its host, past its minimum allocation, can be released.
+STANDBY_END_REASON = "standby-end"
 
 
 class RunnerControl(Protocol):
@@ -192,15 +196,18 @@ def plan_reconcile(snapshot: PoolSnapshot) -> ReconcilePlan:
     pool, group, records = snapshot.pool, snapshot.group, snapshot.records
     live = group.live_instances()
     machines = tuple(_machine(i, records[i.instance_id]) for i in live)
-    demand = _demand(snapshot)
+    standby = _standby(snapshot, machines)
+    demand = replace(_demand(snapshot), standby=standby.slots)
     halted = next(
         (f"pool fault until {f.until:%H:%M}Z" for f in snapshot.faults if f.kind == PREPARE_FAULT), ""
     )
     host_plan = snapshot.host_plan
+    ending = set(standby.release)
     pool_plan = plan_pool(
         pool,
         demand,
-        machines,
+        # A standby Mac being ended offers no slot: the engine sees it as draining.
+        tuple(replace(m, state=MachineState.DRAINING) if m.instance_id in ending else m for m in machines),
         snapshot.now,
         launchable=host_plan.launchable if host_plan else None,
         halted=halted,
@@ -210,6 +217,7 @@ def plan_reconcile(snapshot: PoolSnapshot) -> ReconcilePlan:
     removals = [
         Removal(r.instance_id, r.reason.value) for r in pool_plan.removals if r.instance_id not in kept
     ]
+    removals += [Removal(i, STANDBY_END_REASON) for i in standby.release]
     # Any draining machine with no job is removed, whoever started its drain (a scale-in, a rebalance
     # hint, the sweep): a drained machine nothing removes would count against max_instances forever. A
     # Spot-interrupted one is left to EC2, which ends it within two minutes of the warning. One drained for
@@ -219,6 +227,7 @@ def plan_reconcile(snapshot: PoolSnapshot) -> ReconcilePlan:
         for m in machines
         if m.state is MachineState.DRAINING
         and m.instance_id not in kept
+        and m.instance_id not in ending
         and records[m.instance_id].drain_reason != "spot"
         and not records[m.instance_id].running
     ]
@@ -252,6 +261,15 @@ def plan_reconcile(snapshot: PoolSnapshot) -> ReconcilePlan:
         reuse=reuse,
         deliver=deliver,
     )
+
+
+def _standby(snapshot: PoolSnapshot, machines: Sequence[Machine]) -> Standby:
+    """A macOS pool's standby Macs (chalicelib.capacity.hosts.plan_standby): each host it keeps holds a booted
+    Mac. Not without the hosts read, and never where a reuse could not be applied (a used Mac on a kept host
+    is meant to be reused, not replaced by a launch its host has no room for)."""
+    if snapshot.hosts is None or not snapshot.pool.keeps_hosts_ready:
+        return Standby()
+    return plan_standby(snapshot.pool, snapshot.hosts.hosts, machines, snapshot.now)
 
 
 def _plan_warm_pool(snapshot: PoolSnapshot) -> WarmPoolStep | None:
@@ -300,7 +318,8 @@ def reusable(snapshot: PoolSnapshot, machines: Sequence[Machine], pool_plan: Poo
         and not records[m.instance_id].running
         and records[m.instance_id].instance_arn
     ]
-    return plan_reuse(pool, candidates, snapshot.hosts.hosts, pool_plan.need_slots, snapshot.now)
+    kept = _standby(snapshot, machines).kept
+    return plan_reuse(pool, candidates, snapshot.hosts.hosts, pool_plan.need_slots, snapshot.now, kept)
 
 
 def _launch_after_reuse(pool: Pool, pool_plan: PoolPlan, reused: int) -> int:

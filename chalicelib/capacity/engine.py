@@ -78,6 +78,9 @@ def plan_pool(
     free = sum(machine_free_slots(pool, m) for m in kept)
     target = idle_target(policy, demand.in_use)
     idle_now = idle_in_group(policy, target, demand.warm)
+    standby = max(0, demand.standby - demand.in_use)
+    if standby > idle_now:
+        target = idle_now = standby
     need = demand.pending + idle_now + demand.prewarm - free
 
     launch = 0
@@ -88,6 +91,7 @@ def plan_pool(
             launch, capped = 0, [*capped, halted]
         reasons.append(
             f"launch {launch}: {demand.pending} pending + {target} idle target"
+            + (" (standby: every kept host slot)" if standby and standby == idle_now else "")
             + (f" - {target - idle_now} warm" if target > idle_now else "")
             + (f" + {demand.prewarm} prewarm" if demand.prewarm else "")
             + f" > {free} free slots"

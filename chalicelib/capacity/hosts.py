@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from chalicelib.capacity.engine import slots_per_new_machine
-from chalicelib.capacity.model import Machine
+from chalicelib.capacity.model import Machine, MachineState
 from chalicelib.config import HostManagement, HostsConfig, Platform, Pool, format_duration
 from chalicelib.errors import ConfigError
 
@@ -565,6 +565,7 @@ def plan_reuse(
     hosts: Sequence[Host],
     need_slots: int,
     now: datetime,
+    kept: Sequence[str] = (),
 ) -> ReusePlan:
     """The used-up Macs (`candidates`: no job, `run-single` exited) whose root volume is replaced rather than
     the machine terminated, per `after_run_single`; each one reused covers `slots_per_new_machine` of the
@@ -579,6 +580,7 @@ def plan_reuse(
         return ReusePlan()
     host_of = {i: h for h in hosts for i in h.instance_ids}
     by_id = {h.host_id: h for h in hosts}
+    kept_hosts = set(kept)
     per_machine = slots_per_new_machine(pool)
     left = need_slots
     chosen: list[str] = []
@@ -593,7 +595,10 @@ def plan_reuse(
         if now >= machine.last_busy_at + pool.hosts.reuse_wait - REUSE_MARGIN:
             continue  # it is about to shut itself down
         host = host_of.get(machine.instance_id) or by_id.get(machine.host_id or "")
-        if host is None or after_run_single(pool, host, 1, now) is not AfterRunSingle.REPLACE_ROOT_VOLUME:
+        if host is None:
+            continue  # not on a host of ours in view: terminated
+        standby = host.host_id in kept_hosts
+        if not standby and after_run_single(pool, host, 1, now) is not AfterRunSingle.REPLACE_ROOT_VOLUME:
             continue  # its host's paid window is over: terminated, so the host can go
         if left > 0:
             chosen.append(machine.instance_id)
@@ -601,3 +606,69 @@ def plan_reuse(
         else:
             held.append(machine.instance_id)
     return ReusePlan(tuple(chosen), tuple(held))
+
+
+@dataclass(frozen=True)
+class Standby:
+    """A macOS pool's standby Macs (`keep_ready`): the host slots that should each hold a booted Mac waiting
+    for a job, and the idle Macs to end so that their host can be released."""
+
+    #: Slots of the hosts the pool keeps: the engine's idle target is at least these, less those in use
+    #: (`Demand.standby`).
+    slots: int = 0
+    #: The hosts kept: inside their minimum allocation, or past it and used within `idle_time`.
+    kept: tuple[str, ...] = ()
+    #: Idle Macs (no job for the active policy's `idle_time`) alone on a host past its minimum allocation:
+    #: drained and terminated, so that the host scrubs (unbilled) and the host plan releases it.
+    release: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+
+
+def plan_standby(
+    pool: Pool, pool_hosts: Sequence[Host], machines: Sequence[Machine], now: datetime
+) -> Standby:
+    """Which hosts keep a booted Mac waiting, and which idle Macs end so their host can go.
+
+    On a Mac host AWS bills the host, not the instance on it (EC2 User Guide, "Amazon EC2 Mac instances"
+    (ec2-mac-instances.html): "The unit of billing is the dedicated host. The instances running on that
+    host have no additional charge"), and the host cannot be released before its 24-hour minimum allocation
+    (same page; "Stop or terminate your Amazon EC2 Mac instance" (mac-instance-stop.html), "Release the
+    Dedicated Host"). So while a host is paid for anyway, a Mac booted and waiting on it costs nothing more,
+    and a job that finds it waits for no boot (6 to 20 minutes). A host inside its minimum allocation is
+    kept. Past it, the host is billed per second: it is kept while its Mac ran a job within the active
+    policy's `idle_time` (the rule an empty host's release follows, `release_after`); once its Mac has been
+    idle that long, the Mac is ended, so the host scrubs (not billed) and the host plan releases it.
+    `min_hosts` hosts are always kept; a failed host never is.
+    """
+    if not pool.keeps_hosts_ready:
+        return Standby()
+    cfg = hosts_config(pool)
+    per_host = host_slots(pool, None) or 1
+    idle_time = pool.active_policy(now).idle_time
+    by_id = {m.instance_id: m for m in machines}
+    usable = [h for h in pool_hosts if h.live and not h.failed]
+    may_end = max(0, len(usable) - cfg.min_hosts)
+    kept: list[str] = []
+    ended: list[str] = []
+    reasons: list[str] = []
+    for host in sorted(usable, key=lambda h: (h.paid_until(cfg), h.host_id)):
+        if now < host.paid_until(cfg):
+            kept.append(host.host_id)
+            continue
+        if not host.instance_ids:
+            continue  # past its paid window and empty: the host plan releases it once idle long enough
+        on_host = [by_id.get(i) for i in host.instance_ids]
+        idle = [m for m in on_host if m is not None and m.state is MachineState.IDLE and not m.has_job]
+        long_idle = len(idle) == len(on_host) and all(now - m.idle_since() >= idle_time for m in idle)
+        if long_idle and may_end > 0:
+            may_end -= 1
+            ended.extend(m.instance_id for m in idle)
+            reasons.append(
+                f"end standby on {host.host_id}: idle >= idle_time {format_duration(idle_time)}, "
+                f"host past min_allocation {format_duration(cfg.min_allocation)}"
+            )
+            continue
+        kept.append(host.host_id)
+    if kept:
+        reasons.insert(0, f"standby: {len(kept)} kept hosts hold a booted machine each")
+    return Standby(slots=per_host * len(kept), kept=tuple(kept), release=tuple(ended), reasons=tuple(reasons))

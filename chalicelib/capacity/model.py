@@ -53,6 +53,10 @@ class Demand:
     #: toward the idle target, as a booting machine's slots do, never toward pending jobs (a pending job
     #: takes one by a launch).
     warm: int = 0
+    #: Slots of dedicated hosts the pool keeps anyway (already paid for) that should each hold a machine,
+    #: booted and waiting (chalicelib.capacity.hosts.plan_standby): the idle target is at least these slots
+    #: less those in use. Never a reason to allocate a host: only hosts already there count.
+    standby: int = 0
 
     @property
     def in_use(self) -> int:

@@ -132,9 +132,12 @@ def _create_host_groups(aws: AwsClients, config: Config) -> None:
 
 
 @pytest.fixture
-def host_stack(aws_credentials: None) -> Iterator[HostStack]:
+def host_stack(aws_credentials: None, request: pytest.FixtureRequest) -> Iterator[HostStack]:
+    """The app on moto with a Mac and a Windows host pool; an indirect parameter (a dict) is merged into the
+    Mac pool's [pools.hosts]."""
+    mac = {**MAC, "hosts": {**MAC["hosts"], **getattr(request, "param", {})}}
     with mock_aws():
-        config = config_from_dict({"gitlab": {"url": f"https://{GITLAB}"}, "pools": [MAC, WINDOWS]}, "test")
+        config = config_from_dict({"gitlab": {"url": f"https://{GITLAB}"}, "pools": [mac, WINDOWS]}, "test")
         clock = [T0]
         truth = [  # the world knows how many machines a host really holds; the app's config does not
             p.model_copy(
@@ -194,8 +197,10 @@ def test_pending_jobs_allocate_hosts_then_launch_onto_them(host_stack: HostStack
     assert len(host_stack.live_hosts("windows")) == 2
 
 
+@pytest.mark.parametrize("host_stack", [{"keep_ready": False}], indirect=True)
 def test_an_idle_mac_host_goes_after_its_24_hours_and_a_younger_one_stays(host_stack: HostStack) -> None:
-    # GIVEN two Mac hosts in the group: one allocated at T0, one 20 hours later
+    # GIVEN two Mac hosts in the group: one allocated at T0, one 20 hours later (no standby Macs: the hosts'
+    # own release rule; with them, see test_a_paid_mac_host_holds_a_standby_mac_and_goes_once_it_waits_idle)
     port = host_stack.runtime.hosts
     assert port is not None
     mac = host_stack.pool("macos")
@@ -241,3 +246,49 @@ def test_an_idle_mac_host_goes_after_its_24_hours_and_a_younger_one_stays(host_s
         old: "released",
         young: "released",
     }
+
+
+def test_a_paid_mac_host_holds_a_standby_mac_and_goes_once_it_waits_idle(host_stack: HostStack) -> None:
+    # GIVEN one Mac host allocated into the group, and no job anywhere
+    port = host_stack.runtime.hosts
+    assert port is not None
+    mac = host_stack.pool("macos")
+    (host,) = port.allocate(mac, "us-east-1a", 1, "token-standby")
+    port.associate(mac, [host])
+
+    # WHEN the tick runs
+    first = host_stack.tick()
+
+    # THEN a Mac launches onto it though no job waits: AWS bills the Mac host, not the instance on it
+    # ("Amazon EC2 Mac instances"), for at least 24 hours, so a booted Mac waiting there costs nothing more
+    assert first["macos"]["errors"] == [] and host_stack.desired("macos") == 1
+    (instance_id,) = [i["InstanceId"] for i in describe_group(host_stack.aws, "test-macos")["Instances"]]
+    assert host_stack.world.place("macos", instance_id) == host
+
+    # WHEN 20 hours pass with no job (idle_time is 1 h), inside the host's 24 hours
+    host_stack.advance(hours=20)
+    host_stack.tick()
+    # THEN the standby Mac stays: its host is paid for anyway
+    assert host_stack.desired("macos") == 1 and _state(host_stack.aws, instance_id) == "running"
+
+    # WHEN the host's 24 hours are up, its Mac still without a job
+    host_stack.advance(hours=4, minutes=1)
+    ended = host_stack.tick()
+    # THEN the Mac is drained and terminated, so that the host can go (a host with an instance cannot be
+    # released: "Release Dedicated Hosts"); no new Mac takes its place
+    assert ended["macos"]["errors"] == [] and host_stack.desired("macos") == 0
+    assert _state(host_stack.aws, instance_id) in {"shutting-down", "terminated"}
+    host_stack.world.end(instance_id)  # AWS: the host scrubs once its Mac ended
+
+    # WHEN the scrub is over and the empty host has been idle for idle_time
+    host_stack.tick()
+    host_stack.advance(hours=1, minutes=1)
+    host_stack.tick()
+    # THEN the host is released, and nothing was launched onto it meanwhile
+    assert [h["State"] for h in host_stack.hosts("macos")] == ["released"]
+    assert host_stack.desired("macos") == 0
+
+
+def _state(aws: AwsClients, instance_id: str) -> str:
+    reservations = aws.call("ec2", "describe_instances", InstanceIds=[instance_id])["Reservations"]
+    return str(reservations[0]["Instances"][0]["State"]["Name"])

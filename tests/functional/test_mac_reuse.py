@@ -179,10 +179,14 @@ class MacWorld:
 
 
 @pytest.fixture
-def mac(aws_credentials: None, capsys: pytest.CaptureFixture[str]) -> Iterator[MacWorld]:
+def mac(
+    aws_credentials: None, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
+) -> Iterator[MacWorld]:
+    """The app on moto with one macOS pool; an indirect parameter (a dict) goes into its [pools.hosts]."""
+    settings = {**MAC["hosts"], **getattr(request, "param", {})}
     with mock_aws(), FakeGitLab() as gitlab:
         config = config_from_dict(
-            {"gitlab": {"url": gitlab.url}, "pools": [{**MAC, "max_use_count": 1}]}, "test"
+            {"gitlab": {"url": gitlab.url}, "pools": [{**MAC, "max_use_count": 1, "hosts": settings}]}, "test"
         )
         clock = [T0]
         hosts = MotoHostWorld(config.pools, clock)
@@ -281,8 +285,9 @@ def test_a_failed_replacement_ends_the_machine_as_before_with_a_pool_fault(mac: 
     assert mac.gitlab.runners == {}  # no runner was ever given to it
 
 
+@pytest.mark.parametrize("mac", [{"keep_ready": False}], indirect=True)
 def test_past_the_hosts_paid_window_a_used_mac_is_terminated(mac: MacWorld) -> None:
-    # GIVEN a Mac whose job ran past its host's 24-hour minimum allocation, a job waiting
+    # GIVEN a Mac whose job ran past its host's 24-hour minimum allocation, a job waiting, standby Macs off
     instance_id, _ = mac.used_mac(running_for=timedelta(hours=24))
     # WHEN the tick reconciles the pool
     result = mac.tick()
@@ -292,8 +297,9 @@ def test_past_the_hosts_paid_window_a_used_mac_is_terminated(mac: MacWorld) -> N
     assert mac.state(instance_id) in {"shutting-down", "terminated"}
 
 
+@pytest.mark.parametrize("mac", [{"keep_ready": False}], indirect=True)
 def test_without_a_job_waiting_a_used_mac_waits_then_is_terminated(mac: MacWorld) -> None:
-    # GIVEN a used Mac and no job waiting
+    # GIVEN a used Mac and no job waiting, standby Macs off
     instance_id, _ = mac.used_mac(waiting=False)
     # WHEN the tick reconciles the pool
     mac.tick()
@@ -307,6 +313,56 @@ def test_without_a_job_waiting_a_used_mac_waits_then_is_terminated(mac: MacWorld
     assert REPLACE not in mac.ec2.seen
     assert result["ScaleIn"] == 1
     assert mac.state(instance_id) in {"shutting-down", "terminated"}
+
+
+def test_with_no_job_waiting_a_used_mac_is_reused_at_once_and_waits_ready_on_its_paid_host(
+    mac: MacWorld,
+) -> None:
+    # GIVEN a used Mac on a host inside its 24 hours (standby Macs on, the default), and no job waiting
+    instance_id, old_runner = mac.used_mac(waiting=False)
+
+    # WHEN the tick reconciles the pool
+    mac.expect_replace(instance_id)
+    first = mac.tick()
+
+    # THEN its root volume is replaced at once, not held for a job nor terminated: the host is billed
+    # whether or not a Mac runs on it, and a Mac booted ahead spares the next job its boot
+    assert mac.ec2.seen == [REPLACE] and first["errors"] == [] and first["ScaleIn"] == 0
+    assert old_runner not in mac.gitlab.runners and mac.secret(instance_id) is None
+    assert mac.state(instance_id) == "running" and mac.desired() == 1 and mac.live_hosts() == 1
+
+    # WHEN the replacement succeeded and the new runner polls GitLab
+    mac.advance(minutes=5)
+    mac.expect_task_state("succeeded")
+    mac.tick()
+    (runner,) = mac.gitlab.runners.values()
+    mac.gitlab.runner_contact(runner.id)
+    mac.advance(minutes=1)
+    mac.tick()
+
+    # THEN the Mac waits, ready, with a fresh volume and a new runner; still one machine on one host
+    record = mac.machine(instance_id)
+    assert record.ready_at == mac.clock[0] and record.runner_id == runner.id != old_runner
+    assert mac.desired() == 1 and mac.live_hosts() == 1
+
+    # WHEN an hour and a half passes with no job (idle_time 1 h), the host still inside its 24 hours
+    mac.advance(minutes=90)
+    result = mac.tick()
+    # THEN the standby Mac stays for the next job
+    assert result["ScaleIn"] == 0 and mac.state(instance_id) == "running"
+    assert mac.ec2.seen == [REPLACE, DESCRIBE]
+
+
+def test_past_the_hosts_paid_window_a_used_mac_is_reused_while_its_host_is_used(mac: MacWorld) -> None:
+    # GIVEN a Mac whose job ran past its host's 24-hour minimum allocation (standby Macs on), a job waiting
+    instance_id, _ = mac.used_mac(running_for=timedelta(hours=24))
+    # WHEN the tick reconciles the pool
+    mac.expect_replace(instance_id)
+    result = mac.tick()
+    # THEN it is reused, not terminated: its host, billed per second now, was used within idle_time, and a
+    # fresh volume serves the waiting job sooner than a scrub and a new host with 24 hours of its own
+    assert mac.ec2.seen == [REPLACE] and result["ScaleIn"] == 0
+    assert mac.state(instance_id) == "running" and mac.desired() == 1 and mac.live_hosts() == 1
 
 
 def test_a_mac_with_a_job_running_is_never_reused_nor_terminated(mac: MacWorld) -> None:
