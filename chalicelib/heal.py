@@ -52,6 +52,9 @@ class HealReport:
     long_pending: dict[str, int] = field(default_factory=dict)  # pool -> jobs pending too long
     scanned_projects: int = 0
     errors: list[str] = field(default_factory=list)
+    #: Each pool's jobs as heal read them, for the pools it wrote no job of (refreshed, closed, discovered):
+    #: the same tick's reconcile takes this list instead of reading the pool's jobs again.
+    unchanged: dict[str, tuple[JobRecord, ...]] = field(default_factory=dict)
 
 
 def heal(
@@ -77,11 +80,14 @@ def heal(
     for pool in config.pools:
         jobs = store.pool_jobs(pool.name)
         projects.update(j.project_id for j in jobs if j.project_id)
+        changed = len(report.refreshed) + len(report.closed)
         for job in _stale(jobs, now, config.gitlab.stale_job_after):
             if lookups >= max_lookups:
                 break
             lookups += 1
             _refresh(job, store, gitlab, dirty, now, report)
+        if len(report.refreshed) + len(report.closed) == changed:
+            report.unchanged[pool.name] = tuple(jobs)
         waiting = [j for j in jobs if j.status == "pending" and _age(j, now) > config.gitlab.stale_job_after]
         if waiting:
             report.long_pending[pool.name] = len(waiting)
@@ -202,6 +208,7 @@ def _discover(
             reopen = known is not None and known.status == "skipped"
             written = store.reopen_skipped(record, now) if reopen else store.record_job(record, now)
             if written and pool is not None:
+                report.unchanged.pop(pool.name, None)
                 report.discovered.append(int(info.id))
                 dirty.mark_dirty(pool.name, f"job {info.id} found pending by the tick", now)
                 logger.warning("found a pending job no webhook announced", extra={"job_id": info.id})

@@ -461,17 +461,33 @@ class Reconciler:
         #: Builds the lifecycle that gives a reused Mac its new runner and secret; None: no Mac is reused.
         self._reuse = reuse
 
-    def reconcile_all(self, now: datetime, *, dry_run: bool = False) -> list[ReconcileResult]:
-        """Every pool, with one batched read of all groups (calls grow with pools, not machines)."""
+    def reconcile_all(
+        self,
+        now: datetime,
+        *,
+        dry_run: bool = False,
+        jobs_read: Mapping[str, Sequence[JobRecord]] | None = None,
+    ) -> list[ReconcileResult]:
+        """Every pool, with one batched read of all groups (calls grow with pools, not machines).
+
+        `jobs_read`: pools' jobs read moments ago in the same invocation (the tick's heal, which wrote none of
+        them), taken instead of reading them again (`reconcile_pool`)."""
         try:
             groups = self._fleet.read_groups([p.asg for p in self._config.pools])
             views = self._read_hosts(self._config.pools)
         except AwsCallError as exc:
             return [ReconcileResult(p.name, now, errors=[str(exc)]) for p in self._config.pools]
         pipelines = self._active_pipelines(self._config.pools, now)
+        read = jobs_read or {}
         return [
             self.reconcile_pool(
-                pool, now, groups.get(pool.asg), views.get(pool.name), pipelines, dry_run=dry_run
+                pool,
+                now,
+                groups.get(pool.asg),
+                views.get(pool.name),
+                pipelines,
+                dry_run=dry_run,
+                jobs=read.get(pool.name),
             )
             for pool in self._config.pools
         ]
@@ -504,16 +520,25 @@ class Reconciler:
         pipelines: Sequence[PipelineState] | None = None,
         *,
         dry_run: bool = False,
+        jobs: Sequence[JobRecord] | None = None,
     ) -> ReconcileResult:
         """Read the pool, plan, apply. `dry_run`: read and plan only; the result's `planned` is the plan, and
-        nothing is written (no lease either: a dry run acts on nothing)."""
+        nothing is written (no lease either: a dry run acts on nothing).
+
+        `jobs`: the pool's jobs (`Store.pool_jobs`) when the caller read them moments ago in the same
+        invocation (the tick's heal, before this lease was taken), so they are not read twice. That read is a
+        read of the pool index, which is eventually consistent in any case ("All reads from GSIs and streams
+        are eventually consistent": DynamoDB developer guide, "DynamoDB read consistency"): the reconcile
+        already plans on a job list that may lag, and nothing it removes rests on that list alone (a busy
+        machine is kept by the record's conditional drain and GitLab's own answer, chalicelib.drain); a job
+        a hook changed since is the dirty queue's reconcile's, or the next tick's."""
         result = ReconcileResult(pool.name, now, dry_run=dry_run)
         started = self._timer()
         if dry_run:
             try:
                 if pipelines is None:
                     pipelines = self._active_pipelines([pool], now) if pool.prewarm else []
-                self._reconcile_locked(pool, now, group, hosts, pipelines, result)
+                self._reconcile_locked(pool, now, group, hosts, pipelines, result, jobs)
             except (AwsCallError, GitLabError) as exc:
                 result.errors.append(str(exc))
             result.seconds = self._timer() - started
@@ -530,7 +555,7 @@ class Reconciler:
         try:
             if pipelines is None:
                 pipelines = self._active_pipelines([pool], now) if pool.prewarm else []
-            self._reconcile_locked(pool, now, group, hosts, pipelines, result)
+            self._reconcile_locked(pool, now, group, hosts, pipelines, result, jobs)
         except (AwsCallError, GitLabError, LeaseExpiredError) as exc:
             # Left for the next tick, which re-reads everything: nothing is half-applied silently.
             result.errors.append(str(exc))
@@ -549,9 +574,10 @@ class Reconciler:
         hosts: HostPoolView | None,
         pipelines: Sequence[PipelineState],
         result: ReconcileResult,
+        jobs: Sequence[JobRecord] | None = None,
     ) -> None:
         """Read one snapshot, plan, then apply the plan (a dry run stops after the plan)."""
-        snapshot = self._read(pool, now, group, hosts, pipelines, result, write=not result.dry_run)
+        snapshot = self._read(pool, now, group, hosts, pipelines, result, write=not result.dry_run, jobs=jobs)
         if snapshot is None:
             return
         plan = plan_reconcile(snapshot)
@@ -577,6 +603,7 @@ class Reconciler:
         result: ReconcileResult,
         *,
         write: bool,
+        jobs: Sequence[JobRecord] | None = None,
     ) -> PoolSnapshot | None:
         """The pool's snapshot: one read of each source. The machine records are repaired against the group
         on the way (adopted, vanished ones dropped, jobs credited, contact learned); with `write` False (a
@@ -590,7 +617,7 @@ class Reconciler:
         # The faults came with the lease (they live on its item); a dry run holds none and reads them.
         faults = self._lease.faults if self._lease is not None else tuple(self._store.faults(pool.name, now))
         records = {m.instance_id: m for m in self._store.machines(pool.name)}
-        jobs = tuple(self._store.pool_jobs(pool.name))
+        jobs = tuple(self._store.pool_jobs(pool.name) if jobs is None else jobs)
         live = group.live_instances()
         self._adopt(pool, live, records, now, write=write)
         self._forget_vanished(live, records, write=write)

@@ -18,7 +18,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from chalicelib.config import Config, Pool
 from chalicelib.errors import AwsCallError, MalformedEventError, RunnerScalerError
 from chalicelib.events.aws import DirtyPoolMessage, ResolveAsk, ResolveTagsMessage, parse_queue_message
-from chalicelib.heal import heal, scan_window
+from chalicelib.heal import HealReport, heal, scan_window
 from chalicelib.jobs import MAX_TICK_PIPELINES, DirtyMarker
 from chalicelib.ports import Ports
 from chalicelib.reconcile import ReconcileResult
@@ -50,24 +50,27 @@ def run_tick(ports: Ports, owner: str) -> TickReport:
     # Fanning out, every pool gets a message anyway: heal's asks ride in it rather than in a message of
     # their own, which would take the window's deduplication id and drop the tick's.
     held = _HeldMarks()
-    long_pending: dict[str, int] = {}
+    healed: HealReport | None = None
     # A failed claim runs no periodic step this tick (the next tick claims again); the reconcile still runs.
     windows = tick_windows(ports.config, ports.now())
     claimed = _isolated(ports, "claim", lambda: ports.store.claim_windows(windows, ports.now())) or set()
     if ports.has_gitlab():
         dirty: DirtyMarker = held if fan_out else ports.queue
         _isolated(ports, "resolve", lambda: _resolve(ports, dirty, None))
-        long_pending = _isolated(ports, "heal", lambda: _heal(ports, dirty, LOST_JOB_SCAN in claimed)) or {}
+        healed = _isolated(ports, "heal", lambda: _heal(ports, dirty, LOST_JOB_SCAN in claimed))
         if HOOK_CHECK in claimed:
             _isolated(ports, "hook check", lambda: _check_hooks(ports))
         if SWEEP in claimed:
             _isolated(ports, "sweep", lambda: _sweep(ports))
     if CERT_CHECK in claimed:
         _isolated(ports, "certs", lambda: _ensure_certs(ports))
+    long_pending = healed.long_pending if healed is not None else {}
     if fan_out:
         tick = _fan_out(ports, held.reasons, long_pending)
     else:
-        tick = TickReport(results=ports.reconciler(owner).reconcile_all(ports.now()))
+        # The pools' jobs heal has just read, for the pools it changed no job of: not read twice in one tick.
+        read = healed.unchanged if healed is not None else None
+        tick = TickReport(results=ports.reconciler(owner).reconcile_all(ports.now(), jobs_read=read))
     ports.metrics.emit_reconcile(ports.config, tick.results, ports.aws_calls() - calls_before)
     _emit_long_pending(ports, long_pending, tick.results)
     for result in tick.results:
@@ -93,9 +96,9 @@ def _isolated(ports: Ports, step: TickStep, run: Callable[[], _T]) -> _T | None:
         return None
 
 
-def _heal(ports: Ports, dirty: DirtyMarker, scan_claimed: bool) -> dict[str, int]:
-    """Repair the job store from GitLab; returns the jobs pending too long, per pool. `scan_claimed`: this
-    tick claimed the lost-job scan's window."""
+def _heal(ports: Ports, dirty: DirtyMarker, scan_claimed: bool) -> HealReport:
+    """Repair the job store from GitLab; its report says which jobs are pending too long, per pool, and
+    holds the pools' jobs it read. `scan_claimed`: this tick claimed the lost-job scan's window."""
     report = heal(
         ports.config,
         ports.store,
@@ -109,7 +112,7 @@ def _heal(ports: Ports, dirty: DirtyMarker, scan_claimed: bool) -> dict[str, int
         ports.metrics.emit_count("LostJobsFound", len(report.discovered))
     if report.errors:
         logger.warning("heal errors", extra={"errors": report.errors[:5]})
-    return report.long_pending
+    return report
 
 
 def _resolve(ports: Ports, dirty: DirtyMarker, asked: ResolveAsk | None) -> None:

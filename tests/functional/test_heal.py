@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from chalice.test import Client
 
 from app import app
@@ -152,3 +153,68 @@ def test_a_rate_limited_scan_stops_at_gitlabs_first_429(gitlab_stack: Stack, fak
     # THEN it stopped at the first 429 instead of asking 39 more times
     statuses = [r.status for r in fake_gitlab.request_log if r.route == "/projects/:project/jobs"]
     assert statuses == [200] * 10 + [429]
+
+
+def pool_index_reads(stack: Stack) -> list[str]:
+    """Every Query of the pool index made from now on, by the partition it reads (`POOL#<pool>#JOBS`...)."""
+    seen: list[str] = []
+
+    def note(params: dict, **_: object) -> None:  # type: ignore[type-arg]
+        if params.get("IndexName"):
+            seen.append(params["ExpressionAttributeValues"][":pk"]["S"])
+
+    stack.runtime.aws.client("dynamodb").meta.events.register("provide-client-params.dynamodb.Query", note)
+    return seen
+
+
+def running_jobs_seen(capsys: pytest.CaptureFixture[str], pool: str) -> float:
+    """RunningJobs of the pool's last reconcile, as its metrics line says."""
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{"_aws"')]
+    return float([b for b in lines if b.get("pool") == pool and "RunningJobs" in b][-1]["RunningJobs"][0])
+
+
+def test_a_tick_whose_heal_changed_no_job_reads_each_pools_jobs_once(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a running job in the linux pool, heard of a minute ago (not stale: heal writes nothing of it),
+    # and a tick that already claimed this minute's periodic steps
+    project = fake_gitlab.create_project("group/app")
+    (job_id,) = fake_gitlab.create_pipeline(project, [JobSpec("build", tags=("linux",))]).job_ids
+    rt = gitlab_stack.runtime
+    rt.store.record_job(
+        JobRecord(rt.gitlab_host, job_id, "running", project_id=project, pool="linux", runner_id=7), rt.now()
+    )
+    with Client(app) as client:
+        tick(client)
+        gitlab_stack.advance(seconds=1)
+        reads = pool_index_reads(gitlab_stack)
+        # WHEN the next tick runs
+        tick(client)
+    # THEN heal's read of each pool's jobs is the reconcile's too: one read per pool, and the reconcile saw
+    # the running job
+    assert sorted(r for r in reads if r.endswith("#JOBS")) == ["POOL#gpu#JOBS", "POOL#linux#JOBS"]
+    assert running_jobs_seen(capsys, "linux") == 1
+
+
+def test_a_pool_whose_job_heal_refreshed_is_read_again_by_the_reconcile(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a job the store last heard of as running 20 minutes ago, which GitLab says has succeeded
+    project = fake_gitlab.create_project("group/app")
+    (job_id,) = fake_gitlab.create_pipeline(project, [JobSpec("build", tags=("linux",))]).job_ids
+    runner_id, _ = fake_gitlab.register_runner(tag_list=("linux",))
+    assert fake_gitlab.request_job(runner_id) == job_id
+    fake_gitlab.finish_job(job_id, "success")
+    rt = gitlab_stack.runtime
+    rt.store.record_job(
+        JobRecord(rt.gitlab_host, job_id, "running", project_id=project, pool="linux"), rt.now()
+    )
+    gitlab_stack.advance(minutes=20)
+    reads = pool_index_reads(gitlab_stack)
+    # WHEN the tick runs (heal refreshes the job from GitLab's answer)
+    with Client(app) as client:
+        tick(client)
+    # THEN the linux pool's jobs are read again after heal's write, so the reconcile sees no running job
+    linux_twice = ["POOL#gpu#JOBS", "POOL#linux#JOBS", "POOL#linux#JOBS"]
+    assert sorted(r for r in reads if r.endswith("#JOBS")) == linux_twice
+    assert running_jobs_seen(capsys, "linux") == 0
