@@ -165,23 +165,12 @@ def ingest_job(
     job item, so the same delivery again changes nothing and marks nothing dirty (`Ingested.duplicate`), even
     where its status alone could not tell: a resent hook from before a skip never reopens the skipped job.
     """
+    if event.runner_id is not None and event.status in TERMINAL:
+        ended = _end_on_known_runner(event, store, now, event_key)
+        if ended is not None:
+            return ended
     pool, machine_id, job_tags, deferred = _route(event, config, store, now)
-    record = JobRecord(
-        gitlab=event.gitlab,
-        job_id=event.job_id,
-        status=event.status,
-        project_id=event.project_id,
-        pipeline_id=event.pipeline_id or 0,
-        pool=pool,
-        tags=job_tags,
-        runner_id=event.runner_id,
-        machine_id=machine_id,
-        name=event.name,
-        stage=event.stage,
-        created_at=event.created_at,
-        started_at=event.started_at,
-        finished_at=event.finished_at,
-    )
+    record = _record(event, pool, machine_id, job_tags)
     written = store.write_job(record, now, event_key=event_key)
     applied, stored, filled = written.applied, written.stored, False
     reopens = event.status in {"created", "pending"}
@@ -206,6 +195,44 @@ def ingest_job(
         deferred=deferred,
         duplicate=duplicate,
     )
+
+
+def _record(event: JobEvent, pool: str, machine_id: str, job_tags: tuple[str, ...]) -> JobRecord:
+    return JobRecord(
+        gitlab=event.gitlab,
+        job_id=event.job_id,
+        status=event.status,
+        project_id=event.project_id,
+        pipeline_id=event.pipeline_id or 0,
+        pool=pool,
+        tags=job_tags,
+        runner_id=event.runner_id,
+        machine_id=machine_id,
+        name=event.name,
+        stage=event.stage,
+        created_at=event.created_at,
+        started_at=event.started_at,
+        finished_at=event.finished_at,
+    )
+
+
+def _end_on_known_runner(event: JobEvent, store: Store, now: datetime, event_key: str) -> Ingested | None:
+    """A job's end on the runner its stored item already names: one write, no routing.
+
+    The hook that stored that runner (its `running` hook, or heal) routed the job then: by the runner's id to
+    our machine (pool and machine stored together), or to no machine when the runner is not ours. So the
+    write keeps what is stored (a write without a pool keeps the stored one, and no machine is written),
+    and the job as it was, returned by the write itself, says whether the runner is ours: the pool of a job
+    on one of our machines, "" otherwise, as `_route` would have said. None when the stored job does not
+    name this runner (its running hook was lost, or it is not stored): the caller routes it as any job.
+    """
+    written = store.write_job(_record(event, "", "", ()), now, event_key=event_key, same_runner=True)
+    known = written.before if written.applied else written.stored
+    if known is None or known.runner_id != event.runner_id:
+        return None
+    pool = known.pool if known.machine_id else ""
+    duplicate = written.duplicate or (not written.applied and known.status == event.status)
+    return Ingested(applied=written.applied, pool=pool, duplicate=duplicate)
 
 
 def _route(

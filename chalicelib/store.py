@@ -92,6 +92,8 @@ class JobWrite:
     stored: JobRecord | None = None
     #: Refused because the delivery carrying this very event (its `event_key`) was applied to the job before.
     duplicate: bool = False
+    #: Applied with `same_runner`: the job as it was stored just before this write (read by the write itself).
+    before: JobRecord | None = None
 
 
 def event_mark(event_key: str) -> str:
@@ -170,12 +172,18 @@ class Store(Protocol):
         unrouted index while pending or running."""
         ...
 
-    def write_job(self, job: JobRecord, now: datetime, *, event_key: str = "") -> JobWrite:
+    def write_job(
+        self, job: JobRecord, now: datetime, *, event_key: str = "", same_runner: bool = False
+    ) -> JobWrite:
         """`record_job` for the delivery `event_key` (a webhook's `event_identity`), in the same one write:
         refused as a duplicate when that delivery was applied to the job before, and telling what was stored
         when refused. The job item keeps a mark of each delivery applied (`event_mark`), so a Job Hook needs
         no de-duplication item of its own, even where its rank alone could not tell (a skipped job reopened,
-        then the old `skipped` hook resent)."""
+        then the old `skipped` hook resent).
+
+        `same_runner`: written only if the stored job already names `job.runner_id` (an earlier hook of the
+        same runner stored it), else refused like any refused write; applied, the answer holds the job as
+        it was before (`JobWrite.before`), its pool and machine included, so the caller need not route it."""
         ...
 
     def reopen_skipped(self, job: JobRecord, now: datetime, *, event_key: str = "") -> bool:
@@ -390,6 +398,57 @@ def _dt(value: Any) -> datetime | None:
     return parse_iso(str(value)) if value else None
 
 
+def _job_update(job: JobRecord, now: datetime) -> tuple[str, str, dict[str, Any]]:
+    """The job write's update expression, condition and values: forward-only by status rank, a pool given to
+    a job stored without one at the same rank, and the pool index entry its status calls for."""
+    values: dict[str, Any] = {
+        ":status": job.status,
+        ":rank": rank(job.status),
+        ":updated": _iso(now),
+        ":ttl": _epoch(now + JOB_TTL),
+        ":project": job.project_id,
+        ":pipeline": job.pipeline_id,
+        ":pool": job.pool,
+        ":tags": list(job.tags),
+        ":name": job.name,
+        ":stage": job.stage,
+    }
+    sets = [
+        "#status = :status",
+        "#rank = :rank",
+        "updated_at = :updated",
+        f"{TABLE_TTL_ATTRIBUTE} = :ttl",
+        "project_id = :project",
+        "pipeline_id = :pipeline",
+        "#pool = :pool" if job.pool else "#pool = if_not_exists(#pool, :pool)",
+        "tags = :tags" if job.tags else "tags = if_not_exists(tags, :tags)",
+        "#name = :name",
+        "stage = :stage",
+    ]
+    for attr in ("runner_id", "machine_id", "created_at", "started_at", "finished_at"):
+        value = getattr(job, attr)
+        if value:
+            values[f":{attr}"] = _iso(value) if isinstance(value, datetime) else value
+            sets.append(f"{attr} = :{attr}")
+    if job.pool and rank(job.status) >= rank("pending"):
+        values[":gpk"] = f"POOL#{job.pool}#JOBS"
+        values[":gsk"] = job.key
+        sets += [f"{GSI_POOL_PK} = :gpk", f"{GSI_POOL_SK} = :gsk"]
+    elif _unrouted(job):  # a pool index entry stored before stands (its pool is kept too)
+        values[":gpk"] = UNROUTED_INDEX
+        values[":gsk"] = job.key
+        sets += [
+            f"{GSI_POOL_PK} = if_not_exists({GSI_POOL_PK}, :gpk)",
+            f"{GSI_POOL_SK} = if_not_exists({GSI_POOL_SK}, :gsk)",
+        ]
+    expression = "SET " + ", ".join(sets)
+    condition = f"attribute_not_exists({TABLE_PK}) OR #rank < :rank"
+    if job.pool:  # a job first recorded without a pool (GitLab unreachable) gets one at the same rank
+        condition += " OR (#rank = :rank AND #pool = :nopool)"
+        values[":nopool"] = ""
+    return expression, condition, values
+
+
 class DynamoStore(DynamoTable):
     """The Store on DynamoDB: one conditional write per state change, sparse GSI for per-pool reads."""
 
@@ -397,57 +456,22 @@ class DynamoStore(DynamoTable):
     def record_job(self, job: JobRecord, now: datetime) -> bool:
         return self.write_job(job, now).applied
 
-    def write_job(self, job: JobRecord, now: datetime, *, event_key: str = "") -> JobWrite:
-        values: dict[str, Any] = {
-            ":status": job.status,
-            ":rank": rank(job.status),
-            ":updated": _iso(now),
-            ":ttl": _epoch(now + JOB_TTL),
-            ":project": job.project_id,
-            ":pipeline": job.pipeline_id,
-            ":pool": job.pool,
-            ":tags": list(job.tags),
-            ":name": job.name,
-            ":stage": job.stage,
-        }
-        sets = [
-            "#status = :status",
-            "#rank = :rank",
-            "updated_at = :updated",
-            f"{TABLE_TTL_ATTRIBUTE} = :ttl",
-            "project_id = :project",
-            "pipeline_id = :pipeline",
-            "#pool = :pool" if job.pool else "#pool = if_not_exists(#pool, :pool)",
-            "tags = :tags" if job.tags else "tags = if_not_exists(tags, :tags)",
-            "#name = :name",
-            "stage = :stage",
-        ]
-        for attr in ("runner_id", "machine_id", "created_at", "started_at", "finished_at"):
-            value = getattr(job, attr)
-            if value:
-                values[f":{attr}"] = _iso(value) if isinstance(value, datetime) else value
-                sets.append(f"{attr} = :{attr}")
-        if job.pool and rank(job.status) >= rank("pending"):
-            values[":gpk"] = f"POOL#{job.pool}#JOBS"
-            values[":gsk"] = job.key
-            sets += [f"{GSI_POOL_PK} = :gpk", f"{GSI_POOL_SK} = :gsk"]
-        elif _unrouted(job):  # a pool index entry stored before stands (its pool is kept too)
-            values[":gpk"] = UNROUTED_INDEX
-            values[":gsk"] = job.key
-            sets += [
-                f"{GSI_POOL_PK} = if_not_exists({GSI_POOL_PK}, :gpk)",
-                f"{GSI_POOL_SK} = if_not_exists({GSI_POOL_SK}, :gsk)",
-            ]
-        expression = "SET " + ", ".join(sets)
-        condition = f"attribute_not_exists({TABLE_PK}) OR #rank < :rank"
-        if job.pool:  # a job first recorded without a pool (GitLab unreachable) gets one at the same rank
-            condition += " OR (#rank = :rank AND #pool = :nopool)"
-            values[":nopool"] = ""
+    def write_job(
+        self, job: JobRecord, now: datetime, *, event_key: str = "", same_runner: bool = False
+    ) -> JobWrite:
+        expression, condition, values = _job_update(job, now)
+        extra: dict[str, Any] = {}
+        if same_runner and job.runner_id is not None:
+            # Applied, the write answers with the item as it was ("ReturnValues" ALL_OLD: "all of the
+            # attributes of the item, as they appeared before the UpdateItem operation", DynamoDB API
+            # reference, UpdateItem): the pool and machine an earlier hook of this runner stored.
+            condition = f"({condition}) AND runner_id = :runner_id"
+            extra["ReturnValues"] = "ALL_OLD"
         mark = event_mark(event_key) if event_key else ""
         if mark:
             expression, condition = _marked(expression, condition, values, mark)
         try:
-            self._aws.call(
+            result = self._aws.call(
                 "dynamodb",
                 "update_item",
                 TableName=self._table,
@@ -464,6 +488,7 @@ class DynamoStore(DynamoTable):
                 # The refused write returns the item it found ("ReturnValuesOnConditionCheckFailure": DynamoDB
                 # API reference, UpdateItem): a duplicate is told from a skipped job without another read.
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **extra,
             )
         except AwsCallError as exc:
             if exc.code != CONDITION_FAILED:
@@ -472,7 +497,8 @@ class DynamoStore(DynamoTable):
                 return JobWrite(False)
             stored = self._load(exc.item)
             return JobWrite(False, self._job(stored), bool(mark) and mark in stored.get(EVENT_MARKS, ()))
-        return JobWrite(True)
+        old = result.get("Attributes")
+        return JobWrite(True, before=self._job(self._load(old)) if old else None)
 
     def reopen_skipped(self, job: JobRecord, now: datetime, *, event_key: str = "") -> bool:
         values: dict[str, Any] = {
@@ -1051,15 +1077,20 @@ class MemoryStore:
                 self._unrouted.add(job.key)
             return True
 
-    def write_job(self, job: JobRecord, now: datetime, *, event_key: str = "") -> JobWrite:
+    def write_job(
+        self, job: JobRecord, now: datetime, *, event_key: str = "", same_runner: bool = False
+    ) -> JobWrite:
         # Through `record_job`, so that a subclass keeping indexes (the simulator's) sees every job write.
         mark = event_mark(event_key) if event_key else ""
+        old = self.jobs.get(job.key)
+        if same_runner and (old is None or old.runner_id != job.runner_id):
+            return JobWrite(False, old)
         if mark and mark in self._marks.get(job.key, ()):
-            return JobWrite(False, self.jobs.get(job.key), duplicate=True)
+            return JobWrite(False, old, duplicate=True)
         if self.record_job(job, now):
             if mark:
                 self._marks.setdefault(job.key, set()).add(mark)
-            return JobWrite(True)
+            return JobWrite(True, before=old if same_runner else None)
         return JobWrite(False, self.jobs.get(job.key))
 
     def reopen_skipped(self, job: JobRecord, now: datetime, *, event_key: str = "") -> bool:

@@ -4,7 +4,9 @@ Strict about trust (constant-time token check), lenient about what it does not n
 accepted and ignored: a 4xx makes GitLab disable the hook after 4 failures). Never calls GitLab: a job whose
 tags are not cached yet is stored unrouted and resolved by the queue's consumer (chalicelib.jobs). At most
 three AWS calls on a Job Hook's hot path: the pipeline's cached tags (pending jobs only) or the runner's
-machine (jobs on a runner), the job's conditional write, and the dirty-pool message or the resolve ask. That
+machine (a job on a runner; none for a job ending on the runner its stored item names: that write alone
+answers with the stored pool and machine), the job's conditional write, and the dirty-pool message or the
+resolve ask. That
 write is also the de-duplication: it marks the delivery's key on the job item and refuses a key marked before
 (chalicelib.store `write_job`). A Pipeline Hook, which writes no job, still writes its key first.
 With prewarm on in some pool, a Pipeline Hook adds the pipeline's state (estimate reads and one put) and a

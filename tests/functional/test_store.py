@@ -81,6 +81,30 @@ def test_a_job_stored_without_tags_gets_them_once_and_nothing_else_changes(store
     assert store.get_job("gitlab.example.com", 2) is None
 
 
+def test_a_write_on_the_same_runner_answers_with_the_job_as_it_was(store: Store) -> None:
+    # GIVEN a job stored running on runner 7 of machine i-1, and a job stored pending (no runner yet)
+    store.record_job(job("running", 1, runner_id=7, machine_id="i-1"), T0)
+    store.record_job(job("pending", 2), T0)
+    # WHEN their ends are written only if the stored job names the same runner, without pool or machine
+    ended = store.write_job(job("success", 1, pool="", runner_id=7), T0, event_key="a", same_runner=True)
+    other = store.write_job(job("success", 1, pool="", runner_id=8), T0, event_key="b", same_runner=True)
+    unknown = store.write_job(job("success", 2, pool="", runner_id=7), T0, event_key="c", same_runner=True)
+    absent = store.write_job(job("success", 3, pool="", runner_id=7), T0, same_runner=True)
+    # THEN the first is applied and tells what was stored before (its pool and machine), which stay stored
+    assert ended.applied and ended.before is not None
+    assert (ended.before.status, ended.before.pool, ended.before.machine_id) == ("running", "linux", "i-1")
+    stored = store.get_job("gitlab.example.com", 1)
+    assert stored is not None
+    assert (stored.status, stored.pool, stored.machine_id) == ("success", "linux", "i-1")
+    # AND the others are refused, with the job as stored (None when there is none), and write nothing
+    assert not other.applied and other.stored is not None and other.stored.runner_id == 7
+    assert not unknown.applied and unknown.stored is not None and unknown.stored.status == "pending"
+    assert not absent.applied and absent.stored is None and store.get_job("gitlab.example.com", 3) is None
+    # AND the same delivery again is a duplicate
+    again = store.write_job(job("success", 1, pool="", runner_id=7), T0, event_key="a", same_runner=True)
+    assert not again.applied and again.duplicate
+
+
 def test_first_seen_deduplicates(store: Store) -> None:
     assert store.first_seen("key-1", T0)
     assert not store.first_seen("key-1", T0 + timedelta(seconds=5))

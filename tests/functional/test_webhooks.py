@@ -238,6 +238,67 @@ def test_a_foreign_runner_with_a_look_alike_description_is_not_taken_for_ours(
         assert stored.pool == ""
 
 
+def test_a_job_ending_on_the_runner_that_started_it_costs_one_aws_call(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    # GIVEN a job that started on our machine's runner 9 (its running hook stored the machine)
+    our_machine(gitlab_stack, "i-0123456789abcdef0", 9)
+    p = Pipeline(gitlab_stack, fake_gitlab)
+    j = p.job_ids[0]
+    post(client, p.hook(j, "running", runner_id=9, tags=["linux"]))
+    # WHEN its success hook comes
+    before = dict(gitlab_stack.runtime.aws.calls)
+    answer = post(client, p.hook(j, "success", runner_id=9, tags=["linux"]))
+    calls = gitlab_stack.runtime.aws.calls
+    made = {k: v - before.get(k, 0) for k, v in calls.items() if v != before.get(k, 0)}
+    # THEN the job's one conditional write is the only AWS call (no lookup of the runner's machine), and the
+    # job keeps its pool and machine, so the reconcile credits the machine with its end
+    assert made == {"dynamodb.UpdateItem": 1}
+    assert answer.json_body["pool"] == "linux" and answer.json_body["changed"] is True
+    stored = job(gitlab_stack, j)
+    assert (stored.status, stored.pool, stored.machine_id) == ("success", "linux", "i-0123456789abcdef0")
+    # AND the same hook again is a duplicate, still in one call
+    total = gitlab_stack.runtime.aws.total_calls
+    assert post(client, p.hook(j, "success", runner_id=9, tags=["linux"])).json_body["status"] == "duplicate"
+    assert gitlab_stack.runtime.aws.total_calls - total == 1
+
+
+def test_a_job_ending_on_our_runner_unheard_of_before_is_credited_to_its_machine(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    # GIVEN our machine's runner 9, and a pending job whose running hook was lost
+    our_machine(gitlab_stack, "i-0123456789abcdef0", 9)
+    p = Pipeline(gitlab_stack, fake_gitlab)
+    j = p.job_ids[0]
+    post(client, p.hook(j, "pending"))
+    # WHEN its success hook comes from runner 9
+    answer = post(client, p.hook(j, "success", runner_id=9, tags=["linux"]))
+    # THEN the job is routed by the runner's id as on a running hook: our machine, its pool
+    assert answer.json_body["pool"] == "linux"
+    stored = job(gitlab_stack, j)
+    assert (stored.status, stored.pool, stored.machine_id) == ("success", "linux", "i-0123456789abcdef0")
+
+
+def test_a_job_ending_on_a_foreign_runner_that_started_it_stays_off_our_machines(
+    gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
+) -> None:
+    # GIVEN a job that started on runner 77, not ours, though described like one of our machines' runners
+    our_machine(gitlab_stack, "i-0123456789abcdef0", 9)
+    p = Pipeline(gitlab_stack, fake_gitlab)
+    j = p.job_ids[0]
+    body = p.hook(j, "running", runner_id=77, tags=["linux"])
+    body["runner"]["description"] = "runner-scaler/linux/i-0123456789abcdef0"
+    post(client, body)
+    # WHEN its failure hook comes from the same runner
+    end = p.hook(j, "failed", runner_id=77, tags=["linux"])
+    end["runner"]["description"] = "runner-scaler/linux/i-0123456789abcdef0"
+    answer = post(client, end)
+    # THEN it ends under no pool and no machine of ours
+    assert answer.json_body["pool"] is None
+    stored = job(gitlab_stack, j)
+    assert (stored.status, stored.pool, stored.machine_id) == ("failed", "", "")
+
+
 def test_job_that_matches_no_pool_is_recorded_as_unroutable(
     gitlab_stack: Stack, fake_gitlab: FakeGitLab, client: Client
 ) -> None:
