@@ -41,14 +41,23 @@ def quiet_sdk_loggers() -> None:
 quiet_sdk_loggers()
 
 #: Error codes AWS uses for "slow down" or "try again": retried with backoff, then left to the next tick.
+#: botocore's standard and adaptive retry modes retry the same throttles and transient codes first
+#: (`botocore/retries/standard.py`, ThrottledRetryableChecker and TransientRetryableChecker), all but
+#: `LimitExceededException`: Secrets Manager answers it when a request would exceed one of its quotas (the
+#: number of secrets, say), which no backoff mends (Secrets Manager API Reference, "CreateSecret", Errors).
 RETRYABLE_CODES = frozenset(
     {
         "Throttling",
         "ThrottlingException",
         "ThrottledException",
+        "RequestThrottledException",
         "RequestLimitExceeded",
+        "EC2ThrottledException",
         "TooManyRequestsException",
         "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "BandwidthLimitExceeded",
+        "PriorRequestNotComplete",
         "RequestThrottled",
         "SlowDown",
         "InternalError",

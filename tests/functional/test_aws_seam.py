@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 from botocore.parsers import ResponseParserError
+from botocore.retries.standard import ThrottledRetryableChecker, TransientRetryableChecker
 
-from chalicelib.aws import AwsClients, fault
+from chalicelib.aws import RETRYABLE_CODES, AwsClients, fault
 from chalicelib.errors import AwsCallError
 
 
@@ -47,3 +48,27 @@ def test_an_unparseable_answer_past_every_retry_is_a_retryable_aws_call_error(mo
     with pytest.raises(AwsCallError) as raised:
         aws.call("sqs", "list_queues")
     assert (raised.value.code, raised.value.retryable) == ("UnparseableResponse", True)
+
+
+def test_every_code_botocore_retries_as_a_throttle_or_transient_is_retryable_here_but_a_quota() -> None:
+    """botocore gives up after its own attempts and hands the code on: were it missing here, a throttle it
+    retried (an EC2 `EC2ThrottledException`, a DynamoDB `TransactionInProgressException`) would reach the
+    caller as a hard failure, not a retry for the next tick. `LimitExceededException` is a quota reached."""
+    botocore_codes = {
+        *ThrottledRetryableChecker._THROTTLED_ERROR_CODES,
+        *TransientRetryableChecker._TRANSIENT_ERROR_CODES,
+    }
+    assert botocore_codes - RETRYABLE_CODES == {"LimitExceededException"}
+
+
+@pytest.mark.parametrize("code", ["EC2ThrottledException", "TransactionInProgressException"])
+def test_a_throttle_past_every_attempt_is_a_retryable_aws_call_error(mocked_aws: None, code: str) -> None:
+    aws = AwsClients(
+        region="us-east-1",
+        sleep=lambda _s: None,
+        attempts=2,
+        fault_injector=lambda _service, operation: fault(code) if operation == "ListQueues" else None,
+    )
+    with pytest.raises(AwsCallError) as raised:
+        aws.call("sqs", "list_queues")
+    assert (raised.value.code, raised.value.retryable) == (code, True)
