@@ -13,9 +13,11 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 
+from chalicelib.capacity.routing import runner_takes
+from chalicelib.config import Pool
 from chalicelib.gitlab import JobInfo
 from sim.events import EventLoop
 from sim.model import (
@@ -66,6 +68,9 @@ class SimGitLab:
         self.retired: dict[int, SimJob] = {}  # old id of a retried job -> the job
         self.pending: dict[int, SimJob] = {}  # insertion order = GitLab's queue order
         self._pending_tags: Counter[tuple[str, ...]] = Counter()  # pending jobs by tag set
+        #: The pending jobs of each tag set, in queue order: a runner looks only at the jobs it may take.
+        self._pending_by_tags: dict[tuple[str, ...], dict[int, SimJob]] = {}
+        self._tag_rule: dict[tuple[tuple[str, ...], bool, tuple[str, ...]], bool] = {}
         self.runners: dict[int, SimMachine] = {}
         self._pipelines: dict[int, list[list[SimJob]]] = {}
         self._stage_left: dict[int, list[int]] = {}
@@ -93,11 +98,10 @@ class SimGitLab:
     def make_pending(self, job: SimJob) -> None:
         job.status = "pending"
         job.pending_at = self._loop.now
-        self.pending[job.job_id] = job
-        self._pending_tags[job.tags] += 1
+        self._enqueue(job)
         self._hook(job, "pending", 0.0)
         self._pipeline_changed(job.trace.pipeline_id)
-        candidates = [m for m in self.runners.values() if m.takes(job)]
+        candidates = [m for m in self.runners.values() if m.accepting and self._takes(m.pool, job.tags)]
         if candidates:
             self._start(job, self._assign_rng.choice(candidates))
 
@@ -128,9 +132,9 @@ class SimGitLab:
         says `retry` (off by default), so it never runs, and the later stages of its pipeline are skipped
         (a failed job without `allow_failure` stops the pipeline). Its wait is no start's wait: it is
         counted in `failed_jobs`, never in the wait figures."""
-        if self.pending.pop(job.job_id, None) is None:
+        if job.job_id not in self.pending:
             return
-        self._pending_tags[job.tags] -= 1
+        self._dequeue(job)
         job.status = "failed"
         job.finished_at = self._loop.now
         self._hook(job, "failed", 0.0)
@@ -144,12 +148,16 @@ class SimGitLab:
             listener([job, *skipped])
 
     def runner_available(self, machine: SimMachine) -> None:
-        """A runner that can take work picks the oldest pending jobs it matches."""
-        for job in list(self.pending.values()):
-            if not machine.takes(job):
-                if not machine.accepting:
-                    return
-                continue
+        """A runner that can take work picks the oldest pending jobs it matches (it is offered only those:
+        a job of other tags is no job for it)."""
+        pool = machine.pool
+        if not machine.accepting:
+            return
+        # It stops accepting once its free slots are taken: the oldest that many are all it may start.
+        matching = self._matching(lambda tags: runner_takes(tags, pool.tags, pool.run_untagged))
+        for job in list(itertools.islice(matching, pool.capacity_per_instance - len(machine.running))):
+            if not machine.accepting:
+                return
             self._start(job, machine)
 
     def set_paused(self, runner_id: int, paused: bool) -> None:
@@ -165,8 +173,7 @@ class SimGitLab:
 
     def pending_for(self, takes: Callable[[tuple[str, ...]], bool]) -> list[SimJob]:
         """Pending jobs whose tags `takes` accepts, in queue order."""
-        wanted = {tags for tags, count in self._pending_tags.items() if count and takes(tags)}
-        return [job for job in self.pending.values() if job.tags in wanted] if wanted else []
+        return list(self._matching(takes))
 
     def pending_count(self, takes: Callable[[tuple[str, ...]], bool]) -> int:
         """Pending jobs whose tags `takes` accepts: counted by tag set, so a queue of thousands costs as
@@ -207,10 +214,41 @@ class SimGitLab:
 
     # -- internals --------------------------------------------------------------------------------------
 
-    def _start(self, job: SimJob, machine: SimMachine) -> None:
-        now = self._loop.now
+    def _takes(self, pool: Pool, tags: tuple[str, ...]) -> bool:
+        """gitlab-runner's tag rule for a runner of `pool` (`runner_takes`), remembered per pool and tag set:
+        every job made pending asks it of every runner."""
+        key = (pool.tags, pool.run_untagged, tags)
+        takes = self._tag_rule.get(key)
+        if takes is None:
+            takes = self._tag_rule[key] = runner_takes(tags, pool.tags, pool.run_untagged)
+        return takes
+
+    def _matching(self, takes: Callable[[tuple[str, ...]], bool]) -> Iterator[SimJob]:
+        """The pending jobs whose tags `takes` accepts, in queue order, as the queue holds them now (read it
+        before the queue changes): the whole queue when every tag set waiting is wanted, one tag set's own
+        queue when only it is."""
+        queued = [tags for tags, jobs in self._pending_by_tags.items() if jobs]
+        wanted = [tags for tags in queued if takes(tags)]
+        if len(wanted) == len(queued):
+            return iter(self.pending.values())
+        if len(wanted) == 1:
+            return iter(self._pending_by_tags[wanted[0]].values())
+        chosen = set(wanted)
+        return (job for job in self.pending.values() if job.tags in chosen)
+
+    def _enqueue(self, job: SimJob) -> None:
+        self.pending[job.job_id] = job
+        self._pending_tags[job.tags] += 1
+        self._pending_by_tags.setdefault(job.tags, {})[job.job_id] = job
+
+    def _dequeue(self, job: SimJob) -> None:
         del self.pending[job.job_id]
         self._pending_tags[job.tags] -= 1
+        del self._pending_by_tags[job.tags][job.job_id]
+
+    def _start(self, job: SimJob, machine: SimMachine) -> None:
+        now = self._loop.now
+        self._dequeue(job)
         job.status = "running"
         job.started_at = now
         job.wait_s += now - (job.pending_at if job.pending_at is not None else now)

@@ -161,12 +161,15 @@ class SimMachine:
 
     @property
     def accepting(self) -> bool:
-        """GitLab may hand this runner a job now."""
+        """GitLab may hand this runner a job now: ready (booted, alive), not paused, not used up, a slot free.
+        (Spelled out rather than through the properties: every pending job asks it of every runner.)"""
+        pool = self.pool
         return (
-            self.ready
+            self.ready_at is not None
+            and self.terminated_at is None
             and not self.paused
-            and not self.used_up
-            and len(self.running) < self.pool.capacity_per_instance
+            and not (pool.max_use_count > 0 and self.jobs_started >= pool.max_use_count)
+            and len(self.running) < pool.capacity_per_instance
         )
 
     @property

@@ -156,10 +156,14 @@ class WarmPool:
 
     spec: WarmPoolSpec
     instances: list[WarmInstance] = field(default_factory=list)
+    #: The instances still in the pool, in `instances`' order, and how many of `instances` it has looked at:
+    #: the ledger grows by one per launch all day, the pool holds a few, and every launch asks about it.
+    _in_pool: list[WarmInstance] = field(default_factory=list, init=False, repr=False, compare=False)
+    _seen: int = field(default=0, init=False, repr=False, compare=False)
 
     def take(self, now: float) -> WarmInstance | None:
         """The longest-stopped ready instance, now leaving the pool; None when none is ready."""
-        ready = [i for i in self.instances if i.ready(now)]
+        ready = [i for i in self._waiting() if i.ready(now)]
         if not ready:
             return None
         chosen = min(ready, key=lambda i: i.warm_at)
@@ -168,12 +172,12 @@ class WarmPool:
 
     def waiting(self) -> int:
         """Instances in the pool: stopped or still on their first boot."""
-        return sum(1 for i in self.instances if i.left_at is None)
+        return len(self._waiting())
 
     def shrink(self, now: float) -> list[WarmInstance]:
         """Terminate instances beyond the spec's size, those still booting first (the newest first):
         Auto Scaling ends surplus warm instances when the pool's size falls. Returns the ended ones."""
-        waiting = [i for i in self.instances if i.left_at is None]
+        waiting = self._waiting()
         surplus = len(waiting) - self.spec.size
         if surplus <= 0:
             return []
@@ -182,3 +186,15 @@ class WarmPool:
         for instance in ended:
             instance.left_at, instance.ended = now, True
         return ended
+
+    def _waiting(self) -> list[WarmInstance]:
+        """`[i for i in self.instances if i.left_at is None]`, kept up to date instead of rebuilt: the
+        instances appended since the last call join it, those that left drop out (same members and order)."""
+        if self._seen > len(self.instances):  # the ledger was cut: look at all of it again
+            self._in_pool, self._seen = [], 0
+        if self._seen < len(self.instances):
+            self._in_pool.extend(i for i in self.instances[self._seen :] if i.left_at is None)
+            self._seen = len(self.instances)
+        if any(i.left_at is not None for i in self._in_pool):
+            self._in_pool = [i for i in self._in_pool if i.left_at is None]
+        return list(self._in_pool)
