@@ -196,7 +196,14 @@ class Lifecycle:
             )
             return None
         waiting = [since for job in jobs if (since := pending_since(job)) is not None]
-        ahead = sum(machine_free_slots(pool, _in_service(m)) for m in others if m.runner_id is not None)
+        # The slots ahead are counted only until they cover every waiting job: then no job waited for this
+        # machine, whatever the rest add (a launch with nothing pending counts none).
+        ahead = 0
+        for machine in others:
+            if ahead >= len(waiting):
+                return None
+            if machine.runner_id is not None:
+                ahead += machine_free_slots(pool, _in_service(machine))
         return scale_up_seconds(waiting, ahead, now)
 
     def _prepare(

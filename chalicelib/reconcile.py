@@ -643,8 +643,7 @@ class Reconciler:
             replace_states=self._replace_states(pool, records),
             can_reuse=self._reuse is not None and self._runners is not None and self._hosts is not None,
         )
-        machines = [_machine(i, records[i.instance_id]) for i in live]
-        host_plan = self._plan_hosts(snapshot, machines)
+        host_plan = self._plan_hosts(snapshot, live)
         return replace(snapshot, host_plan=host_plan) if host_plan is not None else snapshot
 
     def _replace_states(self, pool: Pool, records: Mapping[str, MachineRecord]) -> dict[str, str]:
@@ -780,12 +779,14 @@ class Reconciler:
         found = self._runners.list_runners(description, **_runner_scope(self._config))
         return next((int(r.id) for r in found if r.description == description), None)
 
-    def _plan_hosts(self, snapshot: PoolSnapshot, machines: Sequence[Machine]) -> HostPlan | None:
+    def _plan_hosts(self, snapshot: PoolSnapshot, live: Sequence[Instance]) -> HostPlan | None:
         """Dedicated-host pools: what can launch now, and which hosts to allocate or release. Reused Macs
-        take the place of launches, so they ask for no host."""
+        take the place of launches, so they ask for no host. The engine's view of the `live` machines is
+        built only here, for a host pool (every other pool's reconcile would build it for nothing)."""
         pool, hosts, now = snapshot.pool, snapshot.hosts, snapshot.now
         if pool.hosts is None or self._hosts is None or hosts is None:
             return None
+        machines = [_machine(i, snapshot.records[i.instance_id]) for i in live]
         engine = plan_pool(pool, _demand(snapshot), machines, now)  # what the engine wants, before host room
         wanted = _launch_after_reuse(pool, engine, len(reusable(snapshot, machines, engine).reuse))
         slots = hosts.slots_per_host  # what AWS says a host takes; a configured value still wins

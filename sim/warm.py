@@ -168,6 +168,7 @@ class WarmPool:
             return None
         chosen = min(ready, key=lambda i: i.warm_at)
         chosen.left_at = now
+        self._in_pool.remove(chosen)
         return chosen
 
     def waiting(self) -> int:
@@ -185,16 +186,16 @@ class WarmPool:
         ended = order[:surplus]
         for instance in ended:
             instance.left_at, instance.ended = now, True
+        self._in_pool = [i for i in self._in_pool if i.left_at is None]
         return ended
 
     def _waiting(self) -> list[WarmInstance]:
         """`[i for i in self.instances if i.left_at is None]`, kept up to date instead of rebuilt: the
-        instances appended since the last call join it, those that left drop out (same members and order)."""
+        instances appended since the last call join it, and `take` and `shrink` drop those that leave (only
+        they set `left_at`). Same members, same order."""
         if self._seen > len(self.instances):  # the ledger was cut: look at all of it again
             self._in_pool, self._seen = [], 0
         if self._seen < len(self.instances):
             self._in_pool.extend(i for i in self.instances[self._seen :] if i.left_at is None)
             self._seen = len(self.instances)
-        if any(i.left_at is not None for i in self._in_pool):
-            self._in_pool = [i for i in self._in_pool if i.left_at is None]
-        return list(self._in_pool)
+        return self._in_pool

@@ -9,7 +9,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Generic, Protocol, TypeVar
 
 from chalicelib.capacity.routing import pool_for_tags
@@ -137,6 +137,7 @@ class World:
         self.options = options
         self.seed = seed
         self.loop = EventLoop()
+        self._start_utc = at(options, 0.0)
         self.ledger = Ledger()
         self.bus: WebhookBus[HookEvent] = WebhookBus(self.loop, options, self.rng("webhooks"))
         # Its own random stream: subscribing to Pipeline Hooks leaves every Job Hook's delivery as it was.
@@ -181,7 +182,8 @@ class World:
         return random.Random(f"{self.seed}:{stream}")
 
     def dt(self, seconds: float) -> datetime:
-        return at(self.options, seconds)
+        """`sim.model.at`, the start's UTC conversion made once (the clock of every hook and call)."""
+        return self._start_utc + timedelta(seconds=seconds)
 
     def now_dt(self) -> datetime:
         return self.dt(self.loop.now)

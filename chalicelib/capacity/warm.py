@@ -144,9 +144,18 @@ def peak_arrivals(arrivals: Sequence[datetime], now: datetime, window_s: float) 
 
 
 def scheduled_idle(pool: Pool, now: datetime) -> int:
-    """The largest `idle_count` (slots) of the policies active at any minute from now to the lookahead."""
+    """The largest `idle_count` (slots) of the policies active at any minute from now to the lookahead.
+
+    The minutes are looked at only until one reaches the pool's largest `idle_count`: none can exceed it
+    (every reconcile asks this, and each look matches the policies' cron periods)."""
     steps = int(SCHEDULE_LOOKAHEAD / _STEP)
-    return max(pool.active_policy(now + i * _STEP).idle_count for i in range(steps + 1))
+    most = max((policy.idle_count for policy in pool.policy), default=0)
+    best = 0
+    for i in range(steps + 1):
+        best = max(best, pool.active_policy(now + i * _STEP).idle_count)
+        if best >= most:
+            break
+    return best
 
 
 def warm_pool_change(wanted: WarmPoolSize, current: WarmPoolSettings | None) -> WarmPoolSettings | None:
