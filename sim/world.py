@@ -44,6 +44,23 @@ METRIC_KEYS = (
     "api_calls",
 )
 
+#: Where a pool's instance dollars go (`World.cost_parts`), each in USD; on a pool without dedicated hosts
+#: they add up to its `cost_usd` (to rounding). busy: machines running a job; boot: cold boots into the
+#: group, launch to runner ready; warm_start: machines leaving the warm pool, start to runner ready; idle:
+#: ready machines with no job before their last job, or that never got one (idle_count and scale_factor
+#: spares, machines launched for jobs another machine took); drain: after their last job until terminated;
+#: warm_pool: the warm pool's own bill, its instances' first (cold) boots billed running plus their stopped
+#: volumes; stopped: those volumes alone (part of warm_pool). On a dedicated-host pool the instance parts are
+#: 0: its cost is the hosts' bill.
+COST_PARTS = (
+    "busy_usd",
+    "boot_usd",
+    "warm_start_usd",
+    "idle_usd",
+    "drain_usd",
+    "warm_pool_usd",
+    "stopped_usd",
+)
 #: The figures of one pool within a run (`RunResult.pools`, the "pools" of `simulate --json`).
 POOL_METRIC_KEYS = (
     "jobs",
@@ -56,6 +73,7 @@ POOL_METRIC_KEYS = (
     "cost_usd",
     "idle_fraction",
     "paid_idle_host_hours",
+    *COST_PARTS,
 )
 #: GitLab.com's target for its hosted runners: 90 % of jobs start within two minutes (issue #22's goal on
 #: Linux and Windows); `started_within_120s` is the share of jobs that waited at most this long.
@@ -316,6 +334,7 @@ class World:
         for host in self.hosts.hosts:
             cost[host.pool] += host.billed_seconds(end) / 3600 * host_price(self.config, self.pool(host.pool))
             idle_host_s[host.pool] += host.paid_idle_seconds(end)
+        parts = self.cost_parts(end)
         out: dict[str, dict[str, float | int]] = {}
         for name, pool_waits in waits.items():
             pool_waits.sort()
@@ -331,7 +350,39 @@ class World:
                 "cost_usd": round(cost[name], 2),
                 "idle_fraction": round(1 - busy_s[name] / used, 3) if used else 0.0,
                 "paid_idle_host_hours": round(idle_host_s[name] / 3600, 2),
+                **{key: round(usd, 2) for key, usd in parts[name].items()},
             }
+        return out
+
+    def cost_parts(self, end: float) -> dict[str, dict[str, float]]:
+        """Each pool's instance dollars by where they go (COST_PARTS): each machine's billed time split into
+        its boot or warm start, its busy time, its idle time before or without a job, and its drain after
+        its last job; then its warm pool's bill. Dedicated-host pools (billed per host) get zeros."""
+        out = {p.name: dict.fromkeys(COST_PARTS, 0.0) for p in self.config.pools}
+        for machine in self.ledger.machines:
+            if machine.pool.hosts is not None:
+                continue
+            price = instance_price(self.config, machine.pool) / 3600
+            stop = machine.terminated_at if machine.terminated_at is not None else end
+            machine.close_busy(stop)
+            ready = min(stop, machine.ready_at if machine.ready_at is not None else stop)
+            waiting = max(0.0, stop - ready - machine.busy_s)
+            drain = 0.0
+            if machine.jobs_started and not machine.running and machine.last_busy_at is not None:
+                drain = min(waiting, max(0.0, stop - machine.last_busy_at))
+            part = out[machine.pool.name]
+            start = "warm_start_usd" if machine.from_warm else "boot_usd"
+            part[start] += (ready - machine.launched_at) * price
+            part["busy_usd"] += machine.busy_s * price
+            part["idle_usd"] += (waiting - drain) * price
+            part["drain_usd"] += drain * price
+        for warm in self.fleet.warm_history:
+            for instance in warm.instances:
+                pool = self.pool(instance.pool)
+                stopped = instance.stopped_seconds(end) / 3600 * stopped_usd_per_hour(pool.platform)
+                running = instance.running_seconds(end) / 3600 * instance_price(self.config, pool)
+                out[pool.name]["warm_pool_usd"] += running + stopped
+                out[pool.name]["stopped_usd"] += stopped
         return out
 
     def _job_done(self, job: SimJob, machine: object) -> None:

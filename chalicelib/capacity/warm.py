@@ -29,10 +29,16 @@ ARRIVAL_WINDOW = timedelta(minutes=30)
 #: stopped machine costs only its EBS volumes, so warming early is cheap; refilling late is a cold boot).
 SCHEDULE_LOOKAHEAD = timedelta(minutes=30)
 _STEP = timedelta(minutes=1)
-#: The fewest machines an auto pool that held a warm pool keeps through a quiet spell: one stopped machine
-#: costs only its EBS volumes (about 0.08 USD a day for 30 GiB of gp3), and lets a quiet spell's first job
-#: start warm.
+#: The fewest machines an auto pool keeps: one stopped machine costs only its EBS volumes (about 0.08 USD a
+#: day for 30 GiB of gp3), and lets a quiet spell's first job start warm.
 QUIET_FLOOR = 1
+#: Seconds of refill (the platform's cold boot lead, chalicelib.forecast.LEAD_S) from which a quiet pool keeps
+#: what it held: Windows (420 s) does, Linux (120 s) does not. A Windows refill pays about five minutes of a
+#: license-included instance (m6i.xlarge: about 0.03 USD), as much as 6 hours of its stopped 50 GiB volume,
+#: and a job that finds the pool short waits that boot; a Linux refill pays about a minute of an m7i.large,
+#: 0.6 hours of a stopped 30 GiB volume. Measured on the bench windows scenario: quiet pools falling to the
+#: quiet floor, wait p95 124 s; keeping what they held, 60 s, for 0.29 USD more in a day.
+QUIET_HOLD_REFILL_S = 300.0
 
 #: PutWarmPool's PoolState for each `warm_pool_state` (Amazon EC2 Auto Scaling API Reference, PutWarmPool:
 #: Stopped | Running | Hibernated; Running is never used, since a running warm machine costs as much as an
@@ -88,18 +94,21 @@ def size_warm_pool(
       taken is refilled by a cold launch into the pool, which takes `refill_s` (the platform's cold boot), so
       the pool must absorb one refill time of arrivals;
     - the schedule: the largest `idle_count` of the policies active from now to SCHEDULE_LOOKAHEAD ahead, so
-      the idle machines a period opens with, and their replacements after they take jobs, start warm;
+      the idle slots a period opens with, and their replacements after they take jobs, start warm (the
+      capacity rule meets idle_count with warm slots: chalicelib/capacity/engine.py `idle_in_group`);
     - plus the pipeline forecast's `prewarm_slots` (later stages expected within a boot time).
+    It never falls below `quiet_floor` (the most idle slots the pool's own policies may ask for), from the
+    first reconcile on, so the first jobs of a day, a night or a weekend start warm too, for the EBS volumes
+    of a few stopped machines.
     While the pool is busy (a job arrived within ARRIVAL_WINDOW, or a scheduled idle_count is on), it never
-    shrinks below `held`, the size the group holds now: the peak a burst set stays for the next one. A
-    machine let go costs a cold boot at the instance price when it is needed again, while keeping it
-    stopped costs only its EBS volumes ("Warm pools for Amazon EC2 Auto Scaling": stopped instances pay only
-    for their volumes): one minute of an m7i.large pays half an hour of a 30 GiB gp3 volume, five minutes of
-    an m6i.xlarge about six hours of a 50 GiB one. Demand alone cannot carry that memory: the job index
-    forgets a job once it is settled, so `arrivals` hold only the jobs active now. Once the pool is quiet,
-    the size falls to the demand, but not below `quiet_floor` (of what it held): the most idle slots the
-    pool's own policies may ask for, so the first jobs of a quiet spell (a night's, a weekend's) start warm
-    too, for the EBS volumes of a few stopped machines.
+    shrinks below `held`, the size the group holds now: the peak a burst set stays for the next one. The job
+    index forgets a job once it is settled, so `arrivals` hold only the jobs active now, and demand alone
+    cannot carry that memory; sizing on them alone was measured and rejected (bench wait p95: linux-workday
+    32 -> 79 s, windows 56 -> 306 s). Once the pool is quiet, it falls to the demand and the quiet floor,
+    unless a refill takes at least QUIET_HOLD_REFILL_S: then it keeps what it held, as a cold boot there costs
+    minutes of wait and of the instance price while a stopped machine costs only its volumes ("Warm pools
+    for Amazon EC2 Auto Scaling": stopped instances pay only for their EBS volumes; AWS terminates the
+    surplus when the size falls, PutWarmPool).
     A number is a fixed size; "off", Spot and dedicated-host pools have none (`Pool.warm_pool_on`).
     """
     state = POOL_STATES[pool.warm_pool_state]
@@ -114,11 +123,12 @@ def size_warm_pool(
     slots = max(burst, scheduled) + max(0, prewarm_slots)
     wanted = math.ceil(slots / slots_per_new_machine(pool))
     busy = scheduled > 0 or any(now - ARRIVAL_WINDOW <= t <= now for t in arrivals)
-    kept = max(0, held) if busy else min(max(0, held), quiet_floor(pool))
+    holds = busy or refill_s >= QUIET_HOLD_REFILL_S
+    kept = max(max(0, held) if holds else 0, quiet_floor(pool))
     machines = min(max(wanted, kept), pool.max_instances)
     reason = (
         f"{burst} arrivals in {refill_s:.0f} s, idle_count {scheduled} ahead, {prewarm_slots} prewarm"
-        + (f", {kept} kept {'while busy' if busy else 'while quiet'}" if kept > wanted else "")
+        + (f", {kept} kept while {'busy' if busy else 'quiet'}" if kept > wanted else "")
         + f" -> {machines} (max_instances {pool.max_instances})"
     )
     return WarmPoolSize(pool.name, machines, reason, state)

@@ -16,6 +16,7 @@ from chalice.test import Client
 
 from app import app
 from chalicelib.capacity.warm import WarmPoolSettings
+from chalicelib.config import Platform
 from chalicelib.store import JobRecord
 from tests.functional.conftest import Stack
 from toolkit.status import snapshot
@@ -84,18 +85,18 @@ def test_a_warm_pool_someone_set_to_reuse_machines_is_put_back_to_never_reuse(st
         "autoscaling",
         "put_warm_pool",
         AutoScalingGroupName="test-gpu",
-        MinSize=0,
-        MaxGroupPreparedCapacity=0,
+        MinSize=1,
+        MaxGroupPreparedCapacity=1,
         PoolState="Stopped",
         InstanceReusePolicy={"ReuseOnScaleIn": True},
     )
     # WHEN the tick runs with no demand
     with Client(app) as client:
         tick(client)
-    # THEN the scaler puts ReuseOnScaleIn back to false (same size)
+    # THEN the scaler puts ReuseOnScaleIn back to false (same size: the quiet floor of one machine)
     assert warm_pool(stack, "test-gpu") == {
-        "MinSize": 0,
-        "MaxGroupPreparedCapacity": 0,
+        "MinSize": 1,
+        "MaxGroupPreparedCapacity": 1,
         "PoolState": "Stopped",
         "InstanceReusePolicy": {"ReuseOnScaleIn": False},
     }
@@ -197,3 +198,52 @@ def test_a_dry_run_shows_the_warm_pool_its_plan_would_put_and_puts_nothing(stack
         "PoolState": "Stopped",
         "InstanceReusePolicy": {"ReuseOnScaleIn": False},
     }
+
+
+def use_pool(stack: Stack, name: str, **update: object) -> None:
+    """The stack's config with pool `name` changed (as a new config version would)."""
+    pools = tuple(p.model_copy(update=update) if p.name == name else p for p in stack.config.pools)
+    stack.config = stack.config.model_copy(update={"pools": pools})
+    stack.runtime.config = stack.config
+
+
+def test_a_pool_that_never_had_a_job_keeps_one_stopped_machine_from_the_first_tick(stack: Stack) -> None:
+    # GIVEN the on-demand pool "gpu" (warm_pool "auto", no idle_count) has had no job yet
+    # WHEN the first tick runs
+    with Client(app) as client:
+        tick(client)
+    # THEN its warm pool holds one stopped machine (its quiet floor), so its first job starts warm
+    assert warm_pool(stack, "test-gpu") == {
+        "MinSize": 1,
+        "MaxGroupPreparedCapacity": 1,
+        "PoolState": "Stopped",
+        "InstanceReusePolicy": {"ReuseOnScaleIn": False},
+    }
+    # AND no machine runs idle in the group
+    assert stack.desired("test-gpu") == 0
+
+
+def test_a_quiet_pool_keeps_what_it_held_only_where_a_refill_is_a_long_cold_boot(stack: Stack) -> None:
+    # GIVEN the gpu group's warm pool holds 2 (a day's burst) and the pool is quiet (no job)
+    stack.aws.call(
+        "autoscaling",
+        "put_warm_pool",
+        AutoScalingGroupName="test-gpu",
+        MinSize=2,
+        MaxGroupPreparedCapacity=2,
+        InstanceReusePolicy={"ReuseOnScaleIn": False},
+    )
+    # WHEN gpu is a Windows pool (a refill is a 5-15 minute cold boot) and the tick runs
+    use_pool(stack, "gpu", platform=Platform.WINDOWS)
+    with Client(app) as client:
+        tick(client)
+    # THEN it keeps its 2 stopped machines, with no call
+    assert warm_pool(stack, "test-gpu")["MinSize"] == 2  # type: ignore[index]
+    assert stack.runtime.aws.calls["autoscaling.PutWarmPool"] == 1  # the setup's own
+    # WHEN it is a Linux pool again (a refill is about a minute) and the tick runs
+    use_pool(stack, "gpu", platform=Platform.LINUX)
+    with Client(app) as client:
+        stack.advance(seconds=60)
+        tick(client)
+    # THEN the warm pool shrinks to its quiet floor: AWS terminates the surplus stopped machine
+    assert warm_pool(stack, "test-gpu")["MinSize"] == 1  # type: ignore[index]

@@ -56,17 +56,27 @@ class TestScaleUp:
         p = pool(policy=[{"idle_count": 2}])
         assert plan_pool(p, Demand(), [], T0).launch == 2
 
-    def test_warm_slots_cover_the_scale_factor_headroom_never_idle_count_nor_pending_jobs(self) -> None:
+    def test_warm_slots_meet_the_idle_target_idle_count_included_never_pending_jobs(self) -> None:
         # GIVEN idle_count 1 and a scale factor that asks 4 idle slots for 8 jobs in use
         p = pool(max_instances=50, policy=[{"idle_count": 1, "scale_factor": 0.5, "scale_factor_limit": 4}])
         busy = [machine(f"i-{n}", "busy", running_jobs=1, jobs_started=1) for n in range(8)]
         # WHEN the warm pool holds nothing THEN the 4 idle slots launch
         assert plan_pool(p, Demand(running=8), busy, T0).launch == 4
-        # WHEN it holds 10 (they start in seconds) THEN only idle_count's 1 runs idle in the group
-        covered = plan_pool(p, Demand(running=8, warm=10), busy, T0)
-        assert covered.launch == 1 and "3 warm" in covered.summary()
+        # WHEN it holds 3 (they start in seconds) THEN one idle slot runs in the group, the other 3 wait warm
+        partly = plan_pool(p, Demand(running=8, warm=3), busy, T0)
+        assert partly.launch == 1 and "3 warm" in partly.summary()
+        # WHEN it holds 10 THEN no runner waits idle in the group, idle_count's included (issue #22: a warm
+        # machine is a slot that arrives after its warm-start time)
+        assert plan_pool(p, Demand(running=8, warm=10), busy, T0).launch == 0
         # AND pending jobs still launch one machine each (a launch takes a warm machine first)
-        assert plan_pool(p, Demand(pending=3, running=8, warm=10), busy, T0).launch == 4
+        assert plan_pool(p, Demand(pending=3, running=8, warm=10), busy, T0).launch == 3
+
+    def test_without_a_warm_pool_idle_count_runs_idle_in_the_group(self) -> None:
+        # GIVEN idle_count 2 and no warm pool THEN 2 idle machines launch, as in gitlab-runner
+        p = pool(policy=[{"idle_count": 2}])
+        assert plan_pool(p, Demand(warm=0), [], T0).launch == 2
+        # AND one warm slot leaves one of them to the warm pool
+        assert plan_pool(p, Demand(warm=1), [], T0).launch == 1
 
     def test_capped_by_max_instances(self) -> None:
         plan = plan_pool(pool(max_instances=4), Demand(pending=10), [machine("i-1", "busy")], T0)
@@ -214,21 +224,17 @@ def test_desired_is_monotone_in_pending_jobs(p, demand, machines, more) -> None:
 
 @settings(max_examples=300)
 @given(pools_st, demands, fleets(), st.integers(0, 20))
-def test_more_warm_slots_never_launch_more_and_never_drop_idle_count_or_pending(  # type: ignore[no-untyped-def]
+def test_more_warm_slots_never_launch_more_and_never_drop_pending(  # type: ignore[no-untyped-def]
     p, demand, machines, more
 ) -> None:
     cold = plan_pool(p, replace(demand, warm=0), machines, T0)
     warm = plan_pool(p, replace(demand, warm=demand.warm + more), machines, T0)
     base = plan_pool(p, demand, machines, T0)
     assert warm.desired <= base.desired <= cold.desired
-    # What the warm pool may replace is only the scale-factor headroom above idle_count: the group still
-    # asks for every pending job and for idle_count (within max_instances and growth).
+    # What the warm pool may replace is only the idle target: the group still asks for every pending job
+    # and every prewarm slot (within max_instances and growth), as a pool whose policy keeps no idle slot.
     floor = replace(demand, warm=10**6)
     policy = p.active_policy(T0)
-    unwarmed = plan_pool(
-        p.model_copy(update={"policy": (policy.model_copy(update={"scale_factor": 0.0}),)}),
-        replace(demand, warm=0),
-        machines,
-        T0,
-    )
+    no_idle = policy.model_copy(update={"idle_count": 0, "scale_factor": 0.0})
+    unwarmed = plan_pool(p.model_copy(update={"policy": (no_idle,)}), replace(demand, warm=0), machines, T0)
     assert plan_pool(p, floor, machines, T0).desired >= unwarmed.desired

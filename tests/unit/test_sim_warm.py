@@ -32,7 +32,7 @@ from sim.warm import (
     stopped_usd_per_hour,
     warm_start_time,
 )
-from sim.world import World
+from sim.world import COST_PARTS, World
 from tests.unit.test_sim import EXACT, job, make_config
 
 LINUX_START = WARM_START_S[(Platform.LINUX, WarmState.STOPPED)]
@@ -52,22 +52,25 @@ class TestOursHonoursItsWarmPool:
         world = World(config, trace, seed=0, options=EXACT)
         ours = Ours()
         result = world.run(ours)
-        # THEN the burst launched cold (the pool was empty) and the fourth job left the warm pool: it waited
-        # a start from stopped plus our path (secret, Docker restart, run-single's first poll), not a boot
+        # THEN the burst's first job took the one stopped machine the pool keeps from the first reconcile
+        # (its quiet floor), the other two launched cold, and the fourth job left the warm pool: it waited a
+        # start from stopped plus our path (secret, Docker restart, run-single's first poll), not a boot
         machines = {m.instance_id: m for m in world.ledger.machines}
         fourth = world.jobs[3].machine
         assert fourth is not None and fourth.from_warm
         assert LINUX_START[0] + OURS_READY[0] <= fourth.boot_s <= LINUX_START[1] + OURS_READY[1]
         assert world.jobs[3].wait_s < EXACT.boot_s  # type: ignore[operator]
-        assert [m.from_warm for m in world.ledger.machines[:3]] == [False, False, False]
-        # AND the reconcile sized the pool to the burst (three instances launched into it together), it
-        # was refilled after the take, and once quiet it keeps one stopped machine (QUIET_FLOOR)
+        assert [m.from_warm for m in world.ledger.machines[:3]] == [True, False, False]
+        # AND the reconcile sized the pool to the burst (three instances launched into it together, the
+        # refill of the first take among them), it was refilled after the take, and once quiet it keeps one
+        # stopped machine (QUIET_FLOOR)
         pool = world.fleet.warm_pools["linux"]
         assert pool.spec.readiness is Readiness.SECRET
-        first = [i.created_at for i in pool.instances[:3]]
-        assert len(set(first)) == 1 and first[0] > 100.0
+        assert pool.instances[0].created_at == 0.0
+        burst = [i.created_at for i in pool.instances[1:4]]
+        assert len(set(burst)) == 1 and burst[0] > 100.0
         taken = [i for i in pool.instances if i.left_at is not None and not i.ended]
-        assert [i.instance_id for i in taken] == [fourth.instance_id]
+        assert [i.instance_id for i in taken] == [world.jobs[0].machine.instance_id, fourth.instance_id]  # type: ignore[union-attr]
         assert any(i.created_at == fourth.launched_at for i in pool.instances)  # the refill
         assert pool.spec.size == 1 and pool.waiting() == 1
         # AND the machine that left got its runner and secret on leaving, while a machine still in the pool
@@ -80,6 +83,25 @@ class TestOursHonoursItsWarmPool:
         # AND a used machine never goes back: no instance still in the pool ever served a job
         assert not {i.instance_id for i in waiting} & set(machines)
         assert result.metrics["busy_killed"] == 0
+
+    def test_idle_count_waits_in_the_warm_pool_not_as_idle_runners(self) -> None:
+        """Issue #22's capacity rule through the real reconcile: a warm machine is a slot that arrives after
+        its warm-start time, so idle_count is met by the warm pool and no runner waits idle, billed."""
+        # GIVEN an auto warm pool on a pool that keeps idle_count 2, and one job an hour in
+        config = warm_config(policy=[{"idle_count": 2}])
+        world = World(config, [job(1, 3600.0, 0, 60.0)], seed=0, options=EXACT)
+        seen: list[tuple[int, int]] = []
+        world.loop.at(
+            3000.0,
+            lambda: seen.append((len(world.fleet.live("linux")), world.fleet.warm_pools["linux"].waiting())),
+        )
+        world.run(Ours())
+        # THEN before the job, the group runs no machine and its warm pool holds the 2 idle slots
+        assert seen == [(0, 2)]
+        # AND the job started from the warm pool, a warm start after it turned pending, not a boot
+        machine = world.jobs[0].machine
+        assert machine is not None and machine.from_warm
+        assert world.jobs[0].wait_s < EXACT.boot_s  # type: ignore[operator]
 
     def test_the_bill_has_each_refill_boot_at_the_instance_price_and_stopped_time_at_ebs(self) -> None:
         # GIVEN ours with a fixed warm pool of 2 and one job
@@ -99,6 +121,34 @@ class TestOursHonoursItsWarmPool:
             Platform.LINUX
         )
         assert result.metrics["cost_usd"] == pytest.approx(expected, abs=0.011)
+        # AND the pool's figures say where those dollars went: the warm pool's bill (three 60 s boots and the
+        # stopped volumes), the machine's warm start, its job, and nothing idle; together, the cost
+        parts = world.cost_parts(end)["linux"]
+        hour = 3600 / 0.36  # seconds of the instance price per USD
+        assert parts["warm_pool_usd"] == pytest.approx(3 * 60.0 / hour + parts["stopped_usd"])
+        assert parts["stopped_usd"] == pytest.approx(stopped / 3600 * stopped_usd_per_hour(Platform.LINUX))
+        assert parts["warm_start_usd"] == pytest.approx(
+            ((machine.ready_at or 0.0) - machine.launched_at) / hour
+        )
+        assert parts["busy_usd"] == pytest.approx(120.0 / hour)
+        assert parts["boot_usd"] == parts["idle_usd"] == parts["drain_usd"] == 0.0
+        figures = result.pools["linux"]
+        assert sum(figures[k] for k in COST_PARTS if k != "stopped_usd") == pytest.approx(
+            figures["cost_usd"], abs=0.011
+        )
+
+    def test_the_cost_parts_of_a_cold_fleet_are_boots_jobs_and_idle_time(self) -> None:
+        # GIVEN no warm pool, a pool that keeps one machine idle, and one job after its boot
+        config = make_config({"policy": [{"idle_count": 1, "idle_time": "1h"}]})
+        world = World(config, [job(1, 600.0, 0, 120.0)], seed=0, options=EXACT)
+        result = world.run(Ours())
+        # THEN boots, the job and the idle waits account for the whole bill, and no warm pool is paid
+        figures = result.pools["linux"]
+        assert figures["boot_usd"] > 0 and figures["idle_usd"] > 0 and figures["busy_usd"] > 0
+        assert figures["warm_pool_usd"] == figures["stopped_usd"] == figures["warm_start_usd"] == 0.0
+        assert sum(figures[k] for k in COST_PARTS if k != "stopped_usd") == pytest.approx(
+            figures["cost_usd"], abs=0.011
+        )
 
     def test_off_means_no_warm_pool_and_every_launch_boots_cold(self) -> None:
         world = World(make_config(), [job(1, 600.0, 0, 60.0)], seed=0, options=EXACT)

@@ -17,17 +17,19 @@ from hypothesis import strategies as st
 
 from chalicelib.capacity.warm import (
     ARRIVAL_WINDOW,
+    QUIET_HOLD_REFILL_S,
     WarmPoolSettings,
     needs_delete,
     peak_arrivals,
     prewarm_to_launch,
+    quiet_floor,
     size_warm_pool,
     warm_lead_s,
     warm_pool_change,
 )
-from chalicelib.config import parse_config
+from chalicelib.config import Platform, parse_config
 from chalicelib.errors import ConfigError
-from chalicelib.forecast import quantile
+from chalicelib.forecast import LEAD_S, quantile
 from chalicelib.reconcile import _prewarm
 from tests.builders import T0, pool
 from tests.unit.test_forecast import WINDOWS, learned, windows_three_stages
@@ -95,10 +97,11 @@ def test_a_spot_pool_may_say_zero_or_off() -> None:
     assert not pool(spot=True, warm_pool="off").warm_pool_on
 
 
-def test_no_demand_keeps_an_empty_pool_and_a_burst_keeps_one_refill_time_of_arrivals() -> None:
-    # GIVEN an auto pool with no idle_count
+def test_no_demand_keeps_the_quiet_floor_and_a_burst_keeps_one_refill_time_of_arrivals() -> None:
+    # GIVEN an auto pool with no idle_count that never had a job
     quiet = size_warm_pool(pool(), T0, arrivals=[], prewarm_slots=0, refill_s=REFILL_S)
-    assert quiet.machines == 0 and quiet.settings == WarmPoolSettings(0, 0, "Stopped", False)
+    # THEN it keeps one stopped machine from the first reconcile on, so its first job starts warm
+    assert quiet.machines == 1 and quiet.settings == WarmPoolSettings(1, 1, "Stopped", False)
     # WHEN 4 jobs arrived within one minute, 10 minutes ago, and 1 job just now
     arrivals = [T0 - timedelta(minutes=10, seconds=s) for s in (0, 10, 20, 50)] + [T0]
     size = size_warm_pool(pool(), T0, arrivals=arrivals, prewarm_slots=0, refill_s=REFILL_S)
@@ -108,7 +111,7 @@ def test_no_demand_keeps_an_empty_pool_and_a_burst_keeps_one_refill_time_of_arri
 
 def test_arrivals_older_than_the_window_are_forgotten() -> None:
     old = [T0 - ARRIVAL_WINDOW - timedelta(seconds=s + 1) for s in range(6)]
-    assert size_warm_pool(pool(), T0, arrivals=old, prewarm_slots=0, refill_s=REFILL_S).machines == 0
+    assert size_warm_pool(pool(), T0, arrivals=old, prewarm_slots=0, refill_s=REFILL_S).machines == 1
 
 
 def test_a_period_opening_soon_is_warmed_now() -> None:
@@ -118,10 +121,11 @@ def test_a_period_opening_soon_is_warmed_now() -> None:
     )
     now = T0.replace(hour=12, minute=45)
     # THEN the warm pool already holds those 3 (a stopped machine costs only its EBS volumes)
-    assert size_warm_pool(scheduled, now, arrivals=[], prewarm_slots=0, refill_s=REFILL_S).machines == 3
-    # AND two hours before, nothing
-    early = T0.replace(hour=10)
-    assert size_warm_pool(scheduled, early, arrivals=[], prewarm_slots=0, refill_s=REFILL_S).machines == 0
+    soon = size_warm_pool(scheduled, now, arrivals=[], prewarm_slots=0, refill_s=REFILL_S)
+    assert soon.machines == 3 and "idle_count 3 ahead" in soon.reason
+    # AND two hours before, the same 3, as the quiet floor: the most idle slots its policies ask for
+    early = size_warm_pool(scheduled, T0.replace(hour=10), arrivals=[], prewarm_slots=0, refill_s=REFILL_S)
+    assert early.machines == 3 and "idle_count 0 ahead" in early.reason and "kept while quiet" in early.reason
 
 
 def test_the_pipeline_forecast_adds_to_the_burst() -> None:
@@ -242,9 +246,9 @@ def test_a_busy_pool_keeps_the_size_it_holds_and_a_quiet_one_falls_to_one() -> N
     assert (
         size_warm_pool(scheduled, T0, arrivals=[], prewarm_slots=0, refill_s=REFILL_S, held=6).machines == 6
     )
-    # WHEN no job arrived within the window THEN it keeps one stopped machine (and none it never held)
+    # WHEN no job arrived within the window THEN it keeps one stopped machine, held before or not
     assert size_warm_pool(pool(), T0, arrivals=[], prewarm_slots=0, refill_s=REFILL_S, held=6).machines == 1
-    assert size_warm_pool(pool(), T0, arrivals=[], prewarm_slots=0, refill_s=REFILL_S, held=0).machines == 0
+    assert size_warm_pool(pool(), T0, arrivals=[], prewarm_slots=0, refill_s=REFILL_S, held=0).machines == 1
     # AND the held size never passes max_instances
     capped = pool(max_instances=3)
     assert size_warm_pool(capped, T0, arrivals=one_now, prewarm_slots=0, refill_s=1, held=9).machines == 3
@@ -273,7 +277,9 @@ def test_holding_only_ever_keeps_machines_and_stays_within_bounds(
     if busy:
         assert kept.machines == min(max(fresh.machines, held), max_instances)
     else:
-        assert kept.machines <= max(fresh.machines, 1)
+        assert kept.machines == fresh.machines  # a short refill: quiet means the demand and the floor
+    # Never below the quiet floor (within max_instances), held or not
+    assert fresh.machines >= min(quiet_floor(subject), max_instances)
 
 
 def test_a_quiet_pool_keeps_the_most_idle_slots_its_policies_may_ask_for() -> None:
@@ -295,7 +301,24 @@ def test_a_quiet_pool_keeps_the_most_idle_slots_its_policies_may_ask_for() -> No
     size = size_warm_pool(subject, night, arrivals=[], prewarm_slots=0, refill_s=REFILL_S, held=20)
     # THEN it keeps 8 stopped machines (what its own policies may ask for), not 20, not 1
     assert size.machines == 8 and "kept while quiet" in size.reason
-    # AND never more than it held
+    # AND the same 8 when it held fewer: the first jobs of the morning start warm
     assert (
-        size_warm_pool(subject, night, arrivals=[], prewarm_slots=0, refill_s=REFILL_S, held=3).machines == 3
+        size_warm_pool(subject, night, arrivals=[], prewarm_slots=0, refill_s=REFILL_S, held=3).machines == 8
     )
+
+
+def test_a_quiet_pool_whose_refill_is_a_long_boot_keeps_what_it_held() -> None:
+    # GIVEN a pool that held 9 warm machines through the day, at night, with no job and no idle_count ahead
+    night = T0.replace(hour=2)
+    subject = pool(max_instances=40, policy=[{"idle_count": 0}])
+    # WHEN its refill is a Windows cold boot (forecast.LEAD_S: 420 s) THEN it keeps the 9: a refill costs
+    # minutes of the instance price and of a job's wait, a stopped machine only its volumes
+    windows_refill, linux_refill = LEAD_S[Platform.WINDOWS], LEAD_S[Platform.LINUX]
+    windows = size_warm_pool(subject, night, arrivals=[], prewarm_slots=0, refill_s=windows_refill, held=9)
+    assert windows.machines == 9 and "9 kept while quiet" in windows.reason
+    assert LEAD_S[Platform.WINDOWS] >= QUIET_HOLD_REFILL_S
+    # WHEN its refill is a Linux cold boot (120 s) THEN it falls to its quiet floor (1 machine)
+    linux = size_warm_pool(subject, night, arrivals=[], prewarm_slots=0, refill_s=linux_refill, held=9)
+    assert linux.machines == 1
+    # AND AWS terminates the surplus warm instances when the size falls (PutWarmPool): the size is absolute
+    assert linux.settings == WarmPoolSettings(1, 1, "Stopped", False)
