@@ -621,7 +621,6 @@ class Standby:
     #: Idle Macs (no job for the active policy's `idle_time`) alone on a host past its minimum allocation:
     #: drained and terminated, so that the host scrubs (unbilled) and the host plan releases it.
     release: tuple[str, ...] = ()
-    reasons: tuple[str, ...] = ()
 
 
 def plan_standby(
@@ -650,7 +649,6 @@ def plan_standby(
     may_end = max(0, len(usable) - cfg.min_hosts)
     kept: list[str] = []
     ended: list[str] = []
-    reasons: list[str] = []
     for host in sorted(usable, key=lambda h: (h.paid_until(cfg), h.host_id)):
         if now < host.paid_until(cfg):
             kept.append(host.host_id)
@@ -663,12 +661,6 @@ def plan_standby(
         if long_idle and may_end > 0:
             may_end -= 1
             ended.extend(m.instance_id for m in idle)
-            reasons.append(
-                f"end standby on {host.host_id}: idle >= idle_time {format_duration(idle_time)}, "
-                f"host past min_allocation {format_duration(cfg.min_allocation)}"
-            )
             continue
         kept.append(host.host_id)
-    if kept:
-        reasons.insert(0, f"standby: {len(kept)} kept hosts hold a booted machine each")
-    return Standby(slots=per_host * len(kept), kept=tuple(kept), release=tuple(ended), reasons=tuple(reasons))
+    return Standby(slots=per_host * len(kept), kept=tuple(kept), release=tuple(ended))
