@@ -107,8 +107,9 @@ def size_warm_pool(
     32 -> 79 s, windows 56 -> 306 s). Once the pool is quiet, it falls to the demand and the quiet floor,
     unless a refill takes at least QUIET_HOLD_REFILL_S: then it keeps what it held, as a cold boot there costs
     minutes of wait and of the instance price while a stopped machine costs only its volumes ("Warm pools
-    for Amazon EC2 Auto Scaling": stopped instances pay only for their EBS volumes; AWS terminates the
-    surplus when the size falls, PutWarmPool).
+    for Amazon EC2 Auto Scaling": stopped instances pay only for their EBS volumes). When the size falls,
+    Auto Scaling "can terminate instances in the warm pool to reduce its size when it is larger than
+    necessary based on its settings" (same guide, instance reuse policy, 2023 edition).
     A number is a fixed size; "off", Spot and dedicated-host pools have none (`Pool.warm_pool_on`).
     """
     state = POOL_STATES[pool.warm_pool_state]
