@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from chalicelib.capacity import Machine, MachineState, machine_free_slots
+from chalicelib.capacity import free_slots
 from chalicelib.config import Config, Pool
 from chalicelib.errors import AwsCallError, GitLabError, MalformedEventError, NotFoundError, RetryLaterError
 from chalicelib.fleet import Fleet
@@ -199,11 +199,11 @@ class Lifecycle:
         # The slots ahead are counted only until they cover every waiting job: then no job waited for this
         # machine, whatever the rest add (a launch with nothing pending counts none).
         ahead = 0
-        for machine in others:
+        for m in others:
             if ahead >= len(waiting):
                 return None
-            if machine.runner_id is not None:
-                ahead += machine_free_slots(pool, _in_service(machine))
+            if m.runner_id is not None and m.draining_since is None:  # a draining machine has no free slot
+                ahead += free_slots(pool, running_jobs=len(m.running), jobs_started=m.jobs_started)
         return scale_up_seconds(waiting, ahead, now)
 
     def _prepare(
@@ -508,17 +508,6 @@ def pending_since(job: JobRecord) -> datetime | None:
     if job.status != "pending":
         return None
     return job.updated_at or job.created_at
-
-
-def _in_service(record: MachineRecord) -> Machine:
-    """A registered machine as the capacity engine counts its free slots (draining machines have none)."""
-    return Machine(
-        instance_id=record.instance_id,
-        state=MachineState.DRAINING if record.draining_since is not None else MachineState.IDLE,
-        launched_at=record.launched_at,
-        jobs_started=record.jobs_started,
-        running_jobs=len(record.running),
-    )
 
 
 # -- entry point for the EventBridge handler (the only code here that touches the ports) ----------------

@@ -66,6 +66,8 @@ class SimGitLab:
         self._ids = itertools.count(FIRST_JOB_ID)
         self.jobs: dict[int, SimJob] = {}
         self.retired: dict[int, SimJob] = {}  # old id of a retried job -> the job
+        #: `jobs`' values, project by project, in `jobs`' order (a retried job again under its new id).
+        self._by_project: dict[int, list[SimJob]] = {}
         self.pending: dict[int, SimJob] = {}  # insertion order = GitLab's queue order
         self._pending_tags: Counter[tuple[str, ...]] = Counter()  # pending jobs by tag set
         #: The pending jobs of each tag set, in queue order: a runner looks only at the jobs it may take.
@@ -91,7 +93,7 @@ class SimGitLab:
         self._pipeline_status[pipeline_id] = "created"
         for job in jobs:
             job.job_id = next(self._ids)
-            self.jobs[job.job_id] = job
+            self._add(job)
         for job in groups[0]:
             self.make_pending(job)
 
@@ -120,7 +122,7 @@ class SimGitLab:
             self.retired[job.job_id] = job
             job.job_id = next(self._ids)
             job.machine = None
-            self.jobs[job.job_id] = job
+            self._add(job)
             self.make_pending(job)
         return killed
 
@@ -199,11 +201,7 @@ class SimGitLab:
 
     def project_jobs(self, project_id: int, scope: Sequence[str]) -> list[JobInfo]:
         wanted = set(scope)
-        return [
-            self._info(j, j.status)
-            for j in self.jobs.values()
-            if j.project_id == project_id and j.status in wanted
-        ]
+        return [self._info(j, j.status) for j in self._by_project.get(project_id, []) if j.status in wanted]
 
     def pipeline_jobs(self, pipeline_id: int) -> list[JobInfo]:
         groups = self._pipelines.get(pipeline_id, [])
@@ -222,6 +220,11 @@ class SimGitLab:
         if takes is None:
             takes = self._tag_rule[key] = runner_takes(tags, pool.tags, pool.run_untagged)
         return takes
+
+    def _add(self, job: SimJob) -> None:
+        """A job under its (new) id: in `jobs`, and in its project's list (every id is new, never reused)."""
+        self.jobs[job.job_id] = job
+        self._by_project.setdefault(job.project_id, []).append(job)
 
     def _matching(self, takes: Callable[[tuple[str, ...]], bool]) -> Iterator[SimJob]:
         """The pending jobs whose tags `takes` accepts, in queue order, as the queue holds them now (read it

@@ -3,7 +3,7 @@
 Data in, decision out; `now` is a parameter. Imports only config models and the standard library (no boto3).
 """
 
-from chalicelib.capacity.engine import idle_target, machine_free_slots, plan_pool
+from chalicelib.capacity.engine import free_slots, idle_target, machine_free_slots, plan_pool
 from chalicelib.capacity.model import Demand, Machine, MachineState, PoolPlan, Removal, RemovalReason
 from chalicelib.capacity.routing import pool_for_tags, runner_takes
 
@@ -14,6 +14,7 @@ __all__ = [
     "PoolPlan",
     "Removal",
     "RemovalReason",
+    "free_slots",
     "idle_target",
     "machine_free_slots",
     "plan_pool",

@@ -44,8 +44,14 @@ def machine_free_slots(pool: Pool, machine: Machine) -> int:
     """Slots a machine can still take: free capacity, bounded by the jobs left before `max_use_count`."""
     if machine.state is MachineState.DRAINING:
         return 0
-    free = max(0, pool.capacity_per_instance - machine.running_jobs)
-    remaining = pool.remaining_uses(machine.jobs_started)
+    return free_slots(pool, running_jobs=machine.running_jobs, jobs_started=machine.jobs_started)
+
+
+def free_slots(pool: Pool, *, running_jobs: int, jobs_started: int) -> int:
+    """`machine_free_slots` of a machine that is not draining, from its two counts: for a caller that holds
+    a machine's record rather than the engine's view of it (no Machine to build per machine)."""
+    free = max(0, pool.capacity_per_instance - running_jobs)
+    remaining = pool.remaining_uses(jobs_started)
     return free if remaining is None else min(free, remaining)
 
 
