@@ -6,8 +6,10 @@ Plain dataclasses over simulated seconds (floats since the trace's start). Impor
 from __future__ import annotations
 
 import random
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import PrivateAttr
@@ -260,19 +262,40 @@ class ProjectInfo:
 class CachedPool(Pool):
     """A `Pool` whose active policy is remembered per minute: periods are cron expressions matched on whole
     minutes (`Policy.matches` drops the seconds), so the answer cannot change within one. Same decisions as
-    `Pool`, without re-parsing cron on each of the simulator's thousands of reconciles."""
+    `Pool`, without re-parsing cron on each of the simulator's thousands of reconciles.
 
-    _policy_cache: dict[int, Policy] = PrivateAttr(default_factory=dict)
+    When every period's minute field is `*` (each matches whole hours), the answer is remembered per local
+    hour of each policy's time zone instead: `Policy.matches` reads the time in the policy's zone, and with
+    any minute allowed only the hour, day, month and weekday decide. A day then asks cron once an hour, not
+    once a minute."""
+
+    _policy_cache: dict[Hashable, Policy] = PrivateAttr(default_factory=dict)
+    _hour_zones: tuple[ZoneInfo, ...] | None = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any, /) -> None:
+        super().model_post_init(context)
+        hourly = all(period.split()[0] == "*" for policy in self.policy for period in policy.periods)
+        if hourly:
+            self._hour_zones = tuple(dict.fromkeys(policy.zone for policy in self.policy))
 
     def active_policy(self, now: datetime) -> Policy:
-        minute = int(now.timestamp()) // 60
-        cached = self._policy_cache.get(minute)
+        key = self._cache_key(now)
+        cached = self._policy_cache.get(key)
         if cached is None:
             cached = super().active_policy(now)
             if len(self._policy_cache) > 10_000:
                 self._policy_cache.clear()
-            self._policy_cache[minute] = cached
+            self._policy_cache[key] = cached
         return cached
+
+    def _cache_key(self, now: datetime) -> Hashable:
+        if self._hour_zones is None:
+            return int(now.timestamp()) // 60
+        hours = []
+        for zone in self._hour_zones:
+            local = now.astimezone(zone)
+            hours.append((local.year, local.month, local.day, local.hour))
+        return tuple(hours)
 
 
 def with_policy_cache(config: Config) -> Config:
