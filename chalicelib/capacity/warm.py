@@ -126,13 +126,25 @@ def size_warm_pool(
     busy = scheduled > 0 or any(now - ARRIVAL_WINDOW <= t <= now for t in arrivals)
     holds = busy or refill_s >= QUIET_HOLD_REFILL_S
     kept = max(max(0, held) if holds else 0, quiet_floor(pool))
-    machines = min(max(wanted, kept), pool.max_instances)
+    bound, bound_by = auto_bound(pool)
+    machines = min(max(wanted, kept), bound)
     reason = (
         f"{burst} arrivals in {refill_s:.0f} s, idle_count {scheduled} ahead, {prewarm_slots} prewarm"
         + (f", {kept} kept while {'busy' if busy else 'quiet'}" if kept > wanted else "")
-        + f" -> {machines} (max_instances {pool.max_instances})"
+        + f" -> {machines} ({bound_by})"
     )
     return WarmPoolSize(pool.name, machines, reason, state)
+
+
+def auto_bound(pool: Pool) -> tuple[int, str]:
+    """The most machines an auto warm pool holds, and what sets it: `max_instances`, and `max_growth_rate`
+    when set. Every machine the warm pool lacks is launched at once and boots cold (a refill, or a larger
+    size), so a pool above `max_growth_rate` would have Auto Scaling boot more machines in parallel than
+    the operator allows the fleet (docker+machine's MaxGrowthRate: machines "being created in parallel").
+    """
+    if 0 < pool.max_growth_rate < pool.max_instances:
+        return pool.max_growth_rate, f"max_growth_rate {pool.max_growth_rate}"
+    return pool.max_instances, f"max_instances {pool.max_instances}"
 
 
 def quiet_floor(pool: Pool) -> int:

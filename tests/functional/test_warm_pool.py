@@ -247,3 +247,16 @@ def test_a_quiet_pool_keeps_what_it_held_only_where_a_refill_is_a_long_cold_boot
         tick(client)
     # THEN the warm pool shrinks to its quiet floor: AWS terminates the surplus stopped machine
     assert warm_pool(stack, "test-gpu")["MinSize"] == 1  # type: ignore[index]
+
+
+def test_the_warm_pool_the_tick_puts_never_exceeds_max_growth_rate(stack: Stack) -> None:
+    # GIVEN gpu may hold 10 machines but boot only 2 at once, and 5 jobs just turned pending
+    use_pool(stack, "gpu", max_instances=10, max_growth_rate=2)
+    for job_id in range(1, 6):
+        record(stack, job_id, "pending", "gpu")
+    # WHEN the tick runs
+    with Client(app) as client:
+        tick(client)
+    # THEN the warm pool it puts holds 2: a larger one would have Auto Scaling boot more in parallel
+    assert warm_pool(stack, "test-gpu")["MinSize"] == 2  # type: ignore[index]
+    assert warm_pool(stack, "test-gpu")["MaxGroupPreparedCapacity"] == 2  # type: ignore[index]

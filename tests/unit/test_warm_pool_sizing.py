@@ -140,6 +140,21 @@ def test_a_fixed_size_is_kept_and_capped_by_max_instances() -> None:
     assert size_warm_pool(capped, T0, arrivals=[T0] * 99, prewarm_slots=9, refill_s=1).machines == 4
 
 
+def test_an_auto_pool_never_holds_more_than_the_fleet_may_boot_in_parallel() -> None:
+    # GIVEN a pool that lets at most 3 machines boot at once, and 8 jobs that arrived within a refill time
+    arrivals = [T0 - timedelta(seconds=s) for s in range(8)]
+    limited = pool(max_instances=50, max_growth_rate=3)
+    size = size_warm_pool(limited, T0, arrivals=arrivals, prewarm_slots=0, refill_s=REFILL_S, held=20)
+    # THEN its warm pool holds 3, not 8 nor the 20 it held: each machine the pool lacks boots cold at once
+    assert size.machines == 3 and "max_growth_rate 3" in size.reason
+    # AND without a growth limit it holds the burst (bounded by max_instances only)
+    free = pool(max_instances=50)
+    assert size_warm_pool(free, T0, arrivals=arrivals, prewarm_slots=0, refill_s=REFILL_S).machines == 8
+    # AND a fixed size is the operator's own: only max_instances bounds it
+    fixed = pool(max_instances=50, max_growth_rate=3, warm_pool=6)
+    assert size_warm_pool(fixed, T0, arrivals=[], prewarm_slots=0, refill_s=REFILL_S).machines == 6
+
+
 def test_hibernated_pools_put_hibernated() -> None:
     hibernated = pool(warm_pool=1, warm_pool_state="hibernated")
     size = size_warm_pool(hibernated, T0, arrivals=[], prewarm_slots=0, refill_s=1)
