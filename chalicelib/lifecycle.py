@@ -234,10 +234,12 @@ class Lifecycle:
         outcome.runner_id = int(created.id)
         outcome.created_runner = True
         base = record or MachineRecord(instance_id=action.instance_id, pool=pool.name, launched_at=now)
-        # Merges: never erases adoption. The ARN is kept for a reuse's new secret (`prepare_reused`).
-        self.store.record_runner(replace(base, runner_id=int(created.id), instance_arn=action.instance_arn))
-        # Jobs are attributed to this machine by the runner's id, never by its editable description.
-        self.store.map_runner(int(created.id), action.instance_id, pool.name, now)
+        # Merges: never erases adoption. The ARN is kept for a reuse's new secret (`prepare_reused`). Jobs are
+        # attributed to this machine by the runner's id (mapped in the same write), never by its editable
+        # description: one all-or-nothing write, so a runner on the record is always mapped, and a failure
+        # leaves neither (the runner is then deleted by `_undo_launch`).
+        registered = replace(base, runner_id=int(created.id), instance_arn=action.instance_arn)
+        self.store.register_runner(registered, now)
         payload: dict[str, Any] = {
             "pool": pool.name,
             "runner_id": int(created.id),

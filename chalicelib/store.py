@@ -21,6 +21,9 @@ from chalicelib.events.timestamps import format_iso as _iso
 from chalicelib.events.timestamps import parse_iso
 from chalicelib.resources import GSI_POOL, GSI_POOL_PK, GSI_POOL_SK, TABLE_PK, TABLE_SK, TABLE_TTL_ATTRIBUTE
 
+#: TransactWriteItems refused as a whole (DynamoDB API reference, TransactWriteItems: Errors).
+TRANSACTION_CANCELED = "TransactionCanceledException"
+
 # A job only moves forward (events.status_rank), so a late or duplicate event never undoes a newer one.
 ACTIVE = frozenset({"pending", "running", "canceling"})
 HOLDS_SLOT = frozenset({"running", "canceling"})
@@ -291,6 +294,11 @@ class Store(Protocol):
         the instance and credited jobs to it before its launch handler got here."""
         ...
 
+    def register_runner(self, machine: MachineRecord, now: datetime) -> None:
+        """`record_runner` and `map_runner` of `machine.runner_id` at once, all or nothing: the runner is
+        never on the record without its mapping, nor mapped to a machine whose record does not name it."""
+        ...
+
     def get_machine(self, instance_id: str) -> MachineRecord | None: ...
 
     def machines(self, pool: str) -> list[MachineRecord]: ...
@@ -396,6 +404,17 @@ def _marked(expression: str, condition: str, values: dict[str, Any], mark: str) 
 
 def _dt(value: Any) -> datetime | None:
     return parse_iso(str(value)) if value else None
+
+
+def _runner_item(runner_id: int, instance_id: str, pool: str, now: datetime) -> dict[str, Any]:
+    """The item mapping one of our runners to its machine (`Store.map_runner`)."""
+    return {
+        TABLE_PK: f"RUNNER#{int(runner_id)}",
+        TABLE_SK: "RUNNER",
+        "instance_id": instance_id,
+        "pool": pool,
+        TABLE_TTL_ATTRIBUTE: _epoch(now + RUNNER_MEMORY),
+    }
 
 
 def _job_update(job: JobRecord, now: datetime) -> tuple[str, str, dict[str, Any]]:
@@ -549,13 +568,7 @@ class DynamoStore(DynamoTable):
         )
 
     def map_runner(self, runner_id: int, instance_id: str, pool: str, now: datetime) -> None:
-        item = {
-            TABLE_PK: f"RUNNER#{int(runner_id)}",
-            TABLE_SK: "RUNNER",
-            "instance_id": instance_id,
-            "pool": pool,
-            TABLE_TTL_ATTRIBUTE: _epoch(now + RUNNER_MEMORY),
-        }
+        item = _runner_item(runner_id, instance_id, pool, now)
         self._aws.call("dynamodb", "put_item", TableName=self._table, Item=self._dump(item))
 
     def runner_machine(self, runner_id: int) -> tuple[str, str] | None:
@@ -773,6 +786,36 @@ class DynamoStore(DynamoTable):
         return self.get_machine(machine.instance_id) or machine
 
     def record_runner(self, machine: MachineRecord) -> None:
+        self._aws.call("dynamodb", "update_item", TableName=self._table, **self._runner_update(machine))
+
+    def register_runner(self, machine: MachineRecord, now: datetime) -> None:
+        # One TransactWriteItems: "either all of them succeed or none of them succeeds", up to 100 actions
+        # on distinct items (DynamoDB developer guide, "Amazon DynamoDB Transactions: How it works"). One call
+        # instead of two; each item costs twice the write units of a plain write (same page, "Capacity
+        # management for transactions": one write to prepare, one to commit), which for two small items
+        # per launch is still a fraction of a cent per thousand launches.
+        assert machine.runner_id is not None
+        item = _runner_item(machine.runner_id, machine.instance_id, machine.pool, now)
+        try:
+            self._aws.call(
+                "dynamodb",
+                "transact_write_items",
+                TransactItems=[
+                    {"Update": {"TableName": self._table, **self._runner_update(machine)}},
+                    {"Put": {"TableName": self._table, "Item": self._dump(item)}},
+                ],
+            )
+        except AwsCallError as exc:
+            if exc.code != TRANSACTION_CANCELED:
+                raise
+            # Neither action has a condition, so a cancellation is a conflict with another write to one of
+            # the items ("TransactionConflict" among the CancellationReasons: TransactWriteItems API
+            # reference) or a throttle: written again later, never a permanent launch failure.
+            why = "cancelled: a conflicting write or a throttle"
+            raise AwsCallError(exc.service, exc.operation, exc.code, why, retryable=True) from exc
+
+    def _runner_update(self, machine: MachineRecord) -> dict[str, Any]:
+        """The machine record's update that sets its runner (and host, ARN), keeping what else is stored."""
         values: dict[str, Any] = {
             ":runner": machine.runner_id,
             ":gpk": f"POOL#{machine.pool}#MACHINES",
@@ -795,15 +838,12 @@ class DynamoStore(DynamoTable):
         if machine.instance_arn:
             values[":arn"] = machine.instance_arn
             sets.append("instance_arn = :arn")
-        self._aws.call(
-            "dynamodb",
-            "update_item",
-            TableName=self._table,
-            Key=self._dump({TABLE_PK: f"MACHINE#{machine.instance_id}", TABLE_SK: "MACHINE"}),
-            UpdateExpression="SET " + ", ".join(sets),
-            ExpressionAttributeValues=self._dump(values),
-            ExpressionAttributeNames={"#pool": "pool"},
-        )
+        return {
+            "Key": self._dump({TABLE_PK: f"MACHINE#{machine.instance_id}", TABLE_SK: "MACHINE"}),
+            "UpdateExpression": "SET " + ", ".join(sets),
+            "ExpressionAttributeValues": self._dump(values),
+            "ExpressionAttributeNames": {"#pool": "pool"},
+        }
 
     def get_machine(self, instance_id: str) -> MachineRecord | None:
         item = self._get(f"MACHINE#{instance_id}", "MACHINE")
@@ -1232,6 +1272,11 @@ class MemoryStore:
                 host_id=host,
                 instance_arn=machine.instance_arn or old.instance_arn,
             )
+
+    def register_runner(self, machine: MachineRecord, now: datetime) -> None:
+        assert machine.runner_id is not None
+        self.record_runner(machine)
+        self.map_runner(machine.runner_id, machine.instance_id, machine.pool, now)
 
     def get_machine(self, instance_id: str) -> MachineRecord | None:
         return self.machine_records.get(instance_id)

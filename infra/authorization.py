@@ -25,7 +25,8 @@ class Dependency:
 
     call: tuple[str, str]  # boto3 (service, operation)
     action: str
-    resource: str  # "launch-template", "role", "instance", "volume", "function", "secret", "dedicated-host"
+    resource: str  # "launch-template", "role", "instance", "volume", "function", "secret", "dedicated-host",
+    # "table"
     when: str
     source: str
     context: Mapping[str, str] = field(default_factory=dict)
@@ -49,7 +50,20 @@ _PASS_ROLE = (
     "(IAM/latest/UserGuide/id_roles_use_passrole.html): iam:PassedToService narrows PassRole to one service"
 )
 
+_TRANSACTIONS = (
+    'Amazon DynamoDB Developer Guide, "Using IAM with DynamoDB transactions" '
+    "(amazondynamodb/latest/developerguide/transaction-apis-iam.html): permissions for Put, Update, Delete "
+    "and Get actions are governed by those of the underlying PutItem, UpdateItem, DeleteItem and GetItem"
+)
+
 DEPENDENCIES: tuple[Dependency, ...] = (
+    Dependency(
+        ("dynamodb", "transact_write_items"),
+        "dynamodb:UpdateItem",
+        "table",
+        "the transaction's Update action (Store.register_runner: the machine record's runner)",
+        _TRANSACTIONS,
+    ),
     Dependency(
         ("autoscaling", "update_auto_scaling_group"),
         "ec2:RunInstances",

@@ -48,6 +48,10 @@ IRREGULAR_ACTIONS = {
     ("s3", "head_bucket"): "s3:ListBucket",
     # SendMessage authorizes the batch too (SQS Developer Guide, "Amazon SQS batch actions").
     ("sqs", "send_message_batch"): "sqs:SendMessage",
+    # A transaction's Put and Update actions are authorized as PutItem and UpdateItem on their table, no
+    # action of its own (DynamoDB developer guide, "Using IAM with DynamoDB transactions"). The one
+    # transaction (Store.register_runner) holds a Put, named here, and an Update (infra/authorization.py).
+    ("dynamodb", "transact_write_items"): "dynamodb:PutItem",
 }
 #: Calls that need no grant at all (the API is open to every signed caller).
 NO_PERMISSION = {("sts", "get_caller_identity"): "GetCallerIdentity needs no permission (STS API reference)"}

@@ -127,7 +127,16 @@ def moto_policy(policy: Mapping[str, Any]) -> dict[str, Any]:
                 statements.append({"Effect": statement["Effect"], "Action": kept, "Resource": resources})
         else:
             statements.append({"Effect": statement["Effect"], "Action": actions, "Resource": "*"})
+        if statement["Effect"] == "Allow" and set(actions) >= MOTO_TRANSACTION_ACTIONS:
+            # moto names a request's action after its operation (`iam/access_control.py`), so it checks a
+            # "dynamodb:TransactWriteItems" that IAM does not have: AWS authorizes the transaction's actions
+            # as PutItem and UpdateItem ("Using IAM with DynamoDB transactions"), which Authorizer checks.
+            statements.append({"Effect": "Allow", "Action": ["dynamodb:TransactWriteItems"], "Resource": "*"})
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+#: The actions AWS authorizes the app's one transaction (a Put and an Update) against.
+MOTO_TRANSACTION_ACTIONS = frozenset({"dynamodb:PutItem", "dynamodb:UpdateItem"})
 
 
 #: SQS actions moto authorizes against `*` although AWS authorizes them against the queue.
@@ -188,7 +197,7 @@ class Authorizer:
     def _resources(self, service: str, operation: str, p: Mapping[str, Any]) -> list[tuple[str, Context]]:
         arn = f"{self._region}:{self._account}"
         if service == "dynamodb":
-            tables = list(p["RequestItems"]) if "RequestItems" in p else [p["TableName"]]
+            tables = self._tables(p)
             suffix = f"/index/{p['IndexName']}" if p.get("IndexName") else ""
             return [(f"arn:aws:dynamodb:{arn}:table/{t}{suffix}", {}) for t in tables]
         if service == "sqs":
@@ -206,6 +215,15 @@ class Authorizer:
         if service == "ec2" and operation.startswith("describe_"):
             return [("*", {})]
         raise NotImplementedError(f"no IAM model for {service}.{operation}: add it to tests/iam.py")
+
+    @staticmethod
+    def _tables(p: Mapping[str, Any]) -> list[str]:
+        """The tables a DynamoDB call acts on: a batch's, a transaction's actions', or its one table."""
+        if "RequestItems" in p:
+            return list(p["RequestItems"])
+        if "TransactItems" in p:
+            return list(dict.fromkeys(a["TableName"] for item in p["TransactItems"] for a in item.values()))
+        return [p["TableName"]]
 
     def _secret(self, secret: str, p: Mapping[str, Any]) -> tuple[str, Context]:
         context: dict[str, str | list[str]] = {}
@@ -265,6 +283,8 @@ class Authorizer:
             return [(role, {}) for role in self._profile_roles(profile)]
         if kind == "dedicated-host":
             return [(f"arn:aws:ec2:{region}:{account}:dedicated-host/*", {})]
+        if kind == "table":
+            return [(f"arn:aws:dynamodb:{region}:{account}:table/{t}", {}) for t in self._tables(p)]
         raise NotImplementedError(f"no resource model for dependency kind {kind!r}")
 
     def _template(self, group: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

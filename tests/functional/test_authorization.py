@@ -36,6 +36,7 @@ def _chalice(stage: str) -> tuple[dict[str, Any], dict[str, str]]:
         "role": f"arn:aws:iam::{ACCOUNT}:role/{prefix}/linux-machine-role",
         "function": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{app}-{stage}-rotate_base_certs",
         "secret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{prefix}/docker-base-certs-AbCdEf",
+        "table": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{Names(prefix).table}",
         "prefix": prefix,
     }
     return policy, resources
@@ -60,6 +61,7 @@ def _cdk() -> tuple[dict[str, Any], dict[str, str]]:
         "role": role,
         "function": function,
         "secret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{prefix}/docker-base-certs-AbCdEf",
+        "table": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{Names(prefix).table}",
         "prefix": prefix,
     }
     return policy_document(lambda_grants(scope)), resources

@@ -257,3 +257,28 @@ def test_without_the_config_parameter_grant_a_cold_container_cannot_start(iam_st
     with pytest.raises(AwsCallError, match="AccessDenied"):
         _ = parameter_runtime(iam_stack).config
     assert denied_actions(iam_stack) == {"ssm:GetParameter"}
+
+
+def test_a_machine_launch_registers_its_runner_in_one_transaction_under_the_policy(
+    iam_stack: IamStack,
+) -> None:
+    # GIVEN a machine the linux group launched
+    stack = iam_stack.stack
+    stack.aws.call(
+        "autoscaling", "set_desired_capacity", AutoScalingGroupName="test-linux", DesiredCapacity=1
+    )
+    instance = describe_group(stack.aws, "test-linux")["Instances"][0]["InstanceId"]
+    event = json.loads((FIXTURES / "aws_lifecycle_launch.json").read_text())
+    # (no token: moto has no CompleteLifecycleAction, so the app is not asked to complete the action)
+    event["detail"].update(AutoScalingGroupName="test-linux", EC2InstanceId=instance, LifecycleActionToken="")
+    # WHEN its launch hook's event reaches the app
+    with Client(app) as client:
+        out = client.lambda_.invoke("machine_events", event).payload
+    # THEN its runner is on its record and mapped to it, written by one TransactWriteItems whose Put and
+    # Update actions IAM authorizes as PutItem and UpdateItem on the table, and nothing was refused
+    record = stack.runtime.store.get_machine(instance)
+    assert record is not None and record.runner_id == out["runner_id"] is not None
+    assert stack.runtime.store.runner_machine(out["runner_id"]) == (instance, "linux")
+    assert stack.runtime.aws.calls["dynamodb.TransactWriteItems"] == 1
+    assert iam_stack.authorizer.denied == []
+    assert {"dynamodb:PutItem", "dynamodb:UpdateItem"} <= {c.action for c in iam_stack.authorizer.checked}

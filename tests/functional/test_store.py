@@ -7,7 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from chalicelib.aws import AwsClients
+from chalicelib.aws import AwsClients, fault
+from chalicelib.errors import AwsCallError
 from chalicelib.store import DynamoStore, Fault, JobRecord, MachineRecord, MemoryStore, PoolLease, Store
 from tests.builders import T0
 from toolkit.devtools.bootstrap import ensure_table
@@ -366,3 +367,35 @@ def test_facts_learned_from_gitlab_are_kept_until_they_expire(store: Store) -> N
 
 
 HOUR = timedelta(hours=1)
+
+
+def test_a_runner_is_recorded_and_mapped_together(store: Store) -> None:
+    # GIVEN a machine adopted (and credited with a job) before its launch handler got to it
+    store.put_machine(MachineRecord("i-1", "linux", T0))
+    store.machine_job_started("i-1", 100, T0)
+    # WHEN the launch registers its runner
+    store.register_runner(MachineRecord("i-1", "linux", T0, runner_id=42, instance_arn="arn:i-1"), T0)
+    # THEN the record names the runner and keeps its job, and the runner is mapped to the machine
+    record = store.get_machine("i-1")
+    assert record is not None and (record.runner_id, record.job_ids) == (42, frozenset({100}))
+    assert store.runner_machine(42) == ("i-1", "linux")
+
+
+TRANSACT = "TransactWriteItems"
+
+
+def test_a_cancelled_runner_registration_is_retryable_and_writes_nothing(aws: AwsClients) -> None:
+    # GIVEN DynamoDB cancelling the transaction (a conflicting write to one of its items)
+    ensure_table(aws, "test-state")
+    cancelled = AwsClients(
+        region="us-east-1",
+        sleep=lambda _s: None,
+        fault_injector=lambda _s, op: fault("TransactionCanceledException", 400) if op == TRANSACT else None,
+    )
+    store = DynamoStore(cancelled, "test-state")
+    # WHEN the launch registers its runner
+    with pytest.raises(AwsCallError) as raised:
+        store.register_runner(MachineRecord("i-1", "linux", T0, runner_id=42), T0)
+    # THEN the failure is one to retry (the launch is deferred, never given up), and neither item exists
+    assert raised.value.retryable and raised.value.code == "TransactionCanceledException"
+    assert store.get_machine("i-1") is None and store.runner_machine(42) is None
