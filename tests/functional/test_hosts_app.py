@@ -292,3 +292,41 @@ def test_a_paid_mac_host_holds_a_standby_mac_and_goes_once_it_waits_idle(host_st
 def _state(aws: AwsClients, instance_id: str) -> str:
     reservations = aws.call("ec2", "describe_instances", InstanceIds=[instance_id])["Reservations"]
     return str(reservations[0]["Instances"][0]["State"]["Name"])
+
+
+def test_a_standby_mac_never_allocates_a_host_while_its_kept_host_scrubs(host_stack: HostStack) -> None:
+    # GIVEN a Mac host inside its 24 hours whose standby Mac just ended (the host scrubs, state pending)
+    port = host_stack.runtime.hosts
+    assert port is not None
+    mac = host_stack.pool("macos")
+    (host,) = port.allocate(mac, "us-east-1a", 1, "token-scrub")
+    port.associate(mac, [host])
+    host_stack.tick()
+    (instance_id,) = [i["InstanceId"] for i in describe_group(host_stack.aws, "test-macos")["Instances"]]
+    assert host_stack.world.place("macos", instance_id) == host
+    host_stack.advance(hours=2)  # the host is no longer one coming up: an unplaced machine would allocate
+    host_stack.aws.call(
+        "autoscaling",
+        "terminate_instance_in_auto_scaling_group",
+        InstanceId=instance_id,
+        ShouldDecrementDesiredCapacity=True,
+    )
+    host_stack.world.end(instance_id)
+
+    # WHEN ticks run during the scrub, with no job anywhere (allocate_after is 0 s)
+    host_stack.advance(minutes=1)
+    first = host_stack.tick()
+    host_stack.advance(minutes=10)
+    second = host_stack.tick()
+
+    # THEN the kept host waits for its scrub to end: its standby Mac is wanted, but no host is allocated
+    # for it (a standby only fills hosts already paid for)
+    assert (first["macos"]["errors"], second["macos"]["errors"]) == ([], [])
+    assert [h["HostId"] for h in host_stack.live_hosts("macos")] == [host]
+    assert host_stack.desired("macos") == 0
+
+    # WHEN the scrub (50 minutes) is over
+    host_stack.advance(minutes=45)
+    host_stack.tick()
+    # THEN the host gets its standby Mac again, still on the one host
+    assert host_stack.desired("macos") == 1 and len(host_stack.live_hosts("macos")) == 1
