@@ -140,7 +140,9 @@ def auto_bound(pool: Pool) -> tuple[int, str]:
     """The most machines an auto warm pool holds, and what sets it: `max_instances`, and `max_growth_rate`
     when set. Every machine the warm pool lacks is launched at once and boots cold (a refill, or a larger
     size), so a pool above `max_growth_rate` would have Auto Scaling boot more machines in parallel than
-    the operator allows the fleet (docker+machine's MaxGrowthRate: machines "being created in parallel").
+    the operator allows the fleet (docker+machine's MaxGrowthRate, whose meaning `max_growth_rate` keeps:
+    "the maximum number of machines that can be added to the runner in parallel", gitlab-runner
+    `docs/configuration/advanced-configuration.md`, `[runners.machine]`).
     """
     if 0 < pool.max_growth_rate < pool.max_instances:
         return pool.max_growth_rate, f"max_growth_rate {pool.max_growth_rate}"
