@@ -2,9 +2,11 @@
 every policy, as a ratio to an older revision of the simulator timed in the same run, on the same machine.
 
 The older revision is extracted from git (`git archive`) into a temporary directory and run in a child
-process with the same interpreter; its figures are compared with this revision's, policy by policy (a speed
-change must change none: those that differ are listed). Writes bench/simulate_speed.json. Wall-clock
-seconds depend on the machine and its load; the ratio of two runs made back to back is what to read.
+process with the same interpreter and the same number of worker processes (one, for a revision that has no
+workers); its figures are compared with this revision's, policy by policy (a speed change must change none:
+those that differ are listed). Writes bench/simulate_speed.json. Wall-clock seconds depend on the machine
+and its load; the ratio of two runs made back to back is what to read. CPU seconds (user and system, of the
+run's process and its workers) depend less on what else the machine runs, so both are written.
 Imports the simulator, config, the stdlib.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tarfile
@@ -50,17 +53,27 @@ def time_simulate(workers: int, policies: Sequence[str] | None = None) -> dict[s
     revision of `sim` is importable: this script's, or the older one's."""
     trace, config = held_out_workday(), load_config_file(CONFIG)
     names = list(policies or POLICIES)
+    cpu_before = _cpu_seconds()
     started = time.perf_counter()
     try:
         results = simulate(trace, config, names, workers=workers)
     except TypeError:  # a revision without processes: one after the other
+        workers = 1
         results = simulate(trace, config, names)
     seconds = time.perf_counter() - started
     return {
         "jobs": len(trace),
         "seconds": round(seconds, 1),
+        "cpu_s": round(_cpu_seconds() - cpu_before, 1),
+        "workers": workers,
         "metrics": {name: result.metrics for name, result in results.items()},
     }
+
+
+def _cpu_seconds() -> float:
+    """User and system CPU seconds of this process and of its children that have ended (the workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _extract(revision: str, into: Path) -> None:
@@ -104,7 +117,7 @@ def _differ(before: dict[str, object], after: dict[str, object]) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim.bench_simulate_speed", description=__doc__)
     parser.add_argument("--against", default=AGAINST, help=f"git revision to time against ({AGAINST})")
-    parser.add_argument("--workers", type=int, default=2, help="processes for this revision (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="processes for each revision (default 2)")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "simulate_speed.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--policies", default="", help=argparse.SUPPRESS)
@@ -114,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(json.dumps(time_simulate(args.workers, names)) + "\n")
         return 0
     policies = list(POLICIES)
-    before = time_revision(args.against, 1, ["all"])
+    before = time_revision(args.against, args.workers, ["all"])
     after = time_simulate(args.workers, policies)
     before_metrics, after_metrics = before["metrics"], after["metrics"]
     assert isinstance(before_metrics, dict) and isinstance(after_metrics, dict)
@@ -129,9 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "against": args.against,
         "before_s": before["seconds"],
         "after_s": after["seconds"],
+        "workers_before": before.get("workers", 1),
         "workers": args.workers,
         "cpus": os.cpu_count(),
         "ratio": round(float(str(after["seconds"])) / float(str(before["seconds"])), 3),
+        "before_cpu_s": before.get("cpu_s"),
+        "after_cpu_s": after["cpu_s"],
+        "cpu_ratio": round(float(str(after["cpu_s"])) / float(str(before["cpu_s"])), 3),
         "same_figures": [p for p in shared if p not in changed],
         "changed_figures": changed,
         "missing_before": [p for p in policies if p not in before_metrics],
