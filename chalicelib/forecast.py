@@ -39,8 +39,10 @@ from chalicelib.capacity.engine import slots_per_new_machine
 from chalicelib.config import Platform, Pool
 from chalicelib.events.gitlab import status_rank
 
-#: Seconds from a launch to a runner that takes jobs, per platform (sim.model.BOOT_TIMES, about their P90).
-LEAD_S: Mapping[Platform, float] = {Platform.LINUX: 120.0, Platform.WINDOWS: 420.0, Platform.MACOS: 1200.0}
+#: Seconds from a launch to a runner that takes jobs, per platform, about the P90 of a cold boot: Linux 1-2
+#: min, Windows 5-15 min (a launch's Sysprep and reboots "often take 15 minutes or longer" without Fast
+#: Launch: EC2 Windows Guide, "Configure faster launching for Windows AMIs"), macOS 6-20 min and more.
+LEAD_S: Mapping[Platform, float] = {Platform.LINUX: 120.0, Platform.WINDOWS: 740.0, Platform.MACOS: 1200.0}
 
 #: Statuses after which a job holds nothing and blocks nothing.
 FINISHED = frozenset({"success", "failed", "canceled", "skipped"})

@@ -64,15 +64,15 @@ class SimOptions:
     mac_replace_s: float = 300.0
 
 
-#: Boot to runner-ready, seconds, as (low, high, mode) of a triangular law: Linux about 1 min, Windows
-#: about 5 min, macOS 6-20 min (github-aws-runners' terraform-aws-github-runner docs, "macOS Runners"), with a
-#: slow tail up to 40 min as operators report. Linux and Windows are estimates: AWS states no boot time,
-#: except that a Windows launch's own steps (Sysprep, OOBE, reboots) "often take 15 minutes or longer"
-#: without Fast Launch (EC2 Windows Guide, "Configure faster launching for Windows AMIs", 2023 edition),
-#: which is above this law's 8-minute top.
+#: Boot to runner-ready, seconds, as (low, high, mode) of a triangular law: Linux about 1 min, Windows 5 to
+#: 15 min (about 8), macOS 6-20 min (github-aws-runners' terraform-aws-github-runner docs, "macOS Runners"),
+#: with a slow tail up to 40 min as operators report. Linux and Windows are estimates: AWS states no boot
+#: time, except that a Windows launch's own steps (Sysprep, OOBE, reboots) "often take 15 minutes or longer"
+#: without Fast Launch (EC2 Windows Guide, "Configure faster launching for Windows AMIs", 2023 edition): the
+#: law's top. A pool with Fast Launch on (infra opt-in) boots faster than this.
 BOOT_TIMES = {
     Platform.LINUX: (40.0, 120.0, 60.0),
-    Platform.WINDOWS: (180.0, 480.0, 300.0),
+    Platform.WINDOWS: (300.0, 900.0, 480.0),
     Platform.MACOS: (360.0, 1200.0, 600.0),
 }
 MAC_SLOW_SHARE = 0.1

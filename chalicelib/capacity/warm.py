@@ -33,11 +33,11 @@ _STEP = timedelta(minutes=1)
 #: day for 30 GiB of gp3), and lets a quiet spell's first job start warm.
 QUIET_FLOOR = 1
 #: Seconds of refill (the platform's cold boot lead, chalicelib.forecast.LEAD_S) from which a quiet pool keeps
-#: what it held: Windows (420 s) does, Linux (120 s) does not. A Windows refill pays about five minutes of a
-#: license-included instance (m6i.xlarge: about 0.03 USD), as much as 6 hours of its stopped 50 GiB volume,
+#: what it held: Windows (740 s) does, Linux (120 s) does not. A Windows refill pays about eight minutes of a
+#: license-included instance (m6i.xlarge: about 0.05 USD), as much as 9 hours of its stopped 50 GiB volume,
 #: and a job that finds the pool short waits that boot; a Linux refill pays about a minute of an m7i.large,
-#: 0.6 hours of a stopped 30 GiB volume. Measured on the bench windows scenario: quiet pools falling to the
-#: quiet floor, wait p95 124 s; keeping what they held, 60 s, for 0.29 USD more in a day.
+#: 0.6 hours of a stopped 30 GiB volume. Measured on the bench windows scenario with 3-8 minute boots: quiet
+#: pools falling to the quiet floor, wait p95 124 s; keeping what they held, 60 s, for 0.29 USD more in a day.
 QUIET_HOLD_REFILL_S = 300.0
 
 #: PutWarmPool's PoolState for each `warm_pool_state` (Amazon EC2 Auto Scaling API Reference, PutWarmPool:

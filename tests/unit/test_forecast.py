@@ -163,7 +163,7 @@ def test_windows_stage_two_is_warmed_a_lead_before_stage_one_ends() -> None:
     assert p80 is not None
     end = started + timedelta(seconds=p80)
     lead = timedelta(seconds=LEAD_S[WINDOWS.platform])
-    assert lead_of(WINDOWS) == 420.0
+    assert lead_of(WINDOWS) == 740.0
 
     assert forecast([state], POOLS, end - lead - timedelta(seconds=1))["windows"] == 0
     assert forecast([state], POOLS, end - lead)["windows"] == 2  # stage 2's two jobs, not stage 3's

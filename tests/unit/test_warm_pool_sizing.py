@@ -217,7 +217,7 @@ def test_slots_the_warm_pool_covers_launch_one_warm_lead_ahead_not_a_cold_boot_a
     q = quantile(learned(*[600.0] * 5), 0.8)
     assert q is not None
     state = windows_three_stages(T0 - timedelta(seconds=q - 200))
-    # WHEN no warm machine waits THEN both launch now, a cold boot (420 s) ahead, as without a warm pool
+    # WHEN no warm machine waits THEN both launch now, a cold boot (740 s) ahead, as without a warm pool
     assert _prewarm(windows, [state], [], T0, warm_ready=0) == (2, 2)
     # WHEN the warm pool holds two THEN none launches yet: they start in about 40 s once asked for, and the
     # warm pool stays sized for both (the cold-boot forecast)
@@ -326,7 +326,7 @@ def test_a_quiet_pool_whose_refill_is_a_long_boot_keeps_what_it_held() -> None:
     # GIVEN a pool that held 9 warm machines through the day, at night, with no job and no idle_count ahead
     night = T0.replace(hour=2)
     subject = pool(max_instances=40, policy=[{"idle_count": 0}])
-    # WHEN its refill is a Windows cold boot (forecast.LEAD_S: 420 s) THEN it keeps the 9: a refill costs
+    # WHEN its refill is a Windows cold boot (forecast.LEAD_S: 740 s) THEN it keeps the 9: a refill costs
     # minutes of the instance price and of a job's wait, a stopped machine only its volumes
     windows_refill, linux_refill = LEAD_S[Platform.WINDOWS], LEAD_S[Platform.LINUX]
     windows = size_warm_pool(subject, night, arrivals=[], prewarm_slots=0, refill_s=windows_refill, held=9)
