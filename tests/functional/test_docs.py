@@ -293,6 +293,32 @@ def test_the_quota_sums_use_the_traffic_table_they_cite() -> None:
     assert f"about {bound:,} jobs an hour" in text
 
 
+def test_the_shared_api_comparison_uses_the_traffic_table() -> None:
+    """operations.md compares the calls on APIs shared with the account and the GitLab instance (Auto
+    Scaling, EC2, GitLab) with taskscaler-nonpreemptive's: when the table is re-measured, it must follow."""
+    # GIVEN the traffic table's rows for ours and taskscaler-nonpreemptive
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+
+    def row(policy: str) -> list[int]:
+        found = re.search(rf"^\| {re.escape(policy)} \| (.+) \|$", text, re.MULTILINE)
+        assert found is not None, policy
+        return [int(c.replace(",", "")) for c in found.group(1).split(" | ")[:7]]
+
+    dynamodb, autoscaling, ec2, gitlab, secrets, sqs, total = row("ours")
+    peer = row("taskscaler-nonpreemptive")
+    shared, peer_shared = autoscaling + ec2 + gitlab, peer[1] + peer[2] + peer[3]
+    # WHEN the comparison is read THEN its figures are the table's sums, and its ratios follow from them
+    flat = re.sub(r"\s+", " ", text)
+    said = re.search(
+        r"ours makes ([\d,]+) calls to taskscaler-nonpreemptive's ([\d,]+) on this trace: ([\d.]+) ×", flat
+    )
+    assert said is not None, "the shared-API comparison is gone"
+    assert [int(g.replace(",", "")) for g in said.groups()[:2]] == [shared, peer_shared]
+    assert float(said.group(3)) == round(shared / peer_shared, 2)
+    assert f"The other {dynamodb + secrets + sqs:,} go to" in flat
+    assert f"The total stays {round(total / peer[6], 1)} ×" in flat
+
+
 def test_the_gitlab_plan_bounds_use_the_gitlab_calls_per_job() -> None:
     """GitLab.com's proposed per-plan limits ("GitLab.com rate limits": 5,000 / 15,000 / 25,000 requests an
     hour per user) are turned into jobs an hour with the same GitLab calls per job as the 2,000-a-minute
