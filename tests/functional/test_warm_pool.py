@@ -39,6 +39,18 @@ def warm_pool(stack: Stack, asg: str) -> dict[str, Any] | None:
     return configuration
 
 
+def gpu_warm_pool_holds(stack: Stack, size: int) -> None:
+    """The gpu group's warm pool as an earlier reconcile left it: `size` stopped machines, never reused."""
+    stack.aws.call(
+        "autoscaling",
+        "put_warm_pool",
+        AutoScalingGroupName="test-gpu",
+        MinSize=size,
+        MaxGroupPreparedCapacity=size,
+        InstanceReusePolicy={"ReuseOnScaleIn": False},
+    )
+
+
 def test_the_tick_sizes_an_on_demand_pools_warm_pool_from_its_arrivals(stack: Stack) -> None:
     # GIVEN two jobs that just turned pending in the on-demand pool "gpu" (warm_pool defaults to "auto")
     record(stack, 1, "pending", "gpu")
@@ -143,14 +155,7 @@ def test_status_shows_the_warm_pool_the_tick_set_without_an_extra_call(stack: St
 
 def test_a_busy_pool_keeps_its_warm_pool_through_a_lull_and_a_quiet_one_keeps_one(stack: Stack) -> None:
     # GIVEN the gpu group's warm pool holds 2 (the last burst's, its max_instances) and one job still runs
-    stack.aws.call(
-        "autoscaling",
-        "put_warm_pool",
-        AutoScalingGroupName="test-gpu",
-        MinSize=2,
-        MaxGroupPreparedCapacity=2,
-        InstanceReusePolicy={"ReuseOnScaleIn": False},
-    )
+    gpu_warm_pool_holds(stack, 2)
     now = stack.runtime.now()
     running = JobRecord("gitlab.example.com", 1, "running", pool="gpu", created_at=now, started_at=now)
     stack.runtime.store.record_job(running, now)
@@ -225,14 +230,7 @@ def test_a_pool_that_never_had_a_job_keeps_one_stopped_machine_from_the_first_ti
 
 def test_a_quiet_pool_keeps_what_it_held_only_where_a_refill_is_a_long_cold_boot(stack: Stack) -> None:
     # GIVEN the gpu group's warm pool holds 2 (a day's burst) and the pool is quiet (no job)
-    stack.aws.call(
-        "autoscaling",
-        "put_warm_pool",
-        AutoScalingGroupName="test-gpu",
-        MinSize=2,
-        MaxGroupPreparedCapacity=2,
-        InstanceReusePolicy={"ReuseOnScaleIn": False},
-    )
+    gpu_warm_pool_holds(stack, 2)
     # WHEN gpu is a Windows pool (a refill is a 5-15 minute cold boot) and the tick runs
     use_pool(stack, "gpu", platform=Platform.WINDOWS)
     with Client(app) as client:
