@@ -18,7 +18,7 @@ from pathlib import Path
 from chalicelib.config import load_config_file
 from sim.bench import BENCH_DIR, SCENARIOS, Scenario
 from sim.model import SimOptions
-from sim.ours import Ours, OursPrewarm
+from sim.ours import OursNoPrewarm, OursPrewarm
 from sim.simulate import write_json
 from sim.traces import read_trace
 from sim.world import ScalingPolicy, World, job_wait, percentile
@@ -45,7 +45,7 @@ class Variant:
     what_if: bool = False  # a world GitLab is not (see SimOptions.pipeline_hooks): diagnosis only
 
     def policy(self) -> ScalingPolicy:
-        return OursPrewarm(self.confidence, self.max_machines) if self.prewarm else Ours()
+        return OursPrewarm(self.confidence, self.max_machines) if self.prewarm else OursNoPrewarm()
 
 
 #: Off first (the baseline of every ratio), then the product's defaults, then the sweep.

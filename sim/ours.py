@@ -989,6 +989,17 @@ class OursPrewarm(Ours):
         return config.model_copy(update={"pools": pools})
 
 
+class OursNoPrewarm(OursPrewarm):
+    """Ours with prewarm off on every pool (`prewarm = false`): the baseline of the prewarm bench. Not the
+    scenario's config as it is, where a macOS pool with `keep_ready` on has prewarm on by default."""
+
+    name = "ours-no-prewarm"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._settings = {"prewarm": False}
+
+
 def _no_sleep(seconds: float) -> None:
     """The simulated clock moves only between events: a lease is never held while another waits."""
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chalicelib.forecast import bucket_upper
-from sim.bench_prewarm import compare
+from sim.bench import SCENARIOS
+from sim.bench_prewarm import VARIANTS, compare
 from sim.bursty import LAGGY, bursty, reuse_config
 from sim.gitlab import composite_status
 from sim.model import PipelineHookEvent
@@ -122,3 +123,16 @@ class TestNeverKillBusyWithPrewarm:
         # THEN no machine died with a job on it, and every job ran
         assert result.metrics["busy_killed"] == 0
         assert all(j.status == "success" for j in world.jobs)
+
+
+def test_the_prewarm_benchs_off_runs_every_pool_without_prewarm_even_a_standby_mac_pool() -> None:
+    """A macOS pool with `keep_ready` on has prewarm on when the config leaves it unset: the bench's "off"
+    must set it off, or its "on against off" compares prewarm with itself on that scenario."""
+    # GIVEN the macos-hosts scenario, whose pool leaves prewarm unset (on by default there)
+    config = next(s for s in SCENARIOS if s.name == "macos-hosts").load_config()
+    assert all(p.prewarm for p in config.pools)
+    # WHEN the bench's off and on variants configure their runs
+    off, on = (next(v for v in VARIANTS if v.name == name).policy() for name in ("off", "on"))
+    # THEN off runs every pool with prewarm off, and on with it on
+    assert not any(p.prewarm for p in off._configure(config).pools)  # type: ignore[attr-defined]
+    assert all(p.prewarm for p in on._configure(config).pools)  # type: ignore[attr-defined]
