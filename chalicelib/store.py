@@ -390,6 +390,8 @@ def _faults_of(pool: str, item: Mapping[str, Any]) -> list[Fault]:
         if until is not None:
             out.append(Fault(pool, kind, detail, until, str(value.get("reason", ""))))
     return sorted(out, key=lambda f: (f.kind, f.detail))
+
+
 #: The job item's string set of `event_mark`s: the deliveries applied to it.
 EVENT_MARKS = "event_marks"
 
@@ -666,9 +668,7 @@ class DynamoStore(DynamoTable):
     def clear_faults(self, pool: str, kinds: Iterable[str] | None = None) -> None:
         wanted = None if kinds is None else set(kinds)
         item = self._get(f"POOL#{pool}", LEASE_SK) or {}
-        names = [
-            _fault_attribute(f) for f in _faults_of(pool, item) if wanted is None or f.kind in wanted
-        ]
+        names = [_fault_attribute(f) for f in _faults_of(pool, item) if wanted is None or f.kind in wanted]
         if not names:
             return
         self._aws.call(

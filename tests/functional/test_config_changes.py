@@ -201,7 +201,6 @@ def test_the_first_read_of_an_invalid_parameter_fails_the_invocation(stack: Stac
         _ = runtime.config
 
 
-
 def test_a_clock_that_went_back_makes_the_check_due(stack: Stack) -> None:
     """The interval is measured on the wall clock (Lambda freezes containers between invocations, and the
     interval must count that time); a step back must not hold the old version for as long as the step."""

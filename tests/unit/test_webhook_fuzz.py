@@ -44,9 +44,7 @@ class FuzzRuntime(Runtime):
 
 def runtime() -> FuzzRuntime:
     rt = FuzzRuntime({}, config=CONFIG, clock=lambda: NOW)
-    rt.__dict__.update(
-        store=MemoryStore(), queue=Recorder(), gitlab_host="gitlab.example.com"
-    )
+    rt.__dict__.update(store=MemoryStore(), queue=Recorder(), gitlab_host="gitlab.example.com")
     return rt
 
 
