@@ -10,8 +10,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from chalicelib.aws import AwsClients
+from chalicelib.config import Platform
 from chalicelib.events.gitlab import PipelineHook
-from chalicelib.forecast import DurationEstimate, PipelineState, PlannedJob, duration_keys, forecast, quantile
+from chalicelib.forecast import (
+    LEAD_S,
+    DurationEstimate,
+    PipelineState,
+    PlannedJob,
+    duration_keys,
+    forecast,
+    quantile,
+)
 from chalicelib.pipelines import (
     PIPELINE_TTL,
     DynamoPipelines,
@@ -197,8 +206,9 @@ def test_webhook_to_reconciler_end_to_end(pipelines: Pipelines) -> None:
     def slots(at: datetime) -> dict[str, int]:
         return forecast(active_for_prewarm(pipelines, GITLAB, POOLS, at), POOLS, at)
 
-    assert slots(end - timedelta(seconds=421)) == {"windows": 0, "linux": 0}
-    assert slots(end - timedelta(seconds=400)) == {"windows": 2, "linux": 0}
+    lead = LEAD_S[Platform.WINDOWS]  # the test stage is forecast one Windows cold boot ahead of its start
+    assert slots(end - timedelta(seconds=lead + 1)) == {"windows": 0, "linux": 0}
+    assert slots(end - timedelta(seconds=lead - 20)) == {"windows": 2, "linux": 0}
 
     done = _hook(41, end, [BuildSample(2, "canceled", "build", "compile", created_at=T0)], status="canceled")
     record_pipeline_hook(pipelines, GITLAB, done, pool_resolver(tags, POOLS, 7, 41), end)
