@@ -39,6 +39,17 @@ def warm_pool(stack: Stack, asg: str) -> dict[str, Any] | None:
     return configuration
 
 
+def stopped_never_reused(size: int) -> dict[str, Any]:
+    """A warm pool of exactly `size` stopped machines that never takes a used machine back, as
+    DescribeWarmPool answers it."""
+    return {
+        "MinSize": size,
+        "MaxGroupPreparedCapacity": size,
+        "PoolState": "Stopped",
+        "InstanceReusePolicy": {"ReuseOnScaleIn": False},
+    }
+
+
 def gpu_warm_pool_holds(stack: Stack, size: int) -> None:
     """The gpu group's warm pool as an earlier reconcile left it: `size` stopped machines, never reused."""
     stack.aws.call(
@@ -59,12 +70,7 @@ def test_the_tick_sizes_an_on_demand_pools_warm_pool_from_its_arrivals(stack: St
     with Client(app) as client:
         tick(client)
     # THEN the group has a warm pool of exactly two stopped machines that never take a used machine back
-    assert warm_pool(stack, "test-gpu") == {
-        "MinSize": 2,
-        "MaxGroupPreparedCapacity": 2,
-        "PoolState": "Stopped",
-        "InstanceReusePolicy": {"ReuseOnScaleIn": False},
-    }
+    assert warm_pool(stack, "test-gpu") == stopped_never_reused(2)
     # AND the Spot pool "linux" (a mixed instances policy: AWS allows no warm pool) has none
     assert warm_pool(stack, "test-linux") is None
 
@@ -83,12 +89,7 @@ def test_put_warm_pool_is_called_only_when_the_size_changes(stack: Stack) -> Non
         record(stack, 2, "pending", "gpu")
         tick(client)
     assert stack.runtime.aws.calls["autoscaling.PutWarmPool"] == 2
-    assert warm_pool(stack, "test-gpu") == {
-        "MinSize": 2,
-        "MaxGroupPreparedCapacity": 2,
-        "PoolState": "Stopped",
-        "InstanceReusePolicy": {"ReuseOnScaleIn": False},
-    }
+    assert warm_pool(stack, "test-gpu") == stopped_never_reused(2)
 
 
 def test_a_warm_pool_someone_set_to_reuse_machines_is_put_back_to_never_reuse(stack: Stack) -> None:
@@ -106,12 +107,7 @@ def test_a_warm_pool_someone_set_to_reuse_machines_is_put_back_to_never_reuse(st
     with Client(app) as client:
         tick(client)
     # THEN the scaler puts ReuseOnScaleIn back to false (same size: the quiet floor of one machine)
-    assert warm_pool(stack, "test-gpu") == {
-        "MinSize": 1,
-        "MaxGroupPreparedCapacity": 1,
-        "PoolState": "Stopped",
-        "InstanceReusePolicy": {"ReuseOnScaleIn": False},
-    }
+    assert warm_pool(stack, "test-gpu") == stopped_never_reused(1)
 
 
 def test_a_pool_turned_off_loses_its_warm_pool(stack: Stack) -> None:
@@ -171,12 +167,7 @@ def test_a_busy_pool_keeps_its_warm_pool_through_a_lull_and_a_quiet_one_keeps_on
         for _ in range(3):
             stack.advance(seconds=60)
             tick(client)
-    assert warm_pool(stack, "test-gpu") == {
-        "MinSize": 1,
-        "MaxGroupPreparedCapacity": 1,
-        "PoolState": "Stopped",
-        "InstanceReusePolicy": {"ReuseOnScaleIn": False},
-    }
+    assert warm_pool(stack, "test-gpu") == stopped_never_reused(1)
 
 
 def test_a_dry_run_shows_the_warm_pool_its_plan_would_put_and_puts_nothing(stack: Stack) -> None:
@@ -197,12 +188,7 @@ def test_a_dry_run_shows_the_warm_pool_its_plan_would_put_and_puts_nothing(stack
     # WHEN the tick runs THEN it puts what the plan said
     with Client(app) as client:
         tick(client)
-    assert warm_pool(stack, "test-gpu") == {
-        "MinSize": 2,
-        "MaxGroupPreparedCapacity": 2,
-        "PoolState": "Stopped",
-        "InstanceReusePolicy": {"ReuseOnScaleIn": False},
-    }
+    assert warm_pool(stack, "test-gpu") == stopped_never_reused(2)
 
 
 def use_pool(stack: Stack, name: str, **update: object) -> None:
@@ -218,12 +204,7 @@ def test_a_pool_that_never_had_a_job_keeps_one_stopped_machine_from_the_first_ti
     with Client(app) as client:
         tick(client)
     # THEN its warm pool holds one stopped machine (its quiet floor), so its first job starts warm
-    assert warm_pool(stack, "test-gpu") == {
-        "MinSize": 1,
-        "MaxGroupPreparedCapacity": 1,
-        "PoolState": "Stopped",
-        "InstanceReusePolicy": {"ReuseOnScaleIn": False},
-    }
+    assert warm_pool(stack, "test-gpu") == stopped_never_reused(1)
     # AND no machine runs idle in the group
     assert stack.desired("test-gpu") == 0
 
