@@ -276,15 +276,20 @@ class Ec2Hosts:
         return str(got["ReplaceRootVolumeTask"]["ReplaceRootVolumeTaskId"])
 
     def replace_task_states(self, task_ids: Sequence[str]) -> dict[str, str]:
-        """TaskState of each root-volume replacement task (DescribeReplaceRootVolumeTasks, up to 50 ids a
-        call: its MaxResults range); a task AWS no longer lists is left out."""
+        """TaskState of each root-volume replacement task; a task AWS no longer lists is left out.
+
+        DescribeReplaceRootVolumeTasks is paginated (MaxResults 1 to 50 a page, then NextToken: EC2 API
+        Reference), so every page is read; the ids go 50 a request, each request's pages in turn."""
         states: dict[str, str] = {}
         ids = list(dict.fromkeys(task_ids))
         for start in range(0, len(ids), 50):
-            got = self._aws.call(
-                "ec2", "describe_replace_root_volume_tasks", ReplaceRootVolumeTaskIds=ids[start : start + 50]
+            tasks = self._aws.paginate(
+                "ec2",
+                "describe_replace_root_volume_tasks",
+                "ReplaceRootVolumeTasks",
+                ReplaceRootVolumeTaskIds=ids[start : start + 50],
             )
-            for task in got.get("ReplaceRootVolumeTasks", ()):
+            for task in tasks:
                 states[str(task["ReplaceRootVolumeTaskId"])] = str(task.get("TaskState", ""))
         return states
 

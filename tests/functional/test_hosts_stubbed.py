@@ -274,3 +274,31 @@ class TestReplaceRootVolume:
         )
         states = Ec2Hosts(aws).replace_task_states(["replacevol-1", "replacevol-2", "replacevol-3"])
         assert states == {"replacevol-1": "succeeded", "replacevol-2": "failed-detached"}
+
+    def test_task_states_on_a_later_page_are_read_too(
+        self, aws: AwsClients, stub: dict[str, Stubber]
+    ) -> None:
+        """DescribeReplaceRootVolumeTasks is paginated (NextToken, EC2 API Reference): a task EC2 answers on
+        the second page still gets its state, not "unlisted" (its Mac would wait out `boot_timeout`)."""
+        ids = ["replacevol-1", "replacevol-2"]
+        stub["ec2"].add_response(
+            "describe_replace_root_volume_tasks",
+            {
+                "ReplaceRootVolumeTasks": [
+                    {"ReplaceRootVolumeTaskId": "replacevol-1", "TaskState": "succeeded"}
+                ],
+                "NextToken": "page-2",
+            },
+            {"ReplaceRootVolumeTaskIds": ids},
+        )
+        stub["ec2"].add_response(
+            "describe_replace_root_volume_tasks",
+            {
+                "ReplaceRootVolumeTasks": [
+                    {"ReplaceRootVolumeTaskId": "replacevol-2", "TaskState": "in-progress"}
+                ]
+            },
+            {"ReplaceRootVolumeTaskIds": ids, "NextToken": "page-2"},
+        )
+        states = Ec2Hosts(aws).replace_task_states(ids)
+        assert states == {"replacevol-1": "succeeded", "replacevol-2": "in-progress"}
