@@ -56,6 +56,10 @@ RETRYABLE_CODES = frozenset(
         "TooManyRequestsException",
         "ProvisionedThroughputExceededException",
         "TransactionInProgressException",
+        # A DynamoDB write to an item that a transaction is writing at that moment ("Operation was rejected
+        # because there is an ongoing transaction for the item": DynamoDB API Reference, UpdateItem and
+        # PutItem, Errors). botocore does not retry it; the machine and runner items take part in one.
+        "TransactionConflictException",
         "BandwidthLimitExceeded",
         "PriorRequestNotComplete",
         "RequestThrottled",
@@ -204,6 +208,9 @@ def translate(service: str, operation: str, exc: ClientError) -> AwsCallError:
     # A DynamoDB write with ReturnValuesOnConditionCheckFailure ALL_OLD gets the item it found beside the
     # error ("Item" of ConditionalCheckFailedException: DynamoDB API reference, UpdateItem).
     item = exc.response.get("Item")
+    # A cancelled transaction says why per action ("CancellationReasons": DynamoDB API Reference,
+    # TransactWriteItems, TransactionCanceledException).
+    reasons = tuple(str(r.get("Code", "None")) for r in exc.response.get("CancellationReasons", ()) or ())
     return AwsCallError(
         service,
         operation,
@@ -211,6 +218,7 @@ def translate(service: str, operation: str, exc: ClientError) -> AwsCallError:
         str(error.get("Message", "")),
         retryable=retryable,
         item=item if isinstance(item, dict) else None,
+        reasons=reasons,
     )
 
 

@@ -26,7 +26,9 @@ class AwsCallError(RunnerScalerError):
     """An AWS call failed after retries; `retryable` says whether the next tick may simply try again.
 
     `item`: the item a DynamoDB write found when its condition failed, when the write asked for it
-    (ReturnValuesOnConditionCheckFailure ALL_OLD), in DynamoDB JSON; None otherwise."""
+    (ReturnValuesOnConditionCheckFailure ALL_OLD), in DynamoDB JSON; None otherwise. `reasons`: a cancelled
+    DynamoDB transaction's CancellationReasons codes, one per action ("None" for an action that did not
+    cause it); empty otherwise."""
 
     def __init__(
         self,
@@ -37,12 +39,14 @@ class AwsCallError(RunnerScalerError):
         *,
         retryable: bool,
         item: dict[str, Any] | None = None,
+        reasons: tuple[str, ...] = (),
     ) -> None:
         self.service = service
         self.operation = operation
         self.code = code
         self.retryable = retryable
         self.item = item
+        self.reasons = reasons
         super().__init__(f"{service}.{operation} failed: {code}: {message}")
 
 

@@ -23,6 +23,11 @@ from chalicelib.resources import GSI_POOL, GSI_POOL_PK, GSI_POOL_SK, TABLE_PK, T
 
 #: TransactWriteItems refused as a whole (DynamoDB API reference, TransactWriteItems: Errors).
 TRANSACTION_CANCELED = "TransactionCanceledException"
+#: CancellationReasons codes that a later attempt may not meet again: no cause ("None"), a concurrent
+#: transaction or write, a throttle (TransactWriteItems API reference, TransactionCanceledException).
+TRANSIENT_CANCELLATIONS = frozenset(
+    {"None", "TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
+)
 
 # A job only moves forward (events.status_rank), so a late or duplicate event never undoes a newer one.
 ACTIVE = frozenset({"pending", "running", "canceling"})
@@ -808,11 +813,15 @@ class DynamoStore(DynamoTable):
         except AwsCallError as exc:
             if exc.code != TRANSACTION_CANCELED:
                 raise
-            # Neither action has a condition, so a cancellation is a conflict with another write to one of
-            # the items ("TransactionConflict" among the CancellationReasons: TransactWriteItems API
-            # reference) or a throttle: written again later, never a permanent launch failure.
-            why = "cancelled: a conflicting write or a throttle"
-            raise AwsCallError(exc.service, exc.operation, exc.code, why, retryable=True) from exc
+            # Neither action has a condition, so a cancellation is mostly a conflict with another write to
+            # one of the items or a throttle: written again later. A reason that no retry mends (a
+            # ValidationError such as an item too large: CancellationReasons, TransactWriteItems API
+            # reference) fails the launch as any other refusal does.
+            lasting = [r for r in exc.reasons if r not in TRANSIENT_CANCELLATIONS]
+            why = f"cancelled: {', '.join(lasting) if lasting else 'a conflicting write or a throttle'}"
+            raise AwsCallError(
+                exc.service, exc.operation, exc.code, why, retryable=not lasting, reasons=exc.reasons
+            ) from exc
 
     def _runner_update(self, machine: MachineRecord) -> dict[str, Any]:
         """The machine record's update that sets its runner (and host, ARN), keeping what else is stored."""

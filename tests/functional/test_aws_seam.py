@@ -61,7 +61,9 @@ def test_every_code_botocore_retries_as_a_throttle_or_transient_is_retryable_her
     assert botocore_codes - RETRYABLE_CODES == {"LimitExceededException"}
 
 
-@pytest.mark.parametrize("code", ["EC2ThrottledException", "TransactionInProgressException"])
+@pytest.mark.parametrize(
+    "code", ["EC2ThrottledException", "TransactionInProgressException", "TransactionConflictException"]
+)
 def test_a_throttle_past_every_attempt_is_a_retryable_aws_call_error(mocked_aws: None, code: str) -> None:
     aws = AwsClients(
         region="us-east-1",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -399,3 +400,26 @@ def test_a_cancelled_runner_registration_is_retryable_and_writes_nothing(aws: Aw
     # THEN the failure is one to retry (the launch is deferred, never given up), and neither item exists
     assert raised.value.retryable and raised.value.code == "TransactionCanceledException"
     assert store.get_machine("i-1") is None and store.runner_machine(42) is None
+
+
+def test_a_runner_registration_cancelled_for_a_lasting_reason_is_not_retried(aws: AwsClients) -> None:
+    # GIVEN DynamoDB cancelling the transaction because one action can never succeed (a ValidationError,
+    # say an item over the size limit), the other action not the cause ("None")
+    ensure_table(aws, "test-state")
+
+    def cancel(_service: str, operation: str) -> dict[str, Any] | None:
+        if operation != TRANSACT:
+            return None
+        return fault("TransactionCanceledException", 400) | {
+            "CancellationReasons": [{"Code": "ValidationError"}, {"Code": "None"}]
+        }
+
+    store = DynamoStore(
+        AwsClients(region="us-east-1", sleep=lambda _s: None, fault_injector=cancel), "test-state"
+    )
+    # WHEN the launch registers its runner
+    with pytest.raises(AwsCallError) as raised:
+        store.register_runner(MachineRecord("i-1", "linux", T0, runner_id=42), T0)
+    # THEN the launch is told it will not succeed later (it undoes the runner), and why
+    assert not raised.value.retryable and raised.value.reasons == ("ValidationError", "None")
+    assert "ValidationError" in str(raised.value)
