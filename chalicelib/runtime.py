@@ -239,7 +239,12 @@ class Runtime:
 
     @property
     def gitlab(self) -> Any:
-        """The GitLab adapter, imported on first use: handlers that never call GitLab skip python-gitlab."""
+        """The GitLab adapter, imported on first use: handlers that never call GitLab skip python-gitlab.
+
+        The config is read before the lock: that read may apply a new parameter version, whose change
+        handler (`_config_changed`) takes the same lock."""
+        if self._gitlab is None:
+            _ = self.config  # outside the lock, so a new version's change handler can take it
         with self._lock:
             if self._gitlab is None:
                 from chalicelib.gitlab import gitlab_client

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -260,3 +261,23 @@ def test_one_invocation_reads_one_config_even_when_a_version_check_falls_due_in_
     with Client(app) as client:
         tick(client)
     assert seen and set(seen) == {2}
+
+
+def test_a_new_gitlab_table_applied_by_the_adapters_first_build_does_not_hang_it(stack: Stack) -> None:
+    """Building the GitLab adapter reads the config; when that read applies a version whose `[gitlab]`
+    changed, the change handler forgets the old adapter under the wiring's lock, which the build must not
+    hold then (a lock taken twice by one thread: the call never returned)."""
+    # GIVEN a container on version 1 that never built its GitLab adapter, and a new GitLab URL put by hand
+    assert put_config(stack, V1) == 1
+    runtime = parameter_runtime(stack, stack.aws)
+    assert runtime.config.gitlab.url == "https://gitlab.example.com"
+    put_config(stack, V1.replace("https://gitlab.example.com", "https://gitlab.internal.example", 1))
+    stack.advance(seconds=61)
+    # WHEN a handler's first use of the config is the adapter's build (in a thread, so a hang is seen)
+    built: list[object] = []
+    worker = threading.Thread(target=lambda: built.append(runtime.gitlab), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    # THEN it is built, for the new version's GitLab
+    assert built and not worker.is_alive(), "building the GitLab adapter hung on the wiring's lock"
+    assert runtime.config.gitlab.url == "https://gitlab.internal.example"
