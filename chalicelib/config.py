@@ -327,8 +327,9 @@ class HostsConfig(_Model):
     reuse_wait: Duration = timedelta(minutes=10)
     #: macOS only: every host the pool keeps (inside its minimum allocation, or past it and used within the
     #: active policy's `idle_time`) holds a booted Mac waiting for a job, and a used Mac on such a host is
-    #: reused at once. The host is billed whether or not an instance runs on it, so a waiting Mac costs
-    #: nothing more, and a job takes it without the 6-20 minute boot (docs/windows-macos.md, "Standby Macs").
+    #: reused at once. AWS bills the host, not the instance on it, so a waiting Mac costs only the unbilled
+    #: scrub a termination would have started, and a job takes it without the 6-20 minute boot
+    #: (docs/windows-macos.md, "Standby Macs").
     keep_ready: Bool = True
 
     @property

@@ -525,8 +525,9 @@ def after_run_single(pool: Pool, host: Host, demand: int, now: datetime) -> Afte
     """Reuse a Mac's host by restoring the instance's root volume, or terminate the machine as before.
 
     Replacing the root volume keeps the instance on its host, so no scrub follows (EC2 User Guide, "Replace a
-    root volume"), while terminating a Mac sends its host into a scrub of about 50 minutes or more. That pays
-    only while the host is paid for anyway (inside its minimum allocation) and a job waits for the pool;
+    root volume"), while terminating a Mac sends its host into a scrub of up to 50 minutes on x86 and up to
+    4.5 hours on Apple silicon ("Stop or terminate your Amazon EC2 Mac instance"). That pays only while the
+    host cannot be released anyway (inside its minimum allocation) and a job waits for the pool;
     otherwise terminating lets the host go idle and be released on time. Only macOS: other host pools hold
     several machines per host and scrub nothing.
     """
@@ -554,8 +555,9 @@ class ReusePlan:
 
     reuse: tuple[str, ...] = ()
     #: Reusable (host paid for, boot script still waiting) but no job to reuse them for yet: kept until a job
-    #: comes or their wait is nearly over. The host is paid for anyway, so waiting costs nothing, and a Mac
-    #: terminated now would send its host into a scrub just before the next job needs it.
+    #: comes or their wait is nearly over. The host cannot be released yet; waiting costs only the unbilled
+    #: scrub a termination would have started, and a Mac terminated now would send its host into a scrub
+    #: just before the next job needs it.
     hold: tuple[str, ...] = ()
 
 
@@ -632,8 +634,10 @@ def plan_standby(
     (ec2-mac-instances.html): "The unit of billing is the dedicated host. The instances running on that
     host have no additional charge"), and the host cannot be released before its 24-hour minimum allocation
     (same page; "Stop or terminate your Amazon EC2 Mac instance" (mac-instance-stop.html), "Release the
-    Dedicated Host"). So while a host is paid for anyway, a Mac booted and waiting on it costs nothing more,
-    and a job that finds it waits for no boot (6 to 20 minutes). A host inside its minimum allocation is
+    Dedicated Host"). So while a host cannot be released anyway, a Mac booted and waiting on it costs no
+    instance charge, only the unbilled scrub a termination would have started (AWS pauses the host's billing
+    while it scrubs: "Stop or terminate your Amazon EC2 Mac instance"), and a job that finds it waits for no
+    boot (6 to 20 minutes). A host inside its minimum allocation is
     kept. Past it, the host is billed per second: it is kept while its Mac ran a job within the active
     policy's `idle_time` (the rule an empty host's release follows, `release_after`); once its Mac has been
     idle that long, the Mac is ended, so the host scrubs (not billed) and the host plan releases it.
